@@ -1,0 +1,86 @@
+//! The CustomResourceDefinition as installed: the derived one, adjusted where kube's derive cannot
+//! say what the API server needs.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+use super::WorkerPool;
+
+/// Upper bound on containers in the template, so the CEL rule that searches them by name has a
+/// bounded estimated cost (the API server rejects rules whose worst case is unbounded).
+const MAX_CONTAINERS: u64 = 64;
+/// Container names are DNS labels; the bound also keeps CEL string comparisons cheap.
+const MAX_CONTAINER_NAME: u64 = 63;
+
+/// The `WorkerPool` CRD, ready to apply.
+pub fn crd() -> CustomResourceDefinition {
+    let mut value = match serde_json::to_value(WorkerPool::crd()) {
+        Ok(v) => v,
+        Err(e) => unreachable!("a derived CRD always serializes: {e}"),
+    };
+    for version in value
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(root) = version.pointer_mut("/schema/openAPIV3Schema") {
+            adjust_schema(root);
+        }
+    }
+    match serde_json::from_value(value) {
+        Ok(crd) => crd,
+        Err(e) => unreachable!("adjusting the schema keeps it a CRD: {e}"),
+    }
+}
+
+/// The CRD as YAML, exactly as checked in under `crds/`.
+pub fn crd_yaml() -> String {
+    match serde_yaml::to_string(&crd()) {
+        Ok(yaml) => yaml,
+        Err(e) => unreachable!("a CRD always serializes to YAML: {e}"),
+    }
+}
+
+fn adjust_schema(root: &mut Value) {
+    if let Some(template) = root.pointer_mut("/properties/spec/properties/template") {
+        // The embedded PodTemplateSpec schema with descriptions is larger than the 256 KiB
+        // last-applied annotation `kubectl apply` writes; its structure is what admission needs.
+        strip_descriptions(template);
+        if let Some(containers) = template.pointer_mut("/properties/spec/properties/containers") {
+            containers["maxItems"] = json!(MAX_CONTAINERS);
+            if let Some(name) = containers.pointer_mut("/items/properties/name") {
+                name["maxLength"] = json!(MAX_CONTAINER_NAME);
+            }
+        }
+    }
+    if let Some(status) = root.pointer_mut("/properties/status") {
+        // A pool the operator has not seen must not read as current to kstatus.
+        status["default"] = json!({});
+        if let Some(observed) = status.pointer_mut("/properties/observedGeneration") {
+            observed["default"] = json!(-1);
+        }
+        if let Some(conditions) = status.pointer_mut("/properties/conditions") {
+            conditions["x-kubernetes-list-type"] = json!("map");
+            conditions["x-kubernetes-list-map-keys"] = json!(["type"]);
+            conditions["maxItems"] = json!(8);
+        }
+    }
+}
+
+fn strip_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            // A property may itself be called "description"; only drop the keyword.
+            if map.get("description").is_some_and(Value::is_string) {
+                map.remove("description");
+            }
+            for child in map.values_mut() {
+                strip_descriptions(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}

@@ -1,0 +1,350 @@
+//! The `WorkerPool` custom resource (`workerpool.dev/v1alpha1`).
+//!
+//! Every policy field has a default so that a pool with only `runtime` and `template` is valid.
+//! Admission-time checks live next to the fields as schema bounds and CEL rules; the same checks
+//! are repeated in [`crate::policy::validate`] for pools that reach the controller some other way.
+
+mod crd;
+mod status;
+
+pub use crd::{crd, crd_yaml};
+pub use status::*;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "workerpool.dev";
+/// Label put on every child object and every pod; value is the pool name.
+pub const POOL_LABEL: &str = "workerpool.dev/pool";
+/// Pod annotation naming the app-server runtime, read by `diagnose`.
+pub const RUNTIME_ANNOTATION: &str = "workerpool.dev/runtime";
+pub const MANAGER_NAME: &str = "workerpool-operator";
+
+/// Longest duration any policy field accepts, so derived sums can never overflow.
+pub const MAX_SECONDS: i64 = 86_400;
+
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "workerpool.dev",
+    version = "v1alpha1",
+    kind = "WorkerPool",
+    plural = "workerpools",
+    namespaced,
+    shortname = "wp",
+    category = "all",
+    status = "WorkerPoolStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Last-Abort", type_ = "string", json_path = ".status.aborts.last.reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.container) || (has(self.template.spec) && self.template.spec.containers.exists(c, c.name == self.container))"
+).message("spec.container must name a container of spec.template.spec.containers").field_path(".container"))]
+#[x_kube(validation = Rule::new(
+    "has(self.template.spec) && size(self.template.spec.containers) > 0"
+).message("spec.template.spec.containers must list at least one container").field_path(".template"))]
+#[x_kube(validation = Rule::new(
+    "!self.policy.boot.preload || self.runtime == 'gunicorn'"
+).message("spec.policy.boot.preload is a gunicorn option; set runtime: gunicorn or remove it").field_path(".policy.boot.preload"))]
+pub struct WorkerPoolSpec {
+    /// Desired number of pods. Reached in steps of `policy.boot.maxConcurrent`.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// App server run by the app container; decides which flags are derived.
+    pub runtime: Runtime,
+
+    /// Name of the app container in `template`; the first container when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+
+    /// Pod template of the workers. Values set here explicitly win over derived ones.
+    pub template: PodTemplateSpec,
+
+    /// How the app's health is checked by the startup, readiness and liveness probes.
+    #[serde(default)]
+    pub health: Health,
+
+    /// Boot, request, shutdown, init and failure policy; every number has a default.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Gunicorn,
+    Uvicorn,
+    Generic,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Gunicorn => "gunicorn",
+            Runtime::Uvicorn => "uvicorn",
+            Runtime::Generic => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gunicorn" => Ok(Runtime::Gunicorn),
+            "uvicorn" => Ok(Runtime::Uvicorn),
+            "generic" => Ok(Runtime::Generic),
+            other => Err(format!(
+                "unknown runtime {other:?} (expected gunicorn, uvicorn or generic)"
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// HTTP GET on `path` and `port`.
+    #[default]
+    Http,
+    /// TCP connect to `port`.
+    Tcp,
+    /// Run `command` in the app container.
+    Exec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.check != 'exec' || size(self.command) > 0")
+    .message("spec.health.command is required when spec.health.check is exec").field_path(".command"))]
+#[x_kube(validation = Rule::new("self.check != 'http' || self.path.startsWith('/')")
+    .message("spec.health.path must start with '/'").field_path(".path"))]
+pub struct Health {
+    /// Kind of check: http (default), tcp or exec.
+    #[serde(default)]
+    pub check: HealthCheck,
+    /// HTTP path for `http` checks.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Container port, by name or number, for `http` and `tcp` checks.
+    #[serde(default = "default_health_port")]
+    pub port: IntOrString,
+    /// Command for `exec` checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+
+fn default_health_port() -> IntOrString {
+    IntOrString::String("http".into())
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: HealthCheck::Http,
+            path: default_health_path(),
+            port: default_health_port(),
+            command: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    #[serde(default)]
+    pub boot: BootPolicy,
+    #[serde(default)]
+    pub requests: RequestPolicy,
+    #[serde(default)]
+    pub shutdown: ShutdownPolicy,
+    /// Run-once Job per template revision, before that revision's pods boot (migrations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitPolicy>,
+    #[serde(default)]
+    pub failure: FailurePolicy,
+    #[serde(default)]
+    pub disruption: DisruptionPolicy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootPolicy {
+    /// Longest expected boot (imports, warm-up), in seconds.
+    #[serde(default = "default_boot_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i64,
+    /// At most this many pods booting at once during scale-up and rollout.
+    #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent: i32,
+    /// gunicorn `--preload`: load the app in the master before forking workers.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_boot_timeout() -> i64 {
+    60
+}
+fn default_max_concurrent() -> i32 {
+    2
+}
+
+impl Default for BootPolicy {
+    fn default() -> Self {
+        BootPolicy {
+            timeout_seconds: default_boot_timeout(),
+            max_concurrent: default_max_concurrent(),
+            preload: false,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestPolicy {
+    /// App-server worker/request timeout, in seconds.
+    #[serde(default = "default_request_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i64,
+}
+
+fn default_request_timeout() -> i64 {
+    30
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        RequestPolicy {
+            timeout_seconds: default_request_timeout(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownPolicy {
+    /// preStop sleep so endpoints stop routing to the pod before SIGTERM, in seconds.
+    #[serde(default = "default_drain")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_seconds: i64,
+    /// Time the app server gets after SIGTERM to finish in-flight requests, in seconds.
+    #[serde(default = "default_graceful_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub graceful_timeout_seconds: i64,
+}
+
+fn default_drain() -> i64 {
+    5
+}
+fn default_graceful_timeout() -> i64 {
+    30
+}
+
+impl Default for ShutdownPolicy {
+    fn default() -> Self {
+        ShutdownPolicy {
+            drain_seconds: default_drain(),
+            graceful_timeout_seconds: default_graceful_timeout(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InitPolicy {
+    /// Command run once per template revision in a Job with the app container's image and env.
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    /// Deadline of the Job, in seconds.
+    #[serde(default = "default_init_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i64,
+    /// Retries of the Job's pod before the revision is marked failed.
+    #[serde(default = "default_init_backoff")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+}
+
+fn default_init_timeout() -> i64 {
+    300
+}
+fn default_init_backoff() -> i32 {
+    1
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Boot failures of one revision within `windowSeconds` that open the circuit.
+    #[serde(default = "default_boot_failure_threshold")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub boot_failure_threshold: i32,
+    /// Window over which aborts are counted, in seconds.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub window_seconds: i64,
+}
+
+fn default_boot_failure_threshold() -> i32 {
+    3
+}
+fn default_window() -> i64 {
+    600
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            boot_failure_threshold: default_boot_failure_threshold(),
+            window_seconds: default_window(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionPolicy {
+    /// PodDisruptionBudget `maxUnavailable` (number or percentage) during voluntary disruptions.
+    #[serde(default = "default_max_unavailable")]
+    pub max_unavailable: IntOrString,
+}
+
+fn default_max_unavailable() -> IntOrString {
+    IntOrString::Int(1)
+}
+
+impl Default for DisruptionPolicy {
+    fn default() -> Self {
+        DisruptionPolicy {
+            max_unavailable: default_max_unavailable(),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `WorkerPool.status`: what `kubectl describe wp` shows.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition types, kstatus-compatible (`Ready`, `Reconciling`, `Stalled`) plus our own.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+    pub const DEGRADED: &str = "Degraded";
+    /// A value set in the template breaks a derivation rule.
+    pub const POLICY_CONFLICT: &str = "PolicyConflict";
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolStatus {
+    /// Generation last acted on; -1 until the operator has seen the pool.
+    #[serde(default = "unobserved")]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default)]
+    pub updated_replicas: i32,
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// Replicas the Deployment is currently asked for while ramping up to `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_target: Option<i32>,
+    /// Label selector of the pool's pods, for the scale subresource and HPAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Numbers applied to the Deployment, derived from the policy or taken from the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<EffectiveSettings>,
+    /// Worker aborts in the failure window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborts: Option<AbortSummary>,
+}
+
+fn unobserved() -> i64 {
+    -1
+}
+
+impl Default for WorkerPoolStatus {
+    fn default() -> Self {
+        WorkerPoolStatus {
+            observed_generation: unobserved(),
+            replicas: 0,
+            ready_replicas: 0,
+            updated_replicas: 0,
+            available_replicas: 0,
+            ramp_target: None,
+            selector: None,
+            phase: None,
+            conditions: Vec::new(),
+            effective: None,
+            aborts: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Nothing is running yet.
+    Pending,
+    /// Ramping up, rolling out or scaling.
+    Progressing,
+    /// All desired replicas are ready and up to date.
+    Ready,
+    /// Serving, but workers aborted recently.
+    Degraded,
+    /// The operator cannot make progress until the spec (or the cluster) changes.
+    Stalled,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::Ready => "Ready",
+            Phase::Degraded => "Degraded",
+            Phase::Stalled => "Stalled",
+        }
+    }
+}
+
+/// Where an effective number came from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Source {
+    /// Derived from `spec.policy`.
+    Policy,
+    /// Set explicitly in `spec.template` (or the container's command line).
+    Template,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeTiming {
+    pub period_seconds: i32,
+    pub failure_threshold: i32,
+    pub timeout_seconds: i32,
+    #[serde(default)]
+    pub initial_delay_seconds: i32,
+    pub source: Source,
+}
+
+impl ProbeTiming {
+    /// Seconds of consecutive failures before the kubelet acts on this probe.
+    pub fn window_seconds(&self) -> i64 {
+        i64::from(self.initial_delay_seconds)
+            + i64::from(self.period_seconds) * i64::from(self.failure_threshold)
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveSettings {
+    pub termination_grace_period_seconds: i64,
+    pub termination_grace_period_source: Source,
+    pub pre_stop_sleep_seconds: i64,
+    pub startup_probe: ProbeTiming,
+    pub readiness_probe: ProbeTiming,
+    pub liveness_probe: ProbeTiming,
+    /// App-server worker timeout (gunicorn `--timeout`), when the runtime has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_timeout_seconds: Option<i64>,
+    /// App-server graceful shutdown timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_timeout_seconds: Option<i64>,
+    pub max_surge: i32,
+    pub max_unavailable: i32,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortCount {
+    pub reason: String,
+    pub count: i64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortRecord {
+    pub pod: String,
+    pub container: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortSummary {
+    /// Aborts per reason within the failure window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counts: Vec<AbortCount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<AbortRecord>,
+}

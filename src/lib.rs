@@ -1,0 +1,4 @@
+//! workerpool-operator: derives probes, grace periods, app-server flags and staggered startup for
+//! pools of Python app-server workers, and records why workers abort.
+
+pub mod api;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", workerpool_operator::api::crd_yaml());
+}
