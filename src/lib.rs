@@ -2,3 +2,6 @@
 //! pools of Python app-server workers, and records why workers abort.
 
 pub mod api;
+pub mod derive;
+pub mod policy;
+pub mod render;

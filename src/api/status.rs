@@ -127,7 +127,9 @@ impl ProbeTiming {
 pub struct EffectiveSettings {
     pub termination_grace_period_seconds: i64,
     pub termination_grace_period_source: Source,
-    pub pre_stop_sleep_seconds: i64,
+    /// preStop sleep; absent when the template's own preStop hook is not a sleep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop_sleep_seconds: Option<i64>,
     pub startup_probe: ProbeTiming,
     pub readiness_probe: ProbeTiming,
     pub liveness_probe: ProbeTiming,

@@ -1,0 +1,220 @@
+//! Builds the child objects of a pool from its validated spec and settled numbers. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{Container, EnvVar, LifecycleHandler, PodTemplateSpec, SleepAction};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{MANAGER_NAME, POOL_LABEL, RUNTIME_ANNOTATION, Runtime};
+use crate::policy::{Settings, ValidPool};
+
+/// The pool object's identity, as children refer to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRef {
+    pub name: String,
+    pub namespace: String,
+    /// Absent when rendering offline; children then carry no owner reference.
+    pub uid: Option<String>,
+}
+
+impl PoolRef {
+    pub fn owner_reference(&self) -> Option<OwnerReference> {
+        self.uid.as_ref().map(|uid| OwnerReference {
+            api_version: "workerpool.dev/v1alpha1".into(),
+            kind: "WorkerPool".into(),
+            name: self.name.clone(),
+            uid: uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+    }
+
+    fn meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(standard_labels(&self.name)),
+            owner_references: self.owner_reference().map(|o| vec![o]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// Every child object of a pool. `apply` destructures it, so a new kind cannot be forgotten.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    pub deployment: Deployment,
+    pub pdb: PodDisruptionBudget,
+}
+
+pub fn standard_labels(pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), pool.to_string()),
+        ("app.kubernetes.io/instance".to_string(), pool.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGER_NAME.to_string()),
+        (POOL_LABEL.to_string(), pool.to_string()),
+    ])
+}
+
+pub fn selector_labels(pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(POOL_LABEL.to_string(), pool.to_string())])
+}
+
+/// The label selector string published in `status.selector` for the scale subresource.
+pub fn selector_string(pool: &str) -> String {
+    format!("{POOL_LABEL}={pool}")
+}
+
+pub fn build(pool: &PoolRef, valid: &ValidPool, settings: &Settings, replicas: i32) -> Children {
+    Children {
+        deployment: deployment(pool, valid, settings, replicas),
+        pdb: pdb(pool, valid),
+    }
+}
+
+fn deployment(pool: &PoolRef, valid: &ValidPool, settings: &Settings, replicas: i32) -> Deployment {
+    let spec = valid.spec();
+    let mut template = spec.template.clone();
+    pod_template(pool, valid, settings, &mut template);
+    Deployment {
+        metadata: pool.meta(),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&pool.name)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(settings.effective.max_surge)),
+                    max_unavailable: Some(IntOrString::Int(settings.effective.max_unavailable)),
+                }),
+            }),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_template(pool: &PoolRef, valid: &ValidPool, settings: &Settings, template: &mut PodTemplateSpec) {
+    let spec = valid.spec();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    for (key, value) in standard_labels(&pool.name) {
+        // The user's own labels win, except the one the selector depends on.
+        if key == POOL_LABEL {
+            labels.insert(key, value);
+        } else {
+            labels.entry(key).or_insert(value);
+        }
+    }
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(RUNTIME_ANNOTATION.into(), spec.runtime.as_str().into());
+
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    if pod.termination_grace_period_seconds.is_none() {
+        pod.termination_grace_period_seconds = Some(settings.effective.termination_grace_period_seconds);
+    }
+    if let Some(app) = pod.containers.get_mut(valid.container_index()) {
+        app_container(spec.runtime, spec.policy.shutdown.drain_seconds, settings, app);
+    }
+}
+
+fn app_container(runtime: Runtime, drain: i64, settings: &Settings, app: &mut Container) {
+    if app.startup_probe.is_none() {
+        app.startup_probe = Some(settings.startup_probe.clone());
+    }
+    if app.readiness_probe.is_none() {
+        app.readiness_probe = Some(settings.readiness_probe.clone());
+    }
+    if app.liveness_probe.is_none() {
+        app.liveness_probe = Some(settings.liveness_probe.clone());
+    }
+    // A zero-second sleep action is rejected before Kubernetes 1.33; no drain means no hook.
+    if drain > 0 {
+        let lifecycle = app.lifecycle.get_or_insert_with(Default::default);
+        if lifecycle.pre_stop.is_none() {
+            lifecycle.pre_stop = Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: drain }),
+                ..LifecycleHandler::default()
+            });
+        }
+    }
+    let env = app.env.get_or_insert_with(Vec::new);
+    match runtime {
+        Runtime::Gunicorn => merge_gunicorn_args(env, &settings.gunicorn_args),
+        Runtime::Uvicorn => {
+            for (name, value) in &settings.uvicorn_env {
+                if !env.iter().any(|e| &e.name == name) {
+                    env.push(EnvVar {
+                        name: name.clone(),
+                        value: Some(value.clone()),
+                        value_from: None,
+                    });
+                }
+            }
+        }
+        Runtime::Generic => {}
+    }
+    if env.is_empty() {
+        app.env = None;
+    }
+}
+
+/// Adds each derived flag the user's own `GUNICORN_CMD_ARGS` does not already set.
+fn merge_gunicorn_args(env: &mut Vec<EnvVar>, derived: &[String]) {
+    const NAME: &str = "GUNICORN_CMD_ARGS";
+    let flag_name = |arg: &str| arg.split('=').next().unwrap_or(arg).to_string();
+    match env.iter_mut().find(|e| e.name == NAME) {
+        // Taken from a ConfigMap or Secret: the user owns it entirely.
+        Some(existing) if existing.value_from.is_some() => {}
+        Some(existing) => {
+            let mut value = existing.value.clone().unwrap_or_default();
+            let present: Vec<String> = value
+                .split_whitespace()
+                .map(flag_name)
+                .map(|f| if f == "-t" { "--timeout".to_string() } else { f })
+                .collect();
+            for arg in derived {
+                if !present.contains(&flag_name(arg)) {
+                    if !value.is_empty() {
+                        value.push(' ');
+                    }
+                    value.push_str(arg);
+                }
+            }
+            existing.value = Some(value);
+        }
+        None if derived.is_empty() => {}
+        None => env.push(EnvVar {
+            name: NAME.into(),
+            value: Some(derived.join(" ")),
+            value_from: None,
+        }),
+    }
+}
+
+fn pdb(pool: &PoolRef, valid: &ValidPool) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: pool.meta(),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(valid.spec().policy.disruption.max_unavailable.clone()),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&pool.name)),
+                ..LabelSelector::default()
+            }),
+            // Pods still booting or failing readiness can always be evicted.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}

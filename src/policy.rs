@@ -1,0 +1,564 @@
+//! The policy engine: validates a `WorkerPoolSpec` and turns its short policy into the numbers that
+//! must agree with each other (grace period, preStop, probes, app-server timeouts, rollout).
+//!
+//! Pure: no clock, no client. [`validate`] is the only way to get a [`ValidPool`], and
+//! [`settle`] the only way to get the [`Settings`] the object builders use.
+
+use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{
+    EffectiveSettings, HealthCheck, MAX_SECONDS, ProbeTiming, Runtime, Source, WorkerPoolSpec,
+};
+
+/// Seconds added to drain + graceful timeout for the grace period: time for the app server to
+/// exit after its own graceful timeout and for the kubelet to notice, before it sends SIGKILL.
+pub const GRACE_MARGIN_SECONDS: i64 = 5;
+/// Startup probe period; shorter for very short boot timeouts so the window still covers them.
+pub const STARTUP_PERIOD_SECONDS: i64 = 5;
+/// Readiness takes a pod out of rotation within `period × failures` = 4 s (plus one timeout).
+pub const READINESS_PERIOD_SECONDS: i32 = 2;
+pub const READINESS_FAILURE_THRESHOLD: i32 = 2;
+pub const READINESS_TIMEOUT_SECONDS: i32 = 2;
+pub const LIVENESS_PERIOD_SECONDS: i64 = 10;
+pub const LIVENESS_TIMEOUT_SECONDS: i32 = 5;
+pub const LIVENESS_MIN_FAILURES: i64 = 3;
+pub const PROBE_TIMEOUT_SECONDS: i32 = 3;
+
+/// One thing wrong with a spec, with the path of the field to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a spec, in field order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct InvalidSpec(pub Vec<FieldError>);
+
+/// A spec that passed [`validate`]: the app container exists and every number is in range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidPool {
+    spec: WorkerPoolSpec,
+    container_index: usize,
+}
+
+impl ValidPool {
+    pub fn spec(&self) -> &WorkerPoolSpec {
+        &self.spec
+    }
+
+    pub fn pod_spec(&self) -> &PodSpec {
+        match self.spec.template.spec.as_ref() {
+            Some(spec) => spec,
+            None => unreachable!("validate() rejects a template without spec"),
+        }
+    }
+
+    pub fn app_container(&self) -> &Container {
+        &self.pod_spec().containers[self.container_index]
+    }
+
+    pub fn container_index(&self) -> usize {
+        self.container_index
+    }
+}
+
+fn check_range(errors: &mut Vec<FieldError>, path: &str, value: i64, min: i64, max: i64) {
+    if value < min || value > max {
+        errors.push(FieldError {
+            path: path.into(),
+            message: format!("must be between {min} and {max}, got {value}"),
+        });
+    }
+}
+
+/// Checks everything admission checks (schema bounds and CEL rules) plus what only the operator
+/// can see, such as a named health port missing from the app container.
+pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool, InvalidSpec> {
+    let mut errors = Vec::new();
+    let p = &spec.policy;
+    check_range(&mut errors, "spec.replicas", spec.replicas.into(), 0, i32::MAX.into());
+    check_range(&mut errors, "spec.policy.boot.timeoutSeconds", p.boot.timeout_seconds, 1, MAX_SECONDS);
+    check_range(&mut errors, "spec.policy.boot.maxConcurrent", p.boot.max_concurrent.into(), 1, 1000);
+    check_range(&mut errors, "spec.policy.requests.timeoutSeconds", p.requests.timeout_seconds, 1, MAX_SECONDS);
+    check_range(&mut errors, "spec.policy.shutdown.drainSeconds", p.shutdown.drain_seconds, 0, 3600);
+    check_range(
+        &mut errors,
+        "spec.policy.shutdown.gracefulTimeoutSeconds",
+        p.shutdown.graceful_timeout_seconds,
+        1,
+        MAX_SECONDS,
+    );
+    check_range(&mut errors, "spec.policy.failure.bootFailureThreshold", p.failure.boot_failure_threshold.into(), 1, 1000);
+    check_range(&mut errors, "spec.policy.failure.windowSeconds", p.failure.window_seconds, 1, MAX_SECONDS);
+    if let Some(init) = &p.init {
+        if init.command.is_empty() {
+            errors.push(FieldError {
+                path: "spec.policy.init.command".into(),
+                message: "must list the command to run, e.g. [python, manage.py, migrate]".into(),
+            });
+        }
+        check_range(&mut errors, "spec.policy.init.timeoutSeconds", init.timeout_seconds, 1, MAX_SECONDS);
+        check_range(&mut errors, "spec.policy.init.backoffLimit", init.backoff_limit.into(), 0, 10);
+    }
+    if p.boot.preload && spec.runtime != Runtime::Gunicorn {
+        errors.push(FieldError {
+            path: "spec.policy.boot.preload".into(),
+            message: format!("is a gunicorn option but runtime is {}", spec.runtime),
+        });
+    }
+    match &p.disruption.max_unavailable {
+        IntOrString::Int(n) if *n < 0 => errors.push(FieldError {
+            path: "spec.policy.disruption.maxUnavailable".into(),
+            message: format!("must not be negative, got {n}"),
+        }),
+        IntOrString::String(s) if parse_percent(s).is_none() => errors.push(FieldError {
+            path: "spec.policy.disruption.maxUnavailable".into(),
+            message: format!("must be a number or a percentage like \"25%\", got {s:?}"),
+        }),
+        _ => {}
+    }
+    let health = &spec.health;
+    match health.check {
+        HealthCheck::Exec if health.command.is_empty() => errors.push(FieldError {
+            path: "spec.health.command".into(),
+            message: "is required when spec.health.check is exec".into(),
+        }),
+        HealthCheck::Http if !health.path.starts_with('/') => errors.push(FieldError {
+            path: "spec.health.path".into(),
+            message: format!("must start with '/', got {:?}", health.path),
+        }),
+        _ => {}
+    }
+
+    let container_index = match spec.template.spec.as_ref().map(|s| &s.containers) {
+        None => {
+            errors.push(FieldError {
+                path: "spec.template.spec".into(),
+                message: "is required: the pod template must list the app container".into(),
+            });
+            None
+        }
+        Some(containers) if containers.is_empty() => {
+            errors.push(FieldError {
+                path: "spec.template.spec.containers".into(),
+                message: "must list at least one container".into(),
+            });
+            None
+        }
+        Some(containers) => match &spec.container {
+            None => Some(0),
+            Some(name) => {
+                let found = containers.iter().position(|c| &c.name == name);
+                if found.is_none() {
+                    let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+                    errors.push(FieldError {
+                        path: "spec.container".into(),
+                        message: format!(
+                            "names no container of spec.template.spec.containers (has: {})",
+                            names.join(", ")
+                        ),
+                    });
+                }
+                found
+            }
+        },
+    };
+    if let (Some(index), Some(pod)) = (container_index, spec.template.spec.as_ref()) {
+        check_health_port(&mut errors, spec, &pod.containers[index]);
+    }
+
+    match container_index {
+        Some(container_index) if errors.is_empty() => Ok(ValidPool {
+            spec: spec.clone(),
+            container_index,
+        }),
+        _ => Err(InvalidSpec(errors)),
+    }
+}
+
+/// A named health port must exist on the app container, unless every probe is set explicitly.
+fn check_health_port(errors: &mut Vec<FieldError>, spec: &WorkerPoolSpec, app: &Container) {
+    let all_explicit = app.startup_probe.is_some() && app.readiness_probe.is_some() && app.liveness_probe.is_some();
+    if all_explicit || spec.health.check == HealthCheck::Exec {
+        return;
+    }
+    match &spec.health.port {
+        IntOrString::String(name) => {
+            let ports = app.ports.as_deref().unwrap_or_default();
+            if !ports.iter().any(|p| p.name.as_deref() == Some(name.as_str())) {
+                errors.push(FieldError {
+                    path: "spec.health.port".into(),
+                    message: format!(
+                        "container {:?} has no port named {name:?}; name the port in the template, set a port number, or use check: tcp/exec",
+                        app.name
+                    ),
+                });
+            }
+        }
+        IntOrString::Int(n) if !(1..=65535).contains(n) => errors.push(FieldError {
+            path: "spec.health.port".into(),
+            message: format!("must be between 1 and 65535, got {n}"),
+        }),
+        IntOrString::Int(_) => {}
+    }
+}
+
+fn parse_percent(s: &str) -> Option<u32> {
+    s.strip_suffix('%')?.parse::<u32>().ok().filter(|p| *p <= 100)
+}
+
+/// A value from the template that breaks a derivation rule; names both numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Flags found in the app container's command line or in its own `GUNICORN_CMD_ARGS` / `UVICORN_*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExplicitFlags {
+    pub worker_timeout: Option<i64>,
+    pub graceful_timeout: Option<i64>,
+    pub preload: bool,
+}
+
+/// Everything the object builders apply, and what `status.effective` publishes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub effective: EffectiveSettings,
+    /// Derived probes, applied only where the template has none.
+    pub startup_probe: Probe,
+    pub readiness_probe: Probe,
+    pub liveness_probe: Probe,
+    /// Derived app-server flags for `GUNICORN_CMD_ARGS` (gunicorn only), before merging.
+    pub gunicorn_args: Vec<String>,
+    /// Derived `UVICORN_*` environment (uvicorn only).
+    pub uvicorn_env: Vec<(String, String)>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The app-server worker timeout the policy asks for: gunicorn counts a worker's app import
+/// against `--timeout` unless the app is preloaded in the master.
+pub fn derived_worker_timeout(spec: &WorkerPoolSpec) -> i64 {
+    let p = &spec.policy;
+    if p.boot.preload {
+        p.requests.timeout_seconds
+    } else {
+        p.requests.timeout_seconds.max(p.boot.timeout_seconds)
+    }
+}
+
+pub fn derived_grace_period(spec: &WorkerPoolSpec) -> i64 {
+    let s = &spec.policy.shutdown;
+    s.drain_seconds + s.graceful_timeout_seconds + GRACE_MARGIN_SECONDS
+}
+
+fn to_i32(v: i64) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Startup window covering the whole boot: `period × failures ≥ boot.timeoutSeconds`.
+pub fn startup_timing(boot_timeout: i64) -> ProbeTiming {
+    let period = STARTUP_PERIOD_SECONDS.min(boot_timeout).max(1);
+    let failures = (boot_timeout + period - 1) / period;
+    ProbeTiming {
+        period_seconds: to_i32(period),
+        failure_threshold: to_i32(failures.max(1)),
+        timeout_seconds: to_i32(period.min(PROBE_TIMEOUT_SECONDS.into())),
+        initial_delay_seconds: 0,
+        source: Source::Policy,
+    }
+}
+
+/// Liveness that can only fire after the app server's own timeout: `period × failures > timeout`.
+pub fn liveness_timing(app_timeout: i64) -> ProbeTiming {
+    let failures = (app_timeout / LIVENESS_PERIOD_SECONDS + 1).max(LIVENESS_MIN_FAILURES);
+    ProbeTiming {
+        period_seconds: to_i32(LIVENESS_PERIOD_SECONDS),
+        failure_threshold: to_i32(failures),
+        timeout_seconds: LIVENESS_TIMEOUT_SECONDS,
+        initial_delay_seconds: 0,
+        source: Source::Policy,
+    }
+}
+
+pub fn readiness_timing() -> ProbeTiming {
+    ProbeTiming {
+        period_seconds: READINESS_PERIOD_SECONDS,
+        failure_threshold: READINESS_FAILURE_THRESHOLD,
+        timeout_seconds: READINESS_TIMEOUT_SECONDS,
+        initial_delay_seconds: 0,
+        source: Source::Policy,
+    }
+}
+
+/// Timing of a probe written in the template, with the kubelet's defaults for unset fields.
+pub fn explicit_timing(probe: &Probe) -> ProbeTiming {
+    ProbeTiming {
+        period_seconds: probe.period_seconds.unwrap_or(10),
+        failure_threshold: probe.failure_threshold.unwrap_or(3),
+        timeout_seconds: probe.timeout_seconds.unwrap_or(1),
+        initial_delay_seconds: probe.initial_delay_seconds.unwrap_or(0),
+        source: Source::Template,
+    }
+}
+
+fn probe_from(spec: &WorkerPoolSpec, timing: ProbeTiming) -> Probe {
+    use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction, TCPSocketAction};
+    let health = &spec.health;
+    let mut probe = Probe {
+        period_seconds: Some(timing.period_seconds),
+        failure_threshold: Some(timing.failure_threshold),
+        timeout_seconds: Some(timing.timeout_seconds),
+        success_threshold: Some(1),
+        ..Probe::default()
+    };
+    match health.check {
+        HealthCheck::Http => {
+            probe.http_get = Some(HTTPGetAction {
+                path: Some(health.path.clone()),
+                port: health.port.clone(),
+                ..HTTPGetAction::default()
+            })
+        }
+        HealthCheck::Tcp => {
+            probe.tcp_socket = Some(TCPSocketAction {
+                port: health.port.clone(),
+                ..TCPSocketAction::default()
+            })
+        }
+        HealthCheck::Exec => {
+            probe.exec = Some(ExecAction {
+                command: Some(health.command.clone()),
+            })
+        }
+    }
+    probe
+}
+
+/// Splits a command line (or a shell `-c` string inside it) into words.
+fn words(parts: &[String]) -> Vec<&str> {
+    parts.iter().flat_map(|p| p.split_whitespace()).collect()
+}
+
+/// Value of `--name N`, `--name=N` (or a short alias) in a list of words; the last one wins.
+fn flag_value(words: &[&str], long: &str, short: Option<&str>) -> Option<i64> {
+    let mut found = None;
+    let mut iter = words.iter().peekable();
+    while let Some(word) = iter.next() {
+        if let Some(v) = word.strip_prefix(long).and_then(|rest| rest.strip_prefix('=')) {
+            found = v.parse().ok().or(found);
+        } else if *word == long || short == Some(*word) {
+            if let Some(next) = iter.peek() {
+                found = next.parse().ok().or(found);
+            }
+        }
+    }
+    found
+}
+
+fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    container
+        .env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+/// App-server flags the user wrote: the command line beats the container's own env, which beats
+/// what we derive (gunicorn reads `GUNICORN_CMD_ARGS` before the command line).
+pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags {
+    let mut cmdline: Vec<String> = container.command.clone().unwrap_or_default();
+    cmdline.extend(container.args.clone().unwrap_or_default());
+    let cmd_words = words(&cmdline);
+    match runtime {
+        Runtime::Gunicorn => {
+            let env_words: Vec<&str> = env_value(container, "GUNICORN_CMD_ARGS")
+                .map(|v| v.split_whitespace().collect())
+                .unwrap_or_default();
+            let pick = |long, short| flag_value(&cmd_words, long, short).or_else(|| flag_value(&env_words, long, short));
+            ExplicitFlags {
+                worker_timeout: pick("--timeout", Some("-t")),
+                graceful_timeout: pick("--graceful-timeout", None),
+                preload: cmd_words.contains(&"--preload") || env_words.contains(&"--preload"),
+            }
+        }
+        Runtime::Uvicorn => ExplicitFlags {
+            worker_timeout: None,
+            graceful_timeout: flag_value(&cmd_words, "--timeout-graceful-shutdown", None).or_else(|| {
+                env_value(container, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN").and_then(|v| v.trim().parse().ok())
+            }),
+            preload: false,
+        },
+        Runtime::Generic => ExplicitFlags::default(),
+    }
+}
+
+/// Turns a valid pool into the numbers to apply, keeping every value set in the template and
+/// reporting the ones that break a rule.
+pub fn settle(pool: &ValidPool) -> Settings {
+    let spec = pool.spec();
+    let p = &spec.policy;
+    let app = pool.app_container();
+    let flags = explicit_flags(spec.runtime, app);
+    let mut conflicts = Vec::new();
+
+    let derived_timeout = derived_worker_timeout(spec);
+    let worker_timeout = match spec.runtime {
+        Runtime::Gunicorn => Some(flags.worker_timeout.unwrap_or(derived_timeout)),
+        _ => None,
+    };
+    let preloaded = p.boot.preload || flags.preload;
+    if let (Some(set), Some(_)) = (flags.worker_timeout, worker_timeout) {
+        if set < p.requests.timeout_seconds {
+            conflicts.push(Conflict {
+                field: "gunicorn --timeout".into(),
+                message: format!(
+                    "--timeout {set} is shorter than policy.requests.timeoutSeconds {}: gunicorn kills workers serving requests the policy allows",
+                    p.requests.timeout_seconds
+                ),
+            });
+        } else if !preloaded && set < p.boot.timeout_seconds {
+            conflicts.push(Conflict {
+                field: "gunicorn --timeout".into(),
+                message: format!(
+                    "--timeout {set} is shorter than policy.boot.timeoutSeconds {} without --preload: gunicorn kills workers while they import the app",
+                    p.boot.timeout_seconds
+                ),
+            });
+        }
+    }
+
+    let graceful_timeout = match spec.runtime {
+        Runtime::Generic => p.shutdown.graceful_timeout_seconds,
+        _ => flags.graceful_timeout.unwrap_or(p.shutdown.graceful_timeout_seconds),
+    };
+
+    let pod = pool.pod_spec();
+    let (grace, grace_source) = match pod.termination_grace_period_seconds {
+        Some(g) => (g, Source::Template),
+        None => (derived_grace_period(spec), Source::Policy),
+    };
+
+    let (pre_stop_sleep, explicit_pre_stop) = match app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+        Some(hook) => (hook.sleep.as_ref().map(|s| s.seconds), true),
+        None => (Some(p.shutdown.drain_seconds), false),
+    };
+    if let (true, Some(sleep)) = (explicit_pre_stop, pre_stop_sleep) {
+        if sleep < p.shutdown.drain_seconds {
+            conflicts.push(Conflict {
+                field: "preStop sleep".into(),
+                message: format!(
+                    "preStop sleeps {sleep}s, shorter than policy.shutdown.drainSeconds {}: endpoints may still route to a terminating pod",
+                    p.shutdown.drain_seconds
+                ),
+            });
+        }
+    }
+    let drain = pre_stop_sleep.unwrap_or(p.shutdown.drain_seconds);
+    if grace < drain + graceful_timeout {
+        conflicts.push(Conflict {
+            field: "terminationGracePeriodSeconds".into(),
+            message: format!(
+                "terminationGracePeriodSeconds {grace} is shorter than drain {drain}s + graceful timeout {graceful_timeout}s = {}: the kubelet will SIGKILL workers mid-shutdown",
+                drain + graceful_timeout
+            ),
+        });
+    }
+
+    let startup = match &app.startup_probe {
+        Some(probe) => explicit_timing(probe),
+        None => startup_timing(p.boot.timeout_seconds),
+    };
+    if startup.source == Source::Template && startup.window_seconds() < p.boot.timeout_seconds {
+        conflicts.push(Conflict {
+            field: "startupProbe".into(),
+            message: format!(
+                "startupProbe allows {}s (initialDelay + period × failureThreshold), shorter than policy.boot.timeoutSeconds {}: pods are killed while booting",
+                startup.window_seconds(),
+                p.boot.timeout_seconds
+            ),
+        });
+    }
+
+    let app_timeout = worker_timeout.unwrap_or(p.requests.timeout_seconds);
+    let liveness = match &app.liveness_probe {
+        Some(probe) => explicit_timing(probe),
+        None => liveness_timing(app_timeout),
+    };
+    let liveness_reach = i64::from(liveness.period_seconds) * i64::from(liveness.failure_threshold)
+        + i64::from(liveness.timeout_seconds);
+    if liveness.source == Source::Template && liveness_reach <= app_timeout {
+        conflicts.push(Conflict {
+            field: "livenessProbe".into(),
+            message: format!(
+                "livenessProbe fires after {liveness_reach}s (period × failureThreshold + timeout), not after the app server's timeout {app_timeout}s: one slow request restarts the container"
+            ),
+        });
+    }
+
+    let readiness = match &app.readiness_probe {
+        Some(probe) => explicit_timing(probe),
+        None => readiness_timing(),
+    };
+
+    let mut gunicorn_args = Vec::new();
+    let mut uvicorn_env = Vec::new();
+    match spec.runtime {
+        Runtime::Gunicorn => {
+            gunicorn_args.push(format!("--timeout={derived_timeout}"));
+            gunicorn_args.push(format!("--graceful-timeout={}", p.shutdown.graceful_timeout_seconds));
+            if p.boot.preload {
+                gunicorn_args.push("--preload".into());
+            }
+        }
+        Runtime::Uvicorn => uvicorn_env.push((
+            "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN".into(),
+            p.shutdown.graceful_timeout_seconds.to_string(),
+        )),
+        Runtime::Generic => {}
+    }
+
+    Settings {
+        effective: EffectiveSettings {
+            termination_grace_period_seconds: grace,
+            termination_grace_period_source: grace_source,
+            pre_stop_sleep_seconds: pre_stop_sleep,
+            startup_probe: startup,
+            readiness_probe: readiness,
+            liveness_probe: liveness,
+            worker_timeout_seconds: worker_timeout,
+            graceful_timeout_seconds: (spec.runtime != Runtime::Generic).then_some(graceful_timeout),
+            max_surge: p.boot.max_concurrent,
+            max_unavailable: 0,
+        },
+        startup_probe: probe_from(spec, startup_timing(p.boot.timeout_seconds)),
+        readiness_probe: probe_from(spec, readiness_timing()),
+        liveness_probe: probe_from(spec, liveness_timing(app_timeout)),
+        gunicorn_args,
+        uvicorn_env,
+        conflicts,
+    }
+}
+
+/// Replicas of the Deployment on first apply: the first ramp step.
+pub fn first_apply_replicas(spec: &WorkerPoolSpec) -> i32 {
+    spec.replicas.min(spec.policy.boot.max_concurrent)
+}
