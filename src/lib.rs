@@ -5,3 +5,6 @@ pub mod api;
 pub mod derive;
 pub mod policy;
 pub mod render;
+pub mod drift;
+pub mod ramp;
+pub mod status;

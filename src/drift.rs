@@ -1,0 +1,76 @@
+//! Does a live object already hold everything we would apply? Pure.
+//!
+//! The API server adds defaults (imagePullPolicy, terminationMessagePath, …) and rewrites
+//! quantities to canonical form ("1024Mi" → "1Gi"), so equality of whole objects would re-apply
+//! every time. Instead every field we set must be present in the live object with an equal value;
+//! extra fields in the live object are ignored.
+
+use serde_json::Value;
+
+/// True when `live` contains every field of `desired` with an equal value.
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    contains_at(live, desired, false)
+}
+
+fn contains_at(live: &Value, desired: &Value, in_quantities: bool) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, want)| {
+            let quantities = in_quantities || is_quantity_map(key);
+            match live.get(key) {
+                Some(have) => contains_at(have, want, quantities),
+                // An empty value we set is the same as an absent one once stored.
+                None => is_empty(want),
+            }
+        }),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len()
+                && live.iter().zip(desired).all(|(have, want)| contains_at(have, want, in_quantities))
+        }
+        (Value::String(have), Value::String(want)) if in_quantities => {
+            have == want || quantity(have).zip(quantity(want)).is_some_and(|(a, b)| (a - b).abs() <= f64::EPSILON * a.abs().max(1.0))
+        }
+        (Value::Number(have), Value::Number(want)) => have.as_f64() == want.as_f64(),
+        _ => live == desired,
+    }
+}
+
+fn is_quantity_map(key: &str) -> bool {
+    matches!(key, "limits" | "requests" | "sizeLimit" | "overhead" | "capacity")
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+/// A Kubernetes quantity ("500m", "1Gi", "1.5", "2e3") as a number.
+pub fn quantity(text: &str) -> Option<f64> {
+    const SUFFIXES: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let text = text.trim();
+    for (suffix, factor) in SUFFIXES {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return number.parse::<f64>().ok().map(|n| n * factor);
+        }
+    }
+    text.parse::<f64>().ok()
+}

@@ -1,0 +1,201 @@
+//! Computes `WorkerPool.status` from what was observed and applied. Pure: the clock is an input.
+//!
+//! Conditions follow kstatus: `Ready`, `Reconciling` (abnormal-true while work is in progress) and
+//! `Stalled` (abnormal-true when no progress is possible without a change), plus `Degraded` and
+//! `PolicyConflict`. Every type is always present once; `lastTransitionTime` moves only when a
+//! condition's status flips.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{EffectiveSettings, Phase, WorkerPoolStatus, condition};
+use crate::policy::Conflict;
+
+/// Counts from the Deployment's status, as the watch cache last saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeploymentObserved {
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+    pub available: i32,
+    /// `status.observedGeneration` has caught up with `metadata.generation`.
+    pub current: bool,
+}
+
+/// Why the operator cannot make progress; becomes `Stalled=True` with this reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub mod reason {
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const NOT_OWNED: &str = "ChildNotOwned";
+    pub const ALL_READY: &str = "AllReplicasReady";
+    pub const RAMPING: &str = "Ramping";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const SCALING_DOWN: &str = "ScalingDown";
+    pub const CREATING: &str = "Creating";
+    pub const CONVERGED: &str = "Converged";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const NO_ABORTS: &str = "NoRecentAborts";
+    pub const CONSISTENT: &str = "Consistent";
+    pub const TEMPLATE_OVERRIDE: &str = "TemplateOverridesPolicy";
+}
+
+/// Everything the status is computed from.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    pub generation: i64,
+    pub desired_replicas: i32,
+    pub max_concurrent: i32,
+    pub selector: String,
+    pub deployment: Option<DeploymentObserved>,
+    /// The replicas the Deployment was asked for by this reconcile; None when nothing was applied.
+    pub ramp_target: Option<i32>,
+    /// The effective numbers applied; None keeps the previously published ones.
+    pub effective: Option<&'a EffectiveSettings>,
+    pub conflicts: &'a [Conflict],
+    pub stall: Option<&'a Stall>,
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String, generation: i64, now: &Time) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Keeps the old `lastTransitionTime` unless the condition's status changed.
+fn keep_transition_time(mut new: Condition, old: &[Condition]) -> Condition {
+    if let Some(previous) = old.iter().find(|c| c.type_ == new.type_) {
+        if previous.status == new.status {
+            new.last_transition_time = previous.last_transition_time.clone();
+        }
+    }
+    new
+}
+
+/// Progress of the rollout: `(ready, reason, message)`.
+fn progress(obs: &Observation) -> (bool, &'static str, String) {
+    let desired = obs.desired_replicas;
+    let Some(dep) = obs.deployment else {
+        return (false, reason::CREATING, "waiting for the Deployment to be created".into());
+    };
+    let target = obs.ramp_target.unwrap_or(desired);
+    if target < desired {
+        return (
+            false,
+            reason::RAMPING,
+            format!(
+                "ramping up: {} of {desired} replicas ready, target {target} (at most {} booting at once)",
+                dep.ready, obs.max_concurrent
+            ),
+        );
+    }
+    if !dep.current {
+        return (false, reason::PROGRESSING, "waiting for the Deployment controller to observe the latest spec".into());
+    }
+    if dep.replicas > desired {
+        return (false, reason::SCALING_DOWN, format!("scaling down: {} pods, {desired} desired", dep.replicas));
+    }
+    if dep.updated < desired {
+        return (
+            false,
+            reason::ROLLING_OUT,
+            format!("rolling out: {} of {desired} replicas updated, {} ready", dep.updated, dep.ready),
+        );
+    }
+    if dep.ready < desired || dep.available < desired {
+        return (
+            false,
+            reason::PROGRESSING,
+            format!("{} of {desired} replicas ready, {} available", dep.ready, dep.available),
+        );
+    }
+    (true, reason::ALL_READY, format!("{} of {desired} replicas ready", dep.ready))
+}
+
+pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) -> WorkerPoolStatus {
+    let generation = obs.generation;
+    let old_conditions: &[Condition] = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let (progress_ok, progress_reason, progress_message) = progress(obs);
+
+    let (ready, reconciling, stalled) = match obs.stall {
+        Some(stall) => (
+            condition(condition::READY, false, stall.reason, stall.message.clone(), generation, now),
+            condition(condition::RECONCILING, false, stall.reason, stall.message.clone(), generation, now),
+            condition(condition::STALLED, true, stall.reason, stall.message.clone(), generation, now),
+        ),
+        None => (
+            condition(condition::READY, progress_ok, progress_reason, progress_message.clone(), generation, now),
+            if progress_ok {
+                condition(condition::RECONCILING, false, reason::CONVERGED, String::new(), generation, now)
+            } else {
+                condition(condition::RECONCILING, true, progress_reason, progress_message, generation, now)
+            },
+            condition(condition::STALLED, false, reason::PROGRESSING, String::new(), generation, now),
+        ),
+    };
+    let degraded = old_conditions
+        .iter()
+        .find(|c| c.type_ == condition::DEGRADED)
+        .cloned()
+        .map(|mut c| {
+            c.observed_generation = Some(generation);
+            c
+        })
+        .unwrap_or_else(|| condition(condition::DEGRADED, false, reason::NO_ABORTS, String::new(), generation, now));
+    let conflict = if obs.conflicts.is_empty() {
+        condition(condition::POLICY_CONFLICT, false, reason::CONSISTENT, String::new(), generation, now)
+    } else {
+        let message = obs.conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        condition(condition::POLICY_CONFLICT, true, reason::TEMPLATE_OVERRIDE, message, generation, now)
+    };
+    let degraded_now = degraded.status == "True";
+    let conditions: Vec<Condition> = [ready, reconciling, stalled, degraded, conflict]
+        .into_iter()
+        .map(|c| keep_transition_time(c, old_conditions))
+        .collect();
+
+    let phase = if obs.stall.is_some() {
+        Phase::Stalled
+    } else if obs.deployment.is_none_or(|d| d.replicas == 0 && obs.desired_replicas > 0) {
+        Phase::Pending
+    } else if !progress_ok {
+        Phase::Progressing
+    } else if degraded_now {
+        Phase::Degraded
+    } else {
+        Phase::Ready
+    };
+
+    let dep = obs.deployment.unwrap_or_default();
+    WorkerPoolStatus {
+        observed_generation: generation,
+        replicas: dep.replicas,
+        ready_replicas: dep.ready,
+        updated_replicas: dep.updated,
+        available_replicas: dep.available,
+        ramp_target: obs.ramp_target.or_else(|| old.and_then(|s| s.ramp_target)),
+        selector: Some(obs.selector.clone()),
+        phase: Some(phase),
+        conditions,
+        effective: obs.effective.cloned().or_else(|| old.and_then(|s| s.effective.clone())),
+        aborts: old.and_then(|s| s.aborts.clone()),
+    }
+}
+
+/// The condition of a type, if present.
+pub fn find<'a>(status: Option<&'a WorkerPoolStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// True when the condition of this type is present and `True`.
+pub fn is_true(status: Option<&WorkerPoolStatus>, type_: &str) -> bool {
+    find(status, type_).is_some_and(|c| c.status == "True")
+}
