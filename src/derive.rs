@@ -2,8 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
-use k8s_openapi::api::core::v1::{Container, EnvVar, LifecycleHandler, PodTemplateSpec, SleepAction};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, LifecycleHandler, PodTemplateSpec, SleepAction,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -54,7 +58,10 @@ pub fn standard_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), pool.to_string()),
         ("app.kubernetes.io/instance".to_string(), pool.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), MANAGER_NAME.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGER_NAME.to_string(),
+        ),
         (POOL_LABEL.to_string(), pool.to_string()),
     ])
 }
@@ -101,7 +108,12 @@ fn deployment(pool: &PoolRef, valid: &ValidPool, settings: &Settings, replicas: 
     }
 }
 
-fn pod_template(pool: &PoolRef, valid: &ValidPool, settings: &Settings, template: &mut PodTemplateSpec) {
+fn pod_template(
+    pool: &PoolRef,
+    valid: &ValidPool,
+    settings: &Settings,
+    template: &mut PodTemplateSpec,
+) {
     let spec = valid.spec();
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
@@ -121,10 +133,16 @@ fn pod_template(pool: &PoolRef, valid: &ValidPool, settings: &Settings, template
         return;
     };
     if pod.termination_grace_period_seconds.is_none() {
-        pod.termination_grace_period_seconds = Some(settings.effective.termination_grace_period_seconds);
+        pod.termination_grace_period_seconds =
+            Some(settings.effective.termination_grace_period_seconds);
     }
     if let Some(app) = pod.containers.get_mut(valid.container_index()) {
-        app_container(spec.runtime, spec.policy.shutdown.drain_seconds, settings, app);
+        app_container(
+            spec.runtime,
+            spec.policy.shutdown.drain_seconds,
+            settings,
+            app,
+        );
     }
 }
 
@@ -181,7 +199,13 @@ fn merge_gunicorn_args(env: &mut Vec<EnvVar>, derived: &[String]) {
             let present: Vec<String> = value
                 .split_whitespace()
                 .map(flag_name)
-                .map(|f| if f == "-t" { "--timeout".to_string() } else { f })
+                .map(|f| {
+                    if f == "-t" {
+                        "--timeout".to_string()
+                    } else {
+                        f
+                    }
+                })
                 .collect();
             for arg in derived {
                 if !present.contains(&flag_name(arg)) {

@@ -24,10 +24,16 @@ fn contains_at(live: &Value, desired: &Value, in_quantities: bool) -> bool {
         }),
         (Value::Array(live), Value::Array(desired)) => {
             live.len() == desired.len()
-                && live.iter().zip(desired).all(|(have, want)| contains_at(have, want, in_quantities))
+                && live
+                    .iter()
+                    .zip(desired)
+                    .all(|(have, want)| contains_at(have, want, in_quantities))
         }
         (Value::String(have), Value::String(want)) if in_quantities => {
-            have == want || quantity(have).zip(quantity(want)).is_some_and(|(a, b)| (a - b).abs() <= f64::EPSILON * a.abs().max(1.0))
+            have == want
+                || quantity(have)
+                    .zip(quantity(want))
+                    .is_some_and(|(a, b)| (a - b).abs() <= f64::EPSILON * a.abs().max(1.0))
         }
         (Value::Number(have), Value::Number(want)) => have.as_f64() == want.as_f64(),
         _ => live == desired,
@@ -35,7 +41,10 @@ fn contains_at(live: &Value, desired: &Value, in_quantities: bool) -> bool {
 }
 
 fn is_quantity_map(key: &str) -> bool {
-    matches!(key, "limits" | "requests" | "sizeLimit" | "overhead" | "capacity")
+    matches!(
+        key,
+        "limits" | "requests" | "sizeLimit" | "overhead" | "capacity"
+    )
 }
 
 fn is_empty(value: &Value) -> bool {

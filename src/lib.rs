@@ -2,9 +2,10 @@
 //! pools of Python app-server workers, and records why workers abort.
 
 pub mod api;
+pub mod controller;
 pub mod derive;
-pub mod policy;
-pub mod render;
 pub mod drift;
+pub mod policy;
 pub mod ramp;
+pub mod render;
 pub mod status;

@@ -4,10 +4,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use workerpool_operator::controller::run::{RunConfig, run};
 use workerpool_operator::{api, render};
 
 #[derive(Parser)]
-#[command(name = "workerpool-operator", version, about = "Kubernetes operator for pools of Python app-server workers")]
+#[command(
+    name = "workerpool-operator",
+    version,
+    about = "Kubernetes operator for pools of Python app-server workers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller (kubeconfig or in-cluster config).
+    Run(RunArgs),
     /// Print the WorkerPool CustomResourceDefinition as YAML.
     Crd,
     /// Print every object the operator would apply for a pool on first apply.
@@ -23,6 +30,62 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Hold a Lease so that only one replica reconciles at a time.
+    #[arg(long)]
+    leader_elect: bool,
+    #[arg(long, default_value = "workerpool-operator-leader")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Identity written in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "workerpool-operator")]
+    identity: String,
+    /// Pools reconciled at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run_controller(args: RunArgs) -> Result<(), String> {
+    init_logging(args.log_json);
+    let config = RunConfig {
+        namespace: args.namespace,
+        metrics_addr: args.metrics_addr,
+        leader_election: args.leader_elect,
+        lease_name: args.lease_name,
+        lease_namespace: args.lease_namespace,
+        identity: args.identity,
+        concurrency: args.concurrency.max(1),
+    };
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("starting the async runtime: {e}"))?;
+    runtime.block_on(run(config)).map_err(|e| format!("{e:#}"))
 }
 
 fn read_input(path: &PathBuf) -> Result<String, String> {
@@ -44,13 +107,17 @@ fn run_render(path: &PathBuf) -> Result<(), String> {
     for conflict in &rendered.conflicts {
         eprintln!("warning: {conflict}");
     }
-    print!("{}", render::to_yaml(&rendered.children).map_err(|e| e.to_string())?);
+    print!(
+        "{}",
+        render::to_yaml(&rendered.children).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run_controller(args),
         Command::Crd => {
             print!("{}", api::crd_yaml());
             Ok(())

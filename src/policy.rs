@@ -85,11 +85,41 @@ fn check_range(errors: &mut Vec<FieldError>, path: &str, value: i64, min: i64, m
 pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool, InvalidSpec> {
     let mut errors = Vec::new();
     let p = &spec.policy;
-    check_range(&mut errors, "spec.replicas", spec.replicas.into(), 0, i32::MAX.into());
-    check_range(&mut errors, "spec.policy.boot.timeoutSeconds", p.boot.timeout_seconds, 1, MAX_SECONDS);
-    check_range(&mut errors, "spec.policy.boot.maxConcurrent", p.boot.max_concurrent.into(), 1, 1000);
-    check_range(&mut errors, "spec.policy.requests.timeoutSeconds", p.requests.timeout_seconds, 1, MAX_SECONDS);
-    check_range(&mut errors, "spec.policy.shutdown.drainSeconds", p.shutdown.drain_seconds, 0, 3600);
+    check_range(
+        &mut errors,
+        "spec.replicas",
+        spec.replicas.into(),
+        0,
+        i32::MAX.into(),
+    );
+    check_range(
+        &mut errors,
+        "spec.policy.boot.timeoutSeconds",
+        p.boot.timeout_seconds,
+        1,
+        MAX_SECONDS,
+    );
+    check_range(
+        &mut errors,
+        "spec.policy.boot.maxConcurrent",
+        p.boot.max_concurrent.into(),
+        1,
+        1000,
+    );
+    check_range(
+        &mut errors,
+        "spec.policy.requests.timeoutSeconds",
+        p.requests.timeout_seconds,
+        1,
+        MAX_SECONDS,
+    );
+    check_range(
+        &mut errors,
+        "spec.policy.shutdown.drainSeconds",
+        p.shutdown.drain_seconds,
+        0,
+        3600,
+    );
     check_range(
         &mut errors,
         "spec.policy.shutdown.gracefulTimeoutSeconds",
@@ -97,8 +127,20 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool, InvalidSpec> {
         1,
         MAX_SECONDS,
     );
-    check_range(&mut errors, "spec.policy.failure.bootFailureThreshold", p.failure.boot_failure_threshold.into(), 1, 1000);
-    check_range(&mut errors, "spec.policy.failure.windowSeconds", p.failure.window_seconds, 1, MAX_SECONDS);
+    check_range(
+        &mut errors,
+        "spec.policy.failure.bootFailureThreshold",
+        p.failure.boot_failure_threshold.into(),
+        1,
+        1000,
+    );
+    check_range(
+        &mut errors,
+        "spec.policy.failure.windowSeconds",
+        p.failure.window_seconds,
+        1,
+        MAX_SECONDS,
+    );
     if let Some(init) = &p.init {
         if init.command.is_empty() {
             errors.push(FieldError {
@@ -106,8 +148,20 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool, InvalidSpec> {
                 message: "must list the command to run, e.g. [python, manage.py, migrate]".into(),
             });
         }
-        check_range(&mut errors, "spec.policy.init.timeoutSeconds", init.timeout_seconds, 1, MAX_SECONDS);
-        check_range(&mut errors, "spec.policy.init.backoffLimit", init.backoff_limit.into(), 0, 10);
+        check_range(
+            &mut errors,
+            "spec.policy.init.timeoutSeconds",
+            init.timeout_seconds,
+            1,
+            MAX_SECONDS,
+        );
+        check_range(
+            &mut errors,
+            "spec.policy.init.backoffLimit",
+            init.backoff_limit.into(),
+            0,
+            10,
+        );
     }
     if p.boot.preload && spec.runtime != Runtime::Gunicorn {
         errors.push(FieldError {
@@ -187,14 +241,19 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool, InvalidSpec> {
 
 /// A named health port must exist on the app container, unless every probe is set explicitly.
 fn check_health_port(errors: &mut Vec<FieldError>, spec: &WorkerPoolSpec, app: &Container) {
-    let all_explicit = app.startup_probe.is_some() && app.readiness_probe.is_some() && app.liveness_probe.is_some();
+    let all_explicit = app.startup_probe.is_some()
+        && app.readiness_probe.is_some()
+        && app.liveness_probe.is_some();
     if all_explicit || spec.health.check == HealthCheck::Exec {
         return;
     }
     match &spec.health.port {
         IntOrString::String(name) => {
             let ports = app.ports.as_deref().unwrap_or_default();
-            if !ports.iter().any(|p| p.name.as_deref() == Some(name.as_str())) {
+            if !ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some(name.as_str()))
+            {
                 errors.push(FieldError {
                     path: "spec.health.port".into(),
                     message: format!(
@@ -213,7 +272,10 @@ fn check_health_port(errors: &mut Vec<FieldError>, spec: &WorkerPoolSpec, app: &
 }
 
 fn parse_percent(s: &str) -> Option<u32> {
-    s.strip_suffix('%')?.parse::<u32>().ok().filter(|p| *p <= 100)
+    s.strip_suffix('%')?
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p <= 100)
 }
 
 /// A value from the template that breaks a derivation rule; names both numbers.
@@ -361,12 +423,15 @@ fn flag_value(words: &[&str], long: &str, short: Option<&str>) -> Option<i64> {
     let mut found = None;
     let mut iter = words.iter().peekable();
     while let Some(word) = iter.next() {
-        if let Some(v) = word.strip_prefix(long).and_then(|rest| rest.strip_prefix('=')) {
+        if let Some(v) = word
+            .strip_prefix(long)
+            .and_then(|rest| rest.strip_prefix('='))
+        {
             found = v.parse().ok().or(found);
-        } else if *word == long || short == Some(*word) {
-            if let Some(next) = iter.peek() {
-                found = next.parse().ok().or(found);
-            }
+        } else if (*word == long || short == Some(*word))
+            && let Some(next) = iter.peek()
+        {
+            found = next.parse().ok().or(found);
         }
     }
     found
@@ -393,7 +458,9 @@ pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags 
             let env_words: Vec<&str> = env_value(container, "GUNICORN_CMD_ARGS")
                 .map(|v| v.split_whitespace().collect())
                 .unwrap_or_default();
-            let pick = |long, short| flag_value(&cmd_words, long, short).or_else(|| flag_value(&env_words, long, short));
+            let pick = |long, short| {
+                flag_value(&cmd_words, long, short).or_else(|| flag_value(&env_words, long, short))
+            };
             ExplicitFlags {
                 worker_timeout: pick("--timeout", Some("-t")),
                 graceful_timeout: pick("--graceful-timeout", None),
@@ -402,9 +469,12 @@ pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags 
         }
         Runtime::Uvicorn => ExplicitFlags {
             worker_timeout: None,
-            graceful_timeout: flag_value(&cmd_words, "--timeout-graceful-shutdown", None).or_else(|| {
-                env_value(container, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN").and_then(|v| v.trim().parse().ok())
-            }),
+            graceful_timeout: flag_value(&cmd_words, "--timeout-graceful-shutdown", None).or_else(
+                || {
+                    env_value(container, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN")
+                        .and_then(|v| v.trim().parse().ok())
+                },
+            ),
             preload: false,
         },
         Runtime::Generic => ExplicitFlags::default(),
@@ -448,7 +518,9 @@ pub fn settle(pool: &ValidPool) -> Settings {
 
     let graceful_timeout = match spec.runtime {
         Runtime::Generic => p.shutdown.graceful_timeout_seconds,
-        _ => flags.graceful_timeout.unwrap_or(p.shutdown.graceful_timeout_seconds),
+        _ => flags
+            .graceful_timeout
+            .unwrap_or(p.shutdown.graceful_timeout_seconds),
     };
 
     let pod = pool.pod_spec();
@@ -457,20 +529,21 @@ pub fn settle(pool: &ValidPool) -> Settings {
         None => (derived_grace_period(spec), Source::Policy),
     };
 
-    let (pre_stop_sleep, explicit_pre_stop) = match app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
-        Some(hook) => (hook.sleep.as_ref().map(|s| s.seconds), true),
-        None => (Some(p.shutdown.drain_seconds), false),
-    };
-    if let (true, Some(sleep)) = (explicit_pre_stop, pre_stop_sleep) {
-        if sleep < p.shutdown.drain_seconds {
-            conflicts.push(Conflict {
-                field: "preStop sleep".into(),
-                message: format!(
-                    "preStop sleeps {sleep}s, shorter than policy.shutdown.drainSeconds {}: endpoints may still route to a terminating pod",
-                    p.shutdown.drain_seconds
-                ),
-            });
-        }
+    let (pre_stop_sleep, explicit_pre_stop) =
+        match app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+            Some(hook) => (hook.sleep.as_ref().map(|s| s.seconds), true),
+            None => (Some(p.shutdown.drain_seconds), false),
+        };
+    if let (true, Some(sleep)) = (explicit_pre_stop, pre_stop_sleep)
+        && sleep < p.shutdown.drain_seconds
+    {
+        conflicts.push(Conflict {
+            field: "preStop sleep".into(),
+            message: format!(
+                "preStop sleeps {sleep}s, shorter than policy.shutdown.drainSeconds {}: endpoints may still route to a terminating pod",
+                p.shutdown.drain_seconds
+            ),
+        });
     }
     let drain = pre_stop_sleep.unwrap_or(p.shutdown.drain_seconds);
     if grace < drain + graceful_timeout {
@@ -524,7 +597,10 @@ pub fn settle(pool: &ValidPool) -> Settings {
     match spec.runtime {
         Runtime::Gunicorn => {
             gunicorn_args.push(format!("--timeout={derived_timeout}"));
-            gunicorn_args.push(format!("--graceful-timeout={}", p.shutdown.graceful_timeout_seconds));
+            gunicorn_args.push(format!(
+                "--graceful-timeout={}",
+                p.shutdown.graceful_timeout_seconds
+            ));
             if p.boot.preload {
                 gunicorn_args.push("--preload".into());
             }
@@ -545,7 +621,8 @@ pub fn settle(pool: &ValidPool) -> Settings {
             readiness_probe: readiness,
             liveness_probe: liveness,
             worker_timeout_seconds: worker_timeout,
-            graceful_timeout_seconds: (spec.runtime != Runtime::Generic).then_some(graceful_timeout),
+            graceful_timeout_seconds: (spec.runtime != Runtime::Generic)
+                .then_some(graceful_timeout),
             max_surge: p.boot.max_concurrent,
             max_unavailable: 0,
         },

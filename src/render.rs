@@ -46,8 +46,16 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
     let valid = policy::validate(&pool.spec)?;
     let settings = policy::settle(&valid);
     let pool_ref = PoolRef {
-        name: pool.metadata.name.clone().unwrap_or_else(|| "workerpool".into()),
-        namespace: pool.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: pool
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "workerpool".into()),
+        namespace: pool
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         uid: pool.metadata.uid.clone(),
     };
     let replicas = policy::first_apply_replicas(&pool.spec);

@@ -59,7 +59,14 @@ pub struct Observation<'a> {
     pub stall: Option<&'a Stall>,
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String, generation: i64, now: &Time) -> Condition {
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: if status { "True" } else { "False" }.to_string(),
@@ -72,10 +79,10 @@ fn condition(type_: &str, status: bool, reason: &str, message: String, generatio
 
 /// Keeps the old `lastTransitionTime` unless the condition's status changed.
 fn keep_transition_time(mut new: Condition, old: &[Condition]) -> Condition {
-    if let Some(previous) = old.iter().find(|c| c.type_ == new.type_) {
-        if previous.status == new.status {
-            new.last_transition_time = previous.last_transition_time.clone();
-        }
+    if let Some(previous) = old.iter().find(|c| c.type_ == new.type_)
+        && previous.status == new.status
+    {
+        new.last_transition_time = previous.last_transition_time.clone();
     }
     new
 }
@@ -84,7 +91,11 @@ fn keep_transition_time(mut new: Condition, old: &[Condition]) -> Condition {
 fn progress(obs: &Observation) -> (bool, &'static str, String) {
     let desired = obs.desired_replicas;
     let Some(dep) = obs.deployment else {
-        return (false, reason::CREATING, "waiting for the Deployment to be created".into());
+        return (
+            false,
+            reason::CREATING,
+            "waiting for the Deployment to be created".into(),
+        );
     };
     let target = obs.ramp_target.unwrap_or(desired);
     if target < desired {
@@ -98,26 +109,44 @@ fn progress(obs: &Observation) -> (bool, &'static str, String) {
         );
     }
     if !dep.current {
-        return (false, reason::PROGRESSING, "waiting for the Deployment controller to observe the latest spec".into());
+        return (
+            false,
+            reason::PROGRESSING,
+            "waiting for the Deployment controller to observe the latest spec".into(),
+        );
     }
     if dep.replicas > desired {
-        return (false, reason::SCALING_DOWN, format!("scaling down: {} pods, {desired} desired", dep.replicas));
+        return (
+            false,
+            reason::SCALING_DOWN,
+            format!("scaling down: {} pods, {desired} desired", dep.replicas),
+        );
     }
     if dep.updated < desired {
         return (
             false,
             reason::ROLLING_OUT,
-            format!("rolling out: {} of {desired} replicas updated, {} ready", dep.updated, dep.ready),
+            format!(
+                "rolling out: {} of {desired} replicas updated, {} ready",
+                dep.updated, dep.ready
+            ),
         );
     }
     if dep.ready < desired || dep.available < desired {
         return (
             false,
             reason::PROGRESSING,
-            format!("{} of {desired} replicas ready, {} available", dep.ready, dep.available),
+            format!(
+                "{} of {desired} replicas ready, {} available",
+                dep.ready, dep.available
+            ),
         );
     }
-    (true, reason::ALL_READY, format!("{} of {desired} replicas ready", dep.ready))
+    (
+        true,
+        reason::ALL_READY,
+        format!("{} of {desired} replicas ready", dep.ready),
+    )
 }
 
 pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) -> WorkerPoolStatus {
@@ -127,18 +156,67 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
 
     let (ready, reconciling, stalled) = match obs.stall {
         Some(stall) => (
-            condition(condition::READY, false, stall.reason, stall.message.clone(), generation, now),
-            condition(condition::RECONCILING, false, stall.reason, stall.message.clone(), generation, now),
-            condition(condition::STALLED, true, stall.reason, stall.message.clone(), generation, now),
+            condition(
+                condition::READY,
+                false,
+                stall.reason,
+                stall.message.clone(),
+                generation,
+                now,
+            ),
+            condition(
+                condition::RECONCILING,
+                false,
+                stall.reason,
+                stall.message.clone(),
+                generation,
+                now,
+            ),
+            condition(
+                condition::STALLED,
+                true,
+                stall.reason,
+                stall.message.clone(),
+                generation,
+                now,
+            ),
         ),
         None => (
-            condition(condition::READY, progress_ok, progress_reason, progress_message.clone(), generation, now),
+            condition(
+                condition::READY,
+                progress_ok,
+                progress_reason,
+                progress_message.clone(),
+                generation,
+                now,
+            ),
             if progress_ok {
-                condition(condition::RECONCILING, false, reason::CONVERGED, String::new(), generation, now)
+                condition(
+                    condition::RECONCILING,
+                    false,
+                    reason::CONVERGED,
+                    String::new(),
+                    generation,
+                    now,
+                )
             } else {
-                condition(condition::RECONCILING, true, progress_reason, progress_message, generation, now)
+                condition(
+                    condition::RECONCILING,
+                    true,
+                    progress_reason,
+                    progress_message,
+                    generation,
+                    now,
+                )
             },
-            condition(condition::STALLED, false, reason::PROGRESSING, String::new(), generation, now),
+            condition(
+                condition::STALLED,
+                false,
+                reason::PROGRESSING,
+                String::new(),
+                generation,
+                now,
+            ),
         ),
     };
     let degraded = old_conditions
@@ -149,12 +227,40 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
             c.observed_generation = Some(generation);
             c
         })
-        .unwrap_or_else(|| condition(condition::DEGRADED, false, reason::NO_ABORTS, String::new(), generation, now));
+        .unwrap_or_else(|| {
+            condition(
+                condition::DEGRADED,
+                false,
+                reason::NO_ABORTS,
+                String::new(),
+                generation,
+                now,
+            )
+        });
     let conflict = if obs.conflicts.is_empty() {
-        condition(condition::POLICY_CONFLICT, false, reason::CONSISTENT, String::new(), generation, now)
+        condition(
+            condition::POLICY_CONFLICT,
+            false,
+            reason::CONSISTENT,
+            String::new(),
+            generation,
+            now,
+        )
     } else {
-        let message = obs.conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-        condition(condition::POLICY_CONFLICT, true, reason::TEMPLATE_OVERRIDE, message, generation, now)
+        let message = obs
+            .conflicts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        condition(
+            condition::POLICY_CONFLICT,
+            true,
+            reason::TEMPLATE_OVERRIDE,
+            message,
+            generation,
+            now,
+        )
     };
     let degraded_now = degraded.status == "True";
     let conditions: Vec<Condition> = [ready, reconciling, stalled, degraded, conflict]
@@ -164,7 +270,10 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
 
     let phase = if obs.stall.is_some() {
         Phase::Stalled
-    } else if obs.deployment.is_none_or(|d| d.replicas == 0 && obs.desired_replicas > 0) {
+    } else if obs
+        .deployment
+        .is_none_or(|d| d.replicas == 0 && obs.desired_replicas > 0)
+    {
         Phase::Pending
     } else if !progress_ok {
         Phase::Progressing
@@ -185,7 +294,10 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
         selector: Some(obs.selector.clone()),
         phase: Some(phase),
         conditions,
-        effective: obs.effective.cloned().or_else(|| old.and_then(|s| s.effective.clone())),
+        effective: obs
+            .effective
+            .cloned()
+            .or_else(|| old.and_then(|s| s.effective.clone())),
         aborts: old.and_then(|s| s.aborts.clone()),
     }
 }
@@ -198,4 +310,81 @@ pub fn find<'a>(status: Option<&'a WorkerPoolStatus>, type_: &str) -> Option<&'a
 /// True when the condition of this type is present and `True`.
 pub fn is_true(status: Option<&WorkerPoolStatus>, type_: &str) -> bool {
     find(status, type_).is_some_and(|c| c.status == "True")
+}
+
+/// The Deployment's replicas before and after this reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RampChange {
+    /// None when the Deployment was just created.
+    pub previous: Option<i32>,
+    pub target: i32,
+    pub desired: i32,
+}
+
+/// A Kubernetes Event to publish on the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: String,
+    pub action: &'static str,
+    pub message: String,
+}
+
+/// Events for what changed: a new stall or template conflict, creation, a ramp step, readiness.
+/// Only transitions produce events, so a steady pool publishes none.
+pub fn notices(
+    old: Option<&WorkerPoolStatus>,
+    new: &WorkerPoolStatus,
+    ramp: Option<RampChange>,
+) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let newly_true = |type_: &str| {
+        let now = find(Some(new), type_).filter(|c| c.status == "True")?;
+        let before = find(old, type_);
+        let same = before.is_some_and(|b| b.status == "True" && b.message == now.message);
+        (!same).then_some(now)
+    };
+    if let Some(c) = newly_true(condition::STALLED) {
+        out.push(Notice {
+            warning: true,
+            reason: c.reason.clone(),
+            action: "Reconcile",
+            message: c.message.clone(),
+        });
+    }
+    if let Some(c) = newly_true(condition::POLICY_CONFLICT) {
+        out.push(Notice {
+            warning: true,
+            reason: "PolicyConflict".into(),
+            action: "Derive",
+            message: c.message.clone(),
+        });
+    }
+    match ramp {
+        Some(RampChange { previous: None, target, desired }) => out.push(Notice {
+            warning: false,
+            reason: "Created".into(),
+            action: "Apply",
+            message: format!("created the Deployment with {target} of {desired} replicas as the first step"),
+        }),
+        Some(RampChange { previous: Some(previous), target, desired }) if previous < target => out.push(Notice {
+            warning: false,
+            reason: "RampStep".into(),
+            action: "Scale",
+            message: format!("pods of the previous step are Ready; scaling from {previous} to {target} of {desired} replicas"),
+        }),
+        _ => {}
+    }
+    if is_true(Some(new), condition::READY) && !is_true(old, condition::READY) {
+        let message = find(Some(new), condition::READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        out.push(Notice {
+            warning: false,
+            reason: "Ready".into(),
+            action: "Reconcile",
+            message,
+        });
+    }
+    out
 }

@@ -26,6 +26,8 @@ pub const MANAGER_NAME: &str = "workerpool-operator";
 /// Longest duration any policy field accepts, so derived sums can never overflow.
 pub const MAX_SECONDS: i64 = 86_400;
 
+// Several printer columns repeat `type_`; that is the derive's syntax, not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "workerpool.dev",
@@ -44,8 +46,16 @@ pub const MAX_SECONDS: i64 = 86_400;
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Last-Abort", type_ = "string", json_path = ".status.aborts.last.reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Last-Abort",
+        type_ = "string",
+        json_path = ".status.aborts.last.reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(

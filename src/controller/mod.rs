@@ -1,0 +1,469 @@
+//! The I/O edge: reads pools and the watch caches, applies children, writes status and Events.
+//!
+//! `reconcile` is a pipeline — observe, validate, settle, build, apply what differs, compute
+//! status, write it if it differs — where only the first and the last two steps touch the API.
+
+mod error;
+pub mod metrics;
+pub mod run;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub use error::Error;
+use metrics::Metrics;
+
+use crate::api::{MANAGER_NAME, WorkerPool, WorkerPoolStatus};
+use crate::derive::{self, Children, PoolRef};
+use crate::drift;
+use crate::policy;
+use crate::ramp::{self, DeploymentCounts};
+use crate::status::{self, DeploymentObserved, Observation, RampChange, Stall, reason};
+
+/// Field manager for the status subresource, separate from the children's.
+pub const STATUS_MANAGER: &str = "workerpool-operator-status";
+/// Safety net: every pool is looked at again after this long even without a watch event.
+pub const RESYNC: Duration = Duration::from_secs(3600);
+
+/// Source of the current time, so the sandbox can run the controller on a virtual clock.
+pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
+
+pub struct Context {
+    pub client: Client,
+    pub deployments: Store<Deployment>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    failures: Mutex<HashMap<ObjectRef<DeserializeGuard<WorkerPool>>, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        deployments: Store<Deployment>,
+        pdbs: Store<PodDisruptionBudget>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
+        Context {
+            client,
+            deployments,
+            pdbs,
+            recorder,
+            metrics,
+            clock,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time((self.clock)())
+    }
+}
+
+/// Entry point for the controller runtime; records metrics around [`reconcile_pool`].
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<WorkerPool>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = match &guard.0 {
+        Ok(pool) => reconcile_pool(pool, &ctx).await,
+        Err(invalid) => report_malformed(invalid, &ctx).await,
+    };
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(guard.as_ref()));
+    }
+    result
+}
+
+/// Per-object exponential backoff: 5 s, 10 s, 20 s, … up to 5 minutes.
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<WorkerPool>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let attempts = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let entry = failures
+                .entry(ObjectRef::from_obj(guard.as_ref()))
+                .or_insert(0);
+            *entry = entry.saturating_add(1);
+            *entry
+        }
+        Err(_) => 1,
+    };
+    tracing::warn!(pool = %guard.name_any(), category = error.category(), attempts, "reconcile failed: {error}");
+    Action::requeue(backoff(attempts))
+}
+
+pub fn backoff(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exponent).min(300))
+}
+
+/// A WorkerPool that does not deserialize: say so on the object, keep the rest of the loop going.
+async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
+    let meta = &invalid.metadata;
+    let (Some(name), Some(namespace)) = (meta.name.as_deref(), meta.namespace.as_deref()) else {
+        return Err(Error::Metadata("name or namespace"));
+    };
+    tracing::warn!(
+        pool = name,
+        namespace,
+        "malformed WorkerPool: {}",
+        invalid.error
+    );
+    let message = format!(
+        "the object does not match the WorkerPool schema: {}",
+        invalid.error
+    );
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(WorkerPool::api_version(&()).into()),
+        kind: Some("WorkerPool".into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        uid: meta.uid.clone(),
+        ..Default::default()
+    };
+    publish(
+        ctx,
+        &reference,
+        EventType::Warning,
+        reason::INVALID_SPEC,
+        "Validate",
+        message,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn deployment_observed(dep: &Deployment) -> DeploymentObserved {
+    let status = dep.status.clone().unwrap_or_default();
+    let generation = dep.metadata.generation.unwrap_or(0);
+    DeploymentObserved {
+        replicas: status.replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        current: status.observed_generation.unwrap_or(0) >= generation,
+    }
+}
+
+fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// A child as the watch cache holds it, or — when the cache has none — as the API holds it, so a
+/// same-named object someone else created is never adopted or overwritten.
+enum Existing<K> {
+    Ours(Arc<K>),
+    Absent,
+    Foreign,
+}
+
+async fn existing<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Existing<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let cached = store.get(&ObjectRef::new(name).within(namespace));
+    let object = match cached {
+        Some(object) => object,
+        None => {
+            let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+            match api.get_opt(name).await.map_err(|source| Error::Read {
+                kind: K::kind(&()).into_owned(),
+                name: name.into(),
+                source,
+            })? {
+                Some(object) => Arc::new(object),
+                None => return Ok(Existing::Absent),
+            }
+        }
+    };
+    Ok(if is_owned_by(object.meta(), uid) {
+        Existing::Ours(object)
+    } else {
+        Existing::Foreign
+    })
+}
+
+/// Server-side apply of one child unless the live object already holds every field we set.
+/// Returns whether a request was made.
+async fn apply_child<K>(
+    ctx: &Context,
+    namespace: &str,
+    desired: &K,
+    live: Option<&K>,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&()).into_owned();
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let desired_value = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    if let Some(live) = live {
+        let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
+        if drift::contains(&live_value, &desired_value) {
+            return Ok(false);
+        }
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER_NAME).force(),
+        &Patch::Apply(&desired_value),
+    )
+    .await
+    .map_err(|source| Error::Apply { kind, name, source })?;
+    Ok(true)
+}
+
+/// What applying the children found and did.
+struct Applied {
+    stall: Option<Stall>,
+    ramp_target: Option<i32>,
+    previous_target: Option<i32>,
+    created: bool,
+}
+
+async fn apply_children(
+    ctx: &Context,
+    pool_ref: &PoolRef,
+    uid: &str,
+    valid: &policy::ValidPool,
+    settings: &policy::Settings,
+) -> Result<Applied, Error> {
+    let ns = pool_ref.namespace.as_str();
+    let name = pool_ref.name.as_str();
+    let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
+    let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
+    let foreign: Vec<&str> = [
+        matches!(deployment, Existing::Foreign).then_some("Deployment"),
+        matches!(pdb, Existing::Foreign).then_some("PodDisruptionBudget"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !foreign.is_empty() {
+        let message = format!(
+            "{} {ns}/{name} already exists and is not owned by this WorkerPool; it was left untouched. Rename the pool or remove that object",
+            foreign.join(" and ")
+        );
+        return Ok(Applied {
+            stall: Some(Stall {
+                reason: reason::NOT_OWNED,
+                message,
+            }),
+            ramp_target: None,
+            previous_target: None,
+            created: false,
+        });
+    }
+    let live_deployment = match &deployment {
+        Existing::Ours(d) => Some(d.clone()),
+        _ => None,
+    };
+    let counts = live_deployment.as_ref().map(|d| {
+        let observed = deployment_observed(d);
+        DeploymentCounts {
+            target: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            ready: observed.ready,
+            status_current: observed.current,
+        }
+    });
+    let spec = valid.spec();
+    let target = ramp::next_target(spec.replicas, spec.policy.boot.max_concurrent, counts);
+    let Children {
+        deployment: desired_deployment,
+        pdb: desired_pdb,
+    } = derive::build(pool_ref, valid, settings, target);
+    apply_child(ctx, ns, &desired_deployment, live_deployment.as_deref()).await?;
+    let live_pdb = match &pdb {
+        Existing::Ours(p) => Some(p.as_ref()),
+        _ => None,
+    };
+    apply_child(ctx, ns, &desired_pdb, live_pdb).await?;
+    Ok(Applied {
+        stall: None,
+        ramp_target: Some(target),
+        previous_target: counts.map(|c| c.target),
+        created: live_deployment.is_none(),
+    })
+}
+
+pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
+    let name = pool.metadata.name.clone().ok_or(Error::Metadata("name"))?;
+    let namespace = pool
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::Metadata("namespace"))?;
+    let uid = pool.metadata.uid.clone().ok_or(Error::Metadata("uid"))?;
+    let generation = pool.metadata.generation.unwrap_or(0);
+    let pool_ref = PoolRef {
+        name: name.clone(),
+        namespace: namespace.clone(),
+        uid: Some(uid.clone()),
+    };
+
+    let (stall, settings, applied) = match policy::validate(&pool.spec) {
+        Err(invalid) => {
+            let stall = Stall {
+                reason: reason::INVALID_SPEC,
+                message: format!("spec is invalid, the running pool was left untouched: {invalid}"),
+            };
+            (Some(stall), None, None)
+        }
+        Ok(valid) => {
+            let settings = policy::settle(&valid);
+            let applied = apply_children(ctx, &pool_ref, &uid, &valid, &settings).await?;
+            (applied.stall.clone(), Some(settings), Some(applied))
+        }
+    };
+
+    let cached = ctx
+        .deployments
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .filter(|d| is_owned_by(d.meta(), &uid));
+    let observation = Observation {
+        generation,
+        desired_replicas: pool.spec.replicas,
+        max_concurrent: pool.spec.policy.boot.max_concurrent,
+        selector: derive::selector_string(&name),
+        deployment: cached.as_deref().map(deployment_observed),
+        ramp_target: applied.as_ref().and_then(|a| a.ramp_target),
+        effective: if stall.is_none() {
+            settings.as_ref().map(|s| &s.effective)
+        } else {
+            None
+        },
+        conflicts: settings
+            .as_ref()
+            .map(|s| s.conflicts.as_slice())
+            .unwrap_or_default(),
+        stall: stall.as_ref(),
+    };
+    let old = pool.status.as_ref();
+    let new = status::compute(old, &observation, &ctx.now());
+    if old != Some(&new) {
+        let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": new })),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            name: name.clone(),
+            source,
+        })?;
+        announce(ctx, pool, old, &new, applied.as_ref()).await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Publishes the Events for what changed between two statuses.
+async fn announce(
+    ctx: &Context,
+    pool: &WorkerPool,
+    old: Option<&WorkerPoolStatus>,
+    new: &WorkerPoolStatus,
+    applied: Option<&Applied>,
+) {
+    let reference = pool.object_ref(&());
+    let ramp = applied.and_then(|a| {
+        a.ramp_target.map(|target| RampChange {
+            previous: if a.created { None } else { a.previous_target },
+            target,
+            desired: pool.spec.replicas,
+        })
+    });
+    for notice in status::notices(old, new, ramp) {
+        let type_ = if notice.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(
+            ctx,
+            &reference,
+            type_,
+            &notice.reason,
+            notice.action,
+            notice.message,
+        )
+        .await;
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(reason, "publishing an Event failed: {error}");
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

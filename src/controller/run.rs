@@ -1,0 +1,279 @@
+//! `workerpool-operator run`: watches, leader election, the HTTP endpoints and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource};
+use tokio::sync::watch;
+
+use super::metrics::Metrics;
+use super::{Clock, Context, error_policy, reconcile};
+use crate::api::{MANAGER_NAME, WorkerPool};
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Watch only this namespace; all namespaces when None.
+    pub namespace: Option<String>,
+    pub metrics_addr: SocketAddr,
+    pub leader_election: bool,
+    pub lease_name: String,
+    /// Namespace of the Lease; the client's default namespace when None.
+    pub lease_namespace: Option<String>,
+    /// Identity in the Lease, usually the pod name.
+    pub identity: String,
+    /// Pools reconciled at once.
+    pub concurrency: u16,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Drops what the controller never reads, so cached objects stay small.
+fn strip<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let mut stop = stop;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Waits until this replica holds the Lease; returns a receiver that flips to false when it is lost.
+async fn acquire_leadership(
+    client: &Client,
+    config: &RunConfig,
+) -> anyhow::Result<(
+    watch::Receiver<bool>,
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+)> {
+    let mut builder =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+            .with_identity(&config.identity)
+            .with_field_manager(MANAGER_NAME);
+    if let Some(ns) = &config.lease_namespace {
+        builder = builder.with_namespace(ns);
+    }
+    let manager = builder.build().await?;
+    let (mut channel, task) = manager.watch().await;
+    tracing::info!(lease = %config.lease_name, identity = %config.identity, "waiting for leadership");
+    while !*channel.borrow_and_update() {
+        channel.changed().await?;
+    }
+    tracing::info!("acquired leadership");
+    Ok((channel, task))
+}
+
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(serve(
+        config.metrics_addr,
+        metrics.clone(),
+        ready.clone(),
+        stop_rx,
+    ));
+
+    let shutdown = shutdown_signal().shared();
+    let leadership = if config.leader_election {
+        tokio::select! {
+            acquired = acquire_leadership(&client, &config) => Some(acquired?),
+            _ = shutdown.clone() => {
+                let _ = stop_tx.send(true);
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let lost = {
+        let channel = leadership.as_ref().map(|(c, _)| c.clone());
+        async move {
+            match channel {
+                Some(mut channel) => {
+                    let _ = channel.wait_for(|leader| !*leader).await;
+                    tracing::warn!("lost leadership; stopping");
+                }
+                None => futures::future::pending::<()>().await,
+            }
+        }
+    };
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = lost => {}
+            }
+        }
+    };
+
+    let ns = config.namespace.as_deref();
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
+    let (deployments, deployment_writer) = reflector::store::<Deployment>();
+    let deployment_stream = watcher(api::<Deployment>(&client, ns), owned.clone())
+        .default_backoff()
+        .modify(strip)
+        .reflect(deployment_writer)
+        .touched_objects();
+    let (pdbs, pdb_writer) = reflector::store::<PodDisruptionBudget>();
+    let pdb_stream = watcher(api::<PodDisruptionBudget>(&client, ns), owned)
+        .default_backoff()
+        .modify(strip)
+        .reflect(pdb_writer)
+        .touched_objects();
+    let (pools, pool_writer) = reflector::store::<DeserializeGuard<WorkerPool>>();
+    let pool_stream = watcher(
+        api::<DeserializeGuard<WorkerPool>>(&client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(strip)
+    .reflect(pool_writer)
+    .applied_objects();
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER_NAME.into(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let clock: Clock = Arc::new(jiff::Timestamp::now);
+    let context = Arc::new(Context::new(
+        client.clone(),
+        deployments.clone(),
+        pdbs.clone(),
+        recorder,
+        metrics,
+        clock,
+    ));
+
+    {
+        let ready = ready.clone();
+        let (pools, deployments, pdbs) = (pools.clone(), deployments.clone(), pdbs.clone());
+        tokio::spawn(async move {
+            let synced = pools.wait_until_ready().await.is_ok()
+                && deployments.wait_until_ready().await.is_ok()
+                && pdbs.wait_until_ready().await.is_ok();
+            ready.store(synced, Ordering::Relaxed);
+            tracing::info!("watch caches synced");
+        });
+    }
+
+    Controller::for_stream(pool_stream, pools)
+        .owns_stream(deployment_stream)
+        .owns_stream(pdb_stream)
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!("reconcile: {error}");
+            }
+        })
+        .await;
+
+    tracing::info!("controller stopped");
+    let _ = stop_tx.send(true);
+    if let Some((channel, task)) = leadership {
+        drop(channel);
+        if let Ok(Ok(manager)) = task.await {
+            let _ = manager.release().await;
+        }
+    }
+    let _ = server.await;
+    Ok(())
+}
