@@ -148,7 +148,7 @@ pub enum HealthCheck {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.check != 'exec' || size(self.command) > 0")
+#[x_kube(validation = Rule::new("self.check != 'exec' || (has(self.command) && size(self.command) > 0)")
     .message("spec.health.command is required when spec.health.check is exec").field_path(".command"))]
 #[x_kube(validation = Rule::new("self.check != 'http' || self.path.startsWith('/')")
     .message("spec.health.path must start with '/'").field_path(".path"))]
