@@ -1,0 +1,259 @@
+//! Every derivation rule of the design, on the objects the operator applies.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use proptest::prelude::*;
+use serde_json::json;
+use workerpool_operator::api::{Runtime, Source, WorkerPoolSpec};
+use workerpool_operator::derive::{self, PoolRef};
+use workerpool_operator::policy::{self, GRACE_MARGIN_SECONDS, Settings};
+
+fn spec(runtime: &str, extra: serde_json::Value) -> WorkerPoolSpec {
+    let mut value = json!({
+        "replicas": 6,
+        "runtime": runtime,
+        "template": {"spec": {"containers": [
+            {"name": "app", "image": "example/app:1", "ports": [{"name": "http", "containerPort": 8000}]}
+        ]}}
+    });
+    merge(&mut value, &extra);
+    serde_json::from_value(value).expect("valid spec JSON")
+}
+
+fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(overlay)) => {
+            for (k, v) in overlay {
+                merge(base.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (base, overlay) => *base = overlay.clone(),
+    }
+}
+
+fn build(spec: &WorkerPoolSpec) -> (Deployment, Settings) {
+    let valid = policy::validate(spec).expect("valid");
+    let settings = policy::settle(&valid);
+    let pool = PoolRef {
+        name: "api".into(),
+        namespace: "shop".into(),
+        uid: Some("uid-1".into()),
+    };
+    let children = derive::build(&pool, &valid, &settings, policy::first_apply_replicas(spec));
+    (children.deployment, settings)
+}
+
+fn app(deployment: &Deployment) -> &Container {
+    &deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+}
+
+fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    container.env.as_ref()?.iter().find(|e| e.name == name)?.value.as_deref()
+}
+
+fn window(probe: &Probe) -> i64 {
+    i64::from(probe.period_seconds.unwrap()) * i64::from(probe.failure_threshold.unwrap())
+}
+
+#[test]
+fn defaults_for_gunicorn() {
+    let (deployment, settings) = build(&spec("gunicorn", json!({})));
+    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.termination_grace_period_seconds, Some(5 + 30 + GRACE_MARGIN_SECONDS));
+    let app = app(&deployment);
+    assert_eq!(app.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds, 5);
+    assert!(window(app.startup_probe.as_ref().unwrap()) >= 60);
+    // Without --preload the worker timeout covers the boot: max(30, 60).
+    assert_eq!(env(app, "GUNICORN_CMD_ARGS"), Some("--timeout=60 --graceful-timeout=30"));
+    let liveness = app.liveness_probe.as_ref().unwrap();
+    assert!(window(liveness) + i64::from(liveness.timeout_seconds.unwrap()) > 60);
+    let readiness = app.readiness_probe.as_ref().unwrap();
+    assert!(window(readiness) <= 5, "readiness reacts within a few seconds");
+    assert_eq!(readiness.http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+    assert_eq!(readiness.http_get.as_ref().unwrap().port, IntOrString::String("http".into()));
+    let strategy = deployment.spec.as_ref().unwrap().strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().unwrap();
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(2)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2), "first apply is min(6, maxConcurrent)");
+    assert!(settings.conflicts.is_empty());
+    assert_eq!(settings.effective.worker_timeout_seconds, Some(60));
+}
+
+#[test]
+fn labels_selector_and_runtime_annotation() {
+    let (deployment, _) = build(&spec("uvicorn", json!({})));
+    let labels = deployment.metadata.labels.as_ref().unwrap();
+    for key in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "workerpool.dev/pool"] {
+        assert_eq!(labels.get(key).map(String::as_str), Some("api"), "{key}");
+    }
+    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("workerpool-operator"));
+    let template = &deployment.spec.as_ref().unwrap().template;
+    let meta = template.metadata.as_ref().unwrap();
+    assert_eq!(meta.annotations.as_ref().unwrap().get("workerpool.dev/runtime").map(String::as_str), Some("uvicorn"));
+    assert_eq!(meta.labels.as_ref().unwrap().get("workerpool.dev/pool").map(String::as_str), Some("api"));
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("WorkerPool", "uid-1", Some(true)));
+}
+
+#[test]
+fn preload_keeps_the_request_timeout() {
+    let (deployment, _) = build(&spec("gunicorn", json!({"policy": {"boot": {"preload": true, "timeoutSeconds": 120}}})));
+    assert_eq!(env(app(&deployment), "GUNICORN_CMD_ARGS"), Some("--timeout=30 --graceful-timeout=30 --preload"));
+}
+
+#[test]
+fn uvicorn_gets_its_graceful_shutdown_env() {
+    let (deployment, _) = build(&spec("uvicorn", json!({"policy": {"shutdown": {"gracefulTimeoutSeconds": 45}}})));
+    let app = app(&deployment);
+    assert_eq!(env(app, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"), Some("45"));
+    assert_eq!(env(app, "GUNICORN_CMD_ARGS"), None);
+}
+
+#[test]
+fn generic_gets_no_app_server_flags() {
+    let (deployment, settings) = build(&spec("generic", json!({"health": {"check": "exec", "command": ["celery", "inspect", "ping"]}})));
+    let app = app(&deployment);
+    assert_eq!(app.env, None);
+    assert!(app.liveness_probe.as_ref().unwrap().exec.is_some());
+    assert_eq!(settings.effective.worker_timeout_seconds, None);
+}
+
+#[test]
+fn no_drain_means_no_pre_stop_hook() {
+    let (deployment, _) = build(&spec("gunicorn", json!({"policy": {"shutdown": {"drainSeconds": 0}}})));
+    assert!(app(&deployment).lifecycle.is_none());
+}
+
+#[test]
+fn explicit_grace_period_wins_and_is_reported_with_both_numbers() {
+    let (deployment, settings) = build(&spec("gunicorn", json!({"template": {"spec": {"terminationGracePeriodSeconds": 20}}})));
+    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.termination_grace_period_seconds, Some(20));
+    assert_eq!(settings.effective.termination_grace_period_source, Source::Template);
+    let conflict = settings.conflicts.iter().find(|c| c.field == "terminationGracePeriodSeconds").expect("conflict");
+    assert!(conflict.message.contains("20") && conflict.message.contains("35"), "{}", conflict.message);
+}
+
+#[test]
+fn command_line_timeout_wins_and_is_reported() {
+    let extra = json!({"template": {"spec": {"containers": [
+        {"name": "app", "image": "example/app:1", "args": ["--timeout", "10"], "ports": [{"name": "http", "containerPort": 8000}]}
+    ]}}});
+    let (_, settings) = build(&spec("gunicorn", extra));
+    assert_eq!(settings.effective.worker_timeout_seconds, Some(10));
+    let conflict = settings.conflicts.iter().find(|c| c.field == "gunicorn --timeout").expect("conflict");
+    assert!(conflict.message.contains("10") && conflict.message.contains("30"), "{}", conflict.message);
+}
+
+#[test]
+fn users_own_gunicorn_args_are_kept_and_completed() {
+    let extra = json!({"template": {"spec": {"containers": [
+        {"name": "app", "image": "example/app:1", "env": [{"name": "GUNICORN_CMD_ARGS", "value": "--workers 4 --timeout 90"}],
+         "ports": [{"name": "http", "containerPort": 8000}]}
+    ]}}});
+    let (deployment, settings) = build(&spec("gunicorn", extra));
+    assert_eq!(env(app(&deployment), "GUNICORN_CMD_ARGS"), Some("--workers 4 --timeout 90 --graceful-timeout=30"));
+    assert_eq!(settings.effective.worker_timeout_seconds, Some(90));
+    assert!(settings.conflicts.is_empty());
+}
+
+#[test]
+fn explicit_probes_win_and_short_ones_are_reported() {
+    let extra = json!({"template": {"spec": {"containers": [
+        {"name": "app", "image": "example/app:1", "ports": [{"name": "http", "containerPort": 8000}],
+         "startupProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 5, "failureThreshold": 3},
+         "livenessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 5, "failureThreshold": 2}}
+    ]}}});
+    let (deployment, settings) = build(&spec("gunicorn", extra));
+    assert_eq!(app(&deployment).startup_probe.as_ref().unwrap().failure_threshold, Some(3));
+    let fields: Vec<&str> = settings.conflicts.iter().map(|c| c.field.as_str()).collect();
+    assert_eq!(fields, ["startupProbe", "livenessProbe"]);
+    assert!(settings.conflicts[0].message.contains("15s") && settings.conflicts[0].message.contains("60"));
+}
+
+#[test]
+fn invalid_specs_name_the_field() {
+    let cases = [
+        (json!({"container": "web"}), "spec.container"),
+        (json!({"health": {"port": "metrics"}}), "spec.health.port"),
+        (json!({"policy": {"shutdown": {"drainSeconds": -1}}}), "spec.policy.shutdown.drainSeconds"),
+        (json!({"policy": {"disruption": {"maxUnavailable": "lots"}}}), "spec.policy.disruption.maxUnavailable"),
+        (json!({"policy": {"init": {"command": []}}}), "spec.policy.init.command"),
+        (json!({"replicas": -3}), "spec.replicas"),
+    ];
+    for (extra, field) in cases {
+        let invalid = policy::validate(&spec("gunicorn", extra)).expect_err(field);
+        assert_eq!(invalid.0[0].path, field, "{invalid}");
+    }
+}
+
+fn runtime_strategy() -> impl Strategy<Value = Runtime> {
+    prop_oneof![Just(Runtime::Gunicorn), Just(Runtime::Uvicorn), Just(Runtime::Generic)]
+}
+
+proptest! {
+    #[test]
+    fn every_invariant_holds_for_any_valid_policy(
+        runtime in runtime_strategy(),
+        replicas in 0i32..500,
+        boot in 1i64..=86_400,
+        max_concurrent in 1i32..=1000,
+        preload in any::<bool>(),
+        request in 1i64..=86_400,
+        drain in 0i64..=3600,
+        graceful in 1i64..=86_400,
+    ) {
+        let preload = preload && runtime == Runtime::Gunicorn;
+        let s = spec(runtime.as_str(), json!({
+            "replicas": replicas,
+            "policy": {
+                "boot": {"timeoutSeconds": boot, "maxConcurrent": max_concurrent, "preload": preload},
+                "requests": {"timeoutSeconds": request},
+                "shutdown": {"drainSeconds": drain, "gracefulTimeoutSeconds": graceful},
+            }
+        }));
+        let (deployment, settings) = build(&s);
+        prop_assert!(settings.conflicts.is_empty());
+        let dspec = deployment.spec.as_ref().unwrap();
+        let pod = dspec.template.spec.as_ref().unwrap();
+        let grace = pod.termination_grace_period_seconds.unwrap();
+        prop_assert!(grace > drain + graceful, "grace {} vs {} + {}", grace, drain, graceful);
+        prop_assert_eq!(grace, drain + graceful + GRACE_MARGIN_SECONDS);
+        let app = &pod.containers[0];
+        let pre_stop = app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|p| p.sleep.as_ref()).map(|s| s.seconds);
+        prop_assert_eq!(pre_stop, (drain > 0).then_some(drain));
+        let startup = app.startup_probe.as_ref().unwrap();
+        prop_assert!(window(startup) >= boot);
+        prop_assert!(startup.period_seconds.unwrap() >= 1 && startup.timeout_seconds.unwrap() <= startup.period_seconds.unwrap());
+        let liveness = app.liveness_probe.as_ref().unwrap();
+        let app_timeout = settings.effective.worker_timeout_seconds.unwrap_or(request);
+        prop_assert!(app_timeout >= request);
+        prop_assert!(window(liveness) + i64::from(liveness.timeout_seconds.unwrap()) > request);
+        prop_assert!(window(liveness) > app_timeout);
+        let readiness = app.readiness_probe.as_ref().unwrap();
+        prop_assert!(window(readiness) <= 10);
+        match runtime {
+            Runtime::Gunicorn => {
+                let args = env(app, "GUNICORN_CMD_ARGS").unwrap();
+                let timeout: i64 = args.split(' ').find_map(|a| a.strip_prefix("--timeout=")).unwrap().parse().unwrap();
+                prop_assert!(timeout >= request);
+                if !preload { prop_assert!(timeout >= boot); }
+                let expected_graceful = format!("--graceful-timeout={graceful}");
+                prop_assert!(args.contains(&expected_graceful));
+                prop_assert_eq!(args.contains("--preload"), preload);
+            }
+            Runtime::Uvicorn => {
+                let expected = graceful.to_string();
+                prop_assert_eq!(env(app, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"), Some(expected.as_str()));
+            }
+            Runtime::Generic => prop_assert!(app.env.is_none()),
+        }
+        let rolling = dspec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+        prop_assert_eq!(rolling.max_surge.clone(), Some(IntOrString::Int(max_concurrent)));
+        prop_assert_eq!(rolling.max_unavailable.clone(), Some(IntOrString::Int(0)));
+        prop_assert_eq!(dspec.replicas, Some(replicas.min(max_concurrent)));
+    }
+}
