@@ -98,15 +98,18 @@ fn progress(obs: &Observation) -> (bool, &'static str, String) {
         );
     };
     let target = obs.ramp_target.unwrap_or(desired);
-    if target < desired {
-        return (
+    let ramping = || {
+        (
             false,
             reason::RAMPING,
             format!(
                 "ramping up: {} of {desired} replicas ready, target {target} (at most {} booting at once)",
                 dep.ready, obs.max_concurrent
             ),
-        );
+        )
+    };
+    if target < desired {
+        return ramping();
     }
     if !dep.current {
         return (
@@ -115,14 +118,8 @@ fn progress(obs: &Observation) -> (bool, &'static str, String) {
             "waiting for the Deployment controller to observe the latest spec".into(),
         );
     }
-    if dep.replicas > desired {
-        return (
-            false,
-            reason::SCALING_DOWN,
-            format!("scaling down: {} pods, {desired} desired", dep.replicas),
-        );
-    }
-    if dep.updated < desired {
+    // Pods of an older template are still running: a rollout, not a ramp.
+    if dep.updated < dep.replicas {
         return (
             false,
             reason::ROLLING_OUT,
@@ -132,7 +129,17 @@ fn progress(obs: &Observation) -> (bool, &'static str, String) {
             ),
         );
     }
+    if dep.replicas > desired {
+        return (
+            false,
+            reason::SCALING_DOWN,
+            format!("scaling down: {} pods, {desired} desired", dep.replicas),
+        );
+    }
     if dep.ready < desired || dep.available < desired {
+        if dep.replicas < desired {
+            return ramping();
+        }
         return (
             false,
             reason::PROGRESSING,

@@ -38,8 +38,11 @@ fn cel_errors(object: &Value) -> Vec<String> {
 
 #[test]
 fn checked_in_crd_equals_generated() {
-    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/workerpool.dev_workerpools.yaml"))
-        .expect("crds/workerpool.dev_workerpools.yaml exists");
+    let checked_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/workerpool.dev_workerpools.yaml"
+    ))
+    .expect("crds/workerpool.dev_workerpools.yaml exists");
     assert!(
         checked_in == crd_yaml(),
         "crds/ is stale: run `cargo run -- crd > crds/workerpool.dev_workerpools.yaml`"
@@ -110,7 +113,10 @@ fn schema_is_structural() {
 fn unseen_pool_reads_as_not_observed() {
     let schema = schema();
     assert_eq!(schema["properties"]["status"]["default"], json!({}));
-    assert_eq!(schema["properties"]["status"]["properties"]["observedGeneration"]["default"], json!(-1));
+    assert_eq!(
+        schema["properties"]["status"]["properties"]["observedGeneration"]["default"],
+        json!(-1)
+    );
     let conditions = &schema["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
     assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
@@ -121,13 +127,19 @@ fn every_policy_field_has_a_default() {
     let schema = schema();
     let policy = &schema["properties"]["spec"]["properties"]["policy"];
     for section in ["boot", "requests", "shutdown", "failure", "disruption"] {
-        let props = policy["properties"][section]["properties"].as_object().expect(section);
+        let props = policy["properties"][section]["properties"]
+            .as_object()
+            .expect(section);
         for (field, node) in props {
-            assert!(node.get("default").is_some(), "policy.{section}.{field} has no default");
+            assert!(
+                node.get("default").is_some(),
+                "policy.{section}.{field} has no default"
+            );
         }
     }
     let defaults = kube_cel::apply_defaults(&schema, &pool(minimal_spec()));
-    let spec: workerpool_operator::api::WorkerPoolSpec = serde_json::from_value(defaults["spec"].clone()).expect("defaulted spec");
+    let spec: workerpool_operator::api::WorkerPoolSpec =
+        serde_json::from_value(defaults["spec"].clone()).expect("defaulted spec");
     assert_eq!(spec.policy.boot.timeout_seconds, 60);
     assert_eq!(spec.policy.boot.max_concurrent, 2);
     assert_eq!(spec.policy.requests.timeout_seconds, 30);
@@ -144,11 +156,31 @@ fn minimal_pool_is_accepted() {
 #[test]
 fn cel_rules_reject_inconsistent_pools_naming_the_field() {
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("unknown container", json!({"container": "web"}), "spec.container"),
-        ("preload without gunicorn", json!({"runtime": "uvicorn", "policy": {"boot": {"preload": true}}}), "spec.policy.boot.preload"),
-        ("exec without command", json!({"health": {"check": "exec"}}), "spec.health.command"),
-        ("relative path", json!({"health": {"path": "healthz"}}), "spec.health.path"),
-        ("no containers", json!({"template": {"spec": {"containers": []}}}), "spec.template.spec.containers"),
+        (
+            "unknown container",
+            json!({"container": "web"}),
+            "spec.container",
+        ),
+        (
+            "preload without gunicorn",
+            json!({"runtime": "uvicorn", "policy": {"boot": {"preload": true}}}),
+            "spec.policy.boot.preload",
+        ),
+        (
+            "exec without command",
+            json!({"health": {"check": "exec"}}),
+            "spec.health.command",
+        ),
+        (
+            "relative path",
+            json!({"health": {"path": "healthz"}}),
+            "spec.health.path",
+        ),
+        (
+            "no containers",
+            json!({"template": {"spec": {"containers": []}}}),
+            "spec.template.spec.containers",
+        ),
     ];
     for (name, overlay, field) in cases {
         let mut spec = minimal_spec();
@@ -159,9 +191,13 @@ fn cel_rules_reject_inconsistent_pools_naming_the_field() {
             "{name}: expected a CEL error naming {field}, got {errors:?}"
         );
         // The operator's own validation, used for pools that skip admission, agrees.
-        let parsed: workerpool_operator::api::WorkerPoolSpec = serde_json::from_value(spec).expect(name);
+        let parsed: workerpool_operator::api::WorkerPoolSpec =
+            serde_json::from_value(spec).expect(name);
         let invalid = policy::validate(&parsed).expect_err(name);
-        assert!(invalid.0.iter().any(|e| e.path.starts_with(field)), "{name}: {invalid}");
+        assert!(
+            invalid.0.iter().any(|e| e.path.starts_with(field)),
+            "{name}: {invalid}"
+        );
     }
 }
 
@@ -170,7 +206,10 @@ fn cel_rules_fit_the_cost_budget() {
     let schema = schema();
     let spec_schema = &schema["properties"]["spec"];
     let compiled = kube_cel::compile_schema(spec_schema);
-    for rule in spec_schema["x-kubernetes-validations"].as_array().expect("rules") {
+    for rule in spec_schema["x-kubernetes-validations"]
+        .as_array()
+        .expect("rules")
+    {
         let text = rule["rule"].as_str().expect("rule text");
         let warnings = kube_cel::estimate_rule_cost(text, &compiled);
         assert!(warnings.is_empty(), "{text}: {warnings:?}");
@@ -181,18 +220,40 @@ fn cel_rules_fit_the_cost_budget() {
 fn schema_bounds_reject_out_of_range_numbers() {
     let schema = schema();
     let policy = &schema["properties"]["spec"]["properties"]["policy"]["properties"];
-    assert_eq!(policy["boot"]["properties"]["maxConcurrent"]["minimum"], json!(1.0));
-    assert_eq!(policy["boot"]["properties"]["timeoutSeconds"]["minimum"], json!(1.0));
-    assert_eq!(policy["requests"]["properties"]["timeoutSeconds"]["minimum"], json!(1.0));
-    assert_eq!(policy["shutdown"]["properties"]["gracefulTimeoutSeconds"]["minimum"], json!(1.0));
-    assert_eq!(schema["properties"]["spec"]["properties"]["runtime"]["enum"], json!(["gunicorn", "uvicorn", "generic"]));
+    assert_eq!(
+        policy["boot"]["properties"]["maxConcurrent"]["minimum"],
+        json!(1.0)
+    );
+    assert_eq!(
+        policy["boot"]["properties"]["timeoutSeconds"]["minimum"],
+        json!(1.0)
+    );
+    assert_eq!(
+        policy["requests"]["properties"]["timeoutSeconds"]["minimum"],
+        json!(1.0)
+    );
+    assert_eq!(
+        policy["shutdown"]["properties"]["gracefulTimeoutSeconds"]["minimum"],
+        json!(1.0)
+    );
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["runtime"]["enum"],
+        json!(["gunicorn", "uvicorn", "generic"])
+    );
     // The derive and the validation agree on the bounds.
-    let mut spec: workerpool_operator::api::WorkerPoolSpec = serde_json::from_value(minimal_spec()).expect("spec");
+    let mut spec: workerpool_operator::api::WorkerPoolSpec =
+        serde_json::from_value(minimal_spec()).expect("spec");
     spec.policy.boot.max_concurrent = 0;
     spec.policy.requests.timeout_seconds = -1;
     let invalid = policy::validate(&spec).expect_err("out of range");
     let paths: Vec<&str> = invalid.0.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["spec.policy.boot.maxConcurrent", "spec.policy.requests.timeoutSeconds"]);
+    assert_eq!(
+        paths,
+        [
+            "spec.policy.boot.maxConcurrent",
+            "spec.policy.requests.timeoutSeconds"
+        ]
+    );
 }
 
 #[test]

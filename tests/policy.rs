@@ -45,11 +45,25 @@ fn build(spec: &WorkerPoolSpec) -> (Deployment, Settings) {
 }
 
 fn app(deployment: &Deployment) -> &Container {
-    &deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
 }
 
 fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
-    container.env.as_ref()?.iter().find(|e| e.name == name)?.value.as_deref()
+    container
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .as_deref()
 }
 
 fn window(probe: &Probe) -> i64 {
@@ -59,25 +73,63 @@ fn window(probe: &Probe) -> i64 {
 #[test]
 fn defaults_for_gunicorn() {
     let (deployment, settings) = build(&spec("gunicorn", json!({})));
-    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    assert_eq!(pod.termination_grace_period_seconds, Some(5 + 30 + GRACE_MARGIN_SECONDS));
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(5 + 30 + GRACE_MARGIN_SECONDS)
+    );
     let app = app(&deployment);
-    assert_eq!(app.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds, 5);
+    assert_eq!(
+        app.lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .as_ref()
+            .unwrap()
+            .seconds,
+        5
+    );
     assert!(window(app.startup_probe.as_ref().unwrap()) >= 60);
     // Without --preload the worker timeout covers the boot: max(30, 60).
-    assert_eq!(env(app, "GUNICORN_CMD_ARGS"), Some("--timeout=60 --graceful-timeout=30"));
+    assert_eq!(
+        env(app, "GUNICORN_CMD_ARGS"),
+        Some("--timeout=60 --graceful-timeout=30")
+    );
     let liveness = app.liveness_probe.as_ref().unwrap();
     assert!(window(liveness) + i64::from(liveness.timeout_seconds.unwrap()) > 60);
     let readiness = app.readiness_probe.as_ref().unwrap();
-    assert!(window(readiness) <= 5, "readiness reacts within a few seconds");
-    assert_eq!(readiness.http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
-    assert_eq!(readiness.http_get.as_ref().unwrap().port, IntOrString::String("http".into()));
+    assert!(
+        window(readiness) <= 5,
+        "readiness reacts within a few seconds"
+    );
+    assert_eq!(
+        readiness.http_get.as_ref().unwrap().path.as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        readiness.http_get.as_ref().unwrap().port,
+        IntOrString::String("http".into())
+    );
     let strategy = deployment.spec.as_ref().unwrap().strategy.as_ref().unwrap();
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     let rolling = strategy.rolling_update.as_ref().unwrap();
     assert_eq!(rolling.max_surge, Some(IntOrString::Int(2)));
     assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
-    assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2), "first apply is min(6, maxConcurrent)");
+    assert_eq!(
+        deployment.spec.as_ref().unwrap().replicas,
+        Some(2),
+        "first apply is min(6, maxConcurrent)"
+    );
     assert!(settings.conflicts.is_empty());
     assert_eq!(settings.effective.worker_timeout_seconds, Some(60));
 }
@@ -86,27 +138,62 @@ fn defaults_for_gunicorn() {
 fn labels_selector_and_runtime_annotation() {
     let (deployment, _) = build(&spec("uvicorn", json!({})));
     let labels = deployment.metadata.labels.as_ref().unwrap();
-    for key in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "workerpool.dev/pool"] {
+    for key in [
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "workerpool.dev/pool",
+    ] {
         assert_eq!(labels.get(key).map(String::as_str), Some("api"), "{key}");
     }
-    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("workerpool-operator"));
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("workerpool-operator")
+    );
     let template = &deployment.spec.as_ref().unwrap().template;
     let meta = template.metadata.as_ref().unwrap();
-    assert_eq!(meta.annotations.as_ref().unwrap().get("workerpool.dev/runtime").map(String::as_str), Some("uvicorn"));
-    assert_eq!(meta.labels.as_ref().unwrap().get("workerpool.dev/pool").map(String::as_str), Some("api"));
+    assert_eq!(
+        meta.annotations
+            .as_ref()
+            .unwrap()
+            .get("workerpool.dev/runtime")
+            .map(String::as_str),
+        Some("uvicorn")
+    );
+    assert_eq!(
+        meta.labels
+            .as_ref()
+            .unwrap()
+            .get("workerpool.dev/pool")
+            .map(String::as_str),
+        Some("api")
+    );
     let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("WorkerPool", "uid-1", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("WorkerPool", "uid-1", Some(true))
+    );
 }
 
 #[test]
 fn preload_keeps_the_request_timeout() {
-    let (deployment, _) = build(&spec("gunicorn", json!({"policy": {"boot": {"preload": true, "timeoutSeconds": 120}}})));
-    assert_eq!(env(app(&deployment), "GUNICORN_CMD_ARGS"), Some("--timeout=30 --graceful-timeout=30 --preload"));
+    let (deployment, _) = build(&spec(
+        "gunicorn",
+        json!({"policy": {"boot": {"preload": true, "timeoutSeconds": 120}}}),
+    ));
+    assert_eq!(
+        env(app(&deployment), "GUNICORN_CMD_ARGS"),
+        Some("--timeout=30 --graceful-timeout=30 --preload")
+    );
 }
 
 #[test]
 fn uvicorn_gets_its_graceful_shutdown_env() {
-    let (deployment, _) = build(&spec("uvicorn", json!({"policy": {"shutdown": {"gracefulTimeoutSeconds": 45}}})));
+    let (deployment, _) = build(&spec(
+        "uvicorn",
+        json!({"policy": {"shutdown": {"gracefulTimeoutSeconds": 45}}}),
+    ));
     let app = app(&deployment);
     assert_eq!(env(app, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"), Some("45"));
     assert_eq!(env(app, "GUNICORN_CMD_ARGS"), None);
@@ -114,7 +201,10 @@ fn uvicorn_gets_its_graceful_shutdown_env() {
 
 #[test]
 fn generic_gets_no_app_server_flags() {
-    let (deployment, settings) = build(&spec("generic", json!({"health": {"check": "exec", "command": ["celery", "inspect", "ping"]}})));
+    let (deployment, settings) = build(&spec(
+        "generic",
+        json!({"health": {"check": "exec", "command": ["celery", "inspect", "ping"]}}),
+    ));
     let app = app(&deployment);
     assert_eq!(app.env, None);
     assert!(app.liveness_probe.as_ref().unwrap().exec.is_some());
@@ -123,18 +213,42 @@ fn generic_gets_no_app_server_flags() {
 
 #[test]
 fn no_drain_means_no_pre_stop_hook() {
-    let (deployment, _) = build(&spec("gunicorn", json!({"policy": {"shutdown": {"drainSeconds": 0}}})));
+    let (deployment, _) = build(&spec(
+        "gunicorn",
+        json!({"policy": {"shutdown": {"drainSeconds": 0}}}),
+    ));
     assert!(app(&deployment).lifecycle.is_none());
 }
 
 #[test]
 fn explicit_grace_period_wins_and_is_reported_with_both_numbers() {
-    let (deployment, settings) = build(&spec("gunicorn", json!({"template": {"spec": {"terminationGracePeriodSeconds": 20}}})));
-    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let (deployment, settings) = build(&spec(
+        "gunicorn",
+        json!({"template": {"spec": {"terminationGracePeriodSeconds": 20}}}),
+    ));
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
     assert_eq!(pod.termination_grace_period_seconds, Some(20));
-    assert_eq!(settings.effective.termination_grace_period_source, Source::Template);
-    let conflict = settings.conflicts.iter().find(|c| c.field == "terminationGracePeriodSeconds").expect("conflict");
-    assert!(conflict.message.contains("20") && conflict.message.contains("35"), "{}", conflict.message);
+    assert_eq!(
+        settings.effective.termination_grace_period_source,
+        Source::Template
+    );
+    let conflict = settings
+        .conflicts
+        .iter()
+        .find(|c| c.field == "terminationGracePeriodSeconds")
+        .expect("conflict");
+    assert!(
+        conflict.message.contains("20") && conflict.message.contains("35"),
+        "{}",
+        conflict.message
+    );
 }
 
 #[test]
@@ -144,8 +258,16 @@ fn command_line_timeout_wins_and_is_reported() {
     ]}}});
     let (_, settings) = build(&spec("gunicorn", extra));
     assert_eq!(settings.effective.worker_timeout_seconds, Some(10));
-    let conflict = settings.conflicts.iter().find(|c| c.field == "gunicorn --timeout").expect("conflict");
-    assert!(conflict.message.contains("10") && conflict.message.contains("30"), "{}", conflict.message);
+    let conflict = settings
+        .conflicts
+        .iter()
+        .find(|c| c.field == "gunicorn --timeout")
+        .expect("conflict");
+    assert!(
+        conflict.message.contains("10") && conflict.message.contains("30"),
+        "{}",
+        conflict.message
+    );
 }
 
 #[test]
@@ -155,7 +277,10 @@ fn users_own_gunicorn_args_are_kept_and_completed() {
          "ports": [{"name": "http", "containerPort": 8000}]}
     ]}}});
     let (deployment, settings) = build(&spec("gunicorn", extra));
-    assert_eq!(env(app(&deployment), "GUNICORN_CMD_ARGS"), Some("--workers 4 --timeout 90 --graceful-timeout=30"));
+    assert_eq!(
+        env(app(&deployment), "GUNICORN_CMD_ARGS"),
+        Some("--workers 4 --timeout 90 --graceful-timeout=30")
+    );
     assert_eq!(settings.effective.worker_timeout_seconds, Some(90));
     assert!(settings.conflicts.is_empty());
 }
@@ -168,10 +293,24 @@ fn explicit_probes_win_and_short_ones_are_reported() {
          "livenessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 5, "failureThreshold": 2}}
     ]}}});
     let (deployment, settings) = build(&spec("gunicorn", extra));
-    assert_eq!(app(&deployment).startup_probe.as_ref().unwrap().failure_threshold, Some(3));
-    let fields: Vec<&str> = settings.conflicts.iter().map(|c| c.field.as_str()).collect();
+    assert_eq!(
+        app(&deployment)
+            .startup_probe
+            .as_ref()
+            .unwrap()
+            .failure_threshold,
+        Some(3)
+    );
+    let fields: Vec<&str> = settings
+        .conflicts
+        .iter()
+        .map(|c| c.field.as_str())
+        .collect();
     assert_eq!(fields, ["startupProbe", "livenessProbe"]);
-    assert!(settings.conflicts[0].message.contains("15s") && settings.conflicts[0].message.contains("60"));
+    assert!(
+        settings.conflicts[0].message.contains("15s")
+            && settings.conflicts[0].message.contains("60")
+    );
 }
 
 #[test]
@@ -179,9 +318,18 @@ fn invalid_specs_name_the_field() {
     let cases = [
         (json!({"container": "web"}), "spec.container"),
         (json!({"health": {"port": "metrics"}}), "spec.health.port"),
-        (json!({"policy": {"shutdown": {"drainSeconds": -1}}}), "spec.policy.shutdown.drainSeconds"),
-        (json!({"policy": {"disruption": {"maxUnavailable": "lots"}}}), "spec.policy.disruption.maxUnavailable"),
-        (json!({"policy": {"init": {"command": []}}}), "spec.policy.init.command"),
+        (
+            json!({"policy": {"shutdown": {"drainSeconds": -1}}}),
+            "spec.policy.shutdown.drainSeconds",
+        ),
+        (
+            json!({"policy": {"disruption": {"maxUnavailable": "lots"}}}),
+            "spec.policy.disruption.maxUnavailable",
+        ),
+        (
+            json!({"policy": {"init": {"command": []}}}),
+            "spec.policy.init.command",
+        ),
         (json!({"replicas": -3}), "spec.replicas"),
     ];
     for (extra, field) in cases {
@@ -191,7 +339,11 @@ fn invalid_specs_name_the_field() {
 }
 
 fn runtime_strategy() -> impl Strategy<Value = Runtime> {
-    prop_oneof![Just(Runtime::Gunicorn), Just(Runtime::Uvicorn), Just(Runtime::Generic)]
+    prop_oneof![
+        Just(Runtime::Gunicorn),
+        Just(Runtime::Uvicorn),
+        Just(Runtime::Generic)
+    ]
 }
 
 proptest! {

@@ -28,7 +28,7 @@ pub const MAX_SECONDS: i64 = 86_400;
 
 // Several printer columns repeat `type_`; that is the derive's syntax, not a mistake.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "workerpool.dev",
     version = "v1alpha1",
@@ -38,6 +38,8 @@ pub const MAX_SECONDS: i64 = 86_400;
     shortname = "wp",
     category = "all",
     status = "WorkerPoolStatus",
+    derive = "Default",
+    derive = "PartialEq",
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -96,9 +98,10 @@ fn default_replicas() -> i32 {
     1
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
+    #[default]
     Gunicorn,
     Uvicorn,
     Generic,
