@@ -1,0 +1,167 @@
+//! The binary as a user runs it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_workerpool-operator");
+const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/config/samples/gunicorn-django.yaml"
+);
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("binary exits")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn crd_prints_the_checked_in_file() {
+    let out = run(&["crd"], None);
+    assert!(out.status.success());
+    let checked_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/workerpool.dev_workerpools.yaml"
+    ))
+    .unwrap();
+    assert_eq!(text(&out.stdout), checked_in);
+}
+
+#[test]
+fn render_prints_every_child_deterministically() {
+    let first = run(&["render", "-f", SAMPLE], None);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let second = run(&["render", "-f", SAMPLE], None);
+    assert_eq!(first.stdout, second.stdout);
+    let yaml = text(&first.stdout);
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["Deployment", "PodDisruptionBudget"]);
+    let deployment = &docs[0];
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(2));
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64(),
+        Some(40)
+    );
+    assert!(yaml.contains("GUNICORN_CMD_ARGS"));
+    assert!(
+        text(&first.stderr).is_empty(),
+        "no warnings for the sample: {}",
+        text(&first.stderr)
+    );
+}
+
+#[test]
+fn render_reads_standard_input() {
+    let sample = std::fs::read_to_string(SAMPLE).unwrap();
+    let from_file = run(&["render", "-f", SAMPLE], None);
+    let from_stdin = run(&["render", "-f", "-"], Some(&sample));
+    assert!(from_stdin.status.success(), "{}", text(&from_stdin.stderr));
+    assert_eq!(from_file.stdout, from_stdin.stdout);
+}
+
+const MINIMAL: &str = r#"
+apiVersion: workerpool.dev/v1alpha1
+kind: WorkerPool
+metadata: {name: api}
+spec:
+  runtime: gunicorn
+  template:
+    spec:
+      containers:
+        - name: app
+          image: example/app:1
+          ports: [{name: http, containerPort: 8000}]
+"#;
+
+#[test]
+fn render_accepts_a_minimal_pool() {
+    let out = run(&["render", "-f", "-"], Some(MINIMAL));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("namespace: default"));
+}
+
+#[test]
+fn invalid_input_exits_non_zero_naming_the_field() {
+    let cases = [
+        (
+            MINIMAL.replace("runtime: gunicorn", "runtime: php"),
+            "spec.runtime",
+        ),
+        (
+            MINIMAL.replace("runtime: gunicorn", "runtime: gunicorn\n  container: web"),
+            "spec.container",
+        ),
+        (
+            MINIMAL.replace(
+                "runtime: gunicorn",
+                "runtime: gunicorn\n  policy: {boot: {maxConcurrent: 0}}",
+            ),
+            "spec.policy.boot.maxConcurrent",
+        ),
+        (
+            MINIMAL.replace(
+                "runtime: gunicorn",
+                "runtime: gunicorn\n  policy: {boot: {timeoutSeconds: soon}}",
+            ),
+            "spec.policy.boot.timeoutSeconds",
+        ),
+        (
+            MINIMAL.replace("kind: WorkerPool", "kind: Deployment"),
+            "kind",
+        ),
+        ("{not yaml: [".to_string(), "YAML"),
+    ];
+    for (input, field) in cases {
+        let out = run(&["render", "-f", "-"], Some(&input));
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "accepted: {input}");
+        assert!(stderr.contains(field), "expected {field} in: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = run(&["render", "-f", "/nonexistent/pool.yaml"], None);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent/pool.yaml"));
+}
+
+#[test]
+fn template_values_that_break_a_rule_are_warned_about() {
+    let input = MINIMAL.replace(
+        "    spec:\n      containers:",
+        "    spec:\n      terminationGracePeriodSeconds: 12\n      containers:",
+    );
+    let out = run(&["render", "-f", "-"], Some(&input));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: terminationGracePeriodSeconds"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("12") && stderr.contains("35"), "{stderr}");
+    assert!(text(&out.stdout).contains("terminationGracePeriodSeconds: 12"));
+}
