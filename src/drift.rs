@@ -83,3 +83,57 @@ pub fn quantity(text: &str) -> Option<f64> {
     }
     text.parse::<f64>().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_added_by_the_server_are_not_drift() {
+        let desired = json!({"spec": {"containers": [{"name": "app", "image": "a:1"}]}});
+        let live = json!({"spec": {"containers": [{"name": "app", "image": "a:1", "imagePullPolicy": "IfNotPresent"}], "dnsPolicy": "ClusterFirst"}});
+        assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn changed_or_missing_values_are_drift() {
+        let desired =
+            json!({"spec": {"replicas": 4, "containers": [{"name": "app", "image": "a:2"}]}});
+        assert!(!contains(
+            &json!({"spec": {"replicas": 2, "containers": [{"name": "app", "image": "a:2"}]}}),
+            &desired
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 4, "containers": [{"name": "app", "image": "a:1"}]}}),
+            &desired
+        ));
+        assert!(!contains(&json!({"spec": {"replicas": 4}}), &desired));
+        let two = json!({"spec": {"replicas": 4, "containers": [{"name": "app", "image": "a:2"}, {"name": "x"}]}});
+        assert!(!contains(&two, &desired), "an extra list item is drift");
+    }
+
+    #[test]
+    fn canonical_quantities_match_only_under_resources() {
+        let desired = json!({"resources": {"limits": {"memory": "1024Mi", "cpu": "0.5"}}, "env": [{"value": "1k"}]});
+        let live = json!({"resources": {"limits": {"memory": "1Gi", "cpu": "500m"}}, "env": [{"value": "1k"}]});
+        assert!(contains(&live, &desired));
+        let env_changed = json!({"resources": {"limits": {"memory": "1Gi", "cpu": "500m"}}, "env": [{"value": "1000"}]});
+        assert!(
+            !contains(&env_changed, &desired),
+            "env values are compared as text"
+        );
+        assert!(!contains(
+            &json!({"resources": {"limits": {"memory": "2Gi", "cpu": "500m"}}, "env": [{"value": "1k"}]}),
+            &desired
+        ));
+    }
+
+    #[test]
+    fn parses_quantities() {
+        assert_eq!(quantity("500m"), Some(0.5));
+        assert_eq!(quantity("1Gi"), Some(1_073_741_824.0));
+        assert_eq!(quantity("2e3"), Some(2000.0));
+        assert_eq!(quantity("lots"), None);
+    }
+}

@@ -34,3 +34,72 @@ pub fn next_target(desired: i32, max_concurrent: i32, current: Option<Deployment
 pub fn is_ramping(desired: i32, target: i32) -> bool {
     target < desired
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(target: i32, ready: i32) -> Option<DeploymentCounts> {
+        Some(DeploymentCounts {
+            target,
+            ready,
+            status_current: true,
+        })
+    }
+
+    #[test]
+    fn first_step_is_max_concurrent() {
+        assert_eq!(next_target(12, 3, None), 3);
+        assert_eq!(next_target(2, 3, None), 2);
+        assert_eq!(next_target(0, 3, None), 0);
+    }
+
+    #[test]
+    fn steps_only_when_the_previous_step_is_ready() {
+        assert_eq!(next_target(12, 3, at(3, 2)), 3);
+        assert_eq!(next_target(12, 3, at(3, 3)), 6);
+        assert_eq!(next_target(12, 3, at(9, 9)), 12);
+        assert_eq!(next_target(10, 3, at(9, 9)), 10);
+    }
+
+    #[test]
+    fn stale_status_holds_the_target() {
+        let stale = Some(DeploymentCounts {
+            target: 3,
+            ready: 3,
+            status_current: false,
+        });
+        assert_eq!(next_target(12, 3, stale), 3);
+    }
+
+    #[test]
+    fn scale_down_is_immediate() {
+        assert_eq!(next_target(2, 3, at(9, 4)), 2);
+        assert_eq!(next_target(0, 3, at(9, 9)), 0);
+    }
+
+    proptest! {
+        /// Whatever the observations, a scale-up never leaves more than `maxConcurrent` pods
+        /// booting (asked for but not Ready) and never asks for more than desired.
+        #[test]
+        fn booting_never_exceeds_max_concurrent(
+            desired in 0i32..200,
+            step in 1i32..20,
+            observations in proptest::collection::vec((0i32..200, 0i32..200, any::<bool>()), 1..40),
+        ) {
+            let mut target = next_target(desired, step, None);
+            prop_assert!(target <= desired && target <= step);
+            for (ready_seed, _, current) in observations {
+                // The Deployment can never have more Ready pods than it asks for.
+                let ready = ready_seed.min(target);
+                let previous = target;
+                target = next_target(desired, step, Some(DeploymentCounts { target, ready, status_current: current }));
+                prop_assert!(target <= desired.max(0));
+                if target > previous {
+                    prop_assert!(target - ready <= step, "{} booting", target - ready);
+                }
+            }
+        }
+    }
+}

@@ -395,3 +395,177 @@ pub fn notices(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(1_800_000_000 + secs).expect("valid timestamp"))
+    }
+
+    fn observation(deployment: Option<DeploymentObserved>, target: i32) -> Observation<'static> {
+        Observation {
+            generation: 3,
+            desired_replicas: 4,
+            max_concurrent: 2,
+            selector: "workerpool.dev/pool=api".into(),
+            deployment,
+            ramp_target: Some(target),
+            effective: None,
+            conflicts: &[],
+            stall: None,
+        }
+    }
+
+    fn ready_deployment(n: i32) -> DeploymentObserved {
+        DeploymentObserved {
+            replicas: n,
+            ready: n,
+            updated: n,
+            available: n,
+            current: true,
+        }
+    }
+
+    fn get<'a>(s: &'a WorkerPoolStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn exactly_one_condition_per_type_with_observed_generation() {
+        let s = compute(None, &observation(None, 2), &time(0));
+        let mut types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        types.sort_unstable();
+        assert_eq!(
+            types,
+            [
+                "Degraded",
+                "PolicyConflict",
+                "Ready",
+                "Reconciling",
+                "Stalled"
+            ]
+        );
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+        assert_eq!(s.observed_generation, 3);
+        assert_eq!(s.phase, Some(Phase::Pending));
+    }
+
+    #[test]
+    fn ramping_then_ready() {
+        let ramping = compute(None, &observation(Some(ready_deployment(2)), 4), &time(0));
+        assert_eq!(get(&ramping, condition::READY).status, "False");
+        assert_eq!(
+            get(&ramping, condition::RECONCILING).reason,
+            reason::RAMPING
+        );
+        assert_eq!(ramping.phase, Some(Phase::Progressing));
+        let ready = compute(
+            Some(&ramping),
+            &observation(Some(ready_deployment(4)), 4),
+            &time(60),
+        );
+        assert_eq!(get(&ready, condition::READY).status, "True");
+        assert_eq!(get(&ready, condition::RECONCILING).status, "False");
+        assert_eq!(ready.phase, Some(Phase::Ready));
+        assert_eq!(get(&ready, condition::READY).last_transition_time, time(60));
+        assert_eq!(
+            get(&ready, condition::STALLED).last_transition_time,
+            time(0),
+            "no flip, no new time"
+        );
+    }
+
+    #[test]
+    fn unchanged_observation_gives_an_identical_status() {
+        let first = compute(None, &observation(Some(ready_deployment(4)), 4), &time(0));
+        let again = compute(
+            Some(&first),
+            &observation(Some(ready_deployment(4)), 4),
+            &time(500),
+        );
+        assert_eq!(first, again);
+        assert!(
+            notices(
+                Some(&first),
+                &again,
+                Some(RampChange {
+                    previous: Some(4),
+                    target: 4,
+                    desired: 4
+                })
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn rollout_and_scale_down_are_told_apart() {
+        let rollout = DeploymentObserved {
+            replicas: 6,
+            ready: 5,
+            updated: 2,
+            available: 5,
+            current: true,
+        };
+        let s = compute(None, &observation(Some(rollout), 4), &time(0));
+        assert_eq!(get(&s, condition::READY).reason, reason::ROLLING_OUT);
+        let s = compute(None, &observation(Some(ready_deployment(6)), 4), &time(0));
+        assert_eq!(get(&s, condition::READY).reason, reason::SCALING_DOWN);
+    }
+
+    #[test]
+    fn stall_is_kstatus_stalled_and_announced_once() {
+        let stall = Stall {
+            reason: reason::INVALID_SPEC,
+            message: "spec.container: names no container".into(),
+        };
+        let mut obs = observation(Some(ready_deployment(4)), 4);
+        obs.stall = Some(&stall);
+        let s = compute(None, &obs, &time(0));
+        assert_eq!(get(&s, condition::STALLED).status, "True");
+        assert_eq!(get(&s, condition::READY).status, "False");
+        assert_eq!(get(&s, condition::RECONCILING).status, "False");
+        assert_eq!(s.phase, Some(Phase::Stalled));
+        let first = notices(None, &s, None);
+        assert_eq!(first.len(), 1);
+        assert!(first[0].warning && first[0].reason == reason::INVALID_SPEC);
+        assert!(notices(Some(&s), &s, None).is_empty());
+    }
+
+    #[test]
+    fn ramp_steps_and_creation_are_announced() {
+        let s = compute(None, &observation(Some(ready_deployment(2)), 4), &time(0));
+        let n = notices(
+            None,
+            &s,
+            Some(RampChange {
+                previous: Some(2),
+                target: 4,
+                desired: 4,
+            }),
+        );
+        assert_eq!(
+            n.iter().map(|n| n.reason.as_str()).collect::<Vec<_>>(),
+            ["RampStep"]
+        );
+        let n = notices(
+            None,
+            &s,
+            Some(RampChange {
+                previous: None,
+                target: 2,
+                desired: 4,
+            }),
+        );
+        assert_eq!(n[0].reason, "Created");
+    }
+}
