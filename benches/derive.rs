@@ -1,1 +1,40 @@
-fn main() {}
+//! Cost of turning one pool into its children: validate, settle, build and serialize to JSON
+//! (what the controller compares and applies). Figures are recorded in docs/benchmarks.md.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use workerpool_operator::derive::{self, PoolRef};
+use workerpool_operator::{policy, render};
+
+fn pool() -> workerpool_operator::api::WorkerPool {
+    let yaml = include_str!("../config/samples/gunicorn-django.yaml");
+    match render::parse_pool(yaml) {
+        Ok(pool) => pool,
+        Err(e) => panic!("bundled sample must parse: {e}"),
+    }
+}
+
+fn derive_and_serialize(c: &mut Criterion) {
+    let pool = pool();
+    let pool_ref = PoolRef {
+        name: "shop-api".into(),
+        namespace: "shop".into(),
+        uid: Some("6f0b6c1e-0000-4000-8000-000000000000".into()),
+    };
+    c.bench_function("derive+serialize one pool", |b| {
+        b.iter(|| {
+            let valid = match policy::validate(black_box(&pool.spec)) {
+                Ok(v) => v,
+                Err(e) => panic!("sample is valid: {e}"),
+            };
+            let settings = policy::settle(&valid);
+            let children = derive::build(&pool_ref, &valid, &settings, policy::first_apply_replicas(&pool.spec));
+            let deployment = serde_json::to_vec(&children.deployment).map(|v| v.len()).unwrap_or(0);
+            let pdb = serde_json::to_vec(&children.pdb).map(|v| v.len()).unwrap_or(0);
+            black_box(deployment + pdb)
+        })
+    });
+}
+
+criterion_group!(benches, derive_and_serialize);
+criterion_main!(benches);

@@ -1,0 +1,19 @@
+# syntax=docker/dockerfile:1
+# Build a static binary against musl, then ship it alone on a distroless base as non-root.
+FROM rust:1.89-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/* \
+    && rustup target add x86_64-unknown-linux-musl
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY config/samples ./config/samples
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin workerpool-operator \
+    && cp target/x86_64-unknown-linux-musl/release/workerpool-operator /workerpool-operator
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /workerpool-operator /usr/local/bin/workerpool-operator
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/workerpool-operator"]
+CMD ["run"]
