@@ -28,9 +28,18 @@ fn derive_and_serialize(c: &mut Criterion) {
                 Err(e) => panic!("sample is valid: {e}"),
             };
             let settings = policy::settle(&valid);
-            let children = derive::build(&pool_ref, &valid, &settings, policy::first_apply_replicas(&pool.spec));
-            let deployment = serde_json::to_vec(&children.deployment).map(|v| v.len()).unwrap_or(0);
-            let pdb = serde_json::to_vec(&children.pdb).map(|v| v.len()).unwrap_or(0);
+            let children = derive::build(
+                &pool_ref,
+                &valid,
+                &settings,
+                policy::first_apply_replicas(&pool.spec),
+            );
+            let deployment = serde_json::to_vec(&children.deployment)
+                .map(|v| v.len())
+                .unwrap_or(0);
+            let pdb = serde_json::to_vec(&children.pdb)
+                .map(|v| v.len())
+                .unwrap_or(0);
             black_box(deployment + pdb)
         })
     });

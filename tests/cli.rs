@@ -165,3 +165,33 @@ fn template_values_that_break_a_rule_are_warned_about() {
     assert!(stderr.contains("12") && stderr.contains("35"), "{stderr}");
     assert!(text(&out.stdout).contains("terminationGracePeriodSeconds: 12"));
 }
+
+#[test]
+fn every_bundled_sample_renders_without_warnings() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/samples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let out = run(&["render", "-f", path.to_str().unwrap()], None);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
+        count += 1;
+    }
+    assert!(
+        count >= 3,
+        "expected the gunicorn, uvicorn and generic samples"
+    );
+}

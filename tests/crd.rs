@@ -274,3 +274,32 @@ fn merge(base: &mut Value, overlay: &Value) {
         (base, overlay) => *base = overlay.clone(),
     }
 }
+
+#[test]
+fn bundled_samples_pass_admission() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/samples");
+    for entry in std::fs::read_dir(dir).expect("samples") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("sample");
+        let object: Value = serde_yaml::from_str(&text).expect("sample is YAML");
+        assert_eq!(
+            cel_errors(&object),
+            Vec::<String>::new(),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn container_list_is_bounded_for_the_cel_cost_estimate() {
+    let schema = schema();
+    let containers = &schema["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
+        ["properties"]["containers"];
+    assert!(containers["maxItems"].as_u64().is_some_and(|n| n <= 64));
+    assert!(
+        containers["items"]["properties"]["name"]["maxLength"]
+            .as_u64()
+            .is_some_and(|n| n <= 63)
+    );
+}

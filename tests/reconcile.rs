@@ -502,22 +502,6 @@ async fn invalid_pool_stalls_and_leaves_the_running_deployment_untouched() {
 }
 
 #[tokio::test]
-async fn malformed_pool_is_reported_and_does_not_fail_the_loop() {
-    let h = harness(vec![], vec![]).await;
-    let invalid = InvalidObject {
-        error: "spec.runtime: unknown variant `php`".into(),
-        metadata: kube::core::ObjectMeta {
-            name: Some("broken".into()),
-            namespace: Some(NS.into()),
-            uid: Some("uid-broken".into()),
-            ..Default::default()
-        },
-    };
-    let result = reconcile(Arc::new(DeserializeGuard(Err(invalid))), h.ctx.clone()).await;
-    assert!(result.is_ok(), "{result:?}");
-}
-
-#[tokio::test]
 async fn template_conflict_sets_a_condition_naming_both_numbers() {
     let spec = json!({"template": {"spec": {"terminationGracePeriodSeconds": 10, "containers": [
         {"name": "app", "image": "example/app:1", "ports": [{"name": "http", "containerPort": 8000}]}
@@ -560,4 +544,58 @@ async fn status_transition_time_moves_only_on_a_flip() {
         ready.last_transition_time.0,
         first.0 + jiff::SignedDuration::from_secs(60)
     );
+}
+
+#[tokio::test]
+async fn malformed_pool_gets_a_warning_event() {
+    let h = harness(vec![], vec![]).await;
+    let invalid = InvalidObject {
+        error: "spec.runtime: unknown variant `php`".into(),
+        metadata: kube::core::ObjectMeta {
+            name: Some("broken".into()),
+            namespace: Some(NS.into()),
+            uid: Some("uid-broken".into()),
+            ..Default::default()
+        },
+    };
+    h.requests.counting.store(true, Ordering::SeqCst);
+    reconcile(Arc::new(DeserializeGuard(Err(invalid))), h.ctx.clone())
+        .await
+        .expect("reconcile");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
+    let event = list.items.first().expect("an Event was published");
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.reason.as_deref(), Some("InvalidSpec"));
+    assert!(
+        event
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unknown variant"),
+        "{event:?}"
+    );
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("broken")
+    );
+}
+
+#[tokio::test]
+async fn first_reconcile_publishes_a_created_event() {
+    let mut h = harness(vec![pool("api", json!({}))], vec![]).await;
+    h.reconcile("api").await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons, ["Created"]);
 }

@@ -467,3 +467,31 @@ fn truncate(mut text: String, max: usize) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn metrics_are_exposed_with_the_project_prefix() {
+        let metrics = Metrics::default();
+        metrics.observe_reconcile(Duration::from_millis(3), None);
+        metrics.observe_reconcile(Duration::from_millis(3), Some("apply"));
+        let text = metrics.encode();
+        assert!(text.contains("workerpool_reconciles_total 2"), "{text}");
+        assert!(
+            text.contains("workerpool_reconcile_errors_total{category=\"apply\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("workerpool_reconcile_duration_seconds_count 2"),
+            "{text}"
+        );
+    }
+}
