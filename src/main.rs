@@ -85,7 +85,7 @@ fn run_controller(args: RunArgs) -> Result<(), String> {
     };
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("starting the async runtime: {e}"))?;
-    runtime.block_on(run(config)).map_err(|e| format!("{e:#}"))
+    runtime.block_on(run(config)).map_err(|e| e.to_string())
 }
 
 fn read_input(path: &PathBuf) -> Result<String, String> {

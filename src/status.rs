@@ -161,68 +161,52 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
     let old_conditions: &[Condition] = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let (progress_ok, progress_reason, progress_message) = progress(obs);
 
+    let make = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(type_, status, reason, message, generation, now)
+    };
     let (ready, reconciling, stalled) = match obs.stall {
         Some(stall) => (
-            condition(
-                condition::READY,
-                false,
-                stall.reason,
-                stall.message.clone(),
-                generation,
-                now,
-            ),
-            condition(
+            make(condition::READY, false, stall.reason, stall.message.clone()),
+            make(
                 condition::RECONCILING,
                 false,
                 stall.reason,
                 stall.message.clone(),
-                generation,
-                now,
             ),
-            condition(
+            make(
                 condition::STALLED,
                 true,
                 stall.reason,
                 stall.message.clone(),
-                generation,
-                now,
             ),
         ),
         None => (
-            condition(
+            make(
                 condition::READY,
                 progress_ok,
                 progress_reason,
                 progress_message.clone(),
-                generation,
-                now,
             ),
             if progress_ok {
-                condition(
+                make(
                     condition::RECONCILING,
                     false,
                     reason::CONVERGED,
                     String::new(),
-                    generation,
-                    now,
                 )
             } else {
-                condition(
+                make(
                     condition::RECONCILING,
                     true,
                     progress_reason,
                     progress_message,
-                    generation,
-                    now,
                 )
             },
-            condition(
+            make(
                 condition::STALLED,
                 false,
                 reason::PROGRESSING,
                 String::new(),
-                generation,
-                now,
             ),
         ),
     };
@@ -234,24 +218,13 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
             c.observed_generation = Some(generation);
             c
         })
-        .unwrap_or_else(|| {
-            condition(
-                condition::DEGRADED,
-                false,
-                reason::NO_ABORTS,
-                String::new(),
-                generation,
-                now,
-            )
-        });
+        .unwrap_or_else(|| make(condition::DEGRADED, false, reason::NO_ABORTS, String::new()));
     let conflict = if obs.conflicts.is_empty() {
-        condition(
+        make(
             condition::POLICY_CONFLICT,
             false,
             reason::CONSISTENT,
             String::new(),
-            generation,
-            now,
         )
     } else {
         let message = obs
@@ -260,13 +233,11 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        condition(
+        make(
             condition::POLICY_CONFLICT,
             true,
             reason::TEMPLATE_OVERRIDE,
             message,
-            generation,
-            now,
         )
     };
     let degraded_now = degraded.status == "True";

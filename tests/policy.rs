@@ -66,6 +66,14 @@ fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
         .as_deref()
 }
 
+/// The message of the conflict reported for `field`.
+fn conflict<'a>(settings: &'a Settings, field: &str) -> &'a str {
+    match settings.conflicts.iter().find(|c| c.field == field) {
+        Some(c) => &c.message,
+        None => panic!("no conflict for {field}: {:?}", settings.conflicts),
+    }
+}
+
 fn window(probe: &Probe) -> i64 {
     i64::from(probe.period_seconds.unwrap()) * i64::from(probe.failure_threshold.unwrap())
 }
@@ -239,15 +247,10 @@ fn explicit_grace_period_wins_and_is_reported_with_both_numbers() {
         settings.effective.termination_grace_period_source,
         Source::Template
     );
-    let conflict = settings
-        .conflicts
-        .iter()
-        .find(|c| c.field == "terminationGracePeriodSeconds")
-        .expect("conflict");
+    let message = conflict(&settings, "terminationGracePeriodSeconds");
     assert!(
-        conflict.message.contains("20") && conflict.message.contains("35"),
-        "{}",
-        conflict.message
+        message.contains("20") && message.contains("35"),
+        "{message}"
     );
 }
 
@@ -258,15 +261,10 @@ fn command_line_timeout_wins_and_is_reported() {
     ]}}});
     let (_, settings) = build(&spec("gunicorn", extra));
     assert_eq!(settings.effective.worker_timeout_seconds, Some(10));
-    let conflict = settings
-        .conflicts
-        .iter()
-        .find(|c| c.field == "gunicorn --timeout")
-        .expect("conflict");
+    let message = conflict(&settings, "gunicorn --timeout");
     assert!(
-        conflict.message.contains("10") && conflict.message.contains("30"),
-        "{}",
-        conflict.message
+        message.contains("10") && message.contains("30"),
+        "{message}"
     );
 }
 

@@ -270,6 +270,16 @@ fn condition<'a>(
         .unwrap_or_else(|| panic!("no {type_} condition"))
 }
 
+/// Asserts `Stalled=True` with this reason and a message containing `needle`.
+fn assert_stalled(status: &WorkerPoolStatus, reason: &str, needle: &str) {
+    let stalled = condition(status, "Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", reason)
+    );
+    assert!(stalled.message.contains(needle), "{}", stalled.message);
+}
+
 fn replicas(deployment: &Deployment) -> i32 {
     deployment
         .spec
@@ -437,16 +447,7 @@ async fn foreign_deployment_is_left_alone_and_reported() {
         h.writes()
     );
     let status = h.pool("api").await.status.unwrap();
-    let stalled = condition(&status, "Stalled");
-    assert_eq!(
-        (stalled.status.as_str(), stalled.reason.as_str()),
-        ("True", "ChildNotOwned")
-    );
-    assert!(
-        stalled.message.contains("Deployment shop/api"),
-        "{}",
-        stalled.message
-    );
+    assert_stalled(&status, "ChildNotOwned", "Deployment shop/api");
 }
 
 /// The foreign object as stored, to compare before and after: only its own fields.
@@ -481,16 +482,7 @@ async fn invalid_pool_stalls_and_leaves_the_running_deployment_untouched() {
     let after = h.deployment("api").await.unwrap();
     assert_eq!(before.spec, after.spec);
     let status = h.pool("api").await.status.unwrap();
-    let stalled = condition(&status, "Stalled");
-    assert_eq!(
-        (stalled.status.as_str(), stalled.reason.as_str()),
-        ("True", "InvalidSpec")
-    );
-    assert!(
-        stalled.message.contains("spec.container"),
-        "{}",
-        stalled.message
-    );
+    assert_stalled(&status, "InvalidSpec", "spec.container");
     assert_eq!(condition(&status, "Ready").status, "False");
     assert!(
         status.effective.is_some(),
