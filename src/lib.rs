@@ -2,6 +2,7 @@
 //! pools of Python app-server workers, and records why workers abort.
 
 pub mod api;
+pub mod classify;
 pub mod controller;
 pub mod derive;
 pub mod drift;

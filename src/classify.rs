@@ -1,0 +1,244 @@
+//! Classifies why a worker container aborted, from what the kubelet writes: container states,
+//! pod status and conditions, and the kubelet's `Killing` / `Unhealthy` / `BackOff` Events. Pure.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use serde::Serialize;
+
+use crate::api::Runtime;
+
+/// Stable abort reasons, used in status, Events, metrics and `diagnose`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Reason {
+    BootFailed,
+    AppLoadFailed,
+    OOMKilled,
+    StartupTimeout,
+    LivenessTimeout,
+    WorkerTimeout,
+    GracePeriodExceeded,
+    CrashLoop,
+    ImagePullFailed,
+    ConfigError,
+    Evicted,
+    Unschedulable,
+    Signaled,
+    UnexpectedExit,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BootFailed => "BootFailed",
+            Reason::AppLoadFailed => "AppLoadFailed",
+            Reason::OOMKilled => "OOMKilled",
+            Reason::StartupTimeout => "StartupTimeout",
+            Reason::LivenessTimeout => "LivenessTimeout",
+            Reason::WorkerTimeout => "WorkerTimeout",
+            Reason::GracePeriodExceeded => "GracePeriodExceeded",
+            Reason::CrashLoop => "CrashLoop",
+            Reason::ImagePullFailed => "ImagePullFailed",
+            Reason::ConfigError => "ConfigError",
+            Reason::Evicted => "Evicted",
+            Reason::Unschedulable => "Unschedulable",
+            Reason::Signaled => "Signaled",
+            Reason::UnexpectedExit => "UnexpectedExit",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One classified abort of one container (or of the pod, for eviction and scheduling).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Abort {
+    pub pod: String,
+    pub container: Option<String>,
+    pub reason: Reason,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub restart_count: Option<i32>,
+    pub message: Option<String>,
+}
+
+/// A kubelet Event about a pod, reduced to what classification needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletEvent {
+    pub pod: String,
+    /// From the Event's `fieldPath` (`spec.containers{app}`), when it names one.
+    pub container: Option<String>,
+    pub reason: String,
+    pub message: String,
+}
+
+impl KubeletEvent {
+    /// The container a `fieldPath` such as `spec.containers{app}` names.
+    pub fn container_from_field_path(field_path: &str) -> Option<String> {
+        let inner = field_path
+            .strip_prefix("spec.containers{")?
+            .strip_suffix('}')?;
+        Some(inner.to_string())
+    }
+}
+
+/// Name of the signal behind an exit code above 128.
+pub fn signal_name(exit_code: i32) -> Option<String> {
+    let n = exit_code
+        .checked_sub(128)
+        .filter(|n| (1..=64).contains(n))?;
+    let name = match n {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return Some(format!("signal {n}")),
+    };
+    Some(name.to_string())
+}
+
+fn killed_by_probe(events: &[KubeletEvent], pod: &str, container: &str, probe: &str) -> bool {
+    let needle = format!("failed {probe} probe");
+    events.iter().any(|e| {
+        e.pod == pod
+            && e.reason == "Killing"
+            && e.container.as_deref().is_none_or(|c| c == container)
+            && e.message.contains(&needle)
+    })
+}
+
+fn waiting_abort(pod: &str, status: &ContainerStatus) -> Option<Abort> {
+    let waiting = status.state.as_ref()?.waiting.as_ref()?;
+    let reason = match waiting.reason.as_deref()? {
+        "CrashLoopBackOff" => Reason::CrashLoop,
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => Reason::ImagePullFailed,
+        "CreateContainerConfigError" | "CreateContainerError" => Reason::ConfigError,
+        _ => return None,
+    };
+    Some(Abort {
+        pod: pod.to_string(),
+        container: Some(status.name.clone()),
+        reason,
+        exit_code: None,
+        signal: None,
+        restart_count: Some(status.restart_count),
+        message: waiting.message.clone(),
+    })
+}
+
+fn termination_abort(
+    runtime: Runtime,
+    pod: &Pod,
+    status: &ContainerStatus,
+    events: &[KubeletEvent],
+) -> Option<Abort> {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    // The last termination, or the current one when the container is not restarted.
+    let (terminated, restart_count) = match status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+    {
+        Some(t) => (t, status.restart_count.saturating_sub(1).max(0)),
+        None => (
+            status.state.as_ref()?.terminated.as_ref()?,
+            status.restart_count,
+        ),
+    };
+    let code = terminated.exit_code;
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let app_server = matches!(runtime, Runtime::Gunicorn | Runtime::Uvicorn);
+    let reason = if terminated.reason.as_deref() == Some("OOMKilled") {
+        Reason::OOMKilled
+    } else if killed_by_probe(events, pod_name, &status.name, "startup") {
+        Reason::StartupTimeout
+    } else if killed_by_probe(events, pod_name, &status.name, "liveness") {
+        Reason::LivenessTimeout
+    } else if app_server && code == 3 {
+        Reason::BootFailed
+    } else if runtime == Runtime::Gunicorn && code == 4 {
+        Reason::AppLoadFailed
+    } else if code == 137 && terminating {
+        Reason::GracePeriodExceeded
+    } else if code > 128 {
+        Reason::Signaled
+    } else if code == 0 && terminating {
+        // A clean exit during shutdown is not an abort.
+        return None;
+    } else {
+        Reason::UnexpectedExit
+    };
+    Some(Abort {
+        pod: pod_name.to_string(),
+        container: Some(status.name.clone()),
+        reason,
+        exit_code: Some(code),
+        signal: signal_name(code),
+        restart_count: Some(restart_count),
+        message: terminated
+            .message
+            .clone()
+            .or_else(|| terminated.reason.clone()),
+    })
+}
+
+/// Every abort visible on a pod, pod-level ones first, then per container in status order.
+pub fn classify_pod(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec<Abort> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut aborts = Vec::new();
+    let Some(status) = pod.status.as_ref() else {
+        return aborts;
+    };
+    if status.reason.as_deref() == Some("Evicted") {
+        aborts.push(Abort {
+            pod: name.clone(),
+            container: None,
+            reason: Reason::Evicted,
+            exit_code: None,
+            signal: None,
+            restart_count: None,
+            message: status.message.clone(),
+        });
+    }
+    let unschedulable = status
+        .conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        });
+    if let Some(condition) = unschedulable {
+        aborts.push(Abort {
+            pod: name.clone(),
+            container: None,
+            reason: Reason::Unschedulable,
+            exit_code: None,
+            signal: None,
+            restart_count: None,
+            message: condition.message.clone(),
+        });
+    }
+    for container in status.container_statuses.as_deref().unwrap_or_default() {
+        if let Some(abort) = termination_abort(runtime, pod, container, events) {
+            aborts.push(abort);
+        }
+        if let Some(abort) = waiting_abort(&name, container) {
+            aborts.push(abort);
+        }
+    }
+    aborts
+}

@@ -1,0 +1,210 @@
+//! Abort classification from what a real kubelet writes.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use workerpool_operator::api::Runtime;
+use workerpool_operator::classify::{KubeletEvent, Reason, classify_pod};
+
+fn pod(container_status: Value, extra: Value) -> Pod {
+    let mut value = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api-7d9f-abcde", "namespace": "shop", "uid": "u1"},
+        "status": {"phase": "Running", "containerStatuses": [container_status]}
+    });
+    if let (Some(base), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            if k == "status" {
+                for (sk, sv) in v.as_object().unwrap() {
+                    base["status"][sk] = sv.clone();
+                }
+            } else if k == "metadata" {
+                for (mk, mv) in v.as_object().unwrap() {
+                    base["metadata"][mk] = mv.clone();
+                }
+            }
+        }
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+fn terminated(code: i32, reason: &str) -> Value {
+    json!({
+        "name": "app", "image": "example/app:1", "imageID": "", "ready": false, "restartCount": 4,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container=app"}},
+        "lastState": {"terminated": {"exitCode": code, "reason": reason,
+            "startedAt": "2026-11-22T10:00:00Z", "finishedAt": "2026-11-22T10:00:05Z"}}
+    })
+}
+
+fn reasons(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec<Reason> {
+    classify_pod(runtime, pod, events)
+        .into_iter()
+        .map(|a| a.reason)
+        .collect()
+}
+
+fn killing(probe: &str) -> KubeletEvent {
+    KubeletEvent {
+        pod: "api-7d9f-abcde".into(),
+        container: KubeletEvent::container_from_field_path("spec.containers{app}"),
+        reason: "Killing".into(),
+        message: format!("Container app failed {probe} probe, will be restarted"),
+    }
+}
+
+#[test]
+fn gunicorn_exit_codes() {
+    let p = pod(terminated(3, "Error"), json!({}));
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[]),
+        [Reason::BootFailed, Reason::CrashLoop]
+    );
+    assert_eq!(
+        reasons(Runtime::Uvicorn, &p, &[]),
+        [Reason::BootFailed, Reason::CrashLoop]
+    );
+    assert_eq!(
+        reasons(Runtime::Generic, &p, &[]),
+        [Reason::UnexpectedExit, Reason::CrashLoop]
+    );
+    let p = pod(terminated(4, "Error"), json!({}));
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[])[0],
+        Reason::AppLoadFailed
+    );
+    assert_eq!(
+        reasons(Runtime::Uvicorn, &p, &[])[0],
+        Reason::UnexpectedExit
+    );
+}
+
+#[test]
+fn oom_killed_even_with_exit_143() {
+    let p = pod(terminated(137, "OOMKilled"), json!({}));
+    let aborts = classify_pod(Runtime::Gunicorn, &p, &[]);
+    assert_eq!(aborts[0].reason, Reason::OOMKilled);
+    assert_eq!(aborts[0].signal.as_deref(), Some("SIGKILL"));
+    assert_eq!(
+        aborts[0].restart_count,
+        Some(3),
+        "the restart that ended this run"
+    );
+    let p = pod(terminated(143, "OOMKilled"), json!({}));
+    assert_eq!(reasons(Runtime::Gunicorn, &p, &[])[0], Reason::OOMKilled);
+}
+
+#[test]
+fn probe_kills_are_told_apart_by_the_kubelet_event() {
+    let p = pod(terminated(0, "Completed"), json!({}));
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[killing("liveness")])[0],
+        Reason::LivenessTimeout
+    );
+    let p = pod(terminated(137, "Error"), json!({}));
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[killing("startup")])[0],
+        Reason::StartupTimeout
+    );
+    let other_pod = KubeletEvent {
+        pod: "other".into(),
+        ..killing("startup")
+    };
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[other_pod])[0],
+        Reason::Signaled
+    );
+}
+
+#[test]
+fn sigkill_while_terminating_is_grace_period_exceeded() {
+    let status = json!({
+        "name": "app", "image": "example/app:1", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 137, "reason": "Error"}}
+    });
+    let p = pod(
+        status.clone(),
+        json!({"metadata": {"deletionTimestamp": "2026-11-22T10:00:00Z"}}),
+    );
+    let aborts = classify_pod(Runtime::Gunicorn, &p, &[]);
+    assert_eq!(aborts[0].reason, Reason::GracePeriodExceeded);
+    assert_eq!(aborts[0].restart_count, Some(0));
+    let clean = pod(
+        json!({"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+               "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}),
+        json!({"metadata": {"deletionTimestamp": "2026-11-22T10:00:00Z"}}),
+    );
+    assert!(classify_pod(Runtime::Gunicorn, &clean, &[]).is_empty());
+}
+
+#[test]
+fn other_signals_and_exits_name_their_code() {
+    let aborts = classify_pod(
+        Runtime::Gunicorn,
+        &pod(terminated(139, "Error"), json!({})),
+        &[],
+    );
+    assert_eq!(
+        (aborts[0].reason, aborts[0].signal.as_deref()),
+        (Reason::Signaled, Some("SIGSEGV"))
+    );
+    let aborts = classify_pod(
+        Runtime::Gunicorn,
+        &pod(terminated(1, "Error"), json!({})),
+        &[],
+    );
+    assert_eq!(
+        (
+            aborts[0].reason,
+            aborts[0].exit_code,
+            aborts[0].signal.clone()
+        ),
+        (Reason::UnexpectedExit, Some(1), None)
+    );
+}
+
+#[test]
+fn waiting_reasons() {
+    for (waiting, reason) in [
+        ("ImagePullBackOff", Reason::ImagePullFailed),
+        ("ErrImagePull", Reason::ImagePullFailed),
+        ("InvalidImageName", Reason::ImagePullFailed),
+        ("CreateContainerConfigError", Reason::ConfigError),
+        ("CreateContainerError", Reason::ConfigError),
+    ] {
+        let status = json!({"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                            "state": {"waiting": {"reason": waiting, "message": "m"}}});
+        assert_eq!(
+            reasons(Runtime::Gunicorn, &pod(status, json!({})), &[]),
+            [reason],
+            "{waiting}"
+        );
+    }
+}
+
+#[test]
+fn pod_level_reasons() {
+    let healthy = json!({"name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                         "state": {"running": {"startedAt": "2026-11-22T10:00:00Z"}}});
+    assert!(reasons(Runtime::Gunicorn, &pod(healthy.clone(), json!({})), &[]).is_empty());
+    let evicted = pod(
+        healthy.clone(),
+        json!({"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}}),
+    );
+    assert_eq!(reasons(Runtime::Gunicorn, &evicted, &[]), [Reason::Evicted]);
+    let pending = pod(
+        healthy,
+        json!({"status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}
+        ]}}),
+    );
+    let aborts = classify_pod(Runtime::Gunicorn, &pending, &[]);
+    assert_eq!(aborts[0].reason, Reason::Unschedulable);
+    assert!(
+        aborts[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("Insufficient memory")
+    );
+}
