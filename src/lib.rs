@@ -5,6 +5,7 @@ pub mod api;
 pub mod classify;
 pub mod controller;
 pub mod derive;
+pub mod diagnose;
 pub mod drift;
 pub mod policy;
 pub mod ramp;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use workerpool_operator::controller::run::{RunConfig, run};
-use workerpool_operator::{api, render};
+use workerpool_operator::{api, diagnose, render};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,53 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Classify the worker aborts of a Pod or PodList (`kubectl get pod -o json`).
+    Diagnose {
+        /// Pod or PodList as JSON or YAML; `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// EventList (`kubectl get events -o json`) with the kubelet's probe and kill Events.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Runtime for pods without the `workerpool.dev/runtime` annotation.
+        #[arg(long, value_parser = parse_runtime)]
+        runtime: Option<api::Runtime>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+fn parse_runtime(text: &str) -> Result<api::Runtime, String> {
+    text.parse()
+}
+
+fn run_diagnose(
+    file: &PathBuf,
+    events: Option<&PathBuf>,
+    runtime: Option<api::Runtime>,
+    output: OutputFormat,
+) -> Result<(), String> {
+    let pods = diagnose::parse_pods(&read_input(file)?).map_err(|e| e.to_string())?;
+    let events = match events {
+        Some(path) => diagnose::parse_events(&read_input(path)?).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let aborts = diagnose::diagnose(&pods, &events, runtime);
+    match output {
+        OutputFormat::Table => print!("{}", diagnose::table(&aborts)),
+        OutputFormat::Json => {
+            let json = serde_json::to_string_pretty(&aborts).map_err(|e| e.to_string())?;
+            println!("{json}");
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -123,6 +170,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Render { file } => run_render(&file),
+        Command::Diagnose {
+            file,
+            events,
+            runtime,
+            output,
+        } => run_diagnose(&file, events.as_ref(), runtime, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -195,3 +195,119 @@ fn every_bundled_sample_renders_without_warnings() {
         "expected the gunicorn, uvicorn and generic samples"
     );
 }
+
+const PODS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pods.json");
+const EVENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/events.json");
+const HEALTHY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/healthy-pod.json"
+);
+
+#[test]
+fn diagnose_prints_a_table() {
+    let out = run(&["diagnose", "-f", PODS, "--events", EVENTS], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("POD") && lines[0].contains("REASON"),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains("shop-api-6d8f7c9b5-x2x7k") && lines[1].contains("BootFailed"),
+        "{table}"
+    );
+    assert!(table.contains("LivenessTimeout"), "{table}");
+}
+
+#[test]
+fn diagnose_json_has_the_documented_shape() {
+    let out = run(
+        &["diagnose", "-f", PODS, "--events", EVENTS, "-o", "json"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let aborts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON array");
+    let aborts = aborts.as_array().expect("array");
+    let reasons: Vec<&str> = aborts.iter().filter_map(|a| a["reason"].as_str()).collect();
+    assert_eq!(reasons, ["BootFailed", "CrashLoop", "LivenessTimeout"]);
+    let keys: Vec<&String> = aborts[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 7);
+    for key in [
+        "pod",
+        "container",
+        "reason",
+        "exitCode",
+        "signal",
+        "restartCount",
+        "message",
+    ] {
+        assert!(aborts.iter().all(|a| a.get(key).is_some()), "{key} missing");
+    }
+    assert_eq!(aborts[0]["exitCode"], 3);
+    assert_eq!(aborts[0]["signal"], serde_json::Value::Null);
+    assert_eq!(aborts[1]["exitCode"], serde_json::Value::Null);
+}
+
+#[test]
+fn diagnose_without_events_cannot_see_probe_kills() {
+    let out = run(&["diagnose", "-f", PODS, "-o", "json"], None);
+    let aborts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(aborts[2]["reason"], "UnexpectedExit");
+}
+
+#[test]
+fn diagnose_of_a_healthy_pod_is_empty() {
+    let out = run(&["diagnose", "-f", HEALTHY, "-o", "json"], None);
+    assert!(out.status.success());
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = run(
+        &["diagnose", "-f", "-"],
+        Some(&std::fs::read_to_string(HEALTHY).unwrap()),
+    );
+    assert_eq!(text(&out.stdout), "no aborts found\n");
+}
+
+#[test]
+fn diagnose_runtime_flag_applies_to_pods_without_the_annotation() {
+    let pods = std::fs::read_to_string(PODS).unwrap().replace(
+        "\"workerpool.dev/runtime\": \"gunicorn\"",
+        "\"team\": \"shop\"",
+    );
+    let generic = run(&["diagnose", "-f", "-", "-o", "json"], Some(&pods));
+    let aborts: serde_json::Value = serde_json::from_slice(&generic.stdout).unwrap();
+    assert_eq!(
+        aborts[0]["reason"], "UnexpectedExit",
+        "unannotated pods default to generic"
+    );
+    let gunicorn = run(
+        &["diagnose", "-f", "-", "--runtime", "gunicorn", "-o", "json"],
+        Some(&pods),
+    );
+    let aborts: serde_json::Value = serde_json::from_slice(&gunicorn.stdout).unwrap();
+    assert_eq!(aborts[0]["reason"], "BootFailed");
+}
+
+#[test]
+fn diagnose_rejects_bad_input_clearly() {
+    for (input, needle) in [
+        ("{\"kind\": \"Deployment\"}", "expected Pod or PodList"),
+        ("[[[", "not JSON or YAML"),
+        (
+            "{\"kind\": \"PodList\", \"items\": [{\"metadata\": {\"name\": 5}}]}",
+            "items[0].metadata.name",
+        ),
+    ] {
+        let out = run(&["diagnose", "-f", "-"], Some(input));
+        assert!(!out.status.success(), "accepted {input}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+    let out = run(&["diagnose", "-f", PODS, "--runtime", "php"], None);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown runtime"));
+}
