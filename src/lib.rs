@@ -7,6 +7,7 @@ pub mod controller;
 pub mod derive;
 pub mod diagnose;
 pub mod drift;
+pub mod loghints;
 pub mod policy;
 pub mod ramp;
 pub mod render;

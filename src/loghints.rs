@@ -1,0 +1,140 @@
+//! Known gunicorn / uvicorn / Python signatures in a container's log tail. Pure.
+//!
+//! Worker-level timeouts and OOM kills inside a running container leave no trace in the pod
+//! status; the app server's own log lines are the only evidence.
+
+/// What a log tail shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogFindings {
+    /// gunicorn "WORKER TIMEOUT (pid:N)": the master killed a worker that outlived `--timeout`.
+    pub worker_timeouts: u32,
+    /// gunicorn "Worker (pid:N) was sent SIGKILL! Perhaps out of memory?".
+    pub worker_oom_kills: u32,
+    pub worker_failed_to_boot: bool,
+    pub app_failed_to_load: bool,
+    /// asyncio "Task was destroyed but it is pending!": shutdown cut short.
+    pub pending_task_destroyed: bool,
+    /// The last line of the last Python traceback, e.g. `ModuleNotFoundError: No module named 'x'`.
+    pub last_exception: Option<String>,
+}
+
+/// Bytes of log read per sample; enough for a traceback, bounded for memory.
+pub const TAIL_BYTES: i64 = 16 * 1024;
+
+pub fn scan(log: &str) -> LogFindings {
+    let mut findings = LogFindings::default();
+    let mut in_traceback = false;
+    for line in log.lines() {
+        if line.contains("WORKER TIMEOUT") {
+            findings.worker_timeouts += 1;
+        }
+        if line.contains("Perhaps out of memory?") {
+            findings.worker_oom_kills += 1;
+        }
+        if line.contains("Worker failed to boot") {
+            findings.worker_failed_to_boot = true;
+        }
+        if line.contains("App failed to load") {
+            findings.app_failed_to_load = true;
+        }
+        if line.contains("Task was destroyed but it is pending!") {
+            findings.pending_task_destroyed = true;
+        }
+        if line.starts_with("Traceback (most recent call last):") {
+            in_traceback = true;
+            continue;
+        }
+        // A traceback ends with its first unindented line: the exception.
+        if in_traceback
+            && !line.starts_with(' ')
+            && !line.starts_with('\t')
+            && !line.trim().is_empty()
+        {
+            findings.last_exception = Some(line.trim().chars().take(300).collect());
+            in_traceback = false;
+        }
+    }
+    findings
+}
+
+/// One line for an abort's hint: the most specific thing the log says.
+pub fn hint(findings: &LogFindings) -> Option<String> {
+    let headline = if findings.worker_oom_kills > 0 {
+        Some("gunicorn: a worker was sent SIGKILL (perhaps out of memory)")
+    } else if findings.worker_timeouts > 0 {
+        Some("gunicorn: WORKER TIMEOUT, a worker outlived --timeout")
+    } else if findings.app_failed_to_load {
+        Some("gunicorn: App failed to load")
+    } else if findings.worker_failed_to_boot {
+        Some("gunicorn: Worker failed to boot")
+    } else if findings.pending_task_destroyed {
+        Some("asyncio: Task was destroyed but it is pending (shutdown cut short)")
+    } else {
+        None
+    };
+    match (headline, &findings.last_exception) {
+        (Some(h), Some(e)) => Some(format!("{h}; {e}")),
+        (Some(h), None) => Some(h.to_string()),
+        (None, Some(e)) => Some(e.clone()),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOT_FAILURE: &str = "\
+[2026-11-22 10:04:01 +0000] [1] [INFO] Starting gunicorn 23.0.0
+[2026-11-22 10:04:01 +0000] [7] [ERROR] Exception in worker process
+Traceback (most recent call last):
+  File \"/usr/local/lib/python3.12/site-packages/gunicorn/arbiter.py\", line 608, in spawn_worker
+    worker.init_process()
+  File \"/app/shop/wsgi.py\", line 3, in <module>
+    import stripe
+ModuleNotFoundError: No module named 'stripe'
+[2026-11-22 10:04:01 +0000] [7] [INFO] Worker exiting (pid: 7)
+[2026-11-22 10:04:02 +0000] [1] [ERROR] Worker (pid:7) exited with code 3
+[2026-11-22 10:04:02 +0000] [1] [ERROR] Shutting down: Master
+[2026-11-22 10:04:02 +0000] [1] [ERROR] Reason: Worker failed to boot.
+";
+
+    const DEATH_SPIRAL: &str = "\
+[2026-11-22 10:05:31 +0000] [1] [CRITICAL] WORKER TIMEOUT (pid:9)
+[2026-11-22 10:05:32 +0000] [1] [ERROR] Worker (pid:9) was sent SIGKILL! Perhaps out of memory?
+[2026-11-22 10:05:32 +0000] [12] [INFO] Booting worker with pid: 12
+[2026-11-22 10:06:03 +0000] [1] [CRITICAL] WORKER TIMEOUT (pid:12)
+";
+
+    #[test]
+    fn boot_failure_with_its_exception() {
+        let f = scan(BOOT_FAILURE);
+        assert!(f.worker_failed_to_boot);
+        assert_eq!(
+            f.last_exception.as_deref(),
+            Some("ModuleNotFoundError: No module named 'stripe'")
+        );
+        assert_eq!(
+            hint(&f).as_deref(),
+            Some("gunicorn: Worker failed to boot; ModuleNotFoundError: No module named 'stripe'")
+        );
+    }
+
+    #[test]
+    fn worker_timeouts_and_oom_kills_are_counted() {
+        let f = scan(DEATH_SPIRAL);
+        assert_eq!((f.worker_timeouts, f.worker_oom_kills), (2, 1));
+        assert!(hint(&f).unwrap().contains("SIGKILL"));
+    }
+
+    #[test]
+    fn shutdown_cut_short_and_clean_logs() {
+        let f = scan("Task was destroyed but it is pending!\ntask: <Task pending name='Task-3'>");
+        assert!(f.pending_task_destroyed);
+        assert_eq!(
+            scan("[INFO] Listening at: http://0.0.0.0:8000\n"),
+            LogFindings::default()
+        );
+        assert_eq!(hint(&LogFindings::default()), None);
+    }
+}
