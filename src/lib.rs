@@ -1,5 +1,8 @@
 //! workerpool-operator: derives probes, grace periods, app-server flags and staggered startup for
 //! pools of Python app-server workers, and records why workers abort.
+//!
+//! Pure modules (no client, no clock): `policy`, `derive`, `ramp`, `status`, `drift`, `classify`,
+//! `loghints`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
 
 pub mod api;
 pub mod classify;
