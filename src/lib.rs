@@ -2,8 +2,9 @@
 //! pools of Python app-server workers, and records why workers abort.
 //!
 //! Pure modules (no client, no clock): `policy`, `derive`, `ramp`, `status`, `drift`, `classify`,
-//! `loghints`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
+//! `loghints`, `aborts`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
 
+pub mod aborts;
 pub mod api;
 pub mod classify;
 pub mod controller;

@@ -178,4 +178,17 @@ pub struct AbortSummary {
     pub counts: Vec<AbortCount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<AbortRecord>,
+    /// Terminations already counted (pod uid/container/restartCount), newest last, so each is
+    /// counted once, also across an operator restart or a leader change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub recent: Vec<SeenAbort>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenAbort {
+    pub key: String,
+    pub reason: String,
+    pub time: String,
 }
