@@ -1,6 +1,8 @@
 //! The CRD as the API server sees it: checked-in file, size, structure, defaults and CEL rules
 //! (evaluated with a real CEL interpreter, the way admission evaluates them).
 
+mod common;
+use common::merge;
 use serde_json::{Value, json};
 use workerpool_operator::api::{WorkerPool, crd, crd_yaml};
 use workerpool_operator::policy;
@@ -262,17 +264,6 @@ fn worker_pool_round_trips_through_the_api_types() {
     let parsed: WorkerPool = serde_json::from_value(value).expect("parses");
     assert_eq!(parsed.spec.container, None);
     assert_eq!(parsed.status, None);
-}
-
-fn merge(base: &mut Value, overlay: &Value) {
-    match (base, overlay) {
-        (Value::Object(base), Value::Object(overlay)) => {
-            for (k, v) in overlay {
-                merge(base.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (base, overlay) => *base = overlay.clone(),
-    }
 }
 
 #[test]

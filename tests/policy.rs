@@ -5,6 +5,8 @@ use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 use serde_json::json;
+mod common;
+use common::{app_container_with, merge};
 use workerpool_operator::api::{Runtime, Source, WorkerPoolSpec};
 use workerpool_operator::derive::{self, PoolRef};
 use workerpool_operator::policy::{self, GRACE_MARGIN_SECONDS, Settings};
@@ -19,17 +21,6 @@ fn spec(runtime: &str, extra: serde_json::Value) -> WorkerPoolSpec {
     });
     merge(&mut value, &extra);
     serde_json::from_value(value).expect("valid spec JSON")
-}
-
-fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
-    match (base, overlay) {
-        (serde_json::Value::Object(base), serde_json::Value::Object(overlay)) => {
-            for (k, v) in overlay {
-                merge(base.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (base, overlay) => *base = overlay.clone(),
-    }
 }
 
 fn build(spec: &WorkerPoolSpec) -> (Deployment, Settings) {
@@ -256,9 +247,7 @@ fn explicit_grace_period_wins_and_is_reported_with_both_numbers() {
 
 #[test]
 fn command_line_timeout_wins_and_is_reported() {
-    let extra = json!({"template": {"spec": {"containers": [
-        {"name": "app", "image": "example/app:1", "args": ["--timeout", "10"], "ports": [{"name": "http", "containerPort": 8000}]}
-    ]}}});
+    let extra = app_container_with(json!({"args": ["--timeout", "10"]}));
     let (_, settings) = build(&spec("gunicorn", extra));
     assert_eq!(settings.effective.worker_timeout_seconds, Some(10));
     let message = conflict(&settings, "gunicorn --timeout");
@@ -270,10 +259,9 @@ fn command_line_timeout_wins_and_is_reported() {
 
 #[test]
 fn users_own_gunicorn_args_are_kept_and_completed() {
-    let extra = json!({"template": {"spec": {"containers": [
-        {"name": "app", "image": "example/app:1", "env": [{"name": "GUNICORN_CMD_ARGS", "value": "--workers 4 --timeout 90"}],
-         "ports": [{"name": "http", "containerPort": 8000}]}
-    ]}}});
+    let extra = app_container_with(
+        json!({"env": [{"name": "GUNICORN_CMD_ARGS", "value": "--workers 4 --timeout 90"}]}),
+    );
     let (deployment, settings) = build(&spec("gunicorn", extra));
     assert_eq!(
         env(app(&deployment), "GUNICORN_CMD_ARGS"),
@@ -285,11 +273,10 @@ fn users_own_gunicorn_args_are_kept_and_completed() {
 
 #[test]
 fn explicit_probes_win_and_short_ones_are_reported() {
-    let extra = json!({"template": {"spec": {"containers": [
-        {"name": "app", "image": "example/app:1", "ports": [{"name": "http", "containerPort": 8000}],
-         "startupProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 5, "failureThreshold": 3},
-         "livenessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 5, "failureThreshold": 2}}
-    ]}}});
+    let extra = app_container_with(
+        json!({"startupProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 5, "failureThreshold": 3},
+         "livenessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 5, "failureThreshold": 2}}),
+    );
     let (deployment, settings) = build(&spec("gunicorn", extra));
     assert_eq!(
         app(&deployment)

@@ -250,6 +250,13 @@ impl Harness {
         self.sync_caches().await;
     }
 
+    /// First reconcile, every pod Ready, reconcile again: a pool that fits in one ramp step is converged.
+    async fn converge(&mut self, name: &str) {
+        self.reconcile(name).await;
+        self.all_pods_ready(name).await;
+        self.reconcile(name).await;
+    }
+
     fn advance(&self, seconds: i64) {
         self.seconds.fetch_add(seconds, Ordering::SeqCst);
     }
@@ -321,9 +328,7 @@ async fn first_reconcile_creates_children_and_status() {
 #[tokio::test]
 async fn converged_pool_costs_no_requests() {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.reconcile("api").await;
-    h.all_pods_ready("api").await;
-    h.reconcile("api").await;
+    h.converge("api").await;
     let status = h.pool("api").await.status.expect("status");
     assert_eq!(condition(&status, "Ready").status, "True", "{status:?}");
     h.reconcile("api").await;
@@ -385,9 +390,7 @@ async fn scale_down_is_immediate() {
 #[tokio::test]
 async fn changed_spec_updates_the_deployment_once() {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.reconcile("api").await;
-    h.all_pods_ready("api").await;
-    h.reconcile("api").await;
+    h.converge("api").await;
     let api: Api<WorkerPool> = Api::namespaced(h.client.clone(), NS);
     api.patch(
         "api",
@@ -461,9 +464,7 @@ fn foreign_deployment_after_store(stored: &Deployment) -> Deployment {
 #[tokio::test]
 async fn invalid_pool_stalls_and_leaves_the_running_deployment_untouched() {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.reconcile("api").await;
-    h.all_pods_ready("api").await;
-    h.reconcile("api").await;
+    h.converge("api").await;
     let before = h.deployment("api").await.unwrap();
     let api: Api<WorkerPool> = Api::namespaced(h.client.clone(), NS);
     api.patch(

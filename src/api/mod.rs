@@ -101,6 +101,7 @@ fn default_replicas() -> i32 {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
+    // Only for code that needs `WorkerPool: Default`; the schema keeps `runtime` required.
     #[default]
     Gunicorn,
     Uvicorn,
