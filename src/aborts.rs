@@ -18,7 +18,37 @@ pub fn key(pod_uid: &str, container: &str, restart_count: i32) -> String {
 pub struct Observed {
     pub key: String,
     pub at: Timestamp,
+    /// `pod-template-hash` of the pod.
+    pub revision: Option<String>,
     pub record: AbortRecord,
+}
+
+/// True when this abort is inside the window and not counted before.
+pub fn is_news(
+    old: Option<&AbortSummary>,
+    observed: &Observed,
+    now: Timestamp,
+    window_seconds: i64,
+) -> bool {
+    let window = SignedDuration::from_secs(window_seconds);
+    now.duration_since(observed.at) <= window
+        && !old.is_some_and(|s| s.recent.iter().any(|seen| seen.key == observed.key))
+}
+
+/// When the oldest remembered abort leaves the window (and `Degraded` may clear).
+pub fn next_expiry(
+    summary: &AbortSummary,
+    now: Timestamp,
+    window_seconds: i64,
+) -> Option<SignedDuration> {
+    let window = SignedDuration::from_secs(window_seconds);
+    summary
+        .recent
+        .iter()
+        .filter_map(|seen| seen.time.parse::<Timestamp>().ok())
+        .map(|t| window - now.duration_since(t))
+        .filter(|left| left.is_positive())
+        .min()
 }
 
 fn within(time: &str, now: Timestamp, window: SignedDuration) -> bool {
@@ -49,15 +79,14 @@ pub fn record(
     let mut observed = observed;
     observed.sort_by_key(|o| o.at);
     for o in observed {
-        let known = old.is_some_and(|s| s.recent.iter().any(|seen| seen.key == o.key))
-            || recent.iter().any(|seen| seen.key == o.key);
-        if known || now.duration_since(o.at) > window {
+        if !is_news(old, &o, now, window_seconds) || recent.iter().any(|seen| seen.key == o.key) {
             continue;
         }
         recent.push(SeenAbort {
             key: o.key,
             reason: o.record.reason.clone(),
             time: o.at.to_string(),
+            revision: o.revision,
         });
         last = Some(o.record.clone());
         fresh.push(o.record);
@@ -129,6 +158,7 @@ mod tests {
         Observed {
             key: key(&format!("uid-{pod}"), "app", restart),
             at: at(secs),
+            revision: Some("rev1".into()),
             record: AbortRecord {
                 pod: pod.into(),
                 container: "app".into(),
@@ -191,7 +221,12 @@ mod tests {
         let (reason, message) = degraded(&s, 600).expect("degraded");
         assert_eq!(reason, "BootFailed");
         assert!(message.starts_with("2 aborts in the last 600s (1 BootFailed, 1 OOMKilled); latest: pod b container app, exit 3"), "{message}");
+        assert_eq!(
+            next_expiry(&s, at(20), 600),
+            Some(SignedDuration::from_secs(580))
+        );
         let (later, fresh) = record(Some(&s), vec![], at(700), 600);
+        assert_eq!(next_expiry(&later, at(700), 600), None);
         assert!(fresh.is_empty());
         assert_eq!(degraded(&later, 600), None);
         assert!(later.recent.is_empty());

@@ -63,6 +63,9 @@ pub struct Abort {
     pub signal: Option<String>,
     pub restart_count: Option<i32>,
     pub message: Option<String>,
+    /// When the container terminated, if it did.
+    #[serde(skip)]
+    pub finished_at: Option<jiff::Timestamp>,
 }
 
 /// A kubelet Event about a pod, reduced to what classification needs.
@@ -118,6 +121,26 @@ fn killed_by_probe(events: &[KubeletEvent], pod: &str, container: &str, probe: &
     })
 }
 
+/// The kubelet's last "<Probe> probe failed: …" message for this container.
+fn probe_failure(
+    events: &[KubeletEvent],
+    pod: &str,
+    container: &str,
+    probe: &str,
+) -> Option<String> {
+    let prefix = format!("{probe} probe failed");
+    events
+        .iter()
+        .rev()
+        .find(|e| {
+            e.pod == pod
+                && e.reason == "Unhealthy"
+                && e.container.as_deref().is_none_or(|c| c == container)
+                && e.message.starts_with(&prefix)
+        })
+        .map(|e| e.message.clone())
+}
+
 fn waiting_abort(pod: &str, status: &ContainerStatus) -> Option<Abort> {
     let waiting = status.state.as_ref()?.waiting.as_ref()?;
     let reason = match waiting.reason.as_deref()? {
@@ -134,6 +157,7 @@ fn waiting_abort(pod: &str, status: &ContainerStatus) -> Option<Abort> {
         signal: None,
         restart_count: Some(status.restart_count),
         message: waiting.message.clone(),
+        finished_at: None,
     })
 }
 
@@ -159,11 +183,18 @@ fn termination_abort(
     let code = terminated.exit_code;
     let terminating = pod.metadata.deletion_timestamp.is_some();
     let app_server = matches!(runtime, Runtime::Gunicorn | Runtime::Uvicorn);
+    let probe_kill = |probe: &str| {
+        killed_by_probe(events, pod_name, &status.name, &probe.to_lowercase())
+            .then(|| probe_failure(events, pod_name, &status.name, probe))
+    };
+    let mut evidence = None;
     let reason = if terminated.reason.as_deref() == Some("OOMKilled") {
         Reason::OOMKilled
-    } else if killed_by_probe(events, pod_name, &status.name, "startup") {
+    } else if let Some(failure) = probe_kill("Startup") {
+        evidence = failure;
         Reason::StartupTimeout
-    } else if killed_by_probe(events, pod_name, &status.name, "liveness") {
+    } else if let Some(failure) = probe_kill("Liveness") {
+        evidence = failure;
         Reason::LivenessTimeout
     } else if app_server && code == 3 {
         Reason::BootFailed
@@ -186,10 +217,10 @@ fn termination_abort(
         exit_code: Some(code),
         signal: signal_name(code),
         restart_count: Some(restart_count),
-        message: terminated
-            .message
-            .clone()
+        message: evidence
+            .or_else(|| terminated.message.clone())
             .or_else(|| terminated.reason.clone()),
+        finished_at: terminated.finished_at.as_ref().map(|t| t.0),
     })
 }
 
@@ -209,6 +240,7 @@ pub fn classify_pod(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec
             signal: None,
             restart_count: None,
             message: status.message.clone(),
+            finished_at: None,
         });
     }
     let unschedulable = status
@@ -230,6 +262,7 @@ pub fn classify_pod(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec
             signal: None,
             restart_count: None,
             message: condition.message.clone(),
+            finished_at: None,
         });
     }
     for container in status.container_statuses.as_deref().unwrap_or_default() {

@@ -8,8 +8,11 @@
 pub struct LogFindings {
     /// gunicorn "WORKER TIMEOUT (pid:N)": the master killed a worker that outlived `--timeout`.
     pub worker_timeouts: u32,
+    /// The worker pids of those timeouts, in log order; they identify each one across samples.
+    pub worker_timeout_pids: Vec<u32>,
     /// gunicorn "Worker (pid:N) was sent SIGKILL! Perhaps out of memory?".
     pub worker_oom_kills: u32,
+    pub worker_oom_pids: Vec<u32>,
     pub worker_failed_to_boot: bool,
     pub app_failed_to_load: bool,
     /// asyncio "Task was destroyed but it is pending!": shutdown cut short.
@@ -27,9 +30,11 @@ pub fn scan(log: &str) -> LogFindings {
     for line in log.lines() {
         if line.contains("WORKER TIMEOUT") {
             findings.worker_timeouts += 1;
+            findings.worker_timeout_pids.extend(pid_in(line));
         }
         if line.contains("Perhaps out of memory?") {
             findings.worker_oom_kills += 1;
+            findings.worker_oom_pids.extend(pid_in(line));
         }
         if line.contains("Worker failed to boot") {
             findings.worker_failed_to_boot = true;
@@ -55,6 +60,17 @@ pub fn scan(log: &str) -> LogFindings {
         }
     }
     findings
+}
+
+/// The number in `(pid:N)`, as gunicorn writes it.
+fn pid_in(line: &str) -> Option<u32> {
+    let start = line.find("(pid:")? + "(pid:".len();
+    let digits: String = line[start..]
+        .chars()
+        .skip_while(|c| *c == ' ')
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 /// One line for an abort's hint: the most specific thing the log says.
@@ -124,6 +140,10 @@ ModuleNotFoundError: No module named 'stripe'
     fn worker_timeouts_and_oom_kills_are_counted() {
         let f = scan(DEATH_SPIRAL);
         assert_eq!((f.worker_timeouts, f.worker_oom_kills), (2, 1));
+        assert_eq!(f.worker_timeout_pids, [9, 12]);
+        assert_eq!(f.worker_oom_pids, [9]);
+        assert_eq!(pid_in("Worker (pid: 31) was sent SIGKILL!"), Some(31));
+        assert_eq!(pid_in("WORKER TIMEOUT (pid:x)"), None);
         assert!(hint(&f).unwrap().contains("SIGKILL"));
     }
 

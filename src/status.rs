@@ -7,7 +7,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{EffectiveSettings, Phase, WorkerPoolStatus, condition};
+use crate::aborts;
+use crate::api::{AbortSummary, EffectiveSettings, Phase, WorkerPoolStatus, condition};
 use crate::policy::Conflict;
 
 /// Counts from the Deployment's status, as the watch cache last saw it.
@@ -57,6 +58,9 @@ pub struct Observation<'a> {
     pub effective: Option<&'a EffectiveSettings>,
     pub conflicts: &'a [Conflict],
     pub stall: Option<&'a Stall>,
+    /// The abort ledger after this reconcile; None keeps the previous one.
+    pub aborts: Option<&'a AbortSummary>,
+    pub window_seconds: i64,
 }
 
 fn condition(
@@ -210,15 +214,18 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
             ),
         ),
     };
-    let degraded = old_conditions
-        .iter()
-        .find(|c| c.type_ == condition::DEGRADED)
+    let aborts = obs
+        .aborts
         .cloned()
-        .map(|mut c| {
-            c.observed_generation = Some(generation);
-            c
-        })
-        .unwrap_or_else(|| make(condition::DEGRADED, false, reason::NO_ABORTS, String::new()));
+        .or_else(|| old.and_then(|s| s.aborts.clone()))
+        .filter(|a| *a != AbortSummary::default());
+    let degraded = match aborts
+        .as_ref()
+        .and_then(|a| aborts::degraded(a, obs.window_seconds))
+    {
+        Some((reason, message)) => make(condition::DEGRADED, true, &reason, message),
+        None => make(condition::DEGRADED, false, reason::NO_ABORTS, String::new()),
+    };
     let conflict = if obs.conflicts.is_empty() {
         make(
             condition::POLICY_CONFLICT,
@@ -276,7 +283,7 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
             .effective
             .cloned()
             .or_else(|| old.and_then(|s| s.effective.clone())),
-        aborts: old.and_then(|s| s.aborts.clone()),
+        aborts,
     }
 }
 
@@ -386,6 +393,8 @@ mod tests {
             effective: None,
             conflicts: &[],
             stall: None,
+            aborts: None,
+            window_seconds: 600,
         }
     }
 

@@ -206,6 +206,8 @@ pub struct Policy {
     pub failure: FailurePolicy,
     #[serde(default)]
     pub disruption: DisruptionPolicy,
+    #[serde(default)]
+    pub logs: LogPolicy,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -359,6 +361,27 @@ impl Default for DisruptionPolicy {
     fn default() -> Self {
         DisruptionPolicy {
             max_unavailable: default_max_unavailable(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogPolicy {
+    /// Read the tail of a terminated container's log, and sample the log of booting or unready
+    /// pods, for the hints and the worker timeouts that only the app server's log shows.
+    #[serde(default = "default_read_logs")]
+    pub read: bool,
+}
+
+fn default_read_logs() -> bool {
+    true
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        LogPolicy {
+            read: default_read_logs(),
         }
     }
 }

@@ -191,4 +191,7 @@ pub struct SeenAbort {
     pub key: String,
     pub reason: String,
     pub time: String,
+    /// `pod-template-hash` of the pod, so boot failures can be counted per template revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }

@@ -13,8 +13,16 @@ pub struct ErrorLabels {
     pub category: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbortLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub reason: String,
+}
+
 pub struct Metrics {
     pub reconciles: Counter,
+    pub aborts: Family<AbortLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub registry: Registry,
@@ -26,6 +34,12 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let aborts = Family::<AbortLabels, Counter>::default();
+        registry.register(
+            "worker_aborts",
+            "Worker aborts by pool and reason, each termination counted once",
+            aborts.clone(),
+        );
         registry.register("reconciles", "WorkerPool reconciles", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -39,6 +53,7 @@ impl Default for Metrics {
         );
         Metrics {
             reconciles,
+            aborts,
             errors,
             duration,
             registry,
@@ -53,6 +68,16 @@ impl Metrics {
         if let Some(category) = error {
             self.errors.get_or_create(&ErrorLabels { category }).inc();
         }
+    }
+
+    pub fn count_abort(&self, namespace: &str, pool: &str, reason: &str) {
+        self.aborts
+            .get_or_create(&AbortLabels {
+                namespace: namespace.to_string(),
+                pool: pool.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

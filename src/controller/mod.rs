@@ -4,14 +4,18 @@
 //! status, write it if it differs — where only the first and the last two steps touch the API.
 
 mod error;
+pub mod kubelet;
+pub mod logs;
 pub mod metrics;
 pub mod run;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -26,9 +30,11 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 pub use error::Error;
+use kubelet::KubeletEvents;
+use logs::{ApiLogs, LogReader};
 use metrics::Metrics;
 
-use crate::api::{MANAGER_NAME, WorkerPool, WorkerPoolStatus};
+use crate::api::{AbortRecord, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::derive::{self, Children, PoolRef};
 use crate::drift;
 use crate::policy;
@@ -43,34 +49,56 @@ pub const RESYNC: Duration = Duration::from_secs(3600);
 /// Source of the current time, so the sandbox can run the controller on a virtual clock.
 pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 
+/// The watch caches the controller reads instead of the API.
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    /// Pods carrying the pool label, slimmed to metadata and status.
+    pub pods: Store<Pod>,
+}
+
 pub struct Context {
     pub client: Client,
     pub deployments: Store<Deployment>,
     pub pdbs: Store<PodDisruptionBudget>,
+    pub pods: Store<Pod>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    pub kubelet_events: KubeletEvents,
+    logs: Arc<dyn LogReader>,
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<WorkerPool>>, u32>>,
+    workers: workers::Memory,
 }
 
 impl Context {
     pub fn new(
         client: Client,
-        deployments: Store<Deployment>,
-        pdbs: Store<PodDisruptionBudget>,
+        caches: Caches,
         recorder: Recorder,
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Self {
         Context {
+            logs: Arc::new(ApiLogs(client.clone())),
             client,
-            deployments,
-            pdbs,
+            deployments: caches.deployments,
+            pdbs: caches.pdbs,
+            pods: caches.pods,
             recorder,
             metrics,
             clock,
+            kubelet_events: KubeletEvents::default(),
             failures: Mutex::new(HashMap::new()),
+            workers: workers::Memory::default(),
         }
+    }
+
+    /// Reads container logs from somewhere other than the API server (tests, the sandbox).
+    pub fn with_logs(mut self, logs: Arc<dyn LogReader>) -> Self {
+        self.logs = logs;
+        self
     }
 
     fn now(&self) -> Time {
@@ -362,6 +390,8 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         }
     };
 
+    let workers = workers::observe(ctx, pool, &namespace, &name).await;
+
     let cached = ctx
         .deployments
         .get(&ObjectRef::new(&name).within(&namespace))
@@ -383,6 +413,8 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             .map(|s| s.conflicts.as_slice())
             .unwrap_or_default(),
         stall: stall.as_ref(),
+        aborts: Some(&workers.summary),
+        window_seconds: pool.spec.policy.failure.window_seconds,
     };
     let old = pool.status.as_ref();
     let new = status::compute(old, &observation, &ctx.now());
@@ -400,7 +432,52 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         })?;
         announce(ctx, pool, old, &new, applied.as_ref()).await;
     }
-    Ok(Action::requeue(RESYNC))
+    ctx.workers
+        .remember_ledger(&namespace, &name, workers.summary.clone());
+    report_aborts(ctx, pool, &workers.fresh).await;
+
+    let requeue = workers
+        .recheck
+        .and_then(|d| Duration::try_from(d).ok())
+        .map_or(RESYNC, |d| d.clamp(Duration::from_secs(1), RESYNC));
+    Ok(Action::requeue(requeue))
+}
+
+/// One Warning Event and one metric increment per newly counted abort. The note leaves out
+/// restart counts and times so the recorder folds a crash loop's repeats into one Event series.
+async fn report_aborts(ctx: &Context, pool: &WorkerPool, fresh: &[AbortRecord]) {
+    let reference = pool.object_ref(&());
+    let namespace = pool.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    for abort in fresh {
+        ctx.metrics.count_abort(namespace, name, &abort.reason);
+        let exit = match (abort.exit_code, &abort.signal) {
+            (Some(code), Some(signal)) => format!(" exited {code} ({signal})"),
+            (Some(code), None) => format!(" exited {code}"),
+            _ => String::new(),
+        };
+        let container = if abort.container.is_empty() {
+            String::new()
+        } else {
+            format!(" container {}", abort.container)
+        };
+        let detail = abort
+            .hint
+            .as_deref()
+            .or(abort.message.as_deref())
+            .map(|h| format!(": {h}"))
+            .unwrap_or_default();
+        let note = format!("pod {}{container}{exit}{detail}", abort.pod);
+        publish(
+            ctx,
+            &reference,
+            EventType::Warning,
+            &abort.reason,
+            "ObserveWorker",
+            note,
+        )
+        .await;
+    }
 }
 
 /// Publishes the Events for what changed between two statuses.

@@ -10,17 +10,21 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Pod, PodSpec, PodStatus};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use tokio::sync::watch;
 
+use super::kubelet;
 use super::metrics::Metrics;
-use super::{Clock, Context, error_policy, reconcile};
-use crate::api::{MANAGER_NAME, WorkerPool};
+use super::{Caches, Clock, Context, error_policy, reconcile};
+use crate::api::{MANAGER_NAME, POOL_LABEL, RUNTIME_ANNOTATION, WorkerPool};
+use crate::observe::REVISION_LABEL;
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -55,6 +59,59 @@ fn strip<K: Resource>(object: &mut K) {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// Keeps of a pod only what classification reads: identity, the pool and revision labels, the
+/// runtime annotation, the deletion mark and the status without images and addresses.
+pub fn slim_pod(pod: &mut Pod) {
+    strip(pod);
+    let meta = &mut pod.metadata;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == POOL_LABEL || k == REVISION_LABEL);
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == RUNTIME_ANNOTATION);
+    }
+    pod.spec = None::<PodSpec>;
+    if let Some(status) = pod.status.as_mut() {
+        *status = PodStatus {
+            phase: status.phase.take(),
+            reason: status.reason.take(),
+            message: status.message.take(),
+            conditions: status.conditions.take(),
+            container_statuses: status.container_statuses.take().map(|all| {
+                all.into_iter()
+                    .map(|mut c| {
+                        c.image = String::new();
+                        c.image_id = String::new();
+                        c.container_id = None;
+                        c.allocated_resources = None;
+                        c.resources = None;
+                        c.volume_mounts = None;
+                        c
+                    })
+                    .collect()
+            }),
+            ..PodStatus::default()
+        };
+    }
+}
+
+/// The pool a kubelet Event is about, buffering the Event for that pool's next reconcile.
+fn pool_of_event(
+    event: &Event,
+    pods: &Store<Pod>,
+    context: &Context,
+) -> Option<ObjectRef<DeserializeGuard<WorkerPool>>> {
+    let (namespace, kubelet_event) = kubelet::from_event(event)?;
+    let pod = pods.get(&ObjectRef::new(&kubelet_event.pod).within(&namespace))?;
+    let pool = pod.metadata.labels.as_ref()?.get(POOL_LABEL)?.clone();
+    context
+        .kubelet_events
+        .push(&namespace, &pool, kubelet_event);
+    Some(ObjectRef::new(&pool).within(&namespace))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -214,6 +271,34 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .modify(strip)
         .reflect(pdb_writer)
         .touched_objects();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_stream = watcher(
+        api::<Pod>(&client, ns),
+        watcher::Config::default().labels(POOL_LABEL),
+    )
+    .default_backoff()
+    .modify(slim_pod)
+    .reflect(pod_writer)
+    .touched_objects();
+    // Events are never cached: each watched reason is streamed, reduced and buffered per pool.
+    let kubelet_event_stream = {
+        let streams = kubelet::WATCHED_REASONS.map(|reason| {
+            watcher(
+                api::<Event>(&client, ns),
+                watcher::Config::default()
+                    .fields(&format!("involvedObject.kind=Pod,reason={reason}")),
+            )
+            .default_backoff()
+            .applied_objects()
+            .boxed()
+        });
+        let mut merged = Some(futures::stream::select_all(streams));
+        let pods = pods.clone();
+        // Start after the pod cache is filled, so Events about existing pods find their pool.
+        futures::stream::once(async move { pods.wait_until_ready().await.is_ok() })
+            .filter_map(move |_| futures::future::ready(merged.take()))
+            .flatten()
+    };
     let (pools, pool_writer) = reflector::store::<DeserializeGuard<WorkerPool>>();
     let pool_stream = watcher(
         api::<DeserializeGuard<WorkerPool>>(&client, ns),
@@ -234,8 +319,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let clock: Clock = Arc::new(jiff::Timestamp::now);
     let context = Arc::new(Context::new(
         client.clone(),
-        deployments.clone(),
-        pdbs.clone(),
+        Caches {
+            deployments: deployments.clone(),
+            pdbs: pdbs.clone(),
+            pods: pods.clone(),
+        },
         recorder,
         metrics,
         clock,
@@ -243,11 +331,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     {
         let ready = ready.clone();
-        let (pools, deployments, pdbs) = (pools.clone(), deployments.clone(), pdbs.clone());
+        let (pools, deployments, pdbs, pods) = (
+            pools.clone(),
+            deployments.clone(),
+            pdbs.clone(),
+            pods.clone(),
+        );
         tokio::spawn(async move {
             let synced = pools.wait_until_ready().await.is_ok()
                 && deployments.wait_until_ready().await.is_ok()
-                && pdbs.wait_until_ready().await.is_ok();
+                && pdbs.wait_until_ready().await.is_ok()
+                && pods.wait_until_ready().await.is_ok();
             ready.store(synced, Ordering::Relaxed);
             tracing::info!("watch caches synced");
         });
@@ -256,6 +350,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     Controller::for_stream(pool_stream, pools)
         .owns_stream(deployment_stream)
         .owns_stream(pdb_stream)
+        .watches_stream(pod_stream, |pod: Pod| {
+            let namespace = pod.metadata.namespace.clone()?;
+            let pool = pod.metadata.labels.as_ref()?.get(POOL_LABEL)?.clone();
+            Some(ObjectRef::new(&pool).within(&namespace))
+        })
+        .watches_stream(kubelet_event_stream, {
+            let (pods, context) = (pods.clone(), context.clone());
+            move |event: Event| pool_of_event(&event, &pods, &context)
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)

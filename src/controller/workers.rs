@@ -1,0 +1,189 @@
+//! Watching workers: reads the pool's pods from the cache, the buffered kubelet Events and a
+//! bounded number of log tails, and updates the abort ledger.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
+
+use super::Context;
+use crate::aborts::{self, Observed};
+use crate::api::{AbortRecord, AbortSummary, POOL_LABEL, WorkerPool};
+use crate::loghints;
+use crate::observe::{self, SAMPLE_INTERVAL};
+
+/// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
+pub const MAX_LOG_READS: usize = 4;
+
+type PoolKey = (String, String);
+
+/// What this process remembers between reconciles of a pool.
+#[derive(Default)]
+pub struct Memory {
+    /// The ledger last written to status: the cached pool may not show it yet, and counting
+    /// from the cache alone would count a termination twice.
+    ledgers: Mutex<HashMap<PoolKey, AbortSummary>>,
+    /// When each unhealthy container's log was last sampled.
+    sampled: Mutex<HashMap<PoolKey, HashMap<String, Timestamp>>>,
+}
+
+impl Memory {
+    pub fn ledger(&self, namespace: &str, pool: &str) -> Option<AbortSummary> {
+        let ledgers = self.ledgers.lock().ok()?;
+        ledgers
+            .get(&(namespace.to_string(), pool.to_string()))
+            .cloned()
+    }
+
+    pub fn remember_ledger(&self, namespace: &str, pool: &str, summary: AbortSummary) {
+        if let Ok(mut ledgers) = self.ledgers.lock() {
+            ledgers.insert((namespace.to_string(), pool.to_string()), summary);
+        }
+    }
+
+    /// True (and noted) when this container's log may be sampled now.
+    fn due(&self, namespace: &str, pool: &str, container_key: &str, now: Timestamp) -> bool {
+        let Ok(mut sampled) = self.sampled.lock() else {
+            return false;
+        };
+        let pool_samples = sampled
+            .entry((namespace.to_string(), pool.to_string()))
+            .or_default();
+        match pool_samples.get(container_key) {
+            Some(last) if now.duration_since(*last) < SAMPLE_INTERVAL => false,
+            _ => {
+                pool_samples.insert(container_key.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// Forgets samples of containers that are no longer unhealthy.
+    fn keep_samples(&self, namespace: &str, pool: &str, unhealthy: &HashSet<String>) {
+        if let Ok(mut sampled) = self.sampled.lock() {
+            let key = (namespace.to_string(), pool.to_string());
+            if let Some(pool_samples) = sampled.get_mut(&key) {
+                pool_samples.retain(|k, _| unhealthy.contains(k));
+                if pool_samples.is_empty() {
+                    sampled.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// The pool's abort ledger after looking at its pods.
+pub struct Report {
+    pub summary: AbortSummary,
+    /// Aborts counted for the first time: one Event and one metric increment each.
+    pub fresh: Vec<AbortRecord>,
+    /// Look again after this long (a settling termination, unhealthy pods to sample, the window
+    /// ending).
+    pub recheck: Option<SignedDuration>,
+}
+
+fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<SignedDuration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The pool's pods in the cache.
+pub fn pods_of(ctx: &Context, namespace: &str, pool: &str) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(POOL_LABEL))
+                    .is_some_and(|v| v == pool)
+        })
+        .collect()
+}
+
+pub async fn observe(ctx: &Context, pool: &WorkerPool, namespace: &str, name: &str) -> Report {
+    let now = (ctx.clock)();
+    let window = pool.spec.policy.failure.window_seconds;
+    let read_logs = pool.spec.policy.logs.read;
+    let remembered = ctx.workers.ledger(namespace, name);
+    let old = remembered
+        .as_ref()
+        .or_else(|| pool.status.as_ref().and_then(|s| s.aborts.as_ref()));
+
+    let pods = pods_of(ctx, namespace, name);
+    let pods: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
+    let live: HashSet<&str> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    let events = ctx.kubelet_events.for_pool(namespace, name, &live);
+    let findings = observe::pod_aborts(pool.spec.runtime, &pods, &events, now);
+
+    let mut reads = 0;
+    let mut observed: Vec<Observed> = Vec::with_capacity(findings.found.len());
+    for found in findings.found {
+        let mut o = found.observed;
+        if let Some(tail) = found
+            .log
+            .filter(|_| read_logs && reads < MAX_LOG_READS && aborts::is_news(old, &o, now, window))
+        {
+            reads += 1;
+            match ctx
+                .logs
+                .tail(namespace, &tail.pod, &tail.container, tail.previous)
+                .await
+            {
+                Ok(text) => o = observe::with_log_hint(o, &loghints::scan(&text)),
+                Err(error) => {
+                    tracing::debug!(pod = %tail.pod, "reading the log tail failed: {error}")
+                }
+            }
+        }
+        observed.push(o);
+    }
+
+    let mut unhealthy = HashSet::new();
+    if read_logs {
+        for pod in &pods {
+            let (Some(pod_name), Some(uid)) =
+                (pod.metadata.name.as_deref(), pod.metadata.uid.as_deref())
+            else {
+                continue;
+            };
+            for container in observe::unhealthy_containers(pod) {
+                let sample_key = format!("{uid}/{container}");
+                unhealthy.insert(sample_key.clone());
+                if reads >= MAX_LOG_READS || !ctx.workers.due(namespace, name, &sample_key, now) {
+                    continue;
+                }
+                reads += 1;
+                match ctx.logs.tail(namespace, pod_name, &container, false).await {
+                    Ok(text) => observed.extend(observe::log_aborts(pod, &container, &text, now)),
+                    Err(error) => {
+                        tracing::debug!(pod = pod_name, "sampling the log failed: {error}")
+                    }
+                }
+            }
+        }
+    }
+    ctx.workers.keep_samples(namespace, name, &unhealthy);
+
+    let (summary, fresh) = aborts::record(old, observed, now, window);
+    let mut recheck = earliest(
+        findings.settle_after,
+        aborts::next_expiry(&summary, now, window),
+    );
+    if !unhealthy.is_empty() {
+        recheck = earliest(recheck, Some(SAMPLE_INTERVAL));
+    }
+    Report {
+        summary,
+        fresh,
+        recheck,
+    }
+}

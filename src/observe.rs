@@ -1,0 +1,257 @@
+//! Turns a pool's pods, the kubelet Events about them and sampled log tails into aborts for the
+//! ledger, each with a stable identity. Pure: the controller supplies the pods, Events, logs and
+//! the time.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::aborts::{self, Observed};
+use crate::api::{AbortRecord, Runtime};
+use crate::classify::{self, Abort, KubeletEvent, Reason};
+use crate::loghints::{self, LogFindings};
+
+/// A termination younger than this may still be waiting for the kubelet's `Killing` Event that
+/// tells a probe kill from a plain exit, so it is classified a little later.
+pub const SETTLE: SignedDuration = SignedDuration::from_secs(5);
+
+/// How often the log of one unhealthy pod is sampled.
+pub const SAMPLE_INTERVAL: SignedDuration = SignedDuration::from_secs(30);
+
+/// The revision label the Deployment controller puts on every pod.
+pub const REVISION_LABEL: &str = "pod-template-hash";
+
+/// Where the log that explains an abort is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogTail {
+    pub pod: String,
+    pub container: String,
+    /// The log of the run that ended (`previous=true`) rather than the current one.
+    pub previous: bool,
+}
+
+/// An abort to record, and the log tail to read for its hint, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub observed: Observed,
+    pub log: Option<LogTail>,
+}
+
+/// What the pods show now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodFindings {
+    pub found: Vec<Found>,
+    /// Look again after this long: a termination is still settling.
+    pub settle_after: Option<SignedDuration>,
+}
+
+/// What to do about an abort, when the log says nothing more specific.
+pub fn advice(reason: Reason) -> &'static str {
+    match reason {
+        Reason::BootFailed => {
+            "the app server exited 3 because a worker failed to boot; the container log shows the import or configuration error"
+        }
+        Reason::AppLoadFailed => {
+            "gunicorn could not load the application (exit 4); check the app module path and its imports"
+        }
+        Reason::OOMKilled => {
+            "the container went over its memory limit; raise resources.limits.memory or run fewer workers per pod"
+        }
+        Reason::StartupTimeout => {
+            "boot took longer than policy.boot.timeoutSeconds; raise it, or lower policy.boot.maxConcurrent if boots slow each other down"
+        }
+        Reason::LivenessTimeout => {
+            "the health endpoint stopped answering for the whole liveness window; look for blocked or busy workers"
+        }
+        Reason::WorkerTimeout => {
+            "a worker outlived the app server's --timeout and was killed; during boot raise policy.boot.timeoutSeconds or use preload, while serving look for slow requests"
+        }
+        Reason::GracePeriodExceeded => {
+            "shutdown outlived terminationGracePeriodSeconds and was SIGKILLed; if PID 1 is a shell script, start the app server with exec so it receives SIGTERM"
+        }
+        Reason::CrashLoop => {
+            "the container keeps exiting and the kubelet is backing off its restarts"
+        }
+        Reason::ImagePullFailed => "check the image name, the tag and imagePullSecrets",
+        Reason::ConfigError => "a ConfigMap, Secret or key the container refers to is missing",
+        Reason::Evicted => {
+            "the node reclaimed resources; set requests that match the pod's real usage"
+        }
+        Reason::Unschedulable => "no node fits the pod's requests, node selector or tolerations",
+        Reason::Signaled => "the process was killed by a signal Kubernetes did not send",
+        Reason::UnexpectedExit => {
+            "the worker process exited on its own; the container log says why"
+        }
+    }
+}
+
+/// Identity of an abort: terminations by restart count, so each run is counted once; waiting
+/// states and pod-level aborts once per pod (a crash loop is one `CrashLoop`, plus each exit).
+pub fn identity(pod_uid: &str, abort: &Abort) -> String {
+    match (&abort.container, abort.exit_code) {
+        (Some(container), Some(_)) => {
+            aborts::key(pod_uid, container, abort.restart_count.unwrap_or(0))
+        }
+        (Some(container), None) => format!("{pod_uid}/{container}/{}", abort.reason),
+        (None, _) => format!("{pod_uid}/{}", abort.reason),
+    }
+}
+
+pub fn revision(pod: &Pod) -> Option<String> {
+    pod.metadata.labels.as_ref()?.get(REVISION_LABEL).cloned()
+}
+
+fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
+    AbortRecord {
+        pod: abort.pod.clone(),
+        container: abort.container.clone().unwrap_or_default(),
+        reason: abort.reason.to_string(),
+        exit_code: abort.exit_code,
+        signal: abort.signal.clone(),
+        restart_count: abort.restart_count.unwrap_or(0),
+        time: Some(at.to_string()),
+        message: abort.message.clone(),
+        hint: Some(hint.unwrap_or_else(|| advice(abort.reason).to_string())),
+    }
+}
+
+/// Probe kills are known only from the Event; OOM kills are certain from the status alone.
+fn needs_settling(abort: &Abort) -> bool {
+    !matches!(
+        abort.reason,
+        Reason::OOMKilled | Reason::StartupTimeout | Reason::LivenessTimeout
+    )
+}
+
+/// Every abort the pods show, except terminations still settling.
+pub fn pod_aborts(
+    runtime: Runtime,
+    pods: &[&Pod],
+    events: &[KubeletEvent],
+    now: Timestamp,
+) -> PodFindings {
+    let mut findings = PodFindings::default();
+    for pod in pods {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        for abort in classify::classify_pod(runtime, pod, events) {
+            let at = abort.finished_at.unwrap_or(now);
+            if abort.exit_code.is_some() && needs_settling(&abort) {
+                let age = now.duration_since(at);
+                if age < SETTLE {
+                    let wait = SETTLE - age;
+                    findings.settle_after =
+                        Some(findings.settle_after.map_or(wait, |w| w.min(wait)));
+                    continue;
+                }
+            }
+            let log = match (&abort.container, abort.exit_code) {
+                (Some(container), Some(_)) => Some(LogTail {
+                    pod: abort.pod.clone(),
+                    container: container.clone(),
+                    previous: restarted(pod, container),
+                }),
+                _ => None,
+            };
+            findings.found.push(Found {
+                observed: Observed {
+                    key: identity(uid, &abort),
+                    at,
+                    revision: revision(pod),
+                    record: record(&abort, at, None),
+                },
+                log,
+            });
+        }
+    }
+    findings
+}
+
+/// The termination is in `lastState` (the container was restarted), not in `state`.
+fn restarted(pod: &Pod, container: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == container))
+        .is_some_and(|c| {
+            c.last_state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some())
+        })
+}
+
+/// Puts what the log says in front of the generic advice.
+pub fn with_log_hint(mut observed: Observed, findings: &LogFindings) -> Observed {
+    if let Some(hint) = loghints::hint(findings) {
+        observed.record.hint = Some(hint);
+    }
+    observed
+}
+
+/// Containers of running pods that are booting or failing readiness: their log is the only place
+/// worker timeouts and worker OOM kills show up.
+pub fn unhealthy_containers(pod: &Pod) -> Vec<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Vec::new();
+    }
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    if status.phase.as_deref() != Some("Running") {
+        return Vec::new();
+    }
+    status
+        .container_statuses
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| !c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Worker-level aborts in a running container's log: each gunicorn `WORKER TIMEOUT` and each worker
+/// SIGKILL ("Perhaps out of memory?") not caused by a timeout, identified by the worker's pid.
+pub fn log_aborts(pod: &Pod, container: &str, log: &str, now: Timestamp) -> Vec<Observed> {
+    let findings = loghints::scan(log);
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let restart_count = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == container))
+        .map_or(0, |c| c.restart_count);
+    let hint = loghints::hint(&findings);
+    let timeouts = findings
+        .worker_timeout_pids
+        .iter()
+        .map(|pid| (Reason::WorkerTimeout, *pid));
+    let oom_kills = findings
+        .worker_oom_pids
+        .iter()
+        .filter(|pid| !findings.worker_timeout_pids.contains(pid))
+        .map(|pid| (Reason::OOMKilled, *pid));
+    timeouts
+        .chain(oom_kills)
+        .map(|(reason, pid)| {
+            let abort = Abort {
+                pod: name.clone(),
+                container: Some(container.to_string()),
+                reason,
+                exit_code: None,
+                signal: None,
+                restart_count: Some(restart_count),
+                message: Some(format!("worker pid {pid}")),
+                finished_at: None,
+            };
+            Observed {
+                key: format!(
+                    "{}/worker-{pid}",
+                    aborts::key(uid, container, restart_count)
+                ),
+                at: now,
+                revision: revision(pod),
+                record: record(&abort, now, hint.clone()),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,362 @@
+//! Reconcile harness on an in-memory API (kube-fake-client) that counts every request.
+//!
+//! The fake has no watch, so the harness plays the part of the watch caches: after each
+//! reconcile it lists the children (uncounted) into the stores the controller reads, and it
+//! holds the pool's pods and their logs as a kubelet would.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::watcher;
+use kube_fake_client::{ClientBuilder, interceptor};
+use serde_json::json;
+use workerpool_operator::api::{WorkerPool, WorkerPoolStatus};
+use workerpool_operator::controller::logs::LogReader;
+use workerpool_operator::controller::metrics::Metrics;
+use workerpool_operator::controller::{Caches, Clock, Context, reconcile};
+
+pub const NS: &str = "shop";
+
+#[derive(Default)]
+pub struct Requests {
+    pub counting: AtomicBool,
+    pub writes: AtomicUsize,
+    pub reads: AtomicUsize,
+    pub patches: std::sync::Mutex<Vec<String>>,
+}
+
+impl Requests {
+    pub fn read(&self) {
+        if self.counting.load(Ordering::SeqCst) {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    pub fn write(&self, what: String) {
+        if self.counting.load(Ordering::SeqCst) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.patches.lock().unwrap().push(what);
+        }
+    }
+    pub fn total(&self) -> usize {
+        self.reads.load(Ordering::SeqCst) + self.writes.load(Ordering::SeqCst)
+    }
+    pub fn reset(&self) {
+        self.reads.store(0, Ordering::SeqCst);
+        self.writes.store(0, Ordering::SeqCst);
+        self.patches.lock().unwrap().clear();
+    }
+}
+
+/// Container logs as the kubelet would serve them, keyed by pod, container and previous/current.
+#[derive(Default)]
+pub struct Logs {
+    pub texts: std::sync::Mutex<std::collections::HashMap<(String, String, bool), String>>,
+    pub reads: AtomicUsize,
+}
+
+impl Logs {
+    pub fn set(&self, pod: &str, container: &str, previous: bool, text: &str) {
+        self.texts
+            .lock()
+            .unwrap()
+            .insert((pod.into(), container.into(), previous), text.into());
+    }
+}
+
+impl LogReader for Logs {
+    fn tail<'a>(
+        &'a self,
+        _namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        previous: bool,
+    ) -> BoxFuture<'a, Result<String, kube::Error>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let text = self
+            .texts
+            .lock()
+            .unwrap()
+            .get(&(pod.to_string(), container.to_string(), previous))
+            .cloned()
+            .unwrap_or_default();
+        Box::pin(async move { Ok(text) })
+    }
+}
+
+pub struct Harness {
+    pub client: kube::Client,
+    pub requests: Arc<Requests>,
+    pub deployments: Writer<Deployment>,
+    pub pdbs: Writer<PodDisruptionBudget>,
+    pub pods: Writer<Pod>,
+    pub logs: Arc<Logs>,
+    pub ctx: Arc<Context>,
+    /// Seconds since the start of the test, read by the controller's clock.
+    pub seconds: Arc<AtomicI64>,
+}
+
+pub fn counting_interceptors(requests: Arc<Requests>) -> interceptor::Funcs {
+    let r = requests.clone();
+    let funcs = interceptor::Funcs::new().get(move |_| {
+        r.read();
+        Ok(None)
+    });
+    let r = requests.clone();
+    let funcs = funcs.list(move |_| {
+        r.read();
+        Ok(None)
+    });
+    let r = requests.clone();
+    let funcs = funcs.create(move |ctx| {
+        r.write(format!(
+            "create {}",
+            ctx.object["kind"].as_str().unwrap_or_default()
+        ));
+        Ok(None)
+    });
+    let r = requests.clone();
+    let funcs = funcs.patch(move |ctx| {
+        r.write(format!("patch {}", ctx.name));
+        Ok(None)
+    });
+    let r = requests.clone();
+    let funcs = funcs.patch_status(move |ctx| {
+        r.write(format!("patch status {}", ctx.name));
+        Ok(None)
+    });
+    let r = requests.clone();
+    let funcs = funcs.replace(move |_| {
+        r.write("replace".into());
+        Ok(None)
+    });
+    let r = requests.clone();
+    let funcs = funcs.update(move |_| {
+        r.write("update".into());
+        Ok(None)
+    });
+    let r = requests;
+    funcs.delete(move |_| {
+        r.write("delete".into());
+        Ok(None)
+    })
+}
+
+pub fn pool(name: &str, spec: serde_json::Value) -> WorkerPool {
+    let mut value = json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {
+            "replicas": 6,
+            "runtime": "gunicorn",
+            "template": {"spec": {"containers": [
+                {"name": "app", "image": "example/app:1", "ports": [{"name": "http", "containerPort": 8000}]}
+            ]}}
+        }
+    });
+    if let (Some(base), Some(extra)) = (value["spec"].as_object_mut(), spec.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(value).expect("test pool")
+}
+
+pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Harness {
+    let requests = Arc::new(Requests::default());
+    let client = ClientBuilder::new()
+        .with_resource::<WorkerPool>()
+        .with_status_subresource::<WorkerPool>()
+        .with_status_subresource::<Deployment>()
+        .with_objects(pools)
+        .with_objects(deployments)
+        .with_interceptor_funcs(counting_interceptors(requests.clone()))
+        .build()
+        .await
+        .expect("fake client");
+    let (deployment_store, deployment_writer): (Store<Deployment>, _) = reflector::store();
+    let (pdb_store, pdb_writer): (Store<PodDisruptionBudget>, _) = reflector::store();
+    let (pod_store, pod_writer): (Store<Pod>, _) = reflector::store();
+    let logs = Arc::new(Logs::default());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "workerpool-operator".into(),
+            instance: None,
+        },
+    );
+    let seconds = Arc::new(AtomicI64::new(0));
+    let clock: Clock = {
+        let seconds = seconds.clone();
+        let start: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().expect("timestamp");
+        Arc::new(move || start + jiff::SignedDuration::from_secs(seconds.load(Ordering::SeqCst)))
+    };
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Caches {
+                deployments: deployment_store,
+                pdbs: pdb_store,
+                pods: pod_store,
+            },
+            recorder,
+            Arc::new(Metrics::default()),
+            clock,
+        )
+        .with_logs(logs.clone()),
+    );
+    Harness {
+        client,
+        requests,
+        deployments: deployment_writer,
+        pdbs: pdb_writer,
+        pods: pod_writer,
+        logs,
+        ctx,
+        seconds,
+    }
+}
+
+impl Harness {
+    /// Refreshes the stores the way the watches would, without counting the requests.
+    pub async fn sync_caches(&mut self) {
+        self.requests.counting.store(false, Ordering::SeqCst);
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
+        let list = deployments
+            .list(&ListParams::default())
+            .await
+            .expect("list deployments");
+        self.deployments.apply_watcher_event(&watcher::Event::Init);
+        for d in list.items {
+            self.deployments
+                .apply_watcher_event(&watcher::Event::InitApply(d));
+        }
+        self.deployments
+            .apply_watcher_event(&watcher::Event::InitDone);
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), NS);
+        let list = pdbs.list(&ListParams::default()).await.expect("list pdbs");
+        self.pdbs.apply_watcher_event(&watcher::Event::Init);
+        for p in list.items {
+            self.pdbs.apply_watcher_event(&watcher::Event::InitApply(p));
+        }
+        self.pdbs.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    pub async fn pool(&self, name: &str) -> WorkerPool {
+        self.requests.counting.store(false, Ordering::SeqCst);
+        let api: Api<WorkerPool> = Api::namespaced(self.client.clone(), NS);
+        api.get(name).await.expect("pool exists")
+    }
+
+    pub async fn deployment(&self, name: &str) -> Option<Deployment> {
+        self.requests.counting.store(false, Ordering::SeqCst);
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
+        api.get_opt(name).await.expect("get deployment")
+    }
+
+    /// Reconciles the pool as stored now, counting requests; then refreshes the caches.
+    pub async fn reconcile(&mut self, name: &str) {
+        let pool = self.pool(name).await;
+        self.requests.reset();
+        self.requests.counting.store(true, Ordering::SeqCst);
+        reconcile(Arc::new(DeserializeGuard(Ok(pool))), self.ctx.clone())
+            .await
+            .expect("reconcile succeeds");
+        self.requests.counting.store(false, Ordering::SeqCst);
+        self.sync_caches().await;
+    }
+
+    /// Plays the Deployment controller: every pod asked for is Ready.
+    pub async fn all_pods_ready(&mut self, name: &str) {
+        let deployment = self.deployment(name).await.expect("deployment");
+        let replicas = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0);
+        let status = DeploymentStatus {
+            observed_generation: deployment.metadata.generation,
+            replicas: Some(replicas),
+            ready_replicas: Some(replicas),
+            updated_replicas: Some(replicas),
+            available_replicas: Some(replicas),
+            ..DeploymentStatus::default()
+        };
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .expect("patch deployment status");
+        self.sync_caches().await;
+    }
+
+    /// First reconcile, every pod Ready, reconcile again: a pool that fits in one ramp step is converged.
+    pub async fn converge(&mut self, name: &str) {
+        self.reconcile(name).await;
+        self.all_pods_ready(name).await;
+        self.reconcile(name).await;
+    }
+
+    /// Replaces the pod cache, as the pod watch would after the kubelet's writes.
+    pub fn set_pods(&mut self, pods: Vec<Pod>) {
+        self.pods.apply_watcher_event(&watcher::Event::Init);
+        for p in pods {
+            self.pods.apply_watcher_event(&watcher::Event::InitApply(p));
+        }
+        self.pods.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    /// The controller's clock now.
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.ctx.clock)()
+    }
+
+    pub fn advance(&self, seconds: i64) {
+        self.seconds.fetch_add(seconds, Ordering::SeqCst);
+    }
+
+    pub fn writes(&self) -> Vec<String> {
+        self.requests.patches.lock().unwrap().clone()
+    }
+}
+
+pub fn condition<'a>(
+    status: &'a WorkerPoolStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
+/// Asserts `Stalled=True` with this reason and a message containing `needle`.
+pub fn assert_stalled(status: &WorkerPoolStatus, reason: &str, needle: &str) {
+    let stalled = condition(status, "Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", reason)
+    );
+    assert!(stalled.message.contains(needle), "{}", stalled.message);
+}
+
+pub fn replicas(deployment: &Deployment) -> i32 {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(-1)
+}
