@@ -77,7 +77,8 @@ pub fn record(
     let mut last = old.and_then(|s| s.last.clone());
     let mut fresh = Vec::new();
     let mut observed = observed;
-    observed.sort_by_key(|o| o.at);
+    // A crash loop is the consequence of the exit beside it: the exit is the better `last`.
+    observed.sort_by_key(|o| (o.at, o.record.reason != "CrashLoop"));
     for o in observed {
         if !is_news(old, &o, now, window_seconds) || recent.iter().any(|seen| seen.key == o.key) {
             continue;

@@ -63,7 +63,7 @@ pub struct Abort {
     pub signal: Option<String>,
     pub restart_count: Option<i32>,
     pub message: Option<String>,
-    /// When the container terminated, if it did.
+    /// When the container last terminated, if it did.
     #[serde(skip)]
     pub finished_at: Option<jiff::Timestamp>,
 }
@@ -157,7 +157,13 @@ fn waiting_abort(pod: &str, status: &ContainerStatus) -> Option<Abort> {
         signal: None,
         restart_count: Some(status.restart_count),
         message: waiting.message.clone(),
-        finished_at: None,
+        // A crash loop began when the container last exited.
+        finished_at: status
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.finished_at.as_ref())
+            .map(|t| t.0),
     })
 }
 

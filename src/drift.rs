@@ -7,6 +7,32 @@
 
 use serde_json::Value;
 
+/// A JSON merge patch (RFC 7386) that turns `old` into `new`: changed fields only, and `null`
+/// for fields `new` no longer has, which a patch of `new` alone would silently keep.
+pub fn merge_patch(old: &Value, new: &Value) -> Value {
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, value) in new {
+                match old.get(key) {
+                    Some(before) if before == value => {}
+                    Some(before) => {
+                        patch.insert(key.clone(), merge_patch(before, value));
+                    }
+                    None => {
+                        patch.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            for key in old.keys().filter(|k| !new.contains_key(*k)) {
+                patch.insert(key.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        _ => new.clone(),
+    }
+}
+
 /// True when `live` contains every field of `desired` with an equal value.
 pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, false)
@@ -87,6 +113,18 @@ pub fn quantity(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_patch_removes_what_is_gone_and_sends_only_changes() {
+        let old = json!({"a": 1, "b": {"c": [1, 2], "d": "x"}, "e": true});
+        let new = json!({"a": 1, "b": {"c": [1]}, "f": 2});
+        let patch = merge_patch(&old, &new);
+        assert_eq!(
+            patch,
+            json!({"b": {"c": [1], "d": null}, "e": null, "f": 2})
+        );
+        assert_eq!(merge_patch(&new, &new), json!({}));
+    }
     use serde_json::json;
 
     #[test]

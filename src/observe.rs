@@ -255,3 +255,66 @@ pub fn log_aborts(pod: &Pod, container: &str, log: &str, now: Timestamp) -> Vec<
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn abort(container: Option<&str>, exit_code: Option<i32>, reason: Reason) -> Abort {
+        Abort {
+            pod: "api-1".into(),
+            container: container.map(str::to_string),
+            reason,
+            exit_code,
+            signal: None,
+            restart_count: Some(4),
+            message: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn identities_count_runs_once_and_states_once_per_pod() {
+        assert_eq!(
+            identity("u", &abort(Some("app"), Some(3), Reason::BootFailed)),
+            "u/app/4"
+        );
+        assert_eq!(
+            identity("u", &abort(Some("app"), None, Reason::CrashLoop)),
+            "u/app/CrashLoop"
+        );
+        assert_eq!(
+            identity("u", &abort(None, None, Reason::Evicted)),
+            "u/Evicted"
+        );
+    }
+
+    #[test]
+    fn only_running_unready_containers_of_live_pods_are_sampled() {
+        let pod = |phase: &str, ready: bool, deleting: bool| -> Pod {
+            let mut value = json!({
+                "metadata": {"name": "api-1", "uid": "u"},
+                "status": {"phase": phase, "containerStatuses": [
+                    {"name": "app", "image": "x", "imageID": "", "ready": ready, "restartCount": 0,
+                     "state": {"running": {"startedAt": "2026-11-22T10:00:00Z"}}}
+                ]}
+            });
+            if deleting {
+                value["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:00:05Z");
+            }
+            serde_json::from_value(value).expect("pod")
+        };
+        assert_eq!(unhealthy_containers(&pod("Running", false, false)), ["app"]);
+        assert!(unhealthy_containers(&pod("Running", true, false)).is_empty());
+        assert!(unhealthy_containers(&pod("Running", false, true)).is_empty());
+        assert!(unhealthy_containers(&pod("Pending", false, false)).is_empty());
+    }
+
+    #[test]
+    fn advice_names_what_to_change() {
+        assert!(advice(Reason::GracePeriodExceeded).contains("exec"));
+        assert!(advice(Reason::StartupTimeout).contains("policy.boot.timeoutSeconds"));
+        assert!(advice(Reason::OOMKilled).contains("resources.limits.memory"));
+    }
+}

@@ -208,3 +208,128 @@ fn pod_level_reasons() {
             .contains("Insufficient memory")
     );
 }
+
+mod arbitrary_status {
+    use super::*;
+    use jiff::Timestamp;
+    use proptest::prelude::*;
+    use workerpool_operator::observe;
+
+    fn text() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            prop::sample::select(vec![
+                "OOMKilled",
+                "Error",
+                "Completed",
+                "CrashLoopBackOff",
+                "ErrImagePull",
+                "ImagePullBackOff",
+                "CreateContainerConfigError",
+                "ContainerCreating",
+                "Evicted",
+                "",
+            ])
+            .prop_map(|s| Some(s.to_string())),
+            ".{0,12}".prop_map(Some),
+        ]
+    }
+
+    fn terminated() -> impl Strategy<Value = Value> {
+        (any::<i32>(), text(), any::<bool>()).prop_map(|(code, reason, finished)| {
+            let mut t = json!({"exitCode": code});
+            if let Some(r) = reason {
+                t["reason"] = json!(r);
+            }
+            if finished {
+                t["finishedAt"] = json!("2026-11-22T10:00:00Z");
+            }
+            t
+        })
+    }
+
+    fn state() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!({})),
+            Just(json!({"running": {"startedAt": "2026-11-22T09:59:00Z"}})),
+            text().prop_map(|r| json!({"waiting": {"reason": r}})),
+            terminated().prop_map(|t| json!({"terminated": t})),
+        ]
+    }
+
+    fn container() -> impl Strategy<Value = Value> {
+        (
+            prop::sample::select(vec!["app", "sidecar"]),
+            any::<i32>(),
+            any::<bool>(),
+            state(),
+            state(),
+        )
+            .prop_map(|(name, restarts, ready, state, last)| {
+                json!({"name": name, "image": "x", "imageID": "", "ready": ready,
+                       "restartCount": restarts, "state": state, "lastState": last})
+            })
+    }
+
+    fn arbitrary_pod() -> impl Strategy<Value = Pod> {
+        (
+            prop::collection::vec(container(), 0..4),
+            text(),
+            text(),
+            any::<bool>(),
+        )
+            .prop_map(|(containers, reason, condition_reason, deleting)| {
+                let mut value = json!({
+                    "metadata": {"name": "api-x", "uid": "u"},
+                    "status": {"containerStatuses": containers, "reason": reason,
+                               "conditions": [{"type": "PodScheduled", "status": "False", "reason": condition_reason}]}
+                });
+                if deleting {
+                    value["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:00:01Z");
+                }
+                serde_json::from_value(value).expect("pod")
+            })
+    }
+
+    fn event() -> impl Strategy<Value = KubeletEvent> {
+        (
+            prop::sample::select(vec!["Killing", "Unhealthy", "BackOff"]),
+            prop::sample::select(vec![
+                "Container app failed liveness probe, will be restarted",
+                "Container app failed startup probe, will be restarted",
+                "Startup probe failed: connection refused",
+                "Liveness probe failed: timeout",
+                "",
+            ]),
+            any::<bool>(),
+        )
+            .prop_map(|(reason, message, named)| KubeletEvent {
+                pod: "api-x".into(),
+                container: named.then(|| "app".to_string()),
+                reason: reason.into(),
+                message: message.into(),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_stays_bounded(
+            pod in arbitrary_pod(),
+            events in prop::collection::vec(event(), 0..4),
+            runtime in prop::sample::select(vec![Runtime::Gunicorn, Runtime::Uvicorn, Runtime::Generic]),
+        ) {
+            let containers = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, Vec::len);
+            let aborts = classify_pod(runtime, &pod, &events);
+            // At most one termination and one waiting state per container, plus two pod-level.
+            prop_assert!(aborts.len() <= 2 * containers + 2);
+            for abort in &aborts {
+                if let Some(code) = abort.exit_code {
+                    prop_assert_eq!(abort.signal.is_some(), (129..=192).contains(&code));
+                }
+            }
+            let now: Timestamp = "2026-11-22T10:05:00Z".parse().expect("time");
+            let found = observe::pod_aborts(runtime, &[&pod], &events, now);
+            prop_assert!(found.found.len() <= aborts.len());
+        }
+    }
+}

@@ -420,10 +420,12 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     let new = status::compute(old, &observation, &ctx.now());
     if old != Some(&new) {
         let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        let before = serde_json::to_value(old).map_err(Error::Serialize)?;
+        let after = serde_json::to_value(&new).map_err(Error::Serialize)?;
         api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": new })),
+            &Patch::Merge(json!({ "status": drift::merge_patch(&before, &after) })),
         )
         .await
         .map_err(|source| Error::Status {

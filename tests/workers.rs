@@ -1,0 +1,454 @@
+//! Watching workers through the reconcile pipeline: the abort ledger in status, `Degraded`,
+//! Warning Events, the abort counter, log hints and worker timeouts, and counting each
+//! termination once across reconciles and operator restarts.
+
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use harness::*;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use workerpool_operator::api::WorkerPoolStatus;
+use workerpool_operator::classify::KubeletEvent;
+use workerpool_operator::controller::metrics::Metrics;
+use workerpool_operator::controller::{Caches, Context};
+
+const BOOT_FAILURE_LOG: &str = "\
+[2026-11-22 10:04:01 +0000] [7] [ERROR] Exception in worker process
+Traceback (most recent call last):
+  File \"/app/shop/wsgi.py\", line 3, in <module>
+    import stripe
+ModuleNotFoundError: No module named 'stripe'
+[2026-11-22 10:04:02 +0000] [1] [ERROR] Reason: Worker failed to boot.
+";
+
+/// Seconds after the harness clock's start, as RFC 3339.
+fn at(seconds: i64) -> String {
+    let start: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().expect("timestamp");
+    (start + jiff::SignedDuration::from_secs(seconds)).to_string()
+}
+
+/// A pool pod as the kubelet writes it, with one `app` container status.
+fn pod(name: &str, container: Value, extra_status: Value) -> Pod {
+    let mut value = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "labels": {"workerpool.dev/pool": "api", "pod-template-hash": "rev1"},
+            "annotations": {"workerpool.dev/runtime": "gunicorn"}
+        },
+        "status": {"phase": "Running", "containerStatuses": [container]}
+    });
+    if let Some(extra) = extra_status.as_object() {
+        for (k, v) in extra {
+            value["status"][k] = v.clone();
+        }
+    }
+    serde_json::from_value(value).expect("pod")
+}
+
+/// A container in CrashLoopBackOff after `restarts` exits with `code`, the last at `finished`.
+fn crashed(restarts: i32, code: i32, finished: i64) -> Value {
+    json!({
+        "name": "app", "image": "example/app:1", "imageID": "", "ready": false,
+        "restartCount": restarts,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container=app"}},
+        "lastState": {"terminated": {"exitCode": code, "reason": "Error",
+            "startedAt": at(finished - 3), "finishedAt": at(finished)}}
+    })
+}
+
+/// A running container that is not Ready (booting or failing readiness).
+fn unready(restarts: i32) -> Value {
+    json!({
+        "name": "app", "image": "example/app:1", "imageID": "", "ready": false, "started": false,
+        "restartCount": restarts, "state": {"running": {"startedAt": at(0)}}
+    })
+}
+
+async fn events(h: &Harness) -> Vec<Event> {
+    h.requests.counting.store(false, Ordering::SeqCst);
+    let api: Api<Event> = Api::namespaced(h.client.clone(), NS);
+    api.list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+}
+
+async fn warnings(h: &Harness, reason: &str) -> Vec<Event> {
+    events(h)
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+fn counts(status: &WorkerPoolStatus) -> Vec<(String, i64)> {
+    status
+        .aborts
+        .as_ref()
+        .map(|a| {
+            a.counts
+                .iter()
+                .map(|c| (c.reason.clone(), c.count))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn abort_metric(h: &Harness, reason: &str) -> Option<String> {
+    let needle = format!(
+        "workerpool_worker_aborts_total{{namespace=\"{NS}\",pool=\"api\",reason=\"{reason}\"}} "
+    );
+    h.ctx
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).map(str::to_string))
+}
+
+#[tokio::test]
+async fn boot_failure_shows_in_status_condition_event_and_metric() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    h.advance(60);
+    h.logs.set("api-a", "app", true, BOOT_FAILURE_LOG);
+    h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
+    h.reconcile("api").await;
+
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 1), ("CrashLoop".into(), 1)]
+    );
+    let last = status
+        .aborts
+        .as_ref()
+        .and_then(|a| a.last.clone())
+        .expect("last");
+    assert_eq!(
+        (
+            last.pod.as_str(),
+            last.container.as_str(),
+            last.exit_code,
+            last.restart_count
+        ),
+        ("api-a", "app", Some(3), 0)
+    );
+    assert_eq!(last.time.as_deref(), Some(at(50).as_str()));
+    assert_eq!(
+        last.hint.as_deref(),
+        Some("gunicorn: Worker failed to boot; ModuleNotFoundError: No module named 'stripe'")
+    );
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded
+            .message
+            .contains("2 aborts in the last 600s (1 BootFailed, 1 CrashLoop)"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        degraded.message.contains("pod api-a"),
+        "{}",
+        degraded.message
+    );
+    let boot = warnings(&h, "BootFailed").await;
+    assert_eq!(boot.len(), 1);
+    assert_eq!(
+        boot[0].note.as_deref(),
+        Some(
+            "pod api-a container app exited 3: gunicorn: Worker failed to boot; ModuleNotFoundError: No module named 'stripe'"
+        )
+    );
+    assert_eq!(warnings(&h, "CrashLoop").await.len(), 1);
+    assert_eq!(abort_metric(&h, "BootFailed").as_deref(), Some("1"));
+    assert_eq!(
+        status.phase,
+        Some(workerpool_operator::api::Phase::Degraded)
+    );
+}
+
+#[tokio::test]
+async fn each_termination_is_counted_once_also_after_an_operator_restart() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    h.advance(60);
+    h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
+    h.reconcile("api").await;
+    let logs_read = h.logs.reads.load(Ordering::SeqCst);
+
+    // The same pod status again: nothing to write, nothing to publish, no log read.
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "{:?}", h.writes());
+    assert_eq!(h.logs.reads.load(Ordering::SeqCst), logs_read);
+
+    // A new controller process (restart or new leader) starts from the status alone.
+    let restarted = Context::new(
+        h.client.clone(),
+        Caches {
+            deployments: h.ctx.deployments.clone(),
+            pdbs: h.ctx.pdbs.clone(),
+            pods: h.ctx.pods.clone(),
+        },
+        h.ctx.recorder.clone(),
+        Arc::new(Metrics::default()),
+        h.ctx.clock.clone(),
+    )
+    .with_logs(h.logs.clone());
+    h.ctx = Arc::new(restarted);
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "{:?}", h.writes());
+    assert_eq!(abort_metric(&h, "BootFailed"), None);
+
+    // The next exit of the same container is a new termination.
+    h.advance(40);
+    h.set_pods(vec![pod("api-a", crashed(2, 3, 95), json!({}))]);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 2), ("CrashLoop".into(), 1)]
+    );
+    assert_eq!(abort_metric(&h, "BootFailed").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_crash_loop_folds_into_one_event_series() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 1}))], vec![]).await;
+    h.converge("api").await;
+    for restart in 1..=5 {
+        h.advance(30);
+        let finished = 30 * i64::from(restart) - 10;
+        h.set_pods(vec![pod("api-a", crashed(restart, 3, finished), json!({}))]);
+        h.reconcile("api").await;
+    }
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 5), ("CrashLoop".into(), 1)]
+    );
+    let boot = warnings(&h, "BootFailed").await;
+    assert_eq!(boot.len(), 1, "one Event object for the repeated abort");
+    assert_eq!(boot[0].series.as_ref().map(|s| s.count), Some(5));
+}
+
+#[tokio::test]
+async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 1}))], vec![]).await;
+    h.converge("api").await;
+    h.advance(100);
+    let mut container = crashed(1, 0, 98);
+    container["lastState"]["terminated"]["reason"] = json!("Completed");
+    container["state"] = json!({"running": {"startedAt": at(99)}});
+    h.set_pods(vec![pod("api-a", container.clone(), json!({}))]);
+
+    // Two seconds after the exit, without the Event yet, nothing is counted.
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert!(counts(&status).is_empty(), "{:?}", counts(&status));
+
+    h.ctx.kubelet_events.push(
+        NS,
+        "api",
+        KubeletEvent {
+            pod: "api-a".into(),
+            container: Some("app".into()),
+            reason: "Unhealthy".into(),
+            message: "Liveness probe failed: Get \"http://10.0.0.7:8000/healthz\": context deadline exceeded".into(),
+        },
+    );
+    h.ctx.kubelet_events.push(
+        NS,
+        "api",
+        KubeletEvent {
+            pod: "api-a".into(),
+            container: Some("app".into()),
+            reason: "Killing".into(),
+            message: "Container app failed liveness probe, will be restarted".into(),
+        },
+    );
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(counts(&status), [("LivenessTimeout".into(), 1)]);
+    let last = status.aborts.and_then(|a| a.last).expect("last");
+    assert_eq!(last.exit_code, Some(0));
+    assert!(
+        last.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("Liveness probe failed")),
+        "{last:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unsettled_exit_without_event_is_counted_after_the_settle_time() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 1}))], vec![]).await;
+    h.converge("api").await;
+    h.advance(100);
+    h.set_pods(vec![pod("api-a", crashed(1, 1, 99), json!({}))]);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(counts(&status), [("CrashLoop".into(), 1)]);
+    h.advance(5);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("CrashLoop".into(), 1), ("UnexpectedExit".into(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn degraded_clears_when_the_window_passes() {
+    let spec = json!({"replicas": 1, "policy": {"failure": {"windowSeconds": 120}}});
+    let mut h = harness(vec![pool("api", spec)], vec![]).await;
+    h.converge("api").await;
+    h.advance(60);
+    h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(condition(&status, "Degraded").status, "True");
+
+    // The pod recovered; two minutes later the abort is out of the window.
+    let healthy = json!({"name": "app", "image": "example/app:1", "imageID": "", "ready": true,
+        "restartCount": 1, "state": {"running": {"startedAt": at(60)}},
+        "lastState": {"terminated": {"exitCode": 3, "reason": "Error", "startedAt": at(47), "finishedAt": at(50)}}});
+    h.set_pods(vec![pod("api-a", healthy, json!({}))]);
+    h.advance(121);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("False", "NoRecentAborts")
+    );
+    assert!(counts(&status).is_empty(), "{:?}", status.aborts);
+    assert_eq!(
+        status.aborts.and_then(|a| a.last).map(|l| l.reason),
+        Some("BootFailed".into()),
+        "the last abort stays visible"
+    );
+    assert_eq!(status.phase, Some(workerpool_operator::api::Phase::Ready));
+}
+
+const DEATH_SPIRAL_LOG: &str = "\
+[2026-11-22 10:00:31 +0000] [1] [CRITICAL] WORKER TIMEOUT (pid:9)
+[2026-11-22 10:00:32 +0000] [12] [INFO] Booting worker with pid: 12
+[2026-11-22 10:01:03 +0000] [1] [CRITICAL] WORKER TIMEOUT (pid:12)
+[2026-11-22 10:01:04 +0000] [1] [ERROR] Worker (pid:15) was sent SIGKILL! Perhaps out of memory?
+";
+
+#[tokio::test]
+async fn worker_timeouts_in_an_unready_pod_come_from_its_log() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 1}))], vec![]).await;
+    h.converge("api").await;
+    h.advance(70);
+    h.logs.set("api-a", "app", false, DEATH_SPIRAL_LOG);
+    h.set_pods(vec![pod("api-a", unready(0), json!({}))]);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("WorkerTimeout".into(), 2), ("OOMKilled".into(), 1)]
+    );
+    assert_eq!(h.logs.reads.load(Ordering::SeqCst), 1);
+
+    // Sampling is rate-limited per container, and what was seen is not counted again.
+    h.advance(10);
+    h.reconcile("api").await;
+    assert_eq!(h.logs.reads.load(Ordering::SeqCst), 1);
+    h.advance(30);
+    h.reconcile("api").await;
+    assert_eq!(h.logs.reads.load(Ordering::SeqCst), 2);
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("WorkerTimeout".into(), 2), ("OOMKilled".into(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn log_reading_can_be_switched_off() {
+    let spec = json!({"replicas": 1, "policy": {"logs": {"read": false}}});
+    let mut h = harness(vec![pool("api", spec)], vec![]).await;
+    h.converge("api").await;
+    h.advance(70);
+    h.logs.set("api-a", "app", false, DEATH_SPIRAL_LOG);
+    h.logs.set("api-b", "app", true, BOOT_FAILURE_LOG);
+    h.set_pods(vec![
+        pod("api-a", unready(0), json!({})),
+        pod("api-b", crashed(1, 3, 50), json!({})),
+    ]);
+    h.reconcile("api").await;
+    assert_eq!(h.logs.reads.load(Ordering::SeqCst), 0);
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 1), ("CrashLoop".into(), 1)]
+    );
+    let hint = status.aborts.and_then(|a| a.last).and_then(|l| l.hint);
+    assert!(
+        hint.as_deref()
+            .is_some_and(|h| h.contains("failed to boot")),
+        "generic advice without the log: {hint:?}"
+    );
+}
+
+#[tokio::test]
+async fn many_crashing_pods_keep_the_status_bounded() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    h.advance(60);
+    let pods = (0..200)
+        .map(|i| pod(&format!("api-{i}"), crashed(1, 3, 50), json!({})))
+        .collect();
+    h.set_pods(pods);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    let aborts = status.aborts.expect("aborts");
+    assert_eq!(aborts.recent.len(), 64);
+    assert!(
+        h.logs.reads.load(Ordering::SeqCst) <= 4,
+        "log reads per reconcile are bounded"
+    );
+    let json = serde_json::to_string(&aborts).expect("json");
+    assert!(json.len() < 16 * 1024, "{} bytes", json.len());
+}
+
+#[tokio::test]
+async fn evicted_and_unschedulable_pods_are_pod_level_aborts() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    h.advance(60);
+    let waiting = json!({"name": "app", "image": "example/app:1", "imageID": "", "ready": false,
+        "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}});
+    let evicted = pod(
+        "api-e",
+        waiting.clone(),
+        json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}),
+    );
+    let pending = pod(
+        "api-p",
+        waiting,
+        json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient memory."}]}),
+    );
+    h.set_pods(vec![evicted, pending]);
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        counts(&status),
+        [("Evicted".into(), 1), ("Unschedulable".into(), 1)]
+    );
+    // Still the same pods a minute later: nothing new.
+    h.advance(60);
+    h.reconcile("api").await;
+    assert_eq!(warnings(&h, "Unschedulable").await.len(), 1);
+}
