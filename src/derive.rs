@@ -5,14 +5,18 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, LifecycleHandler, PodTemplateSpec, SleepAction,
+    Container, EnvVar, LifecycleHandler, PodSpec, PodTemplateSpec, SleepAction,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
 
-use crate::api::{MANAGER_NAME, POOL_LABEL, RUNTIME_ANNOTATION, Runtime};
+use crate::api::{
+    INIT_LABEL, MANAGER_NAME, POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION, Runtime,
+};
 use crate::policy::{Settings, ValidPool};
 
 /// The pool object's identity, as children refer to it.
@@ -50,9 +54,17 @@ impl PoolRef {
 /// Every child object of a pool. `apply` destructures it, so a new kind cannot be forgotten.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
+    /// The revision of the derived pod template, also in its `workerpool.dev/revision` annotation.
+    pub revision: String,
+    /// The run-once Job for this revision and spec generation, when `policy.init` is set.
+    pub init_job: Option<Job>,
     pub deployment: Deployment,
     pub pdb: PodDisruptionBudget,
 }
+
+/// Finished init Jobs (and their pods) are deleted by the Job controller after this long; the
+/// result is kept in the pool's status.
+pub const INIT_JOB_TTL_SECONDS: i32 = 600;
 
 pub fn standard_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -75,18 +87,149 @@ pub fn selector_string(pool: &str) -> String {
     format!("{POOL_LABEL}={pool}")
 }
 
-pub fn build(pool: &PoolRef, valid: &ValidPool, settings: &Settings, replicas: i32) -> Children {
+/// The children for a pool at spec `generation`, with the Deployment asking for `replicas`.
+pub fn build(
+    pool: &PoolRef,
+    valid: &ValidPool,
+    settings: &Settings,
+    replicas: i32,
+    generation: i64,
+) -> Children {
+    let (deployment, revision) = deployment(pool, valid, settings, replicas);
     Children {
-        deployment: deployment(pool, valid, settings, replicas),
+        init_job: init_job(pool, valid, &revision, generation),
+        revision,
+        deployment,
         pdb: pdb(pool, valid),
     }
 }
 
-fn deployment(pool: &PoolRef, valid: &ValidPool, settings: &Settings, replicas: i32) -> Deployment {
+/// Sets what the rollout gates decided on a built Deployment: its replicas, whether it is paused,
+/// and — while a new revision waits for its init Job — the template the live Deployment runs.
+pub fn shape(
+    deployment: &mut Deployment,
+    replicas: i32,
+    paused: bool,
+    keep_template: Option<&PodTemplateSpec>,
+) {
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.replicas = Some(replicas);
+        spec.paused = Some(paused);
+        if let Some(template) = keep_template {
+            spec.template = template.clone();
+        }
+    }
+}
+
+/// A short, stable hash of a pod template: the same template always has the same revision.
+pub fn revision_of(template: &PodTemplateSpec) -> String {
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The revision a live Deployment's template carries, if it is one of ours.
+pub fn revision_in(deployment: &Deployment) -> Option<&str> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(REVISION_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Name of the init Job of one revision at one spec generation (a new generation retries).
+pub fn init_job_name(pool: &str, revision: &str, generation: i64) -> String {
+    let suffix = format!("-init-{revision}-g{generation}");
+    // Job names become a label value on their pods: at most 63 characters.
+    let room = 63usize.saturating_sub(suffix.len());
+    let mut prefix: String = pool.chars().take(room).collect();
+    while prefix.ends_with(['-', '.']) {
+        prefix.pop();
+    }
+    format!("{prefix}{suffix}")
+}
+
+/// The run-once Job: the app container's image, env and mounts with the init command, the pod's
+/// volumes and scheduling, no restarts in place, a deadline and bounded retries.
+fn init_job(pool: &PoolRef, valid: &ValidPool, revision: &str, generation: i64) -> Option<Job> {
+    let init = valid.spec().policy.init.as_ref()?;
+    let source = valid.pod_spec();
+    let app = valid.app_container();
+    let container = Container {
+        name: "init".into(),
+        image: app.image.clone(),
+        image_pull_policy: app.image_pull_policy.clone(),
+        command: Some(init.command.clone()),
+        env: app.env.clone(),
+        env_from: app.env_from.clone(),
+        volume_mounts: app.volume_mounts.clone(),
+        resources: app.resources.clone(),
+        security_context: app.security_context.clone(),
+        working_dir: app.working_dir.clone(),
+        ..Container::default()
+    };
+    let mut labels = standard_labels(&pool.name);
+    labels.remove(POOL_LABEL);
+    labels.insert(INIT_LABEL.into(), pool.name.clone());
+    let mut meta = pool.meta();
+    meta.name = Some(init_job_name(&pool.name, revision, generation));
+    meta.annotations = Some(BTreeMap::from([(
+        REVISION_ANNOTATION.to_string(),
+        revision.to_string(),
+    )]));
+    Some(Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(init.backoff_limit),
+            active_deadline_seconds: Some(init.timeout_seconds),
+            ttl_seconds_after_finished: Some(INIT_JOB_TTL_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    restart_policy: Some("Never".into()),
+                    volumes: source.volumes.clone(),
+                    service_account_name: source.service_account_name.clone(),
+                    image_pull_secrets: source.image_pull_secrets.clone(),
+                    security_context: source.security_context.clone(),
+                    node_selector: source.node_selector.clone(),
+                    tolerations: source.tolerations.clone(),
+                    affinity: source.affinity.clone(),
+                    priority_class_name: source.priority_class_name.clone(),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn deployment(
+    pool: &PoolRef,
+    valid: &ValidPool,
+    settings: &Settings,
+    replicas: i32,
+) -> (Deployment, String) {
     let spec = valid.spec();
     let mut template = spec.template.clone();
     pod_template(pool, valid, settings, &mut template);
-    Deployment {
+    let revision = revision_of(&template);
+    template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(REVISION_ANNOTATION.into(), revision.clone());
+    let deployment = Deployment {
         metadata: pool.meta(),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
@@ -102,10 +245,13 @@ fn deployment(pool: &PoolRef, valid: &ValidPool, settings: &Settings, replicas: 
                 }),
             }),
             template,
+            // Always stated, so resuming after the circuit closes is an apply like any other.
+            paused: Some(false),
             ..DeploymentSpec::default()
         }),
         status: None,
-    }
+    };
+    (deployment, revision)
 }
 
 fn pod_template(

@@ -44,7 +44,7 @@ fn contains_at(live: &Value, desired: &Value, in_quantities: bool) -> bool {
             let quantities = in_quantities || is_quantity_map(key);
             match live.get(key) {
                 Some(have) => contains_at(have, want, quantities),
-                // An empty value we set is the same as an absent one once stored.
+                // An empty value (or `false`) we set is the same as an absent one once stored.
                 None => is_empty(want),
             }
         }),
@@ -75,7 +75,7 @@ fn is_quantity_map(key: &str) -> bool {
 
 fn is_empty(value: &Value) -> bool {
     match value {
-        Value::Null => true,
+        Value::Null | Value::Bool(false) => true,
         Value::Object(map) => map.is_empty(),
         Value::Array(items) => items.is_empty(),
         _ => false,

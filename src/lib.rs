@@ -1,7 +1,7 @@
 //! workerpool-operator: derives probes, grace periods, app-server flags and staggered startup for
 //! pools of Python app-server workers, and records why workers abort.
 //!
-//! Pure modules (no client, no clock): `policy`, `derive`, `ramp`, `status`, `drift`, `classify`,
+//! Pure modules (no client, no clock): `policy`, `derive`, `ramp`, `rollout`, `status`, `drift`, `classify`,
 //! `loghints`, `aborts`, `observe`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
 
 pub mod aborts;
@@ -16,4 +16,5 @@ pub mod observe;
 pub mod policy;
 pub mod ramp;
 pub mod render;
+pub mod rollout;
 pub mod status;

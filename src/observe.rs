@@ -6,7 +6,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::aborts::{self, Observed};
-use crate::api::{AbortRecord, Runtime};
+use crate::api::{AbortRecord, REVISION_ANNOTATION, Runtime};
 use crate::classify::{self, Abort, KubeletEvent, Reason};
 use crate::loghints::{self, LogFindings};
 
@@ -96,8 +96,15 @@ pub fn identity(pod_uid: &str, abort: &Abort) -> String {
     }
 }
 
+/// The template revision a pod runs: the operator's annotation, else the Deployment
+/// controller's `pod-template-hash`.
 pub fn revision(pod: &Pod) -> Option<String> {
-    pod.metadata.labels.as_ref()?.get(REVISION_LABEL).cloned()
+    let meta = &pod.metadata;
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        .or_else(|| meta.labels.as_ref()?.get(REVISION_LABEL))
+        .cloned()
 }
 
 fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {

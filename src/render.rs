@@ -59,8 +59,9 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
         uid: pool.metadata.uid.clone(),
     };
     let replicas = policy::first_apply_replicas(&pool.spec);
+    let generation = pool.metadata.generation.unwrap_or(1);
     Ok(Rendered {
-        children: derive::build(&pool_ref, &valid, &settings, replicas),
+        children: derive::build(&pool_ref, &valid, &settings, replicas, generation),
         conflicts: settings.conflicts,
     })
 }
@@ -71,10 +72,18 @@ fn push_doc<T: Serialize>(out: &mut String, object: &T) -> Result<(), RenderErro
     Ok(())
 }
 
-/// Multi-document YAML of every child, in apply order.
+/// Multi-document YAML of every child, in apply order: the init Job runs before the Deployment.
 pub fn to_yaml(children: &Children) -> Result<String, RenderError> {
-    let Children { deployment, pdb } = children;
+    let Children {
+        revision: _,
+        init_job,
+        deployment,
+        pdb,
+    } = children;
     let mut out = String::new();
+    if let Some(job) = init_job {
+        push_doc(&mut out, job)?;
+    }
     push_doc(&mut out, deployment)?;
     push_doc(&mut out, pdb)?;
     Ok(out)

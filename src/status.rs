@@ -8,7 +8,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::aborts;
-use crate::api::{AbortSummary, EffectiveSettings, Phase, WorkerPoolStatus, condition};
+use crate::api::{
+    AbortSummary, CircuitStatus, EffectiveSettings, InitPhase, InitStatus, Phase, WorkerPoolStatus,
+    condition,
+};
 use crate::policy::Conflict;
 
 /// Counts from the Deployment's status, as the watch cache last saw it.
@@ -61,6 +64,18 @@ pub struct Observation<'a> {
     /// The abort ledger after this reconcile; None keeps the previous one.
     pub aborts: Option<&'a AbortSummary>,
     pub window_seconds: i64,
+    /// The gates' state after this reconcile; None keeps the previous one.
+    pub gates: Option<Gates<'a>>,
+}
+
+/// What the init gate and the circuit breaker decided.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gates<'a> {
+    pub revision: Option<&'a str>,
+    pub init: Option<&'a InitStatus>,
+    pub circuit: Option<&'a CircuitStatus>,
+    /// Why the pool waits (reason, message), for `Reconciling`.
+    pub waiting: Option<(&'a str, &'a str)>,
 }
 
 fn condition(
@@ -92,7 +107,10 @@ fn keep_transition_time(mut new: Condition, old: &[Condition]) -> Condition {
 }
 
 /// Progress of the rollout: `(ready, reason, message)`.
-fn progress(obs: &Observation) -> (bool, &'static str, String) {
+fn progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
+    if let Some((reason, message)) = obs.gates.and_then(|g| g.waiting) {
+        return (false, reason, message.to_string());
+    }
     let desired = obs.desired_replicas;
     let Some(dep) = obs.deployment else {
         return (
@@ -284,6 +302,18 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
             .cloned()
             .or_else(|| old.and_then(|s| s.effective.clone())),
         aborts,
+        revision: match obs.gates {
+            Some(g) => g.revision.map(str::to_string),
+            None => old.and_then(|s| s.revision.clone()),
+        },
+        init: match obs.gates {
+            Some(g) => g.init.cloned(),
+            None => old.and_then(|s| s.init.clone()),
+        },
+        circuit: match obs.gates {
+            Some(g) => g.circuit.cloned(),
+            None => old.and_then(|s| s.circuit.clone()),
+        },
     }
 }
 
@@ -360,6 +390,7 @@ pub fn notices(
         }),
         _ => {}
     }
+    out.extend(gate_notices(old, new));
     if is_true(Some(new), condition::READY) && !is_true(old, condition::READY) {
         let message = find(Some(new), condition::READY)
             .map(|c| c.message.clone())
@@ -369,6 +400,50 @@ pub fn notices(
             reason: "Ready".into(),
             action: "Reconcile",
             message,
+        });
+    }
+    out
+}
+
+/// Init Job starts and successes, and the circuit closing; failures come as `Stalled` notices.
+fn gate_notices(old: Option<&WorkerPoolStatus>, new: &WorkerPoolStatus) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let old_init = old.and_then(|s| s.init.as_ref());
+    if let Some(init) = &new.init
+        && old_init != Some(init)
+    {
+        let same_job = old_init.is_some_and(|o| o.job == init.job);
+        match init.phase {
+            InitPhase::Running if !same_job => out.push(Notice {
+                warning: false,
+                reason: "InitStarted".into(),
+                action: "RunInit",
+                message: format!(
+                    "started init Job {} for revision {}",
+                    init.job, init.revision
+                ),
+            }),
+            InitPhase::Succeeded => out.push(Notice {
+                warning: false,
+                reason: "InitSucceeded".into(),
+                action: "RunInit",
+                message: format!(
+                    "init Job {} succeeded; revision {} may start its pods",
+                    init.job, init.revision
+                ),
+            }),
+            _ => {}
+        }
+    }
+    let was_open = old.and_then(|s| s.circuit.as_ref()).is_some_and(|c| c.open);
+    let is_open = new.circuit.as_ref().is_some_and(|c| c.open);
+    if was_open && !is_open {
+        out.push(Notice {
+            warning: false,
+            reason: "CircuitClosed".into(),
+            action: "Reconcile",
+            message: "the spec changed: boot failures are counted afresh and the ramp resumes"
+                .into(),
         });
     }
     out
@@ -395,6 +470,7 @@ mod tests {
             stall: None,
             aborts: None,
             window_seconds: 600,
+            gates: None,
         }
     }
 

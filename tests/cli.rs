@@ -56,8 +56,37 @@ fn render_prints_every_child_deterministically() {
         .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
         .collect();
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(kinds, ["Deployment", "PodDisruptionBudget"]);
-    let deployment = &docs[0];
+    assert_eq!(kinds, ["Job", "Deployment", "PodDisruptionBudget"]);
+    let deployment = &docs[1];
+    let revision =
+        deployment["spec"]["template"]["metadata"]["annotations"]["workerpool.dev/revision"]
+            .as_str()
+            .expect("the template carries its revision");
+    assert_eq!(revision.len(), 10);
+    assert_eq!(deployment["spec"]["paused"].as_bool(), Some(false));
+    let job = &docs[0];
+    assert_eq!(
+        job["metadata"]["name"].as_str(),
+        Some(format!("shop-api-init-{revision}-g1").as_str())
+    );
+    let job_pod = &job["spec"]["template"]["spec"];
+    assert_eq!(job_pod["restartPolicy"].as_str(), Some("Never"));
+    assert_eq!(
+        job_pod["containers"][0]["command"],
+        serde_yaml::from_str::<serde_yaml::Value>("[python, manage.py, migrate, --noinput]")
+            .unwrap()
+    );
+    assert_eq!(
+        job_pod["containers"][0]["image"],
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    );
+    assert_eq!(job["spec"]["activeDeadlineSeconds"].as_i64(), Some(300));
+    assert_eq!(job["spec"]["backoffLimit"].as_i64(), Some(1));
+    assert!(job["spec"]["ttlSecondsAfterFinished"].as_i64().is_some());
+    assert!(
+        job["spec"]["template"]["metadata"]["labels"]["workerpool.dev/pool"].is_null(),
+        "init pods are not pool pods"
+    );
     assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(2));
     assert_eq!(
         deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64(),

@@ -31,7 +31,13 @@ fn build(spec: &WorkerPoolSpec) -> (Deployment, Settings) {
         namespace: "shop".into(),
         uid: Some("uid-1".into()),
     };
-    let children = derive::build(&pool, &valid, &settings, policy::first_apply_replicas(spec));
+    let children = derive::build(
+        &pool,
+        &valid,
+        &settings,
+        policy::first_apply_replicas(spec),
+        1,
+    );
     (children.deployment, settings)
 }
 

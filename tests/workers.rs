@@ -196,6 +196,7 @@ async fn each_termination_is_counted_once_also_after_an_operator_restart() {
             deployments: h.ctx.deployments.clone(),
             pdbs: h.ctx.pdbs.clone(),
             pods: h.ctx.pods.clone(),
+            jobs: h.ctx.jobs.clone(),
         },
         h.ctx.recorder.clone(),
         Arc::new(Metrics::default()),

@@ -22,6 +22,10 @@ pub const POOL_LABEL: &str = "workerpool.dev/pool";
 /// Pod annotation naming the app-server runtime, read by `diagnose`.
 pub const RUNTIME_ANNOTATION: &str = "workerpool.dev/runtime";
 pub const MANAGER_NAME: &str = "workerpool-operator";
+/// Pod template annotation naming the template revision (a hash of the derived template).
+pub const REVISION_ANNOTATION: &str = "workerpool.dev/revision";
+/// Label on init Job pods; deliberately not the pool label, so they are not pool pods.
+pub const INIT_LABEL: &str = "workerpool.dev/init";
 
 /// Longest duration any policy field accepts, so derived sums can never overflow.
 pub const MAX_SECONDS: i64 = 86_400;

@@ -44,6 +44,48 @@ pub struct WorkerPoolStatus {
     /// Worker aborts in the failure window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborts: Option<AbortSummary>,
+    /// Revision (hash of the derived pod template) the spec asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The init Job of the latest revision that needed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitStatus>,
+    /// The boot-failure circuit breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<CircuitStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum InitPhase {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InitStatus {
+    pub revision: String,
+    /// Spec generation the Job was created for; a newer generation retries a failed one.
+    pub generation: i64,
+    pub job: String,
+    pub phase: InitPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitStatus {
+    /// Open: the ramp is stopped and the rollout paused until the spec changes.
+    pub open: bool,
+    /// Spec generation at which the circuit last opened or closed.
+    pub generation: i64,
+    /// Boot failures are counted from this time (when the circuit last closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 fn unobserved() -> i64 {
@@ -64,6 +106,9 @@ impl Default for WorkerPoolStatus {
             conditions: Vec::new(),
             effective: None,
             aborts: None,
+            revision: None,
+            init: None,
+            circuit: None,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -34,11 +35,12 @@ use kubelet::KubeletEvents;
 use logs::{ApiLogs, LogReader};
 use metrics::Metrics;
 
-use crate::api::{AbortRecord, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
+use crate::api::{AbortRecord, AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::derive::{self, Children, PoolRef};
 use crate::drift;
 use crate::policy;
-use crate::ramp::{self, DeploymentCounts};
+use crate::ramp::DeploymentCounts;
+use crate::rollout;
 use crate::status::{self, DeploymentObserved, Observation, RampChange, Stall, reason};
 
 /// Field manager for the status subresource, separate from the children's.
@@ -56,6 +58,7 @@ pub struct Caches {
     pub pdbs: Store<PodDisruptionBudget>,
     /// Pods carrying the pool label, slimmed to metadata and status.
     pub pods: Store<Pod>,
+    pub jobs: Store<Job>,
 }
 
 pub struct Context {
@@ -63,6 +66,7 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub pods: Store<Pod>,
+    pub jobs: Store<Job>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
@@ -86,6 +90,7 @@ impl Context {
             deployments: caches.deployments,
             pdbs: caches.pdbs,
             pods: caches.pods,
+            jobs: caches.jobs,
             recorder,
             metrics,
             clock,
@@ -293,46 +298,85 @@ struct Applied {
     ramp_target: Option<i32>,
     previous_target: Option<i32>,
     created: bool,
+    plan: Option<rollout::Plan>,
+    revision: Option<String>,
+}
+
+impl Applied {
+    fn stalled(stall: Stall) -> Self {
+        Applied {
+            stall: Some(stall),
+            ramp_target: None,
+            previous_target: None,
+            created: false,
+            plan: None,
+            revision: None,
+        }
+    }
+}
+
+fn ours<K>(existing: &Existing<K>) -> Option<&K> {
+    match existing {
+        Existing::Ours(object) => Some(object.as_ref()),
+        _ => None,
+    }
 }
 
 async fn apply_children(
     ctx: &Context,
+    pool: &WorkerPool,
     pool_ref: &PoolRef,
     uid: &str,
     valid: &policy::ValidPool,
     settings: &policy::Settings,
+    aborts: &AbortSummary,
 ) -> Result<Applied, Error> {
     let ns = pool_ref.namespace.as_str();
     let name = pool_ref.name.as_str();
+    let generation = pool.metadata.generation.unwrap_or(0);
+    let spec = valid.spec();
+    let Children {
+        revision,
+        init_job: desired_job,
+        deployment: mut desired_deployment,
+        pdb: desired_pdb,
+    } = derive::build(pool_ref, valid, settings, 0, generation);
+
     let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
     let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
-    let foreign: Vec<&str> = [
-        matches!(deployment, Existing::Foreign).then_some("Deployment"),
-        matches!(pdb, Existing::Foreign).then_some("PodDisruptionBudget"),
+    let job = match &desired_job {
+        Some(job) => {
+            let job_name = job.metadata.name.as_deref().unwrap_or_default();
+            Some(existing(ctx, &ctx.jobs, ns, job_name, uid).await?)
+        }
+        None => None,
+    };
+    let foreign: Vec<String> = [
+        matches!(deployment, Existing::Foreign).then(|| format!("Deployment {ns}/{name}")),
+        matches!(pdb, Existing::Foreign).then(|| format!("PodDisruptionBudget {ns}/{name}")),
+        matches!(job, Some(Existing::Foreign)).then(|| {
+            let job_name = desired_job
+                .as_ref()
+                .and_then(|j| j.metadata.name.clone())
+                .unwrap_or_default();
+            format!("Job {ns}/{job_name}")
+        }),
     ]
     .into_iter()
     .flatten()
     .collect();
     if !foreign.is_empty() {
-        let message = format!(
-            "{} {ns}/{name} already exists and is not owned by this WorkerPool; it was left untouched. Rename the pool or remove that object",
-            foreign.join(" and ")
-        );
-        return Ok(Applied {
-            stall: Some(Stall {
-                reason: reason::NOT_OWNED,
-                message,
-            }),
-            ramp_target: None,
-            previous_target: None,
-            created: false,
-        });
+        return Ok(Applied::stalled(Stall {
+            reason: reason::NOT_OWNED,
+            message: format!(
+                "{} already exists and is not owned by this WorkerPool; it was left untouched. Rename the pool or remove that object",
+                foreign.join(" and ")
+            ),
+        }));
     }
-    let live_deployment = match &deployment {
-        Existing::Ours(d) => Some(d.clone()),
-        _ => None,
-    };
-    let counts = live_deployment.as_ref().map(|d| {
+
+    let live_deployment = ours(&deployment);
+    let counts = live_deployment.map(|d| {
         let observed = deployment_observed(d);
         DeploymentCounts {
             target: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
@@ -340,23 +384,57 @@ async fn apply_children(
             status_current: observed.current,
         }
     });
-    let spec = valid.spec();
-    let target = ramp::next_target(spec.replicas, spec.policy.boot.max_concurrent, counts);
-    let Children {
-        deployment: desired_deployment,
-        pdb: desired_pdb,
-    } = derive::build(pool_ref, valid, settings, target);
-    apply_child(ctx, ns, &desired_deployment, live_deployment.as_deref()).await?;
-    let live_pdb = match &pdb {
-        Existing::Ours(p) => Some(p.as_ref()),
-        _ => None,
-    };
-    apply_child(ctx, ns, &desired_pdb, live_pdb).await?;
+    let job_name = desired_job
+        .as_ref()
+        .and_then(|j| j.metadata.name.clone())
+        .unwrap_or_default();
+    let job_state = job.as_ref().map(|j| match ours(j) {
+        Some(live) => rollout::job_state(live),
+        None => rollout::JobState::Absent,
+    });
+    let status = pool.status.as_ref();
+    let plan = rollout::plan(&rollout::Input {
+        generation,
+        desired: spec.replicas,
+        max_concurrent: spec.policy.boot.max_concurrent,
+        revision: &revision,
+        live: live_deployment
+            .zip(counts)
+            .map(|(d, counts)| rollout::LiveDeployment {
+                counts,
+                revision: derive::revision_in(d),
+            }),
+        init_job: job_state.map(|state| (job_name.as_str(), state)),
+        previous_init: status.and_then(|s| s.init.as_ref()),
+        previous_circuit: status.and_then(|s| s.circuit.as_ref()),
+        aborts: Some(aborts),
+        threshold: spec.policy.failure.boot_failure_threshold,
+        window_seconds: spec.policy.failure.window_seconds,
+        now: (ctx.clock)(),
+    });
+
+    if plan.create_init_job
+        && let Some(job) = &desired_job
+    {
+        apply_child(ctx, ns, job, None).await?;
+    }
+    if plan.apply_deployment {
+        let keep = match plan.template {
+            rollout::Template::KeepLive => live_deployment.and_then(|d| d.spec.as_ref()),
+            rollout::Template::Desired => None,
+        }
+        .map(|s| &s.template);
+        derive::shape(&mut desired_deployment, plan.replicas, plan.paused, keep);
+        apply_child(ctx, ns, &desired_deployment, live_deployment).await?;
+    }
+    apply_child(ctx, ns, &desired_pdb, ours(&pdb)).await?;
     Ok(Applied {
-        stall: None,
-        ramp_target: Some(target),
+        stall: plan.stall.clone(),
+        ramp_target: plan.apply_deployment.then_some(plan.replicas),
         previous_target: counts.map(|c| c.target),
-        created: live_deployment.is_none(),
+        created: live_deployment.is_none() && plan.apply_deployment,
+        plan: Some(plan),
+        revision: Some(revision),
     })
 }
 
@@ -375,34 +453,51 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         uid: Some(uid.clone()),
     };
 
-    let (stall, settings, applied) = match policy::validate(&pool.spec) {
+    // Aborts first: the circuit breaker decides on them.
+    let workers = workers::observe(ctx, pool, &namespace, &name).await;
+
+    let (settings, applied) = match policy::validate(&pool.spec) {
         Err(invalid) => {
             let stall = Stall {
                 reason: reason::INVALID_SPEC,
                 message: format!("spec is invalid, the running pool was left untouched: {invalid}"),
             };
-            (Some(stall), None, None)
+            (None, Applied::stalled(stall))
         }
         Ok(valid) => {
             let settings = policy::settle(&valid);
-            let applied = apply_children(ctx, &pool_ref, &uid, &valid, &settings).await?;
-            (applied.stall.clone(), Some(settings), Some(applied))
+            let applied = apply_children(
+                ctx,
+                pool,
+                &pool_ref,
+                &uid,
+                &valid,
+                &settings,
+                &workers.summary,
+            )
+            .await?;
+            (Some(settings), applied)
         }
     };
-
-    let workers = workers::observe(ctx, pool, &namespace, &name).await;
+    let stall = applied.stall.as_ref();
 
     let cached = ctx
         .deployments
         .get(&ObjectRef::new(&name).within(&namespace))
         .filter(|d| is_owned_by(d.meta(), &uid));
+    let gates = applied.plan.as_ref().map(|plan| status::Gates {
+        revision: applied.revision.as_deref(),
+        init: plan.init.as_ref(),
+        circuit: plan.circuit.as_ref(),
+        waiting: plan.waiting.as_ref().map(|(r, m)| (*r, m.as_str())),
+    });
     let observation = Observation {
         generation,
         desired_replicas: pool.spec.replicas,
         max_concurrent: pool.spec.policy.boot.max_concurrent,
         selector: derive::selector_string(&name),
         deployment: cached.as_deref().map(deployment_observed),
-        ramp_target: applied.as_ref().and_then(|a| a.ramp_target),
+        ramp_target: applied.ramp_target,
         effective: if stall.is_none() {
             settings.as_ref().map(|s| &s.effective)
         } else {
@@ -412,9 +507,10 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             .as_ref()
             .map(|s| s.conflicts.as_slice())
             .unwrap_or_default(),
-        stall: stall.as_ref(),
+        stall,
         aborts: Some(&workers.summary),
         window_seconds: pool.spec.policy.failure.window_seconds,
+        gates,
     };
     let old = pool.status.as_ref();
     let new = status::compute(old, &observation, &ctx.now());
@@ -432,7 +528,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             name: name.clone(),
             source,
         })?;
-        announce(ctx, pool, old, &new, applied.as_ref()).await;
+        announce(ctx, pool, old, &new, Some(&applied)).await;
     }
     ctx.workers
         .remember_ledger(&namespace, &name, workers.summary.clone());

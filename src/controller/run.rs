@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod, PodSpec, PodStatus};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -23,7 +24,7 @@ use tokio::sync::watch;
 use super::kubelet;
 use super::metrics::Metrics;
 use super::{Caches, Clock, Context, error_policy, reconcile};
-use crate::api::{MANAGER_NAME, POOL_LABEL, RUNTIME_ANNOTATION, WorkerPool};
+use crate::api::{MANAGER_NAME, POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION, WorkerPool};
 use crate::observe::REVISION_LABEL;
 
 #[derive(Clone, Debug)]
@@ -72,7 +73,7 @@ pub fn slim_pod(pod: &mut Pod) {
         labels.retain(|k, _| k == POOL_LABEL || k == REVISION_LABEL);
     }
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == RUNTIME_ANNOTATION);
+        annotations.retain(|k, _| k == RUNTIME_ANNOTATION || k == REVISION_ANNOTATION);
     }
     pod.spec = None::<PodSpec>;
     if let Some(status) = pod.status.as_mut() {
@@ -266,6 +267,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .reflect(deployment_writer)
         .touched_objects();
     let (pdbs, pdb_writer) = reflector::store::<PodDisruptionBudget>();
+    let (jobs, job_writer) = reflector::store::<Job>();
+    let job_stream = watcher(api::<Job>(&client, ns), owned.clone())
+        .default_backoff()
+        .modify(strip)
+        .reflect(job_writer)
+        .touched_objects();
     let pdb_stream = watcher(api::<PodDisruptionBudget>(&client, ns), owned)
         .default_backoff()
         .modify(strip)
@@ -323,6 +330,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             deployments: deployments.clone(),
             pdbs: pdbs.clone(),
             pods: pods.clone(),
+            jobs: jobs.clone(),
         },
         recorder,
         metrics,
@@ -331,17 +339,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     {
         let ready = ready.clone();
-        let (pools, deployments, pdbs, pods) = (
+        let (pools, deployments, pdbs, pods, jobs) = (
             pools.clone(),
             deployments.clone(),
             pdbs.clone(),
             pods.clone(),
+            jobs.clone(),
         );
         tokio::spawn(async move {
             let synced = pools.wait_until_ready().await.is_ok()
                 && deployments.wait_until_ready().await.is_ok()
                 && pdbs.wait_until_ready().await.is_ok()
-                && pods.wait_until_ready().await.is_ok();
+                && pods.wait_until_ready().await.is_ok()
+                && jobs.wait_until_ready().await.is_ok();
             ready.store(synced, Ordering::Relaxed);
             tracing::info!("watch caches synced");
         });
@@ -350,6 +360,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     Controller::for_stream(pool_stream, pools)
         .owns_stream(deployment_stream)
         .owns_stream(pdb_stream)
+        .owns_stream(job_stream)
         .watches_stream(pod_stream, |pod: Pod| {
             let namespace = pod.metadata.namespace.clone()?;
             let pool = pod.metadata.labels.as_ref()?.get(POOL_LABEL)?.clone();

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -98,6 +99,7 @@ pub struct Harness {
     pub deployments: Writer<Deployment>,
     pub pdbs: Writer<PodDisruptionBudget>,
     pub pods: Writer<Pod>,
+    pub jobs: Writer<Job>,
     pub logs: Arc<Logs>,
     pub ctx: Arc<Context>,
     /// Seconds since the start of the test, read by the controller's clock.
@@ -177,6 +179,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         .with_resource::<WorkerPool>()
         .with_status_subresource::<WorkerPool>()
         .with_status_subresource::<Deployment>()
+        .with_status_subresource::<Job>()
         .with_objects(pools)
         .with_objects(deployments)
         .with_interceptor_funcs(counting_interceptors(requests.clone()))
@@ -186,6 +189,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
     let (deployment_store, deployment_writer): (Store<Deployment>, _) = reflector::store();
     let (pdb_store, pdb_writer): (Store<PodDisruptionBudget>, _) = reflector::store();
     let (pod_store, pod_writer): (Store<Pod>, _) = reflector::store();
+    let (job_store, job_writer): (Store<Job>, _) = reflector::store();
     let logs = Arc::new(Logs::default());
     let recorder = Recorder::new(
         client.clone(),
@@ -207,6 +211,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
                 deployments: deployment_store,
                 pdbs: pdb_store,
                 pods: pod_store,
+                jobs: job_store,
             },
             recorder,
             Arc::new(Metrics::default()),
@@ -220,6 +225,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         deployments: deployment_writer,
         pdbs: pdb_writer,
         pods: pod_writer,
+        jobs: job_writer,
         logs,
         ctx,
         seconds,
@@ -249,6 +255,13 @@ impl Harness {
             self.pdbs.apply_watcher_event(&watcher::Event::InitApply(p));
         }
         self.pdbs.apply_watcher_event(&watcher::Event::InitDone);
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), NS);
+        let list = jobs.list(&ListParams::default()).await.expect("list jobs");
+        self.jobs.apply_watcher_event(&watcher::Event::Init);
+        for j in list.items {
+            self.jobs.apply_watcher_event(&watcher::Event::InitApply(j));
+        }
+        self.jobs.apply_watcher_event(&watcher::Event::InitDone);
     }
 
     pub async fn pool(&self, name: &str) -> WorkerPool {

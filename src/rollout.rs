@@ -1,0 +1,285 @@
+//! The gates between a spec and its pods — staggered startup, the run-once init Job and the
+//! boot-failure circuit breaker — as one pure step: observed state in, next desired state out.
+//!
+//! - Ramp: the Deployment's replicas grow by `boot.maxConcurrent` once the previous step is Ready
+//!   ([`crate::ramp`]); scale-down is immediate.
+//! - Init gate: a new template revision reaches the Deployment only after its init Job
+//!   succeeded; until then the running revision keeps serving (its template is kept as is). A
+//!   failed Job stalls the pool; a new spec generation runs a new Job.
+//! - Circuit breaker: `bootFailureThreshold` boot failures of the current revision within the
+//!   window hold the replicas and pause the Deployment; a new spec generation closes it.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus};
+use crate::ramp::{self, DeploymentCounts};
+use crate::status::Stall;
+
+/// Abort reasons that count as a failed boot for the circuit breaker.
+pub const BOOT_FAILURES: [&str; 5] = [
+    "BootFailed",
+    "AppLoadFailed",
+    "StartupTimeout",
+    "WorkerTimeout",
+    "CrashLoop",
+];
+
+pub mod reason {
+    pub const INIT_FAILED: &str = "InitFailed";
+    pub const INIT_RUNNING: &str = "InitRunning";
+    pub const BOOT_FAILURE_THRESHOLD: &str = "BootFailureThreshold";
+}
+
+/// The init Job of the current revision and generation, as the cluster shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Absent,
+    Running,
+    Succeeded,
+    /// The Job's `Failed` condition, reason and message.
+    Failed(String),
+}
+
+/// The live Deployment: its counts and the revision its template carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveDeployment<'a> {
+    pub counts: DeploymentCounts,
+    pub revision: Option<&'a str>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    pub generation: i64,
+    pub desired: i32,
+    pub max_concurrent: i32,
+    /// Revision of the template the spec asks for.
+    pub revision: &'a str,
+    pub live: Option<LiveDeployment<'a>>,
+    /// Name and state of this revision's init Job; None when the pool has no `policy.init`.
+    pub init_job: Option<(&'a str, JobState)>,
+    pub previous_init: Option<&'a InitStatus>,
+    pub previous_circuit: Option<&'a CircuitStatus>,
+    pub aborts: Option<&'a AbortSummary>,
+    pub threshold: i32,
+    pub window_seconds: i64,
+    pub now: Timestamp,
+}
+
+/// Which pod template the Deployment gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Template {
+    /// The one derived from the spec.
+    Desired,
+    /// The one the live Deployment runs: the new revision waits for its init Job.
+    KeepLive,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub replicas: i32,
+    pub template: Template,
+    /// False while the first revision's init Job has not succeeded: no Deployment yet.
+    pub apply_deployment: bool,
+    pub paused: bool,
+    pub create_init_job: bool,
+    pub stall: Option<Stall>,
+    /// Why the pool waits (reason, message), for `Reconciling`.
+    pub waiting: Option<(&'static str, String)>,
+    pub init: Option<InitStatus>,
+    pub circuit: Option<CircuitStatus>,
+}
+
+struct Gate {
+    open: bool,
+    status: Option<InitStatus>,
+    create_job: bool,
+    stall: Option<Stall>,
+    waiting: Option<(&'static str, String)>,
+}
+
+fn init_gate(input: &Input) -> Gate {
+    let previous = input.previous_init.cloned();
+    let open = |status| Gate {
+        open: true,
+        status,
+        create_job: false,
+        stall: None,
+        waiting: None,
+    };
+    let Some((job, state)) = &input.init_job else {
+        return open(previous);
+    };
+    let live_revision = input.live.and_then(|l| l.revision);
+    let same_revision = |s: &InitStatus| s.revision == input.revision;
+    if live_revision == Some(input.revision)
+        || previous
+            .as_ref()
+            .is_some_and(|p| same_revision(p) && p.phase == InitPhase::Succeeded)
+    {
+        return open(previous);
+    }
+    let status = |phase, message| InitStatus {
+        revision: input.revision.to_string(),
+        generation: input.generation,
+        job: job.to_string(),
+        phase,
+        message,
+    };
+    let serving = if input.live.is_some() {
+        "the running revision keeps serving"
+    } else {
+        "no pods are started before it succeeds"
+    };
+    let running = |create_job| Gate {
+        open: false,
+        status: Some(status(InitPhase::Running, None)),
+        create_job,
+        stall: None,
+        waiting: Some((
+            reason::INIT_RUNNING,
+            format!(
+                "init Job {job} is running for revision {}; {serving}",
+                input.revision
+            ),
+        )),
+    };
+    let failed = |message: String| Gate {
+        open: false,
+        stall: Some(Stall {
+            reason: reason::INIT_FAILED,
+            message: format!(
+                "init Job {job} for revision {} failed: {message}; {serving}. Fix the command or the image and change the spec to retry",
+                input.revision
+            ),
+        }),
+        status: Some(status(InitPhase::Failed, Some(message))),
+        create_job: false,
+        waiting: None,
+    };
+    match state {
+        JobState::Succeeded => open(Some(status(InitPhase::Succeeded, None))),
+        JobState::Running => running(false),
+        JobState::Failed(message) => failed(message.clone()),
+        JobState::Absent => match previous {
+            // Failed at this generation and since cleaned up: stay failed until the spec changes.
+            Some(p)
+                if same_revision(&p)
+                    && p.generation == input.generation
+                    && p.phase == InitPhase::Failed =>
+            {
+                failed(p.message.unwrap_or_else(|| "the Job failed".into()))
+            }
+            _ => running(true),
+        },
+    }
+}
+
+fn parse(time: Option<&str>) -> Option<Timestamp> {
+    time?.parse().ok()
+}
+
+/// Boot failures of the current revision since the circuit last closed, within the window.
+pub fn boot_failures(input: &Input) -> usize {
+    let since = parse(input.previous_circuit.and_then(|c| c.since.as_deref()));
+    let window = SignedDuration::from_secs(input.window_seconds);
+    input.aborts.map_or(0, |a| {
+        a.recent
+            .iter()
+            .filter(|seen| seen.revision.as_deref() == Some(input.revision))
+            .filter(|seen| BOOT_FAILURES.contains(&seen.reason.as_str()))
+            .filter(|seen| {
+                parse(Some(&seen.time)).is_some_and(|t| {
+                    input.now.duration_since(t) <= window && since.is_none_or(|s| t >= s)
+                })
+            })
+            .count()
+    })
+}
+
+fn circuit(input: &Input) -> Option<CircuitStatus> {
+    let previous = input.previous_circuit;
+    match previous {
+        Some(c) if c.open && input.generation > c.generation => {
+            return Some(CircuitStatus {
+                open: false,
+                generation: input.generation,
+                since: Some(input.now.to_string()),
+                message: None,
+            });
+        }
+        Some(c) if c.open => return Some(c.clone()),
+        _ => {}
+    }
+    let failures = boot_failures(input);
+    let threshold = usize::try_from(input.threshold.max(1)).unwrap_or(1);
+    if failures >= threshold {
+        return Some(CircuitStatus {
+            open: true,
+            generation: input.generation,
+            since: previous.and_then(|c| c.since.clone()),
+            message: Some(format!(
+                "{failures} boot failures of revision {} within {}s (threshold {}): the ramp is stopped and the rollout paused; the pods already serving keep serving. Fix the cause and change the spec to retry",
+                input.revision, input.window_seconds, input.threshold
+            )),
+        });
+    }
+    previous.cloned()
+}
+
+/// A Job's state from its conditions.
+pub fn job_state(job: &k8s_openapi::api::batch::v1::Job) -> JobState {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let holds = |type_: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    };
+    if holds("Complete").is_some() {
+        return JobState::Succeeded;
+    }
+    if let Some(c) = holds("Failed").or_else(|| holds("FailureTarget")) {
+        let reason = c.reason.clone().unwrap_or_else(|| "Failed".into());
+        return JobState::Failed(match &c.message {
+            Some(message) => format!("{reason}: {message}"),
+            None => reason,
+        });
+    }
+    JobState::Running
+}
+
+pub fn plan(input: &Input) -> Plan {
+    let gate = init_gate(input);
+    let circuit = circuit(input);
+    let circuit_open = circuit.as_ref().is_some_and(|c| c.open);
+    let counts = input.live.map(|l| l.counts);
+    let mut replicas = ramp::next_target(input.desired, input.max_concurrent, counts);
+    if (!gate.open || circuit_open)
+        && let Some(c) = counts
+    {
+        // Hold: scale-down still goes through, scale-up waits.
+        replicas = replicas.min(c.target.max(0));
+    }
+    let circuit_stall = circuit.as_ref().filter(|c| c.open).map(|c| Stall {
+        reason: reason::BOOT_FAILURE_THRESHOLD,
+        message: c.message.clone().unwrap_or_default(),
+    });
+    Plan {
+        replicas,
+        template: if gate.open {
+            Template::Desired
+        } else {
+            Template::KeepLive
+        },
+        apply_deployment: gate.open || input.live.is_some(),
+        paused: circuit_open,
+        create_init_job: gate.create_job,
+        stall: gate.stall.or(circuit_stall),
+        waiting: gate.waiting,
+        init: gate.status,
+        circuit,
+    }
+}
