@@ -331,6 +331,42 @@ impl Harness {
         self.pods.apply_watcher_event(&watcher::Event::InitDone);
     }
 
+    /// Changes the pool's spec as `kubectl apply` would; the generation goes up.
+    pub async fn patch_spec(&mut self, name: &str, spec: serde_json::Value) {
+        self.requests.counting.store(false, Ordering::SeqCst);
+        let api: Api<WorkerPool> = Api::namespaced(self.client.clone(), NS);
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .expect("patch pool spec");
+    }
+
+    /// Plays the Job controller: the Job gets a `Complete` or `Failed` condition.
+    pub async fn finish_job(&mut self, name: &str, condition: serde_json::Value) {
+        self.requests.counting.store(false, Ordering::SeqCst);
+        let api: Api<Job> = Api::namespaced(self.client.clone(), NS);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [condition]}})),
+        )
+        .await
+        .expect("patch job status");
+        self.sync_caches().await;
+    }
+
+    pub async fn jobs(&self) -> Vec<Job> {
+        self.requests.counting.store(false, Ordering::SeqCst);
+        let api: Api<Job> = Api::namespaced(self.client.clone(), NS);
+        api.list(&ListParams::default())
+            .await
+            .expect("list jobs")
+            .items
+    }
+
     /// The controller's clock now.
     pub fn now(&self) -> jiff::Timestamp {
         (self.ctx.clock)()

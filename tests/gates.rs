@@ -1,0 +1,240 @@
+//! The init Job and the circuit breaker through the reconcile pipeline (kube-fake-client).
+
+mod harness;
+
+use harness::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use workerpool_operator::api::{InitPhase, WorkerPoolStatus};
+
+fn with_init(replicas: i32) -> serde_json::Value {
+    json!({"replicas": replicas, "policy": {"init": {"command": ["python", "manage.py", "migrate"]}}})
+}
+
+fn image(deployment: &Deployment) -> String {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers[0].image.clone())
+        .unwrap_or_default()
+}
+
+async fn event_reasons(h: &Harness) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(h.client.clone(), NS);
+    api.list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+async fn status(h: &Harness) -> WorkerPoolStatus {
+    h.pool("api").await.status.expect("status")
+}
+
+async fn only_job_name(h: &Harness) -> String {
+    let jobs = h.jobs().await;
+    assert_eq!(jobs.len(), 1, "one init Job");
+    jobs[0].metadata.name.clone().expect("name")
+}
+
+fn complete() -> serde_json::Value {
+    json!({"type": "Complete", "status": "True"})
+}
+
+#[tokio::test]
+async fn the_init_job_runs_before_the_first_pods() {
+    let mut h = harness(vec![pool("api", with_init(4))], vec![]).await;
+    h.reconcile("api").await;
+    assert!(h.deployment("api").await.is_none(), "no pods before init");
+    let job = only_job_name(&h).await;
+    assert!(
+        job.starts_with("api-init-") && job.ends_with("-g1"),
+        "{job}"
+    );
+    let s = status(&h).await;
+    let reconciling = condition(&s, "Reconciling");
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "InitRunning")
+    );
+    assert_eq!(s.init.as_ref().map(|i| i.phase), Some(InitPhase::Running));
+    assert!(event_reasons(&h).await.contains(&"InitStarted".to_string()));
+
+    // While the Job runs, nothing is written (one read confirms no Deployment exists yet).
+    h.reconcile("api").await;
+    assert!(h.writes().is_empty(), "{:?}", h.writes());
+    assert!(h.requests.total() <= 1);
+
+    h.finish_job(&job, complete()).await;
+    h.reconcile("api").await;
+    let deployment = h.deployment("api").await.expect("deployment after init");
+    assert_eq!(replicas(&deployment), 2);
+    let s = status(&h).await;
+    assert_eq!(s.init.as_ref().map(|i| i.phase), Some(InitPhase::Succeeded));
+    assert!(
+        event_reasons(&h)
+            .await
+            .contains(&"InitSucceeded".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_failed_init_keeps_the_old_revision_serving_until_the_spec_changes() {
+    let mut h = harness(vec![pool("api", with_init(2))], vec![]).await;
+    h.reconcile("api").await;
+    let first = only_job_name(&h).await;
+    h.finish_job(&first, complete()).await;
+    h.reconcile("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    assert_eq!(
+        image(&h.deployment("api").await.expect("d")),
+        "example/app:1"
+    );
+
+    // New image: a new Job; the Deployment keeps the running template.
+    h.patch_spec(
+        "api",
+        json!({"template": {"spec": {"containers": [{"name": "app", "image": "example/app:2",
+            "ports": [{"name": "http", "containerPort": 8000}]}]}}}),
+    )
+    .await;
+    h.reconcile("api").await;
+    let jobs = h.jobs().await;
+    let second = jobs
+        .iter()
+        .filter_map(|j| j.metadata.name.clone())
+        .find(|n| n != &first && n.ends_with("-g2"))
+        .expect("a Job for the new revision");
+    assert_eq!(
+        jobs.iter()
+            .find(|j| j.metadata.name.as_deref() == Some(second.as_str()))
+            .and_then(|j| j.spec.as_ref())
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].image.clone())
+            .as_deref(),
+        Some("example/app:2"),
+        "the Job runs the new image"
+    );
+    assert_eq!(
+        image(&h.deployment("api").await.expect("d")),
+        "example/app:1"
+    );
+
+    h.finish_job(
+        &second,
+        json!({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+               "message": "Job has reached the specified backoff limit"}),
+    )
+    .await;
+    h.reconcile("api").await;
+    let s = status(&h).await;
+    assert_stalled(
+        &s,
+        "InitFailed",
+        "Job has reached the specified backoff limit",
+    );
+    assert_eq!(s.init.as_ref().map(|i| i.phase), Some(InitPhase::Failed));
+    assert_eq!(
+        image(&h.deployment("api").await.expect("d")),
+        "example/app:1"
+    );
+    assert!(event_reasons(&h).await.contains(&"InitFailed".to_string()));
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "a stalled pool writes nothing more");
+
+    // A new generation retries with a new Job.
+    h.patch_spec("api", json!({"policy": {"init": {"timeoutSeconds": 600}}}))
+        .await;
+    h.reconcile("api").await;
+    let third = h
+        .jobs()
+        .await
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .find(|n| n.ends_with("-g3"))
+        .expect("a retry Job");
+    h.finish_job(&third, complete()).await;
+    h.reconcile("api").await;
+    assert_eq!(
+        image(&h.deployment("api").await.expect("d")),
+        "example/app:2"
+    );
+    let stalled = condition(&status(&h).await, "Stalled").status.clone();
+    assert_eq!(stalled, "False");
+}
+
+/// A pod of the current revision crash-looping with gunicorn's exit 3.
+fn failing_pod(name: &str, revision: &str, finished: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "labels": {"workerpool.dev/pool": "api"},
+            "annotations": {"workerpool.dev/revision": revision, "workerpool.dev/runtime": "gunicorn"}},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 1,
+            "state": {"running": {"startedAt": finished}},
+            "lastState": {"terminated": {"exitCode": 3, "reason": "Error", "finishedAt": finished}}}]}
+    }))
+    .expect("pod")
+}
+
+fn revision_of(deployment: &Deployment) -> String {
+    workerpool_operator::derive::revision_in(deployment)
+        .expect("revision annotation")
+        .to_string()
+}
+
+#[tokio::test]
+async fn boot_failures_open_the_circuit_and_a_new_generation_closes_it() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 6}))], vec![]).await;
+    h.reconcile("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let deployment = h.deployment("api").await.expect("d");
+    assert_eq!(replicas(&deployment), 4);
+    let revision = revision_of(&deployment);
+
+    h.advance(60);
+    let finished = (h.now() - jiff::SignedDuration::from_secs(10)).to_string();
+    h.set_pods(
+        (0..3)
+            .map(|i| failing_pod(&format!("api-{i}"), &revision, &finished))
+            .collect(),
+    );
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let s = status(&h).await;
+    assert_stalled(&s, "BootFailureThreshold", "3 boot failures of revision");
+    let deployment = h.deployment("api").await.expect("d");
+    assert_eq!(replicas(&deployment), 4, "the ramp stopped at 4 of 6");
+    assert_eq!(deployment.spec.as_ref().and_then(|s| s.paused), Some(true));
+    assert!(
+        event_reasons(&h)
+            .await
+            .contains(&"BootFailureThreshold".to_string())
+    );
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "an open circuit writes nothing more");
+
+    // Any spec change closes it; the earlier failures no longer count.
+    h.patch_spec("api", json!({"replicas": 5})).await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let s = status(&h).await;
+    assert_eq!(condition(&s, "Stalled").status, "False");
+    assert_eq!(s.circuit.as_ref().map(|c| c.open), Some(false));
+    let deployment = h.deployment("api").await.expect("d");
+    assert_eq!(deployment.spec.as_ref().and_then(|s| s.paused), Some(false));
+    assert_eq!(replicas(&deployment), 5);
+    assert!(
+        event_reasons(&h)
+            .await
+            .contains(&"CircuitClosed".to_string())
+    );
+}

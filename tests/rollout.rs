@@ -1,0 +1,321 @@
+//! The rollout gates as a pure state machine: ramp, init gate and circuit breaker, over simulated
+//! pod readiness, Job results and boot failures.
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use workerpool_operator::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus, SeenAbort};
+use workerpool_operator::ramp::DeploymentCounts;
+use workerpool_operator::rollout::{
+    Input, JobState, LiveDeployment, Plan, Template, job_state, plan, reason,
+};
+
+const NEW: &str = "bbbbbbbbbb";
+const OLD: &str = "aaaaaaaaaa";
+
+fn now() -> Timestamp {
+    "2026-11-22T10:10:00Z".parse().expect("time")
+}
+
+fn ago(seconds: i64) -> String {
+    (now() - SignedDuration::from_secs(seconds)).to_string()
+}
+
+fn live(target: i32, ready: i32, revision: &str) -> Option<LiveDeployment<'_>> {
+    Some(LiveDeployment {
+        counts: DeploymentCounts {
+            target,
+            ready,
+            status_current: true,
+        },
+        revision: Some(revision),
+    })
+}
+
+fn input<'a>() -> Input<'a> {
+    Input {
+        generation: 2,
+        desired: 12,
+        max_concurrent: 3,
+        revision: NEW,
+        live: None,
+        init_job: None,
+        previous_init: None,
+        previous_circuit: None,
+        aborts: None,
+        threshold: 3,
+        window_seconds: 600,
+        now: now(),
+    }
+}
+
+fn failures(n: usize, revision: &str, reason: &str) -> AbortSummary {
+    AbortSummary {
+        recent: (0..n)
+            .map(|i| SeenAbort {
+                key: format!("uid-{i}/app/0"),
+                reason: reason.into(),
+                time: ago(60),
+                revision: Some(revision.into()),
+            })
+            .collect(),
+        ..AbortSummary::default()
+    }
+}
+
+#[test]
+fn ramp_twelve_replicas_three_at_a_time() {
+    let mut i = input();
+    let first = plan(&i);
+    assert_eq!((first.replicas, first.apply_deployment), (3, true));
+    let mut targets = vec![first.replicas];
+    let mut target = first.replicas;
+    while target < 12 {
+        // Not all ready: hold.
+        i.live = live(target, target - 1, NEW);
+        assert_eq!(plan(&i).replicas, target);
+        i.live = live(target, target, NEW);
+        target = plan(&i).replicas;
+        targets.push(target);
+    }
+    assert_eq!(targets, [3, 6, 9, 12]);
+    // Scale-down is immediate.
+    i.desired = 4;
+    i.live = live(12, 12, NEW);
+    assert_eq!(plan(&i).replicas, 4);
+}
+
+#[test]
+fn first_revision_waits_for_its_init_job() {
+    let mut i = input();
+    i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Absent));
+    let p = plan(&i);
+    assert!(p.create_init_job && !p.apply_deployment);
+    assert_eq!(p.init.as_ref().map(|s| s.phase), Some(InitPhase::Running));
+    assert_eq!(p.waiting.as_ref().map(|w| w.0), Some(reason::INIT_RUNNING));
+
+    i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Running));
+    let p = plan(&i);
+    assert!(!p.create_init_job && !p.apply_deployment);
+
+    i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Succeeded));
+    let p = plan(&i);
+    assert!(p.apply_deployment && p.waiting.is_none());
+    assert_eq!((p.replicas, p.template), (3, Template::Desired));
+    assert_eq!(p.init.as_ref().map(|s| s.phase), Some(InitPhase::Succeeded));
+}
+
+#[test]
+fn a_new_revision_keeps_the_old_one_serving_until_init_succeeds() {
+    let mut i = input();
+    i.live = live(12, 12, OLD);
+    i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Running));
+    let p = plan(&i);
+    assert_eq!(
+        (p.apply_deployment, p.template, p.replicas),
+        (true, Template::KeepLive, 12)
+    );
+    // Scaling up waits for the new revision, scaling down does not.
+    i.desired = 20;
+    assert_eq!(plan(&i).replicas, 12);
+    i.desired = 6;
+    assert_eq!(plan(&i).replicas, 6);
+}
+
+#[test]
+fn a_failed_init_stalls_until_a_new_generation() {
+    let mut i = input();
+    i.live = live(12, 12, OLD);
+    i.init_job = Some((
+        "api-init-bbbbbbbbbb-g2",
+        JobState::Failed(
+            "BackoffLimitExceeded: Job has reached the specified backoff limit".into(),
+        ),
+    ));
+    let p = plan(&i);
+    let stall = p.stall.clone().expect("stalled");
+    assert_eq!(stall.reason, reason::INIT_FAILED);
+    assert!(
+        stall.message.contains("BackoffLimitExceeded") && stall.message.contains("keeps serving"),
+        "{}",
+        stall.message
+    );
+    assert_eq!(p.template, Template::KeepLive);
+    let failed = p.init.clone().expect("init status");
+
+    // The finished Job was cleaned up: still failed at this generation.
+    i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Absent));
+    i.previous_init = Some(&failed);
+    let p = plan(&i);
+    assert!(!p.create_init_job);
+    assert_eq!(p.stall.map(|s| s.reason), Some(reason::INIT_FAILED));
+
+    // A new generation runs a new Job.
+    i.generation = 3;
+    i.init_job = Some(("api-init-bbbbbbbbbb-g3", JobState::Absent));
+    let p = plan(&i);
+    assert!(p.create_init_job && p.stall.is_none());
+}
+
+#[test]
+fn init_that_succeeded_before_is_not_run_again() {
+    let done = InitStatus {
+        revision: NEW.into(),
+        generation: 2,
+        job: "api-init-bbbbbbbbbb-g2".into(),
+        phase: InitPhase::Succeeded,
+        message: None,
+    };
+    let mut i = input();
+    i.generation = 5;
+    i.previous_init = Some(&done);
+    i.live = live(6, 6, NEW);
+    i.init_job = Some(("api-init-bbbbbbbbbb-g5", JobState::Absent));
+    let p = plan(&i);
+    assert!(!p.create_init_job && p.stall.is_none());
+    assert_eq!(p.template, Template::Desired);
+}
+
+#[test]
+fn boot_failures_of_the_current_revision_open_the_circuit() {
+    let mut i = input();
+    i.live = live(6, 3, NEW);
+    let below = failures(2, NEW, "BootFailed");
+    i.aborts = Some(&below);
+    assert!(plan(&i).circuit.is_none_or(|c| !c.open));
+
+    let other_revision = failures(5, OLD, "BootFailed");
+    i.aborts = Some(&other_revision);
+    assert!(plan(&i).circuit.is_none_or(|c| !c.open));
+
+    let not_boot = failures(5, NEW, "OOMKilled");
+    i.aborts = Some(&not_boot);
+    assert!(plan(&i).circuit.is_none_or(|c| !c.open));
+
+    let at = failures(3, NEW, "StartupTimeout");
+    i.aborts = Some(&at);
+    i.live = live(6, 6, NEW);
+    let p = plan(&i);
+    assert!(p.paused);
+    assert_eq!(p.replicas, 6, "the ramp stops");
+    let stall = p.stall.expect("stalled");
+    assert_eq!(stall.reason, reason::BOOT_FAILURE_THRESHOLD);
+    assert!(
+        stall
+            .message
+            .starts_with("3 boot failures of revision bbbbbbbbbb within 600s")
+    );
+}
+
+#[test]
+fn a_new_generation_closes_the_circuit_and_counts_afresh() {
+    let open = CircuitStatus {
+        open: true,
+        generation: 2,
+        since: None,
+        message: Some("3 boot failures".into()),
+    };
+    let old_failures = failures(3, NEW, "BootFailed");
+    let mut i = input();
+    i.live = live(6, 4, NEW);
+    i.aborts = Some(&old_failures);
+    i.previous_circuit = Some(&open);
+    // Same generation: stays open, even with the pods recovering.
+    let p = plan(&i);
+    assert!(p.paused && p.stall.is_some());
+
+    i.generation = 3;
+    let p = plan(&i);
+    let closed = p.circuit.clone().expect("circuit");
+    assert!(!closed.open && !p.paused && p.stall.is_none());
+    assert_eq!(closed.since.as_deref(), Some(now().to_string().as_str()));
+
+    // The failures before the close no longer count.
+    i.previous_circuit = Some(&closed);
+    assert!(!plan(&i).paused);
+}
+
+#[test]
+fn job_conditions_become_states() {
+    let job = |conditions: serde_json::Value| {
+        serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(serde_json::json!({
+            "metadata": {"name": "j"}, "status": {"conditions": conditions}
+        }))
+        .expect("job")
+    };
+    assert_eq!(job_state(&job(serde_json::json!([]))), JobState::Running);
+    assert_eq!(
+        job_state(&job(
+            serde_json::json!([{"type": "Complete", "status": "True"}])
+        )),
+        JobState::Succeeded
+    );
+    assert_eq!(
+        job_state(&job(
+            serde_json::json!([{"type": "Failed", "status": "True",
+            "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}])
+        )),
+        JobState::Failed("DeadlineExceeded: Job was active longer than specified deadline".into())
+    );
+}
+
+/// One simulated step: pods become Ready or fail to boot, the controller plans.
+#[derive(Clone, Debug)]
+struct Step {
+    newly_ready: i32,
+    boot_failures: usize,
+    desired: i32,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (0..5i32, 0..2usize, 0..30i32).prop_map(|(newly_ready, boot_failures, desired)| Step {
+            newly_ready,
+            boot_failures,
+            desired,
+        }),
+        1..40,
+    )
+}
+
+proptest! {
+    /// Whatever pods do, scale-up never has more than maxConcurrent pods booting, the target never
+    /// exceeds spec.replicas, and an open circuit never adds pods.
+    #[test]
+    fn booting_pods_never_exceed_max_concurrent(
+        steps in steps(),
+        max_concurrent in 1..6i32,
+        threshold in 1..5i32,
+    ) {
+        let mut target: Option<i32> = None;
+        let mut ready = 0;
+        let mut failed = 0usize;
+        let mut circuit: Option<CircuitStatus> = None;
+        for step in steps {
+            let summary = failures(failed, NEW, "BootFailed");
+            let i = Input {
+                desired: step.desired,
+                max_concurrent,
+                threshold,
+                live: target.and_then(|t| live(t, ready, NEW)),
+                aborts: Some(&summary),
+                previous_circuit: circuit.as_ref(),
+                ..input()
+            };
+            let p: Plan = plan(&i);
+            prop_assert!(p.replicas <= step.desired.max(0));
+            let before = target.unwrap_or(0);
+            if p.replicas > before {
+                prop_assert!(p.replicas - ready.min(before) <= max_concurrent,
+                    "target {} with {} ready", p.replicas, ready);
+                prop_assert!(!p.paused);
+            }
+            if circuit.as_ref().is_some_and(|c| c.open) {
+                prop_assert!(p.replicas <= before);
+            }
+            circuit = p.circuit.clone();
+            target = Some(p.replicas);
+            ready = (ready + step.newly_ready).min(p.replicas);
+            failed += step.boot_failures;
+        }
+    }
+}
