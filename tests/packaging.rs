@@ -1,0 +1,361 @@
+//! The install paths as users run them: the Helm chart rendered by the real `helm`, the kustomize
+//! layout built by `kubectl kustomize`, the Argo CD health check run by Lua 5.1, the CRD copies and
+//! the image the chart points at.
+//!
+//! `helm`, `kubectl` and `lua5.1` are looked up on PATH (or `HELM`, `KUBECTL`, `LUA`). Where one is
+//! missing the test says so and stops, unless `WORKERPOOL_REQUIRE_TOOLS=1` (set by `.ci/run`),
+//! which makes a missing tool a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/workerpool-operator");
+
+fn tool(name: &str, env: &str) -> Option<PathBuf> {
+    let found = std::env::var_os(env).map(PathBuf::from).or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        })
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("WORKERPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{name} is required (WORKERPOOL_REQUIRE_TOOLS=1) but not found; .ci/run installs it"
+        );
+        eprintln!("{name} not found: skipping (CI requires it)");
+    }
+    found
+}
+
+fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect()
+}
+
+fn helm_template(helm: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", "wp", CHART, "--namespace", "workerpool-system"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = run(helm, &args);
+    assert!(ok, "helm template {extra:?} failed: {err}");
+    docs(&out)
+}
+
+/// `(apiGroup, resource, sorted verbs)` of every rule.
+fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        let strings = |key: &str| -> Vec<String> {
+            rule[key]
+                .as_sequence()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for group in strings("apiGroups") {
+            for resource in strings("resources") {
+                let mut verbs = strings("verbs");
+                verbs.sort();
+                out.push((group.clone(), resource, verbs));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The API calls the controller makes (src/controller), as RBAC rules.
+fn controller_rules() -> Vec<(String, String, Vec<String>)> {
+    let rule = |group: &str, resource: &str, verbs: &[&str]| {
+        let mut verbs: Vec<String> = verbs.iter().map(|v| v.to_string()).collect();
+        verbs.sort();
+        (group.to_string(), resource.to_string(), verbs)
+    };
+    let children = ["get", "list", "watch", "create", "patch"];
+    let mut all = vec![
+        rule("workerpool.dev", "workerpools", &["list", "watch"]),
+        rule("workerpool.dev", "workerpools/status", &["patch"]),
+        rule("apps", "deployments", &children),
+        rule("policy", "poddisruptionbudgets", &children),
+        rule("batch", "jobs", &children),
+        rule("", "pods", &["list", "watch"]),
+        rule("", "pods/log", &["get"]),
+        rule("", "events", &["list", "watch"]),
+        rule("events.k8s.io", "events", &["create", "patch"]),
+    ];
+    all.sort();
+    all
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args(deployment: &Value) -> Vec<String> {
+    container(deployment)["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+fn assert_hardened(deployment: &Value) {
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
+    let c = container(deployment);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(
+        sc["capabilities"]["drop"].as_sequence().map(|d| d.len()),
+        Some(1)
+    );
+    assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(args(deployment)[0], "run");
+}
+
+#[test]
+fn crd_copies_are_identical() {
+    let main = std::fs::read_to_string(format!("{ROOT}/crds/workerpool.dev_workerpools.yaml"))
+        .expect("crds/");
+    for copy in [
+        "charts/workerpool-operator/crds/workerpool.dev_workerpools.yaml",
+        "config/crd/workerpool.dev_workerpools.yaml",
+    ] {
+        let text = std::fs::read_to_string(format!("{ROOT}/{copy}")).expect("copy");
+        assert!(text == main, "{copy} differs from crds/; copy it again");
+    }
+}
+
+#[test]
+fn chart_lints_and_renders_a_hardened_least_privilege_operator() {
+    let Some(helm) = tool("helm", "HELM") else {
+        return;
+    };
+    let (ok, out, err) = run(&helm, &["lint", CHART, "--strict"]);
+    assert!(ok, "helm lint: {out}{err}");
+
+    let rendered = helm_template(&helm, &[]);
+    let deployment = of_kind(&rendered, "Deployment")[0];
+    assert_hardened(deployment);
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/Chart.yaml")).unwrap())
+            .unwrap();
+    let app_version = chart["appVersion"].as_str().expect("appVersion");
+    assert_eq!(
+        container(deployment)["image"].as_str(),
+        Some(format!("ghcr.io/workerpool-operator/workerpool-operator:{app_version}").as_str())
+    );
+    let a = args(deployment);
+    assert!(
+        a.contains(&"--metrics-addr=0.0.0.0:8080".to_string()),
+        "{a:?}"
+    );
+    assert!(
+        !a.contains(&"--leader-elect".to_string()),
+        "one replica needs no Lease"
+    );
+
+    let roles = of_kind(&rendered, "ClusterRole");
+    assert_eq!(roles.len(), 1);
+    assert_eq!(rules(roles[0]), controller_rules());
+    let text = serde_yaml::to_string(&rendered).unwrap();
+    assert!(
+        !text.contains("'*'") && !text.contains("\"*\""),
+        "no wildcards"
+    );
+    assert_eq!(of_kind(&rendered, "ClusterRoleBinding").len(), 1);
+    assert_eq!(of_kind(&rendered, "ServiceAccount").len(), 1);
+    assert_eq!(of_kind(&rendered, "Service").len(), 1);
+    assert!(of_kind(&rendered, "ServiceMonitor").is_empty());
+    assert!(of_kind(&rendered, "Role").is_empty());
+
+    // The CRD comes from crds/ (installed by helm install, never templated).
+    let with_crds = helm_template(&helm, &["--include-crds"]);
+    assert_eq!(of_kind(&with_crds, "CustomResourceDefinition").len(), 1);
+}
+
+#[test]
+fn chart_options_leader_election_namespace_scope_and_service_monitor() {
+    let Some(helm) = tool("helm", "HELM") else {
+        return;
+    };
+    let rendered = helm_template(&helm, &["--set", "replicaCount=2"]);
+    let a = args(of_kind(&rendered, "Deployment")[0]);
+    assert!(a.contains(&"--leader-elect".to_string()), "{a:?}");
+    let lease_role = of_kind(&rendered, "Role")[0];
+    assert_eq!(
+        lease_role["metadata"]["namespace"].as_str(),
+        Some("workerpool-system")
+    );
+    assert_eq!(
+        rules(lease_role),
+        [(
+            "coordination.k8s.io".to_string(),
+            "leases".to_string(),
+            vec!["create".to_string(), "get".to_string(), "patch".to_string()]
+        )]
+    );
+
+    let rendered = helm_template(&helm, &["--set", "watchNamespace=shop"]);
+    assert!(of_kind(&rendered, "ClusterRole").is_empty());
+    let role = of_kind(&rendered, "Role")[0];
+    assert_eq!(role["metadata"]["namespace"].as_str(), Some("shop"));
+    assert_eq!(rules(role), controller_rules());
+    assert!(args(of_kind(&rendered, "Deployment")[0]).contains(&"--namespace=shop".to_string()));
+
+    let rendered = helm_template(
+        &helm,
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.labels.release=prom",
+        ],
+    );
+    let monitor = of_kind(&rendered, "ServiceMonitor")[0];
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"].as_str(),
+        Some("prom")
+    );
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"].as_str(),
+        Some("metrics")
+    );
+}
+
+#[test]
+fn chart_values_are_validated_by_the_schema() {
+    let Some(helm) = tool("helm", "HELM") else {
+        return;
+    };
+    for bad in [
+        "replicaCount=0",
+        "image.pullPolicy=Sometimes",
+        "logging.format=xml",
+        "unknownKey=1",
+        "watchNamespace=Not_A_Namespace",
+    ] {
+        let (ok, _, err) = run(&helm, &["template", "wp", CHART, "--set", bad]);
+        assert!(!ok, "{bad} should be rejected");
+        assert!(err.contains("schema"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn kustomize_layout_builds_the_same_install() {
+    let Some(kubectl) = tool("kubectl", "KUBECTL") else {
+        return;
+    };
+    let (ok, out, err) = run(&kubectl, &["kustomize", "config/default"]);
+    assert!(ok, "kubectl kustomize config/default: {err}");
+    let built = docs(&out);
+    assert_eq!(of_kind(&built, "CustomResourceDefinition").len(), 1);
+    let deployment = of_kind(&built, "Deployment")[0];
+    assert_hardened(deployment);
+    assert_eq!(
+        deployment["metadata"]["namespace"].as_str(),
+        Some("workerpool-system")
+    );
+    assert_eq!(
+        container(deployment)["image"].as_str(),
+        Some("ghcr.io/workerpool-operator/workerpool-operator:0.1.0")
+    );
+    assert_eq!(rules(of_kind(&built, "ClusterRole")[0]), controller_rules());
+    let binding = of_kind(&built, "ClusterRoleBinding")[0];
+    assert_eq!(
+        binding["subjects"][0]["namespace"].as_str(),
+        Some("workerpool-system")
+    );
+
+    let (ok, out, err) = run(&kubectl, &["kustomize", "config/samples"]);
+    assert!(ok, "kubectl kustomize config/samples: {err}");
+    let samples = docs(&out);
+    assert_eq!(of_kind(&samples, "WorkerPool").len(), 3);
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["spec"]["policy"]["init"]["command"].is_sequence()),
+        "a sample runs migrations in an init Job"
+    );
+}
+
+#[test]
+fn argocd_health_check_passes_its_cases() {
+    let Some(lua) = tool("lua5.1", "LUA") else {
+        return;
+    };
+    let (ok, out, err) = run(
+        &lua,
+        &[
+            "tests/argocd/health_test.lua",
+            "charts/workerpool-operator/argocd/health.lua",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("10 cases passed"), "{out}");
+}
+
+#[test]
+fn the_chart_runs_the_image_the_dockerfile_builds() {
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(dockerfile.contains("EXPOSE 8080"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/workerpool-operator\"]"));
+    let deployment = std::fs::read_to_string(format!("{CHART}/templates/deployment.yaml")).unwrap();
+    assert!(deployment.contains("runAsUser: 65532"));
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/values.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(values["metrics"]["port"].as_i64(), Some(8080));
+    let ignore = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).expect(".dockerignore");
+    for excluded in ["target/", ".git/", "charts/", "e2e/"] {
+        assert!(
+            ignore.lines().any(|l| l == excluded),
+            "{excluded} in .dockerignore"
+        );
+    }
+}
