@@ -88,6 +88,17 @@ impl Scenario {
         }
     }
 
+    /// Waits until the pool's ledger counts at least one abort of this reason.
+    async fn wait_for_abort(
+        &self,
+        name: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> WorkerPoolStatus {
+        self.wait_for(name, reason, timeout, |st| counted(st, reason) >= 1)
+            .await
+    }
+
     async fn pods(&self, pool: &str) -> Vec<Pod> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         api.list(&ListParams::default().labels(&format!("workerpool.dev/pool={pool}")))
@@ -207,10 +218,7 @@ async fn memory_past_the_limit_is_oom_killed() {
         ),
     )
     .await;
-    s.wait_for("mem", "OOMKilled", MINUTES(4), |st| {
-        counted(st, "OOMKilled") >= 1
-    })
-    .await;
+    s.wait_for_abort("mem", "OOMKilled", MINUTES(4)).await;
     s.cleanup().await;
 }
 
@@ -230,10 +238,7 @@ async fn a_boot_slower_than_its_timeout_is_a_startup_timeout() {
         ),
     )
     .await;
-    s.wait_for("slow", "StartupTimeout", MINUTES(4), |st| {
-        counted(st, "StartupTimeout") >= 1
-    })
-    .await;
+    s.wait_for_abort("slow", "StartupTimeout", MINUTES(4)).await;
     s.cleanup().await;
 }
 
@@ -262,9 +267,7 @@ async fn ignoring_sigterm_is_grace_period_exceeded_on_scale_down() {
     s.apply("stubborn", pool_spec(1, "generic", container, policy))
         .await;
     let status = s
-        .wait_for("stubborn", "GracePeriodExceeded", MINUTES(2), |st| {
-            counted(st, "GracePeriodExceeded") >= 1
-        })
+        .wait_for_abort("stubborn", "GracePeriodExceeded", MINUTES(2))
         .await;
     let hint = status.aborts.and_then(|a| a.last).and_then(|l| l.hint);
     assert!(hint.is_some_and(|h| h.contains("exec")));

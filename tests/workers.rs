@@ -112,16 +112,27 @@ fn abort_metric(h: &Harness, reason: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&needle).map(str::to_string))
 }
 
+/// A converged pool `api` with this spec, `seconds` later.
+async fn converged(spec: Value, seconds: i64) -> Harness {
+    let mut h = harness(vec![pool("api", spec)], vec![]).await;
+    h.converge("api").await;
+    h.advance(seconds);
+    h
+}
+
+/// The pool's status after the harness's last reconcile.
+async fn current(h: &Harness) -> WorkerPoolStatus {
+    h.pool("api").await.status.expect("status")
+}
+
 #[tokio::test]
 async fn boot_failure_shows_in_status_condition_event_and_metric() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.converge("api").await;
-    h.advance(60);
+    let mut h = converged(json!({"replicas": 2}), 60).await;
     h.logs.set("api-a", "app", true, BOOT_FAILURE_LOG);
     h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
     h.reconcile("api").await;
 
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("BootFailed".into(), 1), ("CrashLoop".into(), 1)]
@@ -177,9 +188,7 @@ async fn boot_failure_shows_in_status_condition_event_and_metric() {
 
 #[tokio::test]
 async fn each_termination_is_counted_once_also_after_an_operator_restart() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.converge("api").await;
-    h.advance(60);
+    let mut h = converged(json!({"replicas": 2}), 60).await;
     h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
     h.reconcile("api").await;
     let logs_read = h.logs.reads.load(Ordering::SeqCst);
@@ -212,7 +221,7 @@ async fn each_termination_is_counted_once_also_after_an_operator_restart() {
     h.advance(40);
     h.set_pods(vec![pod("api-a", crashed(2, 3, 95), json!({}))]);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("BootFailed".into(), 2), ("CrashLoop".into(), 1)]
@@ -230,7 +239,7 @@ async fn a_crash_loop_folds_into_one_event_series() {
         h.set_pods(vec![pod("api-a", crashed(restart, 3, finished), json!({}))]);
         h.reconcile("api").await;
     }
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("BootFailed".into(), 5), ("CrashLoop".into(), 1)]
@@ -242,9 +251,7 @@ async fn a_crash_loop_folds_into_one_event_series() {
 
 #[tokio::test]
 async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 1}))], vec![]).await;
-    h.converge("api").await;
-    h.advance(100);
+    let mut h = converged(json!({"replicas": 1}), 100).await;
     let mut container = crashed(1, 0, 98);
     container["lastState"]["terminated"]["reason"] = json!("Completed");
     container["state"] = json!({"running": {"startedAt": at(99)}});
@@ -252,7 +259,7 @@ async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
 
     // Two seconds after the exit, without the Event yet, nothing is counted.
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert!(counts(&status).is_empty(), "{:?}", counts(&status));
 
     h.ctx.kubelet_events.push(
@@ -276,7 +283,7 @@ async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
         },
     );
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(counts(&status), [("LivenessTimeout".into(), 1)]);
     let last = status.aborts.and_then(|a| a.last).expect("last");
     assert_eq!(last.exit_code, Some(0));
@@ -290,16 +297,14 @@ async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
 
 #[tokio::test]
 async fn an_unsettled_exit_without_event_is_counted_after_the_settle_time() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 1}))], vec![]).await;
-    h.converge("api").await;
-    h.advance(100);
+    let mut h = converged(json!({"replicas": 1}), 100).await;
     h.set_pods(vec![pod("api-a", crashed(1, 1, 99), json!({}))]);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(counts(&status), [("CrashLoop".into(), 1)]);
     h.advance(5);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("CrashLoop".into(), 1), ("UnexpectedExit".into(), 1)]
@@ -309,12 +314,10 @@ async fn an_unsettled_exit_without_event_is_counted_after_the_settle_time() {
 #[tokio::test]
 async fn degraded_clears_when_the_window_passes() {
     let spec = json!({"replicas": 1, "policy": {"failure": {"windowSeconds": 120}}});
-    let mut h = harness(vec![pool("api", spec)], vec![]).await;
-    h.converge("api").await;
-    h.advance(60);
+    let mut h = converged(spec, 60).await;
     h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(condition(&status, "Degraded").status, "True");
 
     // The pod recovered; two minutes later the abort is out of the window.
@@ -324,7 +327,7 @@ async fn degraded_clears_when_the_window_passes() {
     h.set_pods(vec![pod("api-a", healthy, json!({}))]);
     h.advance(121);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     let degraded = condition(&status, "Degraded");
     assert_eq!(
         (degraded.status.as_str(), degraded.reason.as_str()),
@@ -348,13 +351,11 @@ const DEATH_SPIRAL_LOG: &str = "\
 
 #[tokio::test]
 async fn worker_timeouts_in_an_unready_pod_come_from_its_log() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 1}))], vec![]).await;
-    h.converge("api").await;
-    h.advance(70);
+    let mut h = converged(json!({"replicas": 1}), 70).await;
     h.logs.set("api-a", "app", false, DEATH_SPIRAL_LOG);
     h.set_pods(vec![pod("api-a", unready(0), json!({}))]);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("WorkerTimeout".into(), 2), ("OOMKilled".into(), 1)]
@@ -368,7 +369,7 @@ async fn worker_timeouts_in_an_unready_pod_come_from_its_log() {
     h.advance(30);
     h.reconcile("api").await;
     assert_eq!(h.logs.reads.load(Ordering::SeqCst), 2);
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("WorkerTimeout".into(), 2), ("OOMKilled".into(), 1)]
@@ -378,9 +379,7 @@ async fn worker_timeouts_in_an_unready_pod_come_from_its_log() {
 #[tokio::test]
 async fn log_reading_can_be_switched_off() {
     let spec = json!({"replicas": 1, "policy": {"logs": {"read": false}}});
-    let mut h = harness(vec![pool("api", spec)], vec![]).await;
-    h.converge("api").await;
-    h.advance(70);
+    let mut h = converged(spec, 70).await;
     h.logs.set("api-a", "app", false, DEATH_SPIRAL_LOG);
     h.logs.set("api-b", "app", true, BOOT_FAILURE_LOG);
     h.set_pods(vec![
@@ -389,7 +388,7 @@ async fn log_reading_can_be_switched_off() {
     ]);
     h.reconcile("api").await;
     assert_eq!(h.logs.reads.load(Ordering::SeqCst), 0);
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("BootFailed".into(), 1), ("CrashLoop".into(), 1)]
@@ -404,15 +403,13 @@ async fn log_reading_can_be_switched_off() {
 
 #[tokio::test]
 async fn many_crashing_pods_keep_the_status_bounded() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.converge("api").await;
-    h.advance(60);
+    let mut h = converged(json!({"replicas": 2}), 60).await;
     let pods = (0..200)
         .map(|i| pod(&format!("api-{i}"), crashed(1, 3, 50), json!({})))
         .collect();
     h.set_pods(pods);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     let aborts = status.aborts.expect("aborts");
     assert_eq!(aborts.recent.len(), 64);
     assert!(
@@ -425,9 +422,7 @@ async fn many_crashing_pods_keep_the_status_bounded() {
 
 #[tokio::test]
 async fn evicted_and_unschedulable_pods_are_pod_level_aborts() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.converge("api").await;
-    h.advance(60);
+    let mut h = converged(json!({"replicas": 2}), 60).await;
     let waiting = json!({"name": "app", "image": "example/app:1", "imageID": "", "ready": false,
         "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}});
     let evicted = pod(
@@ -443,7 +438,7 @@ async fn evicted_and_unschedulable_pods_are_pod_level_aborts() {
     );
     h.set_pods(vec![evicted, pending]);
     h.reconcile("api").await;
-    let status = h.pool("api").await.status.expect("status");
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("Evicted".into(), 1), ("Unschedulable".into(), 1)]
