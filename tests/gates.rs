@@ -82,6 +82,21 @@ async fn the_init_job_runs_before_the_first_pods() {
             .await
             .contains(&"InitSucceeded".to_string())
     );
+
+    // Converged, with the finished Job cleaned up by its TTL: not a single request.
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(h.client.clone(), NS);
+    jobs.delete(&job, &Default::default())
+        .await
+        .expect("delete job");
+    h.sync_caches().await;
+    h.reconcile("api").await;
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "{:?}", h.writes());
+    assert_eq!(replicas(&h.deployment("api").await.expect("d")), 4);
 }
 
 #[tokio::test]

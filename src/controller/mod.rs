@@ -344,7 +344,10 @@ async fn apply_children(
 
     let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
     let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
-    let job = match &desired_job {
+    // The init Job matters only until the Deployment runs this revision; after that the Job
+    // is finished and cleaned up, and looking for it would cost a request per reconcile.
+    let runs_revision = ours(&deployment).and_then(derive::revision_in) == Some(revision.as_str());
+    let job = match desired_job.as_ref().filter(|_| !runs_revision) {
         Some(job) => {
             let job_name = job.metadata.name.as_deref().unwrap_or_default();
             Some(existing(ctx, &ctx.jobs, ns, job_name, uid).await?)
