@@ -17,4 +17,5 @@ pub mod policy;
 pub mod ramp;
 pub mod render;
 pub mod rollout;
+pub mod sandbox;
 pub mod status;
