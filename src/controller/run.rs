@@ -257,7 +257,54 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         }
     };
 
-    let ns = config.namespace.as_deref();
+    control(
+        client,
+        &Scope {
+            namespace: config.namespace.clone(),
+            identity: config.identity.clone(),
+            concurrency: config.concurrency,
+        },
+        metrics,
+        Arc::new(jiff::Timestamp::now),
+        ready,
+        stop,
+    )
+    .await;
+
+    tracing::info!("controller stopped");
+    let _ = stop_tx.send(true);
+    if let Some((channel, task)) = leadership {
+        drop(channel);
+        if let Ok(Ok(manager)) = task.await {
+            let _ = manager.release().await;
+        }
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+/// What one controller instance watches and how it names itself.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    /// Watch only this namespace; all namespaces when None.
+    pub namespace: Option<String>,
+    /// Reported as the Events' reporting instance.
+    pub identity: String,
+    /// Pools reconciled at once.
+    pub concurrency: u16,
+}
+
+/// The controller itself: watches, caches, and the reconcile loop until `stop` resolves.
+/// `run` drives it against a real cluster and the sandbox against its embedded API.
+pub async fn control(
+    client: Client,
+    scope: &Scope,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    ready: Arc<AtomicBool>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = scope.namespace.as_deref();
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
@@ -320,10 +367,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         client.clone(),
         Reporter {
             controller: MANAGER_NAME.into(),
-            instance: Some(config.identity.clone()),
+            instance: Some(scope.identity.clone()),
         },
     );
-    let clock: Clock = Arc::new(jiff::Timestamp::now);
     let context = Arc::new(Context::new(
         client.clone(),
         Caches {
@@ -370,7 +416,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let (pods, context) = (pods.clone(), context.clone());
             move |event: Event| pool_of_event(&event, &pods, &context)
         })
-        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .with_config(kube::runtime::controller::Config::default().concurrency(scope.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -380,14 +426,4 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         })
         .await;
 
-    tracing::info!("controller stopped");
-    let _ = stop_tx.send(true);
-    if let Some((channel, task)) = leadership {
-        drop(channel);
-        if let Ok(Ok(manager)) = task.await {
-            let _ = manager.release().await;
-        }
-    }
-    let _ = server.await;
-    Ok(())
 }

@@ -2,6 +2,9 @@
 //! a virtual clock.
 
 pub mod apiserver;
+pub mod cluster;
+pub mod scenario;
+pub mod timeline;
 
 use crate::controller::Clock;
 
