@@ -30,6 +30,25 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Run the real controller against an embedded API server and a simulated cluster.
+    Sandbox {
+        /// WorkerPool manifest (YAML or JSON); `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// A built-in scenario (healthy, slow-boot, boot-failure, oom, ignore-sigterm,
+        /// boot-storm) or a scenario YAML file.
+        #[arg(long, default_value = "healthy")]
+        scenario: String,
+        /// Simulated time: seconds, or with a unit (90s, 10m, 1h); the scenario's own by default.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<u64>,
+        /// Seed for every random choice; the same seed gives the same run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: SandboxOutput,
+    },
     /// Classify the worker aborts of a Pod or PodList (`kubectl get pod -o json`).
     Diagnose {
         /// Pod or PodList as JSON or YAML; `-` reads standard input.
@@ -51,6 +70,82 @@ enum Command {
 enum OutputFormat {
     Table,
     Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SandboxOutput {
+    Text,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 600, 90s or 10m"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3600),
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    if seconds == 0 {
+        return Err("the duration must be more than 0".into());
+    }
+    Ok(seconds)
+}
+
+fn run_sandbox(
+    path: &PathBuf,
+    scenario: &str,
+    duration: Option<u64>,
+    seed: u64,
+    output: SandboxOutput,
+) -> Result<(), String> {
+    use workerpool_operator::sandbox::scenario::{BUILT_IN, Scenario};
+    use workerpool_operator::sandbox::{Options, Sandbox, report::Report};
+
+    let input = read_input(path)?;
+    let pool = render::parse_pool(&input).map_err(|e| e.to_string())?;
+    let pool = serde_json::to_value(&pool).map_err(|e| e.to_string())?;
+    let scenario = match Scenario::built_in(scenario) {
+        Some(built_in) => built_in,
+        None if std::path::Path::new(scenario).is_file() => {
+            let text = std::fs::read_to_string(scenario)
+                .map_err(|e| format!("reading {scenario}: {e}"))?;
+            Scenario::from_yaml(&text)?
+        }
+        None => {
+            return Err(format!(
+                "unknown scenario {scenario:?}: use one of {} or a scenario YAML file",
+                BUILT_IN.join(", ")
+            ));
+        }
+    };
+    let seconds = duration.unwrap_or(scenario.duration_seconds);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let report = runtime.block_on(async move {
+        let mut sandbox = Sandbox::new(Options::new(scenario, seed));
+        sandbox.add_pool(pool)?;
+        sandbox.start_operator();
+        sandbox.run_for(seconds).await;
+        sandbox.stop_operator().await;
+        Ok::<_, String>(Report::of(&sandbox))
+    })?;
+    match output {
+        SandboxOutput::Text => print!("{}", report.to_text()),
+        SandboxOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        ),
+    }
+    Ok(())
 }
 
 fn parse_runtime(text: &str) -> Result<api::Runtime, String> {
@@ -170,6 +265,13 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Render { file } => run_render(&file),
+        Command::Sandbox {
+            file,
+            scenario,
+            duration,
+            seed,
+            output,
+        } => run_sandbox(&file, &scenario, duration, seed, output),
         Command::Diagnose {
             file,
             events,

@@ -315,6 +315,7 @@ pub struct Cluster {
     jobs: BTreeMap<Key, Arc<Value>>,
     pods: BTreeMap<Key, SimPod>,
     owned: HashMap<String, BTreeSet<Key>>,
+    deployment_keys: HashMap<String, Key>,
     dirty_deployments: BTreeSet<Key>,
     pub timeline: Timeline,
     pub max_booting: usize,
@@ -352,6 +353,7 @@ impl Cluster {
             jobs: BTreeMap::new(),
             pods: BTreeMap::new(),
             owned: HashMap::new(),
+            deployment_keys: HashMap::new(),
             dirty_deployments: BTreeSet::new(),
             timeline: Timeline::new(timeline_limit),
             max_booting: 0,
@@ -401,18 +403,21 @@ impl Cluster {
         self.max_booting = self.max_booting.max(booting);
     }
 
-    fn take_changes(&mut self, now: f64) {
+    fn take_changes(&mut self, tick: f64) {
         while let Ok(change) = self.changes.try_recv() {
+            let now = change.at.duration_since(super::EPOCH).as_secs_f64().clamp(0.0, tick);
             match (change.resource.plural, change.resource.group) {
                 ("pods", "") => self.pod_changed(&change, now),
                 ("deployments", _) => {
                     if let Some(new) = &change.new {
                         self.deployment_timeline(change.old.as_deref(), new, now);
                         let key = key_of(new);
+                        self.deployment_keys.insert(str_at(new, "/metadata/uid").to_string(), key.clone());
                         self.deployments.insert(key.clone(), new.clone());
                         self.dirty_deployments.insert(key);
                     } else if let Some(old) = &change.old {
                         self.deployments.remove(&key_of(old));
+                        self.deployment_keys.remove(str_at(old, "/metadata/uid"));
                         self.timeline.push(now, "deployment", str_at(old, "/metadata/name"), "deleted");
                     }
                 }
@@ -478,13 +483,8 @@ impl Cluster {
     }
 
     fn dirty_owner(&mut self, owner_uid: &str) {
-        if let Some(key) = self
-            .deployments
-            .iter()
-            .find(|(_, d)| str_at(d, "/metadata/uid") == owner_uid)
-            .map(|(k, _)| k.clone())
-        {
-            self.dirty_deployments.insert(key);
+        if let Some(key) = self.deployment_keys.get(owner_uid) {
+            self.dirty_deployments.insert(key.clone());
         }
     }
 
@@ -784,6 +784,10 @@ impl Cluster {
             self.step(&mut pod, now, others);
             if pod.dirty {
                 pod.dirty = false;
+                // The ReplicaSet controller recounts its pods whenever one changes.
+                if let Some(owner) = &pod.owner {
+                    self.dirty_owner(owner);
+                }
                 let _ = self.server.write(PODS, &pod.namespace, &pod.name, Target::Status, Write::Merge(json!({"status": pod.status()})), Some("kubelet"));
             }
             if pod.removal_due.is_some_and(|due| now >= due) {
@@ -1005,7 +1009,8 @@ impl Cluster {
         for (kind, (status, reason, message)) in conditions(Some(new)) {
             let changed = before.get(&kind).is_none_or(|(s, r, _)| *s != status || *r != reason);
             if changed {
-                self.timeline.push(now, "pool", name.clone(), format!("{kind}={status} ({reason}): {message}"));
+                let detail = if message.is_empty() { String::new() } else { format!(": {message}") };
+                self.timeline.push(now, "pool", name.clone(), format!("{kind}={status} ({reason}){detail}"));
             }
         }
         let replicas = |p: Option<&Value>| p.and_then(|p| i64_at(p, "/spec/replicas"));

@@ -166,6 +166,8 @@ pub enum Write {
 #[derive(Debug)]
 pub struct Change {
     pub rv: u64,
+    /// When it was committed, on the server's clock.
+    pub at: jiff::Timestamp,
     pub resource: &'static ResourceType,
     pub old: Option<Arc<Value>>,
     /// None when the object was removed.
@@ -222,6 +224,7 @@ type Key = (usize, String, String);
 
 struct State {
     rv: u64,
+    clock: Clock,
     objects: BTreeMap<Key, Arc<Value>>,
     /// The last configuration each apply manager sent, per object.
     applied: HashMap<(Key, String), Value>,
@@ -321,6 +324,7 @@ impl ApiServer {
         Arc::new(ApiServer {
             state: Mutex::new(State {
                 rv: 1,
+                clock: clock.clone(),
                 objects: BTreeMap::new(),
                 applied: HashMap::new(),
                 history: VecDeque::new(),
@@ -439,6 +443,7 @@ impl ApiServer {
                     }
                     let change = Change {
                         rv: 0,
+                        at: jiff::Timestamp::UNIX_EPOCH,
                         resource,
                         old: None,
                         new: Some(object.clone()),
@@ -930,6 +935,7 @@ impl State {
         };
         let change = Arc::new(Change {
             rv,
+            at: (self.clock)(),
             resource,
             old,
             new: new_for_change,
