@@ -121,11 +121,16 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
     }
 }
 
-/// Probe kills are known only from the Event; OOM kills are certain from the status alone.
+/// Probe kills are known only from the Event; OOM kills are certain from the status alone, and
+/// so is a SIGKILL at the end of a pod's grace period, which must be counted before the kubelet
+/// removes the pod a moment later.
 fn needs_settling(abort: &Abort) -> bool {
     !matches!(
         abort.reason,
-        Reason::OOMKilled | Reason::StartupTimeout | Reason::LivenessTimeout
+        Reason::OOMKilled
+            | Reason::StartupTimeout
+            | Reason::LivenessTimeout
+            | Reason::GracePeriodExceeded
     )
 }
 
