@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
@@ -59,23 +61,39 @@ fn rv<K: kube::Resource>(object: &K) -> String {
 async fn create_get_replace_and_delete_round_trip() {
     let server = server();
     let api: Api<Deployment> = Api::namespaced(server.client(), "shop");
-    let created = api.create(&PostParams::default(), &deployment("web", 2)).await.expect("create");
+    let created = api
+        .create(&PostParams::default(), &deployment("web", 2))
+        .await
+        .expect("create");
     assert!(created.metadata.uid.is_some());
     assert_eq!(created.metadata.generation, Some(1));
-    let duplicate = api.create(&PostParams::default(), &deployment("web", 2)).await.expect_err("exists");
-    assert!(matches!(duplicate, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"));
+    let duplicate = api
+        .create(&PostParams::default(), &deployment("web", 2))
+        .await
+        .expect_err("exists");
+    assert!(
+        matches!(duplicate, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
+    );
 
     let mut fetched = api.get("web").await.expect("get");
     assert_eq!(rv(&fetched), rv(&created));
     fetched.spec.as_mut().expect("spec").replicas = Some(5);
-    let replaced = api.replace("web", &PostParams::default(), &fetched).await.expect("replace");
+    let replaced = api
+        .replace("web", &PostParams::default(), &fetched)
+        .await
+        .expect("replace");
     assert_eq!(replaced.metadata.generation, Some(2));
 
     // A replace carrying an outdated resourceVersion is a conflict, as on the real server.
-    let stale = api.replace("web", &PostParams::default(), &fetched).await.expect_err("stale");
+    let stale = api
+        .replace("web", &PostParams::default(), &fetched)
+        .await
+        .expect_err("stale");
     assert!(matches!(stale, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"));
 
-    api.delete("web", &DeleteParams::default()).await.expect("delete");
+    api.delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
     let missing = api.get("web").await.expect_err("gone");
     assert!(matches!(missing, kube::Error::Api(s) if s.code == 404));
 }
@@ -85,23 +103,44 @@ async fn selectors_and_pagination() {
     let server = server();
     let api: Api<Pod> = Api::namespaced(server.client(), "shop");
     for name in ["a", "b", "c"] {
-        api.create(&PostParams::default(), &pod(name, None)).await.expect("create");
+        api.create(&PostParams::default(), &pod(name, None))
+            .await
+            .expect("create");
     }
     let mut other = pod("d", None);
     other.metadata.labels = Some([("app".to_string(), "worker".to_string())].into());
-    api.create(&PostParams::default(), &other).await.expect("create");
+    api.create(&PostParams::default(), &other)
+        .await
+        .expect("create");
 
-    let web = api.list(&ListParams::default().labels("app=web")).await.expect("list");
+    let web = api
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("list");
     assert_eq!(web.items.len(), 3);
-    let by_name = api.list(&ListParams::default().fields("metadata.name=b")).await.expect("list");
+    let by_name = api
+        .list(&ListParams::default().fields("metadata.name=b"))
+        .await
+        .expect("list");
     assert_eq!(by_name.items.len(), 1);
-    let unsupported = api.list(&ListParams::default().fields("spec.priority=1")).await.expect_err("unsupported field");
-    assert!(matches!(unsupported, kube::Error::Api(s) if s.code == 400 && s.message.contains("spec.priority")));
+    let unsupported = api
+        .list(&ListParams::default().fields("spec.priority=1"))
+        .await
+        .expect_err("unsupported field");
+    assert!(
+        matches!(unsupported, kube::Error::Api(s) if s.code == 400 && s.message.contains("spec.priority"))
+    );
 
-    let first = api.list(&ListParams::default().limit(2)).await.expect("page 1");
+    let first = api
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("page 1");
     assert_eq!(first.items.len(), 2);
     let token = first.metadata.continue_.clone().expect("continue token");
-    let second = api.list(&ListParams::default().limit(2).continue_token(&token)).await.expect("page 2");
+    let second = api
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .expect("page 2");
     assert_eq!(second.items.len(), 2);
     assert!(second.metadata.continue_.is_none());
 }
@@ -110,11 +149,19 @@ async fn selectors_and_pagination() {
 async fn generation_counts_spec_changes_only_and_status_is_a_subresource() {
     let server = server();
     let api: Api<Deployment> = Api::namespaced(server.client(), "shop");
-    api.create(&PostParams::default(), &deployment("web", 2)).await.expect("create");
+    api.create(&PostParams::default(), &deployment("web", 2))
+        .await
+        .expect("create");
 
     // The main resource ignores status; labels change metadata only.
     let patched = api
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}, "status": {"replicas": 9}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"tier": "front"}}, "status": {"replicas": 9}}),
+            ),
+        )
         .await
         .expect("patch");
     assert_eq!(patched.metadata.generation, Some(1));
@@ -122,15 +169,28 @@ async fn generation_counts_spec_changes_only_and_status_is_a_subresource() {
 
     // The status subresource writes status only.
     let status = api
-        .patch_status("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}, "status": {"replicas": 2, "readyReplicas": 1}})))
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"replicas": 7}, "status": {"replicas": 2, "readyReplicas": 1}}),
+            ),
+        )
         .await
         .expect("status");
     assert_eq!(status.spec.as_ref().and_then(|s| s.replicas), Some(2));
-    assert_eq!(status.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
+    assert_eq!(
+        status.status.as_ref().and_then(|s| s.ready_replicas),
+        Some(1)
+    );
     assert_eq!(status.metadata.generation, Some(1));
 
     let spec = api
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await
         .expect("spec");
     assert_eq!(spec.metadata.generation, Some(2));
@@ -140,13 +200,22 @@ async fn generation_counts_spec_changes_only_and_status_is_a_subresource() {
 async fn scale_subresource_reads_and_writes_spec_replicas() {
     let server = server();
     let api: Api<Deployment> = Api::namespaced(server.client(), "shop");
-    api.create(&PostParams::default(), &deployment("web", 2)).await.expect("create");
+    api.create(&PostParams::default(), &deployment("web", 2))
+        .await
+        .expect("create");
     let scale = api.get_scale("web").await.expect("get scale");
     assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
-    assert_eq!(scale.status.map(|s| s.selector), Some(Some("app=web".to_string())));
-    api.patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 4}})))
-        .await
-        .expect("patch scale");
+    assert_eq!(
+        scale.status.map(|s| s.selector),
+        Some(Some("app=web".to_string()))
+    );
+    api.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 4}})),
+    )
+    .await
+    .expect("patch scale");
     let after = api.get("web").await.expect("get");
     assert_eq!(after.spec.and_then(|s| s.replicas), Some(4));
     assert_eq!(after.metadata.generation, Some(2));
@@ -157,24 +226,36 @@ async fn a_write_that_changes_nothing_bumps_nothing_and_emits_no_event() {
     let server = server();
     let api: Api<Deployment> = Api::namespaced(server.client(), "shop");
     let params = PatchParams::apply("tester");
-    let applied = api.patch("web", &params, &Patch::Apply(deployment("web", 2))).await.expect("apply");
+    let applied = api
+        .patch("web", &params, &Patch::Apply(deployment("web", 2)))
+        .await
+        .expect("apply");
     let mut events = api
         .watch(&WatchParams::default(), &rv(&applied))
         .await
         .expect("watch")
         .boxed();
 
-    let again = api.patch("web", &params, &Patch::Apply(deployment("web", 2))).await.expect("re-apply");
+    let again = api
+        .patch("web", &params, &Patch::Apply(deployment("web", 2)))
+        .await
+        .expect("re-apply");
     assert_eq!(rv(&again), rv(&applied));
     let merged = api
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
         .await
         .expect("merge");
     assert_eq!(rv(&merged), rv(&applied));
     assert_eq!(server.resource_version().to_string(), rv(&applied));
 
     // The next real change is the first event the watch sees.
-    api.patch("web", &params, &Patch::Apply(deployment("web", 3))).await.expect("change");
+    api.patch("web", &params, &Patch::Apply(deployment("web", 3)))
+        .await
+        .expect("change");
     let first = tokio::time::timeout(Duration::from_secs(5), events.try_next())
         .await
         .expect("an event")
@@ -192,13 +273,36 @@ async fn server_side_apply_tracks_managers_prunes_and_conflicts() {
     let api: Api<Deployment> = Api::namespaced(server.client(), "shop");
     let mut with_annotation = deployment("web", 2);
     with_annotation.metadata.annotations = Some([("team".to_string(), "shop".to_string())].into());
-    api.patch("web", &PatchParams::apply("operator"), &Patch::Apply(&with_annotation)).await.expect("apply");
+    api.patch(
+        "web",
+        &PatchParams::apply("operator"),
+        &Patch::Apply(&with_annotation),
+    )
+    .await
+    .expect("apply");
 
     // Another manager applies replicas: a conflict unless forced.
     let hpa = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}, "spec": {"replicas": 5}});
-    let conflict = api.patch("web", &PatchParams::apply("autoscaler"), &Patch::Apply(&hpa)).await.expect_err("conflict");
-    assert!(matches!(&conflict, kube::Error::Api(s) if s.code == 409 && s.message.contains("\"operator\"") && s.message.contains(".spec.replicas")), "{conflict:?}");
-    let forced = api.patch("web", &PatchParams::apply("autoscaler").force(), &Patch::Apply(&hpa)).await.expect("forced");
+    let conflict = api
+        .patch(
+            "web",
+            &PatchParams::apply("autoscaler"),
+            &Patch::Apply(&hpa),
+        )
+        .await
+        .expect_err("conflict");
+    assert!(
+        matches!(&conflict, kube::Error::Api(s) if s.code == 409 && s.message.contains("\"operator\"") && s.message.contains(".spec.replicas")),
+        "{conflict:?}"
+    );
+    let forced = api
+        .patch(
+            "web",
+            &PatchParams::apply("autoscaler").force(),
+            &Patch::Apply(&hpa),
+        )
+        .await
+        .expect("forced");
     assert_eq!(forced.spec.as_ref().and_then(|s| s.replicas), Some(5));
     let managers: Vec<String> = forced
         .metadata
@@ -210,12 +314,37 @@ async fn server_side_apply_tracks_managers_prunes_and_conflicts() {
     assert_eq!(managers, ["operator", "autoscaler"]);
 
     // Dropping a field from the applied configuration removes it.
-    let pruned = api.patch("web", &PatchParams::apply("operator").force(), &Patch::Apply(deployment("web", 5))).await.expect("re-apply");
-    assert!(pruned.metadata.annotations.unwrap_or_default().get("team").is_none());
-    assert_eq!(pruned.metadata.labels.unwrap_or_default().get("app").map(String::as_str), Some("web"));
+    let pruned = api
+        .patch(
+            "web",
+            &PatchParams::apply("operator").force(),
+            &Patch::Apply(deployment("web", 5)),
+        )
+        .await
+        .expect("re-apply");
+    assert!(
+        !pruned
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("team")
+    );
+    assert_eq!(
+        pruned
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("app")
+            .map(String::as_str),
+        Some("web")
+    );
 
     let missing_manager = api
-        .patch("web", &PatchParams::default(), &Patch::Apply(deployment("web", 5)))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Apply(deployment("web", 5)),
+        )
         .await
         .expect_err("fieldManager required");
     assert!(matches!(missing_manager, kube::Error::Api(s) if s.code == 400));
@@ -223,10 +352,21 @@ async fn server_side_apply_tracks_managers_prunes_and_conflicts() {
 
 #[tokio::test(start_paused = true)]
 async fn watch_resumes_sends_bookmarks_and_expires_old_versions() {
-    let server = ApiServer::new(virtual_clock(), ServerConfig { history_limit: 3, seed: 1 });
+    let server = ApiServer::new(
+        virtual_clock(),
+        ServerConfig {
+            history_limit: 3,
+            seed: 1,
+        },
+    );
     let api: Api<Pod> = Api::namespaced(server.client(), "shop");
-    let first = api.create(&PostParams::default(), &pod("a", None)).await.expect("a");
-    api.create(&PostParams::default(), &pod("b", None)).await.expect("b");
+    let first = api
+        .create(&PostParams::default(), &pod("a", None))
+        .await
+        .expect("a");
+    api.create(&PostParams::default(), &pod("b", None))
+        .await
+        .expect("b");
 
     let mut stream = api
         .watch(&WatchParams::default(), &rv(&first))
@@ -243,12 +383,20 @@ async fn watch_resumes_sends_bookmarks_and_expires_old_versions() {
         .expect("bookmark in time")
         .expect("ok")
         .expect("some");
-    assert!(matches!(bookmark, WatchEvent::Bookmark(b) if b.metadata.resource_version == server.resource_version().to_string()));
+    assert!(
+        matches!(bookmark, WatchEvent::Bookmark(b) if b.metadata.resource_version == server.resource_version().to_string())
+    );
 
     for name in ["c", "d", "e", "f"] {
-        api.create(&PostParams::default(), &pod(name, None)).await.expect("create");
+        api.create(&PostParams::default(), &pod(name, None))
+            .await
+            .expect("create");
     }
-    let mut expired = api.watch(&WatchParams::default(), &rv(&first)).await.expect("watch").boxed();
+    let mut expired = api
+        .watch(&WatchParams::default(), &rv(&first))
+        .await
+        .expect("watch")
+        .boxed();
     match expired.try_next().await.expect("ok").expect("some") {
         WatchEvent::Error(status) => assert_eq!(status.code, 410),
         other => panic!("expected 410 Gone, got {other:?}"),
@@ -261,39 +409,98 @@ async fn deleting_an_owner_collects_its_dependents() {
     let client = server.client();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
     let pods: Api<Pod> = Api::namespaced(client, "shop");
-    let owner = deployments.create(&PostParams::default(), &deployment("web", 1)).await.expect("owner");
-    pods.create(&PostParams::default(), &pod("owned", Some(&owner))).await.expect("owned");
-    pods.create(&PostParams::default(), &pod("free", None)).await.expect("free");
+    let owner = deployments
+        .create(&PostParams::default(), &deployment("web", 1))
+        .await
+        .expect("owner");
+    pods.create(&PostParams::default(), &pod("owned", Some(&owner)))
+        .await
+        .expect("owned");
+    pods.create(&PostParams::default(), &pod("free", None))
+        .await
+        .expect("free");
 
-    deployments.delete("web", &DeleteParams::default()).await.expect("delete");
+    deployments
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
     // Pods are deleted gracefully: marked now, removed by the kubelet when stopped.
     let owned = pods.get("owned").await.expect("still terminating");
     assert!(owned.metadata.deletion_timestamp.is_some());
     assert_eq!(owned.metadata.deletion_grace_period_seconds, Some(30));
-    assert!(pods.get("free").await.expect("untouched").metadata.deletion_timestamp.is_none());
+    assert!(
+        pods.get("free")
+            .await
+            .expect("untouched")
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
 
-    let orphaner = deployments.create(&PostParams::default(), &deployment("api", 1)).await.expect("owner");
-    pods.create(&PostParams::default(), &pod("kept", Some(&orphaner))).await.expect("kept");
-    deployments.delete("api", &DeleteParams { propagation_policy: Some(kube::api::PropagationPolicy::Orphan), ..DeleteParams::default() }).await.expect("orphan");
+    let orphaner = deployments
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await
+        .expect("owner");
+    pods.create(&PostParams::default(), &pod("kept", Some(&orphaner)))
+        .await
+        .expect("kept");
+    deployments
+        .delete(
+            "api",
+            &DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .expect("orphan");
     let kept = pods.get("kept").await.expect("kept");
     assert!(kept.metadata.deletion_timestamp.is_none());
-    assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn faults_are_injected_and_the_request_log_records_them() {
     let server = server();
     let api: Api<Deployment> = Api::namespaced(server.client(), "shop");
-    for (code, reason) in [(409, "Conflict"), (429, "TooManyRequests"), (500, "InternalError")] {
-        server.inject(Fault { verb: Some("create"), kind: Some("Deployment"), code, times: 1 });
-        let error = api.create(&PostParams::default(), &deployment("web", 1)).await.expect_err("injected");
+    for (code, reason) in [
+        (409, "Conflict"),
+        (429, "TooManyRequests"),
+        (500, "InternalError"),
+    ] {
+        server.inject(Fault {
+            verb: Some("create"),
+            kind: Some("Deployment"),
+            code,
+            times: 1,
+        });
+        let error = api
+            .create(&PostParams::default(), &deployment("web", 1))
+            .await
+            .expect_err("injected");
         assert!(matches!(error, kube::Error::Api(s) if s.code == code && s.reason == reason));
     }
-    api.create(&PostParams::default(), &deployment("web", 1)).await.expect("after the faults");
-    let codes: Vec<(String, u16)> = server.requests().into_iter().map(|r| (format!("{} {}", r.verb, r.kind), r.code)).collect();
+    api.create(&PostParams::default(), &deployment("web", 1))
+        .await
+        .expect("after the faults");
+    let codes: Vec<(String, u16)> = server
+        .requests()
+        .into_iter()
+        .map(|r| (format!("{} {}", r.verb, r.kind), r.code))
+        .collect();
     assert_eq!(
         codes,
-        [("create Deployment".to_string(), 409), ("create Deployment".to_string(), 429), ("create Deployment".to_string(), 500), ("create Deployment".to_string(), 201)]
+        [
+            ("create Deployment".to_string(), 409),
+            ("create Deployment".to_string(), 429),
+            ("create Deployment".to_string(), 500),
+            ("create Deployment".to_string(), 201)
+        ]
     );
 }
 
@@ -306,36 +513,66 @@ async fn a_dropped_watch_is_resumed_by_the_kube_watcher_without_losing_events() 
         .map_ok(|p: Pod| p.metadata.name.unwrap_or_default())
         .boxed();
     let collector = tokio::spawn(names.take(3).try_collect::<Vec<_>>());
-    api.create(&PostParams::default(), &pod("a", None)).await.expect("a");
+    api.create(&PostParams::default(), &pod("a", None))
+        .await
+        .expect("a");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(server.drop_watches() >= 1);
-    api.create(&PostParams::default(), &pod("b", None)).await.expect("b");
+    api.create(&PostParams::default(), &pod("b", None))
+        .await
+        .expect("b");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    api.create(&PostParams::default(), &pod("c", None)).await.expect("c");
+    api.create(&PostParams::default(), &pod("c", None))
+        .await
+        .expect("c");
     let seen = tokio::time::timeout(Duration::from_secs(60), collector)
         .await
         .expect("in time")
         .expect("joined")
         .expect("no error");
-    assert!(seen.contains(&"b".to_string()) && seen.contains(&"c".to_string()), "{seen:?}");
+    assert!(
+        seen.contains(&"b".to_string()) && seen.contains(&"c".to_string()),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn pod_logs_serve_the_current_and_previous_run() {
     let server = server();
     let api: Api<Pod> = Api::namespaced(server.client(), "shop");
-    api.create(&PostParams::default(), &pod("a", None)).await.expect("a");
+    api.create(&PostParams::default(), &pod("a", None))
+        .await
+        .expect("a");
     server.append_log("shop", "a", "app", "[INFO] Booting worker with pid: 7");
     server.append_log("shop", "a", "app", "[ERROR] Worker failed to boot.");
-    let none = api.logs("a", &kube::api::LogParams { previous: true, ..Default::default() }).await.expect_err("no previous run");
+    let none = api
+        .logs(
+            "a",
+            &kube::api::LogParams {
+                previous: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("no previous run");
     assert!(matches!(none, kube::Error::Api(s) if s.code == 400));
     server.rotate_log("shop", "a", "app");
     server.append_log("shop", "a", "app", "[INFO] Starting gunicorn");
     let previous = api
-        .logs("a", &kube::api::LogParams { previous: true, tail_lines: Some(1), ..Default::default() })
+        .logs(
+            "a",
+            &kube::api::LogParams {
+                previous: true,
+                tail_lines: Some(1),
+                ..Default::default()
+            },
+        )
         .await
         .expect("previous");
     assert_eq!(previous, "[ERROR] Worker failed to boot.\n");
-    let current = api.logs("a", &kube::api::LogParams::default()).await.expect("current");
+    let current = api
+        .logs("a", &kube::api::LogParams::default())
+        .await
+        .expect("current");
     assert_eq!(current, "[INFO] Starting gunicorn\n");
 }

@@ -425,5 +425,4 @@ pub async fn control(
             }
         })
         .await;
-
 }

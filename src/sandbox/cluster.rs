@@ -38,7 +38,10 @@ fn key_of(object: &Value) -> Key {
 }
 
 fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn i64_at(object: &Value, pointer: &str) -> Option<i64> {
@@ -48,7 +51,9 @@ fn i64_at(object: &Value, pointer: &str) -> Option<i64> {
 /// Kubernetes memory quantity in MiB (`512Mi`, `1Gi`, `1G`, `1000000`).
 pub fn quantity_mib(text: &str) -> Option<f64> {
     let text = text.trim();
-    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let bytes = match unit {
@@ -82,7 +87,12 @@ fn pre_stop_seconds(container: &Value) -> f64 {
     let command = container
         .pointer("/lifecycle/preStop/exec/command")
         .and_then(Value::as_array)
-        .map(|c| c.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+        .map(|c| {
+            c.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default();
     command
         .split_whitespace()
@@ -133,12 +143,19 @@ fn probe_failure(probe: &Value, container: &Value, ip: &str, booting: bool) -> S
         };
         let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
         if booting {
-            format!("Get \"http://{ip}:{port}{path}\": dial tcp {ip}:{port}: connect: connection refused")
+            format!(
+                "Get \"http://{ip}:{port}{path}\": dial tcp {ip}:{port}: connect: connection refused"
+            )
         } else {
-            format!("Get \"http://{ip}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")
+            format!(
+                "Get \"http://{ip}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+            )
         }
     } else if let Some(tcp) = probe.get("tcpSocket") {
-        let port = tcp.get("port").map(|p| p.to_string().trim_matches('"').to_string()).unwrap_or_default();
+        let port = tcp
+            .get("port")
+            .map(|p| p.to_string().trim_matches('"').to_string())
+            .unwrap_or_default();
         format!("dial tcp {ip}:{port}: connect: connection refused")
     } else {
         "command timed out".into()
@@ -209,7 +226,8 @@ impl SimPod {
     }
 
     fn booting(&self) -> bool {
-        matches!(self.phase, Phase::Creating { .. }) || (self.phase == Phase::Running && !self.booted)
+        matches!(self.phase, Phase::Creating { .. })
+            || (self.phase == Phase::Running && !self.booted)
     }
 
     fn ready(&self) -> bool {
@@ -235,7 +253,9 @@ impl SimPod {
             }})
         };
         let state = match (self.phase, &self.current_exit) {
-            (Phase::Creating { .. }, _) if self.restarts == 0 => json!({"waiting": {"reason": "ContainerCreating"}}),
+            (Phase::Creating { .. }, _) if self.restarts == 0 => {
+                json!({"waiting": {"reason": "ContainerCreating"}})
+            }
             (Phase::Creating { .. }, _) => json!({"waiting": {"reason": "ContainerCreating"}}),
             (Phase::BackOff { seconds, .. }, _) => json!({"waiting": {
                 "reason": "CrashLoopBackOff",
@@ -245,7 +265,8 @@ impl SimPod {
             _ => json!({"running": {"startedAt": time(self.started_at)}}),
         };
         let ready = self.ready();
-        let started = self.phase == Phase::Running && (self.booted || self.startup_window.is_none());
+        let started =
+            self.phase == Phase::Running && (self.booted || self.startup_window.is_none());
         let mut app = json!({
             "name": self.app_name(),
             "image": str_at(&self.app, "/image"),
@@ -278,9 +299,7 @@ impl SimPod {
             (Phase::Creating { .. }, _) if self.restarts == 0 && self.last.is_none() => "Pending",
             _ => "Running",
         };
-        let condition = |kind: &str, status: bool, since: f64| {
-            json!({"type": kind, "status": if status { "True" } else { "False" }, "lastTransitionTime": time(since)})
-        };
+        let condition = |kind: &str, status: bool, since: f64| json!({"type": kind, "status": if status { "True" } else { "False" }, "lastTransitionTime": time(since)});
         let ready_at = self.ready_since.unwrap_or(self.created);
         json!({
             "phase": phase,
@@ -332,7 +351,11 @@ fn template_hash(template: &Value) -> String {
 fn resolve(value: Option<&Value>, desired: i64, default_percent: i64, round_up: bool) -> i64 {
     let percent = |p: i64| {
         let scaled = desired * p;
-        if round_up { (scaled + 99) / 100 } else { scaled / 100 }
+        if round_up {
+            (scaled + 99) / 100
+        } else {
+            scaled / 100
+        }
     };
     match value {
         Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
@@ -342,7 +365,12 @@ fn resolve(value: Option<&Value>, desired: i64, default_percent: i64, round_up: 
 }
 
 impl Cluster {
-    pub fn new(server: Arc<ApiServer>, scenario: Scenario, seed: u64, timeline_limit: usize) -> Self {
+    pub fn new(
+        server: Arc<ApiServer>,
+        scenario: Scenario,
+        seed: u64,
+        timeline_limit: usize,
+    ) -> Self {
         let changes = server.observe();
         Cluster {
             server,
@@ -378,19 +406,30 @@ impl Cluster {
 
     /// Ready, non-terminating pods of a Deployment that run its current template.
     pub fn ready_current(&self, namespace: &str, name: &str) -> Option<(usize, usize)> {
-        let deployment = self.deployments.get(&(namespace.to_string(), name.to_string()))?;
+        let deployment = self
+            .deployments
+            .get(&(namespace.to_string(), name.to_string()))?;
         let hash = template_hash(deployment.pointer("/spec/template").unwrap_or(&Value::Null));
         let uid = str_at(deployment, "/metadata/uid");
         let keys = self.owned.get(uid)?;
-        let pods: Vec<&SimPod> = keys.iter().filter_map(|k| self.pods.get(k)).filter(|p| !p.deleting).collect();
-        let ready = pods.iter().filter(|p| p.ready() && p.hash.as_deref() == Some(hash.as_str())).count();
+        let pods: Vec<&SimPod> = keys
+            .iter()
+            .filter_map(|k| self.pods.get(k))
+            .filter(|p| !p.deleting)
+            .collect();
+        let ready = pods
+            .iter()
+            .filter(|p| p.ready() && p.hash.as_deref() == Some(hash.as_str()))
+            .count();
         Some((ready, pods.len()))
     }
 
     /// One simulated second: take in the API's changes, run the controllers and the kubelet.
     pub fn tick(&mut self, now: f64) {
         self.take_changes(now);
-        let dirty: Vec<Key> = std::mem::take(&mut self.dirty_deployments).into_iter().collect();
+        let dirty: Vec<Key> = std::mem::take(&mut self.dirty_deployments)
+            .into_iter()
+            .collect();
         for key in dirty {
             self.reconcile_deployment(&key, now);
         }
@@ -405,32 +444,52 @@ impl Cluster {
 
     fn take_changes(&mut self, tick: f64) {
         while let Ok(change) = self.changes.try_recv() {
-            let now = change.at.duration_since(super::EPOCH).as_secs_f64().clamp(0.0, tick);
+            let now = change
+                .at
+                .duration_since(super::EPOCH)
+                .as_secs_f64()
+                .clamp(0.0, tick);
             match (change.resource.plural, change.resource.group) {
                 ("pods", "") => self.pod_changed(&change, now),
                 ("deployments", _) => {
                     if let Some(new) = &change.new {
                         self.deployment_timeline(change.old.as_deref(), new, now);
                         let key = key_of(new);
-                        self.deployment_keys.insert(str_at(new, "/metadata/uid").to_string(), key.clone());
+                        self.deployment_keys
+                            .insert(str_at(new, "/metadata/uid").to_string(), key.clone());
                         self.deployments.insert(key.clone(), new.clone());
                         self.dirty_deployments.insert(key);
                     } else if let Some(old) = &change.old {
                         self.deployments.remove(&key_of(old));
                         self.deployment_keys.remove(str_at(old, "/metadata/uid"));
-                        self.timeline.push(now, "deployment", str_at(old, "/metadata/name"), "deleted");
+                        self.timeline.push(
+                            now,
+                            "deployment",
+                            str_at(old, "/metadata/name"),
+                            "deleted",
+                        );
                     }
                 }
                 ("jobs", _) => match (&change.old, &change.new) {
                     (_, Some(new)) => {
                         if change.old.is_none() {
-                            self.timeline.push(now, "job", str_at(new, "/metadata/name"), "created");
+                            self.timeline.push(
+                                now,
+                                "job",
+                                str_at(new, "/metadata/name"),
+                                "created",
+                            );
                         }
                         self.jobs.insert(key_of(new), new.clone());
                     }
                     (Some(old), None) => {
                         self.jobs.remove(&key_of(old));
-                        self.timeline.push(now, "job", str_at(old, "/metadata/name"), "deleted (TTL after finishing)");
+                        self.timeline.push(
+                            now,
+                            "job",
+                            str_at(old, "/metadata/name"),
+                            "deleted (TTL after finishing)",
+                        );
                     }
                     _ => {}
                 },
@@ -446,9 +505,13 @@ impl Cluster {
             (None, Some(new)) => {
                 let pod = self.admit(new, now);
                 if let Some(owner) = &pod.owner {
-                    self.owned.entry(owner.clone()).or_default().insert((pod.namespace.clone(), pod.name.clone()));
+                    self.owned
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert((pod.namespace.clone(), pod.name.clone()));
                 }
-                self.pods.insert((pod.namespace.clone(), pod.name.clone()), pod);
+                self.pods
+                    .insert((pod.namespace.clone(), pod.name.clone()), pod);
             }
             (Some(_), Some(new)) => {
                 let marked = new.pointer("/metadata/deletionTimestamp").is_some();
@@ -459,7 +522,8 @@ impl Cluster {
                 {
                     pod.deleting = true;
                     pod.dirty = true;
-                    pod.grace = i64_at(new, "/metadata/deletionGracePeriodSeconds").unwrap_or(pod.grace as i64) as f64;
+                    pod.grace = i64_at(new, "/metadata/deletionGracePeriodSeconds")
+                        .unwrap_or(pod.grace as i64) as f64;
                     let owner = pod.owner.clone();
                     Self::begin_stop(pod, &self.server, &mut self.timeline, &mut self.events, now);
                     if let Some(owner) = owner {
@@ -490,8 +554,19 @@ impl Cluster {
 
     /// A new pod as the kubelet sees it: what the scenario needs from its spec.
     fn admit(&mut self, pod: &Value, now: f64) -> SimPod {
-        let containers = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-        let runtime = str_at(pod, &format!("/metadata/annotations/{}", RUNTIME_ANNOTATION.replace('/', "~1"))).to_string();
+        let containers = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let runtime = str_at(
+            pod,
+            &format!(
+                "/metadata/annotations/{}",
+                RUNTIME_ANNOTATION.replace('/', "~1")
+            ),
+        )
+        .to_string();
         // The app container is the one with probes, else the first.
         let app = containers
             .iter()
@@ -502,12 +577,20 @@ impl Cluster {
         let others = containers
             .iter()
             .filter(|c| str_at(c, "/name") != str_at(&app, "/name"))
-            .map(|c| (str_at(c, "/name").to_string(), str_at(c, "/image").to_string()))
+            .map(|c| {
+                (
+                    str_at(c, "/name").to_string(),
+                    str_at(c, "/image").to_string(),
+                )
+            })
             .collect();
         let owner = pod
             .pointer("/metadata/ownerReferences")
             .and_then(Value::as_array)
-            .and_then(|refs| refs.iter().find(|r| r.get("controller") == Some(&json!(true))))
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r.get("controller") == Some(&json!(true)))
+            })
             .map(|r| str_at(r, "/uid").to_string());
         self.ips += 1;
         let job = str_at(pod, "/spec/restartPolicy") == "Never";
@@ -516,14 +599,20 @@ impl Cluster {
             name: str_at(pod, "/metadata/name").into(),
             uid: str_at(pod, "/metadata/uid").into(),
             owner,
-            hash: pod.pointer("/metadata/labels/pod-template-hash").and_then(Value::as_str).map(str::to_string),
+            hash: pod
+                .pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             job,
             gunicorn: runtime == "gunicorn",
             startup_window: app.get("startupProbe").map(probe_window),
             liveness_window: app.get("livenessProbe").map(probe_window),
             grace: i64_at(pod, "/spec/terminationGracePeriodSeconds").unwrap_or(30) as f64,
             pre_stop: pre_stop_seconds(&app),
-            memory_limit: app.pointer("/resources/limits/memory").and_then(Value::as_str).and_then(quantity_mib),
+            memory_limit: app
+                .pointer("/resources/limits/memory")
+                .and_then(Value::as_str)
+                .and_then(quantity_mib),
             worker_timeout: gunicorn_timeout(&app),
             app,
             others,
@@ -547,7 +636,15 @@ impl Cluster {
         }
     }
 
-    fn event(server: &ApiServer, seq: &mut u64, pod: &SimPod, reason: &str, message: &str, warning: bool, count: i64) {
+    fn event(
+        server: &ApiServer,
+        seq: &mut u64,
+        pod: &SimPod,
+        reason: &str,
+        message: &str,
+        warning: bool,
+        count: i64,
+    ) {
         *seq += 1;
         let now = (super::EPOCH).to_string();
         let _ = now;
@@ -577,12 +674,34 @@ impl Cluster {
     }
 
     /// The pod is being deleted: preStop, then SIGTERM, then SIGKILL at the end of the grace period.
-    fn begin_stop(pod: &mut SimPod, server: &ApiServer, timeline: &mut Timeline, seq: &mut u64, now: f64) {
+    fn begin_stop(
+        pod: &mut SimPod,
+        server: &ApiServer,
+        timeline: &mut Timeline,
+        seq: &mut u64,
+        now: f64,
+    ) {
         match pod.phase {
             Phase::Running => {
                 let app = pod.app_name().to_string();
-                Self::event(server, seq, pod, "Killing", &format!("Stopping container {app}"), false, 1);
-                timeline.push(now, "pod", pod.name.clone(), format!("terminating: preStop {}s, then SIGTERM; SIGKILL at {}s", pod.pre_stop, pod.grace));
+                Self::event(
+                    server,
+                    seq,
+                    pod,
+                    "Killing",
+                    &format!("Stopping container {app}"),
+                    false,
+                    1,
+                );
+                timeline.push(
+                    now,
+                    "pod",
+                    pod.name.clone(),
+                    format!(
+                        "terminating: preStop {}s, then SIGTERM; SIGKILL at {}s",
+                        pod.pre_stop, pod.grace
+                    ),
+                );
                 pod.phase = Phase::Stopping {
                     sigterm_at: now + pod.pre_stop,
                     kill_at: now + pod.grace,
@@ -592,7 +711,12 @@ impl Cluster {
             Phase::Creating { .. } | Phase::BackOff { .. } => {
                 pod.current_exit = pod.last.clone();
                 pod.phase = Phase::Exited;
-                timeline.push(now, "pod", pod.name.clone(), "terminating: no container running");
+                timeline.push(
+                    now,
+                    "pod",
+                    pod.name.clone(),
+                    "terminating: no container running",
+                );
             }
         }
         pod.dirty = true;
@@ -604,21 +728,52 @@ impl Cluster {
         };
         let (namespace, name) = key;
         let uid = str_at(&deployment, "/metadata/uid").to_string();
-        let template = deployment.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+        let template = deployment
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or(Value::Null);
         let desired = i64_at(&deployment, "/spec/replicas").unwrap_or(1).max(0);
         let paused = deployment.pointer("/spec/paused") == Some(&json!(true));
         let mut current_hash = template_hash(&template);
-        let keys: Vec<Key> = self.owned.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        let active: Vec<&SimPod> = keys.iter().filter_map(|k| self.pods.get(k)).filter(|p| !p.deleting).collect();
-        if paused && !active.iter().any(|p| p.hash.as_deref() == Some(current_hash.as_str())) {
+        let keys: Vec<Key> = self
+            .owned
+            .get(&uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let active: Vec<&SimPod> = keys
+            .iter()
+            .filter_map(|k| self.pods.get(k))
+            .filter(|p| !p.deleting)
+            .collect();
+        if paused
+            && !active
+                .iter()
+                .any(|p| p.hash.as_deref() == Some(current_hash.as_str()))
+        {
             // A paused Deployment does not start a rollout; it only scales what runs.
-            if let Some(newest) = active.iter().max_by(|a, b| a.created.total_cmp(&b.created)).and_then(|p| p.hash.clone()) {
+            if let Some(newest) = active
+                .iter()
+                .max_by(|a, b| a.created.total_cmp(&b.created))
+                .and_then(|p| p.hash.clone())
+            {
                 current_hash = newest;
             }
         }
-        let (new, old): (Vec<&SimPod>, Vec<&SimPod>) = active.iter().partition(|p| p.hash.as_deref() == Some(current_hash.as_str()));
-        let surge = resolve(deployment.pointer("/spec/strategy/rollingUpdate/maxSurge"), desired, 25, true);
-        let mut unavailable = resolve(deployment.pointer("/spec/strategy/rollingUpdate/maxUnavailable"), desired, 25, false);
+        let (new, old): (Vec<&SimPod>, Vec<&SimPod>) = active
+            .iter()
+            .partition(|p| p.hash.as_deref() == Some(current_hash.as_str()));
+        let surge = resolve(
+            deployment.pointer("/spec/strategy/rollingUpdate/maxSurge"),
+            desired,
+            25,
+            true,
+        );
+        let mut unavailable = resolve(
+            deployment.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+            desired,
+            25,
+            false,
+        );
         if surge == 0 && unavailable == 0 {
             unavailable = 1;
         }
@@ -633,21 +788,39 @@ impl Cluster {
         // Prefer removing pods that are not ready, then the newest, as the ReplicaSet controller does.
         let by_preference = |pods: &[&SimPod]| {
             let mut sorted: Vec<&SimPod> = pods.to_vec();
-            sorted.sort_by(|a, b| a.ready().cmp(&b.ready()).then(b.created.total_cmp(&a.created)));
-            sorted.into_iter().map(|p| (p.namespace.clone(), p.name.clone())).collect::<Vec<_>>()
+            sorted.sort_by(|a, b| {
+                a.ready()
+                    .cmp(&b.ready())
+                    .then(b.created.total_cmp(&a.created))
+            });
+            sorted
+                .into_iter()
+                .map(|p| (p.namespace.clone(), p.name.clone()))
+                .collect::<Vec<_>>()
         };
         if target_new > new_count {
             create = target_new - new_count;
         } else if target_new < new_count {
-            delete.extend(by_preference(&new).into_iter().take((new_count - target_new) as usize));
+            delete.extend(
+                by_preference(&new)
+                    .into_iter()
+                    .take((new_count - target_new) as usize),
+            );
         }
         if !old.is_empty() {
             let min_available = desired - unavailable;
             let ready_total = active.iter().filter(|p| p.ready()).count() as i64;
             let new_unready = new.iter().filter(|p| !p.ready()).count() as i64;
             let old_unready = old.iter().filter(|p| !p.ready()).count() as i64;
-            let removable = (new_count + old_count - min_available - new_unready).max(0).min(old_count);
-            let removable = removable.max(old_unready.min(old_count)).max((ready_total - min_available).max(0).min(old_count).min(removable));
+            let removable = (new_count + old_count - min_available - new_unready)
+                .max(0)
+                .min(old_count);
+            let removable = removable.max(old_unready.min(old_count)).max(
+                (ready_total - min_available)
+                    .max(0)
+                    .min(old_count)
+                    .min(removable),
+            );
             delete.extend(by_preference(&old).into_iter().take(removable as usize));
         }
         let ready = active.iter().filter(|p| p.ready()).count() as i64;
@@ -666,17 +839,26 @@ impl Cluster {
             }]);
             let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
             spec["nodeName"] = json!(NODE);
-            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec});
+            let pod =
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec});
             for _ in 0..create {
-                let _ = self.server.create(PODS, namespace, pod.clone(), Some(SYSTEM));
+                let _ = self
+                    .server
+                    .create(PODS, namespace, pod.clone(), Some(SYSTEM));
             }
         }
         let generation = i64_at(&deployment, "/metadata/generation").unwrap_or(1);
         let available = ready;
         let progressing = if updated == desired && old.is_empty() && ready == desired {
-            ("NewReplicaSetAvailable", format!("Deployment \"{name}\" has successfully progressed."))
+            (
+                "NewReplicaSetAvailable",
+                format!("Deployment \"{name}\" has successfully progressed."),
+            )
         } else {
-            ("ReplicaSetUpdated", format!("Deployment \"{name}\" is progressing."))
+            (
+                "ReplicaSetUpdated",
+                format!("Deployment \"{name}\" is progressing."),
+            )
         };
         let status = json!({"status": {
             "observedGeneration": generation,
@@ -691,7 +873,14 @@ impl Cluster {
                 {"type": "Progressing", "status": "True", "reason": progressing.0, "message": progressing.1},
             ],
         }});
-        let _ = self.server.write(DEPLOYMENTS, namespace, name, Target::Status, Write::Merge(status), Some(SYSTEM));
+        let _ = self.server.write(
+            DEPLOYMENTS,
+            namespace,
+            name,
+            Target::Status,
+            Write::Merge(status),
+            Some(SYSTEM),
+        );
         let _ = now;
     }
 
@@ -704,27 +893,65 @@ impl Cluster {
         let finished = job
             .pointer("/status/conditions")
             .and_then(Value::as_array)
-            .and_then(|c| c.iter().find(|c| matches!(str_at(c, "/type"), "Complete" | "Failed") && str_at(c, "/status") == "True"))
-            .map(|c| str_at(c, "/lastTransitionTime").parse::<jiff::Timestamp>().ok());
+            .and_then(|c| {
+                c.iter().find(|c| {
+                    matches!(str_at(c, "/type"), "Complete" | "Failed")
+                        && str_at(c, "/status") == "True"
+                })
+            })
+            .map(|c| {
+                str_at(c, "/lastTransitionTime")
+                    .parse::<jiff::Timestamp>()
+                    .ok()
+            });
         if let Some(finished_at) = finished {
-            if let (Some(ttl), Some(at)) = (i64_at(&job, "/spec/ttlSecondsAfterFinished"), finished_at) {
+            if let (Some(ttl), Some(at)) =
+                (i64_at(&job, "/spec/ttlSecondsAfterFinished"), finished_at)
+            {
                 let elapsed = at.duration_since(super::EPOCH).as_secs_f64();
                 if now >= elapsed + ttl as f64 {
-                    let _ = self.server.delete(JOBS, namespace, name, None, Some("Background"));
+                    let _ = self
+                        .server
+                        .delete(JOBS, namespace, name, None, Some("Background"));
                 }
             }
             return;
         }
-        let keys: Vec<Key> = self.owned.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let keys: Vec<Key> = self
+            .owned
+            .get(&uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         let pods: Vec<&SimPod> = keys.iter().filter_map(|k| self.pods.get(k)).collect();
-        let succeeded = pods.iter().filter(|p| p.phase == Phase::Exited && p.current_exit.as_ref().is_some_and(|e| e.code == 0)).count() as i64;
-        let failed = pods.iter().filter(|p| p.phase == Phase::Exited && p.current_exit.as_ref().is_some_and(|e| e.code != 0)).count() as i64;
-        let active = pods.iter().filter(|p| p.phase != Phase::Exited && !p.deleting).count() as i64;
-        let started = job.pointer("/status/startTime").and_then(Value::as_str).and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let start_seconds = started.map(|t| t.duration_since(super::EPOCH).as_secs_f64()).unwrap_or(now);
+        let succeeded = pods
+            .iter()
+            .filter(|p| {
+                p.phase == Phase::Exited && p.current_exit.as_ref().is_some_and(|e| e.code == 0)
+            })
+            .count() as i64;
+        let failed = pods
+            .iter()
+            .filter(|p| {
+                p.phase == Phase::Exited && p.current_exit.as_ref().is_some_and(|e| e.code != 0)
+            })
+            .count() as i64;
+        let active = pods
+            .iter()
+            .filter(|p| p.phase != Phase::Exited && !p.deleting)
+            .count() as i64;
+        let started = job
+            .pointer("/status/startTime")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let start_seconds = started
+            .map(|t| t.duration_since(super::EPOCH).as_secs_f64())
+            .unwrap_or(now);
         let backoff_limit = i64_at(&job, "/spec/backoffLimit").unwrap_or(6);
         let deadline = i64_at(&job, "/spec/activeDeadlineSeconds");
-        let time = super::EPOCH.checked_add(jiff::SignedDuration::from_secs(now as i64)).unwrap_or(super::EPOCH).to_string();
+        let time = super::EPOCH
+            .checked_add(jiff::SignedDuration::from_secs(now as i64))
+            .unwrap_or(super::EPOCH)
+            .to_string();
         let finish = |kind: &str, reason: &str, message: &str| {
             json!({"status": {
                 "startTime": super::EPOCH.checked_add(jiff::SignedDuration::from_secs(start_seconds as i64)).unwrap_or(super::EPOCH).to_string(),
@@ -738,19 +965,40 @@ impl Cluster {
         };
         let status = if succeeded > 0 {
             self.timeline.push(now, "job", name.clone(), "complete");
-            finish("Complete", "CompletionsReached", "Reached expected number of succeeded pods")
+            finish(
+                "Complete",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            )
         } else if failed > backoff_limit {
-            self.timeline.push(now, "job", name.clone(), format!("failed: {failed} pods failed, backoffLimit {backoff_limit}"));
-            finish("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            self.timeline.push(
+                now,
+                "job",
+                name.clone(),
+                format!("failed: {failed} pods failed, backoffLimit {backoff_limit}"),
+            );
+            finish(
+                "Failed",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            )
         } else if deadline.is_some_and(|d| now - start_seconds >= d as f64) {
             for key in &keys {
                 let _ = self.server.delete(PODS, &key.0, &key.1, None, None);
             }
-            self.timeline.push(now, "job", name.clone(), "failed: active deadline exceeded");
-            finish("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+            self.timeline
+                .push(now, "job", name.clone(), "failed: active deadline exceeded");
+            finish(
+                "Failed",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            )
         } else {
             if active == 0 {
-                let template = job.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+                let template = job
+                    .pointer("/spec/template")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let mut metadata = template.get("metadata").cloned().unwrap_or(json!({}));
                 metadata["generateName"] = json!(format!("{name}-"));
                 metadata["labels"]["job-name"] = json!(name);
@@ -759,20 +1007,36 @@ impl Cluster {
                 metadata["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
                 let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
                 spec["nodeName"] = json!(NODE);
-                let _ = self.server.create(PODS, namespace, json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}), Some(SYSTEM));
+                let _ = self.server.create(
+                    PODS,
+                    namespace,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}),
+                    Some(SYSTEM),
+                );
             }
             json!({"status": {
                 "startTime": super::EPOCH.checked_add(jiff::SignedDuration::from_secs(start_seconds as i64)).unwrap_or(super::EPOCH).to_string(),
                 "active": active.max(1), "succeeded": succeeded, "failed": failed,
             }})
         };
-        let _ = self.server.write(JOBS, namespace, name, Target::Status, Write::Merge(status), Some(SYSTEM));
+        let _ = self.server.write(
+            JOBS,
+            namespace,
+            name,
+            Target::Status,
+            Write::Merge(status),
+            Some(SYSTEM),
+        );
     }
 
     fn run_kubelet(&mut self, now: f64) {
         // Boots slow each other down within a Deployment (shared database, CPU, cache warm-up).
         let mut booting: HashMap<Option<String>, usize> = HashMap::new();
-        for pod in self.pods.values().filter(|p| p.phase == Phase::Running && !p.booted && !p.job) {
+        for pod in self
+            .pods
+            .values()
+            .filter(|p| p.phase == Phase::Running && !p.booted && !p.job)
+        {
             *booting.entry(pod.owner.clone()).or_default() += 1;
         }
         let keys: Vec<Key> = self.pods.keys().cloned().collect();
@@ -780,7 +1044,11 @@ impl Cluster {
             let Some(mut pod) = self.pods.remove(&key) else {
                 continue;
             };
-            let others = booting.get(&pod.owner).copied().unwrap_or(1).saturating_sub(1);
+            let others = booting
+                .get(&pod.owner)
+                .copied()
+                .unwrap_or(1)
+                .saturating_sub(1);
             self.step(&mut pod, now, others);
             if pod.dirty {
                 pod.dirty = false;
@@ -788,10 +1056,19 @@ impl Cluster {
                 if let Some(owner) = &pod.owner {
                     self.dirty_owner(owner);
                 }
-                let _ = self.server.write(PODS, &pod.namespace, &pod.name, Target::Status, Write::Merge(json!({"status": pod.status()})), Some("kubelet"));
+                let _ = self.server.write(
+                    PODS,
+                    &pod.namespace,
+                    &pod.name,
+                    Target::Status,
+                    Write::Merge(json!({"status": pod.status()})),
+                    Some("kubelet"),
+                );
             }
             if pod.removal_due.is_some_and(|due| now >= due) {
-                let _ = self.server.delete(PODS, &pod.namespace, &pod.name, Some(0), None);
+                let _ = self
+                    .server
+                    .delete(PODS, &pod.namespace, &pod.name, Some(0), None);
             }
             self.pods.insert(key, pod);
         }
@@ -804,22 +1081,47 @@ impl Cluster {
         pod.booted = false;
         pod.progress = 0.0;
         pod.ready_since = None;
-        let base = if pod.job { self.scenario.init.seconds } else { self.scenario.boot_seconds };
+        let base = if pod.job {
+            self.scenario.init.seconds
+        } else {
+            self.scenario.boot_seconds
+        };
         let jitter = self.scenario.boot_jitter;
-        let factor = if jitter > 0.0 { self.rng.random_range(1.0 - jitter..1.0 + jitter) } else { 1.0 };
+        let factor = if jitter > 0.0 {
+            self.rng.random_range(1.0 - jitter..1.0 + jitter)
+        } else {
+            1.0
+        };
         pod.boot_need = base * factor;
         pod.pid += 1;
         if pod.job {
             Self::log(&self.server, pod, "Running migrations:");
         } else if pod.gunicorn {
             Self::log(&self.server, pod, "[INFO] Starting gunicorn 23.0.0");
-            Self::log(&self.server, pod, "[INFO] Listening at: http://0.0.0.0:8000 (1)");
-            Self::log(&self.server, pod, &format!("[INFO] Booting worker with pid: {}", pod.pid));
+            Self::log(
+                &self.server,
+                pod,
+                "[INFO] Listening at: http://0.0.0.0:8000 (1)",
+            );
+            Self::log(
+                &self.server,
+                pod,
+                &format!("[INFO] Booting worker with pid: {}", pod.pid),
+            );
         } else {
-            Self::log(&self.server, pod, "INFO:     Waiting for application startup.");
+            Self::log(
+                &self.server,
+                pod,
+                "INFO:     Waiting for application startup.",
+            );
         }
-        let what = if pod.restarts == 0 { "started".to_string() } else { format!("restarted (restart {})", pod.restarts) };
-        self.timeline.push(now, "pod", pod.name.clone(), format!("{what}; booting"));
+        let what = if pod.restarts == 0 {
+            "started".to_string()
+        } else {
+            format!("restarted (restart {})", pod.restarts)
+        };
+        self.timeline
+            .push(now, "pod", pod.name.clone(), format!("{what}; booting"));
         pod.dirty = true;
     }
 
@@ -834,7 +1136,15 @@ impl Cluster {
         pod.booted = false;
         pod.ready_since = None;
         pod.dirty = true;
-        self.timeline.push(now, "pod", pod.name.clone(), format!("{} exited with code {code} ({reason}): {why}", pod.app_name()));
+        self.timeline.push(
+            now,
+            "pod",
+            pod.name.clone(),
+            format!(
+                "{} exited with code {code} ({reason}): {why}",
+                pod.app_name()
+            ),
+        );
         if pod.job || pod.deleting {
             pod.current_exit = Some(termination);
             pod.phase = Phase::Exited;
@@ -846,33 +1156,99 @@ impl Cluster {
         }
         pod.last = Some(termination);
         pod.restarts += 1;
-        self.server.rotate_log(&pod.namespace, &pod.name, pod.app_name());
-        let delay = if pod.restarts <= 1 { 0.0 } else { (10.0 * 2f64.powi(pod.restarts - 2)).min(300.0) };
+        self.server
+            .rotate_log(&pod.namespace, &pod.name, pod.app_name());
+        let delay = if pod.restarts <= 1 {
+            0.0
+        } else {
+            (10.0 * 2f64.powi(pod.restarts - 2)).min(300.0)
+        };
         if delay == 0.0 {
             pod.phase = Phase::Creating { until: now + 1.0 };
         } else {
-            pod.phase = Phase::BackOff { until: now + delay, seconds: delay };
-            let message = format!("Back-off restarting failed container {} in pod {}_{}({})", pod.app_name(), pod.name, pod.namespace, pod.uid);
-            Self::event(&self.server, &mut self.events, pod, "BackOff", &message, true, 1);
-            self.timeline.push(now, "pod", pod.name.clone(), format!("CrashLoopBackOff: next restart in {delay}s"));
+            pod.phase = Phase::BackOff {
+                until: now + delay,
+                seconds: delay,
+            };
+            let message = format!(
+                "Back-off restarting failed container {} in pod {}_{}({})",
+                pod.app_name(),
+                pod.name,
+                pod.namespace,
+                pod.uid
+            );
+            Self::event(
+                &self.server,
+                &mut self.events,
+                pod,
+                "BackOff",
+                &message,
+                true,
+                1,
+            );
+            self.timeline.push(
+                now,
+                "pod",
+                pod.name.clone(),
+                format!("CrashLoopBackOff: next restart in {delay}s"),
+            );
         }
     }
 
     fn kill_by_probe(&mut self, pod: &mut SimPod, now: f64, probe: &str, window: f64) {
-        let spec = pod.app.get(&format!("{probe}Probe")).cloned().unwrap_or(Value::Null);
+        let spec = pod
+            .app
+            .get(format!("{probe}Probe"))
+            .cloned()
+            .unwrap_or(Value::Null);
         let failures = i64_at(&spec, "/failureThreshold").unwrap_or(3);
-        let capitalized = if probe == "startup" { "Startup" } else { "Liveness" };
-        let message = format!("{capitalized} probe failed: {}", probe_failure(&spec, &pod.app, &pod.ip, probe == "startup"));
-        Self::event(&self.server, &mut self.events, pod, "Unhealthy", &message, true, failures);
+        let capitalized = if probe == "startup" {
+            "Startup"
+        } else {
+            "Liveness"
+        };
+        let message = format!(
+            "{capitalized} probe failed: {}",
+            probe_failure(&spec, &pod.app, &pod.ip, probe == "startup")
+        );
+        Self::event(
+            &self.server,
+            &mut self.events,
+            pod,
+            "Unhealthy",
+            &message,
+            true,
+            failures,
+        );
         let app = pod.app_name().to_string();
-        Self::event(&self.server, &mut self.events, pod, "Killing", &format!("Container {app} failed {probe} probe, will be restarted"), false, 1);
-        let (code, reason) = if self.scenario.ignore_sigterm { (137, "Error") } else { (0, "Completed") };
-        self.exit(pod, now, code, reason, &format!("killed by the kubelet: {probe} probe failed {failures} times in {window}s"));
+        Self::event(
+            &self.server,
+            &mut self.events,
+            pod,
+            "Killing",
+            &format!("Container {app} failed {probe} probe, will be restarted"),
+            false,
+            1,
+        );
+        let (code, reason) = if self.scenario.ignore_sigterm {
+            (137, "Error")
+        } else {
+            (0, "Completed")
+        };
+        self.exit(
+            pod,
+            now,
+            code,
+            reason,
+            &format!("killed by the kubelet: {probe} probe failed {failures} times in {window}s"),
+        );
     }
 
     fn step(&mut self, pod: &mut SimPod, now: f64, others_booting: usize) {
         match pod.phase {
-            Phase::Creating { until } | Phase::BackOff { until, .. } if now >= until && !pod.deleting => {
+            Phase::Creating { until } | Phase::BackOff { until, .. }
+                if now >= until && !pod.deleting =>
+            {
                 self.start_container(pod, now);
             }
             Phase::Running if !pod.booted => {
@@ -880,15 +1256,35 @@ impl Cluster {
                 let since_start = now - pod.started_at;
                 if pod.progress >= pod.boot_need {
                     self.booted(pod, now);
-                } else if let Some(window) = pod.startup_window.filter(|w| since_start >= *w && !pod.job) {
+                } else if let Some(window) =
+                    pod.startup_window.filter(|w| since_start >= *w && !pod.job)
+                {
                     self.kill_by_probe(pod, now, "startup", window);
-                } else if let Some(timeout) = pod.worker_timeout.filter(|t| pod.gunicorn && now - pod.worker_started_at >= *t) {
+                } else if let Some(timeout) = pod
+                    .worker_timeout
+                    .filter(|t| pod.gunicorn && now - pod.worker_started_at >= *t)
+                {
                     // gunicorn's master counts a worker's app import against --timeout.
-                    Self::log(&self.server, pod, &format!("[CRITICAL] WORKER TIMEOUT (pid:{})", pod.pid));
-                    Self::log(&self.server, pod, &format!("[ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?", pod.pid));
+                    Self::log(
+                        &self.server,
+                        pod,
+                        &format!("[CRITICAL] WORKER TIMEOUT (pid:{})", pod.pid),
+                    );
+                    Self::log(
+                        &self.server,
+                        pod,
+                        &format!(
+                            "[ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?",
+                            pod.pid
+                        ),
+                    );
                     self.timeline.push(now, "pod", pod.name.clone(), format!("gunicorn killed its booting worker after --timeout {timeout}s; booting a new one"));
                     pod.pid += 1;
-                    Self::log(&self.server, pod, &format!("[INFO] Booting worker with pid: {}", pod.pid));
+                    Self::log(
+                        &self.server,
+                        pod,
+                        &format!("[INFO] Booting worker with pid: {}", pod.pid),
+                    );
                     pod.worker_started_at = now;
                     pod.progress = 0.0;
                 }
@@ -899,22 +1295,54 @@ impl Cluster {
                     pod.memory = memory.start_mib + memory.growth_mib_per_minute * serving / 60.0;
                     let limit = pod.memory_limit.unwrap_or(4096.0);
                     if pod.memory > limit {
-                        self.exit(pod, now, 137, "OOMKilled", &format!("memory {:.0} MiB passed the {limit:.0} MiB limit", pod.memory));
+                        self.exit(
+                            pod,
+                            now,
+                            137,
+                            "OOMKilled",
+                            &format!(
+                                "memory {:.0} MiB passed the {limit:.0} MiB limit",
+                                pod.memory
+                            ),
+                        );
                         return;
                     }
                 }
-                if let (Some(after), Some(window)) = (self.scenario.liveness_fails_after_seconds, pod.liveness_window)
-                    && serving >= after + window
+                if let (Some(after), Some(window)) = (
+                    self.scenario.liveness_fails_after_seconds,
+                    pod.liveness_window,
+                ) && serving >= after + window
                 {
                     self.kill_by_probe(pod, now, "liveness", window);
                 }
             }
-            Phase::Stopping { sigterm_at, kill_at } => {
+            Phase::Stopping {
+                sigterm_at,
+                kill_at,
+            } => {
                 let exit_at = sigterm_at + self.scenario.shutdown_seconds;
-                if !self.scenario.ignore_sigterm && now >= exit_at.min(kill_at) && exit_at <= kill_at {
-                    self.exit(pod, now, 0, "Completed", "shut down gracefully after SIGTERM");
+                if !self.scenario.ignore_sigterm
+                    && now >= exit_at.min(kill_at)
+                    && exit_at <= kill_at
+                {
+                    self.exit(
+                        pod,
+                        now,
+                        0,
+                        "Completed",
+                        "shut down gracefully after SIGTERM",
+                    );
                 } else if now >= kill_at {
-                    self.exit(pod, now, 137, "Error", &format!("SIGKILL: still running when the {}s grace period ended", pod.grace));
+                    self.exit(
+                        pod,
+                        now,
+                        137,
+                        "Error",
+                        &format!(
+                            "SIGKILL: still running when the {}s grace period ended",
+                            pod.grace
+                        ),
+                    );
                 }
             }
             Phase::Exited if pod.deleting && pod.removal_due.is_none() => {
@@ -928,46 +1356,114 @@ impl Cluster {
         let took = now - pod.started_at;
         if pod.job {
             let code = self.scenario.init.exit_code;
-            Self::log(&self.server, pod, if code == 0 { "  Applying migrations... OK" } else { "django.db.utils.OperationalError: could not connect to server" });
+            Self::log(
+                &self.server,
+                pod,
+                if code == 0 {
+                    "  Applying migrations... OK"
+                } else {
+                    "django.db.utils.OperationalError: could not connect to server"
+                },
+            );
             let reason = if code == 0 { "Completed" } else { "Error" };
-            self.exit(pod, now, code, reason, &format!("init finished after {took:.0}s"));
+            self.exit(
+                pod,
+                now,
+                code,
+                reason,
+                &format!("init finished after {took:.0}s"),
+            );
             return;
         }
         if let Some(code) = self.scenario.boot_exit_code {
             if pod.gunicorn {
                 Self::log(&self.server, pod, "[ERROR] Exception in worker process");
-                Self::log(&self.server, pod, "ModuleNotFoundError: No module named 'shop.settings_prod'");
-                Self::log(&self.server, pod, &format!("[INFO] Worker exiting (pid: {})", pod.pid));
+                Self::log(
+                    &self.server,
+                    pod,
+                    "ModuleNotFoundError: No module named 'shop.settings_prod'",
+                );
+                Self::log(
+                    &self.server,
+                    pod,
+                    &format!("[INFO] Worker exiting (pid: {})", pod.pid),
+                );
                 Self::log(&self.server, pod, "[INFO] Shutting down: Master");
                 Self::log(&self.server, pod, "[INFO] Reason: Worker failed to boot.");
             } else {
-                Self::log(&self.server, pod, "ERROR:    Application startup failed. Exiting.");
+                Self::log(
+                    &self.server,
+                    pod,
+                    "ERROR:    Application startup failed. Exiting.",
+                );
             }
-            self.exit(pod, now, code, "Error", &format!("boot failed after {took:.0}s"));
+            self.exit(
+                pod,
+                now,
+                code,
+                "Error",
+                &format!("boot failed after {took:.0}s"),
+            );
             return;
         }
         pod.booted = true;
         pod.ready_since = Some(now);
         pod.dirty = true;
-        self.timeline.push(now, "pod", pod.name.clone(), format!("ready (booted in {took:.0}s)"));
+        self.timeline.push(
+            now,
+            "pod",
+            pod.name.clone(),
+            format!("ready (booted in {took:.0}s)"),
+        );
     }
 
     fn deployment_timeline(&mut self, old: Option<&Value>, new: &Value, now: f64) {
         let name = str_at(new, "/metadata/name").to_string();
         let replicas = |d: &Value| i64_at(d, "/spec/replicas");
         let paused = |d: &Value| d.pointer("/spec/paused") == Some(&json!(true));
-        let revision = |d: &Value| d.pointer("/spec/template/metadata/annotations/workerpool.dev~1revision").and_then(Value::as_str).map(str::to_string);
+        let revision = |d: &Value| {
+            d.pointer("/spec/template/metadata/annotations/workerpool.dev~1revision")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         match old {
-            None => self.timeline.push(now, "deployment", name, format!("created with {} replicas", replicas(new).unwrap_or(1))),
+            None => self.timeline.push(
+                now,
+                "deployment",
+                name,
+                format!("created with {} replicas", replicas(new).unwrap_or(1)),
+            ),
             Some(old) => {
                 if replicas(old) != replicas(new) {
-                    self.timeline.push(now, "deployment", name.clone(), format!("replicas {} -> {}", replicas(old).unwrap_or(1), replicas(new).unwrap_or(1)));
+                    self.timeline.push(
+                        now,
+                        "deployment",
+                        name.clone(),
+                        format!(
+                            "replicas {} -> {}",
+                            replicas(old).unwrap_or(1),
+                            replicas(new).unwrap_or(1)
+                        ),
+                    );
                 }
                 if paused(old) != paused(new) {
-                    self.timeline.push(now, "deployment", name.clone(), if paused(new) { "paused" } else { "resumed" });
+                    self.timeline.push(
+                        now,
+                        "deployment",
+                        name.clone(),
+                        if paused(new) { "paused" } else { "resumed" },
+                    );
                 }
                 if revision(old) != revision(new) {
-                    self.timeline.push(now, "deployment", name, format!("template changed to revision {}", revision(new).unwrap_or_default()));
+                    self.timeline.push(
+                        now,
+                        "deployment",
+                        name,
+                        format!(
+                            "template changed to revision {}",
+                            revision(new).unwrap_or_default()
+                        ),
+                    );
                 }
             }
         }
@@ -981,7 +1477,12 @@ impl Cluster {
             now,
             "event",
             str_at(new, "/regarding/name"),
-            format!("{} {}: {}", str_at(new, "/type"), str_at(new, "/reason"), str_at(new, "/note")),
+            format!(
+                "{} {}: {}",
+                str_at(new, "/type"),
+                str_at(new, "/reason"),
+                str_at(new, "/note")
+            ),
         );
     }
 
@@ -998,7 +1499,11 @@ impl Cluster {
                         .map(|c| {
                             (
                                 str_at(c, "/type").to_string(),
-                                (str_at(c, "/status").to_string(), str_at(c, "/reason").to_string(), str_at(c, "/message").to_string()),
+                                (
+                                    str_at(c, "/status").to_string(),
+                                    str_at(c, "/reason").to_string(),
+                                    str_at(c, "/message").to_string(),
+                                ),
                             )
                         })
                         .collect()
@@ -1007,17 +1512,42 @@ impl Cluster {
         };
         let before = conditions(change.old.as_deref());
         for (kind, (status, reason, message)) in conditions(Some(new)) {
-            let changed = before.get(&kind).is_none_or(|(s, r, _)| *s != status || *r != reason);
+            let changed = before
+                .get(&kind)
+                .is_none_or(|(s, r, _)| *s != status || *r != reason);
             if changed {
-                let detail = if message.is_empty() { String::new() } else { format!(": {message}") };
-                self.timeline.push(now, "pool", name.clone(), format!("{kind}={status} ({reason}){detail}"));
+                let detail = if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                };
+                self.timeline.push(
+                    now,
+                    "pool",
+                    name.clone(),
+                    format!("{kind}={status} ({reason}){detail}"),
+                );
             }
         }
         let replicas = |p: Option<&Value>| p.and_then(|p| i64_at(p, "/spec/replicas"));
         if change.old.is_none() {
-            self.timeline.push(now, "pool", name, format!("created with {} replicas", replicas(Some(new)).unwrap_or(1)));
+            self.timeline.push(
+                now,
+                "pool",
+                name,
+                format!("created with {} replicas", replicas(Some(new)).unwrap_or(1)),
+            );
         } else if replicas(change.old.as_deref()) != replicas(Some(new)) {
-            self.timeline.push(now, "pool", name, format!("spec.replicas {} -> {}", replicas(change.old.as_deref()).unwrap_or(1), replicas(Some(new)).unwrap_or(1)));
+            self.timeline.push(
+                now,
+                "pool",
+                name,
+                format!(
+                    "spec.replicas {} -> {}",
+                    replicas(change.old.as_deref()).unwrap_or(1),
+                    replicas(Some(new)).unwrap_or(1)
+                ),
+            );
         }
     }
 }
@@ -1051,7 +1581,15 @@ mod tests {
         });
         assert_eq!(gunicorn_timeout(&container), Some(90.0));
         assert_eq!(pre_stop_seconds(&container), 5.0);
-        assert_eq!(pre_stop_seconds(&json!({"lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "sleep 7"]}}}})), 7.0);
-        assert_eq!(probe_window(&json!({"periodSeconds": 5, "failureThreshold": 18})), 90.0);
+        assert_eq!(
+            pre_stop_seconds(
+                &json!({"lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "sleep 7"]}}}})
+            ),
+            7.0
+        );
+        assert_eq!(
+            probe_window(&json!({"periodSeconds": 5, "failureThreshold": 18})),
+            90.0
+        );
     }
 }

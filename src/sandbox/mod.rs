@@ -90,7 +90,12 @@ impl Sandbox {
     pub fn new(options: Options) -> Self {
         let clock = virtual_clock();
         let server = ApiServer::new(clock.clone(), options.server);
-        let cluster = Cluster::new(server.clone(), options.scenario.clone(), options.seed, options.timeline_limit);
+        let cluster = Cluster::new(
+            server.clone(),
+            options.scenario.clone(),
+            options.seed,
+            options.timeline_limit,
+        );
         Sandbox {
             server,
             cluster,
@@ -147,7 +152,15 @@ impl Sandbox {
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            control(client, &scope, metrics, clock, Arc::new(AtomicBool::new(false)), stop).await;
+            control(
+                client,
+                &scope,
+                metrics,
+                clock,
+                Arc::new(AtomicBool::new(false)),
+                stop,
+            )
+            .await;
         });
         self.operator = Some(Operator { stop, handle });
     }
@@ -189,7 +202,10 @@ impl Sandbox {
                 let Some(current) = self.pool(&namespace, &name) else {
                     continue;
                 };
-                let replicas = current.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                let replicas = current
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
                 let target = match (action.replicas, action.scale_factor) {
                     (Some(r), _) => i64::from(r),
                     (None, Some(f)) => (replicas as f64 * f).floor() as i64,

@@ -54,10 +54,22 @@ impl Report {
                 Some(sub) => format!("{}/{sub}", request.kind),
                 None => request.kind.clone(),
             };
-            *requests.entry(request.verb.to_string()).or_default().entry(kind).or_default() += 1;
+            *requests
+                .entry(request.verb.to_string())
+                .or_default()
+                .entry(kind)
+                .or_default() += 1;
         }
-        let fields = FieldSelector::parse("events", &format!("regarding.name={name}")).unwrap_or_default();
-        let (events, _, _) = sandbox.server.list(&RESOURCES[5], Some(&namespace), &LabelSelector::default(), &fields, None, None);
+        let fields =
+            FieldSelector::parse("events", &format!("regarding.name={name}")).unwrap_or_default();
+        let (events, _, _) = sandbox.server.list(
+            &RESOURCES[5],
+            Some(&namespace),
+            &LabelSelector::default(),
+            &fields,
+            None,
+            None,
+        );
         let events = events
             .iter()
             .filter(|e| e.pointer("/regarding/kind").and_then(Value::as_str) == Some("WorkerPool"))
@@ -78,13 +90,24 @@ impl Report {
     }
 
     pub fn total_requests(&self) -> usize {
-        self.requests.values().flat_map(|kinds| kinds.values()).sum()
+        self.requests
+            .values()
+            .flat_map(|kinds| kinds.values())
+            .sum()
     }
 
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let name = self.pool.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-        let namespace = self.pool.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        let name = self
+            .pool
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let namespace = self
+            .pool
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "Sandbox: WorkerPool {namespace}/{name}, scenario {}, seed {}, {} simulated seconds\n",
@@ -92,7 +115,11 @@ impl Report {
         );
         let _ = writeln!(out, "Timeline");
         for entry in &self.timeline {
-            let _ = writeln!(out, "  {:>6.0}s  {:<10} {:<32} {}", entry.at, entry.source, entry.object, entry.message);
+            let _ = writeln!(
+                out,
+                "  {:>6.0}s  {:<10} {:<32} {}",
+                entry.at, entry.source, entry.object, entry.message
+            );
         }
         if self.timeline_dropped > 0 {
             let _ = writeln!(out, "  … {} more entries not shown", self.timeline_dropped);
@@ -109,7 +136,12 @@ impl Report {
             .iter()
             .map(|(verb, kinds)| format!("{verb} {}", kinds.values().sum::<usize>()))
             .collect();
-        let _ = writeln!(out, "  Operator API requests:      {} ({})", self.total_requests(), by_verb.join(", "));
+        let _ = writeln!(
+            out,
+            "  Operator API requests:      {} ({})",
+            self.total_requests(),
+            by_verb.join(", ")
+        );
         let _ = writeln!(out, "\n$ kubectl describe workerpool -n {namespace} {name}");
         out.push_str(&describe(&self.pool, &self.events));
         out
@@ -119,15 +151,17 @@ impl Report {
 /// `readyReplicas` → `Ready Replicas`, as kubectl describe titles fields.
 fn title(key: &str) -> String {
     let mut out = String::new();
+    let mut previous_upper = true;
     for (i, c) in key.chars().enumerate() {
         if i == 0 {
             out.extend(c.to_uppercase());
-        } else if c.is_uppercase() && !key[..i].ends_with(|p: char| p.is_uppercase()) {
-            out.push(' ');
-            out.push(c);
         } else {
+            if c.is_uppercase() && !previous_upper {
+                out.push(' ');
+            }
             out.push(c);
         }
+        previous_upper = c.is_uppercase() || i == 0;
     }
     out
 }
@@ -177,7 +211,12 @@ fn scalar(value: &Value) -> String {
 /// fields, then its Events.
 pub fn describe(pool: &Value, events: &[Value]) -> String {
     let mut out = String::new();
-    let get = |p: &str| pool.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let get = |p: &str| {
+        pool.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let _ = writeln!(out, "Name:         {}", get("/metadata/name"));
     let _ = writeln!(out, "Namespace:    {}", get("/metadata/namespace"));
     let _ = writeln!(out, "API Version:  {}", get("/apiVersion"));
@@ -193,12 +232,30 @@ pub fn describe(pool: &Value, events: &[Value]) -> String {
         let _ = writeln!(out, "  <none>");
         return out;
     }
-    let _ = writeln!(out, "  {:<8} {:<22} {:<6} {}", "Type", "Reason", "Count", "Message");
-    let _ = writeln!(out, "  {:<8} {:<22} {:<6} {}", "----", "------", "-----", "-------");
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<22} {:<6} Message",
+        "Type", "Reason", "Count"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<22} {:<6} -------",
+        "----", "------", "-----"
+    );
     for event in events {
         let text = |p: &str| event.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        let count = event.pointer("/series/count").and_then(Value::as_i64).unwrap_or(1);
-        let _ = writeln!(out, "  {:<8} {:<22} {:<6} {}", text("/type"), text("/reason"), count, text("/note"));
+        let count = event
+            .pointer("/series/count")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<22} {:<6} {}",
+            text("/type"),
+            text("/reason"),
+            count,
+            text("/note")
+        );
     }
     out
 }

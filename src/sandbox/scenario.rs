@@ -73,7 +73,8 @@ impl Default for Scenario {
     fn default() -> Self {
         Scenario {
             name: "healthy".into(),
-            description: "every boot takes about 20 s and succeeds; pods serve and stay healthy".into(),
+            description: "every boot takes about 20 s and succeeds; pods serve and stay healthy"
+                .into(),
             boot_seconds: 20.0,
             boot_contention: 0.0,
             boot_jitter: 0.2,
@@ -89,7 +90,14 @@ impl Default for Scenario {
     }
 }
 
-pub const BUILT_IN: [&str; 6] = ["healthy", "slow-boot", "boot-failure", "oom", "ignore-sigterm", "boot-storm"];
+pub const BUILT_IN: [&str; 6] = [
+    "healthy",
+    "slow-boot",
+    "boot-failure",
+    "oom",
+    "ignore-sigterm",
+    "boot-storm",
+];
 
 impl Scenario {
     /// A built-in scenario by name.
@@ -160,18 +168,43 @@ impl Scenario {
 
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
-            (self.boot_seconds.is_finite() && self.boot_seconds >= 0.0, "bootSeconds must be 0 or more"),
-            (self.boot_contention.is_finite() && self.boot_contention >= 0.0, "bootContention must be 0 or more"),
-            ((0.0..1.0).contains(&self.boot_jitter), "bootJitter must be at least 0 and below 1"),
-            (self.shutdown_seconds.is_finite() && self.shutdown_seconds >= 0.0, "shutdownSeconds must be 0 or more"),
-            (self.init.seconds.is_finite() && self.init.seconds >= 0.0, "init.seconds must be 0 or more"),
-            (self.duration_seconds > 0, "durationSeconds must be more than 0"),
             (
-                self.memory.as_ref().is_none_or(|m| m.start_mib.is_finite() && m.growth_mib_per_minute.is_finite() && m.start_mib >= 0.0),
+                self.boot_seconds.is_finite() && self.boot_seconds >= 0.0,
+                "bootSeconds must be 0 or more",
+            ),
+            (
+                self.boot_contention.is_finite() && self.boot_contention >= 0.0,
+                "bootContention must be 0 or more",
+            ),
+            (
+                (0.0..1.0).contains(&self.boot_jitter),
+                "bootJitter must be at least 0 and below 1",
+            ),
+            (
+                self.shutdown_seconds.is_finite() && self.shutdown_seconds >= 0.0,
+                "shutdownSeconds must be 0 or more",
+            ),
+            (
+                self.init.seconds.is_finite() && self.init.seconds >= 0.0,
+                "init.seconds must be 0 or more",
+            ),
+            (
+                self.duration_seconds > 0,
+                "durationSeconds must be more than 0",
+            ),
+            (
+                self.memory.as_ref().is_none_or(|m| {
+                    m.start_mib.is_finite()
+                        && m.growth_mib_per_minute.is_finite()
+                        && m.start_mib >= 0.0
+                }),
                 "memory values must be finite and startMiB 0 or more",
             ),
             (
-                self.actions.iter().all(|a| a.replicas.is_some_and(|r| r >= 0) ^ a.scale_factor.is_some_and(|f| f.is_finite() && f >= 0.0)),
+                self.actions.iter().all(|a| {
+                    a.replicas.is_some_and(|r| r >= 0)
+                        ^ a.scale_factor.is_some_and(|f| f.is_finite() && f >= 0.0)
+                }),
                 "each action sets exactly one of replicas (0 or more) and scaleFactor (0 or more)",
             ),
         ];

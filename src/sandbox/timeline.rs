@@ -30,7 +30,13 @@ impl Timeline {
         }
     }
 
-    pub fn push(&mut self, at: f64, source: &'static str, object: impl Into<String>, message: impl Into<String>) {
+    pub fn push(
+        &mut self,
+        at: f64,
+        source: &'static str,
+        object: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         if self.entries.len() >= self.limit {
             self.dropped += 1;
             return;

@@ -203,7 +203,10 @@ mod tests {
         let first = json!({"spec": {"containers": [{"name": "app", "image": "a:1", "env": [{"name": "X", "value": "1"}]}]}});
         let mut live = first.clone();
         // Another writer added a sidecar; it must survive our applies.
-        apply_merge(&mut live, &json!({"spec": {"containers": [{"name": "sidecar", "image": "s"}]}}));
+        apply_merge(
+            &mut live,
+            &json!({"spec": {"containers": [{"name": "sidecar", "image": "s"}]}}),
+        );
         let second = json!({"spec": {"containers": [{"name": "app", "image": "a:2"}]}});
         prune(&mut live, &first, &second);
         apply_merge(&mut live, &second);
@@ -215,15 +218,26 @@ mod tests {
 
     #[test]
     fn field_sets_use_the_api_server_notation() {
-        let fields = fields_v1(&json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "app", "image": "i"}]}}}}));
+        let fields = fields_v1(
+            &json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "app", "image": "i"}]}}}}),
+        );
         assert_eq!(
             fields,
             json!({"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:name": {}, "f:image": {}}}}}}})
         );
-        let paths = leaves(&json!({"spec": {"replicas": 3, "containers": [{"name": "app", "image": "i"}]}}));
-        assert!(paths.contains(&vec![Step::Key("spec".into()), Step::Key("replicas".into())]));
+        let paths = leaves(
+            &json!({"spec": {"replicas": 3, "containers": [{"name": "app", "image": "i"}]}}),
+        );
+        assert!(paths.contains(&vec![
+            Step::Key("spec".into()),
+            Step::Key("replicas".into())
+        ]));
         assert_eq!(
-            render_path(&[Step::Key("spec".into()), Step::Named("app".into()), Step::Key("image".into())]),
+            render_path(&[
+                Step::Key("spec".into()),
+                Step::Named("app".into()),
+                Step::Key("image".into())
+            ]),
             ".spec[name=\"app\"].image"
         );
     }

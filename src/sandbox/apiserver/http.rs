@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::select::{FieldSelector, LabelSelector};
-use super::{ApiError, ApiServer, ResourceType, Target, WatchItem, Write, find_resource, scale_view};
+use super::{
+    ApiError, ApiServer, ResourceType, Target, WatchItem, Write, find_resource, scale_view,
+};
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -97,7 +99,13 @@ fn route(path: &str) -> Result<Route, ApiError> {
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
-        _ => return Err(ApiError::new(404, "NotFound", format!("the server could not find the requested resource: {path}"))),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource: {path}"),
+            ));
+        }
     };
     let (namespace, rest) = match rest {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
@@ -107,10 +115,20 @@ fn route(path: &str) -> Result<Route, ApiError> {
         [plural] => (*plural, None, None),
         [plural, name] => (*plural, Some(name.to_string()), None),
         [plural, name, sub] => (*plural, Some(name.to_string()), Some(sub.to_string())),
-        _ => return Err(ApiError::new(404, "NotFound", format!("the server could not find the requested resource: {path}"))),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource: {path}"),
+            ));
+        }
     };
     let resource = find_resource(group, version, plural).ok_or_else(|| {
-        ApiError::new(404, "NotFound", format!("the server could not find the requested resource: {path}"))
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource: {path}"),
+        )
     })?;
     Ok(Route {
         resource,
@@ -137,7 +155,9 @@ fn verb_of(method: &Method, route: &Route, query: &HashMap<String, String>) -> &
 fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes)
         .or_else(|_| serde_yaml::from_slice(bytes))
-        .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))
+        .map_err(|e| {
+            ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+        })
 }
 
 impl ApiServer {
@@ -155,7 +175,11 @@ impl ApiServer {
 
     /// Every request served so far, in order.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.traffic.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.traffic
+            .log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     pub fn request_count(&self) -> usize {
@@ -171,16 +195,30 @@ impl ApiServer {
         let code = fault.code;
         faults.retain(|f| f.times > 0);
         Some(match code {
-            409 => ApiError::new(409, "Conflict", "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again (injected)"),
-            429 => ApiError::new(429, "TooManyRequests", "the server has received too many requests and has asked us to try again later (injected)"),
-            code => ApiError::new(code, "InternalError", "an error on the server (\"injected fault\") has prevented the request from succeeding"),
+            409 => ApiError::new(
+                409,
+                "Conflict",
+                "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again (injected)",
+            ),
+            429 => ApiError::new(
+                429,
+                "TooManyRequests",
+                "the server has received too many requests and has asked us to try again later (injected)",
+            ),
+            code => ApiError::new(
+                code,
+                "InternalError",
+                "an error on the server (\"injected fault\") has prevented the request from succeeding",
+            ),
         })
     }
 
     fn record(&self, verb: &'static str, route: Option<&Route>, code: u16) {
         let record = RequestRecord {
             verb,
-            kind: route.map(|r| r.resource.kind.to_string()).unwrap_or_default(),
+            kind: route
+                .map(|r| r.resource.kind.to_string())
+                .unwrap_or_default(),
             subresource: route.and_then(|r| r.subresource.clone()),
             namespace: route.and_then(|r| r.namespace.clone()),
             name: route.and_then(|r| r.name.clone()),
@@ -254,7 +292,13 @@ impl ApiServer {
             Some("log") if resource.plural == "pods" && verb == "get" => {
                 return self.serve_log(namespace.unwrap_or_default(), name, query);
             }
-            Some(other) => return Err(ApiError::new(404, "NotFound", format!("{} \"{name}\" has no subresource {other}", resource.plural))),
+            Some(other) => {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" has no subresource {other}", resource.plural),
+                ));
+            }
         };
         let respond = |object: &Value| -> Response<Body> {
             if target == Target::Scale {
@@ -269,10 +313,31 @@ impl ApiServer {
                 Ok(respond(&object))
             }
             "list" => {
-                let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())?;
-                let fields = FieldSelector::parse(resource.plural, query.get("fieldSelector").map(String::as_str).unwrap_or_default())?;
-                let limit = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0);
-                let (items, rv, more) = self.list(resource, namespace, &labels, &fields, limit, query.get("continue").map(String::as_str));
+                let labels = LabelSelector::parse(
+                    query
+                        .get("labelSelector")
+                        .map(String::as_str)
+                        .unwrap_or_default(),
+                )?;
+                let fields = FieldSelector::parse(
+                    resource.plural,
+                    query
+                        .get("fieldSelector")
+                        .map(String::as_str)
+                        .unwrap_or_default(),
+                )?;
+                let limit = query
+                    .get("limit")
+                    .and_then(|l| l.parse().ok())
+                    .filter(|l| *l > 0);
+                let (items, rv, more) = self.list(
+                    resource,
+                    namespace,
+                    &labels,
+                    &fields,
+                    limit,
+                    query.get("continue").map(String::as_str),
+                );
                 let mut metadata = json!({"resourceVersion": rv.to_string()});
                 if let Some(token) = more {
                     metadata["continue"] = json!(token);
@@ -290,7 +355,8 @@ impl ApiServer {
             }
             "create" => {
                 let object = parse_body(body)?;
-                let created = self.create(resource, namespace.unwrap_or_default(), object, manager)?;
+                let created =
+                    self.create(resource, namespace.unwrap_or_default(), object, manager)?;
                 Ok(json_response(201, &created))
             }
             "update" => {
@@ -300,7 +366,14 @@ impl ApiServer {
                 } else {
                     object
                 };
-                let written = self.write(resource, namespace.unwrap_or_default(), name, target, Write::Replace(object), manager)?;
+                let written = self.write(
+                    resource,
+                    namespace.unwrap_or_default(),
+                    name,
+                    target,
+                    Write::Replace(object),
+                    manager,
+                )?;
                 Ok(respond(&written))
             }
             "patch" => {
@@ -312,14 +385,31 @@ impl ApiServer {
                         force: query.get("force").is_some_and(|f| f == "true"),
                     },
                     other => {
-                        return Err(ApiError::new(415, "UnsupportedMediaType", format!("the sandbox does not support the patch type {other:?}; use a merge patch or server-side apply")));
+                        return Err(ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            format!(
+                                "the sandbox does not support the patch type {other:?}; use a merge patch or server-side apply"
+                            ),
+                        ));
                     }
                 };
-                let written = self.write(resource, namespace.unwrap_or_default(), name, target, write, manager)?;
+                let written = self.write(
+                    resource,
+                    namespace.unwrap_or_default(),
+                    name,
+                    target,
+                    write,
+                    manager,
+                )?;
                 Ok(respond(&written))
             }
             "delete" => {
-                let options: Value = if body.is_empty() { json!({}) } else { parse_body(body)? };
+                let options: Value = if body.is_empty() {
+                    json!({})
+                } else {
+                    parse_body(body)?
+                };
                 let grace = options
                     .get("gracePeriodSeconds")
                     .and_then(Value::as_i64)
@@ -329,14 +419,29 @@ impl ApiServer {
                     .and_then(Value::as_str)
                     .map(str::to_string)
                     .or_else(|| query.get("propagationPolicy").cloned());
-                let deleted = self.delete(resource, namespace.unwrap_or_default(), name, grace, propagation.as_deref())?;
+                let deleted = self.delete(
+                    resource,
+                    namespace.unwrap_or_default(),
+                    name,
+                    grace,
+                    propagation.as_deref(),
+                )?;
                 Ok(json_response(200, &deleted))
             }
-            _ => Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")),
+            _ => Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )),
         }
     }
 
-    fn serve_log(&self, namespace: &str, pod: &str, query: &HashMap<String, String>) -> Result<Response<Body>, ApiError> {
+    fn serve_log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        query: &HashMap<String, String>,
+    ) -> Result<Response<Body>, ApiError> {
         let object = self.get(&super::RESOURCES[0], namespace, pod)?;
         let container = match query.get("container") {
             Some(c) => c.clone(),
@@ -361,16 +466,41 @@ impl ApiServer {
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed_unsync())))
     }
 
-    fn serve_watch(self: &Arc<Self>, route: &Route, query: &HashMap<String, String>) -> Result<Response<Body>, ApiError> {
+    fn serve_watch(
+        self: &Arc<Self>,
+        route: &Route,
+        query: &HashMap<String, String>,
+    ) -> Result<Response<Body>, ApiError> {
         let resource = route.resource;
-        let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())?;
-        let fields = FieldSelector::parse(resource.plural, query.get("fieldSelector").map(String::as_str).unwrap_or_default())?;
-        let since = match query.get("resourceVersion").map(String::as_str) {
-            None | Some("") | Some("0") => None,
-            Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?),
-        };
-        let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(1800));
-        let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+        let labels = LabelSelector::parse(
+            query
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )?;
+        let fields = FieldSelector::parse(
+            resource.plural,
+            query
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )?;
+        let since =
+            match query.get("resourceVersion").map(String::as_str) {
+                None | Some("") | Some("0") => None,
+                Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+            };
+        let timeout = Duration::from_secs(
+            query
+                .get("timeoutSeconds")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(1800),
+        );
+        let bookmarks = query
+            .get("allowWatchBookmarks")
+            .is_some_and(|b| b == "true");
         let receiver = self.watch(resource, route.namespace.as_deref(), labels, fields, since);
         let stream = WatchStream {
             server: self.clone(),
@@ -400,7 +530,10 @@ impl ApiServer {
 
     /// The resourceVersion a bookmark may carry now, unless an event is still queued for this
     /// watch; checked under the lock so a bookmark never overtakes an event.
-    fn bookmark_or_pending(&self, receiver: &mut mpsc::UnboundedReceiver<WatchItem>) -> Result<u64, WatchItem> {
+    fn bookmark_or_pending(
+        &self,
+        receiver: &mut mpsc::UnboundedReceiver<WatchItem>,
+    ) -> Result<u64, WatchItem> {
         let state = super::lock(&self.state);
         match receiver.try_recv() {
             Ok(item) => Err(item),
@@ -427,10 +560,14 @@ impl WatchStream {
 
     fn item_line(&mut self, item: WatchItem) -> Bytes {
         match item {
-            WatchItem::Event(kind, object) => Self::line(&json!({"type": kind, "object": object.as_ref()})),
+            WatchItem::Event(kind, object) => {
+                Self::line(&json!({"type": kind, "object": object.as_ref()}))
+            }
             WatchItem::Gone(message) => {
                 self.done = true;
-                Self::line(&json!({"type": "ERROR", "object": ApiError::new(410, "Expired", message).status()}))
+                Self::line(
+                    &json!({"type": "ERROR", "object": ApiError::new(410, "Expired", message).status()}),
+                )
             }
         }
     }

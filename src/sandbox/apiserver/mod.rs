@@ -70,9 +70,33 @@ pub static RESOURCES: [ResourceType; 7] = [
     resource("", "v1", "events", "Event", false, false, false),
     resource("apps", "v1", "deployments", "Deployment", true, true, true),
     resource("batch", "v1", "jobs", "Job", true, false, true),
-    resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, false, true),
-    resource("events.k8s.io", "v1", "events", "Event", false, false, false),
-    resource("workerpool.dev", "v1alpha1", "workerpools", "WorkerPool", true, true, true),
+    resource(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        true,
+        false,
+        true,
+    ),
+    resource(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        false,
+        false,
+        false,
+    ),
+    resource(
+        "workerpool.dev",
+        "v1alpha1",
+        "workerpools",
+        "WorkerPool",
+        true,
+        true,
+        true,
+    ),
 ];
 
 pub fn find_resource(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
@@ -197,7 +221,9 @@ impl Watcher {
         let selects = |object: &Option<Arc<Value>>| {
             object.as_ref().is_some_and(|o| {
                 let namespace = o.pointer("/metadata/namespace").and_then(Value::as_str);
-                self.namespace.as_deref().is_none_or(|ns| Some(ns) == namespace)
+                self.namespace
+                    .as_deref()
+                    .is_none_or(|ns| Some(ns) == namespace)
                     && self.labels.matches(o)
                     && self.fields.matches(o)
             })
@@ -316,7 +342,9 @@ const SYSTEM_METADATA: [&str; 8] = [
 ];
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ApiServer {
@@ -359,7 +387,12 @@ impl ApiServer {
         rx
     }
 
-    pub fn get(&self, resource: &'static ResourceType, namespace: &str, name: &str) -> Result<Arc<Value>, ApiError> {
+    pub fn get(
+        &self,
+        resource: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
         let key = (index_of(resource), namespace.to_string(), name.to_string());
         lock(&self.state)
             .objects
@@ -399,15 +432,13 @@ impl ApiServer {
                 continue;
             }
             if limit.is_some_and(|l| items.len() >= l) {
-                more = items
-                    .last()
-                    .map(|last: &Arc<Value>| {
-                        format!(
-                            "{}/{}",
-                            meta_str(last, "namespace").unwrap_or_default(),
-                            meta_str(last, "name").unwrap_or_default()
-                        )
-                    });
+                more = items.last().map(|last: &Arc<Value>| {
+                    format!(
+                        "{}/{}",
+                        meta_str(last, "namespace").unwrap_or_default(),
+                        meta_str(last, "name").unwrap_or_default()
+                    )
+                });
                 break;
             }
             items.push(object.clone());
@@ -491,7 +522,9 @@ impl ApiServer {
     ) -> Result<Arc<Value>, ApiError> {
         let now = self.now();
         let mut state = lock(&self.state);
-        self.create_locked(&mut state, resource, namespace, object, manager, "Update", &now)
+        self.create_locked(
+            &mut state, resource, namespace, object, manager, "Update", &now,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -522,7 +555,10 @@ impl ApiServer {
                     return Err(ApiError::new(
                         422,
                         "Invalid",
-                        format!("{} is invalid: metadata.name: Required value: name or generateName is required", resource.kind),
+                        format!(
+                            "{} is invalid: metadata.name: Required value: name or generateName is required",
+                            resource.kind
+                        ),
                     ));
                 }
             },
@@ -579,7 +615,9 @@ impl ApiServer {
                 }]),
             );
         }
-        Ok(state.commit(resource, key, None, Some(object)).unwrap_or_default())
+        Ok(state
+            .commit(resource, key, None, Some(object))
+            .unwrap_or_default())
     }
 
     /// Writes the object, its status or its scale. Returns the stored object; a write that
@@ -597,14 +635,26 @@ impl ApiServer {
         let mut state = lock(&self.state);
         let index = index_of(resource);
         let key = (index, namespace.to_string(), name.to_string());
-        if (target == Target::Status && !resource.status) || (target == Target::Scale && !resource.scale) {
+        if (target == Target::Status && !resource.status)
+            || (target == Target::Scale && !resource.scale)
+        {
             return Err(ApiError::not_found(resource, name));
         }
         let Some(old) = state.objects.get(&key).cloned() else {
             return match (&write, target, manager) {
                 (Write::Apply { patch, .. }, Target::Main, Some(manager)) => {
-                    let created = self.create_locked(&mut state, resource, namespace, patch.clone(), Some(manager), "Apply", &now)?;
-                    state.applied.insert((key, manager.to_string()), patch.clone());
+                    let created = self.create_locked(
+                        &mut state,
+                        resource,
+                        namespace,
+                        patch.clone(),
+                        Some(manager),
+                        "Apply",
+                        &now,
+                    )?;
+                    state
+                        .applied
+                        .insert((key, manager.to_string()), patch.clone());
                     Ok(created)
                 }
                 _ => Err(ApiError::not_found(resource, name)),
@@ -644,7 +694,9 @@ impl ApiServer {
             return Err(ApiError::modified(resource, name));
         }
         if meta_str(&candidate, "name").is_some_and(|n| n != name) {
-            return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
         }
         let mut new = (*old).clone();
         match target {
@@ -681,7 +733,11 @@ impl ApiServer {
                     .cloned()
                     .unwrap_or(json!(0));
                 if !replicas.is_i64() || replicas.as_i64().is_some_and(|r| r < 0) {
-                    return Err(ApiError::new(422, "Invalid", "spec.replicas: must be greater than or equal to 0"));
+                    return Err(ApiError::new(
+                        422,
+                        "Invalid",
+                        "spec.replicas: must be greater than or equal to 0",
+                    ));
                 }
                 new["spec"]["replicas"] = replicas;
             }
@@ -696,13 +752,21 @@ impl ApiServer {
                 (_, Target::Scale) => ("Update", Some("scale")),
                 _ => ("Update", None),
             };
-            record_manager(&mut new, resource, manager, operation, subresource, patch_fields, &now);
+            record_manager(
+                &mut new,
+                resource,
+                manager,
+                operation,
+                subresource,
+                patch_fields,
+                &now,
+            );
         }
-        if resource.generation
-            && target != Target::Status
-            && spec_part(&new) != spec_part(&old)
-        {
-            let generation = metadata(&old).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+        if resource.generation && target != Target::Status && spec_part(&new) != spec_part(&old) {
+            let generation = metadata(&old)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             meta_mut(&mut new).insert("generation".into(), json!(generation + 1));
         }
         if let (Write::Apply { patch, .. }, Some(manager)) = (&write, manager) {
@@ -711,7 +775,9 @@ impl ApiServer {
             } else {
                 json!({"status": patch.get("status").cloned().unwrap_or(Value::Null)})
             };
-            state.applied.insert((key.clone(), manager.to_string()), stored);
+            state
+                .applied
+                .insert((key.clone(), manager.to_string()), stored);
         }
         if comparable(&new) == comparable(&old) {
             return Ok(old);
@@ -719,13 +785,17 @@ impl ApiServer {
         // An object marked for deletion goes once its last finalizer is removed.
         let finalized = metadata(&new).is_some_and(|m| {
             m.contains_key("deletionTimestamp")
-                && m.get("finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty)
+                && m.get("finalizers")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty)
         }) && resource.plural != "pods";
         if finalized {
             state.remove_with_dependents(resource, key, &now, None);
             return Ok(old);
         }
-        Ok(state.commit(resource, key, Some(old), Some(new)).unwrap_or_default())
+        Ok(state
+            .commit(resource, key, Some(old), Some(new))
+            .unwrap_or_default())
     }
 
     /// Deletes as the real server does: pods get a grace period (the kubelet removes them
@@ -748,7 +818,15 @@ impl ApiServer {
             .cloned()
             .ok_or_else(|| ApiError::not_found(resource, name))?;
         state
-            .delete_locked(resource, key, old, grace_seconds, propagation, &now, &self.clock)
+            .delete_locked(
+                resource,
+                key,
+                old,
+                grace_seconds,
+                propagation,
+                &now,
+                &self.clock,
+            )
             .ok_or_else(|| ApiError::not_found(resource, name))
     }
 
@@ -783,10 +861,15 @@ impl ApiServer {
     ) -> Result<String, ApiError> {
         let state = lock(&self.state);
         let resource = &RESOURCES[0];
-        if !state.objects.contains_key(&(0, namespace.to_string(), pod.to_string())) {
+        if !state
+            .objects
+            .contains_key(&(0, namespace.to_string(), pod.to_string()))
+        {
             return Err(ApiError::not_found(resource, pod));
         }
-        let log = state.logs.get(&(namespace.into(), pod.into(), container.into()));
+        let log = state
+            .logs
+            .get(&(namespace.into(), pod.into(), container.into()));
         let text = match (log, previous) {
             (Some(log), true) => log.previous.clone().ok_or_else(|| {
                 ApiError::bad_request(format!(
@@ -832,9 +915,7 @@ fn record_manager(
     now: &str,
 ) {
     let meta = meta_mut(object);
-    let entries = meta
-        .entry("managedFields")
-        .or_insert_with(|| json!([]));
+    let entries = meta.entry("managedFields").or_insert_with(|| json!([]));
     if !entries.is_array() {
         *entries = json!([]);
     }
@@ -961,15 +1042,26 @@ impl State {
     }
 
     /// 409 when another apply manager set a field this apply changes.
-    fn apply_conflicts(&self, key: &Key, manager: &str, patch: &Value, live: &Value) -> Result<(), ApiError> {
+    fn apply_conflicts(
+        &self,
+        key: &Key,
+        manager: &str,
+        patch: &Value,
+        live: &Value,
+    ) -> Result<(), ApiError> {
         let mut conflicts = Vec::new();
         for ((k, other), config) in &self.applied {
             if k != key || other == manager {
                 continue;
             }
             for path in apply::leaves(patch) {
-                if apply::lookup(config, &path).is_some() && apply::lookup(live, &path) != apply::lookup(patch, &path) {
-                    conflicts.push(format!("conflict with \"{other}\": {}", apply::render_path(&path)));
+                if apply::lookup(config, &path).is_some()
+                    && apply::lookup(live, &path) != apply::lookup(patch, &path)
+                {
+                    conflicts.push(format!(
+                        "conflict with \"{other}\": {}",
+                        apply::render_path(&path)
+                    ));
                 }
             }
         }
@@ -980,7 +1072,11 @@ impl State {
         Err(ApiError::new(
             409,
             "Conflict",
-            format!("Apply failed with {} conflict(s): {}", conflicts.len(), conflicts.join(", ")),
+            format!(
+                "Apply failed with {} conflict(s): {}",
+                conflicts.len(),
+                conflicts.join(", ")
+            ),
         ))
     }
 
@@ -998,13 +1094,20 @@ impl State {
         let marked = metadata(&old).is_some_and(|m| m.contains_key("deletionTimestamp"));
         if resource.plural == "pods" {
             let grace = grace_seconds
-                .or_else(|| old.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .or_else(|| {
+                    old.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
                 .unwrap_or(30)
                 .max(0);
             // A pod that never started, or a zero grace period, goes at once.
-            let scheduled = old.pointer("/spec/nodeName").and_then(Value::as_str).is_some();
+            let scheduled = old
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some();
             if grace == 0 || !scheduled {
-                self.logs.retain(|(ns, pod, _), _| !(*ns == key.1 && *pod == key.2));
+                self.logs
+                    .retain(|(ns, pod, _), _| !(*ns == key.1 && *pod == key.2));
                 self.commit(resource, key, Some(old.clone()), None);
                 return Some(old);
             }
@@ -1014,7 +1117,11 @@ impl State {
             let mut new = (*old).clone();
             let at = clock()
                 .checked_add(jiff::SignedDuration::from_secs(grace))
-                .map(|t| jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string())
+                .map(|t| {
+                    jiff::Timestamp::from_second(t.as_second())
+                        .unwrap_or(t)
+                        .to_string()
+                })
                 .unwrap_or_else(|_| now.to_string());
             let meta = meta_mut(&mut new);
             meta.insert("deletionTimestamp".into(), json!(at));
@@ -1038,7 +1145,13 @@ impl State {
     }
 
     /// Removes the object, then deletes (or orphans) everything that names it as an owner.
-    fn remove_with_dependents(&mut self, resource: &'static ResourceType, key: Key, now: &str, propagation: Option<&str>) {
+    fn remove_with_dependents(
+        &mut self,
+        resource: &'static ResourceType,
+        key: Key,
+        now: &str,
+        propagation: Option<&str>,
+    ) {
         let Some(old) = self.objects.get(&key).cloned() else {
             return;
         };
@@ -1051,7 +1164,10 @@ impl State {
                 metadata(o)
                     .and_then(|m| m.get("ownerReferences"))
                     .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid.as_str())))
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid.as_str()))
+                    })
             })
             .map(|(k, o)| (k.clone(), o.clone()))
             .collect();

@@ -48,9 +48,8 @@ fn set_values(text: &str) -> Option<Vec<String>> {
 
 impl LabelSelector {
     pub fn parse(text: &str) -> Result<Self, ApiError> {
-        let invalid = |part: &str| {
-            ApiError::bad_request(format!("unable to parse requirement: {part:?}"))
-        };
+        let invalid =
+            |part: &str| ApiError::bad_request(format!("unable to parse requirement: {part:?}"));
         let mut requirements = Vec::new();
         for part in split_top_level(text) {
             let requirement = if let Some(key) = part.strip_prefix('!') {
@@ -62,9 +61,15 @@ impl LabelSelector {
             } else if let Some((key, value)) = part.split_once('=') {
                 Requirement::Equals(key.trim().into(), value.trim().into())
             } else if let Some((key, values)) = part.split_once(" notin ") {
-                Requirement::NotIn(key.trim().into(), set_values(values).ok_or_else(|| invalid(part))?)
+                Requirement::NotIn(
+                    key.trim().into(),
+                    set_values(values).ok_or_else(|| invalid(part))?,
+                )
             } else if let Some((key, values)) = part.split_once(" in ") {
-                Requirement::In(key.trim().into(), set_values(values).ok_or_else(|| invalid(part))?)
+                Requirement::In(
+                    key.trim().into(),
+                    set_values(values).ok_or_else(|| invalid(part))?,
+                )
             } else if part.contains(' ') || part.contains('(') {
                 return Err(invalid(part));
             } else {
@@ -96,7 +101,15 @@ pub struct FieldSelector(Vec<(String, String, bool)>);
 /// Field labels the real API server accepts, per resource (besides metadata.name/namespace).
 fn supported_fields(plural: &str) -> &'static [&'static str] {
     match plural {
-        "pods" => &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP", "status.nominatedNodeName"],
+        "pods" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
         "events" => &[
             "involvedObject.kind",
             "involvedObject.namespace",
@@ -196,12 +209,15 @@ mod tests {
 
     #[test]
     fn field_selectors_are_limited_like_the_real_server() {
-        let selector = FieldSelector::parse("pods", "status.phase=Running,metadata.name!=q").expect("valid");
+        let selector =
+            FieldSelector::parse("pods", "status.phase=Running,metadata.name!=q").expect("valid");
         assert!(selector.matches(&pod(json!({}))));
-        let error = FieldSelector::parse("deployments", "spec.replicas=3").expect_err("unsupported");
+        let error =
+            FieldSelector::parse("deployments", "spec.replicas=3").expect_err("unsupported");
         assert_eq!(error.code, 400);
         assert!(error.message.contains("spec.replicas"));
-        let events = FieldSelector::parse("events", "involvedObject.kind=Pod,reason=Killing").expect("valid");
+        let events = FieldSelector::parse("events", "involvedObject.kind=Pod,reason=Killing")
+            .expect("valid");
         assert!(events.matches(&json!({"involvedObject": {"kind": "Pod"}, "reason": "Killing"})));
         assert!(!events.matches(&json!({"involvedObject": {"kind": "Pod"}, "reason": "Pulled"})));
     }

@@ -1,0 +1,355 @@
+//! The whole controller loop — watches, caches, reconcile, status, Events — on the sandbox's
+//! embedded API and simulated cluster, one test per scenario plus faults and restarts.
+
+use serde_json::{Value, json};
+
+use workerpool_operator::sandbox::apiserver::http::Fault;
+use workerpool_operator::sandbox::apiserver::{RESOURCES, ServerConfig};
+use workerpool_operator::sandbox::report::Report;
+use workerpool_operator::sandbox::scenario::Scenario;
+use workerpool_operator::sandbox::{Options, Sandbox};
+
+fn sample() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/samples/gunicorn-django.yaml"
+    ))
+    .expect("sample");
+    serde_yaml::from_str(&text).expect("yaml")
+}
+
+/// The sample with `replicas` and `maxConcurrent` set.
+fn pool(replicas: i64, max_concurrent: i64) -> Value {
+    let mut pool = sample();
+    pool["spec"]["replicas"] = json!(replicas);
+    pool["spec"]["policy"]["boot"]["maxConcurrent"] = json!(max_concurrent);
+    pool
+}
+
+fn sandbox(pool: Value, scenario: Scenario) -> Sandbox {
+    let mut sandbox = Sandbox::new(Options::new(scenario, 1));
+    sandbox.add_pool(pool).expect("pool");
+    sandbox.start_operator();
+    sandbox
+}
+
+fn scenario(name: &str) -> Scenario {
+    Scenario::built_in(name).expect(name)
+}
+
+fn status(report: &Report) -> &Value {
+    &report.pool["status"]
+}
+
+fn abort_count(report: &Report, reason: &str) -> i64 {
+    status(report)["aborts"]["counts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["reason"] == reason)
+        .and_then(|c| c["count"].as_i64())
+        .unwrap_or(0)
+}
+
+fn condition<'a>(report: &'a Report, kind: &str) -> &'a Value {
+    status(report)["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .unwrap_or(&Value::Null)
+}
+
+/// Container exits in the timeline with this text: the ground truth the counts are checked against.
+fn exits(report: &Report, text: &str) -> i64 {
+    report
+        .timeline
+        .iter()
+        .filter(|e| e.source == "pod" && e.message.contains(text))
+        .count() as i64
+}
+
+fn writes(sandbox: &Sandbox) -> usize {
+    sandbox
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_pool_ramps_in_steps_converges_and_then_writes_nothing() {
+    let mut sandbox = sandbox(pool(6, 2), scenario("healthy"));
+    sandbox.run_for(300).await;
+    let report = Report::of(&sandbox);
+    assert!(
+        report.max_booting <= 2,
+        "{} booting at once",
+        report.max_booting
+    );
+    assert!(
+        report.all_ready_after_seconds.is_some_and(|s| s < 200),
+        "{:?}",
+        report.all_ready_after_seconds
+    );
+    assert_eq!(status(&report)["phase"], "Ready");
+    assert_eq!(condition(&report, "Ready")["status"], "True");
+    let steps: Vec<&str> = report
+        .timeline
+        .iter()
+        .filter(|e| e.source == "deployment" && e.message.starts_with("replicas"))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(steps, ["replicas 2 -> 4", "replicas 4 -> 6"]);
+    assert!(status(&report)["aborts"].is_null() || abort_count(&report, "BootFailed") == 0);
+
+    // Converged: five more minutes, watches renewed, and not a single write.
+    let before = writes(&sandbox);
+    let requests_before = sandbox.server.request_count();
+    sandbox.run_for(300).await;
+    assert_eq!(
+        writes(&sandbox),
+        before,
+        "a converged pool must not be written"
+    );
+    let requests = sandbox.server.request_count() - requests_before;
+    assert!(
+        requests <= 20,
+        "{requests} requests in 5 idle minutes: a hot loop"
+    );
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_boot_is_a_startup_timeout_and_opens_the_circuit() {
+    let mut sandbox = sandbox(pool(6, 2), scenario("slow-boot"));
+    sandbox.run_for(400).await;
+    let report = Report::of(&sandbox);
+    assert!(
+        abort_count(&report, "StartupTimeout") >= 3,
+        "{}",
+        status(&report)
+    );
+    assert_eq!(
+        abort_count(&report, "StartupTimeout"),
+        exits(&report, "startup probe failed")
+    );
+    assert!(report.all_ready_after_seconds.is_none());
+    assert_eq!(
+        condition(&report, "Stalled")["reason"],
+        "BootFailureThreshold"
+    );
+    let last = &status(&report)["aborts"]["last"];
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Startup probe failed"),
+        "{last}"
+    );
+    // Two pods were started, and the ramp never went further.
+    assert!(report.max_booting <= 2);
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn boot_failure_shows_boot_failed_and_pauses_the_rollout() {
+    let mut sandbox = sandbox(pool(6, 2), scenario("boot-failure"));
+    sandbox.run_for(300).await;
+    let report = Report::of(&sandbox);
+    assert!(abort_count(&report, "BootFailed") >= 3);
+    assert_eq!(
+        abort_count(&report, "BootFailed"),
+        exits(&report, "exited with code 3")
+    );
+    assert_eq!(status(&report)["circuit"]["open"], true);
+    assert_eq!(condition(&report, "Stalled")["status"], "True");
+    assert_eq!(
+        status(&report)["aborts"]["last"]["hint"],
+        "gunicorn: Worker failed to boot"
+    );
+    let deployment = sandbox
+        .server
+        .get(&RESOURCES[2], "shop", "shop-api")
+        .expect("deployment");
+    assert_eq!(deployment["spec"]["paused"], true);
+    assert_eq!(
+        deployment["spec"]["replicas"], 2,
+        "the ramp holds at its first step"
+    );
+    assert!(
+        report
+            .events
+            .iter()
+            .any(|e| e["reason"] == "BootFailed" && e["type"] == "Warning")
+    );
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn oom_shows_oom_killed_counted_once_each() {
+    let mut sandbox = sandbox(pool(4, 2), scenario("oom"));
+    sandbox.run_for(420).await;
+    let report = Report::of(&sandbox);
+    let kills = exits(&report, "(OOMKilled)");
+    assert!(kills >= 4, "{kills} OOM kills in the timeline");
+    assert_eq!(abort_count(&report, "OOMKilled"), kills);
+    assert_eq!(status(&report)["aborts"]["last"]["reason"], "OOMKilled");
+    assert_eq!(condition(&report, "Degraded")["status"], "True");
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignore_sigterm_shows_grace_period_exceeded_on_scale_down() {
+    let mut sandbox = sandbox(pool(6, 2), scenario("ignore-sigterm"));
+    sandbox.run_for(239).await;
+    let before = Report::of(&sandbox);
+    assert_eq!(abort_count(&before, "GracePeriodExceeded"), 0);
+    assert_eq!(status(&before)["phase"], "Ready");
+    sandbox.run_for(100).await;
+    let report = Report::of(&sandbox);
+    assert_eq!(exits(&report, "SIGKILL: still running"), 3);
+    assert_eq!(abort_count(&report, "GracePeriodExceeded"), 3);
+    let hint = status(&report)["aborts"]["last"]["hint"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(hint.contains("exec"), "{hint}");
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn boot_storm_kills_an_all_at_once_rollout_and_the_default_policy_converges() {
+    // Like a plain Deployment: every replica boots at once.
+    let mut storm = sandbox(pool(12, 12), scenario("boot-storm"));
+    storm.run_for(600).await;
+    let stormed = Report::of(&storm);
+    storm.stop_operator().await;
+    assert!(stormed.max_booting >= 10, "{}", stormed.max_booting);
+    let timeouts = abort_count(&stormed, "StartupTimeout") + abort_count(&stormed, "WorkerTimeout");
+    assert!(timeouts >= 3, "{}", status(&stormed));
+    assert!(stormed.all_ready_after_seconds.is_none());
+
+    let mut staggered = sandbox(pool(12, 2), scenario("boot-storm"));
+    staggered.run_for(600).await;
+    let calm = Report::of(&staggered);
+    staggered.stop_operator().await;
+    assert!(calm.max_booting <= 2);
+    assert!(calm.all_ready_after_seconds.is_some(), "{}", status(&calm));
+    assert_eq!(
+        abort_count(&calm, "StartupTimeout") + abort_count(&calm, "WorkerTimeout"),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_user_scenario_with_failing_liveness_shows_liveness_timeouts() {
+    let scenario =
+        Scenario::from_yaml("name: hangs\nbootSeconds: 10\nlivenessFailsAfterSeconds: 60\n")
+            .expect("scenario");
+    let mut sandbox = sandbox(pool(2, 2), scenario);
+    sandbox.run_for(400).await;
+    let report = Report::of(&sandbox);
+    assert!(
+        abort_count(&report, "LivenessTimeout") >= 2,
+        "{}",
+        status(&report)
+    );
+    let last = &status(&report)["aborts"]["last"];
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Liveness probe failed"),
+        "{last}"
+    );
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn conflicts_throttling_and_server_errors_do_not_stop_convergence_or_double_count() {
+    let mut sandbox = Sandbox::new(Options::new(scenario("boot-failure"), 3));
+    sandbox.add_pool(pool(6, 2)).expect("pool");
+    for (verb, kind, code) in [
+        (Some("patch"), Some("Deployment"), 409),
+        (Some("patch"), Some("WorkerPool"), 429),
+        (Some("create"), Some("Job"), 500),
+        (Some("list"), None, 500),
+        (Some("get"), Some("Pod"), 500),
+    ] {
+        sandbox.server.inject(Fault {
+            verb,
+            kind,
+            code,
+            times: 2,
+        });
+    }
+    sandbox.start_operator();
+    // Each failure doubles the pool's retry delay (5 s, 10 s, 20 s, …) until a reconcile succeeds.
+    sandbox.run_for(500).await;
+    let report = Report::of(&sandbox);
+    let failed: Vec<u16> = sandbox
+        .server
+        .requests()
+        .iter()
+        .map(|r| r.code)
+        .filter(|c| *c >= 400)
+        .collect();
+    assert!(failed.len() >= 8, "the faults were served: {failed:?}");
+    assert_eq!(
+        abort_count(&report, "BootFailed"),
+        exits(&report, "exited with code 3")
+    );
+    assert_eq!(status(&report)["circuit"]["open"], true);
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_watches_and_an_operator_restart_mid_ramp_still_converge() {
+    let mut sandbox = Sandbox::new(Options::new(scenario("healthy"), 5));
+    sandbox.add_pool(pool(8, 2)).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(45).await;
+    assert!(sandbox.server.drop_watches() >= 5);
+    sandbox.run_for(15).await;
+    // The operator process goes away in the middle of the ramp and comes back.
+    sandbox.stop_operator().await;
+    sandbox.run_for(20).await;
+    sandbox.start_operator();
+    sandbox.server.drop_watches();
+    sandbox.run_for(300).await;
+    let report = Report::of(&sandbox);
+    assert!(report.max_booting <= 2, "{}", report.max_booting);
+    assert!(
+        report.all_ready_after_seconds.is_some(),
+        "{}",
+        status(&report)
+    );
+    assert_eq!(status(&report)["phase"], "Ready");
+    let before = writes(&sandbox);
+    sandbox.run_for(200).await;
+    assert_eq!(writes(&sandbox), before);
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_operator_counts_no_abort_twice() {
+    let mut sandbox = Sandbox::new(Options {
+        server: ServerConfig {
+            history_limit: 200,
+            seed: 9,
+        },
+        ..Options::new(scenario("oom"), 9)
+    });
+    sandbox.add_pool(pool(4, 2)).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(250).await;
+    sandbox.stop_operator().await;
+    sandbox.start_operator();
+    sandbox.run_for(150).await;
+    let report = Report::of(&sandbox);
+    let kills = exits(&report, "(OOMKilled)");
+    assert!(kills >= 2);
+    assert_eq!(abort_count(&report, "OOMKilled"), kills);
+    sandbox.stop_operator().await;
+}
