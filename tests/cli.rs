@@ -343,3 +343,114 @@ fn diagnose_rejects_bad_input_clearly() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown runtime"));
 }
+
+#[test]
+fn sandbox_prints_a_timeline_a_summary_and_the_described_pool() {
+    let out = run(&["sandbox", "-f", SAMPLE, "--duration", "3m"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "scenario healthy, seed 1, 180 simulated seconds",
+        "Timeline",
+        "created with 2 replicas",
+        "Ready=True (AllReplicasReady)",
+        "All replicas ready after:",
+        "$ kubectl describe workerpool -n shop shop-api",
+        "Phase:  Ready",
+        "Normal   RampStep",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn sandbox_json_is_one_object_with_the_pool_timeline_and_counts() {
+    let out = run(
+        &[
+            "sandbox",
+            "-f",
+            SAMPLE,
+            "--scenario",
+            "boot-failure",
+            "--duration",
+            "300",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["pool"]["kind"], "WorkerPool");
+    assert_eq!(
+        report["pool"]["status"]["aborts"]["last"]["reason"],
+        "BootFailed"
+    );
+    assert!(
+        report["timeline"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|e| e["at"].is_number()))
+    );
+    assert_eq!(report["maxBooting"], 2);
+    assert!(report["allReadyAfterSeconds"].is_null());
+    assert!(
+        report["requests"]["patch"]["Deployment"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    );
+    // The same seed gives the same run.
+    let again = run(
+        &[
+            "sandbox",
+            "-f",
+            SAMPLE,
+            "--scenario",
+            "boot-failure",
+            "--duration",
+            "300",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(report["timeline"], again["timeline"]);
+}
+
+#[test]
+fn sandbox_runs_a_scenario_file_and_rejects_unknown_names() {
+    let dir = std::env::temp_dir().join(format!("workerpool-sandbox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("exit4.yaml");
+    std::fs::write(&file, "name: bad-import\nbootSeconds: 4\nbootExitCode: 4\n").expect("write");
+    let out = run(
+        &[
+            "sandbox",
+            "-f",
+            SAMPLE,
+            "--scenario",
+            file.to_str().expect("utf-8"),
+            "--duration",
+            "120",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["scenario"], "bad-import");
+    assert_eq!(
+        report["pool"]["status"]["aborts"]["last"]["reason"],
+        "AppLoadFailed"
+    );
+
+    let unknown = run(&["sandbox", "-f", SAMPLE, "--scenario", "meteor"], None);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown.stderr).contains("unknown scenario \"meteor\""));
+    let bad = run(&["sandbox", "-f", SAMPLE, "--duration", "ten"], None);
+    assert!(!bad.status.success());
+}
