@@ -83,6 +83,7 @@ pub struct Sandbox {
     pools: Vec<(String, String)>,
     next_action: usize,
     all_ready_after: Option<u64>,
+    simulation_time: Duration,
 }
 
 impl Sandbox {
@@ -109,6 +110,7 @@ impl Sandbox {
             pools: Vec::new(),
             next_action: 0,
             all_ready_after: None,
+            simulation_time: Duration::ZERO,
         }
     }
 
@@ -183,11 +185,13 @@ impl Sandbox {
         for _ in 0..seconds {
             self.elapsed += 1;
             tokio::time::sleep_until(self.started + Duration::from_secs(self.elapsed)).await;
+            let started = std::time::Instant::now();
             self.run_actions();
             self.cluster.tick(self.elapsed as f64);
             if self.all_ready_after.is_none() && self.all_ready() {
                 self.all_ready_after = Some(self.elapsed);
             }
+            self.simulation_time += started.elapsed();
         }
     }
 
@@ -247,6 +251,11 @@ impl Sandbox {
 
     pub fn all_ready_after(&self) -> Option<u64> {
         self.all_ready_after
+    }
+
+    /// Real time spent simulating the cluster (not the controller or the API server).
+    pub fn simulation_time(&self) -> Duration {
+        self.simulation_time
     }
 
     pub fn seed(&self) -> u64 {

@@ -43,6 +43,12 @@ pub struct RequestRecord {
     pub code: u16,
     /// When it was served, on the sandbox clock.
     pub at: jiff::Timestamp,
+    /// When it was served, in real time, for latency measurements.
+    #[serde(skip)]
+    pub wall: std::time::Instant,
+    /// A successful update or patch that changed nothing (no new resourceVersion).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub noop: bool,
 }
 
 impl RequestRecord {
@@ -213,7 +219,7 @@ impl ApiServer {
         })
     }
 
-    fn record(&self, verb: &'static str, route: Option<&Route>, code: u16) {
+    fn record(&self, verb: &'static str, route: Option<&Route>, code: u16, noop: bool) {
         let record = RequestRecord {
             verb,
             kind: route
@@ -224,6 +230,8 @@ impl ApiServer {
             name: route.and_then(|r| r.name.clone()),
             code,
             at: (self.clock)(),
+            wall: std::time::Instant::now(),
+            noop,
         };
         if let Ok(mut log) = self.traffic.log.lock() {
             log.push(record);
@@ -240,20 +248,20 @@ impl ApiServer {
         let route = match route(parts.uri.path()) {
             Ok(route) => route,
             Err(error) => {
-                self.record("unknown", None, error.code);
+                self.record("unknown", None, error.code, false);
                 return error_response(&error);
             }
         };
         let verb = verb_of(&parts.method, &route, &query);
         if let Some(error) = self.take_fault(verb, route.resource.kind) {
-            self.record(verb, Some(&route), error.code);
+            self.record(verb, Some(&route), error.code, false);
             return error_response(&error);
         }
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
                 let error = ApiError::bad_request(format!("reading the request body: {e}"));
-                self.record(verb, Some(&route), error.code);
+                self.record(verb, Some(&route), error.code, false);
                 return error_response(&error);
             }
         };
@@ -263,13 +271,29 @@ impl ApiServer {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let version = |server: &Self| {
+            route.name.as_deref().and_then(|name| {
+                server
+                    .get(
+                        route.resource,
+                        route.namespace.as_deref().unwrap_or_default(),
+                        name,
+                    )
+                    .ok()
+                    .and_then(|o| o.pointer("/metadata/resourceVersion").cloned())
+            })
+        };
+        let before = matches!(verb, "update" | "patch")
+            .then(|| version(&self))
+            .flatten();
         let response = if verb == "watch" {
             self.serve_watch(&route, &query)
         } else {
             self.serve(verb, &route, &query, &content_type, &bytes)
         };
         let response = response.unwrap_or_else(|error| error_response(&error));
-        self.record(verb, Some(&route), response.status().as_u16());
+        let noop = response.status().is_success() && before.is_some() && before == version(&self);
+        self.record(verb, Some(&route), response.status().as_u16(), noop);
         response
     }
 

@@ -1,0 +1,220 @@
+//! Scale: 1,000 WorkerPools of 10 replicas (10,000 pods) created at once on the sandbox, the
+//! controller running exactly as in `run`. Prints the figures recorded in docs/benchmarks.md.
+//!
+//! `cargo bench --bench sandbox_scale` (set `POOLS` to change the number of pools).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use workerpool_operator::controller::run::slim_pod;
+use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
+use workerpool_operator::sandbox::apiserver::{RESOURCES, ServerConfig};
+use workerpool_operator::sandbox::scenario::Scenario;
+use workerpool_operator::sandbox::{Options, Sandbox};
+
+/// Counts live heap bytes, to measure what a cache holds.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// CPU time of this thread (the sandbox runs on one) in nanoseconds.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `VmRSS` or `VmHWM` in MiB.
+fn memory_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn pool(index: usize) -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/samples/gunicorn-django.yaml"
+    ))
+    .expect("sample");
+    let mut pool: Value = serde_yaml::from_str(&text).expect("yaml");
+    pool["metadata"] =
+        json!({"name": format!("pool-{index}"), "namespace": format!("team-{}", index % 50)});
+    pool["spec"]["replicas"] = json!(10);
+    pool["spec"]["policy"]["boot"]["maxConcurrent"] = json!(10);
+    if let Some(policy) = pool["spec"]["policy"].as_object_mut() {
+        policy.remove("init");
+    }
+    pool
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass nothing else either.
+    let pools: usize = std::env::var("POOLS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let scenario = Scenario { boot_jitter: 0.1, ..Scenario::default() };
+        let mut options = Options::new(scenario, 1);
+        options.timeline_limit = 0;
+        options.server = ServerConfig { history_limit: 20_000, seed: 1 };
+        let mut sandbox = Sandbox::new(options);
+        sandbox.start_operator();
+        sandbox.run_for(1).await;
+
+        let created_wall = Instant::now();
+        let cpu_start = cpu_ns();
+        let wall_start = Instant::now();
+        for i in 0..pools {
+            sandbox.add_pool(pool(i)).expect("pool");
+        }
+        let mut converged_after = None;
+        for second in 0..600 {
+            sandbox.run_for(1).await;
+            let reported = || {
+                sandbox.pools().iter().all(|(ns, name)| {
+                    sandbox.pool(ns, name).is_some_and(|p| p["status"]["phase"] == "Ready")
+                })
+            };
+            if sandbox.all_ready() && reported() {
+                converged_after = Some(second + 1);
+                break;
+            }
+        }
+        let cpu_converge = cpu_ns() - cpu_start;
+        let simulation_ns = sandbox.simulation_time().as_nanos() as u64;
+        let wall_converge = wall_start.elapsed();
+        let requests = sandbox.server.requests();
+        let mut writes: HashMap<String, usize> = HashMap::new();
+        let mut first_apply: HashMap<(String, String), Instant> = HashMap::new();
+        for r in &requests {
+            if r.is_write() {
+                let kind = match &r.subresource {
+                    Some(sub) => format!("{} {}/{sub}", r.verb, r.kind),
+                    None => format!("{} {}", r.verb, r.kind),
+                };
+                *writes.entry(kind).or_default() += 1;
+            }
+            if r.verb == "patch" && r.kind == "Deployment" && r.subresource.is_none() {
+                first_apply
+                    .entry((r.namespace.clone().unwrap_or_default(), r.name.clone().unwrap_or_default()))
+                    .or_insert(r.wall);
+            }
+        }
+        let mut latencies: Vec<f64> = first_apply
+            .values()
+            .map(|at| at.duration_since(created_wall).as_secs_f64() * 1000.0)
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let peak_rss = memory_mib("VmHWM");
+
+        // Steady state: ten quiet virtual minutes, then one forced reconcile of every pool.
+        let before = sandbox.server.request_count();
+        sandbox.run_for(600).await;
+        let quiet: Vec<String> = sandbox.server.requests()[before..]
+            .iter()
+            .filter(|r| r.verb != "watch")
+            .map(|r| format!("{} {}{}", r.verb, r.kind, r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default()))
+            .collect();
+        let before = sandbox.server.request_count();
+        let reconciles_before = sandbox.metrics.reconciles.get();
+        for (namespace, name) in sandbox.pools().to_vec() {
+            let _ = sandbox.server.write(
+                &RESOURCES[6],
+                &namespace,
+                &name,
+                workerpool_operator::sandbox::apiserver::Target::Main,
+                workerpool_operator::sandbox::apiserver::Write::Merge(json!({"metadata": {"annotations": {"bench/touch": "1"}}})),
+                Some("bench"),
+            );
+        }
+        sandbox.run_for(5).await;
+        let forced = sandbox.metrics.reconciles.get() - reconciles_before;
+        let forced_requests = sandbox.server.request_count() - before;
+        let steady_rss = memory_mib("VmRSS");
+
+        // Heap per cached pod: the operator's pod cache, filled with this run's pods as the
+        // watch delivers them (slimmed as in `run`).
+        let (pods, _, _) = sandbox.server.list(&RESOURCES[0], None, &LabelSelector::default(), &FieldSelector::default(), None, None);
+        let count = pods.len();
+        let heap_before = LIVE.load(Ordering::Relaxed) as f64;
+        let mut writer: Writer<Pod> = Writer::default();
+        for value in &pods {
+            if let Ok(mut pod) = serde_json::from_value::<Pod>((**value).clone()) {
+                slim_pod(&mut pod);
+                writer.apply_watcher_event(&watcher::Event::Apply(pod));
+            }
+        }
+        let heap_per_pod = (LIVE.load(Ordering::Relaxed) as f64 - heap_before) / count.max(1) as f64;
+        let store = writer.as_reader();
+        sandbox.stop_operator().await;
+
+        let total_writes: usize = writes.values().sum();
+        let mut write_list: Vec<(String, usize)> = writes.into_iter().collect();
+        write_list.sort();
+        println!("pools: {pools}, pods: {count} (cache holds {})", store.len());
+        println!("converged after {:?} virtual seconds", converged_after);
+        println!("wall time to converge: {:.2?}", wall_converge);
+        println!("CPU time to converge (whole sandbox: API, cluster, controller): {:.1} ms = {:.3} ms per pool", cpu_converge as f64 / 1e6, cpu_converge as f64 / 1e6 / pools as f64);
+        let controller_ns = cpu_converge.saturating_sub(simulation_ns);
+        println!("  of which the simulated cluster: {:.1} ms; controller + API server: {:.1} ms = {:.3} ms per pool", simulation_ns as f64 / 1e6, controller_ns as f64 / 1e6, controller_ns as f64 / 1e6 / pools as f64);
+        let noops = requests.iter().filter(|r| r.noop).count();
+        println!("writes that changed nothing: {noops}");
+        println!("writes during convergence: {total_writes} = {:.2} per pool: {write_list:?}", total_writes as f64 / pools as f64);
+        println!("creation → Deployment apply: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&latencies, 50.0), percentile(&latencies, 99.0), percentile(&latencies, 100.0));
+        println!("requests in 10 quiet virtual minutes (watches excluded): {} {:?}", quiet.len(), quiet.iter().take(5).collect::<Vec<_>>());
+        println!("forced reconciles of converged pools: {forced}, requests they made: {forced_requests}");
+        println!("RSS of the whole sandbox process: peak {peak_rss:.0} MiB, steady {steady_rss:.0} MiB");
+        println!("heap per cached pod: {heap_per_pod:.0} bytes");
+        let _ = Duration::ZERO;
+    });
+}
