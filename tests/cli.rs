@@ -366,22 +366,21 @@ fn sandbox_prints_a_timeline_a_summary_and_the_described_pool() {
     }
 }
 
+const BOOT_FAILURE_JSON: &[&str] = &[
+    "sandbox",
+    "-f",
+    SAMPLE,
+    "--scenario",
+    "boot-failure",
+    "--duration",
+    "300",
+    "-o",
+    "json",
+];
+
 #[test]
 fn sandbox_json_is_one_object_with_the_pool_timeline_and_counts() {
-    let out = run(
-        &[
-            "sandbox",
-            "-f",
-            SAMPLE,
-            "--scenario",
-            "boot-failure",
-            "--duration",
-            "300",
-            "-o",
-            "json",
-        ],
-        None,
-    );
+    let out = run(BOOT_FAILURE_JSON, None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["pool"]["kind"], "WorkerPool");
@@ -402,20 +401,7 @@ fn sandbox_json_is_one_object_with_the_pool_timeline_and_counts() {
             .is_some_and(|n| n >= 1)
     );
     // The same seed gives the same run.
-    let again = run(
-        &[
-            "sandbox",
-            "-f",
-            SAMPLE,
-            "--scenario",
-            "boot-failure",
-            "--duration",
-            "300",
-            "-o",
-            "json",
-        ],
-        None,
-    );
+    let again = run(BOOT_FAILURE_JSON, None);
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
     assert_eq!(report["timeline"], again["timeline"]);
 }

@@ -158,6 +158,18 @@ fn verb_of(method: &Method, route: &Route, query: &HashMap<String, String>) -> &
     }
 }
 
+/// The request's `labelSelector` and `fieldSelector`, empty when absent.
+fn selectors(
+    resource: &ResourceType,
+    query: &HashMap<String, String>,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let param = |name: &str| query.get(name).map(String::as_str).unwrap_or_default();
+    Ok((
+        LabelSelector::parse(param("labelSelector"))?,
+        FieldSelector::parse(resource.plural, param("fieldSelector"))?,
+    ))
+}
+
 fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes)
         .or_else(|_| serde_yaml::from_slice(bytes))
@@ -337,19 +349,7 @@ impl ApiServer {
                 Ok(respond(&object))
             }
             "list" => {
-                let labels = LabelSelector::parse(
-                    query
-                        .get("labelSelector")
-                        .map(String::as_str)
-                        .unwrap_or_default(),
-                )?;
-                let fields = FieldSelector::parse(
-                    resource.plural,
-                    query
-                        .get("fieldSelector")
-                        .map(String::as_str)
-                        .unwrap_or_default(),
-                )?;
+                let (labels, fields) = selectors(resource, query)?;
                 let limit = query
                     .get("limit")
                     .and_then(|l| l.parse().ok())
@@ -496,19 +496,7 @@ impl ApiServer {
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, ApiError> {
         let resource = route.resource;
-        let labels = LabelSelector::parse(
-            query
-                .get("labelSelector")
-                .map(String::as_str)
-                .unwrap_or_default(),
-        )?;
-        let fields = FieldSelector::parse(
-            resource.plural,
-            query
-                .get("fieldSelector")
-                .map(String::as_str)
-                .unwrap_or_default(),
-        )?;
+        let (labels, fields) = selectors(resource, query)?;
         let since =
             match query.get("resourceVersion").map(String::as_str) {
                 None | Some("") | Some("0") => None,

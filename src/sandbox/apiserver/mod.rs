@@ -605,14 +605,7 @@ impl ApiServer {
         if let Some(manager) = manager {
             meta.insert(
                 "managedFields".into(),
-                json!([{
-                    "manager": manager,
-                    "operation": operation,
-                    "apiVersion": resource.api_version(),
-                    "time": now,
-                    "fieldsType": "FieldsV1",
-                    "fieldsV1": fields,
-                }]),
+                json!([managed_entry(resource, manager, operation, fields, now)]),
             );
         }
         Ok(state
@@ -905,6 +898,23 @@ impl ApiServer {
     }
 }
 
+fn managed_entry(
+    resource: &ResourceType,
+    manager: &str,
+    operation: &str,
+    fields: Value,
+    now: &str,
+) -> Value {
+    json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": resource.api_version(),
+        "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    })
+}
+
 fn record_manager(
     object: &mut Value,
     resource: &ResourceType,
@@ -934,14 +944,7 @@ fn record_manager(
             .and_then(|e| e.get("fieldsV1").cloned())
             .unwrap_or(json!({}))
     });
-    let mut entry = json!({
-        "manager": manager,
-        "operation": operation,
-        "apiVersion": resource.api_version(),
-        "time": now,
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields,
-    });
+    let mut entry = managed_entry(resource, manager, operation, fields, now);
     if let Some(subresource) = subresource {
         entry["subresource"] = json!(subresource);
     }
