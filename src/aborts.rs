@@ -78,7 +78,14 @@ pub fn record(
     let mut fresh = Vec::new();
     let mut observed = observed;
     // A crash loop is the consequence of the exit beside it: the exit is the better `last`.
-    observed.sort_by_key(|o| (o.at, o.record.reason != "CrashLoop"));
+    // Ties go by identity, so `last` and the Event order do not depend on cache order.
+    observed.sort_by(|a, b| {
+        (a.at, a.record.reason != "CrashLoop", &a.key).cmp(&(
+            b.at,
+            b.record.reason != "CrashLoop",
+            &b.key,
+        ))
+    });
     for o in observed {
         if !is_news(old, &o, now, window_seconds) || recent.iter().any(|seen| seen.key == o.key) {
             continue;
@@ -244,5 +251,24 @@ mod tests {
         assert_eq!(fresh.len(), 200);
         assert_eq!(s.recent.len(), MAX_RECENT);
         assert_eq!(s.last.as_ref().map(|l| l.restart_count), Some(199));
+    }
+
+    #[test]
+    fn simultaneous_aborts_pick_the_same_last_whatever_the_input_order() {
+        let pick = |observed: Vec<Observed>| {
+            let (summary, fresh) = record(None, observed, at(20), 600);
+            let pods: Vec<String> = fresh.into_iter().map(|r| r.pod).collect();
+            (summary.last.map(|l| l.pod), pods)
+        };
+        let forward = pick(vec![
+            abort("a", 0, "BootFailed", 10),
+            abort("b", 0, "BootFailed", 10),
+        ]);
+        let backward = pick(vec![
+            abort("b", 0, "BootFailed", 10),
+            abort("a", 0, "BootFailed", 10),
+        ]);
+        assert_eq!(forward, backward);
+        assert_eq!(forward.0.as_deref(), Some("b"));
     }
 }
