@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::store::Writer;
@@ -215,6 +215,5 @@ fn main() {
         println!("forced reconciles of converged pools: {forced}, requests they made: {forced_requests}");
         println!("RSS of the whole sandbox process: peak {peak_rss:.0} MiB, steady {steady_rss:.0} MiB");
         println!("heap per cached pod: {heap_per_pod:.0} bytes");
-        let _ = Duration::ZERO;
     });
 }

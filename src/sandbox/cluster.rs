@@ -431,7 +431,7 @@ impl Cluster {
             .into_iter()
             .collect();
         for key in dirty {
-            self.reconcile_deployment(&key, now);
+            self.reconcile_deployment(&key);
         }
         let jobs: Vec<Key> = self.jobs.keys().cloned().collect();
         for key in jobs {
@@ -646,8 +646,6 @@ impl Cluster {
         count: i64,
     ) {
         *seq += 1;
-        let now = (super::EPOCH).to_string();
-        let _ = now;
         let event = json!({
             "metadata": {"name": format!("{}.{:016x}", pod.name, seq), "namespace": pod.namespace},
             "involvedObject": {
@@ -722,7 +720,7 @@ impl Cluster {
         pod.dirty = true;
     }
 
-    fn reconcile_deployment(&mut self, key: &Key, now: f64) {
+    fn reconcile_deployment(&mut self, key: &Key) {
         let Some(deployment) = self.deployments.get(key).cloned() else {
             return;
         };
@@ -809,18 +807,11 @@ impl Cluster {
         }
         if !old.is_empty() {
             let min_available = desired - unavailable;
-            let ready_total = active.iter().filter(|p| p.ready()).count() as i64;
             let new_unready = new.iter().filter(|p| !p.ready()).count() as i64;
-            let old_unready = old.iter().filter(|p| !p.ready()).count() as i64;
-            let removable = (new_count + old_count - min_available - new_unready)
-                .max(0)
-                .min(old_count);
-            let removable = removable.max(old_unready.min(old_count)).max(
-                (ready_total - min_available)
-                    .max(0)
-                    .min(old_count)
-                    .min(removable),
-            );
+            // The Deployment controller's maxScaledDown: unready old pods go first, healthy
+            // ones only while enough pods stay available.
+            let removable =
+                (new_count + old_count - min_available - new_unready).clamp(0, old_count);
             delete.extend(by_preference(&old).into_iter().take(removable as usize));
         }
         let ready = active.iter().filter(|p| p.ready()).count() as i64;
@@ -881,7 +872,6 @@ impl Cluster {
             Write::Merge(status),
             Some(SYSTEM),
         );
-        let _ = now;
     }
 
     fn reconcile_job(&mut self, key: &Key, now: f64) {

@@ -338,7 +338,7 @@ impl ApiServer {
         };
         let respond = |object: &Value| -> Response<Body> {
             if target == Target::Scale {
-                json_response(200, &scale_view(resource, object))
+                json_response(200, &scale_view(object))
             } else {
                 json_response(200, object)
             }

@@ -654,7 +654,7 @@ impl ApiServer {
             };
         };
         let view = match target {
-            Target::Scale => scale_view(resource, &old),
+            Target::Scale => scale_view(&old),
             _ => (*old).clone(),
         };
         let (candidate, patch_fields) = match &write {
@@ -811,15 +811,7 @@ impl ApiServer {
             .cloned()
             .ok_or_else(|| ApiError::not_found(resource, name))?;
         state
-            .delete_locked(
-                resource,
-                key,
-                old,
-                grace_seconds,
-                propagation,
-                &now,
-                &self.clock,
-            )
+            .delete_locked(resource, key, old, grace_seconds, propagation, &now)
             .ok_or_else(|| ApiError::not_found(resource, name))
     }
 
@@ -955,7 +947,7 @@ fn record_manager(
 }
 
 /// The `autoscaling/v1` Scale view of an object with `.spec.replicas`.
-pub fn scale_view(resource: &ResourceType, object: &Value) -> Value {
+pub fn scale_view(object: &Value) -> Value {
     let meta = metadata(object).cloned().unwrap_or_default();
     let selector = object
         .pointer("/spec/selector/matchLabels")
@@ -967,7 +959,6 @@ pub fn scale_view(resource: &ResourceType, object: &Value) -> Value {
                 .collect::<Vec<_>>()
                 .join(",")
         });
-    let _ = resource;
     json!({
         "apiVersion": "autoscaling/v1",
         "kind": "Scale",
@@ -1092,7 +1083,6 @@ impl State {
         grace_seconds: Option<i64>,
         propagation: Option<&str>,
         now: &str,
-        clock: &Clock,
     ) -> Option<Arc<Value>> {
         let marked = metadata(&old).is_some_and(|m| m.contains_key("deletionTimestamp"));
         if resource.plural == "pods" {
@@ -1118,7 +1108,7 @@ impl State {
                 return Some(old);
             }
             let mut new = (*old).clone();
-            let at = clock()
+            let at = (self.clock)()
                 .checked_add(jiff::SignedDuration::from_secs(grace))
                 .map(|t| {
                     jiff::Timestamp::from_second(t.as_second())
@@ -1183,20 +1173,8 @@ impl State {
                 }
                 self.commit(dependent_resource, key, Some(object), Some(new));
             } else {
-                let clock_now = jiff::Timestamp::from_str_lossy(now);
-                let clock: Clock = Arc::new(move || clock_now);
-                self.delete_locked(dependent_resource, key, object, None, None, now, &clock);
+                self.delete_locked(dependent_resource, key, object, None, None, now);
             }
         }
-    }
-}
-
-trait FromStrLossy {
-    fn from_str_lossy(text: &str) -> jiff::Timestamp;
-}
-
-impl FromStrLossy for jiff::Timestamp {
-    fn from_str_lossy(text: &str) -> jiff::Timestamp {
-        text.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
     }
 }
