@@ -8,6 +8,7 @@ use std::hint::black_box;
 use workerpool_operator::api::Runtime;
 use workerpool_operator::classify::KubeletEvent;
 use workerpool_operator::observe;
+use workerpool_operator::podview::PodView;
 
 const PODS: usize = 1000;
 
@@ -40,8 +41,9 @@ fn pod(i: usize) -> Pod {
 }
 
 fn classify_pods(c: &mut Criterion) {
-    let pods: Vec<Pod> = (0..PODS).map(pod).collect();
-    let refs: Vec<&Pod> = pods.iter().collect();
+    // As the controller's cache holds them.
+    let pods: Vec<PodView> = (0..PODS).map(|i| PodView::from(&pod(i))).collect();
+    let refs: Vec<&PodView> = pods.iter().collect();
     let events: Vec<KubeletEvent> = (0..PODS)
         .filter(|i| i % 4 == 3)
         .map(|i| KubeletEvent {

@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use workerpool_operator::controller::run::slim_pod;
+use workerpool_operator::controller::pod_cache::PodCache;
 use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
 use workerpool_operator::sandbox::apiserver::{RESOURCES, ServerConfig};
 use workerpool_operator::sandbox::scenario::Scenario;
@@ -183,19 +182,17 @@ fn main() {
         let steady_rss = memory_mib("VmRSS");
 
         // Heap per cached pod: the operator's pod cache, filled with this run's pods as the
-        // watch delivers them (slimmed as in `run`).
+        // watch delivers them.
         let (pods, _, _) = sandbox.server.list(&RESOURCES[0], None, &LabelSelector::default(), &FieldSelector::default(), None, None);
         let count = pods.len();
         let heap_before = LIVE.load(Ordering::Relaxed) as f64;
-        let mut writer: Writer<Pod> = Writer::default();
+        let store = PodCache::default();
         for value in &pods {
-            if let Ok(mut pod) = serde_json::from_value::<Pod>((**value).clone()) {
-                slim_pod(&mut pod);
-                writer.apply_watcher_event(&watcher::Event::Apply(pod));
+            if let Ok(pod) = serde_json::from_value::<Pod>((**value).clone()) {
+                store.apply(&watcher::Event::Apply(pod));
             }
         }
         let heap_per_pod = (LIVE.load(Ordering::Relaxed) as f64 - heap_before) / count.max(1) as f64;
-        let store = writer.as_reader();
         sandbox.stop_operator().await;
 
         let total_writes: usize = writes.values().sum();

@@ -1,10 +1,11 @@
 //! Classifies why a worker container aborted, from what the kubelet writes: container states,
 //! pod status and conditions, and the kubelet's `Killing` / `Unhealthy` / `BackOff` Events. Pure.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
 use crate::api::Runtime;
+use crate::podview::{ContainerView, PodView, State};
 
 /// Stable abort reasons, used in status, Events, metrics and `diagnose`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -141,9 +142,11 @@ fn probe_failure(
         .map(|e| e.message.clone())
 }
 
-fn waiting_abort(pod: &str, status: &ContainerStatus) -> Option<Abort> {
-    let waiting = status.state.as_ref()?.waiting.as_ref()?;
-    let reason = match waiting.reason.as_deref()? {
+fn waiting_abort(pod: &str, container: &ContainerView) -> Option<Abort> {
+    let State::Waiting { reason, message } = &container.state else {
+        return None;
+    };
+    let reason = match reason.as_deref()? {
         "CrashLoopBackOff" => Reason::CrashLoop,
         "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => Reason::ImagePullFailed,
         "CreateContainerConfigError" | "CreateContainerError" => Reason::ConfigError,
@@ -151,47 +154,37 @@ fn waiting_abort(pod: &str, status: &ContainerStatus) -> Option<Abort> {
     };
     Some(Abort {
         pod: pod.to_string(),
-        container: Some(status.name.clone()),
+        container: Some(container.name.clone()),
         reason,
         exit_code: None,
         signal: None,
-        restart_count: Some(status.restart_count),
-        message: waiting.message.clone(),
+        restart_count: Some(container.restart_count),
+        message: message.clone(),
         // A crash loop began when the container last exited.
-        finished_at: status
-            .last_state
+        finished_at: container
+            .last_terminated
             .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .and_then(|t| t.finished_at.as_ref())
-            .map(|t| t.0),
+            .and_then(|t| t.finished_at),
     })
 }
 
 fn termination_abort(
     runtime: Runtime,
-    pod: &Pod,
-    status: &ContainerStatus,
+    pod: &PodView,
+    container: &ContainerView,
     events: &[KubeletEvent],
 ) -> Option<Abort> {
-    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
     // The last termination, or the current one when the container is not restarted.
-    let (terminated, restart_count) = match status
-        .last_state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
-    {
-        Some(t) => (t, status.restart_count.saturating_sub(1).max(0)),
-        None => (
-            status.state.as_ref()?.terminated.as_ref()?,
-            status.restart_count,
-        ),
+    let (terminated, restart_count) = match (&container.last_terminated, &container.state) {
+        (Some(t), _) => (t, container.restart_count.saturating_sub(1).max(0)),
+        (None, State::Terminated(t)) => (t, container.restart_count),
+        (None, _) => return None,
     };
     let code = terminated.exit_code;
-    let terminating = pod.metadata.deletion_timestamp.is_some();
     let app_server = matches!(runtime, Runtime::Gunicorn | Runtime::Uvicorn);
     let probe_kill = |probe: &str| {
-        killed_by_probe(events, pod_name, &status.name, &probe.to_lowercase())
-            .then(|| probe_failure(events, pod_name, &status.name, probe))
+        killed_by_probe(events, &pod.name, &container.name, &probe.to_lowercase())
+            .then(|| probe_failure(events, &pod.name, &container.name, probe))
     };
     let mut evidence = None;
     let reason = if terminated.reason.as_deref() == Some("OOMKilled") {
@@ -206,19 +199,19 @@ fn termination_abort(
         Reason::BootFailed
     } else if runtime == Runtime::Gunicorn && code == 4 {
         Reason::AppLoadFailed
-    } else if code == 137 && terminating {
+    } else if code == 137 && pod.deleting {
         Reason::GracePeriodExceeded
     } else if code > 128 {
         Reason::Signaled
-    } else if code == 0 && terminating {
+    } else if code == 0 && pod.deleting {
         // A clean exit during shutdown is not an abort.
         return None;
     } else {
         Reason::UnexpectedExit
     };
     Some(Abort {
-        pod: pod_name.to_string(),
-        container: Some(status.name.clone()),
+        pod: pod.name.clone(),
+        container: Some(container.name.clone()),
         reason,
         exit_code: Some(code),
         signal: signal_name(code),
@@ -226,58 +219,49 @@ fn termination_abort(
         message: evidence
             .or_else(|| terminated.message.clone())
             .or_else(|| terminated.reason.clone()),
-        finished_at: terminated.finished_at.as_ref().map(|t| t.0),
+        finished_at: terminated.finished_at,
     })
 }
 
 /// Every abort visible on a pod, pod-level ones first, then per container in status order.
-pub fn classify_pod(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec<Abort> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
+pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec<Abort> {
     let mut aborts = Vec::new();
-    let Some(status) = pod.status.as_ref() else {
-        return aborts;
-    };
-    if status.reason.as_deref() == Some("Evicted") {
+    if pod.reason.as_deref() == Some("Evicted") {
         aborts.push(Abort {
-            pod: name.clone(),
+            pod: pod.name.clone(),
             container: None,
             reason: Reason::Evicted,
             exit_code: None,
             signal: None,
             restart_count: None,
-            message: status.message.clone(),
+            message: pod.message.clone(),
             finished_at: None,
         });
     }
-    let unschedulable = status
-        .conditions
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|c| {
-            c.type_ == "PodScheduled"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("Unschedulable")
-        });
-    if let Some(condition) = unschedulable {
+    if let Some(unschedulable) = &pod.unschedulable {
         aborts.push(Abort {
-            pod: name.clone(),
+            pod: pod.name.clone(),
             container: None,
             reason: Reason::Unschedulable,
             exit_code: None,
             signal: None,
             restart_count: None,
-            message: condition.message.clone(),
+            message: unschedulable.message.clone(),
             finished_at: None,
         });
     }
-    for container in status.container_statuses.as_deref().unwrap_or_default() {
+    for container in &pod.containers {
         if let Some(abort) = termination_abort(runtime, pod, container, events) {
             aborts.push(abort);
         }
-        if let Some(abort) = waiting_abort(&name, container) {
+        if let Some(abort) = waiting_abort(&pod.name, container) {
             aborts.push(abort);
         }
     }
     aborts
+}
+
+/// [`classify`] for a whole `Pod`, as `kubectl get pod -o json` prints it.
+pub fn classify_pod(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec<Abort> {
+    classify(runtime, &PodView::from(pod), events)
 }

@@ -2,7 +2,7 @@
 //! pools of Python app-server workers, and records why workers abort.
 //!
 //! Pure modules (no client, no clock): `policy`, `derive`, `ramp`, `rollout`, `status`, `drift`, `classify`,
-//! `loghints`, `aborts`, `observe`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
+//! `loghints`, `aborts`, `observe`, `podview`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
 
 pub mod aborts;
 pub mod api;
@@ -13,6 +13,7 @@ pub mod diagnose;
 pub mod drift;
 pub mod loghints;
 pub mod observe;
+pub mod podview;
 pub mod policy;
 pub mod ramp;
 pub mod render;

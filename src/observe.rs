@@ -3,12 +3,12 @@
 //! the time.
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Pod;
 
 use crate::aborts::{self, Observed};
-use crate::api::{AbortRecord, REVISION_ANNOTATION, Runtime};
+use crate::api::{AbortRecord, Runtime};
 use crate::classify::{self, Abort, KubeletEvent, Reason};
 use crate::loghints::{self, LogFindings};
+use crate::podview::{PodView, State};
 
 /// A termination younger than this may still be waiting for the kubelet's `Killing` Event that
 /// tells a probe kill from a plain exit, so it is classified a little later.
@@ -96,17 +96,6 @@ pub fn identity(pod_uid: &str, abort: &Abort) -> String {
     }
 }
 
-/// The template revision a pod runs: the operator's annotation, else the Deployment
-/// controller's `pod-template-hash`.
-pub fn revision(pod: &Pod) -> Option<String> {
-    let meta = &pod.metadata;
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(REVISION_ANNOTATION))
-        .or_else(|| meta.labels.as_ref()?.get(REVISION_LABEL))
-        .cloned()
-}
-
 fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
     AbortRecord {
         pod: abort.pod.clone(),
@@ -137,14 +126,13 @@ fn needs_settling(abort: &Abort) -> bool {
 /// Every abort the pods show, except terminations still settling.
 pub fn pod_aborts(
     runtime: Runtime,
-    pods: &[&Pod],
+    pods: &[&PodView],
     events: &[KubeletEvent],
     now: Timestamp,
 ) -> PodFindings {
     let mut findings = PodFindings::default();
     for pod in pods {
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        for abort in classify::classify_pod(runtime, pod, events) {
+        for abort in classify::classify(runtime, pod, events) {
             let at = abort.finished_at.unwrap_or(now);
             if abort.exit_code.is_some() && needs_settling(&abort) {
                 let age = now.duration_since(at);
@@ -165,9 +153,9 @@ pub fn pod_aborts(
             };
             findings.found.push(Found {
                 observed: Observed {
-                    key: identity(uid, &abort),
+                    key: identity(&pod.uid, &abort),
                     at,
-                    revision: revision(pod),
+                    revision: pod.revision.clone(),
                     record: record(&abort, at, None),
                 },
                 log,
@@ -178,16 +166,9 @@ pub fn pod_aborts(
 }
 
 /// The termination is in `lastState` (the container was restarted), not in `state`.
-fn restarted(pod: &Pod, container: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|all| all.iter().find(|c| c.name == container))
-        .is_some_and(|c| {
-            c.last_state
-                .as_ref()
-                .is_some_and(|s| s.terminated.is_some())
-        })
+fn restarted(pod: &PodView, container: &str) -> bool {
+    pod.container(container)
+        .is_some_and(|c| c.last_terminated.is_some())
 }
 
 /// Puts what the log says in front of the generic advice.
@@ -200,38 +181,22 @@ pub fn with_log_hint(mut observed: Observed, findings: &LogFindings) -> Observed
 
 /// Containers of running pods that are booting or failing readiness: their log is the only place
 /// worker timeouts and worker OOM kills show up.
-pub fn unhealthy_containers(pod: &Pod) -> Vec<String> {
-    if pod.metadata.deletion_timestamp.is_some() {
+pub fn unhealthy_containers(pod: &PodView) -> Vec<String> {
+    if pod.deleting || pod.phase.as_deref() != Some("Running") {
         return Vec::new();
     }
-    let Some(status) = pod.status.as_ref() else {
-        return Vec::new();
-    };
-    if status.phase.as_deref() != Some("Running") {
-        return Vec::new();
-    }
-    status
-        .container_statuses
-        .as_deref()
-        .unwrap_or_default()
+    pod.containers
         .iter()
-        .filter(|c| !c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .filter(|c| !c.ready && c.state == State::Running)
         .map(|c| c.name.clone())
         .collect()
 }
 
 /// Worker-level aborts in a running container's log: each gunicorn `WORKER TIMEOUT` and each worker
 /// SIGKILL ("Perhaps out of memory?") not caused by a timeout, identified by the worker's pid.
-pub fn log_aborts(pod: &Pod, container: &str, log: &str, now: Timestamp) -> Vec<Observed> {
+pub fn log_aborts(pod: &PodView, container: &str, log: &str, now: Timestamp) -> Vec<Observed> {
     let findings = loghints::scan(log);
-    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let restart_count = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|all| all.iter().find(|c| c.name == container))
-        .map_or(0, |c| c.restart_count);
+    let restart_count = pod.container(container).map_or(0, |c| c.restart_count);
     let hint = loghints::hint(&findings);
     let timeouts = findings
         .worker_timeout_pids
@@ -246,7 +211,7 @@ pub fn log_aborts(pod: &Pod, container: &str, log: &str, now: Timestamp) -> Vec<
         .chain(oom_kills)
         .map(|(reason, pid)| {
             let abort = Abort {
-                pod: name.clone(),
+                pod: pod.name.clone(),
                 container: Some(container.to_string()),
                 reason,
                 exit_code: None,
@@ -258,10 +223,10 @@ pub fn log_aborts(pod: &Pod, container: &str, log: &str, now: Timestamp) -> Vec<
             Observed {
                 key: format!(
                     "{}/worker-{pid}",
-                    aborts::key(uid, container, restart_count)
+                    aborts::key(&pod.uid, container, restart_count)
                 ),
                 at: now,
-                revision: revision(pod),
+                revision: pod.revision.clone(),
                 record: record(&abort, now, hint.clone()),
             }
         })
@@ -304,7 +269,7 @@ mod tests {
 
     #[test]
     fn only_running_unready_containers_of_live_pods_are_sampled() {
-        let pod = |phase: &str, ready: bool, deleting: bool| -> Pod {
+        let pod = |phase: &str, ready: bool, deleting: bool| -> PodView {
             let mut value = json!({
                 "metadata": {"name": "api-1", "uid": "u"},
                 "status": {"phase": phase, "containerStatuses": [
@@ -315,7 +280,8 @@ mod tests {
             if deleting {
                 value["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:00:05Z");
             }
-            serde_json::from_value(value).expect("pod")
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(value).expect("pod");
+            PodView::from(&pod)
         };
         assert_eq!(unhealthy_containers(&pod("Running", false, false)), ["app"]);
         assert!(unhealthy_containers(&pod("Running", true, false)).is_empty());

@@ -214,6 +214,7 @@ mod arbitrary_status {
     use jiff::Timestamp;
     use proptest::prelude::*;
     use workerpool_operator::observe;
+    use workerpool_operator::podview::PodView;
 
     fn text() -> impl Strategy<Value = Option<String>> {
         prop_oneof![
@@ -328,7 +329,7 @@ mod arbitrary_status {
                 }
             }
             let now: Timestamp = "2026-11-22T10:05:00Z".parse().expect("time");
-            let found = observe::pod_aborts(runtime, &[&pod], &events, now);
+            let found = observe::pod_aborts(runtime, &[&PodView::from(&pod)], &events, now);
             prop_assert!(found.found.len() <= aborts.len());
         }
     }

@@ -7,6 +7,7 @@ mod error;
 pub mod kubelet;
 pub mod logs;
 pub mod metrics;
+pub mod pod_cache;
 pub mod run;
 mod workers;
 
@@ -16,7 +17,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -34,6 +34,7 @@ pub use error::Error;
 use kubelet::KubeletEvents;
 use logs::{ApiLogs, LogReader};
 use metrics::Metrics;
+use pod_cache::PodCache;
 
 use crate::api::{AbortRecord, AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::derive::{self, Children, PoolRef};
@@ -56,8 +57,8 @@ pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 pub struct Caches {
     pub deployments: Store<Deployment>,
     pub pdbs: Store<PodDisruptionBudget>,
-    /// Pods carrying the pool label, slimmed to metadata and status.
-    pub pods: Store<Pod>,
+    /// Pods carrying the pool label, as the views classification reads.
+    pub pods: PodCache,
     pub jobs: Store<Job>,
 }
 
@@ -65,7 +66,7 @@ pub struct Context {
     pub client: Client,
     pub deployments: Store<Deployment>,
     pub pdbs: Store<PodDisruptionBudget>,
-    pub pods: Store<Pod>,
+    pub pods: PodCache,
     pub jobs: Store<Job>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,

@@ -8,24 +8,24 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use tokio::sync::watch;
 
 use super::kubelet;
 use super::metrics::Metrics;
+use super::pod_cache::PodCache;
 use super::{Caches, Clock, Context, error_policy, reconcile};
-use crate::api::{MANAGER_NAME, POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION, WorkerPool};
-use crate::observe::REVISION_LABEL;
+use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -62,53 +62,14 @@ fn strip<K: Resource>(object: &mut K) {
     }
 }
 
-/// Keeps of a pod only what classification reads: identity, the pool and revision labels, the
-/// runtime annotation, the deletion mark and the status without images and addresses.
-pub fn slim_pod(pod: &mut Pod) {
-    strip(pod);
-    let meta = &mut pod.metadata;
-    meta.owner_references = None;
-    meta.generate_name = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == POOL_LABEL || k == REVISION_LABEL);
-    }
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == RUNTIME_ANNOTATION || k == REVISION_ANNOTATION);
-    }
-    pod.spec = None::<PodSpec>;
-    if let Some(status) = pod.status.as_mut() {
-        *status = PodStatus {
-            phase: status.phase.take(),
-            reason: status.reason.take(),
-            message: status.message.take(),
-            conditions: status.conditions.take(),
-            container_statuses: status.container_statuses.take().map(|all| {
-                all.into_iter()
-                    .map(|mut c| {
-                        c.image = String::new();
-                        c.image_id = String::new();
-                        c.container_id = None;
-                        c.allocated_resources = None;
-                        c.resources = None;
-                        c.volume_mounts = None;
-                        c
-                    })
-                    .collect()
-            }),
-            ..PodStatus::default()
-        };
-    }
-}
-
 /// The pool a kubelet Event is about, buffering the Event for that pool's next reconcile.
 fn pool_of_event(
     event: &Event,
-    pods: &Store<Pod>,
+    pods: &PodCache,
     context: &Context,
 ) -> Option<ObjectRef<DeserializeGuard<WorkerPool>>> {
     let (namespace, kubelet_event) = kubelet::from_event(event)?;
-    let pod = pods.get(&ObjectRef::new(&kubelet_event.pod).within(&namespace))?;
-    let pool = pod.metadata.labels.as_ref()?.get(POOL_LABEL)?.clone();
+    let pool = pods.pool_of(&namespace, &kubelet_event.pod)?;
     context
         .kubelet_events
         .push(&namespace, &pool, kubelet_event);
@@ -325,14 +286,19 @@ pub async fn control(
         .modify(strip)
         .reflect(pdb_writer)
         .touched_objects();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pods = PodCache::default();
     let pod_stream = watcher(
         api::<Pod>(&client, ns),
         watcher::Config::default().labels(POOL_LABEL),
     )
     .default_backoff()
-    .modify(slim_pod)
-    .reflect(pod_writer)
+    .map_ok({
+        let pods = pods.clone();
+        move |event| {
+            pods.apply(&event);
+            event
+        }
+    })
     .touched_objects();
     // Events are never cached: each watched reason is streamed, reduced and buffered per pool.
     let kubelet_event_stream = {
@@ -349,7 +315,7 @@ pub async fn control(
         let mut merged = Some(futures::stream::select_all(streams));
         let pods = pods.clone();
         // Start after the pod cache is filled, so Events about existing pods find their pool.
-        futures::stream::once(async move { pods.wait_until_ready().await.is_ok() })
+        futures::stream::once(async move { pods.wait_until_ready().await })
             .filter_map(move |_| futures::future::ready(merged.take()))
             .flatten()
     };
@@ -396,7 +362,10 @@ pub async fn control(
             let synced = pools.wait_until_ready().await.is_ok()
                 && deployments.wait_until_ready().await.is_ok()
                 && pdbs.wait_until_ready().await.is_ok()
-                && pods.wait_until_ready().await.is_ok()
+                && {
+                    pods.wait_until_ready().await;
+                    true
+                }
                 && jobs.wait_until_ready().await.is_ok();
             ready.store(synced, Ordering::Relaxed);
             tracing::info!("watch caches synced");

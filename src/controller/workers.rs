@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Pod;
 
 use super::Context;
 use crate::aborts::{self, Observed};
-use crate::api::{AbortRecord, AbortSummary, POOL_LABEL, WorkerPool};
+use crate::api::{AbortRecord, AbortSummary, WorkerPool};
 use crate::loghints;
 use crate::observe::{self, SAMPLE_INTERVAL};
+use crate::podview::PodView;
 
 /// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
 pub const MAX_LOG_READS: usize = 4;
@@ -91,20 +91,6 @@ fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<Sign
 }
 
 /// The pool's pods in the cache.
-pub fn pods_of(ctx: &Context, namespace: &str, pool: &str) -> Vec<Arc<Pod>> {
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.metadata.namespace.as_deref() == Some(namespace)
-                && p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(POOL_LABEL))
-                    .is_some_and(|v| v == pool)
-        })
-        .collect()
-}
 
 pub async fn observe(ctx: &Context, pool: &WorkerPool, namespace: &str, name: &str) -> Report {
     let now = (ctx.clock)();
@@ -115,12 +101,9 @@ pub async fn observe(ctx: &Context, pool: &WorkerPool, namespace: &str, name: &s
         .as_ref()
         .or_else(|| pool.status.as_ref().and_then(|s| s.aborts.as_ref()));
 
-    let pods = pods_of(ctx, namespace, name);
-    let pods: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
-    let live: HashSet<&str> = pods
-        .iter()
-        .filter_map(|p| p.metadata.name.as_deref())
-        .collect();
+    let pods = ctx.pods.pods_of(namespace, name);
+    let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();
+    let live: HashSet<&str> = pods.iter().map(|p| p.name.as_str()).collect();
     let events = ctx.kubelet_events.for_pool(namespace, name, &live);
     let findings = observe::pod_aborts(pool.spec.runtime, &pods, &events, now);
 
@@ -150,11 +133,7 @@ pub async fn observe(ctx: &Context, pool: &WorkerPool, namespace: &str, name: &s
     let mut unhealthy = HashSet::new();
     if read_logs {
         for pod in &pods {
-            let (Some(pod_name), Some(uid)) =
-                (pod.metadata.name.as_deref(), pod.metadata.uid.as_deref())
-            else {
-                continue;
-            };
+            let (pod_name, uid) = (pod.name.as_str(), pod.uid.as_str());
             for container in observe::unhealthy_containers(pod) {
                 let sample_key = format!("{uid}/{container}");
                 unhealthy.insert(sample_key.clone());

@@ -23,6 +23,7 @@ use serde_json::json;
 use workerpool_operator::api::{WorkerPool, WorkerPoolStatus};
 use workerpool_operator::controller::logs::LogReader;
 use workerpool_operator::controller::metrics::Metrics;
+use workerpool_operator::controller::pod_cache::PodCache;
 use workerpool_operator::controller::{Caches, Clock, Context, reconcile};
 
 pub const NS: &str = "shop";
@@ -98,7 +99,7 @@ pub struct Harness {
     pub requests: Arc<Requests>,
     pub deployments: Writer<Deployment>,
     pub pdbs: Writer<PodDisruptionBudget>,
-    pub pods: Writer<Pod>,
+    pub pods: PodCache,
     pub jobs: Writer<Job>,
     pub logs: Arc<Logs>,
     pub ctx: Arc<Context>,
@@ -188,7 +189,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         .expect("fake client");
     let (deployment_store, deployment_writer): (Store<Deployment>, _) = reflector::store();
     let (pdb_store, pdb_writer): (Store<PodDisruptionBudget>, _) = reflector::store();
-    let (pod_store, pod_writer): (Store<Pod>, _) = reflector::store();
+    let pod_cache = PodCache::default();
     let (job_store, job_writer): (Store<Job>, _) = reflector::store();
     let logs = Arc::new(Logs::default());
     let recorder = Recorder::new(
@@ -210,7 +211,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
             Caches {
                 deployments: deployment_store,
                 pdbs: pdb_store,
-                pods: pod_store,
+                pods: pod_cache.clone(),
                 jobs: job_store,
             },
             recorder,
@@ -224,7 +225,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         requests,
         deployments: deployment_writer,
         pdbs: pdb_writer,
-        pods: pod_writer,
+        pods: pod_cache,
         jobs: job_writer,
         logs,
         ctx,
@@ -324,11 +325,11 @@ impl Harness {
 
     /// Replaces the pod cache, as the pod watch would after the kubelet's writes.
     pub fn set_pods(&mut self, pods: Vec<Pod>) {
-        self.pods.apply_watcher_event(&watcher::Event::Init);
+        self.pods.apply(&watcher::Event::Init);
         for p in pods {
-            self.pods.apply_watcher_event(&watcher::Event::InitApply(p));
+            self.pods.apply(&watcher::Event::InitApply(p));
         }
-        self.pods.apply_watcher_event(&watcher::Event::InitDone);
+        self.pods.apply(&watcher::Event::InitDone);
     }
 
     /// Changes the pool's spec as `kubectl apply` would; the generation goes up.
