@@ -90,8 +90,6 @@ fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<Sign
     }
 }
 
-/// The pool's pods in the cache.
-
 pub async fn observe(ctx: &Context, pool: &WorkerPool, namespace: &str, name: &str) -> Report {
     let now = (ctx.clock)();
     let window = pool.spec.policy.failure.window_seconds;
