@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use workerpool_operator::controller::pod_cache::PodCache;
 use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
 use workerpool_operator::sandbox::apiserver::{RESOURCES, ServerConfig};
+use workerpool_operator::sandbox::meter::thread_cpu;
 use workerpool_operator::sandbox::scenario::Scenario;
 use workerpool_operator::sandbox::{Options, Sandbox};
 
@@ -44,10 +45,11 @@ static ALLOCATOR: Counting = Counting;
 
 /// CPU time of this thread (the sandbox runs on one) in nanoseconds.
 fn cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
+    thread_cpu().as_nanos() as u64
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// `VmRSS` or `VmHWM` in MiB.
@@ -112,6 +114,7 @@ fn main() {
 
         let created_wall = Instant::now();
         let cpu_start = cpu_ns();
+        let api_start = sandbox.server.cpu.total().as_nanos() as u64;
         let wall_start = Instant::now();
         for i in 0..pools {
             sandbox.add_pool(pool(i)).expect("pool");
@@ -130,7 +133,8 @@ fn main() {
             }
         }
         let cpu_converge = cpu_ns() - cpu_start;
-        let simulation_ns = sandbox.simulation_time().as_nanos() as u64;
+        let simulation_ns = sandbox.simulation.total().as_nanos() as u64;
+        let api_ns = sandbox.server.cpu.total().as_nanos() as u64 - api_start;
         let wall_converge = wall_start.elapsed();
         let requests = sandbox.server.requests();
         let mut writes: HashMap<String, usize> = HashMap::new();
@@ -181,6 +185,31 @@ fn main() {
         let forced_requests = sandbox.server.request_count() - before;
         let steady_rss = memory_mib("VmRSS");
 
+        // A pool created into the converged fleet, one at a time: creation → Deployment apply.
+        let mut fleet_latencies = Vec::new();
+        for i in pools..pools + 100 {
+            let before = sandbox.server.request_count();
+            let created = Instant::now();
+            sandbox.add_pool(pool(i)).expect("pool");
+            sandbox.run_for(1).await;
+            let name = format!("pool-{i}");
+            if let Some(applied) = sandbox.server.requests()[before..].iter().find(|r| {
+                r.verb == "patch" && r.kind == "Deployment" && r.subresource.is_none() && r.name.as_deref() == Some(name.as_str())
+            }) {
+                fleet_latencies.push(applied.wall.duration_since(created).as_secs_f64() * 1000.0);
+            }
+        }
+        fleet_latencies.sort_by(f64::total_cmp);
+        sandbox.run_for(120).await;
+
+        // The controller's own heap: what is released when it stops (its caches, queues,
+        // client and Event recorder), the API server's and the cluster's state staying put.
+        let heap_running = LIVE.load(Ordering::Relaxed);
+        sandbox.stop_operator().await;
+        sandbox.run_for(5).await;
+        let heap_stopped = LIVE.load(Ordering::Relaxed);
+        let controller_heap = heap_running.saturating_sub(heap_stopped);
+
         // Heap per cached pod: the operator's pod cache, filled with this run's pods as the
         // watch delivers them.
         let (pods, _, _) = sandbox.server.list(&RESOURCES[0], None, &LabelSelector::default(), &FieldSelector::default(), None, None);
@@ -193,7 +222,6 @@ fn main() {
             }
         }
         let heap_per_pod = (LIVE.load(Ordering::Relaxed) as f64 - heap_before) / count.max(1) as f64;
-        sandbox.stop_operator().await;
 
         let total_writes: usize = writes.values().sum();
         let mut write_list: Vec<(String, usize)> = writes.into_iter().collect();
@@ -202,15 +230,21 @@ fn main() {
         println!("converged after {:?} virtual seconds", converged_after);
         println!("wall time to converge: {:.2?}", wall_converge);
         println!("CPU time to converge (whole sandbox: API, cluster, controller): {:.1} ms = {:.3} ms per pool", cpu_converge as f64 / 1e6, cpu_converge as f64 / 1e6 / pools as f64);
-        let controller_ns = cpu_converge.saturating_sub(simulation_ns);
-        println!("  of which the simulated cluster: {:.1} ms; controller + API server: {:.1} ms = {:.3} ms per pool", simulation_ns as f64 / 1e6, controller_ns as f64 / 1e6, controller_ns as f64 / 1e6 / pools as f64);
-        let noops = requests.iter().filter(|r| r.noop).count();
-        println!("writes that changed nothing: {noops}");
+        let controller_ns = cpu_converge.saturating_sub(simulation_ns + api_ns);
+        println!("  the simulated cluster: {:.1} ms; the API server: {:.1} ms; the controller: {:.1} ms = {:.3} ms per pool", simulation_ns as f64 / 1e6, api_ns as f64 / 1e6, controller_ns as f64 / 1e6, controller_ns as f64 / 1e6 / pools as f64);
+        let noops: Vec<String> = requests
+            .iter()
+            .filter(|r| r.noop)
+            .map(|r| format!("{} {}{} {}", r.verb, r.kind, r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default(), r.name.as_deref().unwrap_or_default()))
+            .collect();
+        println!("writes that changed nothing: {} {:?}", noops.len(), noops.iter().take(10).collect::<Vec<_>>());
         println!("writes during convergence: {total_writes} = {:.2} per pool: {write_list:?}", total_writes as f64 / pools as f64);
         println!("creation → Deployment apply: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&latencies, 50.0), percentile(&latencies, 99.0), percentile(&latencies, 100.0));
         println!("requests in 10 quiet virtual minutes (watches excluded): {} {:?}", quiet.len(), quiet.iter().take(5).collect::<Vec<_>>());
         println!("forced reconciles of converged pools: {forced}, requests they made: {forced_requests}");
         println!("RSS of the whole sandbox process: peak {peak_rss:.0} MiB, steady {steady_rss:.0} MiB");
+        println!("new pool in the converged fleet, creation → Deployment apply ({} pools): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", fleet_latencies.len(), percentile(&fleet_latencies, 50.0), percentile(&fleet_latencies, 99.0), percentile(&fleet_latencies, 100.0));
+        println!("controller heap at steady state (released when it stops): {:.1} MiB ({} pools, {} pods)", mib(controller_heap), pools + 100, count);
         println!("heap per cached pod: {heap_per_pod:.0} bytes");
     });
 }

@@ -8,6 +8,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod meter;
 pub mod report;
 pub mod scenario;
 pub mod timeline;
@@ -24,6 +25,7 @@ use crate::controller::metrics::Metrics;
 use crate::controller::run::{Scope, control};
 use apiserver::{ApiServer, RESOURCES, ResourceType, ServerConfig, Target, Write};
 use cluster::Cluster;
+use meter::CpuMeter;
 use scenario::Scenario;
 
 /// Where every sandbox run starts on the virtual clock, so runs are reproducible.
@@ -83,7 +85,8 @@ pub struct Sandbox {
     pools: Vec<(String, String)>,
     next_action: usize,
     all_ready_after: Option<u64>,
-    simulation_time: Duration,
+    /// CPU time of the simulated cluster, its own writes to the API server included.
+    pub simulation: CpuMeter,
 }
 
 impl Sandbox {
@@ -110,7 +113,7 @@ impl Sandbox {
             pools: Vec::new(),
             next_action: 0,
             all_ready_after: None,
-            simulation_time: Duration::ZERO,
+            simulation: CpuMeter::default(),
         }
     }
 
@@ -185,13 +188,15 @@ impl Sandbox {
         for _ in 0..seconds {
             self.elapsed += 1;
             tokio::time::sleep_until(self.started + Duration::from_secs(self.elapsed)).await;
-            let started = std::time::Instant::now();
-            self.run_actions();
-            self.cluster.tick(self.elapsed as f64);
-            if self.all_ready_after.is_none() && self.all_ready() {
-                self.all_ready_after = Some(self.elapsed);
-            }
-            self.simulation_time += started.elapsed();
+            let simulation = std::mem::take(&mut self.simulation);
+            simulation.measure(|| {
+                self.run_actions();
+                self.cluster.tick(self.elapsed as f64);
+                if self.all_ready_after.is_none() && self.all_ready() {
+                    self.all_ready_after = Some(self.elapsed);
+                }
+            });
+            self.simulation = simulation;
         }
     }
 
@@ -251,11 +256,6 @@ impl Sandbox {
 
     pub fn all_ready_after(&self) -> Option<u64> {
         self.all_ready_after
-    }
-
-    /// Real time spent simulating the cluster (not the controller or the API server).
-    pub fn simulation_time(&self) -> Duration {
-        self.simulation_time
     }
 
     pub fn seed(&self) -> u64 {

@@ -528,7 +528,8 @@ impl ApiServer {
         };
         let body = StreamBody::new(
             futures::stream::unfold(stream, |mut stream| async move {
-                let line = stream.next_line().await?;
+                let server = stream.server.clone();
+                let line = server.cpu.metered(stream.next_line()).await?;
                 Some((Ok::<_, Infallible>(http_body::Frame::data(line)), stream))
             })
             .boxed(),
@@ -635,6 +636,6 @@ impl tower::Service<Request<kube::client::Body>> for SandboxService {
 
     fn call(&mut self, request: Request<kube::client::Body>) -> Self::Future {
         let server = self.0.clone();
-        Box::pin(async move { Ok(server.handle(request).await) })
+        Box::pin(async move { Ok(server.cpu.metered(server.clone().handle(request)).await) })
     }
 }

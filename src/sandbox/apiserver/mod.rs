@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::controller::Clock;
+use crate::sandbox::meter::CpuMeter;
 use select::{FieldSelector, LabelSelector};
 
 /// A resource the sandbox serves.
@@ -286,6 +287,8 @@ pub struct ApiServer {
     state: Mutex<State>,
     clock: Clock,
     pub(crate) traffic: http::Traffic,
+    /// CPU time spent answering requests and writing watch events.
+    pub cpu: CpuMeter,
 }
 
 fn metadata(object: &Value) -> Option<&Map<String, Value>> {
@@ -366,6 +369,7 @@ impl ApiServer {
             }),
             clock,
             traffic: http::Traffic::default(),
+            cpu: CpuMeter::default(),
         })
     }
 
