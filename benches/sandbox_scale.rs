@@ -133,6 +133,7 @@ fn main() {
             }
         }
         let cpu_converge = cpu_ns() - cpu_start;
+        let converge_reconciles = sandbox.metrics.reconciles.get();
         let simulation_ns = sandbox.simulation.total().as_nanos() as u64;
         let api_ns = sandbox.server.cpu.total().as_nanos() as u64 - api_start;
         let wall_converge = wall_start.elapsed();
@@ -238,6 +239,7 @@ fn main() {
             .map(|r| format!("{} {}{} {}", r.verb, r.kind, r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default(), r.name.as_deref().unwrap_or_default()))
             .collect();
         println!("writes that changed nothing: {} {:?}", noops.len(), noops.iter().take(10).collect::<Vec<_>>());
+        println!("reconciles during convergence: {converge_reconciles} = {:.1} per pool", converge_reconciles as f64 / pools as f64);
         println!("writes during convergence: {total_writes} = {:.2} per pool: {write_list:?}", total_writes as f64 / pools as f64);
         println!("creation → Deployment apply: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", percentile(&latencies, 50.0), percentile(&latencies, 99.0), percentile(&latencies, 100.0));
         println!("requests in 10 quiet virtual minutes (watches excluded): {} {:?}", quiet.len(), quiet.iter().take(5).collect::<Vec<_>>());

@@ -312,3 +312,66 @@ async fn first_reconcile_publishes_a_created_event() {
         .collect();
     assert_eq!(reasons, ["Created"]);
 }
+
+#[tokio::test]
+async fn a_cache_behind_the_last_status_write_does_not_write_it_again() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.reconcile("api").await;
+    let stale = h.pool("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile_object(stale.clone()).await;
+    assert!(
+        h.writes().contains(&"patch status api".to_string()),
+        "the ready count is written: {:?}",
+        h.writes()
+    );
+    let written = h.pool("api").await;
+    assert_ne!(
+        written.metadata.resource_version, stale.metadata.resource_version,
+        "the write produced a new version"
+    );
+
+    // The watch has not delivered that write yet: the same stale pool comes back.
+    h.reconcile_object(stale.clone()).await;
+    assert_eq!(
+        h.requests.total(),
+        0,
+        "a status the server already holds is not sent again: {:?}",
+        h.writes()
+    );
+    // Nor once the cache has caught up.
+    h.reconcile_object(written).await;
+    assert_eq!(h.requests.total(), 0, "{:?}", h.writes());
+}
+
+#[tokio::test]
+async fn a_status_changed_by_someone_else_is_read_from_the_cache() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    let api: Api<WorkerPool> = Api::namespaced(h.client.clone(), NS);
+    api.patch_status(
+        "api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"readyReplicas": 0}})),
+    )
+    .await
+    .expect("status edited by hand");
+    h.reconcile("api").await;
+    assert_eq!(h.writes(), ["patch status api"], "the edit is corrected");
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(status.ready_replicas, 2);
+}
+
+#[tokio::test]
+async fn a_deleted_pool_is_forgotten() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.reconcile("api").await;
+    assert_eq!(
+        h.ctx.remembered_pools(),
+        1,
+        "its last status write is remembered"
+    );
+    let deleted = h.pool("api").await;
+    h.ctx.forget(&deleted.metadata);
+    assert_eq!(h.ctx.remembered_pools(), 0);
+}

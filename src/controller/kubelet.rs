@@ -60,6 +60,12 @@ impl KubeletEvents {
         buffer.push_back(event);
     }
 
+    pub fn forget(&self, namespace: &str, pool: &str) {
+        if let Ok(mut by_pool) = self.by_pool.lock() {
+            by_pool.remove(&(namespace.to_string(), pool.to_string()));
+        }
+    }
+
     /// The pool's Events about pods that still exist; the others are forgotten.
     pub fn for_pool(&self, namespace: &str, pool: &str, live: &HashSet<&str>) -> Vec<KubeletEvent> {
         let Ok(mut by_pool) = self.by_pool.lock() else {

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pod_cache;
 pub mod run;
+pub mod triggers;
 mod workers;
 
 use std::collections::HashMap;
@@ -75,7 +76,23 @@ pub struct Context {
     logs: Arc<dyn LogReader>,
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<WorkerPool>>, u32>>,
     workers: workers::Memory,
+    written: Mutex<HashMap<(String, String), Written>>,
 }
+
+/// The status this process last wrote for a pool. Until the watch delivers that write, the cached
+/// pool still shows one of the versions it replaced; reading the cache then would recount aborts
+/// and send a patch the server already holds.
+struct Written {
+    uid: String,
+    /// Versions of the pool older than this write.
+    superseded: Vec<String>,
+    /// The version the write produced.
+    version: Option<String>,
+    status: WorkerPoolStatus,
+}
+
+/// Versions remembered as superseded; more than this many writes ahead of the cache is unusual.
+const SUPERSEDED_LIMIT: usize = 8;
 
 impl Context {
     pub fn new(
@@ -98,7 +115,72 @@ impl Context {
             kubelet_events: KubeletEvents::default(),
             failures: Mutex::new(HashMap::new()),
             workers: workers::Memory::default(),
+            written: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The pool's status as the server holds it: the cached one, or the one this process wrote
+    /// when the cache has not caught up with that write yet.
+    fn current_status(&self, pool: &WorkerPool) -> Option<WorkerPoolStatus> {
+        let key = pool_key(&pool.metadata);
+        let written = self.written.lock().ok()?;
+        let entry = written.get(&key)?;
+        let version = pool.metadata.resource_version.as_ref()?;
+        (Some(&entry.uid) == pool.metadata.uid.as_ref() && entry.superseded.contains(version))
+            .then(|| entry.status.clone())
+    }
+
+    /// Notes a status write: `based_on_memory` when [`Context::current_status`] supplied the base.
+    fn wrote_status(
+        &self,
+        pool: &WorkerPool,
+        based_on_memory: bool,
+        version: Option<String>,
+        status: WorkerPoolStatus,
+    ) {
+        let (Ok(mut written), Some(uid)) = (self.written.lock(), pool.metadata.uid.clone()) else {
+            return;
+        };
+        let key = pool_key(&pool.metadata);
+        let mut superseded = match written.remove(&key) {
+            Some(previous) if based_on_memory => {
+                let mut versions = previous.superseded;
+                versions.extend(previous.version);
+                versions
+            }
+            _ => Vec::new(),
+        };
+        superseded.extend(pool.metadata.resource_version.clone());
+        if superseded.len() > SUPERSEDED_LIMIT {
+            superseded.drain(..superseded.len() - SUPERSEDED_LIMIT);
+        }
+        written.insert(
+            key,
+            Written {
+                uid,
+                superseded,
+                version,
+                status,
+            },
+        );
+    }
+
+    /// Drops everything remembered about a deleted pool.
+    pub fn forget(&self, meta: &kube::core::ObjectMeta) {
+        let (namespace, name) = pool_key(meta);
+        if let Ok(mut written) = self.written.lock() {
+            written.remove(&(namespace.clone(), name.clone()));
+        }
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(&ObjectRef::new(&name).within(&namespace));
+        }
+        self.workers.forget(&namespace, &name);
+        self.kubelet_events.forget(&namespace, &name);
+    }
+
+    /// Pools this process holds anything about (for tests and sizing).
+    pub fn remembered_pools(&self) -> usize {
+        self.written.lock().map(|w| w.len()).unwrap_or(0)
     }
 
     /// Reads container logs from somewhere other than the API server (tests, the sandbox).
@@ -110,6 +192,13 @@ impl Context {
     fn now(&self) -> Time {
         Time((self.clock)())
     }
+}
+
+fn pool_key(meta: &kube::core::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 /// Entry point for the controller runtime; records metrics around [`reconcile_pool`].
@@ -327,11 +416,12 @@ async fn apply_children(
     ctx: &Context,
     pool: &WorkerPool,
     pool_ref: &PoolRef,
-    uid: &str,
     valid: &policy::ValidPool,
     settings: &policy::Settings,
     aborts: &AbortSummary,
+    status: Option<&WorkerPoolStatus>,
 ) -> Result<Applied, Error> {
+    let uid = pool_ref.uid.as_deref().unwrap_or_default();
     let ns = pool_ref.namespace.as_str();
     let name = pool_ref.name.as_str();
     let generation = pool.metadata.generation.unwrap_or(0);
@@ -396,7 +486,6 @@ async fn apply_children(
         Some(live) => rollout::job_state(live),
         None => rollout::JobState::Absent,
     });
-    let status = pool.status.as_ref();
     let plan = rollout::plan(&rollout::Input {
         generation,
         desired: spec.replicas,
@@ -457,8 +546,11 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         uid: Some(uid.clone()),
     };
 
+    let remembered = ctx.current_status(pool);
+    let old = remembered.as_ref().or(pool.status.as_ref());
+
     // Aborts first: the circuit breaker decides on them.
-    let workers = workers::observe(ctx, pool, &namespace, &name).await;
+    let workers = workers::observe(ctx, pool, old, &namespace, &name).await;
 
     let (settings, applied) = match policy::validate(&pool.spec) {
         Err(invalid) => {
@@ -474,10 +566,10 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
                 ctx,
                 pool,
                 &pool_ref,
-                &uid,
                 &valid,
                 &settings,
                 &workers.summary,
+                old,
             )
             .await?;
             (Some(settings), applied)
@@ -516,26 +608,30 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         window_seconds: pool.spec.policy.failure.window_seconds,
         gates,
     };
-    let old = pool.status.as_ref();
     let new = status::compute(old, &observation, &ctx.now());
     if old != Some(&new) {
         let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
         let before = serde_json::to_value(old).map_err(Error::Serialize)?;
         let after = serde_json::to_value(&new).map_err(Error::Serialize)?;
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": drift::merge_patch(&before, &after) })),
-        )
-        .await
-        .map_err(|source| Error::Status {
-            name: name.clone(),
-            source,
-        })?;
+        let written = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": drift::merge_patch(&before, &after) })),
+            )
+            .await
+            .map_err(|source| Error::Status {
+                name: name.clone(),
+                source,
+            })?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
+        ctx.wrote_status(
+            pool,
+            remembered.is_some(),
+            written.metadata.resource_version,
+            new,
+        );
     }
-    ctx.workers
-        .remember_ledger(&namespace, &name, workers.summary.clone());
     report_aborts(ctx, pool, &workers.fresh).await;
 
     let requeue = workers

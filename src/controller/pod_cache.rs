@@ -20,8 +20,9 @@ struct Index {
 }
 
 impl Index {
-    fn insert(&mut self, view: PodView) {
-        self.remove(&view.namespace, &view.name);
+    /// Inserts or replaces a pod; returns the view it replaced.
+    fn insert(&mut self, view: PodView) -> Option<Arc<PodView>> {
+        let old = self.remove(&view.namespace, &view.name);
         let view = Arc::new(view);
         if let Some(pool) = &view.pool {
             self.by_pool
@@ -35,38 +36,69 @@ impl Index {
             .entry(view.namespace.clone())
             .or_default()
             .insert(view.name.clone(), view);
+        old
     }
 
-    fn remove(&mut self, namespace: &str, name: &str) {
-        let Some(names) = self.by_name.get_mut(namespace) else {
-            return;
-        };
-        let Some(old) = names.remove(name) else {
-            return;
-        };
+    fn get(&self, namespace: &str, name: &str) -> Option<&Arc<PodView>> {
+        self.by_name.get(namespace)?.get(name)
+    }
+
+    /// Removes a pod; returns its view.
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<PodView>> {
+        let names = self.by_name.get_mut(namespace)?;
+        let old = names.remove(name)?;
         if names.is_empty() {
             self.by_name.remove(namespace);
         }
-        let Some(pool) = &old.pool else {
-            return;
-        };
-        let Some(pools) = self.by_pool.get_mut(namespace) else {
-            return;
-        };
-        if let Some(pods) = pools.get_mut(pool) {
-            pods.retain(|p| !Arc::ptr_eq(p, &old));
-            if pods.is_empty() {
-                pools.remove(pool);
+        if let Some(pool) = &old.pool
+            && let Some(pools) = self.by_pool.get_mut(namespace)
+        {
+            if let Some(pods) = pools.get_mut(pool) {
+                pods.retain(|p| !Arc::ptr_eq(p, &old));
+                if pods.is_empty() {
+                    pools.remove(pool);
+                }
+            }
+            if pools.is_empty() {
+                self.by_pool.remove(namespace);
             }
         }
-        if pools.is_empty() {
-            self.by_pool.remove(namespace);
-        }
+        Some(old)
     }
 
     fn len(&self) -> usize {
         self.by_name.values().map(HashMap::len).sum()
     }
+}
+
+/// Pools with a pod that appeared, changed or vanished between two indexes (after a relist).
+fn differing_pools(before: &Index, after: &Index) -> Vec<(String, String)> {
+    let mut pools = Vec::new();
+    let mut note = |view: &PodView| {
+        if let Some(pool) = &view.pool {
+            pools.push((view.namespace.clone(), pool.clone()));
+        }
+    };
+    for (namespace, names) in &after.by_name {
+        for (name, view) in names {
+            match before.get(namespace, name) {
+                Some(old) if old == view => {}
+                Some(old) => {
+                    note(old);
+                    note(view);
+                }
+                None => note(view),
+            }
+        }
+    }
+    for (namespace, names) in &before.by_name {
+        for (name, view) in names {
+            if after.get(namespace, name).is_none() {
+                note(view);
+            }
+        }
+    }
+    pools
 }
 
 #[derive(Default)]
@@ -93,28 +125,49 @@ impl Default for PodCache {
 }
 
 impl PodCache {
-    /// Applies one watch event, as a reflector would.
-    pub fn apply(&self, event: &watcher::Event<Pod>) {
+    /// Applies one watch event, as a reflector would, and returns the pools (namespace, name)
+    /// whose pods now read differently: a pod update that changes nothing classification reads
+    /// (an IP, a scheduling timestamp) concerns no pool.
+    pub fn apply(&self, event: &watcher::Event<Pod>) -> Vec<(String, String)> {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut changed = Vec::new();
         match event {
-            watcher::Event::Apply(pod) => state.live.insert(PodView::from(pod)),
+            watcher::Event::Apply(pod) => {
+                let view = PodView::from(pod);
+                let (namespace, name) = (view.namespace.clone(), view.name.clone());
+                let new_pool = view.pool.clone().map(|p| (namespace.clone(), p));
+                let old = state.live.insert(view);
+                if old.as_deref() != state.live.get(&namespace, &name).map(Arc::as_ref) {
+                    changed
+                        .extend(old.and_then(|o| o.pool.clone().map(|p| (o.namespace.clone(), p))));
+                    changed.extend(new_pool);
+                }
+            }
             watcher::Event::Delete(pod) => {
                 let view = PodView::from(pod);
-                state.live.remove(&view.namespace, &view.name);
+                if let Some(old) = state.live.remove(&view.namespace, &view.name) {
+                    changed.extend(old.pool.clone().map(|p| (old.namespace.clone(), p)));
+                }
             }
             watcher::Event::Init => state.relisting = Some(Index::default()),
-            watcher::Event::InitApply(pod) => state
-                .relisting
-                .get_or_insert_with(Index::default)
-                .insert(PodView::from(pod)),
+            watcher::Event::InitApply(pod) => {
+                state
+                    .relisting
+                    .get_or_insert_with(Index::default)
+                    .insert(PodView::from(pod));
+            }
             watcher::Event::InitDone => {
                 if let Some(listed) = state.relisting.take() {
+                    changed = differing_pools(&state.live, &listed);
                     state.live = listed;
                 }
                 drop(state);
                 self.ready.send_replace(true);
             }
         }
+        changed.sort();
+        changed.dedup();
+        changed
     }
 
     /// The pool's pods.
@@ -217,6 +270,60 @@ mod tests {
         assert!(cache.pods_of("shop", "api").is_empty());
         assert_eq!(cache.pool_of("shop", "p"), None);
         assert!(cache.is_empty());
+    }
+
+    fn pools(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(ns, p)| (ns.to_string(), p.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_pod_that_reads_differently_concerns_its_pool() {
+        let cache = PodCache::default();
+        let changed = cache.apply(&watcher::Event::Apply(pod("p", Some("api"), "Pending")));
+        assert_eq!(changed, pools(&[("shop", "api")]));
+        let mut same = pod("p", Some("api"), "Pending");
+        same.metadata.resource_version = Some("7".into());
+        if let Some(status) = same.status.as_mut() {
+            status.pod_ip = Some("10.0.0.7".into());
+        }
+        assert!(
+            cache.apply(&watcher::Event::Apply(same)).is_empty(),
+            "an IP is not read by classification"
+        );
+        let changed = cache.apply(&watcher::Event::Apply(pod("p", Some("api"), "Running")));
+        assert_eq!(changed, pools(&[("shop", "api")]));
+        let moved = cache.apply(&watcher::Event::Apply(pod("p", Some("jobs"), "Running")));
+        assert_eq!(moved, pools(&[("shop", "api"), ("shop", "jobs")]));
+        let deleted = cache.apply(&watcher::Event::Delete(pod("p", Some("jobs"), "Running")));
+        assert_eq!(deleted, pools(&[("shop", "jobs")]));
+        assert!(
+            cache
+                .apply(&watcher::Event::Delete(pod("p", Some("jobs"), "Running")))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_relist_concerns_the_pools_whose_pods_changed_meanwhile() {
+        let cache = PodCache::default();
+        cache.apply(&watcher::Event::Apply(pod("same", Some("a"), "Running")));
+        cache.apply(&watcher::Event::Apply(pod("changed", Some("b"), "Pending")));
+        cache.apply(&watcher::Event::Apply(pod("gone", Some("c"), "Running")));
+        cache.apply(&watcher::Event::Init);
+        for listed in [
+            pod("same", Some("a"), "Running"),
+            pod("changed", Some("b"), "Running"),
+            pod("new", Some("d"), "Running"),
+        ] {
+            assert!(cache.apply(&watcher::Event::InitApply(listed)).is_empty());
+        }
+        let changed = cache.apply(&watcher::Event::InitDone);
+        assert_eq!(
+            changed,
+            pools(&[("shop", "b"), ("shop", "c"), ("shop", "d")])
+        );
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::kubelet;
 use super::metrics::Metrics;
 use super::pod_cache::PodCache;
+use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
 
@@ -74,6 +75,22 @@ fn pool_of_event(
         .kubelet_events
         .push(&namespace, &pool, kubelet_event);
     Some(ObjectRef::new(&pool).within(&namespace))
+}
+
+/// The watched objects whose change a reconcile would read; every event has already updated the
+/// cache upstream.
+fn admitted<K, S>(events: S) -> impl futures::Stream<Item = Result<K, watcher::Error>>
+where
+    K: Resource + Fingerprint,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut changes = Changes::default();
+    events.filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => changes.admit(event).map(Ok),
+            Err(error) => Some(Err(error)),
+        })
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -266,69 +283,11 @@ pub async fn control(
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = scope.namespace.as_deref();
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
-    let deployment_stream = watcher(api::<Deployment>(&client, ns), owned.clone())
-        .default_backoff()
-        .modify(strip)
-        .reflect(deployment_writer)
-        .touched_objects();
     let (pdbs, pdb_writer) = reflector::store::<PodDisruptionBudget>();
     let (jobs, job_writer) = reflector::store::<Job>();
-    let job_stream = watcher(api::<Job>(&client, ns), owned.clone())
-        .default_backoff()
-        .modify(strip)
-        .reflect(job_writer)
-        .touched_objects();
-    let pdb_stream = watcher(api::<PodDisruptionBudget>(&client, ns), owned)
-        .default_backoff()
-        .modify(strip)
-        .reflect(pdb_writer)
-        .touched_objects();
-    let pods = PodCache::default();
-    let pod_stream = watcher(
-        api::<Pod>(&client, ns),
-        watcher::Config::default().labels(POOL_LABEL),
-    )
-    .default_backoff()
-    .map_ok({
-        let pods = pods.clone();
-        move |event| {
-            pods.apply(&event);
-            event
-        }
-    })
-    .touched_objects();
-    // Events are never cached: each watched reason is streamed, reduced and buffered per pool.
-    let kubelet_event_stream = {
-        let streams = kubelet::WATCHED_REASONS.map(|reason| {
-            watcher(
-                api::<Event>(&client, ns),
-                watcher::Config::default()
-                    .fields(&format!("involvedObject.kind=Pod,reason={reason}")),
-            )
-            .default_backoff()
-            .applied_objects()
-            .boxed()
-        });
-        let mut merged = Some(futures::stream::select_all(streams));
-        let pods = pods.clone();
-        // Start after the pod cache is filled, so Events about existing pods find their pool.
-        futures::stream::once(async move { pods.wait_until_ready().await })
-            .filter_map(move |_| futures::future::ready(merged.take()))
-            .flatten()
-    };
     let (pools, pool_writer) = reflector::store::<DeserializeGuard<WorkerPool>>();
-    let pool_stream = watcher(
-        api::<DeserializeGuard<WorkerPool>>(&client, ns),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(strip)
-    .reflect(pool_writer)
-    .applied_objects();
-
+    let pods = PodCache::default();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -348,6 +307,83 @@ pub async fn control(
         metrics,
         clock,
     ));
+
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
+    let deployment_stream = admitted(
+        watcher(api::<Deployment>(&client, ns), owned.clone())
+            .default_backoff()
+            .modify(strip)
+            .reflect(deployment_writer),
+    );
+    let job_stream = admitted(
+        watcher(api::<Job>(&client, ns), owned.clone())
+            .default_backoff()
+            .modify(strip)
+            .reflect(job_writer),
+    );
+    let pdb_stream = admitted(
+        watcher(api::<PodDisruptionBudget>(&client, ns), owned)
+            .default_backoff()
+            .modify(strip)
+            .reflect(pdb_writer),
+    );
+    // Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
+    let pod_triggers = watcher(
+        api::<Pod>(&client, ns),
+        watcher::Config::default().labels(POOL_LABEL),
+    )
+    .default_backoff()
+    .filter_map({
+        let pods = pods.clone();
+        move |event| {
+            futures::future::ready(match event {
+                Ok(event) => Some(futures::stream::iter(pods.apply(&event))),
+                Err(error) => {
+                    tracing::debug!("pod watch: {error}");
+                    None
+                }
+            })
+        }
+    })
+    .flatten()
+    .map(|(namespace, pool)| ObjectRef::new(&pool).within(&namespace));
+    // Events are never cached: each watched reason is streamed, reduced and buffered per pool.
+    let kubelet_event_stream = {
+        let streams = kubelet::WATCHED_REASONS.map(|reason| {
+            watcher(
+                api::<Event>(&client, ns),
+                watcher::Config::default()
+                    .fields(&format!("involvedObject.kind=Pod,reason={reason}")),
+            )
+            .default_backoff()
+            .applied_objects()
+            .boxed()
+        });
+        let mut merged = Some(futures::stream::select_all(streams));
+        let pods = pods.clone();
+        // Start after the pod cache is filled, so Events about existing pods find their pool.
+        futures::stream::once(async move { pods.wait_until_ready().await })
+            .filter_map(move |_| futures::future::ready(merged.take()))
+            .flatten()
+    };
+    let pool_stream = admitted(
+        watcher(
+            api::<DeserializeGuard<WorkerPool>>(&client, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip)
+        .reflect(pool_writer)
+        .inspect_ok({
+            let context = context.clone();
+            move |event| {
+                if let watcher::Event::Delete(pool) = event {
+                    context.forget(pool.meta());
+                }
+            }
+        }),
+    );
 
     {
         let ready = ready.clone();
@@ -376,11 +412,7 @@ pub async fn control(
         .owns_stream(deployment_stream)
         .owns_stream(pdb_stream)
         .owns_stream(job_stream)
-        .watches_stream(pod_stream, |pod: Pod| {
-            let namespace = pod.metadata.namespace.clone()?;
-            let pool = pod.metadata.labels.as_ref()?.get(POOL_LABEL)?.clone();
-            Some(ObjectRef::new(&pool).within(&namespace))
-        })
+        .reconcile_on(pod_triggers)
         .watches_stream(kubelet_event_stream, {
             let (pods, context) = (pods.clone(), context.clone());
             move |event: Event| pool_of_event(&event, &pods, &context)

@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::Context;
 use crate::aborts::{self, Observed};
-use crate::api::{AbortRecord, AbortSummary, WorkerPool};
+use crate::api::{AbortRecord, AbortSummary, WorkerPool, WorkerPoolStatus};
 use crate::loghints;
 use crate::observe::{self, SAMPLE_INTERVAL};
 use crate::podview::PodView;
@@ -21,24 +21,14 @@ type PoolKey = (String, String);
 /// What this process remembers between reconciles of a pool.
 #[derive(Default)]
 pub struct Memory {
-    /// The ledger last written to status: the cached pool may not show it yet, and counting
-    /// from the cache alone would count a termination twice.
-    ledgers: Mutex<HashMap<PoolKey, AbortSummary>>,
     /// When each unhealthy container's log was last sampled.
     sampled: Mutex<HashMap<PoolKey, HashMap<String, Timestamp>>>,
 }
 
 impl Memory {
-    pub fn ledger(&self, namespace: &str, pool: &str) -> Option<AbortSummary> {
-        let ledgers = self.ledgers.lock().ok()?;
-        ledgers
-            .get(&(namespace.to_string(), pool.to_string()))
-            .cloned()
-    }
-
-    pub fn remember_ledger(&self, namespace: &str, pool: &str, summary: AbortSummary) {
-        if let Ok(mut ledgers) = self.ledgers.lock() {
-            ledgers.insert((namespace.to_string(), pool.to_string()), summary);
+    pub fn forget(&self, namespace: &str, pool: &str) {
+        if let Ok(mut sampled) = self.sampled.lock() {
+            sampled.remove(&(namespace.to_string(), pool.to_string()));
         }
     }
 
@@ -90,14 +80,18 @@ fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<Sign
     }
 }
 
-pub async fn observe(ctx: &Context, pool: &WorkerPool, namespace: &str, name: &str) -> Report {
+/// `status` is the pool's status as the server holds it; its ledger says what was counted.
+pub async fn observe(
+    ctx: &Context,
+    pool: &WorkerPool,
+    status: Option<&WorkerPoolStatus>,
+    namespace: &str,
+    name: &str,
+) -> Report {
     let now = (ctx.clock)();
     let window = pool.spec.policy.failure.window_seconds;
     let read_logs = pool.spec.policy.logs.read;
-    let remembered = ctx.workers.ledger(namespace, name);
-    let old = remembered
-        .as_ref()
-        .or_else(|| pool.status.as_ref().and_then(|s| s.aborts.as_ref()));
+    let old = status.and_then(|s| s.aborts.as_ref());
 
     let pods = ctx.pods.pods_of(namespace, name);
     let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();

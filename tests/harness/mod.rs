@@ -280,6 +280,11 @@ impl Harness {
     /// Reconciles the pool as stored now, counting requests; then refreshes the caches.
     pub async fn reconcile(&mut self, name: &str) {
         let pool = self.pool(name).await;
+        self.reconcile_object(pool).await;
+    }
+
+    /// Reconciles this version of a pool (say, one the watch cache still holds after a write).
+    pub async fn reconcile_object(&mut self, pool: WorkerPool) {
         self.requests.reset();
         self.requests.counting.store(true, Ordering::SeqCst);
         reconcile(Arc::new(DeserializeGuard(Ok(pool))), self.ctx.clone())

@@ -1,0 +1,285 @@
+//! Which watch events start a reconcile. Every event still updates the caches; only the ones
+//! that change something a reconcile reads start one, so a Deployment's condition timestamps, a
+//! PodDisruptionBudget's status or the pool's own status write cost no reconcile.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Resource;
+use kube::core::ObjectMeta;
+use kube::runtime::watcher;
+
+/// What a reconcile reads of an object, as one number.
+pub trait Fingerprint {
+    fn fingerprint(&self) -> u64;
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Generation (spec changes), labels, annotations and owners: the metadata every reconcile reads.
+fn meta_print(meta: &ObjectMeta) -> impl Hash + '_ {
+    let owners: Vec<(&str, Option<bool>)> = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| (o.uid.as_str(), o.controller))
+        .collect();
+    (
+        meta.uid.as_deref(),
+        meta.generation,
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.as_ref().map(|t| t.0),
+        owners,
+    )
+}
+
+impl<K: Resource> Fingerprint for kube::core::DeserializeGuard<K> {
+    /// A pool's own status write starts no reconcile; spec, label and annotation changes do.
+    fn fingerprint(&self) -> u64 {
+        let meta = match &self.0 {
+            Ok(object) => object.meta(),
+            Err(invalid) => &invalid.metadata,
+        };
+        hash_of(meta_print(meta))
+    }
+}
+
+impl Fingerprint for Deployment {
+    /// The replica counts the ramp and status read; not conditions or their timestamps.
+    fn fingerprint(&self) -> u64 {
+        let status = self.status.as_ref().map(|s| {
+            (
+                s.observed_generation,
+                s.replicas,
+                s.ready_replicas,
+                s.updated_replicas,
+                s.available_replicas,
+            )
+        });
+        hash_of((meta_print(&self.metadata), status))
+    }
+}
+
+impl Fingerprint for PodDisruptionBudget {
+    /// Its status (healthy counts) is never read.
+    fn fingerprint(&self) -> u64 {
+        hash_of(meta_print(&self.metadata))
+    }
+}
+
+impl Fingerprint for Job {
+    /// Whether it finished, and how.
+    fn fingerprint(&self) -> u64 {
+        let status = self.status.as_ref().map(|s| {
+            let conditions: Vec<(&str, &str)> = s
+                .conditions
+                .iter()
+                .flatten()
+                .map(|c| (c.type_.as_str(), c.status.as_str()))
+                .collect();
+            (s.active, s.succeeded, s.failed, conditions)
+        });
+        hash_of((meta_print(&self.metadata), status))
+    }
+}
+
+type Key = (Option<String>, String);
+
+/// Remembers the last fingerprint of each watched object and admits an event only when it moved.
+/// Deletions are always admitted.
+#[derive(Default)]
+pub struct Changes {
+    seen: HashMap<Key, u64>,
+}
+
+impl Changes {
+    /// The object to trigger on, if this event changed what a reconcile reads.
+    pub fn admit<K: Resource + Fingerprint>(&mut self, event: watcher::Event<K>) -> Option<K> {
+        let key = |object: &K| {
+            let meta = object.meta();
+            (
+                meta.namespace.clone(),
+                meta.name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                let print = object.fingerprint();
+                match self.seen.insert(key(&object), print) {
+                    Some(previous) if previous == print => None,
+                    _ => Some(object),
+                }
+            }
+            watcher::Event::Delete(object) => {
+                self.seen.remove(&key(&object));
+                Some(object)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(generation: i64, ready: i32, condition_time: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "api", "namespace": "shop", "uid": "u1", "generation": generation,
+                         "labels": {"workerpool.dev/pool": "api"}},
+            "status": {"observedGeneration": generation, "replicas": 4, "readyReplicas": ready,
+                       "conditions": [{"type": "Progressing", "status": "True",
+                                       "lastUpdateTime": condition_time}]}
+        }))
+        .expect("deployment")
+    }
+
+    #[test]
+    fn only_changes_a_reconcile_reads_are_admitted() {
+        let mut changes = Changes::default();
+        let first = deployment(1, 2, "2026-01-01T00:00:00Z");
+        assert!(changes.admit(watcher::Event::InitApply(first)).is_some());
+        let touched = deployment(1, 2, "2026-01-01T00:00:09Z");
+        assert!(
+            changes.admit(watcher::Event::Apply(touched)).is_none(),
+            "a condition timestamp is not a reason to reconcile"
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(deployment(
+                    1,
+                    3,
+                    "2026-01-01T00:00:09Z"
+                )))
+                .is_some()
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(deployment(
+                    2,
+                    3,
+                    "2026-01-01T00:00:09Z"
+                )))
+                .is_some()
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Delete(deployment(
+                    2,
+                    3,
+                    "2026-01-01T00:00:09Z"
+                )))
+                .is_some(),
+            "a deletion always triggers"
+        );
+        assert!(changes.is_empty());
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(deployment(
+                    2,
+                    3,
+                    "2026-01-01T00:00:09Z"
+                )))
+                .is_some(),
+            "a re-created object triggers"
+        );
+    }
+
+    #[test]
+    fn a_pool_status_write_is_not_a_trigger_but_spec_and_labels_are() {
+        use crate::api::WorkerPool;
+        use kube::core::DeserializeGuard;
+        let pool = |generation: i64,
+                    labels: serde_json::Value,
+                    ready: i32|
+         -> DeserializeGuard<WorkerPool> {
+            serde_json::from_value(json!({
+                "apiVersion": "workerpool.dev/v1alpha1", "kind": "WorkerPool",
+                "metadata": {"name": "api", "namespace": "shop", "uid": "u1", "generation": generation, "labels": labels},
+                "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}},
+                "status": {"readyReplicas": ready}
+            }))
+            .expect("pool")
+        };
+        let mut changes = Changes::default();
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(pool(1, json!({}), 0)))
+                .is_some()
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(pool(1, json!({}), 3)))
+                .is_none()
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(pool(2, json!({}), 3)))
+                .is_some()
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(pool(2, json!({"team": "a"}), 3)))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_pdb_status_is_not_a_trigger() {
+        let pdb = |healthy: i32| -> PodDisruptionBudget {
+            serde_json::from_value(json!({
+                "metadata": {"name": "api", "namespace": "shop", "generation": 1},
+                "status": {"currentHealthy": healthy, "desiredHealthy": 1, "disruptionsAllowed": 0, "expectedPods": 4}
+            }))
+            .expect("pdb")
+        };
+        let mut changes = Changes::default();
+        assert!(changes.admit(watcher::Event::Apply(pdb(0))).is_some());
+        assert!(changes.admit(watcher::Event::Apply(pdb(4))).is_none());
+    }
+
+    #[test]
+    fn a_finished_job_is_a_trigger() {
+        let job = |status: serde_json::Value| -> Job {
+            serde_json::from_value(
+                json!({"metadata": {"name": "init", "namespace": "shop"}, "status": status}),
+            )
+            .expect("job")
+        };
+        let mut changes = Changes::default();
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(job(json!({"active": 1}))))
+                .is_some()
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(job(json!({"active": 1}))))
+                .is_none()
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(job(json!({"succeeded": 1,
+                    "conditions": [{"type": "Complete", "status": "True"}]}))))
+                .is_some()
+        );
+    }
+}
