@@ -1,6 +1,7 @@
 //! The controller's pod cache: a [`PodView`] of every pool pod, indexed by pool, so a reconcile
 //! reads its own pool's pods without scanning every pod in the cluster.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -128,12 +129,12 @@ impl PodCache {
     /// Applies one watch event, as a reflector would, and returns the pools (namespace, name)
     /// whose pods now read differently: a pod update that changes nothing classification reads
     /// (an IP, a scheduling timestamp) concerns no pool.
-    pub fn apply(&self, event: &watcher::Event<Pod>) -> Vec<(String, String)> {
+    pub fn apply<P: Borrow<Pod>>(&self, event: &watcher::Event<P>) -> Vec<(String, String)> {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let mut changed = Vec::new();
         match event {
             watcher::Event::Apply(pod) => {
-                let view = PodView::from(pod);
+                let view = PodView::from(pod.borrow());
                 let (namespace, name) = (view.namespace.clone(), view.name.clone());
                 let new_pool = view.pool.clone().map(|p| (namespace.clone(), p));
                 let old = state.live.insert(view);
@@ -144,7 +145,7 @@ impl PodCache {
                 }
             }
             watcher::Event::Delete(pod) => {
-                let view = PodView::from(pod);
+                let view = PodView::from(pod.borrow());
                 if let Some(old) = state.live.remove(&view.namespace, &view.name) {
                     changed.extend(old.pool.clone().map(|p| (old.namespace.clone(), p)));
                 }
@@ -154,7 +155,7 @@ impl PodCache {
                 state
                     .relisting
                     .get_or_insert_with(Index::default)
-                    .insert(PodView::from(pod));
+                    .insert(PodView::from(pod.borrow()));
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = state.relisting.take() {
@@ -311,7 +312,7 @@ mod tests {
         cache.apply(&watcher::Event::Apply(pod("same", Some("a"), "Running")));
         cache.apply(&watcher::Event::Apply(pod("changed", Some("b"), "Pending")));
         cache.apply(&watcher::Event::Apply(pod("gone", Some("c"), "Running")));
-        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::<Pod>::Init);
         for listed in [
             pod("same", Some("a"), "Running"),
             pod("changed", Some("b"), "Running"),
@@ -319,7 +320,7 @@ mod tests {
         ] {
             assert!(cache.apply(&watcher::Event::InitApply(listed)).is_empty());
         }
-        let changed = cache.apply(&watcher::Event::InitDone);
+        let changed = cache.apply(&watcher::Event::<Pod>::InitDone);
         assert_eq!(
             changed,
             pools(&[("shop", "b"), ("shop", "c"), ("shop", "d")])
@@ -330,7 +331,7 @@ mod tests {
     async fn a_relist_replaces_everything_when_done_and_marks_the_cache_ready() {
         let cache = PodCache::default();
         cache.apply(&watcher::Event::Apply(pod("gone", Some("api"), "Running")));
-        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::<Pod>::Init);
         cache.apply(&watcher::Event::InitApply(pod(
             "new",
             Some("api"),
@@ -344,7 +345,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        cache.apply(&watcher::Event::InitDone);
+        cache.apply(&watcher::Event::<Pod>::InitDone);
         waiting.await.expect("ready");
         assert_eq!(names(&cache.pods_of("shop", "api")), ["new"]);
         assert_eq!(cache.len(), 1);

@@ -11,7 +11,7 @@ use axum::routing::get;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
@@ -27,6 +27,7 @@ use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
+use crate::podview::WatchedPod;
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -330,7 +331,7 @@ pub async fn control(
     );
     // Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
     let pod_triggers = watcher(
-        api::<Pod>(&client, ns),
+        api::<WatchedPod>(&client, ns),
         watcher::Config::default().labels(POOL_LABEL),
     )
     .default_backoff()
