@@ -178,7 +178,7 @@ impl Context {
         self.kubelet_events.forget(&namespace, &name);
     }
 
-    /// Pools this process holds anything about (for tests and sizing).
+    /// Pools whose last status write this process remembers (for tests and sizing).
     pub fn remembered_pools(&self) -> usize {
         self.written.lock().map(|w| w.len()).unwrap_or(0)
     }

@@ -135,13 +135,15 @@ impl PodCache {
         match event {
             watcher::Event::Apply(pod) => {
                 let view = PodView::from(pod.borrow());
-                let (namespace, name) = (view.namespace.clone(), view.name.clone());
-                let new_pool = view.pool.clone().map(|p| (namespace.clone(), p));
-                let old = state.live.insert(view);
-                if old.as_deref() != state.live.get(&namespace, &name).map(Arc::as_ref) {
+                let unchanged = state
+                    .live
+                    .get(&view.namespace, &view.name)
+                    .is_some_and(|old| **old == view);
+                if !unchanged {
+                    changed.extend(view.pool.clone().map(|p| (view.namespace.clone(), p)));
+                    let old = state.live.insert(view);
                     changed
                         .extend(old.and_then(|o| o.pool.clone().map(|p| (o.namespace.clone(), p))));
-                    changed.extend(new_pool);
                 }
             }
             watcher::Event::Delete(pod) => {

@@ -127,11 +127,8 @@ impl Changes {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
 }
