@@ -2,7 +2,7 @@
 //! pools of Python app-server workers, and records why workers abort.
 //!
 //! Pure modules (no client, no clock): `policy`, `derive`, `ramp`, `rollout`, `status`, `drift`, `classify`,
-//! `loghints`, `aborts`, `observe`, `podview`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
+//! `loghints`, `aborts`, `observe`, `podview`, `watched`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
 
 pub mod aborts;
 pub mod api;
@@ -20,3 +20,4 @@ pub mod render;
 pub mod rollout;
 pub mod sandbox;
 pub mod status;
+pub mod watched;

@@ -3,94 +3,11 @@
 //! controller caches it instead of the whole `Pod` (a `k8s_openapi` Pod is 2 KiB before any of
 //! its strings). Pure.
 
-use std::borrow::{Borrow, Cow};
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::Resource;
-use kube::core::NamespaceResourceScope;
-use serde::Deserialize;
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod};
 
 use crate::api::{POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION, Runtime};
 use crate::observe::REVISION_LABEL;
-
-/// A pod as the controller's watch decodes it: the metadata a [`PodView`] reads and the status.
-/// The spec and the managed fields, most of a pod's JSON, are skipped while parsing instead of
-/// being built and thrown away.
-#[derive(Clone, Debug, Default)]
-pub struct WatchedPod(pub Pod);
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireMeta {
-    name: Option<String>,
-    namespace: Option<String>,
-    uid: Option<String>,
-    resource_version: Option<String>,
-    deletion_timestamp: Option<Time>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize)]
-struct WirePod {
-    metadata: WireMeta,
-    status: Option<PodStatus>,
-}
-
-impl<'de> Deserialize<'de> for WatchedPod {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let WirePod { metadata, status } = WirePod::deserialize(deserializer)?;
-        Ok(WatchedPod(Pod {
-            metadata: ObjectMeta {
-                name: metadata.name,
-                namespace: metadata.namespace,
-                uid: metadata.uid,
-                resource_version: metadata.resource_version,
-                deletion_timestamp: metadata.deletion_timestamp,
-                labels: metadata.labels,
-                annotations: metadata.annotations,
-                ..ObjectMeta::default()
-            },
-            spec: None,
-            status,
-        }))
-    }
-}
-
-impl Resource for WatchedPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        Pod::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        Pod::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        Pod::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        Pod::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
-}
-
-impl Borrow<Pod> for WatchedPod {
-    fn borrow(&self) -> &Pod {
-        &self.0
-    }
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodView {
@@ -242,6 +159,8 @@ impl PodView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watched::WatchedPod;
+    use kube::Resource;
     use serde_json::json;
 
     fn full_pod() -> serde_json::Value {

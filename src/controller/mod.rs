@@ -21,8 +21,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -44,6 +44,7 @@ use crate::policy;
 use crate::ramp::DeploymentCounts;
 use crate::rollout;
 use crate::status::{self, DeploymentObserved, Observation, RampChange, Stall, reason};
+use crate::watched::{Lean, Watched};
 
 /// Field manager for the status subresource, separate from the children's.
 pub const STATUS_MANAGER: &str = "workerpool-operator-status";
@@ -56,19 +57,19 @@ pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 /// The watch caches the controller reads instead of the API.
 #[derive(Clone)]
 pub struct Caches {
-    pub deployments: Store<Deployment>,
-    pub pdbs: Store<PodDisruptionBudget>,
+    pub deployments: Store<Watched<Deployment>>,
+    pub pdbs: Store<Watched<PodDisruptionBudget>>,
     /// Pods carrying the pool label, as the views classification reads.
     pub pods: PodCache,
-    pub jobs: Store<Job>,
+    pub jobs: Store<Watched<Job>>,
 }
 
 pub struct Context {
     pub client: Client,
-    pub deployments: Store<Deployment>,
-    pub pdbs: Store<PodDisruptionBudget>,
+    pub deployments: Store<Watched<Deployment>>,
+    pub pdbs: Store<Watched<PodDisruptionBudget>>,
     pub pods: PodCache,
-    pub jobs: Store<Job>,
+    pub jobs: Store<Watched<Job>>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
@@ -307,29 +308,29 @@ fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
 /// A child as the watch cache holds it, or — when the cache has none — as the API holds it, so a
 /// same-named object someone else created is never adopted or overwritten.
 enum Existing<K> {
-    Ours(Arc<K>),
+    Ours(Arc<Watched<K>>),
     Absent,
     Foreign,
 }
 
 async fn existing<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Store<Watched<K>>,
     namespace: &str,
     name: &str,
     uid: &str,
 ) -> Result<Existing<K>, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Lean
         + Clone
-        + DeserializeOwned
         + std::fmt::Debug,
 {
     let cached = store.get(&ObjectRef::new(name).within(namespace));
     let object = match cached {
         Some(object) => object,
         None => {
-            let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+            let api: Api<Watched<K>> = Api::namespaced(ctx.client.clone(), namespace);
             match api.get_opt(name).await.map_err(|source| Error::Read {
                 kind: K::kind(&()).into_owned(),
                 name: name.into(),
@@ -407,7 +408,7 @@ impl Applied {
 
 fn ours<K>(existing: &Existing<K>) -> Option<&K> {
     match existing {
-        Existing::Ours(object) => Some(object.as_ref()),
+        Existing::Ours(object) => Some(&object.0),
         _ => None,
     }
 }
@@ -592,7 +593,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         desired_replicas: pool.spec.replicas,
         max_concurrent: pool.spec.policy.boot.max_concurrent,
         selector: derive::selector_string(&name),
-        deployment: cached.as_deref().map(deployment_observed),
+        deployment: cached.map(|d| deployment_observed(&d.0)),
         ramp_target: applied.ramp_target,
         effective: if stall.is_none() {
             settings.as_ref().map(|s| &s.effective)
@@ -610,7 +611,9 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     };
     let new = status::compute(old, &observation, &ctx.now());
     if old != Some(&new) {
-        let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        // Only the version the write produced is read of the answer.
+        let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
+            Api::namespaced(ctx.client.clone(), &namespace);
         let before = serde_json::to_value(old).map_err(Error::Serialize)?;
         let after = serde_json::to_value(&new).map_err(Error::Serialize)?;
         let written = api
@@ -628,7 +631,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         ctx.wrote_status(
             pool,
             remembered.is_some(),
-            written.metadata.resource_version,
+            written.0.metadata.resource_version,
             new,
         );
     }

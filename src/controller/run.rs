@@ -27,7 +27,7 @@ use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
-use crate::podview::WatchedPod;
+use crate::watched::{Watched, WatchedPod};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -284,9 +284,9 @@ pub async fn control(
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = scope.namespace.as_deref();
-    let (deployments, deployment_writer) = reflector::store::<Deployment>();
-    let (pdbs, pdb_writer) = reflector::store::<PodDisruptionBudget>();
-    let (jobs, job_writer) = reflector::store::<Job>();
+    let (deployments, deployment_writer) = reflector::store::<Watched<Deployment>>();
+    let (pdbs, pdb_writer) = reflector::store::<Watched<PodDisruptionBudget>>();
+    let (jobs, job_writer) = reflector::store::<Watched<Job>>();
     let (pools, pool_writer) = reflector::store::<DeserializeGuard<WorkerPool>>();
     let pods = PodCache::default();
     let recorder = Recorder::new(
@@ -312,21 +312,18 @@ pub async fn control(
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
     let deployment_stream = admitted(
-        watcher(api::<Deployment>(&client, ns), owned.clone())
+        watcher(api::<Watched<Deployment>>(&client, ns), owned.clone())
             .default_backoff()
-            .modify(strip)
             .reflect(deployment_writer),
     );
     let job_stream = admitted(
-        watcher(api::<Job>(&client, ns), owned.clone())
+        watcher(api::<Watched<Job>>(&client, ns), owned.clone())
             .default_backoff()
-            .modify(strip)
             .reflect(job_writer),
     );
     let pdb_stream = admitted(
-        watcher(api::<PodDisruptionBudget>(&client, ns), owned)
+        watcher(api::<Watched<PodDisruptionBudget>>(&client, ns), owned)
             .default_backoff()
-            .modify(strip)
             .reflect(pdb_writer),
     );
     // Pods are kept only as views; a pool is reconciled when one of its pods reads differently.

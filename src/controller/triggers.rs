@@ -92,6 +92,12 @@ impl Fingerprint for Job {
     }
 }
 
+impl<K: Fingerprint> Fingerprint for crate::watched::Watched<K> {
+    fn fingerprint(&self) -> u64 {
+        self.0.fingerprint()
+    }
+}
+
 type Key = (Option<String>, String);
 
 /// Remembers the last fingerprint of each watched object and admits an event only when it moved.

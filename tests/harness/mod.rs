@@ -25,6 +25,7 @@ use workerpool_operator::controller::logs::LogReader;
 use workerpool_operator::controller::metrics::Metrics;
 use workerpool_operator::controller::pod_cache::PodCache;
 use workerpool_operator::controller::{Caches, Clock, Context, reconcile};
+use workerpool_operator::watched::Watched;
 
 pub const NS: &str = "shop";
 
@@ -97,10 +98,10 @@ impl LogReader for Logs {
 pub struct Harness {
     pub client: kube::Client,
     pub requests: Arc<Requests>,
-    pub deployments: Writer<Deployment>,
-    pub pdbs: Writer<PodDisruptionBudget>,
+    pub deployments: Writer<Watched<Deployment>>,
+    pub pdbs: Writer<Watched<PodDisruptionBudget>>,
     pub pods: PodCache,
-    pub jobs: Writer<Job>,
+    pub jobs: Writer<Watched<Job>>,
     pub logs: Arc<Logs>,
     pub ctx: Arc<Context>,
     /// Seconds since the start of the test, read by the controller's clock.
@@ -187,10 +188,10 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         .build()
         .await
         .expect("fake client");
-    let (deployment_store, deployment_writer): (Store<Deployment>, _) = reflector::store();
-    let (pdb_store, pdb_writer): (Store<PodDisruptionBudget>, _) = reflector::store();
+    let (deployment_store, deployment_writer): (Store<Watched<Deployment>>, _) = reflector::store();
+    let (pdb_store, pdb_writer): (Store<Watched<PodDisruptionBudget>>, _) = reflector::store();
     let pod_cache = PodCache::default();
-    let (job_store, job_writer): (Store<Job>, _) = reflector::store();
+    let (job_store, job_writer): (Store<Watched<Job>>, _) = reflector::store();
     let logs = Arc::new(Logs::default());
     let recorder = Recorder::new(
         client.clone(),
@@ -237,7 +238,7 @@ impl Harness {
     /// Refreshes the stores the way the watches would, without counting the requests.
     pub async fn sync_caches(&mut self) {
         self.requests.counting.store(false, Ordering::SeqCst);
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
+        let deployments: Api<Watched<Deployment>> = Api::namespaced(self.client.clone(), NS);
         let list = deployments
             .list(&ListParams::default())
             .await
@@ -249,14 +250,14 @@ impl Harness {
         }
         self.deployments
             .apply_watcher_event(&watcher::Event::InitDone);
-        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), NS);
+        let pdbs: Api<Watched<PodDisruptionBudget>> = Api::namespaced(self.client.clone(), NS);
         let list = pdbs.list(&ListParams::default()).await.expect("list pdbs");
         self.pdbs.apply_watcher_event(&watcher::Event::Init);
         for p in list.items {
             self.pdbs.apply_watcher_event(&watcher::Event::InitApply(p));
         }
         self.pdbs.apply_watcher_event(&watcher::Event::InitDone);
-        let jobs: Api<Job> = Api::namespaced(self.client.clone(), NS);
+        let jobs: Api<Watched<Job>> = Api::namespaced(self.client.clone(), NS);
         let list = jobs.list(&ListParams::default()).await.expect("list jobs");
         self.jobs.apply_watcher_event(&watcher::Event::Init);
         for j in list.items {

@@ -1,0 +1,374 @@
+//! Watched objects as the controller decodes them: without what it never reads. The managed
+//! fields (often most of an object's JSON), the last-applied annotation and, per kind, the spec
+//! or status the controller ignores are skipped while parsing instead of being built and thrown
+//! away. Pure.
+
+use std::borrow::{Borrow, Cow};
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::ops::Deref;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::Resource;
+use kube::core::PartialObjectMeta;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+
+/// Annotation `kubectl apply` writes: a copy of the whole object, never read here.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// An object of kind `K` decoded by [`Lean`]: everything the controller reads, nothing else.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Watched<K>(pub K);
+
+/// A pod as the pod watch decodes it: metadata and status; the spec is skipped.
+pub type WatchedPod = Watched<Pod>;
+
+/// How a kind is put back together from the parts the controller reads.
+pub trait Lean: Sized {
+    /// The spec as decoded; [`IgnoredAny`] skips it.
+    type Spec: DeserializeOwned;
+    /// The status as decoded; [`IgnoredAny`] skips it.
+    type Status: DeserializeOwned;
+    fn assemble(
+        metadata: ObjectMeta,
+        spec: Option<Self::Spec>,
+        status: Option<Self::Status>,
+    ) -> Self;
+}
+
+impl Lean for Deployment {
+    type Spec = DeploymentSpec;
+    type Status = DeploymentStatus;
+    fn assemble(
+        metadata: ObjectMeta,
+        spec: Option<DeploymentSpec>,
+        status: Option<DeploymentStatus>,
+    ) -> Self {
+        Deployment {
+            metadata,
+            spec,
+            status,
+        }
+    }
+}
+
+/// The controller compares a budget's spec and never reads its status.
+impl Lean for PodDisruptionBudget {
+    type Spec = PodDisruptionBudgetSpec;
+    type Status = IgnoredAny;
+    fn assemble(
+        metadata: ObjectMeta,
+        spec: Option<PodDisruptionBudgetSpec>,
+        _: Option<IgnoredAny>,
+    ) -> Self {
+        PodDisruptionBudget {
+            metadata,
+            spec,
+            status: None,
+        }
+    }
+}
+
+impl Lean for Job {
+    type Spec = JobSpec;
+    type Status = JobStatus;
+    fn assemble(metadata: ObjectMeta, spec: Option<JobSpec>, status: Option<JobStatus>) -> Self {
+        Job {
+            metadata,
+            spec,
+            status,
+        }
+    }
+}
+
+/// Classification reads a pod's status, never its spec.
+impl Lean for Pod {
+    type Spec = IgnoredAny;
+    type Status = PodStatus;
+    fn assemble(metadata: ObjectMeta, _: Option<IgnoredAny>, status: Option<PodStatus>) -> Self {
+        Pod {
+            metadata,
+            spec: None,
+            status,
+        }
+    }
+}
+
+/// Metadata only: what the controller reads of the answer to its own status write.
+impl<K> Lean for PartialObjectMeta<K> {
+    type Spec = IgnoredAny;
+    type Status = IgnoredAny;
+    fn assemble(metadata: ObjectMeta, _: Option<IgnoredAny>, _: Option<IgnoredAny>) -> Self {
+        PartialObjectMeta {
+            types: None,
+            metadata,
+            _phantom: PhantomData,
+        }
+    }
+}
+
+/// `ObjectMeta` without `managedFields`; unknown keys are skipped without allocating.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    annotations: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    deletion_timestamp: Option<Time>,
+    finalizers: Option<Vec<String>>,
+    generate_name: Option<String>,
+    generation: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    name: Option<String>,
+    namespace: Option<String>,
+    owner_references: Option<Vec<OwnerReference>>,
+    resource_version: Option<String>,
+    uid: Option<String>,
+}
+
+impl From<WireMeta> for ObjectMeta {
+    fn from(wire: WireMeta) -> Self {
+        let annotations = wire.annotations.map(|mut annotations| {
+            annotations.remove(LAST_APPLIED);
+            annotations
+        });
+        ObjectMeta {
+            annotations,
+            creation_timestamp: wire.creation_timestamp,
+            deletion_grace_period_seconds: wire.deletion_grace_period_seconds,
+            deletion_timestamp: wire.deletion_timestamp,
+            finalizers: wire.finalizers,
+            generate_name: wire.generate_name,
+            generation: wire.generation,
+            labels: wire.labels,
+            managed_fields: None,
+            name: wire.name,
+            namespace: wire.namespace,
+            owner_references: wire.owner_references,
+            resource_version: wire.resource_version,
+            self_link: None,
+            uid: wire.uid,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "S: DeserializeOwned, T: DeserializeOwned")]
+struct Wire<S, T> {
+    metadata: WireMeta,
+    spec: Option<S>,
+    status: Option<T>,
+}
+
+impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = Wire::<K::Spec, K::Status>::deserialize(deserializer)?;
+        Ok(Watched(K::assemble(
+            wire.metadata.into(),
+            wire.spec,
+            wire.status,
+        )))
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Watched<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        self.0.meta()
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        self.0.meta_mut()
+    }
+}
+
+impl<K> Deref for Watched<K> {
+    type Target = K;
+    fn deref(&self) -> &K {
+        &self.0
+    }
+}
+
+impl<K> Borrow<K> for Watched<K> {
+    fn borrow(&self) -> &K {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn managed_fields() -> serde_json::Value {
+        json!([{
+            "manager": "workerpool-operator",
+            "operation": "Apply",
+            "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {}}}}},
+        }])
+    }
+
+    fn object(
+        kind: &str,
+        api_version: &str,
+        spec: serde_json::Value,
+        status: serde_json::Value,
+    ) -> serde_json::Value {
+        json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {
+                "name": "api",
+                "namespace": "shop",
+                "uid": "u-1",
+                "resourceVersion": "42",
+                "generation": 3,
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"app.kubernetes.io/managed-by": "workerpool-operator"},
+                "annotations": {LAST_APPLIED: "{\"huge\": true}", "workerpool.dev/revision": "abc"},
+                "ownerReferences": [{
+                    "apiVersion": "workerpool.dev/v1alpha1",
+                    "kind": "WorkerPool",
+                    "name": "api",
+                    "uid": "pool-uid",
+                    "controller": true,
+                }],
+                "finalizers": ["example.com/hold"],
+                "managedFields": managed_fields(),
+            },
+            "spec": spec,
+            "status": status,
+        })
+    }
+
+    /// The full decode with what [`Watched`] leaves out removed by hand.
+    fn expected<K: DeserializeOwned + Resource>(value: &serde_json::Value) -> K {
+        let mut full: K = serde_json::from_value(value.clone()).expect("full decode");
+        let meta = full.meta_mut();
+        meta.managed_fields = None;
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.remove(LAST_APPLIED);
+        }
+        full
+    }
+
+    #[test]
+    fn a_deployment_keeps_spec_and_status_and_drops_managed_fields() {
+        let value = object(
+            "Deployment",
+            "apps/v1",
+            json!({
+                "replicas": 4,
+                "selector": {"matchLabels": {"workerpool.dev/pool": "api"}},
+                "template": {"metadata": {"labels": {"workerpool.dev/pool": "api"}},
+                             "spec": {"containers": [{"name": "app", "image": "shop:1"}]}},
+            }),
+            json!({"replicas": 4, "readyReplicas": 2, "observedGeneration": 3,
+                   "conditions": [{"type": "Available", "status": "False"}]}),
+        );
+        let watched: Watched<Deployment> =
+            serde_json::from_str(&value.to_string()).expect("watched decode");
+        assert_eq!(watched.0, expected::<Deployment>(&value));
+        assert!(watched.metadata.managed_fields.is_none());
+        assert_eq!(
+            watched.metadata.annotations.as_ref().map(|a| a.len()),
+            Some(1),
+            "only the last-applied annotation is dropped"
+        );
+        assert_eq!(
+            watched.metadata.owner_references.as_ref().map(Vec::len),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_budget_keeps_its_spec_and_skips_its_status() {
+        let value = object(
+            "PodDisruptionBudget",
+            "policy/v1",
+            json!({"maxUnavailable": 1, "selector": {"matchLabels": {"workerpool.dev/pool": "api"}}}),
+            json!({"currentHealthy": 3, "desiredHealthy": 2, "disruptionsAllowed": 1, "expectedPods": 4}),
+        );
+        let watched: Watched<PodDisruptionBudget> =
+            serde_json::from_str(&value.to_string()).expect("watched decode");
+        let mut full = expected::<PodDisruptionBudget>(&value);
+        full.status = None;
+        assert_eq!(watched.0, full);
+    }
+
+    #[test]
+    fn a_job_keeps_its_conditions() {
+        let value = object(
+            "Job",
+            "batch/v1",
+            json!({"template": {"spec": {"containers": [{"name": "migrate", "image": "shop:1"}]}}}),
+            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+        );
+        let watched: Watched<Job> =
+            serde_json::from_str(&value.to_string()).expect("watched decode");
+        assert_eq!(watched.0, expected::<Job>(&value));
+    }
+
+    #[test]
+    fn a_pod_skips_its_spec() {
+        let value = object(
+            "Pod",
+            "v1",
+            json!({"containers": [{"name": "app", "image": "shop:1"}]}),
+            json!({"phase": "Running", "containerStatuses": [{
+                "name": "app", "ready": true, "restartCount": 2, "image": "shop:1", "imageID": "",
+                "state": {"running": {"startedAt": "2026-01-01T00:01:00Z"}},
+                "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
+            }]}),
+        );
+        let watched: WatchedPod = serde_json::from_str(&value.to_string()).expect("watched pod");
+        let mut full = expected::<Pod>(&value);
+        full.spec = None;
+        assert_eq!(watched.0, full);
+        assert_eq!(WatchedPod::plural(&()), "pods");
+        assert_eq!(WatchedPod::api_version(&()), "v1");
+    }
+
+    #[test]
+    fn metadata_only_skips_spec_and_status() {
+        let value = object(
+            "Deployment",
+            "apps/v1",
+            json!({"replicas": 1}),
+            json!({"replicas": 1}),
+        );
+        let watched: Watched<PartialObjectMeta<Deployment>> =
+            serde_json::from_str(&value.to_string()).expect("metadata only");
+        assert_eq!(watched.metadata, expected::<Deployment>(&value).metadata);
+        assert_eq!(
+            Watched::<PartialObjectMeta<Deployment>>::plural(&()),
+            "deployments"
+        );
+    }
+
+    #[test]
+    fn a_missing_metadata_is_an_error_not_a_panic() {
+        let decoded = serde_json::from_str::<Watched<Deployment>>(r#"{"spec": {}}"#);
+        assert!(decoded.is_err());
+    }
+}
