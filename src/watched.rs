@@ -15,8 +15,12 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 use kube::core::PartialObjectMeta;
+use kube::core::error_boundary::InvalidObject;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::api::{WorkerPool, WorkerPoolSpec, WorkerPoolStatus};
 
 /// Annotation `kubectl apply` writes: a copy of the whole object, never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -29,16 +33,23 @@ pub struct Watched<K>(pub K);
 pub type WatchedPod = Watched<Pod>;
 
 /// How a kind is put back together from the parts the controller reads.
+/// A part the kind requires is absent.
+pub struct Missing {
+    pub metadata: Box<ObjectMeta>,
+    pub field: &'static str,
+}
+
 pub trait Lean: Sized {
     /// The spec as decoded; [`IgnoredAny`] skips it.
     type Spec: DeserializeOwned;
     /// The status as decoded; [`IgnoredAny`] skips it.
     type Status: DeserializeOwned;
+    /// Fails only when a part the kind requires is missing; the metadata comes back with the error.
     fn assemble(
         metadata: ObjectMeta,
         spec: Option<Self::Spec>,
         status: Option<Self::Status>,
-    ) -> Self;
+    ) -> Result<Self, Missing>;
 }
 
 impl Lean for Deployment {
@@ -48,12 +59,12 @@ impl Lean for Deployment {
         metadata: ObjectMeta,
         spec: Option<DeploymentSpec>,
         status: Option<DeploymentStatus>,
-    ) -> Self {
-        Deployment {
+    ) -> Result<Self, Missing> {
+        Ok(Deployment {
             metadata,
             spec,
             status,
-        }
+        })
     }
 }
 
@@ -65,24 +76,28 @@ impl Lean for PodDisruptionBudget {
         metadata: ObjectMeta,
         spec: Option<PodDisruptionBudgetSpec>,
         _: Option<IgnoredAny>,
-    ) -> Self {
-        PodDisruptionBudget {
+    ) -> Result<Self, Missing> {
+        Ok(PodDisruptionBudget {
             metadata,
             spec,
             status: None,
-        }
+        })
     }
 }
 
 impl Lean for Job {
     type Spec = JobSpec;
     type Status = JobStatus;
-    fn assemble(metadata: ObjectMeta, spec: Option<JobSpec>, status: Option<JobStatus>) -> Self {
-        Job {
+    fn assemble(
+        metadata: ObjectMeta,
+        spec: Option<JobSpec>,
+        status: Option<JobStatus>,
+    ) -> Result<Self, Missing> {
+        Ok(Job {
             metadata,
             spec,
             status,
-        }
+        })
     }
 }
 
@@ -90,12 +105,16 @@ impl Lean for Job {
 impl Lean for Pod {
     type Spec = IgnoredAny;
     type Status = PodStatus;
-    fn assemble(metadata: ObjectMeta, _: Option<IgnoredAny>, status: Option<PodStatus>) -> Self {
-        Pod {
+    fn assemble(
+        metadata: ObjectMeta,
+        _: Option<IgnoredAny>,
+        status: Option<PodStatus>,
+    ) -> Result<Self, Missing> {
+        Ok(Pod {
             metadata,
             spec: None,
             status,
-        }
+        })
     }
 }
 
@@ -103,12 +122,38 @@ impl Lean for Pod {
 impl<K> Lean for PartialObjectMeta<K> {
     type Spec = IgnoredAny;
     type Status = IgnoredAny;
-    fn assemble(metadata: ObjectMeta, _: Option<IgnoredAny>, _: Option<IgnoredAny>) -> Self {
-        PartialObjectMeta {
+    fn assemble(
+        metadata: ObjectMeta,
+        _: Option<IgnoredAny>,
+        _: Option<IgnoredAny>,
+    ) -> Result<Self, Missing> {
+        Ok(PartialObjectMeta {
             types: None,
             metadata,
             _phantom: PhantomData,
-        }
+        })
+    }
+}
+
+impl Lean for WorkerPool {
+    type Spec = WorkerPoolSpec;
+    type Status = WorkerPoolStatus;
+    fn assemble(
+        metadata: ObjectMeta,
+        spec: Option<WorkerPoolSpec>,
+        status: Option<WorkerPoolStatus>,
+    ) -> Result<Self, Missing> {
+        let Some(spec) = spec else {
+            return Err(Missing {
+                metadata: Box::new(metadata),
+                field: "spec",
+            });
+        };
+        Ok(WorkerPool {
+            metadata,
+            spec,
+            status,
+        })
     }
 }
 
@@ -168,11 +213,84 @@ struct Wire<S, T> {
 impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::<K::Spec, K::Status>::deserialize(deserializer)?;
-        Ok(Watched(K::assemble(
-            wire.metadata.into(),
-            wire.spec,
-            wire.status,
-        )))
+        K::assemble(wire.metadata.into(), wire.spec, wire.status)
+            .map(Watched)
+            .map_err(|missing| serde::de::Error::missing_field(missing.field))
+    }
+}
+
+/// A watched object that may not match its schema: the object, or its metadata and what does
+/// not decode, so the controller can say so on the object instead of losing it from the watch.
+/// Only the spec and status are held as JSON values until they decode; the metadata decodes
+/// once, without its managed fields.
+#[derive(Clone, Debug)]
+pub struct Guarded<K>(pub Result<K, InvalidObject>);
+
+#[derive(Deserialize)]
+struct ValueWire {
+    metadata: WireMeta,
+    spec: Option<Value>,
+    status: Option<Value>,
+}
+
+/// One part decoded from its JSON; the error names the field path within the object.
+fn part<T: DeserializeOwned>(name: &str, value: Option<Value>) -> Result<Option<T>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    serde_path_to_error::deserialize(value)
+        .map(Some)
+        .map_err(|error| match error.path().to_string().as_str() {
+            "." => format!("{name}: {}", error.inner()),
+            path => format!("{name}.{path}: {}", error.inner()),
+        })
+}
+
+impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = ValueWire::deserialize(deserializer)?;
+        let metadata = ObjectMeta::from(wire.metadata);
+        let parts = part::<K::Spec>("spec", wire.spec)
+            .and_then(|spec| part::<K::Status>("status", wire.status).map(|status| (spec, status)));
+        Ok(Guarded(match parts {
+            Ok((spec, status)) => {
+                K::assemble(metadata, spec, status).map_err(|missing| InvalidObject {
+                    error: format!("missing field `{}`", missing.field),
+                    metadata: *missing.metadata,
+                })
+            }
+            Err(error) => Err(InvalidObject { error, metadata }),
+        }))
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Guarded<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        match &self.0 {
+            Ok(object) => object.meta(),
+            Err(invalid) => &invalid.metadata,
+        }
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match &mut self.0 {
+            Ok(object) => object.meta_mut(),
+            Err(invalid) => &mut invalid.metadata,
+        }
     }
 }
 
@@ -364,6 +482,80 @@ mod tests {
             Watched::<PartialObjectMeta<Deployment>>::plural(&()),
             "deployments"
         );
+    }
+
+    fn pool(spec: serde_json::Value) -> serde_json::Value {
+        let mut pool = object(
+            "WorkerPool",
+            "workerpool.dev/v1alpha1",
+            spec,
+            json!({"readyReplicas": 2, "phase": "Progressing"}),
+        );
+        if pool["spec"].is_null() {
+            pool.as_object_mut().map(|p| p.remove("spec"));
+        }
+        pool
+    }
+
+    fn valid_spec() -> serde_json::Value {
+        json!({"runtime": "gunicorn", "replicas": 3, "template": {"spec": {"containers": [{"name": "app", "image": "shop:1"}]}}})
+    }
+
+    #[test]
+    fn a_valid_pool_decodes_without_managed_fields() {
+        let value = pool(valid_spec());
+        let guarded: Guarded<WorkerPool> =
+            serde_json::from_str(&value.to_string()).expect("guarded");
+        let decoded = guarded.0.expect("valid");
+        assert_eq!(decoded.spec, expected::<WorkerPool>(&value).spec);
+        assert_eq!(decoded.status, expected::<WorkerPool>(&value).status);
+        assert_eq!(decoded.metadata, expected::<WorkerPool>(&value).metadata);
+    }
+
+    #[test]
+    fn an_invalid_pool_keeps_its_metadata_and_names_the_field() {
+        let mut spec = valid_spec();
+        spec["replicas"] = json!("many");
+        let guarded: Guarded<WorkerPool> =
+            serde_json::from_str(&pool(spec).to_string()).expect("decodes as invalid");
+        let invalid = guarded.0.expect_err("invalid");
+        assert_eq!(invalid.metadata.name.as_deref(), Some("api"));
+        assert_eq!(invalid.metadata.uid.as_deref(), Some("u-1"));
+        assert!(
+            invalid.error.starts_with("spec.replicas: invalid type"),
+            "{}",
+            invalid.error
+        );
+        assert_eq!(Guarded::<WorkerPool>::kind(&()), "WorkerPool");
+        assert_eq!(
+            invalid_error(&pool(serde_json::Value::Null)),
+            Some("missing field `spec`".into())
+        );
+    }
+
+    fn invalid_error(value: &serde_json::Value) -> Option<String> {
+        let guarded: Guarded<WorkerPool> = serde_json::from_str(&value.to_string()).ok()?;
+        guarded.0.err().map(|invalid| invalid.error)
+    }
+
+    #[test]
+    fn watch_events_decode_whichever_key_comes_first() {
+        use kube::api::WatchEvent;
+        let object = pool(valid_spec()).to_string();
+        for line in [
+            format!(r#"{{"type":"MODIFIED","object":{object}}}"#),
+            format!(r#"{{"object":{object},"type":"MODIFIED"}}"#),
+        ] {
+            let event: WatchEvent<Guarded<WorkerPool>> =
+                serde_json::from_str(&line).expect("pool event");
+            assert!(
+                matches!(event, WatchEvent::Modified(Guarded(Ok(_)))),
+                "{line}"
+            );
+            let event: WatchEvent<Watched<PartialObjectMeta<WorkerPool>>> =
+                serde_json::from_str(&line).expect("metadata event");
+            assert!(matches!(event, WatchEvent::Modified(_)), "{line}");
+        }
     }
 
     #[test]

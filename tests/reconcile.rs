@@ -9,11 +9,11 @@ use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use serde_json::json;
 use workerpool_operator::api::WorkerPool;
 use workerpool_operator::controller::reconcile;
+use workerpool_operator::watched::Guarded;
 
 #[tokio::test]
 async fn first_reconcile_creates_children_and_status() {
@@ -272,7 +272,7 @@ async fn malformed_pool_gets_a_warning_event() {
         },
     };
     h.requests.counting.store(true, Ordering::SeqCst);
-    reconcile(Arc::new(DeserializeGuard(Err(invalid))), h.ctx.clone())
+    reconcile(Arc::new(Guarded(Err(invalid))), h.ctx.clone())
         .await
         .expect("reconcile");
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);

@@ -404,6 +404,31 @@ async fn watch_resumes_sends_bookmarks_and_expires_old_versions() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_watch_event_names_its_type_before_its_object_as_the_real_server_does() {
+    use http_body_util::BodyExt;
+    let server = server();
+    let api: Api<Pod> = Api::namespaced(server.client(), "shop");
+    api.create(&PostParams::default(), &pod("a", None))
+        .await
+        .expect("a");
+    let request = http::Request::get("/api/v1/namespaces/shop/pods?watch=true&resourceVersion=0")
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let response = server.client().send(request).await.expect("watch");
+    let mut body = response.into_body();
+    let frame = body
+        .frame()
+        .await
+        .expect("a line")
+        .expect("ok")
+        .into_data()
+        .expect("data");
+    let line = std::str::from_utf8(&frame).expect("utf-8");
+    assert!(line.starts_with(r#"{"type":"ADDED","object":{"#), "{line}");
+    assert!(line.ends_with('\n'), "one event per line");
+}
+
+#[tokio::test(start_paused = true)]
 async fn deleting_an_owner_collects_its_dependents() {
     let server = server();
     let client = server.client();

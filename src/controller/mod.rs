@@ -21,8 +21,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
-use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -44,7 +44,7 @@ use crate::policy;
 use crate::ramp::DeploymentCounts;
 use crate::rollout;
 use crate::status::{self, DeploymentObserved, Observation, RampChange, Stall, reason};
-use crate::watched::{Lean, Watched};
+use crate::watched::{Guarded, Lean, Watched};
 
 /// Field manager for the status subresource, separate from the children's.
 pub const STATUS_MANAGER: &str = "workerpool-operator-status";
@@ -75,7 +75,7 @@ pub struct Context {
     pub clock: Clock,
     pub kubelet_events: KubeletEvents,
     logs: Arc<dyn LogReader>,
-    failures: Mutex<HashMap<ObjectRef<DeserializeGuard<WorkerPool>>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<Guarded<WorkerPool>>, u32>>,
     workers: workers::Memory,
     written: Mutex<HashMap<(String, String), Written>>,
 }
@@ -204,7 +204,7 @@ fn pool_key(meta: &kube::core::ObjectMeta) -> (String, String) {
 
 /// Entry point for the controller runtime; records metrics around [`reconcile_pool`].
 pub async fn reconcile(
-    guard: Arc<DeserializeGuard<WorkerPool>>,
+    guard: Arc<Guarded<WorkerPool>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -225,11 +225,7 @@ pub async fn reconcile(
 }
 
 /// Per-object exponential backoff: 5 s, 10 s, 20 s, … up to 5 minutes.
-pub fn error_policy(
-    guard: Arc<DeserializeGuard<WorkerPool>>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+pub fn error_policy(guard: Arc<Guarded<WorkerPool>>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempts = match ctx.failures.lock() {
         Ok(mut failures) => {
             let entry = failures

@@ -14,7 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
+
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -27,7 +27,7 @@ use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
-use crate::watched::{Watched, WatchedPod};
+use crate::watched::{Guarded, Watched, WatchedPod};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -55,21 +55,12 @@ where
     }
 }
 
-/// Drops what the controller never reads, so cached objects stay small.
-fn strip<K: Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
 /// The pool a kubelet Event is about, buffering the Event for that pool's next reconcile.
 fn pool_of_event(
     event: &Event,
     pods: &PodCache,
     context: &Context,
-) -> Option<ObjectRef<DeserializeGuard<WorkerPool>>> {
+) -> Option<ObjectRef<Guarded<WorkerPool>>> {
     let (namespace, kubelet_event) = kubelet::from_event(event)?;
     let pool = pods.pool_of(&namespace, &kubelet_event.pod)?;
     context
@@ -287,7 +278,7 @@ pub async fn control(
     let (deployments, deployment_writer) = reflector::store::<Watched<Deployment>>();
     let (pdbs, pdb_writer) = reflector::store::<Watched<PodDisruptionBudget>>();
     let (jobs, job_writer) = reflector::store::<Watched<Job>>();
-    let (pools, pool_writer) = reflector::store::<DeserializeGuard<WorkerPool>>();
+    let (pools, pool_writer) = reflector::store::<Guarded<WorkerPool>>();
     let pods = PodCache::default();
     let recorder = Recorder::new(
         client.clone(),
@@ -367,11 +358,10 @@ pub async fn control(
     };
     let pool_stream = admitted(
         watcher(
-            api::<DeserializeGuard<WorkerPool>>(&client, ns),
+            api::<Guarded<WorkerPool>>(&client, ns),
             watcher::Config::default(),
         )
         .default_backoff()
-        .modify(strip)
         .reflect(pool_writer)
         .inspect_ok({
             let context = context.clone();

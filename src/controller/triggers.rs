@@ -42,7 +42,7 @@ fn meta_print(meta: &ObjectMeta) -> impl Hash + '_ {
     )
 }
 
-impl<K: Resource> Fingerprint for kube::core::DeserializeGuard<K> {
+impl<K: Resource<DynamicType = ()>> Fingerprint for crate::watched::Guarded<K> {
     /// A pool's own status write starts no reconcile; spec, label and annotation changes do.
     fn fingerprint(&self) -> u64 {
         let meta = match &self.0 {
@@ -209,11 +209,11 @@ mod tests {
     #[test]
     fn a_pool_status_write_is_not_a_trigger_but_spec_and_labels_are() {
         use crate::api::WorkerPool;
-        use kube::core::DeserializeGuard;
+        use crate::watched::Guarded;
         let pool = |generation: i64,
                     labels: serde_json::Value,
                     ready: i32|
-         -> DeserializeGuard<WorkerPool> {
+         -> Guarded<WorkerPool> {
             serde_json::from_value(json!({
                 "apiVersion": "workerpool.dev/v1alpha1", "kind": "WorkerPool",
                 "metadata": {"name": "api", "namespace": "shop", "uid": "u1", "generation": generation, "labels": labels},

@@ -14,7 +14,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
@@ -25,6 +24,7 @@ use workerpool_operator::controller::logs::LogReader;
 use workerpool_operator::controller::metrics::Metrics;
 use workerpool_operator::controller::pod_cache::PodCache;
 use workerpool_operator::controller::{Caches, Clock, Context, reconcile};
+use workerpool_operator::watched::Guarded;
 use workerpool_operator::watched::Watched;
 
 pub const NS: &str = "shop";
@@ -288,7 +288,7 @@ impl Harness {
     pub async fn reconcile_object(&mut self, pool: WorkerPool) {
         self.requests.reset();
         self.requests.counting.store(true, Ordering::SeqCst);
-        reconcile(Arc::new(DeserializeGuard(Ok(pool))), self.ctx.clone())
+        reconcile(Arc::new(Guarded(Ok(pool))), self.ctx.clone())
             .await
             .expect("reconcile succeeds");
         self.requests.counting.store(false, Ordering::SeqCst);

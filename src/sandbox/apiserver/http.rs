@@ -565,22 +565,26 @@ struct WatchStream {
 }
 
 impl WatchStream {
-    fn line(value: &Value) -> Bytes {
-        let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    /// One watch event as the real server frames it: `type` before `object`. A client may then
+    /// decode the object as it streams instead of buffering it until the type arrives.
+    fn line(type_: &str, object: &Value) -> Bytes {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            type_: &'a str,
+            object: &'a Value,
+        }
+        let mut bytes = serde_json::to_vec(&Line { type_, object }).unwrap_or_default();
         bytes.push(b'\n');
         Bytes::from(bytes)
     }
 
     fn item_line(&mut self, item: WatchItem) -> Bytes {
         match item {
-            WatchItem::Event(kind, object) => {
-                Self::line(&json!({"type": kind, "object": object.as_ref()}))
-            }
+            WatchItem::Event(kind, object) => Self::line(kind, object.as_ref()),
             WatchItem::Gone(message) => {
                 self.done = true;
-                Self::line(
-                    &json!({"type": "ERROR", "object": ApiError::new(410, "Expired", message).status()}),
-                )
+                Self::line("ERROR", &ApiError::new(410, "Expired", message).status())
             }
         }
     }
@@ -607,14 +611,14 @@ impl WatchStream {
             _ = tick => {
                 match self.server.bookmark_or_pending(&mut self.receiver) {
                     Err(item) => Some(self.item_line(item)),
-                    Ok(rv) => Some(Self::line(&json!({
-                        "type": "BOOKMARK",
-                        "object": {
+                    Ok(rv) => Some(Self::line(
+                        "BOOKMARK",
+                        &json!({
                             "apiVersion": self.resource.api_version(),
                             "kind": self.resource.kind,
                             "metadata": {"resourceVersion": rv.to_string()},
-                        },
-                    }))),
+                        }),
+                    )),
                 }
             }
         }
