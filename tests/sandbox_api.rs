@@ -601,3 +601,59 @@ async fn pod_logs_serve_the_current_and_previous_run() {
         .expect("current");
     assert_eq!(current, "[INFO] Starting gunicorn\n");
 }
+
+#[tokio::test]
+async fn the_api_served_over_http_answers_a_client_built_from_its_kubeconfig() {
+    let server = server();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.clone().serve_http(listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&ApiServer::kubeconfig(address)).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    workerpool_operator::controller::run::install_tls_provider();
+    let client = kube::Client::try_from(config).expect("client");
+    let api: Api<Pod> = Api::namespaced(client, "shop");
+    api.create(&PostParams::default(), &pod("a", None))
+        .await
+        .expect("create over http");
+    let mut events = watcher(api.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("some");
+    assert_eq!(first.metadata.name.as_deref(), Some("a"));
+    api.create(&PostParams::default(), &pod("b", None))
+        .await
+        .expect("b");
+    let second = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+        .await
+        .expect("watched in time")
+        .expect("ok")
+        .expect("some");
+    assert_eq!(second.metadata.name.as_deref(), Some("b"));
+    let missing = api.get("nope").await.expect_err("404");
+    assert!(
+        matches!(missing, kube::Error::Api(ref status) if status.code == 404),
+        "{missing}"
+    );
+
+    let _ = stop.send(());
+    drop(events);
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("stops")
+        .expect("joined")
+        .expect("served");
+}

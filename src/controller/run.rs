@@ -181,7 +181,15 @@ async fn acquire_leadership(
     Ok((channel, task))
 }
 
+/// Selects rustls' ring provider for TLS to the API server. Without an explicit choice rustls
+/// panics when a build enables more than one provider.
+pub fn install_tls_provider() {
+    // Err only when a provider is already installed, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    install_tls_provider();
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));

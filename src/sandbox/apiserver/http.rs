@@ -179,6 +179,35 @@ fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 impl ApiServer {
+    /// Serves this API over HTTP on `listener` until `stop` resolves, so that a separate process
+    /// (`workerpool-operator run`, `kubectl`) can talk to it through a kubeconfig.
+    pub async fn serve_http(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let server = self.clone();
+            async move {
+                server
+                    .cpu
+                    .metered(server.clone().handle(request))
+                    .await
+                    .map(axum::body::Body::new)
+            }
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+    }
+
+    /// A kubeconfig that points at this API served on `address`.
+    pub fn kubeconfig(address: std::net::SocketAddr) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: http://{address}\nusers:\n- name: sandbox\n  user: {{}}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\n    namespace: default\ncurrent-context: sandbox\n"
+        )
+    }
+
     /// A `kube::Client` whose requests this server answers in-process.
     pub fn client(self: &Arc<Self>) -> kube::Client {
         kube::Client::new(SandboxService(self.clone()), "default")
@@ -250,7 +279,11 @@ impl ApiServer {
         }
     }
 
-    async fn handle(self: Arc<Self>, request: Request<kube::client::Body>) -> Response<Body> {
+    async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
         let (parts, body) = request.into_parts();
         let query: HashMap<String, String> = parts
             .uri
