@@ -3,24 +3,23 @@
 //!
 //! `cargo bench --bench sandbox_scale` (set `POOLS` to change the number of pools).
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
-use mimalloc::MiMalloc;
 use serde_json::{Value, json};
 
 use workerpool_operator::controller::pod_cache::PodCache;
 use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
-use workerpool_operator::sandbox::apiserver::{RESOURCES, ServerConfig};
+use workerpool_operator::sandbox::apiserver::{ApiServer, RESOURCES, ServerConfig};
 use workerpool_operator::sandbox::meter::thread_cpu;
 use workerpool_operator::sandbox::scenario::Scenario;
 use workerpool_operator::sandbox::{Options, Sandbox};
 
-/// Counts live heap bytes, to measure what a cache holds, around the binary's allocator.
+/// Counts live heap bytes, to measure what a cache holds.
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -28,16 +27,16 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { MiMalloc.alloc(layout) }
+        unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { MiMalloc.dealloc(ptr, layout) }
+        unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE.fetch_add(new_size, Ordering::Relaxed);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -47,6 +46,111 @@ static ALLOCATOR: Counting = Counting;
 /// CPU time of this thread (the sandbox runs on one) in nanoseconds.
 fn cpu_ns() -> u64 {
     thread_cpu().as_nanos() as u64
+}
+
+/// `VmRSS` or `VmHWM` of a process in MiB.
+fn process_memory_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// User plus system CPU time of a process (all its threads) in milliseconds.
+fn process_cpu_ms(pid: u32) -> f64 {
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) * 1000.0 / ticks_per_second)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The controller as users run it: `workerpool-operator run` in a process of its own, talking
+/// HTTP to the sandbox API through a kubeconfig, the sandbox on wall time in this process.
+fn controller_process(pools: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let scenario = Scenario { boot_jitter: 0.1, ..Scenario::default() };
+        let mut options = Options::new(scenario, 1);
+        options.timeline_limit = 0;
+        options.server = ServerConfig { history_limit: 20_000, seed: 1 };
+        options.epoch = jiff::Timestamp::now();
+        let mut sandbox = Sandbox::new(options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(sandbox.server.clone().serve_http(listener, async move {
+            let _ = stopped.await;
+        }));
+        let kubeconfig = std::env::temp_dir().join(format!("workerpool-bench-{}.kubeconfig", std::process::id()));
+        std::fs::write(&kubeconfig, ApiServer::kubeconfig(address)).expect("kubeconfig");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+            .args(["run", "--metrics-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start workerpool-operator run");
+        let pid = child.id();
+        // Its watches list the empty cluster and settle.
+        sandbox.run_for(3).await;
+        let idle_rss = process_memory_mib(pid, "VmRSS");
+        let cpu_start = process_cpu_ms(pid);
+        for i in 0..pools {
+            sandbox.add_pool(pool(i)).expect("pool");
+        }
+        let mut converged_after = None;
+        for second in 0..900 {
+            sandbox.run_for(1).await;
+            let reported = || {
+                sandbox.pools().iter().all(|(ns, name)| {
+                    sandbox.pool(ns, name).is_some_and(|p| p["status"]["phase"] == "Ready")
+                })
+            };
+            if sandbox.all_ready() && reported() {
+                converged_after = Some(second + 1);
+                break;
+            }
+        }
+        let cpu_converge = process_cpu_ms(pid) - cpu_start;
+        let peak_rss = process_memory_mib(pid, "VmHWM");
+        let cpu_quiet_start = process_cpu_ms(pid);
+        sandbox.run_for(60).await;
+        let cpu_quiet = process_cpu_ms(pid) - cpu_quiet_start;
+        let steady_rss = process_memory_mib(pid, "VmRSS");
+
+        // SAFETY: signals our own child process, which we then wait for.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let exited = child.wait();
+        let _ = stop.send(());
+        let _ = serving.await;
+        let _ = std::fs::remove_file(&kubeconfig);
+
+        println!();
+        println!("controller as its own process (`workerpool-operator run` over HTTP, wall clock), {pools} pools:");
+        println!("  converged after {converged_after:?} seconds; exit on SIGTERM: {exited:?}");
+        println!("  CPU to converge: {cpu_converge:.0} ms = {:.3} ms per pool (user + system, all threads, 10 ms ticks)", cpu_converge / pools as f64);
+        println!("  CPU in 60 quiet seconds: {cpu_quiet:.0} ms");
+        println!("  RSS: idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB, steady {steady_rss:.1} MiB");
+    });
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -99,6 +203,18 @@ fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(1000);
+    // PART=process runs only the second part, PART=sandbox only the first.
+    let part = std::env::var("PART").unwrap_or_default();
+    if part != "process" {
+        in_one_process(pools);
+    }
+    if part != "sandbox" {
+        controller_process(pools);
+    }
+}
+
+/// Everything on one thread of this process, on the virtual clock.
+fn in_one_process(pools: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -225,6 +341,29 @@ fn main() {
         }
         let heap_per_pod = (LIVE.load(Ordering::Relaxed) as f64 - heap_before) / count.max(1) as f64;
 
+        // Heap of one cached object of each kind, as its watch decodes it.
+        {
+            use workerpool_operator::watched::{Guarded, Watched};
+            use workerpool_operator::api::WorkerPool;
+            use k8s_openapi::api::apps::v1::Deployment;
+            use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+            fn heap_of<T: serde::de::DeserializeOwned>(value: &Value) -> (isize, Option<T>) {
+                let text = value.to_string();
+                let before = LIVE.load(Ordering::Relaxed) as isize;
+                let decoded = serde_json::from_str::<T>(&text).ok();
+                (LIVE.load(Ordering::Relaxed) as isize - before, decoded)
+            }
+            let (ns, name) = sandbox.pools()[0].clone();
+            let dep = sandbox.server.get(&RESOURCES[2], &ns, &name).map(|v| (*v).clone());
+            let pdb = sandbox.server.get(&RESOURCES[4], &ns, &name).map(|v| (*v).clone());
+            let pool = sandbox.server.get(&RESOURCES[6], &ns, &name).map(|v| (*v).clone());
+            for (label, value) in [("deployment", &dep), ("pdb", &pdb), ("pool", &pool)] {
+                if let Ok(v) = value { println!("JSON size of {label}: {} bytes", v.to_string().len()); }
+            }
+            if let Ok(v) = &dep { println!("heap of a cached Deployment: {} bytes", heap_of::<Watched<Deployment>>(v).0); }
+            if let Ok(v) = &pdb { println!("heap of a cached PDB: {} bytes", heap_of::<Watched<PodDisruptionBudget>>(v).0); }
+            if let Ok(v) = &pool { println!("heap of a cached pool: {} bytes", heap_of::<Guarded<WorkerPool>>(v).0); }
+        }
         let total_writes: usize = writes.values().sum();
         let mut write_list: Vec<(String, usize)> = writes.into_iter().collect();
         write_list.sort();

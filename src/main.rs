@@ -7,9 +7,6 @@ use clap::{Parser, Subcommand};
 use workerpool_operator::controller::run::{RunConfig, run};
 use workerpool_operator::{api, diagnose, render};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "workerpool-operator",

@@ -375,3 +375,24 @@ async fn a_deleted_pool_is_forgotten() {
     h.ctx.forget(&deleted.metadata);
     assert_eq!(h.ctx.remembered_pools(), 0);
 }
+
+#[tokio::test]
+async fn a_written_status_is_let_go_once_the_cache_holds_it() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.reconcile("api").await;
+    assert_eq!(h.ctx.remembered_pools(), 1, "the cache is behind the write");
+    // Until the pool settles each reconcile may write again; the one after writes nothing.
+    for _ in 0..5 {
+        h.sync_caches().await;
+        h.reconcile("api").await;
+        if h.requests.total() == 0 {
+            break;
+        }
+    }
+    assert_eq!(h.requests.total(), 0, "{:?}", h.writes());
+    assert_eq!(
+        h.ctx.remembered_pools(),
+        0,
+        "a reconcile from a cache that holds the write keeps no copy"
+    );
+}

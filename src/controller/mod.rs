@@ -121,14 +121,25 @@ impl Context {
     }
 
     /// The pool's status as the server holds it: the cached one, or the one this process wrote
-    /// when the cache has not caught up with that write yet.
+    /// when the cache has not caught up with that write yet. Once it has, the written status is
+    /// dropped: the cache holds it, and a fleet at rest keeps no second copy.
     fn current_status(&self, pool: &WorkerPool) -> Option<WorkerPoolStatus> {
         let key = pool_key(&pool.metadata);
-        let written = self.written.lock().ok()?;
+        let mut written = self.written.lock().ok()?;
         let entry = written.get(&key)?;
-        let version = pool.metadata.resource_version.as_ref()?;
-        (Some(&entry.uid) == pool.metadata.uid.as_ref() && entry.superseded.contains(version))
-            .then(|| entry.status.clone())
+        let behind = pool
+            .metadata
+            .resource_version
+            .as_ref()
+            .is_some_and(|version| {
+                Some(&entry.uid) == pool.metadata.uid.as_ref() && entry.superseded.contains(version)
+            });
+        if behind {
+            Some(entry.status.clone())
+        } else {
+            written.remove(&key);
+            None
+        }
     }
 
     /// Notes a status write: `based_on_memory` when [`Context::current_status`] supplied the base.

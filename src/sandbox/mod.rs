@@ -36,10 +36,15 @@ const POOLS: &ResourceType = &RESOURCES[6];
 /// Wall time derived from tokio's clock: with the runtime's clock paused it jumps from timer to
 /// timer, so simulated minutes pass in milliseconds while every component sees a consistent now.
 pub fn virtual_clock() -> Clock {
+    clock_from(EPOCH)
+}
+
+/// tokio's clock from `epoch`; on a runtime whose clock is not paused this is wall time.
+pub fn clock_from(epoch: jiff::Timestamp) -> Clock {
     let start = tokio::time::Instant::now();
     Arc::new(move || {
         let elapsed = tokio::time::Instant::now().saturating_duration_since(start);
-        EPOCH.checked_add(elapsed).unwrap_or(EPOCH)
+        epoch.checked_add(elapsed).unwrap_or(epoch)
     })
 }
 
@@ -50,6 +55,8 @@ pub struct Options {
     /// Timeline entries kept; runs at scale keep few.
     pub timeline_limit: usize,
     pub server: ServerConfig,
+    /// Where the sandbox clock starts; a controller in another process needs the real time.
+    pub epoch: jiff::Timestamp,
 }
 
 impl Options {
@@ -62,6 +69,7 @@ impl Options {
                 seed,
                 ..ServerConfig::default()
             },
+            epoch: EPOCH,
         }
     }
 }
@@ -92,7 +100,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Must be called inside a tokio runtime; with its clock paused the run is virtual.
     pub fn new(options: Options) -> Self {
-        let clock = virtual_clock();
+        let clock = clock_from(options.epoch);
         let server = ApiServer::new(clock.clone(), options.server);
         let cluster = Cluster::new(
             server.clone(),
