@@ -345,6 +345,24 @@ async fn a_cache_behind_the_last_status_write_does_not_write_it_again() {
 }
 
 #[tokio::test]
+async fn the_watch_catching_up_lets_go_of_the_written_status() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.reconcile("api").await;
+    let stale = h.pool("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile_object(stale.clone()).await;
+    assert_eq!(h.ctx.remembered_pools(), 1);
+    h.ctx.observed(&stale.metadata);
+    assert_eq!(
+        h.ctx.remembered_pools(),
+        1,
+        "a version older than the write keeps it"
+    );
+    h.ctx.observed(&h.pool("api").await.metadata);
+    assert_eq!(h.ctx.remembered_pools(), 0, "the cache holds the write");
+}
+
+#[tokio::test]
 async fn a_status_changed_by_someone_else_is_read_from_the_cache() {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
     h.converge("api").await;

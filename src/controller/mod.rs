@@ -92,6 +92,15 @@ struct Written {
     status: WorkerPoolStatus,
 }
 
+impl Written {
+    /// Whether this write is newer than the pool version the cache holds.
+    fn is_ahead_of(&self, cached: &kube::core::ObjectMeta) -> bool {
+        cached.resource_version.as_ref().is_some_and(|version| {
+            Some(&self.uid) == cached.uid.as_ref() && self.superseded.contains(version)
+        })
+    }
+}
+
 /// Versions remembered as superseded; more than this many writes ahead of the cache is unusual.
 const SUPERSEDED_LIMIT: usize = 8;
 
@@ -127,18 +136,24 @@ impl Context {
         let key = pool_key(&pool.metadata);
         let mut written = self.written.lock().ok()?;
         let entry = written.get(&key)?;
-        let behind = pool
-            .metadata
-            .resource_version
-            .as_ref()
-            .is_some_and(|version| {
-                Some(&entry.uid) == pool.metadata.uid.as_ref() && entry.superseded.contains(version)
-            });
-        if behind {
+        if entry.is_ahead_of(&pool.metadata) {
             Some(entry.status.clone())
         } else {
             written.remove(&key);
             None
+        }
+    }
+
+    /// A pool as its watch delivered it: once the cache holds the last write, that write's copy
+    /// is let go, also for pools no reconcile looks at again.
+    pub fn observed(&self, meta: &kube::core::ObjectMeta) {
+        let key = pool_key(meta);
+        if let Ok(mut written) = self.written.lock()
+            && written
+                .get(&key)
+                .is_some_and(|entry| !entry.is_ahead_of(meta))
+        {
+            written.remove(&key);
         }
     }
 

@@ -373,10 +373,12 @@ pub async fn control(
         .reflect(pool_writer)
         .inspect_ok({
             let context = context.clone();
-            move |event| {
-                if let watcher::Event::Delete(pool) = event {
-                    context.forget(pool.meta());
+            move |event| match event {
+                watcher::Event::Delete(pool) => context.forget(pool.meta()),
+                watcher::Event::Apply(pool) | watcher::Event::InitApply(pool) => {
+                    context.observed(pool.meta())
                 }
+                _ => {}
             }
         }),
     );
