@@ -34,6 +34,23 @@ pub fn merge_patch(old: &Value, new: &Value) -> Value {
 }
 
 /// True when `live` contains every field of `desired` with an equal value.
+/// A number that changes whenever `object`'s JSON does, computed without building the JSON.
+pub fn fingerprint<T: serde::Serialize>(object: &T) -> Result<u64, serde_json::Error> {
+    struct Hashing(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            std::hash::Hasher::write(&mut self.0, bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Default::default());
+    serde_json::to_writer(&mut hashing, object)?;
+    Ok(std::hash::Hasher::finish(&hashing.0))
+}
+
 pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, false)
 }
@@ -113,6 +130,16 @@ pub fn quantity(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_follows_the_json() {
+        let a = serde_json::json!({"spec": {"replicas": 2, "labels": {"a": "1"}}});
+        let same = serde_json::json!({"spec": {"labels": {"a": "1"}, "replicas": 2}});
+        let other = serde_json::json!({"spec": {"replicas": 3, "labels": {"a": "1"}}});
+        let print = |v: &Value| fingerprint(v).expect("serializes");
+        assert_eq!(print(&a), print(&same));
+        assert_ne!(print(&a), print(&other));
+    }
 
     #[test]
     fn merge_patch_removes_what_is_gone_and_sends_only_changes() {

@@ -135,6 +135,51 @@ async fn changed_spec_updates_the_deployment_once() {
     assert_eq!(pod.termination_grace_period_seconds, Some(10 + 30 + 5));
 }
 
+#[tokio::test]
+async fn a_deployment_edited_by_hand_is_set_back_once() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "converged: {:?}", h.writes());
+    let derived = h.deployment("api").await.expect("deployment");
+    let grace = derived
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.termination_grace_period_seconds);
+
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), NS);
+    deployments
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"template": {"spec": {"terminationGracePeriodSeconds": 1}}}}),
+            ),
+        )
+        .await
+        .expect("edited by hand");
+    h.sync_caches().await;
+    h.reconcile("api").await;
+    let applies = h.writes().iter().filter(|w| *w == "patch api").count();
+    assert_eq!(applies, 1, "the edit is set back: {:?}", h.writes());
+    let restored = h.deployment("api").await.expect("deployment");
+    assert_eq!(
+        restored
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.termination_grace_period_seconds),
+        grace
+    );
+    h.sync_caches().await;
+    h.reconcile("api").await;
+    assert_eq!(
+        h.requests.total(),
+        0,
+        "and then left alone: {:?}",
+        h.writes()
+    );
+}
+
 fn foreign_deployment(name: &str) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1",

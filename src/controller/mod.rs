@@ -78,6 +78,36 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<Guarded<WorkerPool>>, u32>>,
     workers: workers::Memory,
     written: Mutex<HashMap<(String, String), Written>>,
+    verified: Verified,
+}
+
+type ChildKey = (&'static str, String, String);
+
+/// Children whose live version was last found to hold every field this controller sets, with
+/// the fingerprint of what it set: while neither moves, the drift check has nothing to compare.
+#[derive(Default)]
+struct Verified(Mutex<HashMap<ChildKey, (String, u64)>>);
+
+impl Verified {
+    fn is_current(&self, key: &ChildKey, version: &str, desired: u64) -> bool {
+        self.0.lock().is_ok_and(|verified| {
+            verified
+                .get(key)
+                .is_some_and(|(v, d)| v == version && *d == desired)
+        })
+    }
+
+    fn remember(&self, key: ChildKey, version: &str, desired: u64) {
+        if let Ok(mut verified) = self.0.lock() {
+            verified.insert(key, (version.to_owned(), desired));
+        }
+    }
+
+    fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut verified) = self.0.lock() {
+            verified.retain(|(_, ns, n), _| ns != namespace || n != name);
+        }
+    }
 }
 
 /// The status this process last wrote for a pool. Until the watch delivers that write, the cached
@@ -126,6 +156,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             workers: workers::Memory::default(),
             written: Mutex::new(HashMap::new()),
+            verified: Verified::default(),
         }
     }
 
@@ -202,6 +233,7 @@ impl Context {
             failures.remove(&ObjectRef::new(&name).within(&namespace));
         }
         self.workers.forget(&namespace, &name);
+        self.verified.forget(&namespace, &name);
         self.kubelet_events.forget(&namespace, &name);
     }
 
@@ -380,17 +412,28 @@ async fn apply_child<K>(
 ) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + k8s_openapi::Resource
         + Clone
         + DeserializeOwned
         + Serialize
         + std::fmt::Debug,
 {
-    let kind = K::kind(&()).into_owned();
     let name = desired.meta().name.clone().unwrap_or_default();
+    let key = (K::KIND, namespace.to_owned(), name.clone());
+    let desired_print = drift::fingerprint(desired).map_err(Error::Serialize)?;
+    let live_version = live.and_then(|l| l.meta().resource_version.as_deref());
+    if let Some(version) = live_version
+        && ctx.verified.is_current(&key, version, desired_print)
+    {
+        return Ok(false);
+    }
     let desired_value = serde_json::to_value(desired).map_err(Error::Serialize)?;
     if let Some(live) = live {
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
         if drift::contains(&live_value, &desired_value) {
+            if let Some(version) = live_version {
+                ctx.verified.remember(key, version, desired_print);
+            }
             return Ok(false);
         }
     }
@@ -401,7 +444,11 @@ where
         &Patch::Apply(&desired_value),
     )
     .await
-    .map_err(|source| Error::Apply { kind, name, source })?;
+    .map_err(|source| Error::Apply {
+        kind: K::KIND.into(),
+        name,
+        source,
+    })?;
     Ok(true)
 }
 
