@@ -1,7 +1,10 @@
-//! Scale: 1,000 WorkerPools of 10 replicas (10,000 pods) created at once on the sandbox, the
-//! controller running exactly as in `run`. Prints the figures recorded in docs/benchmarks.md.
+//! Scale: 1,000 WorkerPools of 10 replicas (10,000 pods) created at once on the sandbox. Part 1
+//! runs the controller in this process exactly as `run` does; part 2 runs the release binary
+//! `workerpool-operator run` as a process of its own against the sandbox API served over HTTP.
+//! Prints the figures recorded in docs/benchmarks.md.
 //!
-//! `cargo bench --bench sandbox_scale` (set `POOLS` to change the number of pools).
+//! `cargo bench --bench sandbox_scale` (`POOLS` changes the number of pools; `PART=sandbox` or
+//! `PART=process` runs one part).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
