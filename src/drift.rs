@@ -51,6 +51,27 @@ pub fn fingerprint<T: serde::Serialize>(object: &T) -> Result<u64, serde_json::E
     Ok(std::hash::Hasher::finish(&hashing.0))
 }
 
+/// What moves when a child's spec or the metadata this controller sets changes: the generation
+/// counts spec changes; labels, annotations and owners do not bump it. Status updates move
+/// neither, so they do not send a child through the drift check again.
+pub fn spec_and_meta_version(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&meta.uid, &meta.labels, &meta.annotations).hash(&mut hasher);
+    // Without a generation any write, status included, counts as a change.
+    match meta.generation {
+        Some(generation) => generation.hash(&mut hasher),
+        None => meta.resource_version.hash(&mut hasher),
+    }
+    for owner in meta.owner_references.iter().flatten() {
+        (&owner.uid, &owner.kind, &owner.name, owner.controller).hash(&mut hasher);
+        owner.block_owner_deletion.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, false)
 }
@@ -130,6 +151,28 @@ pub fn quantity(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_live_version_ignores_status_writes_and_follows_spec_and_metadata() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let meta = |generation: Option<i64>, rv: &str, label: &str| ObjectMeta {
+            uid: Some("u".into()),
+            generation,
+            resource_version: Some(rv.into()),
+            labels: Some([("team".to_string(), label.to_string())].into()),
+            ..ObjectMeta::default()
+        };
+        let version = |m: &ObjectMeta| spec_and_meta_version(m);
+        let base = version(&meta(Some(2), "10", "a"));
+        assert_eq!(base, version(&meta(Some(2), "11", "a")), "a status write");
+        assert_ne!(base, version(&meta(Some(3), "12", "a")), "a spec change");
+        assert_ne!(base, version(&meta(Some(2), "13", "b")), "a label change");
+        assert_ne!(
+            version(&meta(None, "10", "a")),
+            version(&meta(None, "11", "a")),
+            "without a generation every write counts"
+        );
+    }
 
     #[test]
     fn a_fingerprint_follows_the_json() {

@@ -32,13 +32,13 @@ pub struct Watched<K>(pub K);
 /// A pod as the pod watch decodes it: metadata and status; the spec is skipped.
 pub type WatchedPod = Watched<Pod>;
 
-/// How a kind is put back together from the parts the controller reads.
 /// A part the kind requires is absent.
 pub struct Missing {
     pub metadata: Box<ObjectMeta>,
     pub field: &'static str,
 }
 
+/// How a kind is put back together from the parts the controller reads.
 pub trait Lean: Sized {
     /// The spec as decoded; [`IgnoredAny`] skips it.
     type Spec: DeserializeOwned;

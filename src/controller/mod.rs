@@ -83,25 +83,6 @@ pub struct Context {
 
 type ChildKey = (&'static str, String, String);
 
-/// What moves when a child's spec or the metadata this controller sets changes: the generation
-/// counts spec changes; labels, annotations and owners do not bump it. Status updates move
-/// neither, so they do not send a child through the drift check again.
-fn spec_and_meta_version(meta: &kube::core::ObjectMeta) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (&meta.uid, &meta.labels, &meta.annotations).hash(&mut hasher);
-    // Without a generation any write, status included, counts as a change.
-    match meta.generation {
-        Some(generation) => generation.hash(&mut hasher),
-        None => meta.resource_version.hash(&mut hasher),
-    }
-    for owner in meta.owner_references.iter().flatten() {
-        (&owner.uid, &owner.kind, &owner.name, owner.controller).hash(&mut hasher);
-        owner.block_owner_deletion.hash(&mut hasher);
-    }
-    hasher.finish()
-}
-
 /// Children whose live version was last found to hold every field this controller sets, with
 /// the fingerprint of what it set: while neither moves, the drift check has nothing to compare.
 #[derive(Default)]
@@ -438,7 +419,7 @@ where
     let name = desired.meta().name.clone().unwrap_or_default();
     let key = (K::KIND, namespace.to_owned(), name.clone());
     let desired_print = drift::fingerprint(desired).map_err(Error::Serialize)?;
-    let live_version = live.map(|l| spec_and_meta_version(l.meta()));
+    let live_version = live.map(|l| drift::spec_and_meta_version(l.meta()));
     if let Some(version) = live_version
         && ctx.verified.is_current(&key, version, desired_print)
     {
