@@ -51,15 +51,19 @@ pub fn fingerprint<T: serde::Serialize>(object: &T) -> Result<u64, serde_json::E
     Ok(std::hash::Hasher::finish(&hashing.0))
 }
 
-/// What moves when a child's spec or the metadata this controller sets changes: the generation
-/// counts spec changes; labels, annotations and owners do not bump it. Status updates move
-/// neither, so they do not send a child through the drift check again.
+/// What moves when an object's spec or its metadata changes: the generation counts spec
+/// changes; labels, annotations, owners and deletion do not bump it. Status updates move
+/// neither, so they neither send a child through the drift check again nor start a reconcile.
 pub fn spec_and_meta_version(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (&meta.uid, &meta.labels, &meta.annotations).hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .hash(&mut hasher);
     // Without a generation any write, status included, counts as a change.
     match meta.generation {
         Some(generation) => generation.hash(&mut hasher),
@@ -167,6 +171,11 @@ mod tests {
         assert_eq!(base, version(&meta(Some(2), "11", "a")), "a status write");
         assert_ne!(base, version(&meta(Some(3), "12", "a")), "a spec change");
         assert_ne!(base, version(&meta(Some(2), "13", "b")), "a label change");
+        let mut deleting = meta(Some(2), "14", "a");
+        deleting.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().expect("time"),
+        ));
+        assert_ne!(base, version(&deleting), "deletion begins");
         assert_ne!(
             version(&meta(None, "10", "a")),
             version(&meta(None, "11", "a")),

@@ -24,32 +24,16 @@ fn hash_of(value: impl Hash) -> u64 {
     hasher.finish()
 }
 
-/// Generation (spec changes), labels, annotations and owners: the metadata every reconcile reads.
-fn meta_print(meta: &ObjectMeta) -> impl Hash + '_ {
-    let owners: Vec<(&str, Option<bool>)> = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .map(|o| (o.uid.as_str(), o.controller))
-        .collect();
-    (
-        meta.uid.as_deref(),
-        meta.generation,
-        &meta.labels,
-        &meta.annotations,
-        meta.deletion_timestamp.as_ref().map(|t| t.0),
-        owners,
-    )
+/// Generation (spec changes), labels, annotations, owners and deletion: the metadata every
+/// reconcile reads.
+fn meta_print(meta: &ObjectMeta) -> u64 {
+    crate::drift::spec_and_meta_version(meta)
 }
 
 impl<K: Resource<DynamicType = ()>> Fingerprint for crate::watched::Guarded<K> {
     /// A pool's own status write starts no reconcile; spec, label and annotation changes do.
     fn fingerprint(&self) -> u64 {
-        let meta = match &self.0 {
-            Ok(object) => object.meta(),
-            Err(invalid) => &invalid.metadata,
-        };
-        hash_of(meta_print(meta))
+        meta_print(self.meta())
     }
 }
 
@@ -72,7 +56,7 @@ impl Fingerprint for Deployment {
 impl Fingerprint for PodDisruptionBudget {
     /// Its status (healthy counts) is never read.
     fn fingerprint(&self) -> u64 {
-        hash_of(meta_print(&self.metadata))
+        meta_print(&self.metadata)
     }
 }
 
