@@ -51,9 +51,9 @@ fn cpu_ns() -> u64 {
     thread_cpu().as_nanos() as u64
 }
 
-/// `VmRSS` or `VmHWM` of a process in MiB.
-fn process_memory_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// `VmRSS` or `VmHWM` of a process (`self` for this one) in MiB.
+fn memory_mib(process: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find(|l| l.starts_with(field)).and_then(|l| {
@@ -67,7 +67,7 @@ fn process_memory_mib(pid: u32, field: &str) -> f64 {
 }
 
 /// User plus system CPU time of a process (all its threads) in milliseconds.
-fn process_cpu_ms(pid: u32) -> f64 {
+fn process_cpu_ms(pid: &str) -> f64 {
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -112,11 +112,12 @@ fn controller_process(pools: usize) {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("start workerpool-operator run");
-        let pid = child.id();
+        let child_id = child.id();
+        let pid = child_id.to_string();
         // Its watches list the empty cluster and settle.
         sandbox.run_for(3).await;
-        let idle_rss = process_memory_mib(pid, "VmRSS");
-        let cpu_start = process_cpu_ms(pid);
+        let idle_rss = memory_mib(&pid, "VmRSS");
+        let cpu_start = process_cpu_ms(&pid);
         for i in 0..pools {
             sandbox.add_pool(pool(i)).expect("pool");
         }
@@ -133,15 +134,15 @@ fn controller_process(pools: usize) {
                 break;
             }
         }
-        let cpu_converge = process_cpu_ms(pid) - cpu_start;
-        let peak_rss = process_memory_mib(pid, "VmHWM");
-        let cpu_quiet_start = process_cpu_ms(pid);
+        let cpu_converge = process_cpu_ms(&pid) - cpu_start;
+        let peak_rss = memory_mib(&pid, "VmHWM");
+        let cpu_quiet_start = process_cpu_ms(&pid);
         sandbox.run_for(60).await;
-        let cpu_quiet = process_cpu_ms(pid) - cpu_quiet_start;
-        let steady_rss = process_memory_mib(pid, "VmRSS");
+        let cpu_quiet = process_cpu_ms(&pid) - cpu_quiet_start;
+        let steady_rss = memory_mib(&pid, "VmRSS");
 
         // SAFETY: signals our own child process, which we then wait for.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child_id as i32, libc::SIGTERM) };
         let exited = child.wait();
         let _ = stop.send(());
         let _ = serving.await;
@@ -158,21 +159,6 @@ fn controller_process(pools: usize) {
 
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
-}
-
-/// `VmRSS` or `VmHWM` in MiB.
-fn memory_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 fn pool(index: usize) -> Value {
@@ -279,7 +265,7 @@ fn in_one_process(pools: usize) {
             .map(|at| at.duration_since(created_wall).as_secs_f64() * 1000.0)
             .collect();
         latencies.sort_by(f64::total_cmp);
-        let peak_rss = memory_mib("VmHWM");
+        let peak_rss = memory_mib("self", "VmHWM");
 
         // Steady state: ten quiet virtual minutes, then one forced reconcile of every pool.
         let before = sandbox.server.request_count();
@@ -304,7 +290,7 @@ fn in_one_process(pools: usize) {
         sandbox.run_for(5).await;
         let forced = sandbox.metrics.reconciles.get() - reconciles_before;
         let forced_requests = sandbox.server.request_count() - before;
-        let steady_rss = memory_mib("VmRSS");
+        let steady_rss = memory_mib("self", "VmRSS");
 
         // A pool created into the converged fleet, one at a time: creation → Deployment apply.
         let mut fleet_latencies = Vec::new();

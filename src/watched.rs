@@ -52,21 +52,29 @@ pub trait Lean: Sized {
     ) -> Result<Self, Missing>;
 }
 
-impl Lean for Deployment {
-    type Spec = DeploymentSpec;
-    type Status = DeploymentStatus;
-    fn assemble(
-        metadata: ObjectMeta,
-        spec: Option<DeploymentSpec>,
-        status: Option<DeploymentStatus>,
-    ) -> Result<Self, Missing> {
-        Ok(Deployment {
-            metadata,
-            spec,
-            status,
-        })
-    }
+/// Kinds whose spec and status are both read, kept whole but for the metadata.
+macro_rules! lean_keeps_spec_and_status {
+    ($kind:ident, $spec:ty, $status:ty) => {
+        impl Lean for $kind {
+            type Spec = $spec;
+            type Status = $status;
+            fn assemble(
+                metadata: ObjectMeta,
+                spec: Option<$spec>,
+                status: Option<$status>,
+            ) -> Result<Self, Missing> {
+                Ok($kind {
+                    metadata,
+                    spec,
+                    status,
+                })
+            }
+        }
+    };
 }
+
+lean_keeps_spec_and_status!(Deployment, DeploymentSpec, DeploymentStatus);
+lean_keeps_spec_and_status!(Job, JobSpec, JobStatus);
 
 /// The controller compares a budget's spec and never reads its status.
 impl Lean for PodDisruptionBudget {
@@ -81,22 +89,6 @@ impl Lean for PodDisruptionBudget {
             metadata,
             spec,
             status: None,
-        })
-    }
-}
-
-impl Lean for Job {
-    type Spec = JobSpec;
-    type Status = JobStatus;
-    fn assemble(
-        metadata: ObjectMeta,
-        spec: Option<JobSpec>,
-        status: Option<JobStatus>,
-    ) -> Result<Self, Missing> {
-        Ok(Job {
-            metadata,
-            spec,
-            status,
         })
     }
 }
@@ -264,22 +256,30 @@ impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Resource for Guarded<K> {
-    type DynamicType = ();
-    type Scope = K::Scope;
+/// The type names of a wrapper are those of the kind it wraps.
+macro_rules! resource_of_inner_kind {
+    () => {
+        type DynamicType = ();
+        type Scope = K::Scope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
-    }
+        fn kind(dt: &()) -> Cow<'_, str> {
+            K::kind(dt)
+        }
+        fn group(dt: &()) -> Cow<'_, str> {
+            K::group(dt)
+        }
+        fn version(dt: &()) -> Cow<'_, str> {
+            K::version(dt)
+        }
+        fn plural(dt: &()) -> Cow<'_, str> {
+            K::plural(dt)
+        }
+    };
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Guarded<K> {
+    resource_of_inner_kind!();
+
     fn meta(&self) -> &ObjectMeta {
         match &self.0 {
             Ok(object) => object.meta(),
@@ -295,21 +295,8 @@ impl<K: Resource<DynamicType = ()>> Resource for Guarded<K> {
 }
 
 impl<K: Resource<DynamicType = ()>> Resource for Watched<K> {
-    type DynamicType = ();
-    type Scope = K::Scope;
+    resource_of_inner_kind!();
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
-    }
     fn meta(&self) -> &ObjectMeta {
         self.0.meta()
     }
