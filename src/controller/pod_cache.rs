@@ -72,14 +72,15 @@ impl Index {
     }
 }
 
+/// The pool (namespace, name) a pod belongs to.
+fn pool_of(view: &PodView) -> Option<(String, String)> {
+    view.pool.clone().map(|pool| (view.namespace.clone(), pool))
+}
+
 /// Pools with a pod that appeared, changed or vanished between two indexes (after a relist).
 fn differing_pools(before: &Index, after: &Index) -> Vec<(String, String)> {
     let mut pools = Vec::new();
-    let mut note = |view: &PodView| {
-        if let Some(pool) = &view.pool {
-            pools.push((view.namespace.clone(), pool.clone()));
-        }
-    };
+    let mut note = |view: &PodView| pools.extend(pool_of(view));
     for (namespace, names) in &after.by_name {
         for (name, view) in names {
             match before.get(namespace, name) {
@@ -140,17 +141,15 @@ impl PodCache {
                     .get(&view.namespace, &view.name)
                     .is_some_and(|old| **old == view);
                 if !unchanged {
-                    changed.extend(view.pool.clone().map(|p| (view.namespace.clone(), p)));
+                    changed.extend(pool_of(&view));
                     let old = state.live.insert(view);
-                    changed
-                        .extend(old.and_then(|o| o.pool.clone().map(|p| (o.namespace.clone(), p))));
+                    changed.extend(old.as_deref().and_then(pool_of));
                 }
             }
             watcher::Event::Delete(pod) => {
                 let view = PodView::from(pod.borrow());
-                if let Some(old) = state.live.remove(&view.namespace, &view.name) {
-                    changed.extend(old.pool.clone().map(|p| (old.namespace.clone(), p)));
-                }
+                let old = state.live.remove(&view.namespace, &view.name);
+                changed.extend(old.as_deref().and_then(pool_of));
             }
             watcher::Event::Init => state.relisting = Some(Index::default()),
             watcher::Event::InitApply(pod) => {

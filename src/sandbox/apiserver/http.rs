@@ -201,11 +201,42 @@ impl ApiServer {
             .await
     }
 
-    /// A kubeconfig that points at this API served on `address`.
+    /// A kubeconfig (YAML) that points at this API served on `address`.
     pub fn kubeconfig(address: std::net::SocketAddr) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: http://{address}\nusers:\n- name: sandbox\n  user: {{}}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\n    namespace: default\ncurrent-context: sandbox\n"
-        )
+        use kube::config::{
+            AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+        };
+        const NAME: &str = "sandbox";
+        let config = Kubeconfig {
+            api_version: Some("v1".into()),
+            kind: Some("Config".into()),
+            clusters: vec![NamedCluster {
+                name: NAME.into(),
+                cluster: Some(Cluster {
+                    server: Some(format!("http://{address}")),
+                    ..Cluster::default()
+                }),
+                ..NamedCluster::default()
+            }],
+            auth_infos: vec![NamedAuthInfo {
+                name: NAME.into(),
+                auth_info: Some(AuthInfo::default()),
+                ..NamedAuthInfo::default()
+            }],
+            contexts: vec![NamedContext {
+                name: NAME.into(),
+                context: Some(Context {
+                    cluster: NAME.into(),
+                    user: Some(NAME.into()),
+                    namespace: Some("default".into()),
+                    ..Context::default()
+                }),
+                ..NamedContext::default()
+            }],
+            current_context: Some(NAME.into()),
+            ..Kubeconfig::default()
+        };
+        serde_yaml::to_string(&config).unwrap_or_default()
     }
 
     /// A `kube::Client` whose requests this server answers in-process.
