@@ -33,22 +33,14 @@ pub fn merge_patch(old: &Value, new: &Value) -> Value {
     }
 }
 
-/// True when `live` contains every field of `desired` with an equal value.
-/// A number that changes whenever `object`'s JSON does, computed without building the JSON.
+/// A number that changes whenever `object`'s JSON does. The JSON is written to one buffer
+/// and hashed once: hashing each of its many small pieces costs more than the buffer.
 pub fn fingerprint<T: serde::Serialize>(object: &T) -> Result<u64, serde_json::Error> {
-    struct Hashing(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for Hashing {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            std::hash::Hasher::write(&mut self.0, bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut hashing = Hashing(Default::default());
-    serde_json::to_writer(&mut hashing, object)?;
-    Ok(std::hash::Hasher::finish(&hashing.0))
+    use std::hash::Hasher;
+    let json = serde_json::to_vec(object)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(&json);
+    Ok(hasher.finish())
 }
 
 /// What moves when an object's spec or its metadata changes: the generation counts spec
@@ -76,6 +68,7 @@ pub fn spec_and_meta_version(
     hasher.finish()
 }
 
+/// True when `live` contains every field of `desired` with an equal value.
 pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, false)
 }

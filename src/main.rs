@@ -227,8 +227,12 @@ fn run_controller(args: RunArgs) -> Result<(), String> {
         identity: args.identity,
         concurrency: args.concurrency.max(1),
     };
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| format!("starting the async runtime: {e}"))?;
+    // One thread: the controller's work is a chain of short steps on one event stream, and
+    // handing each watch event between threads cost more CPU than the steps themselves.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(run(config)).map_err(|e| e.to_string())
 }
 
