@@ -230,6 +230,10 @@ fn part<T: DeserializeOwned>(name: &str, value: Option<Value>) -> Result<Option<
     let Some(value) = value else {
         return Ok(None);
     };
+    // Tracking the path costs as much as the decoding, so it is done only to explain a failure.
+    if let Ok(decoded) = T::deserialize(&value) {
+        return Ok(Some(decoded));
+    }
     serde_path_to_error::deserialize(value)
         .map(Some)
         .map_err(|error| match error.path().to_string().as_str() {

@@ -353,3 +353,67 @@ async fn a_restarted_operator_counts_no_abort_twice() {
     assert_eq!(abort_count(&report, "OOMKilled"), kills);
     sandbox.stop_operator().await;
 }
+
+/// Each pod's readiness as the kubelet writes it and each Deployment status's ready count, with
+/// the time of the write.
+fn readiness_writes(
+    changes: &mut tokio::sync::mpsc::UnboundedReceiver<
+        std::sync::Arc<workerpool_operator::sandbox::apiserver::Change>,
+    >,
+) -> (Vec<jiff::Timestamp>, Vec<(jiff::Timestamp, i64)>) {
+    let (mut pods_ready, mut deployment_ready) = (Vec::new(), Vec::new());
+    while let Ok(change) = changes.try_recv() {
+        let Some(new) = &change.new else { continue };
+        let ready = |object: &Value| {
+            object["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        };
+        match change.resource.kind {
+            "Pod" if ready(new) && !change.old.as_deref().is_some_and(ready) => {
+                pods_ready.push(change.at)
+            }
+            "Deployment" => {
+                let count = new["status"]["readyReplicas"].as_i64().unwrap_or(0);
+                let before = change
+                    .old
+                    .as_deref()
+                    .and_then(|o| o["status"]["readyReplicas"].as_i64())
+                    .unwrap_or(0);
+                if count != before {
+                    deployment_ready.push((change.at, count));
+                }
+            }
+            _ => {}
+        }
+    }
+    (pods_ready, deployment_ready)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deployment_counts_a_ready_pod_in_the_second_the_kubelet_reports_it() {
+    let mut sandbox = Sandbox::new(Options::new(scenario("healthy"), 1));
+    let mut changes = sandbox.server.observe();
+    sandbox.add_pool(pool(3, 3)).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(120).await;
+    sandbox.stop_operator().await;
+
+    let (pods_ready, deployment_ready) = readiness_writes(&mut changes);
+    assert_eq!(pods_ready.len(), 3, "every pod becomes ready once");
+    assert_eq!(
+        deployment_ready.last().map(|(_, count)| *count),
+        Some(3),
+        "{deployment_ready:?}"
+    );
+    // As in a cluster, the Deployment's status follows a pod's readiness within the moment,
+    // not one simulated second later.
+    for at in &pods_ready {
+        assert!(
+            deployment_ready.iter().any(|(counted, _)| counted == at),
+            "a pod became ready at {at}, the Deployment counted it at {deployment_ready:?}"
+        );
+    }
+}

@@ -427,19 +427,26 @@ impl Cluster {
     /// One simulated second: take in the API's changes, run the controllers and the kubelet.
     pub fn tick(&mut self, now: f64) {
         self.take_changes(now);
+        self.reconcile_dirty_deployments();
+        let jobs: Vec<Key> = self.jobs.keys().cloned().collect();
+        for key in jobs {
+            self.reconcile_job(&key, now);
+        }
+        self.run_kubelet(now);
+        // The ReplicaSet and Deployment controllers count a changed pod within milliseconds,
+        // not a second later: the Deployment's status follows the kubelet's write at once.
+        self.reconcile_dirty_deployments();
+        let booting = self.counts().booting;
+        self.max_booting = self.max_booting.max(booting);
+    }
+
+    fn reconcile_dirty_deployments(&mut self) {
         let dirty: Vec<Key> = std::mem::take(&mut self.dirty_deployments)
             .into_iter()
             .collect();
         for key in dirty {
             self.reconcile_deployment(&key);
         }
-        let jobs: Vec<Key> = self.jobs.keys().cloned().collect();
-        for key in jobs {
-            self.reconcile_job(&key, now);
-        }
-        self.run_kubelet(now);
-        let booting = self.counts().booting;
-        self.max_booting = self.max_booting.max(booting);
     }
 
     fn take_changes(&mut self, tick: f64) {
