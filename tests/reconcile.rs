@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
 use serde_json::json;
@@ -133,6 +134,41 @@ async fn changed_spec_updates_the_deployment_once() {
         .spec
         .unwrap();
     assert_eq!(pod.termination_grace_period_seconds, Some(10 + 30 + 5));
+}
+
+#[tokio::test]
+async fn a_changed_disruption_budget_is_applied_once_and_the_deployment_left_alone() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "converged: {:?}", h.writes());
+    let api: Api<WorkerPool> = Api::namespaced(h.client.clone(), NS);
+    api.patch(
+        "api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"policy": {"disruption": {"maxUnavailable": 2}}}})),
+    )
+    .await
+    .unwrap();
+    let deployment_before = h.deployment("api").await.expect("deployment");
+    h.reconcile("api").await;
+    // One apply, of the budget: the Deployment derived from the new spec is what runs already.
+    let applies = h.writes().iter().filter(|w| *w == "patch api").count();
+    assert_eq!(applies, 1, "{:?}", h.writes());
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(h.client.clone(), NS);
+    let budget = budgets.get("api").await.expect("budget");
+    assert_eq!(
+        budget.spec.and_then(|s| s.max_unavailable),
+        Some(IntOrString::Int(2))
+    );
+    let deployment_after = h.deployment("api").await.expect("deployment");
+    assert_eq!(
+        deployment_before.metadata.resource_version,
+        deployment_after.metadata.resource_version
+    );
+
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "converged again: {:?}", h.writes());
 }
 
 #[tokio::test]

@@ -79,31 +79,60 @@ pub struct Context {
     workers: workers::Memory,
     written: Mutex<HashMap<(String, String), Written>>,
     verified: Verified,
+    revisions: Revisions,
 }
 
 type ChildKey = (&'static str, String, String);
 
 /// Children whose live version was last found to hold every field this controller sets, with
-/// the fingerprint of what it set: while neither moves, the drift check has nothing to compare.
+/// the version of what that was derived from: while neither moves, the drift check has nothing
+/// to compare.
 #[derive(Default)]
 struct Verified(Mutex<HashMap<ChildKey, (u64, u64)>>);
 
 impl Verified {
-    fn is_current(&self, key: &ChildKey, live: u64, desired: u64) -> bool {
+    fn is_current(&self, key: &ChildKey, live: u64, inputs: u64) -> bool {
         self.0
             .lock()
-            .is_ok_and(|verified| verified.get(key) == Some(&(live, desired)))
+            .is_ok_and(|verified| verified.get(key) == Some(&(live, inputs)))
     }
 
-    fn remember(&self, key: ChildKey, live: u64, desired: u64) {
+    fn remember(&self, key: ChildKey, live: u64, inputs: u64) {
         if let Ok(mut verified) = self.0.lock() {
-            verified.insert(key, (live, desired));
+            verified.insert(key, (live, inputs));
         }
     }
 
     fn forget(&self, namespace: &str, name: &str) {
         if let Ok(mut verified) = self.0.lock() {
             verified.retain(|(_, ns, n), _| ns != namespace || n != name);
+        }
+    }
+}
+
+/// The revision of each pool's pod template, with the version of the pool it was derived from.
+#[derive(Default)]
+struct Revisions(Mutex<HashMap<(String, String), (u64, String)>>);
+
+impl Revisions {
+    fn get(&self, namespace: &str, name: &str, pool_version: u64) -> Option<String> {
+        let revisions = self.0.lock().ok()?;
+        let (version, revision) = revisions.get(&(namespace.to_owned(), name.to_owned()))?;
+        (*version == pool_version).then(|| revision.clone())
+    }
+
+    fn remember(&self, namespace: &str, name: &str, pool_version: u64, revision: &str) {
+        if let Ok(mut revisions) = self.0.lock() {
+            revisions.insert(
+                (namespace.to_owned(), name.to_owned()),
+                (pool_version, revision.to_owned()),
+            );
+        }
+    }
+
+    fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut revisions) = self.0.lock() {
+            revisions.remove(&(namespace.to_owned(), name.to_owned()));
         }
     }
 }
@@ -155,6 +184,7 @@ impl Context {
             workers: workers::Memory::default(),
             written: Mutex::new(HashMap::new()),
             verified: Verified::default(),
+            revisions: Revisions::default(),
         }
     }
 
@@ -232,6 +262,7 @@ impl Context {
         }
         self.workers.forget(&namespace, &name);
         self.verified.forget(&namespace, &name);
+        self.revisions.forget(&namespace, &name);
         self.kubelet_events.forget(&namespace, &name);
     }
 
@@ -401,12 +432,15 @@ where
 }
 
 /// Server-side apply of one child unless the live object already holds every field we set.
-/// Returns whether a request was made.
+/// `inputs` names what the desired object is derived from; while it and the live version are
+/// those last verified, the desired object is not even built. Returns whether a request was made.
 async fn apply_child<K>(
     ctx: &Context,
     namespace: &str,
-    desired: &K,
+    name: &str,
+    inputs: u64,
     live: Option<&K>,
+    desired: impl FnOnce() -> K,
 ) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -416,35 +450,33 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let name = desired.meta().name.clone().unwrap_or_default();
-    let key = (K::KIND, namespace.to_owned(), name.clone());
-    let desired_print = drift::fingerprint(desired).map_err(Error::Serialize)?;
+    let key = (K::KIND, namespace.to_owned(), name.to_owned());
     let live_version = live.map(|l| drift::spec_and_meta_version(l.meta()));
     if let Some(version) = live_version
-        && ctx.verified.is_current(&key, version, desired_print)
+        && ctx.verified.is_current(&key, version, inputs)
     {
         return Ok(false);
     }
-    let desired_value = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    let desired_value = serde_json::to_value(desired()).map_err(Error::Serialize)?;
     if let Some(live) = live {
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
         if drift::contains(&live_value, &desired_value) {
             if let Some(version) = live_version {
-                ctx.verified.remember(key, version, desired_print);
+                ctx.verified.remember(key, version, inputs);
             }
             return Ok(false);
         }
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     api.patch(
-        &name,
+        name,
         &PatchParams::apply(MANAGER_NAME).force(),
         &Patch::Apply(&desired_value),
     )
     .await
     .map_err(|source| Error::Apply {
         kind: K::KIND.into(),
-        name,
+        name: name.into(),
         source,
     })?;
     Ok(true)
@@ -494,35 +526,39 @@ async fn apply_children(
     let name = pool_ref.name.as_str();
     let generation = pool.metadata.generation.unwrap_or(0);
     let spec = valid.spec();
-    let Children {
-        revision,
-        init_job: desired_job,
-        deployment: mut desired_deployment,
-        pdb: desired_pdb,
-    } = derive::build(pool_ref, valid, settings, 0, generation);
+    // The children are derived only when something needs them: their revision is remembered per
+    // version of the pool, and an unchanged child is recognised without building it.
+    let pool_version = drift::spec_and_meta_version(&pool.metadata);
+    let mut children: Option<Children> = None;
+    let derive = || derive::build(pool_ref, valid, settings, 0, generation);
+    let revision = match ctx.revisions.get(ns, name, pool_version) {
+        Some(revision) => revision,
+        None => {
+            let revision = children.get_or_insert_with(derive).revision.clone();
+            ctx.revisions.remember(ns, name, pool_version, &revision);
+            revision
+        }
+    };
+    let job_name = spec
+        .policy
+        .init
+        .as_ref()
+        .map(|_| derive::init_job_name(name, &revision, generation));
 
     let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
     let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
     // The init Job matters only until the Deployment runs this revision; after that the Job
     // is finished and cleaned up, and looking for it would cost a request per reconcile.
     let runs_revision = ours(&deployment).and_then(derive::revision_in) == Some(revision.as_str());
-    let job = match desired_job.as_ref().filter(|_| !runs_revision) {
-        Some(job) => {
-            let job_name = job.metadata.name.as_deref().unwrap_or_default();
-            Some(existing(ctx, &ctx.jobs, ns, job_name, uid).await?)
-        }
+    let job = match job_name.as_deref().filter(|_| !runs_revision) {
+        Some(job_name) => Some(existing(ctx, &ctx.jobs, ns, job_name, uid).await?),
         None => None,
     };
     let foreign: Vec<String> = [
         matches!(deployment, Existing::Foreign).then(|| format!("Deployment {ns}/{name}")),
         matches!(pdb, Existing::Foreign).then(|| format!("PodDisruptionBudget {ns}/{name}")),
-        matches!(job, Some(Existing::Foreign)).then(|| {
-            let job_name = desired_job
-                .as_ref()
-                .and_then(|j| j.metadata.name.clone())
-                .unwrap_or_default();
-            format!("Job {ns}/{job_name}")
-        }),
+        matches!(job, Some(Existing::Foreign))
+            .then(|| format!("Job {ns}/{}", job_name.as_deref().unwrap_or_default())),
     ]
     .into_iter()
     .flatten()
@@ -546,10 +582,6 @@ async fn apply_children(
             status_current: observed.current,
         }
     });
-    let job_name = desired_job
-        .as_ref()
-        .and_then(|j| j.metadata.name.clone())
-        .unwrap_or_default();
     let job_state = job.as_ref().map(|j| match ours(j) {
         Some(live) => rollout::job_state(live),
         None => rollout::JobState::Absent,
@@ -565,7 +597,9 @@ async fn apply_children(
                 counts,
                 revision: derive::revision_in(d),
             }),
-        init_job: job_state.map(|state| (job_name.as_str(), state)),
+        init_job: job_state
+            .zip(job_name.as_deref())
+            .map(|(state, name)| (name, state)),
         previous_init: status.and_then(|s| s.init.as_ref()),
         previous_circuit: status.and_then(|s| s.circuit.as_ref()),
         aborts: Some(aborts),
@@ -575,9 +609,10 @@ async fn apply_children(
     });
 
     if plan.create_init_job
-        && let Some(job) = &desired_job
+        && let Some(job_name) = &job_name
+        && let Some(job) = children.get_or_insert_with(derive).init_job.take()
     {
-        apply_child(ctx, ns, job, None).await?;
+        apply_child(ctx, ns, job_name, pool_version, None, || job).await?;
     }
     if plan.apply_deployment {
         let keep = match plan.template {
@@ -585,10 +620,20 @@ async fn apply_children(
             rollout::Template::Desired => None,
         }
         .map(|s| &s.template);
-        derive::shape(&mut desired_deployment, plan.replicas, plan.paused, keep);
-        apply_child(ctx, ns, &desired_deployment, live_deployment).await?;
+        // A kept template is the live one, which the live version already covers.
+        let inputs = drift::version_of((pool_version, plan.replicas, plan.paused, keep.is_some()));
+        apply_child(ctx, ns, name, inputs, live_deployment, || {
+            let mut deployment =
+                std::mem::take(&mut children.get_or_insert_with(derive).deployment);
+            derive::shape(&mut deployment, plan.replicas, plan.paused, keep);
+            deployment
+        })
+        .await?;
     }
-    apply_child(ctx, ns, &desired_pdb, ours(&pdb)).await?;
+    apply_child(ctx, ns, name, pool_version, ours(&pdb), || {
+        std::mem::take(&mut children.get_or_insert_with(derive).pdb)
+    })
+    .await?;
     Ok(Applied {
         stall: plan.stall.clone(),
         ramp_target: plan.apply_deployment.then_some(plan.replicas),
