@@ -42,6 +42,8 @@ pub struct ContainerView {
     pub ready: bool,
     pub restart_count: i32,
     pub state: State,
+    /// When the current run started, while it runs.
+    pub running_since: Option<Timestamp>,
     /// The termination before the last restart.
     pub last_terminated: Option<Termination>,
 }
@@ -101,6 +103,12 @@ impl From<&ContainerStatus> for ContainerView {
             ready: status.ready,
             restart_count: status.restart_count,
             state: status.state.as_ref().map(State::from).unwrap_or_default(),
+            running_since: status
+                .state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.as_ref())
+                .map(|at| at.0),
             last_terminated: status
                 .last_state
                 .as_ref()

@@ -377,6 +377,32 @@ async fn worker_timeouts_in_an_unready_pod_come_from_its_log() {
 }
 
 #[tokio::test]
+async fn a_booting_container_is_first_sampled_one_interval_into_its_run() {
+    let mut h = converged(json!({"replicas": 1}), 70).await;
+    h.logs.set("api-a", "app", false, DEATH_SPIRAL_LOG);
+    let mut just_started = unready(0);
+    just_started["state"]["running"]["startedAt"] = json!(at(65));
+    h.set_pods(vec![pod("api-a", just_started, json!({}))]);
+    h.reconcile("api").await;
+    assert_eq!(
+        h.logs.reads.load(Ordering::SeqCst),
+        0,
+        "a log five seconds old has nothing to show yet"
+    );
+    h.advance(20);
+    h.reconcile("api").await;
+    assert_eq!(h.logs.reads.load(Ordering::SeqCst), 0);
+    h.advance(10);
+    h.reconcile("api").await;
+    assert_eq!(h.logs.reads.load(Ordering::SeqCst), 1, "35 seconds into its run");
+    let status = current(&h).await;
+    assert_eq!(
+        counts(&status),
+        [("WorkerTimeout".into(), 2), ("OOMKilled".into(), 1)]
+    );
+}
+
+#[tokio::test]
 async fn log_reading_can_be_switched_off() {
     let spec = json!({"replicas": 1, "policy": {"logs": {"read": false}}});
     let mut h = converged(spec, 70).await;

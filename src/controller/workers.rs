@@ -32,16 +32,25 @@ impl Memory {
         }
     }
 
-    /// True (and noted) when this container's log may be sampled now.
-    fn due(&self, namespace: &str, pool: &str, container_key: &str, now: Timestamp) -> bool {
+    /// True (and noted) when this container's log may be sampled now: one interval into its run,
+    /// then once per interval. A younger log has had no time to show a worker timeout, and
+    /// reading the log of every pod as it starts would cost a request per booting pod.
+    fn due(
+        &self,
+        namespace: &str,
+        pool: &str,
+        container_key: &str,
+        running_since: Option<Timestamp>,
+        now: Timestamp,
+    ) -> bool {
         let Ok(mut sampled) = self.sampled.lock() else {
             return false;
         };
         let pool_samples = sampled
             .entry((namespace.to_string(), pool.to_string()))
             .or_default();
-        match pool_samples.get(container_key) {
-            Some(last) if now.duration_since(*last) < SAMPLE_INTERVAL => false,
+        match pool_samples.get(container_key).copied().or(running_since) {
+            Some(last) if now.duration_since(last) < SAMPLE_INTERVAL => false,
             _ => {
                 pool_samples.insert(container_key.to_string(), now);
                 true
@@ -129,7 +138,12 @@ pub async fn observe(
             for container in observe::unhealthy_containers(pod) {
                 let sample_key = format!("{uid}/{container}");
                 unhealthy.insert(sample_key.clone());
-                if reads >= MAX_LOG_READS || !ctx.workers.due(namespace, name, &sample_key, now) {
+                let running_since = pod.container(&container).and_then(|c| c.running_since);
+                if reads >= MAX_LOG_READS
+                    || !ctx
+                        .workers
+                        .due(namespace, name, &sample_key, running_since, now)
+                {
                     continue;
                 }
                 reads += 1;
