@@ -394,7 +394,11 @@ async fn a_booting_container_is_first_sampled_one_interval_into_its_run() {
     assert_eq!(h.logs.reads.load(Ordering::SeqCst), 0);
     h.advance(10);
     h.reconcile("api").await;
-    assert_eq!(h.logs.reads.load(Ordering::SeqCst), 1, "35 seconds into its run");
+    assert_eq!(
+        h.logs.reads.load(Ordering::SeqCst),
+        1,
+        "35 seconds into its run"
+    );
     let status = current(&h).await;
     assert_eq!(
         counts(&status),

@@ -28,7 +28,6 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 pub use error::Error;
@@ -446,7 +445,6 @@ where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + k8s_openapi::Resource
         + Clone
-        + DeserializeOwned
         + Serialize
         + std::fmt::Debug,
 {
@@ -467,7 +465,8 @@ where
             return Ok(false);
         }
     }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    // Nothing of the answer is read but whether it succeeded.
+    let api: Api<Watched<PartialObjectMeta<K>>> = Api::namespaced(ctx.client.clone(), namespace);
     api.patch(
         name,
         &PatchParams::apply(MANAGER_NAME).force(),
