@@ -118,22 +118,7 @@ fn controller_process(pools: usize) {
         sandbox.run_for(3).await;
         let idle_rss = memory_mib(&pid, "VmRSS");
         let cpu_start = process_cpu_ms(&pid);
-        for i in 0..pools {
-            sandbox.add_pool(pool(i)).expect("pool");
-        }
-        let mut converged_after = None;
-        for second in 0..900 {
-            sandbox.run_for(1).await;
-            let reported = || {
-                sandbox.pools().iter().all(|(ns, name)| {
-                    sandbox.pool(ns, name).is_some_and(|p| p["status"]["phase"] == "Ready")
-                })
-            };
-            if sandbox.all_ready() && reported() {
-                converged_after = Some(second + 1);
-                break;
-            }
-        }
+        let converged_after = create_and_converge(&mut sandbox, pools, 900).await;
         let cpu_converge = process_cpu_ms(&pid) - cpu_start;
         let peak_rss = memory_mib(&pid, "VmHWM");
         let cpu_quiet_start = process_cpu_ms(&pid);
@@ -155,6 +140,28 @@ fn controller_process(pools: usize) {
         println!("  CPU in 60 quiet seconds: {cpu_quiet:.0} ms");
         println!("  RSS: idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB, steady {steady_rss:.1} MiB");
     });
+}
+
+/// Creates `pools` pools at once and runs second by second until every pod is ready and every
+/// pool reports `Ready`; the seconds that took, or None after `limit` seconds.
+async fn create_and_converge(sandbox: &mut Sandbox, pools: usize, limit: u64) -> Option<u64> {
+    for i in 0..pools {
+        sandbox.add_pool(pool(i)).expect("pool");
+    }
+    for second in 0..limit {
+        sandbox.run_for(1).await;
+        let reported = || {
+            sandbox.pools().iter().all(|(ns, name)| {
+                sandbox
+                    .pool(ns, name)
+                    .is_some_and(|p| p["status"]["phase"] == "Ready")
+            })
+        };
+        if sandbox.all_ready() && reported() {
+            return Some(second + 1);
+        }
+    }
+    None
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -222,22 +229,7 @@ fn in_one_process(pools: usize) {
         let cpu_start = cpu_ns();
         let api_start = sandbox.server.cpu.total().as_nanos() as u64;
         let wall_start = Instant::now();
-        for i in 0..pools {
-            sandbox.add_pool(pool(i)).expect("pool");
-        }
-        let mut converged_after = None;
-        for second in 0..600 {
-            sandbox.run_for(1).await;
-            let reported = || {
-                sandbox.pools().iter().all(|(ns, name)| {
-                    sandbox.pool(ns, name).is_some_and(|p| p["status"]["phase"] == "Ready")
-                })
-            };
-            if sandbox.all_ready() && reported() {
-                converged_after = Some(second + 1);
-                break;
-            }
-        }
+        let converged_after = create_and_converge(&mut sandbox, pools, 600).await;
         let cpu_converge = cpu_ns() - cpu_start;
         let converge_reconciles = sandbox.metrics.reconciles.get();
         let simulation_ns = sandbox.simulation.total().as_nanos() as u64;
