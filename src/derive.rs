@@ -154,9 +154,25 @@ pub fn init_job_name(pool: &str, revision: &str, generation: i64) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// The name of the pool's init Job for this revision, when its policy asks for one.
+pub fn init_job_name_of(
+    pool: &str,
+    valid: &ValidPool,
+    revision: &str,
+    generation: i64,
+) -> Option<String> {
+    valid
+        .spec()
+        .policy
+        .init
+        .as_ref()
+        .map(|_| init_job_name(pool, revision, generation))
+}
+
 /// The run-once Job: the app container's image, env and mounts with the init command, the pod's
 /// volumes and scheduling, no restarts in place, a deadline and bounded retries.
 fn init_job(pool: &PoolRef, valid: &ValidPool, revision: &str, generation: i64) -> Option<Job> {
+    let name = init_job_name_of(&pool.name, valid, revision, generation)?;
     let init = valid.spec().policy.init.as_ref()?;
     let source = valid.pod_spec();
     let app = valid.app_container();
@@ -177,7 +193,7 @@ fn init_job(pool: &PoolRef, valid: &ValidPool, revision: &str, generation: i64) 
     labels.remove(POOL_LABEL);
     labels.insert(INIT_LABEL.into(), pool.name.clone());
     let mut meta = pool.meta();
-    meta.name = Some(init_job_name(&pool.name, revision, generation));
+    meta.name = Some(name);
     meta.annotations = Some(BTreeMap::from([(
         REVISION_ANNOTATION.to_string(),
         revision.to_string(),

@@ -538,11 +538,7 @@ async fn apply_children(
             revision
         }
     };
-    let job_name = spec
-        .policy
-        .init
-        .as_ref()
-        .map(|_| derive::init_job_name(name, &revision, generation));
+    let job_name = derive::init_job_name_of(name, valid, &revision, generation);
 
     let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
     let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
