@@ -8,7 +8,7 @@ use crate::aborts::{self, Observed};
 use crate::api::{AbortRecord, Runtime};
 use crate::classify::{self, Abort, KubeletEvent, Reason};
 use crate::loghints::{self, LogFindings};
-use crate::podview::{PodView, State};
+use crate::podview::{ContainerView, PodView, State};
 
 /// A termination younger than this may still be waiting for the kubelet's `Killing` Event that
 /// tells a probe kill from a plain exit, so it is classified a little later.
@@ -181,14 +181,13 @@ pub fn with_log_hint(mut observed: Observed, findings: &LogFindings) -> Observed
 
 /// Containers of running pods that are booting or failing readiness: their log is the only place
 /// worker timeouts and worker OOM kills show up.
-pub fn unhealthy_containers(pod: &PodView) -> Vec<String> {
+pub fn unhealthy_containers(pod: &PodView) -> Vec<&ContainerView> {
     if pod.deleting || pod.phase.as_deref() != Some("Running") {
         return Vec::new();
     }
     pod.containers
         .iter()
         .filter(|c| !c.ready && c.state == State::Running)
-        .map(|c| c.name.clone())
         .collect()
 }
 
@@ -283,7 +282,13 @@ mod tests {
             let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(value).expect("pod");
             PodView::from(&pod)
         };
-        assert_eq!(unhealthy_containers(&pod("Running", false, false)), ["app"]);
+        assert_eq!(
+            unhealthy_containers(&pod("Running", false, false))
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["app"]
+        );
         assert!(unhealthy_containers(&pod("Running", true, false)).is_empty());
         assert!(unhealthy_containers(&pod("Running", false, true)).is_empty());
         assert!(unhealthy_containers(&pod("Pending", false, false)).is_empty());

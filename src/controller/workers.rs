@@ -136,19 +136,24 @@ pub async fn observe(
         for pod in &pods {
             let (pod_name, uid) = (pod.name.as_str(), pod.uid.as_str());
             for container in observe::unhealthy_containers(pod) {
-                let sample_key = format!("{uid}/{container}");
+                let sample_key = format!("{uid}/{}", container.name);
                 unhealthy.insert(sample_key.clone());
-                let running_since = pod.container(&container).and_then(|c| c.running_since);
                 if reads >= MAX_LOG_READS
                     || !ctx
                         .workers
-                        .due(namespace, name, &sample_key, running_since, now)
+                        .due(namespace, name, &sample_key, container.running_since, now)
                 {
                     continue;
                 }
                 reads += 1;
-                match ctx.logs.tail(namespace, pod_name, &container, false).await {
-                    Ok(text) => observed.extend(observe::log_aborts(pod, &container, &text, now)),
+                match ctx
+                    .logs
+                    .tail(namespace, pod_name, &container.name, false)
+                    .await
+                {
+                    Ok(text) => {
+                        observed.extend(observe::log_aborts(pod, &container.name, &text, now))
+                    }
                     Err(error) => {
                         tracing::debug!(pod = pod_name, "sampling the log failed: {error}")
                     }
