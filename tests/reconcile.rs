@@ -112,14 +112,8 @@ async fn scale_down_is_immediate() {
 async fn changed_spec_updates_the_deployment_once() {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
     h.converge("api").await;
-    let api: Api<WorkerPool> = Api::namespaced(h.client.clone(), NS);
-    api.patch(
-        "api",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"policy": {"shutdown": {"drainSeconds": 10}}}})),
-    )
-    .await
-    .unwrap();
+    h.patch_spec("api", json!({"policy": {"shutdown": {"drainSeconds": 10}}}))
+        .await;
     h.reconcile("api").await;
     let deployment_writes = h.writes().iter().filter(|w| *w == "patch api").count();
     // One apply of the Deployment (the PDB is unchanged), then the status.
@@ -142,14 +136,11 @@ async fn a_changed_disruption_budget_is_applied_once_and_the_deployment_left_alo
     h.converge("api").await;
     h.reconcile("api").await;
     assert_eq!(h.requests.total(), 0, "converged: {:?}", h.writes());
-    let api: Api<WorkerPool> = Api::namespaced(h.client.clone(), NS);
-    api.patch(
+    h.patch_spec(
         "api",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"policy": {"disruption": {"maxUnavailable": 2}}}})),
+        json!({"policy": {"disruption": {"maxUnavailable": 2}}}),
     )
-    .await
-    .unwrap();
+    .await;
     let deployment_before = h.deployment("api").await.expect("deployment");
     h.reconcile("api").await;
     // One apply, of the budget: the Deployment derived from the new spec is what runs already.
