@@ -6,7 +6,7 @@
 //! `cargo bench --bench sandbox_scale` (`POOLS` changes the number of pools; `PART=sandbox` or
 //! `PART=process` runs one part).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -22,24 +22,26 @@ use workerpool_operator::sandbox::meter::thread_cpu;
 use workerpool_operator::sandbox::scenario::Scenario;
 use workerpool_operator::sandbox::{Options, Sandbox};
 
-/// Counts live heap bytes, to measure what a cache holds.
+/// Counts live heap bytes, to measure what a cache holds, over the allocator the binary uses.
 struct Counting;
+
+static BACKING: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
+        unsafe { BACKING.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { BACKING.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE.fetch_add(new_size, Ordering::Relaxed);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { BACKING.realloc(ptr, layout, new_size) }
     }
 }
 
