@@ -417,3 +417,53 @@ async fn the_deployment_counts_a_ready_pod_in_the_second_the_kubelet_reports_it(
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_kubelet_writes_times_on_the_clock_the_sandbox_was_started_with() {
+    let mut options = Options::new(scenario("healthy"), 1);
+    // A controller in another process reads the real time; the sandbox then starts its clock there.
+    options.epoch = "2031-03-04T05:06:07Z".parse().expect("epoch");
+    let mut sandbox = Sandbox::new(options);
+    let mut changes = sandbox.server.observe();
+    sandbox.add_pool(pool(3, 3)).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(60).await;
+    sandbox.stop_operator().await;
+
+    let mut started = 0;
+    while let Ok(change) = changes.try_recv() {
+        let Some(new) = change
+            .new
+            .as_deref()
+            .filter(|_| change.resource.kind == "Pod")
+        else {
+            continue;
+        };
+        for container in new["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(at) = container["state"]["running"]["startedAt"].as_str() else {
+                continue;
+            };
+            let at: jiff::Timestamp = at.parse().expect("startedAt");
+            let lag = change.at.duration_since(at);
+            assert!(
+                lag >= jiff::SignedDuration::ZERO && lag <= jiff::SignedDuration::from_secs(60),
+                "a container started at {at}, written at {}",
+                change.at
+            );
+            started += 1;
+        }
+    }
+    assert!(started >= 3, "every pod's container runs");
+    // Boots of about 20 s are younger than one log sample interval: no log is read.
+    let log_reads = sandbox
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.subresource.as_deref() == Some("log"))
+        .count();
+    assert_eq!(log_reads, 0);
+}

@@ -234,15 +234,8 @@ impl SimPod {
         self.phase == Phase::Running && self.booted && !self.deleting
     }
 
-    fn seconds_to_time(&self, seconds: f64) -> String {
-        let at = super::EPOCH
-            .checked_add(jiff::SignedDuration::from_secs(seconds.floor() as i64))
-            .unwrap_or(super::EPOCH);
-        at.to_string()
-    }
-
-    fn status(&self) -> Value {
-        let time = |s: f64| self.seconds_to_time(s);
+    fn status(&self, epoch: jiff::Timestamp) -> Value {
+        let time = |s: f64| time_at(epoch, s);
         let terminated = |t: &Termination| {
             json!({"terminated": {
                 "exitCode": t.code,
@@ -338,8 +331,18 @@ pub struct Cluster {
     dirty_deployments: BTreeSet<Key>,
     pub timeline: Timeline,
     pub max_booting: usize,
+    /// The instant the simulation's second 0 stands for; every timestamp it writes counts from it.
+    epoch: jiff::Timestamp,
     events: u64,
     ips: u32,
+}
+
+/// A simulated second as the timestamp the API shows.
+fn time_at(epoch: jiff::Timestamp, seconds: f64) -> String {
+    epoch
+        .checked_add(jiff::SignedDuration::from_secs(seconds.floor() as i64))
+        .unwrap_or(epoch)
+        .to_string()
 }
 
 fn template_hash(template: &Value) -> String {
@@ -370,10 +373,12 @@ impl Cluster {
         scenario: Scenario,
         seed: u64,
         timeline_limit: usize,
+        epoch: jiff::Timestamp,
     ) -> Self {
         let changes = server.observe();
         Cluster {
             server,
+            epoch,
             scenario,
             rng: StdRng::seed_from_u64(seed.wrapping_add(7)),
             changes,
@@ -453,7 +458,7 @@ impl Cluster {
         while let Ok(change) = self.changes.try_recv() {
             let now = change
                 .at
-                .duration_since(super::EPOCH)
+                .duration_since(self.epoch)
                 .as_secs_f64()
                 .clamp(0.0, tick);
             match (change.resource.plural, change.resource.group) {
@@ -905,7 +910,7 @@ impl Cluster {
             if let (Some(ttl), Some(at)) =
                 (i64_at(&job, "/spec/ttlSecondsAfterFinished"), finished_at)
             {
-                let elapsed = at.duration_since(super::EPOCH).as_secs_f64();
+                let elapsed = at.duration_since(self.epoch).as_secs_f64();
                 if now >= elapsed + ttl as f64 {
                     let _ = self
                         .server
@@ -941,17 +946,14 @@ impl Cluster {
             .and_then(Value::as_str)
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
         let start_seconds = started
-            .map(|t| t.duration_since(super::EPOCH).as_secs_f64())
+            .map(|t| t.duration_since(self.epoch).as_secs_f64())
             .unwrap_or(now);
         let backoff_limit = i64_at(&job, "/spec/backoffLimit").unwrap_or(6);
         let deadline = i64_at(&job, "/spec/activeDeadlineSeconds");
-        let time = super::EPOCH
-            .checked_add(jiff::SignedDuration::from_secs(now as i64))
-            .unwrap_or(super::EPOCH)
-            .to_string();
+        let time = time_at(self.epoch, now);
         let finish = |kind: &str, reason: &str, message: &str| {
             json!({"status": {
-                "startTime": super::EPOCH.checked_add(jiff::SignedDuration::from_secs(start_seconds as i64)).unwrap_or(super::EPOCH).to_string(),
+                "startTime": time_at(self.epoch, start_seconds),
                 "active": 0, "succeeded": succeeded, "failed": failed,
                 "completionTime": if kind == "Complete" { json!(time) } else { Value::Null },
                 "conditions": [
@@ -1012,7 +1014,7 @@ impl Cluster {
                 );
             }
             json!({"status": {
-                "startTime": super::EPOCH.checked_add(jiff::SignedDuration::from_secs(start_seconds as i64)).unwrap_or(super::EPOCH).to_string(),
+                "startTime": time_at(self.epoch, start_seconds),
                 "active": active.max(1), "succeeded": succeeded, "failed": failed,
             }})
         };
@@ -1058,7 +1060,7 @@ impl Cluster {
                     &pod.namespace,
                     &pod.name,
                     Target::Status,
-                    Write::Merge(json!({"status": pod.status()})),
+                    Write::Merge(json!({"status": pod.status(self.epoch)})),
                     Some("kubelet"),
                 );
             }

@@ -107,6 +107,7 @@ impl Sandbox {
             options.scenario.clone(),
             options.seed,
             options.timeline_limit,
+            options.epoch,
         );
         Sandbox {
             server,
