@@ -16,6 +16,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use workerpool_operator::controller::pod_cache::PodCache;
+use workerpool_operator::sandbox::apiserver::http::RequestRecord;
 use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
 use workerpool_operator::sandbox::apiserver::{ApiServer, RESOURCES, ServerConfig};
 use workerpool_operator::sandbox::meter::thread_cpu;
@@ -120,8 +121,11 @@ fn controller_process(pools: usize) {
         sandbox.run_for(3).await;
         let idle_rss = memory_mib(&pid, "VmRSS");
         let cpu_start = process_cpu_ms(&pid);
+        let requests_before = sandbox.server.request_count();
         let converged_after = create_and_converge(&mut sandbox, pools, 900).await;
         let cpu_converge = process_cpu_ms(&pid) - cpu_start;
+        let mut mix: Vec<(String, usize)> = request_mix(&sandbox.server.requests()[requests_before..]).into_iter().collect();
+        mix.sort();
         let peak_rss = memory_mib(&pid, "VmHWM");
         let cpu_quiet_start = process_cpu_ms(&pid);
         sandbox.run_for(60).await;
@@ -140,8 +144,25 @@ fn controller_process(pools: usize) {
         println!("  converged after {converged_after:?} seconds; exit on SIGTERM: {exited:?}");
         println!("  CPU to converge: {cpu_converge:.0} ms = {:.3} ms per pool (user + system, all threads, 10 ms ticks)", cpu_converge / pools as f64);
         println!("  CPU in 60 quiet seconds: {cpu_quiet:.0} ms");
+        println!("  requests to converge, per pool: {}", mix.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / pools as f64)).collect::<Vec<_>>().join(", "));
         println!("  RSS: idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB, steady {steady_rss:.1} MiB");
     });
+}
+
+/// Requests by verb, kind and subresource; watches and pool creations (the benchmark's own) left out.
+fn request_mix(requests: &[RequestRecord]) -> HashMap<String, usize> {
+    let mut mix = HashMap::new();
+    for r in requests
+        .iter()
+        .filter(|r| r.verb != "watch" && !(r.verb == "create" && r.kind == "WorkerPool"))
+    {
+        let key = match &r.subresource {
+            Some(sub) => format!("{} {}/{sub}", r.verb, r.kind),
+            None => format!("{} {}", r.verb, r.kind),
+        };
+        *mix.entry(key).or_default() += 1;
+    }
+    mix
 }
 
 /// Creates `pools` pools at once and runs second by second until every pod is ready and every
