@@ -131,6 +131,7 @@ fn controller_process(pools: usize) {
         sandbox.run_for(60).await;
         let cpu_quiet = process_cpu_ms(&pid) - cpu_quiet_start;
         let steady_rss = memory_mib(&pid, "VmRSS");
+        let fleet_latencies = creation_to_apply(&mut sandbox, pools, 100).await;
 
         // SAFETY: signals our own child process, which we then wait for.
         unsafe { libc::kill(child_id as i32, libc::SIGTERM) };
@@ -146,7 +147,33 @@ fn controller_process(pools: usize) {
         println!("  CPU in 60 quiet seconds: {cpu_quiet:.0} ms");
         println!("  requests to converge, per pool: {}", mix.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / pools as f64)).collect::<Vec<_>>().join(", "));
         println!("  RSS: idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB, steady {steady_rss:.1} MiB");
+        println!(
+            "  pool created into the converged fleet → Deployment apply, over HTTP (wall time, {} pools one at a time): p50 {:.1} ms, p99 {:.1} ms",
+            fleet_latencies.len(),
+            percentile(&fleet_latencies, 50.0),
+            percentile(&fleet_latencies, 99.0)
+        );
     });
+}
+
+/// Creates `count` pools one at a time after the first `existing`, each given a second: the
+/// wall time in milliseconds from each creation to its Deployment's apply, sorted.
+async fn creation_to_apply(sandbox: &mut Sandbox, existing: usize, count: usize) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    for i in existing..existing + count {
+        let before = sandbox.server.request_count();
+        let created = Instant::now();
+        sandbox.add_pool(pool(i)).expect("pool");
+        sandbox.run_for(1).await;
+        let name = format!("pool-{i}");
+        if let Some(applied) = sandbox.server.requests()[before..].iter().find(|r| {
+            r.verb == "patch" && r.kind == "Deployment" && r.subresource.is_none() && r.name.as_deref() == Some(name.as_str())
+        }) {
+            latencies.push(applied.wall.duration_since(created).as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
 }
 
 /// Requests by verb, kind and subresource; watches and pool creations (the benchmark's own) left out.
@@ -308,20 +335,7 @@ fn in_one_process(pools: usize) {
         let steady_rss = memory_mib("self", "VmRSS");
 
         // A pool created into the converged fleet, one at a time: creation → Deployment apply.
-        let mut fleet_latencies = Vec::new();
-        for i in pools..pools + 100 {
-            let before = sandbox.server.request_count();
-            let created = Instant::now();
-            sandbox.add_pool(pool(i)).expect("pool");
-            sandbox.run_for(1).await;
-            let name = format!("pool-{i}");
-            if let Some(applied) = sandbox.server.requests()[before..].iter().find(|r| {
-                r.verb == "patch" && r.kind == "Deployment" && r.subresource.is_none() && r.name.as_deref() == Some(name.as_str())
-            }) {
-                fleet_latencies.push(applied.wall.duration_since(created).as_secs_f64() * 1000.0);
-            }
-        }
-        fleet_latencies.sort_by(f64::total_cmp);
+        let fleet_latencies = creation_to_apply(&mut sandbox, pools, 100).await;
         sandbox.run_for(120).await;
 
         // The controller's own heap: what is released when it stops (its caches, queues,

@@ -467,3 +467,55 @@ async fn the_kubelet_writes_times_on_the_clock_the_sandbox_was_started_with() {
         .count();
     assert_eq!(log_reads, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn pod_changes_within_a_moment_cost_one_reconcile() {
+    use k8s_openapi::api::core::v1::Pod;
+    use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
+    use workerpool_operator::sandbox::apiserver::{Target, Write, resource_of};
+
+    let mut sandbox = sandbox(pool(4, 4), scenario("healthy"));
+    sandbox.run_for(120).await;
+    let pods = sandbox.server.list(
+        resource_of::<Pod>(),
+        Some("shop"),
+        &LabelSelector::default(),
+        &FieldSelector::default(),
+        None,
+        None,
+    );
+    let pods: Vec<_> = pods
+        .0
+        .into_iter()
+        .filter(|p| p["metadata"]["ownerReferences"][0]["kind"] != "Job")
+        .collect();
+    assert_eq!(pods.len(), 4, "the pool converged");
+    let before = sandbox.metrics.reconciles.get();
+    // Four pods turn unready within 40 ms, as when a shared dependency fails.
+    for pod in &pods {
+        let name = pod["metadata"]["name"].as_str().expect("name");
+        let mut status = pod["status"].clone();
+        for container in status["containerStatuses"]
+            .as_array_mut()
+            .expect("containers")
+        {
+            container["ready"] = json!(false);
+        }
+        sandbox
+            .server
+            .write(
+                resource_of::<Pod>(),
+                "shop",
+                name,
+                Target::Status,
+                Write::Merge(json!({ "status": status })),
+                Some("kubelet"),
+            )
+            .expect("pod status");
+        // The changes reach the controller one by one, as from the kubelets of several nodes.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    sandbox.run_for(1).await;
+    sandbox.stop_operator().await;
+    assert_eq!(sandbox.metrics.reconciles.get() - before, 1);
+}

@@ -260,6 +260,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pool's reconcile waits until its watched objects have been quiet this long. A rollout or a
+/// failing dependency changes many pods and the Deployment within milliseconds; one reconcile
+/// then reads them all instead of one reconcile (and status write) each. Short enough that a
+/// pool can hardly change this often for long, which would hold its reconcile back.
+pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(30);
+
 /// What one controller instance watches and how it names itself.
 #[derive(Clone, Debug)]
 pub struct Scope {
@@ -414,7 +420,11 @@ pub async fn control(
             let (pods, context) = (pods.clone(), context.clone());
             move |event: Event| pool_of_event(&event, &pods, &context)
         })
-        .with_config(kube::runtime::controller::Config::default().concurrency(scope.concurrency))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(scope.concurrency)
+                .debounce(DEBOUNCE),
+        )
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
