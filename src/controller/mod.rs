@@ -465,19 +465,26 @@ where
             return Ok(false);
         }
     }
-    // Nothing of the answer is read but whether it succeeded.
+    // A forced apply leaves the object holding every field it sets, so the version it answers
+    // with is verified without reading the rest of the answer.
     let api: Api<Watched<PartialObjectMeta<K>>> = Api::namespaced(ctx.client.clone(), namespace);
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER_NAME).force(),
-        &Patch::Apply(&desired_value),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: K::KIND.into(),
-        name: name.into(),
-        source,
-    })?;
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER_NAME).force(),
+            &Patch::Apply(&desired_value),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: K::KIND.into(),
+            name: name.into(),
+            source,
+        })?;
+    ctx.verified.remember(
+        key,
+        drift::spec_and_meta_version(&applied.0.metadata),
+        inputs,
+    );
     Ok(true)
 }
 
