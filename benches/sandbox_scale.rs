@@ -167,7 +167,10 @@ async fn creation_to_apply(sandbox: &mut Sandbox, existing: usize, count: usize)
         sandbox.run_for(1).await;
         let name = format!("pool-{i}");
         if let Some(applied) = sandbox.server.requests()[before..].iter().find(|r| {
-            r.verb == "patch" && r.kind == "Deployment" && r.subresource.is_none() && r.name.as_deref() == Some(name.as_str())
+            r.verb == "patch"
+                && r.kind == "Deployment"
+                && r.subresource.is_none()
+                && r.name.as_deref() == Some(name.as_str())
         }) {
             latencies.push(applied.wall.duration_since(created).as_secs_f64() * 1000.0);
         }

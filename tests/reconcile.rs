@@ -461,9 +461,15 @@ async fn a_deleted_pool_is_forgotten() {
         1,
         "its last status write is remembered"
     );
+    assert_eq!(
+        h.ctx.recorders.pools(),
+        1,
+        "and its Events, to fold repeats"
+    );
     let deleted = h.pool("api").await;
     h.ctx.forget(&deleted.metadata);
     assert_eq!(h.ctx.remembered_pools(), 0);
+    assert_eq!(h.ctx.recorders.pools(), 0);
 }
 
 #[tokio::test]

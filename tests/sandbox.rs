@@ -184,6 +184,28 @@ async fn boot_failure_shows_boot_failed_and_pauses_the_rollout() {
             .iter()
             .any(|e| e["reason"] == "BootFailed" && e["type"] == "Warning")
     );
+    // A crash loop's repeats are folded into one Event series per pod, not one Event each.
+    let requests = sandbox.server.requests();
+    let events = |verb: &str| {
+        requests
+            .iter()
+            .filter(|r| r.kind == "Event" && r.verb == verb)
+            .count() as i64
+    };
+    let boot_failed_events = report
+        .events
+        .iter()
+        .filter(|e| e["reason"] == "BootFailed")
+        .count() as i64;
+    assert!(
+        boot_failed_events <= 2,
+        "one BootFailed Event per crash-looping pod: {boot_failed_events}"
+    );
+    assert!(
+        events("patch") >= abort_count(&report, "BootFailed") - boot_failed_events,
+        "each repeat counts on its series: {} patches",
+        events("patch")
+    );
     sandbox.stop_operator().await;
 }
 

@@ -207,7 +207,7 @@ async fn each_termination_is_counted_once_also_after_an_operator_restart() {
             pods: h.ctx.pods.clone(),
             jobs: h.ctx.jobs.clone(),
         },
-        h.ctx.recorder.clone(),
+        reporter(),
         Arc::new(Metrics::default()),
         h.ctx.clock.clone(),
     )

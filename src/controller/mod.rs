@@ -8,6 +8,7 @@ pub mod kubelet;
 pub mod logs;
 pub mod metrics;
 pub mod pod_cache;
+pub mod recorders;
 pub mod run;
 pub mod triggers;
 mod workers;
@@ -24,7 +25,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -35,6 +36,7 @@ use kubelet::KubeletEvents;
 use logs::{ApiLogs, LogReader};
 use metrics::Metrics;
 use pod_cache::PodCache;
+use recorders::Recorders;
 
 use crate::api::{AbortRecord, AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::derive::{self, Children, PoolRef};
@@ -69,7 +71,7 @@ pub struct Context {
     pub pdbs: Store<Watched<PodDisruptionBudget>>,
     pub pods: PodCache,
     pub jobs: Store<Watched<Job>>,
-    pub recorder: Recorder,
+    pub recorders: Recorders,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub kubelet_events: KubeletEvents,
@@ -164,18 +166,18 @@ impl Context {
     pub fn new(
         client: Client,
         caches: Caches,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Self {
         Context {
             logs: Arc::new(ApiLogs(client.clone())),
+            recorders: Recorders::new(client.clone(), reporter),
             client,
             deployments: caches.deployments,
             pdbs: caches.pdbs,
             pods: caches.pods,
             jobs: caches.jobs,
-            recorder,
             metrics,
             clock,
             kubelet_events: KubeletEvents::default(),
@@ -263,6 +265,7 @@ impl Context {
         self.verified.forget(&namespace, &name);
         self.revisions.forget(&namespace, &name);
         self.kubelet_events.forget(&namespace, &name);
+        self.recorders.forget(&namespace, &name);
     }
 
     /// Pools whose last status write this process remembers (for tests and sizing).
@@ -844,7 +847,7 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+    if let Err(error) = ctx.recorders.publish(&event, reference).await {
         tracing::warn!(reason, "publishing an Event failed: {error}");
     }
 }

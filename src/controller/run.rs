@@ -14,7 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
@@ -293,13 +293,10 @@ pub async fn control(
     let (jobs, job_writer) = reflector::store::<Watched<Job>>();
     let (pools, pool_writer) = reflector::store::<Guarded<WorkerPool>>();
     let pods = PodCache::default();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER_NAME.into(),
-            instance: Some(scope.identity.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: MANAGER_NAME.into(),
+        instance: Some(scope.identity.clone()),
+    };
     let context = Arc::new(Context::new(
         client.clone(),
         Caches {
@@ -308,7 +305,7 @@ pub async fn control(
             pods: pods.clone(),
             jobs: jobs.clone(),
         },
-        recorder,
+        reporter,
         metrics,
         clock,
     ));

@@ -14,7 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
 use kube_fake_client::{ClientBuilder, interceptor};
@@ -92,6 +92,14 @@ impl LogReader for Logs {
             .cloned()
             .unwrap_or_default();
         Box::pin(async move { Ok(text) })
+    }
+}
+
+/// How the controller names itself on the Events it publishes in these tests.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: "workerpool-operator".into(),
+        instance: None,
     }
 }
 
@@ -193,13 +201,6 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
     let pod_cache = PodCache::default();
     let (job_store, job_writer): (Store<Watched<Job>>, _) = reflector::store();
     let logs = Arc::new(Logs::default());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "workerpool-operator".into(),
-            instance: None,
-        },
-    );
     let seconds = Arc::new(AtomicI64::new(0));
     let clock: Clock = {
         let seconds = seconds.clone();
@@ -215,7 +216,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
                 pods: pod_cache.clone(),
                 jobs: job_store,
             },
-            recorder,
+            reporter(),
             Arc::new(Metrics::default()),
             clock,
         )
