@@ -33,7 +33,8 @@ pub fn merge_patch(old: &Value, new: &Value) -> Value {
     }
 }
 
-/// A number for a tuple of versions and settings: equal inputs, equal number.
+/// A number for any hashable value (a tuple of versions, the fields a reconcile reads): equal
+/// inputs, equal number.
 pub fn version_of(inputs: impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -454,8 +454,19 @@ async fn a_status_changed_by_someone_else_is_read_from_the_cache() {
 
 #[tokio::test]
 async fn a_deleted_pool_is_forgotten() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    let with_init =
+        json!({"replicas": 2, "policy": {"init": {"command": ["python", "manage.py", "migrate"]}}});
+    let mut h = harness(vec![pool("api", with_init)], vec![]).await;
     h.reconcile("api").await;
+    assert!(
+        h.writes().iter().any(|w| w.starts_with("patch api-init-")),
+        "the init Job is applied: {:?}",
+        h.writes()
+    );
+    assert!(
+        h.ctx.verified_children() >= 2,
+        "its applied children are remembered as verified"
+    );
     assert_eq!(
         h.ctx.remembered_pools(),
         1,
@@ -470,6 +481,11 @@ async fn a_deleted_pool_is_forgotten() {
     h.ctx.forget(&deleted.metadata);
     assert_eq!(h.ctx.remembered_pools(), 0);
     assert_eq!(h.ctx.recorders.pools(), 0);
+    assert_eq!(
+        h.ctx.verified_children(),
+        0,
+        "the init Job, whose name is not the pool's, included"
+    );
 }
 
 #[tokio::test]

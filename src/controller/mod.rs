@@ -83,30 +83,40 @@ pub struct Context {
     revisions: Revisions,
 }
 
-type ChildKey = (&'static str, String, String);
+/// A child of a pool: its kind and name, within the pool's namespace.
+type ChildKey = (&'static str, String);
+/// What was last verified of a child: its live version and the version of its inputs.
+type ChildVersions = HashMap<ChildKey, (u64, u64)>;
 
 /// Children whose live version was last found to hold every field this controller sets, with
 /// the version of what that was derived from: while neither moves, the drift check has nothing
-/// to compare.
+/// to compare. Kept per pool, so that a deleted pool's children (its init Jobs included, whose
+/// names are not the pool's) are forgotten with it.
 #[derive(Default)]
-struct Verified(Mutex<HashMap<ChildKey, (u64, u64)>>);
+struct Verified(Mutex<HashMap<(String, String), ChildVersions>>);
 
 impl Verified {
-    fn is_current(&self, key: &ChildKey, live: u64, inputs: u64) -> bool {
-        self.0
-            .lock()
-            .is_ok_and(|verified| verified.get(key) == Some(&(live, inputs)))
+    fn is_current(&self, pool: &PoolRef, child: &ChildKey, live: u64, inputs: u64) -> bool {
+        self.0.lock().is_ok_and(|verified| {
+            verified
+                .get(&(pool.namespace.clone(), pool.name.clone()))
+                .and_then(|children| children.get(child))
+                == Some(&(live, inputs))
+        })
     }
 
-    fn remember(&self, key: ChildKey, live: u64, inputs: u64) {
+    fn remember(&self, pool: &PoolRef, child: ChildKey, live: u64, inputs: u64) {
         if let Ok(mut verified) = self.0.lock() {
-            verified.insert(key, (live, inputs));
+            verified
+                .entry((pool.namespace.clone(), pool.name.clone()))
+                .or_default()
+                .insert(child, (live, inputs));
         }
     }
 
     fn forget(&self, namespace: &str, name: &str) {
         if let Ok(mut verified) = self.0.lock() {
-            verified.retain(|(_, ns, n), _| ns != namespace || n != name);
+            verified.remove(&(namespace.to_owned(), name.to_owned()));
         }
     }
 }
@@ -273,6 +283,15 @@ impl Context {
         self.written.lock().map(|w| w.len()).unwrap_or(0)
     }
 
+    /// Children whose last verification this process remembers (for tests and sizing).
+    pub fn verified_children(&self) -> usize {
+        self.verified
+            .0
+            .lock()
+            .map(|v| v.values().map(HashMap::len).sum())
+            .unwrap_or(0)
+    }
+
     /// Reads container logs from somewhere other than the API server (tests, the sandbox).
     pub fn with_logs(mut self, logs: Arc<dyn LogReader>) -> Self {
         self.logs = logs;
@@ -433,12 +452,12 @@ where
     })
 }
 
-/// Server-side apply of one child unless the live object already holds every field we set.
-/// `inputs` names what the desired object is derived from; while it and the live version are
+/// Server-side apply of one child of `pool` unless the live object already holds every field we
+/// set. `inputs` names what the desired object is derived from; while it and the live version are
 /// those last verified, the desired object is not even built. Returns whether a request was made.
 async fn apply_child<K>(
     ctx: &Context,
-    namespace: &str,
+    pool: &PoolRef,
     name: &str,
     inputs: u64,
     live: Option<&K>,
@@ -451,10 +470,10 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let key = (K::KIND, namespace.to_owned(), name.to_owned());
+    let child = (K::KIND, name.to_owned());
     let live_version = live.map(|l| drift::spec_and_meta_version(l.meta()));
     if let Some(version) = live_version
-        && ctx.verified.is_current(&key, version, inputs)
+        && ctx.verified.is_current(pool, &child, version, inputs)
     {
         return Ok(false);
     }
@@ -463,14 +482,15 @@ where
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
         if drift::contains(&live_value, &desired_value) {
             if let Some(version) = live_version {
-                ctx.verified.remember(key, version, inputs);
+                ctx.verified.remember(pool, child, version, inputs);
             }
             return Ok(false);
         }
     }
     // A forced apply leaves the object holding every field it sets, so the version it answers
     // with is verified without reading the rest of the answer.
-    let api: Api<Watched<PartialObjectMeta<K>>> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<Watched<PartialObjectMeta<K>>> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace);
     let applied = api
         .patch(
             name,
@@ -484,7 +504,8 @@ where
             source,
         })?;
     ctx.verified.remember(
-        key,
+        pool,
+        child,
         drift::spec_and_meta_version(&applied.0.metadata),
         inputs,
     );
@@ -617,7 +638,7 @@ async fn apply_children(
         && let Some(job_name) = &job_name
         && let Some(job) = children.get_or_insert_with(derive).init_job.take()
     {
-        apply_child(ctx, ns, job_name, pool_version, None, || job).await?;
+        apply_child(ctx, pool_ref, job_name, pool_version, None, || job).await?;
     }
     if plan.apply_deployment {
         let keep = match plan.template {
@@ -627,7 +648,7 @@ async fn apply_children(
         .map(|s| &s.template);
         // A kept template is the live one, which the live version already covers.
         let inputs = drift::version_of((pool_version, plan.replicas, plan.paused, keep.is_some()));
-        apply_child(ctx, ns, name, inputs, live_deployment, || {
+        apply_child(ctx, pool_ref, name, inputs, live_deployment, || {
             let mut deployment =
                 std::mem::take(&mut children.get_or_insert_with(derive).deployment);
             derive::shape(&mut deployment, plan.replicas, plan.paused, keep);
@@ -635,7 +656,7 @@ async fn apply_children(
         })
         .await?;
     }
-    apply_child(ctx, ns, name, pool_version, ours(&pdb), || {
+    apply_child(ctx, pool_ref, name, pool_version, ours(&pdb), || {
         std::mem::take(&mut children.get_or_insert_with(derive).pdb)
     })
     .await?;

@@ -3,8 +3,6 @@
 //! PodDisruptionBudget's status or the pool's own status write cost no reconcile.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -16,12 +14,6 @@ use kube::runtime::watcher;
 /// What a reconcile reads of an object, as one number.
 pub trait Fingerprint {
     fn fingerprint(&self) -> u64;
-}
-
-fn hash_of(value: impl Hash) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// Generation (spec changes), labels, annotations, owners and deletion: the metadata every
@@ -49,7 +41,7 @@ impl Fingerprint for Deployment {
                 s.available_replicas,
             )
         });
-        hash_of((meta_print(&self.metadata), status))
+        crate::drift::version_of((meta_print(&self.metadata), status))
     }
 }
 
@@ -72,7 +64,7 @@ impl Fingerprint for Job {
                 .collect();
             (s.active, s.succeeded, s.failed, conditions)
         });
-        hash_of((meta_print(&self.metadata), status))
+        crate::drift::version_of((meta_print(&self.metadata), status))
     }
 }
 
