@@ -16,6 +16,15 @@ use workerpool_operator::api::WorkerPool;
 use workerpool_operator::controller::reconcile;
 use workerpool_operator::watched::Guarded;
 
+/// A two-replica pool that has converged: its next reconcile makes no request.
+async fn at_rest() -> Harness {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.converge("api").await;
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "converged: {:?}", h.writes());
+    h
+}
+
 #[tokio::test]
 async fn first_reconcile_creates_children_and_status() {
     let mut h = harness(vec![pool("api", json!({}))], vec![]).await;
@@ -132,10 +141,7 @@ async fn changed_spec_updates_the_deployment_once() {
 
 #[tokio::test]
 async fn a_changed_disruption_budget_is_applied_once_and_the_deployment_left_alone() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.converge("api").await;
-    h.reconcile("api").await;
-    assert_eq!(h.requests.total(), 0, "converged: {:?}", h.writes());
+    let mut h = at_rest().await;
     h.patch_spec(
         "api",
         json!({"policy": {"disruption": {"maxUnavailable": 2}}}),
@@ -164,10 +170,7 @@ async fn a_changed_disruption_budget_is_applied_once_and_the_deployment_left_alo
 
 #[tokio::test]
 async fn a_deployment_edited_by_hand_is_set_back_once() {
-    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    h.converge("api").await;
-    h.reconcile("api").await;
-    assert_eq!(h.requests.total(), 0, "converged: {:?}", h.writes());
+    let mut h = at_rest().await;
     let derived = h.deployment("api").await.expect("deployment");
     let grace = derived
         .spec
