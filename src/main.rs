@@ -263,8 +263,8 @@ fn run_render(path: &PathBuf) -> Result<(), String> {
 }
 
 /// jemalloc: the controller allocates and frees a little for every watch event. Against glibc's
-/// allocator it cut the CPU to converge 1,000 pools by about a third and held less memory
-/// (docs/benchmarks.md); against musl's, which the container image links, it matters more.
+/// allocator it cut the CPU to converge the scale benchmark by about a fifth, without holding
+/// more memory (docs/benchmarks.md); musl's, which the container image links, is slower still.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
