@@ -327,6 +327,68 @@ pub fn is_true(status: Option<&WorkerPoolStatus>, type_: &str) -> bool {
     find(status, type_).is_some_and(|c| c.status == "True")
 }
 
+/// Between two writes of a pool's status that only move its rollout's progress, at least this
+/// long passes: pods becoming ready one after another then cost one write every couple of
+/// seconds instead of one each. A change of state (a condition flipping, a ramp step, an abort)
+/// is written at once.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// True when `new` differs from `old` only in the replica counts and in the reason and wording
+/// of `Ready` and `Reconciling` whose status stays (ramping, then waiting for pods, "3 of 10
+/// ready"): progress, not a change of state.
+pub fn is_progress_only(old: &WorkerPoolStatus, new: &WorkerPoolStatus) -> bool {
+    // Destructured whole, so that a new status field has to be placed on one side or the other.
+    let WorkerPoolStatus {
+        observed_generation,
+        replicas: _,
+        ready_replicas: _,
+        updated_replicas: _,
+        available_replicas: _,
+        ramp_target,
+        selector,
+        phase,
+        conditions,
+        effective,
+        aborts,
+        revision,
+        init,
+        circuit,
+    } = new;
+    let progress_condition =
+        |type_: &str| type_ == condition::READY || type_ == condition::RECONCILING;
+    *observed_generation == old.observed_generation
+        && *ramp_target == old.ramp_target
+        && *selector == old.selector
+        && *phase == old.phase
+        && *effective == old.effective
+        && *aborts == old.aborts
+        && *revision == old.revision
+        && *init == old.init
+        && *circuit == old.circuit
+        && conditions.len() == old.conditions.len()
+        && conditions.iter().zip(&old.conditions).all(|(n, o)| {
+            n.type_ == o.type_
+                && n.status == o.status
+                && n.observed_generation == o.observed_generation
+                && n.last_transition_time == o.last_transition_time
+                && ((n.reason == o.reason && n.message == o.message)
+                    || progress_condition(&n.type_))
+        })
+}
+
+/// How long a progress-only status write waits, given when the pool's status was last written:
+/// None when it may be written now.
+pub fn progress_wait(
+    last_write: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Option<std::time::Duration> {
+    let elapsed = now.duration_since(last_write?);
+    let interval = jiff::SignedDuration::try_from(PROGRESS_INTERVAL).ok()?;
+    (elapsed >= jiff::SignedDuration::ZERO && elapsed < interval)
+        .then(|| std::time::Duration::try_from(interval - elapsed).ok())
+        .flatten()
+}
+
 /// The Deployment's replicas before and after this reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RampChange {
@@ -513,6 +575,87 @@ mod tests {
         );
         assert_eq!(s.observed_generation, 3);
         assert_eq!(s.phase, Some(Phase::Pending));
+    }
+
+    #[test]
+    fn more_pods_ready_is_progress_but_a_flip_ramp_step_or_abort_is_not() {
+        let deployment = |ready| DeploymentObserved {
+            replicas: 4,
+            ready,
+            updated: 4,
+            available: ready,
+            current: true,
+        };
+        let one = compute(None, &observation(Some(deployment(1)), 4), &time(0));
+        let two = compute(Some(&one), &observation(Some(deployment(2)), 4), &time(1));
+        assert_ne!(one, two);
+        assert!(is_progress_only(&one, &two), "{two:?}");
+
+        let all = compute(Some(&two), &observation(Some(deployment(4)), 4), &time(2));
+        assert!(!is_progress_only(&two, &all), "Ready flips to True");
+
+        let mut waiting = one.clone();
+        if let Some(ready) = waiting
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition::READY)
+        {
+            ready.reason = reason::PROGRESSING.into();
+        }
+        assert!(
+            is_progress_only(&one, &waiting),
+            "a new reason for not being Ready yet"
+        );
+
+        let mut stepped = two.clone();
+        stepped.ramp_target = Some(3);
+        assert!(!is_progress_only(&two, &stepped), "a ramp step");
+
+        let mut aborted = two.clone();
+        aborted.aborts = Some(AbortSummary {
+            counts: vec![crate::api::AbortCount {
+                reason: "OOMKilled".into(),
+                count: 1,
+            }],
+            ..AbortSummary::default()
+        });
+        assert!(!is_progress_only(&two, &aborted), "an abort");
+
+        let mut reworded = two.clone();
+        if let Some(stalled) = reworded
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition::STALLED)
+        {
+            stalled.message = "something else".into();
+        }
+        assert!(
+            !is_progress_only(&two, &reworded),
+            "only Ready and Reconciling carry counts in their wording"
+        );
+    }
+
+    #[test]
+    fn progress_waits_out_the_interval_since_the_last_write() {
+        let at = |secs: i64| jiff::Timestamp::from_second(1_800_000_000 + secs).expect("time");
+        assert_eq!(progress_wait(None, at(0)), None, "never written");
+        assert_eq!(
+            progress_wait(Some(at(0)), at(0)),
+            Some(PROGRESS_INTERVAL),
+            "just written"
+        );
+        let half = jiff::Timestamp::from_millisecond(1_800_000_000_000 + 500).expect("time");
+        assert_eq!(
+            progress_wait(Some(at(0)), half),
+            Some(PROGRESS_INTERVAL - std::time::Duration::from_millis(500))
+        );
+        let interval = PROGRESS_INTERVAL.as_secs() as i64;
+        assert_eq!(progress_wait(Some(at(0)), at(interval)), None);
+        assert_eq!(
+            progress_wait(Some(at(10)), at(0)),
+            None,
+            "a clock that went back holds nothing"
+        );
     }
 
     #[test]

@@ -11,9 +11,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Action;
 use serde_json::json;
 use workerpool_operator::api::WorkerPool;
 use workerpool_operator::controller::reconcile;
+use workerpool_operator::status::PROGRESS_INTERVAL;
 use workerpool_operator::watched::Guarded;
 
 /// A two-replica pool that has converged: its next reconcile makes no request.
@@ -453,6 +455,52 @@ async fn a_status_changed_by_someone_else_is_read_from_the_cache() {
     assert_eq!(h.writes(), ["patch status api"], "the edit is corrected");
     let status = h.pool("api").await.status.expect("status");
     assert_eq!(status.ready_replicas, 2);
+}
+
+#[tokio::test]
+async fn progress_is_written_at_a_pace_and_a_change_of_state_at_once() {
+    let spec = json!({"replicas": 4, "policy": {"boot": {"maxConcurrent": 4}}});
+    let mut h = harness(vec![pool("api", spec)], vec![]).await;
+    h.reconcile("api").await;
+    h.pods_ready("api", Some(1)).await;
+    h.reconcile("api").await;
+    assert_eq!(
+        h.writes(),
+        ["patch status api"],
+        "the Deployment is observed"
+    );
+
+    h.pods_ready("api", Some(2)).await;
+    let action = h.reconcile("api").await;
+    assert_eq!(h.writes(), Vec::<String>::new(), "one more pod Ready waits");
+    assert_eq!(
+        action,
+        Action::requeue(PROGRESS_INTERVAL),
+        "and the reconcile comes back when the wait is over"
+    );
+    assert_eq!(
+        h.pool("api").await.status.expect("status").ready_replicas,
+        1
+    );
+
+    h.advance(PROGRESS_INTERVAL.as_secs() as i64);
+    h.reconcile("api").await;
+    assert_eq!(h.writes(), ["patch status api"]);
+    assert_eq!(
+        h.pool("api").await.status.expect("status").ready_replicas,
+        2
+    );
+
+    h.pods_ready("api", None).await;
+    h.reconcile("api").await;
+    assert_eq!(
+        h.writes(),
+        ["patch status api", "create Event"],
+        "Ready flipping is written at once, with its Event"
+    );
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(status.ready_replicas, 4);
+    assert_eq!(condition(&status, "Ready").status, "True");
 }
 
 #[tokio::test]

@@ -81,6 +81,7 @@ pub struct Context {
     written: Mutex<HashMap<(String, String), Written>>,
     verified: Verified,
     revisions: Revisions,
+    status_writes: StatusWrites,
 }
 
 /// A child of a pool: its kind and name, within the pool's namespace.
@@ -118,6 +119,58 @@ impl Verified {
         if let Ok(mut verified) = self.0.lock() {
             verified.remove(&(namespace.to_owned(), name.to_owned()));
         }
+    }
+}
+
+/// When each pool's status was last written and the version that write produced, for pacing
+/// writes that only report progress ([`status::progress_wait`]). Only a status this process
+/// wrote is paced: a status someone else changed is set right at once. Entries older than the
+/// interval mean nothing and are swept now and then, so a fleet at rest keeps next to none.
+#[derive(Default)]
+struct StatusWrites(Mutex<StatusWriteTimes>);
+
+#[derive(Default)]
+struct StatusWriteTimes {
+    at: HashMap<(String, String), (jiff::Timestamp, Option<String>)>,
+    /// Entries left by the last sweep; the next comes when the map has grown well past it.
+    after_sweep: usize,
+}
+
+impl StatusWrites {
+    /// When the status `base` came from was written by this process: `ahead` when the base is
+    /// the remembered write itself, else when the cached pool is still at that write's version.
+    fn last(
+        &self,
+        key: &(String, String),
+        cached: &kube::core::ObjectMeta,
+        ahead: bool,
+    ) -> Option<jiff::Timestamp> {
+        let times = self.0.lock().ok()?;
+        let (at, version) = times.at.get(key)?;
+        (ahead || (version.is_some() && *version == cached.resource_version)).then_some(*at)
+    }
+
+    fn record(&self, key: (String, String), now: jiff::Timestamp, version: Option<String>) {
+        let Ok(mut times) = self.0.lock() else {
+            return;
+        };
+        times.at.insert(key, (now, version));
+        if times.at.len() > 2 * times.after_sweep + 64 {
+            times
+                .at
+                .retain(|_, (at, _)| status::progress_wait(Some(*at), now).is_some());
+            times.after_sweep = times.at.len();
+        }
+    }
+
+    fn forget(&self, key: &(String, String)) {
+        if let Ok(mut times) = self.0.lock() {
+            times.at.remove(key);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map(|t| t.at.len()).unwrap_or(0)
     }
 }
 
@@ -196,6 +249,7 @@ impl Context {
             written: Mutex::new(HashMap::new()),
             verified: Verified::default(),
             revisions: Revisions::default(),
+            status_writes: StatusWrites::default(),
         }
     }
 
@@ -265,9 +319,12 @@ impl Context {
     /// Drops everything remembered about a deleted pool.
     pub fn forget(&self, meta: &kube::core::ObjectMeta) {
         let (namespace, name) = pool_key(meta);
+        let key = (namespace, name);
         if let Ok(mut written) = self.written.lock() {
-            written.remove(&(namespace.clone(), name.clone()));
+            written.remove(&key);
         }
+        self.status_writes.forget(&key);
+        let (namespace, name) = key;
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(&ObjectRef::new(&name).within(&namespace));
         }
@@ -283,6 +340,11 @@ impl Context {
         self.written.lock().map(|w| w.len()).unwrap_or(0)
     }
 
+    /// Pools whose last status write time is remembered for pacing (for tests and sizing).
+    pub fn paced_pools(&self) -> usize {
+        self.status_writes.len()
+    }
+
     /// Children whose last verification this process remembers (for tests and sizing).
     pub fn verified_children(&self) -> usize {
         self.verified
@@ -296,10 +358,6 @@ impl Context {
     pub fn with_logs(mut self, logs: Arc<dyn LogReader>) -> Self {
         self.logs = logs;
         self
-    }
-
-    fn now(&self) -> Time {
-        Time((self.clock)())
     }
 }
 
@@ -747,8 +805,19 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         window_seconds: pool.spec.policy.failure.window_seconds,
         gates,
     };
-    let new = status::compute(old, &observation, &ctx.now());
-    if old != Some(&new) {
+    let now = (ctx.clock)();
+    let new = status::compute(old, &observation, &Time(now));
+    let key = (namespace.clone(), name.clone());
+    // Progress alone is written at a pace; the reconcile comes back when the wait is over.
+    let held = old
+        .filter(|old| *old != &new && status::is_progress_only(old, &new))
+        .and_then(|_| {
+            let last = ctx
+                .status_writes
+                .last(&key, &pool.metadata, remembered.is_some());
+            status::progress_wait(last, now)
+        });
+    if old != Some(&new) && held.is_none() {
         // Only the version the write produced is read of the answer.
         let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
             Api::namespaced(ctx.client.clone(), &namespace);
@@ -766,12 +835,9 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
                 source,
             })?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
-        ctx.wrote_status(
-            pool,
-            remembered.is_some(),
-            written.0.metadata.resource_version,
-            new,
-        );
+        let version = written.0.metadata.resource_version;
+        ctx.status_writes.record(key, now, version.clone());
+        ctx.wrote_status(pool, remembered.is_some(), version, new);
     }
     report_aborts(ctx, pool, &workers.fresh).await;
 
@@ -779,7 +845,9 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         .recheck
         .and_then(|d| Duration::try_from(d).ok())
         .map_or(RESYNC, |d| d.clamp(Duration::from_secs(1), RESYNC));
-    Ok(Action::requeue(requeue))
+    Ok(Action::requeue(
+        held.map_or(requeue, |held| held.min(requeue)),
+    ))
 }
 
 /// One Warning Event and one metric increment per newly counted abort. The note leaves out

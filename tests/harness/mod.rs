@@ -14,6 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
@@ -280,36 +281,45 @@ impl Harness {
     }
 
     /// Reconciles the pool as stored now, counting requests; then refreshes the caches.
-    pub async fn reconcile(&mut self, name: &str) {
+    pub async fn reconcile(&mut self, name: &str) -> Action {
         let pool = self.pool(name).await;
-        self.reconcile_object(pool).await;
+        self.reconcile_object(pool).await
     }
 
-    /// Reconciles this version of a pool (say, one the watch cache still holds after a write).
-    pub async fn reconcile_object(&mut self, pool: WorkerPool) {
+    /// Reconciles this version of a pool (say, one the watch cache still holds after a write);
+    /// returns what the reconcile asked of the controller runtime.
+    pub async fn reconcile_object(&mut self, pool: WorkerPool) -> Action {
         self.requests.reset();
         self.requests.counting.store(true, Ordering::SeqCst);
-        reconcile(Arc::new(Guarded(Ok(pool))), self.ctx.clone())
+        let action = reconcile(Arc::new(Guarded(Ok(pool))), self.ctx.clone())
             .await
             .expect("reconcile succeeds");
         self.requests.counting.store(false, Ordering::SeqCst);
         self.sync_caches().await;
+        action
     }
 
     /// Plays the Deployment controller: every pod asked for is Ready.
     pub async fn all_pods_ready(&mut self, name: &str) {
+        self.pods_ready(name, None).await;
+    }
+
+    /// Plays the Deployment controller: every pod asked for exists, `ready` of them (all when
+    /// None) are Ready.
+    pub async fn pods_ready(&mut self, name: &str, ready: Option<i32>) {
         let deployment = self.deployment(name).await.expect("deployment");
         let replicas = deployment
             .spec
             .as_ref()
             .and_then(|s| s.replicas)
             .unwrap_or(0);
+        let ready = ready.unwrap_or(replicas);
         let status = DeploymentStatus {
             observed_generation: deployment.metadata.generation,
             replicas: Some(replicas),
-            ready_replicas: Some(replicas),
+            ready_replicas: Some(ready),
             updated_replicas: Some(replicas),
-            available_replicas: Some(replicas),
+            available_replicas: Some(ready),
             ..DeploymentStatus::default()
         };
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
