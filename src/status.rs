@@ -389,6 +389,115 @@ pub fn progress_wait(
         .flatten()
 }
 
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`, built from the fields that
+/// differ: an unchanged field is compared as a typed value and never serialized. Equal to
+/// [`crate::drift::merge_patch`] of the two serialized statuses.
+pub fn merge_patch(
+    old: Option<&WorkerPoolStatus>,
+    new: &WorkerPoolStatus,
+) -> Result<serde_json::Value, serde_json::Error> {
+    use serde_json::{Map, Value};
+    let Some(old) = old else {
+        return serde_json::to_value(new);
+    };
+    /// A field that may be absent: `null` removes it.
+    fn optional<T: serde::Serialize>(value: Option<&T>) -> Result<Value, serde_json::Error> {
+        value.map_or(Ok(Value::Null), serde_json::to_value)
+    }
+    /// An object-valued field: only its own changed keys.
+    fn nested<T: serde::Serialize>(
+        old: Option<&T>,
+        new: Option<&T>,
+    ) -> Result<Value, serde_json::Error> {
+        Ok(match (old, new) {
+            (Some(old), Some(new)) => {
+                crate::drift::merge_patch(&serde_json::to_value(old)?, &serde_json::to_value(new)?)
+            }
+            (_, new) => optional(new)?,
+        })
+    }
+    let mut patch = Map::new();
+    let mut put =
+        |key: &str, changed: bool, value: &dyn Fn() -> Result<Value, serde_json::Error>| {
+            if changed {
+                match value()? {
+                    Value::Object(map) if map.is_empty() => {}
+                    value => {
+                        patch.insert(key.to_owned(), value);
+                    }
+                }
+            }
+            Ok::<(), serde_json::Error>(())
+        };
+    // Destructured whole, so that a new status field cannot be left out of the patch.
+    let WorkerPoolStatus {
+        observed_generation,
+        replicas,
+        ready_replicas,
+        updated_replicas,
+        available_replicas,
+        ramp_target,
+        selector,
+        phase,
+        conditions,
+        effective,
+        aborts,
+        revision,
+        init,
+        circuit,
+    } = new;
+    let number = |n: i64| Ok(Value::from(n));
+    put(
+        "observedGeneration",
+        *observed_generation != old.observed_generation,
+        &|| number(*observed_generation),
+    )?;
+    put("replicas", *replicas != old.replicas, &|| {
+        number((*replicas).into())
+    })?;
+    put(
+        "readyReplicas",
+        *ready_replicas != old.ready_replicas,
+        &|| number((*ready_replicas).into()),
+    )?;
+    put(
+        "updatedReplicas",
+        *updated_replicas != old.updated_replicas,
+        &|| number((*updated_replicas).into()),
+    )?;
+    put(
+        "availableReplicas",
+        *available_replicas != old.available_replicas,
+        &|| number((*available_replicas).into()),
+    )?;
+    put("rampTarget", *ramp_target != old.ramp_target, &|| {
+        optional(ramp_target.as_ref())
+    })?;
+    put("selector", *selector != old.selector, &|| {
+        optional(selector.as_ref())
+    })?;
+    put("phase", *phase != old.phase, &|| optional(phase.as_ref()))?;
+    put("conditions", *conditions != old.conditions, &|| {
+        optional(Some(conditions).filter(|c| !c.is_empty()))
+    })?;
+    put("effective", *effective != old.effective, &|| {
+        nested(old.effective.as_ref(), effective.as_ref())
+    })?;
+    put("aborts", *aborts != old.aborts, &|| {
+        nested(old.aborts.as_ref(), aborts.as_ref())
+    })?;
+    put("revision", *revision != old.revision, &|| {
+        optional(revision.as_ref())
+    })?;
+    put("init", *init != old.init, &|| {
+        nested(old.init.as_ref(), init.as_ref())
+    })?;
+    put("circuit", *circuit != old.circuit, &|| {
+        nested(old.circuit.as_ref(), circuit.as_ref())
+    })?;
+    Ok(Value::Object(patch))
+}
+
 /// The Deployment's replicas before and after this reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RampChange {
@@ -633,6 +742,93 @@ mod tests {
             !is_progress_only(&two, &reworded),
             "only Ready and Reconciling carry counts in their wording"
         );
+    }
+
+    #[test]
+    fn the_typed_merge_patch_equals_the_diff_of_the_serialized_statuses() {
+        let pool: crate::api::WorkerPool =
+            serde_yaml::from_str(include_str!("../config/samples/gunicorn-django.yaml"))
+                .expect("sample");
+        let valid = crate::policy::validate(&pool.spec).expect("valid sample");
+        let effective = crate::policy::settle(&valid).effective;
+        let mut other_effective = effective.clone();
+        other_effective.pre_stop_sleep_seconds = None;
+        other_effective.max_surge += 1;
+
+        let creating = compute(None, &observation(None, 2), &time(0));
+        let ramping = compute(
+            Some(&creating),
+            &Observation {
+                effective: Some(&effective),
+                ..observation(Some(ready_deployment(2)), 4)
+            },
+            &time(5),
+        );
+        let ready = compute(
+            Some(&ramping),
+            &observation(Some(ready_deployment(4)), 4),
+            &time(9),
+        );
+        let mut variants = vec![
+            WorkerPoolStatus::default(),
+            creating,
+            ramping.clone(),
+            ready.clone(),
+        ];
+        let mut changed = ready.clone();
+        changed.effective = Some(other_effective);
+        changed.ramp_target = None;
+        changed.revision = Some("abc".into());
+        variants.push(changed);
+        let mut aborted = ramping.clone();
+        aborted.aborts = Some(AbortSummary {
+            counts: vec![crate::api::AbortCount {
+                reason: "BootFailed".into(),
+                count: 2,
+            }],
+            ..AbortSummary::default()
+        });
+        aborted.init = Some(InitStatus {
+            revision: "abc".into(),
+            generation: 3,
+            job: "api-init-abc".into(),
+            phase: InitPhase::Running,
+            message: Some("running".into()),
+        });
+        aborted.circuit = Some(CircuitStatus {
+            open: true,
+            generation: 3,
+            since: None,
+            message: Some("open".into()),
+        });
+        variants.push(aborted.clone());
+        let mut settled = aborted;
+        if let Some(init) = settled.init.as_mut() {
+            init.phase = InitPhase::Succeeded;
+            init.message = None;
+        }
+        if let Some(circuit) = settled.circuit.as_mut() {
+            circuit.open = false;
+        }
+        settled.conditions.clear();
+        settled.selector = None;
+        settled.phase = None;
+        variants.push(settled);
+
+        let json = |s: &WorkerPoolStatus| serde_json::to_value(s).expect("serializes");
+        for new in &variants {
+            assert_eq!(
+                merge_patch(None, new).expect("patch"),
+                crate::drift::merge_patch(&serde_json::Value::Null, &json(new))
+            );
+            for old in &variants {
+                assert_eq!(
+                    merge_patch(Some(old), new).expect("patch"),
+                    crate::drift::merge_patch(&json(old), &json(new)),
+                    "from {old:?}\nto {new:?}"
+                );
+            }
+        }
     }
 
     #[test]

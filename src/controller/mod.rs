@@ -821,13 +821,12 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         // Only the version the write produced is read of the answer.
         let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
             Api::namespaced(ctx.client.clone(), &namespace);
-        let before = serde_json::to_value(old).map_err(Error::Serialize)?;
-        let after = serde_json::to_value(&new).map_err(Error::Serialize)?;
+        let patch = status::merge_patch(old, &new).map_err(Error::Serialize)?;
         let written = api
             .patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "status": drift::merge_patch(&before, &after) })),
+                &Patch::Merge(json!({ "status": patch })),
             )
             .await
             .map_err(|source| Error::Status {
