@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
@@ -22,6 +21,7 @@ use workerpool_operator::sandbox::apiserver::{ApiServer, RESOURCES, ServerConfig
 use workerpool_operator::sandbox::meter::thread_cpu;
 use workerpool_operator::sandbox::scenario::Scenario;
 use workerpool_operator::sandbox::{Options, Sandbox};
+use workerpool_operator::watched::ViewedPod;
 
 /// Counts live heap bytes, to measure what a cache holds, over the allocator the binary uses.
 struct Counting;
@@ -356,8 +356,8 @@ fn in_one_process(pools: usize) {
         let heap_before = LIVE.load(Ordering::Relaxed) as f64;
         let store = PodCache::default();
         for value in &pods {
-            if let Ok(pod) = serde_json::from_value::<Pod>((**value).clone()) {
-                store.apply(&watcher::Event::Apply(pod));
+            if let Ok(pod) = serde_json::from_value::<ViewedPod>((**value).clone()) {
+                store.apply(watcher::Event::Apply(pod));
             }
         }
         let heap_per_pod = (LIVE.load(Ordering::Relaxed) as f64 - heap_before) / count.max(1) as f64;

@@ -5,6 +5,8 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::api::{POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION, Runtime};
 use crate::observe::REVISION_LABEL;
@@ -96,26 +98,54 @@ impl From<&ContainerState> for State {
     }
 }
 
-impl From<&ContainerStatus> for ContainerView {
-    fn from(status: &ContainerStatus) -> Self {
+impl ContainerView {
+    fn new(
+        name: String,
+        ready: bool,
+        restart_count: i32,
+        state: Option<&ContainerState>,
+        last_state: Option<&ContainerState>,
+    ) -> Self {
         ContainerView {
-            name: status.name.clone(),
-            ready: status.ready,
-            restart_count: status.restart_count,
-            state: status.state.as_ref().map(State::from).unwrap_or_default(),
-            running_since: status
-                .state
-                .as_ref()
+            name,
+            ready,
+            restart_count,
+            state: state.map(State::from).unwrap_or_default(),
+            running_since: state
                 .and_then(|s| s.running.as_ref())
                 .and_then(|r| r.started_at.as_ref())
                 .map(|at| at.0),
-            last_terminated: status
-                .last_state
-                .as_ref()
+            last_terminated: last_state
                 .and_then(|s| s.terminated.as_ref())
                 .map(Termination::from),
         }
     }
+}
+
+impl From<&ContainerStatus> for ContainerView {
+    fn from(status: &ContainerStatus) -> Self {
+        ContainerView::new(
+            status.name.clone(),
+            status.ready,
+            status.restart_count,
+            status.state.as_ref(),
+            status.last_state.as_ref(),
+        )
+    }
+}
+
+/// The scheduler's verdict when it found no node: `PodScheduled` False, reason `Unschedulable`.
+fn unschedulable<'a>(
+    conditions: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>, Option<&'a String>)>,
+) -> Option<Unschedulable> {
+    conditions
+        .into_iter()
+        .find(|(type_, status, reason, _)| {
+            *type_ == "PodScheduled" && *status == "False" && *reason == Some("Unschedulable")
+        })
+        .map(|(_, _, _, message)| Unschedulable {
+            message: message.cloned(),
+        })
 }
 
 impl From<&Pod> for PodView {
@@ -124,18 +154,20 @@ impl From<&Pod> for PodView {
         let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
         let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
         let status = pod.status.as_ref();
-        let unschedulable = status
-            .and_then(|s| s.conditions.as_deref())
-            .unwrap_or_default()
-            .iter()
-            .find(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-            })
-            .map(|c| Unschedulable {
-                message: c.message.clone(),
-            });
+        let unschedulable = unschedulable(
+            status
+                .and_then(|s| s.conditions.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(|c| {
+                    (
+                        c.type_.as_str(),
+                        c.status.as_str(),
+                        c.reason.as_deref(),
+                        c.message.as_ref(),
+                    )
+                }),
+        );
         PodView {
             name: meta.name.clone().unwrap_or_default(),
             namespace: meta.namespace.clone().unwrap_or_default(),
@@ -158,6 +190,127 @@ impl From<&Pod> for PodView {
     }
 }
 
+/// A pod's JSON as the operator reads it; every other field (the spec, managed fields, IPs,
+/// images, timestamps of conditions) is skipped while parsing instead of being built.
+#[derive(Deserialize)]
+pub struct PodJson {
+    metadata: MetaJson,
+    status: Option<StatusJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetaJson {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    deletion_timestamp: Option<IgnoredAny>,
+    labels: Option<LabelsJson>,
+    annotations: Option<AnnotationsJson>,
+}
+
+/// The labels read; the names are those of [`POOL_LABEL`] and [`REVISION_LABEL`].
+#[derive(Deserialize)]
+struct LabelsJson {
+    #[serde(rename = "workerpool.dev/pool")]
+    pool: Option<String>,
+    #[serde(rename = "pod-template-hash")]
+    template_hash: Option<String>,
+}
+
+/// The annotations read; the names are those of [`REVISION_ANNOTATION`] and [`RUNTIME_ANNOTATION`].
+#[derive(Deserialize)]
+struct AnnotationsJson {
+    #[serde(rename = "workerpool.dev/revision")]
+    revision: Option<String>,
+    #[serde(rename = "workerpool.dev/runtime")]
+    runtime: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusJson {
+    phase: Option<String>,
+    reason: Option<String>,
+    message: Option<String>,
+    conditions: Option<Vec<ConditionJson>>,
+    container_statuses: Option<Vec<ContainerStatusJson>>,
+}
+
+#[derive(Deserialize)]
+struct ConditionJson {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+    reason: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerStatusJson {
+    name: String,
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    restart_count: i32,
+    state: Option<ContainerState>,
+    last_state: Option<ContainerState>,
+}
+
+impl PodJson {
+    /// The pod's resource version and its view.
+    pub fn into_view(self) -> (Option<String>, PodView) {
+        let PodJson { metadata, status } = self;
+        let (labels, annotations) = (metadata.labels, metadata.annotations);
+        let (pool, template_hash) = labels.map_or((None, None), |l| (l.pool, l.template_hash));
+        let (revision, runtime) = annotations.map_or((None, None), |a| (a.revision, a.runtime));
+        let status = status.unwrap_or(StatusJson {
+            phase: None,
+            reason: None,
+            message: None,
+            conditions: None,
+            container_statuses: None,
+        });
+        let view = PodView {
+            name: metadata.name.unwrap_or_default(),
+            namespace: metadata.namespace.unwrap_or_default(),
+            uid: metadata.uid.unwrap_or_default(),
+            pool,
+            revision: revision.or(template_hash),
+            runtime: runtime.and_then(|r| r.parse().ok()),
+            deleting: metadata.deletion_timestamp.is_some(),
+            phase: status.phase,
+            reason: status.reason,
+            message: status.message,
+            unschedulable: unschedulable(status.conditions.iter().flatten().map(|c| {
+                (
+                    c.type_.as_str(),
+                    c.status.as_str(),
+                    c.reason.as_deref(),
+                    c.message.as_ref(),
+                )
+            })),
+            containers: status
+                .container_statuses
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    ContainerView::new(
+                        c.name,
+                        c.ready,
+                        c.restart_count,
+                        c.state.as_ref(),
+                        c.last_state.as_ref(),
+                    )
+                })
+                .collect(),
+        };
+        (metadata.resource_version, view)
+    }
+}
+
 impl PodView {
     pub fn container(&self, name: &str) -> Option<&ContainerView> {
         self.containers.iter().find(|c| c.name == name)
@@ -167,8 +320,6 @@ impl PodView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watched::WatchedPod;
-    use kube::Resource;
     use serde_json::json;
 
     fn full_pod() -> serde_json::Value {
@@ -195,16 +346,35 @@ mod tests {
     }
 
     #[test]
-    fn a_watched_pod_skips_spec_and_managed_fields_and_reads_the_same() {
-        let text = full_pod().to_string();
-        let watched: WatchedPod = serde_json::from_str(&text).expect("watched pod");
-        let pod: Pod = serde_json::from_str(&text).expect("pod");
-        assert!(watched.0.spec.is_none());
-        assert!(watched.meta().managed_fields.is_none());
-        assert_eq!(watched.meta().resource_version.as_deref(), Some("42"));
-        assert_eq!(PodView::from(&watched.0), PodView::from(&pod));
-        assert_eq!(WatchedPod::plural(&()), "pods");
-        assert_eq!(WatchedPod::api_version(&()), "v1");
+    fn a_pod_decoded_into_its_view_reads_as_the_whole_pod() {
+        let scheduling = json!({"metadata": {"name": "api-2", "annotations": {"workerpool.dev/revision": "r7"}},
+            "status": {"phase": "Pending", "reason": "Evicted", "message": "low on memory",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                "message": "0/3 nodes", "lastTransitionTime": "2026-11-22T10:00:00Z"}]}});
+        let bare = json!({"metadata": {"name": "api-3"}});
+        for value in [full_pod(), scheduling, bare] {
+            let text = value.to_string();
+            let json: PodJson = serde_json::from_str(&text).expect("pod json");
+            let pod: Pod = serde_json::from_str(&text).expect("pod");
+            let (version, view) = json.into_view();
+            assert_eq!(view, PodView::from(&pod), "{text}");
+            assert_eq!(version, pod.metadata.resource_version);
+        }
+    }
+
+    #[test]
+    fn the_labels_and_annotations_read_are_the_operators() {
+        let value = json!({"metadata": {
+            "labels": {POOL_LABEL: "api", REVISION_LABEL: "abc"},
+            "annotations": {REVISION_ANNOTATION: "r7", RUNTIME_ANNOTATION: "gunicorn"}}});
+        let json: PodJson = serde_json::from_value(value).expect("pod json");
+        let (_, view) = json.into_view();
+        assert_eq!(view.pool.as_deref(), Some("api"));
+        assert_eq!(view.revision.as_deref(), Some("r7"));
+        assert_eq!(view.runtime, Some(Runtime::Gunicorn));
+        let value = json!({"metadata": {"labels": {REVISION_LABEL: "abc"}}});
+        let json: PodJson = serde_json::from_value(value).expect("pod json");
+        assert_eq!(json.into_view().1.revision.as_deref(), Some("abc"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::ops::Deref;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::api::{WorkerPool, WorkerPoolSpec, WorkerPoolStatus};
+use crate::podview::{PodJson, PodView};
 
 /// Annotation `kubectl apply` writes: a copy of the whole object, never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -29,8 +30,50 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Watched<K>(pub K);
 
-/// A pod as the pod watch decodes it: metadata and status; the spec is skipped.
-pub type WatchedPod = Watched<Pod>;
+/// A pod as the pod watch decodes it: straight into the view classification reads, plus the
+/// identity and resource version a watch needs. The 2 KiB `Pod` is never built.
+#[derive(Clone, Debug)]
+pub struct ViewedPod {
+    metadata: ObjectMeta,
+    pub view: PodView,
+}
+
+impl<'de> Deserialize<'de> for ViewedPod {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (resource_version, view) = PodJson::deserialize(deserializer)?.into_view();
+        let metadata = ObjectMeta {
+            name: Some(view.name.clone()),
+            namespace: Some(view.namespace.clone()),
+            resource_version,
+            ..ObjectMeta::default()
+        };
+        Ok(ViewedPod { metadata, view })
+    }
+}
+
+impl Resource for ViewedPod {
+    type DynamicType = ();
+    type Scope = <Pod as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        Pod::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        Pod::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        Pod::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        Pod::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// A part the kind requires is absent.
 pub struct Missing {
@@ -89,23 +132,6 @@ impl Lean for PodDisruptionBudget {
             metadata,
             spec,
             status: None,
-        })
-    }
-}
-
-/// Classification reads a pod's status, never its spec.
-impl Lean for Pod {
-    type Spec = IgnoredAny;
-    type Status = PodStatus;
-    fn assemble(
-        metadata: ObjectMeta,
-        _: Option<IgnoredAny>,
-        status: Option<PodStatus>,
-    ) -> Result<Self, Missing> {
-        Ok(Pod {
-            metadata,
-            spec: None,
-            status,
         })
     }
 }
@@ -439,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_skips_its_spec() {
+    fn a_pod_decodes_straight_into_its_view() {
         let value = object(
             "Pod",
             "v1",
@@ -450,12 +476,17 @@ mod tests {
                 "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
             }]}),
         );
-        let watched: WatchedPod = serde_json::from_str(&value.to_string()).expect("watched pod");
-        let mut full = expected::<Pod>(&value);
-        full.spec = None;
-        assert_eq!(watched.0, full);
-        assert_eq!(WatchedPod::plural(&()), "pods");
-        assert_eq!(WatchedPod::api_version(&()), "v1");
+        let watched: ViewedPod = serde_json::from_str(&value.to_string()).expect("viewed pod");
+        let full: Pod = serde_json::from_value(value).expect("pod");
+        assert_eq!(watched.view, PodView::from(&full));
+        assert_eq!(
+            watched.meta().resource_version,
+            full.metadata.resource_version
+        );
+        assert_eq!(watched.meta().name.as_deref(), Some("api"));
+        assert_eq!(watched.meta().namespace.as_deref(), Some("shop"));
+        assert_eq!(ViewedPod::plural(&()), "pods");
+        assert_eq!(ViewedPod::api_version(&()), "v1");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The controller's pod cache: a [`PodView`] of every pool pod, indexed by pool, so a reconcile
 //! reads its own pool's pods without scanning every pod in the cluster.
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -10,6 +9,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::podview::PodView;
+use crate::watched::ViewedPod;
 
 /// namespace → key → value.
 type ByNamespace<V> = HashMap<String, HashMap<String, V>>;
@@ -72,6 +72,23 @@ impl Index {
     }
 }
 
+/// A pod as a watch event carries it, made into the view the cache keeps.
+pub trait IntoView {
+    fn into_view(self) -> PodView;
+}
+
+impl IntoView for ViewedPod {
+    fn into_view(self) -> PodView {
+        self.view
+    }
+}
+
+impl IntoView for &Pod {
+    fn into_view(self) -> PodView {
+        PodView::from(self)
+    }
+}
+
 /// The pool (namespace, name) a pod belongs to.
 fn pool_of(view: &PodView) -> Option<(String, String)> {
     view.pool.clone().map(|pool| (view.namespace.clone(), pool))
@@ -130,12 +147,12 @@ impl PodCache {
     /// Applies one watch event, as a reflector would, and returns the pools (namespace, name)
     /// whose pods now read differently: a pod update that changes nothing classification reads
     /// (an IP, a scheduling timestamp) concerns no pool.
-    pub fn apply<P: Borrow<Pod>>(&self, event: &watcher::Event<P>) -> Vec<(String, String)> {
+    pub fn apply<P: IntoView>(&self, event: watcher::Event<P>) -> Vec<(String, String)> {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let mut changed = Vec::new();
         match event {
             watcher::Event::Apply(pod) => {
-                let view = PodView::from(pod.borrow());
+                let view = pod.into_view();
                 let unchanged = state
                     .live
                     .get(&view.namespace, &view.name)
@@ -147,7 +164,7 @@ impl PodCache {
                 }
             }
             watcher::Event::Delete(pod) => {
-                let view = PodView::from(pod.borrow());
+                let view = pod.into_view();
                 let old = state.live.remove(&view.namespace, &view.name);
                 changed.extend(old.as_deref().and_then(pool_of));
             }
@@ -156,7 +173,7 @@ impl PodCache {
                 state
                     .relisting
                     .get_or_insert_with(Index::default)
-                    .insert(PodView::from(pod.borrow()));
+                    .insert(pod.into_view());
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = state.relisting.take() {
@@ -230,9 +247,9 @@ mod tests {
     #[test]
     fn pods_are_found_by_pool_and_by_name() {
         let cache = PodCache::default();
-        cache.apply(&watcher::Event::Apply(pod("api-1", Some("api"), "Running")));
-        cache.apply(&watcher::Event::Apply(pod("api-2", Some("api"), "Pending")));
-        cache.apply(&watcher::Event::Apply(pod(
+        cache.apply(watcher::Event::Apply(&pod("api-1", Some("api"), "Running")));
+        cache.apply(watcher::Event::Apply(&pod("api-2", Some("api"), "Pending")));
+        cache.apply(watcher::Event::Apply(&pod(
             "jobs-1",
             Some("jobs"),
             "Running",
@@ -248,17 +265,17 @@ mod tests {
     #[test]
     fn an_update_replaces_the_pod_and_follows_a_changed_label() {
         let cache = PodCache::default();
-        cache.apply(&watcher::Event::Apply(pod("p", Some("api"), "Pending")));
-        cache.apply(&watcher::Event::Apply(pod("p", Some("api"), "Running")));
+        cache.apply(watcher::Event::Apply(&pod("p", Some("api"), "Pending")));
+        cache.apply(watcher::Event::Apply(&pod("p", Some("api"), "Running")));
         let pods = cache.pods_of("shop", "api");
         assert_eq!(pods.len(), 1);
         assert_eq!(pods[0].phase.as_deref(), Some("Running"));
 
-        cache.apply(&watcher::Event::Apply(pod("p", Some("jobs"), "Running")));
+        cache.apply(watcher::Event::Apply(&pod("p", Some("jobs"), "Running")));
         assert!(cache.pods_of("shop", "api").is_empty());
         assert_eq!(names(&cache.pods_of("shop", "jobs")), ["p"]);
 
-        cache.apply(&watcher::Event::Apply(pod("p", None, "Running")));
+        cache.apply(watcher::Event::Apply(&pod("p", None, "Running")));
         assert!(cache.pods_of("shop", "jobs").is_empty());
         assert_eq!(cache.pool_of("shop", "p"), None);
         assert_eq!(cache.len(), 1);
@@ -267,8 +284,8 @@ mod tests {
     #[test]
     fn a_deleted_pod_leaves_both_indexes() {
         let cache = PodCache::default();
-        cache.apply(&watcher::Event::Apply(pod("p", Some("api"), "Running")));
-        cache.apply(&watcher::Event::Delete(pod("p", Some("api"), "Running")));
+        cache.apply(watcher::Event::Apply(&pod("p", Some("api"), "Running")));
+        cache.apply(watcher::Event::Delete(&pod("p", Some("api"), "Running")));
         assert!(cache.pods_of("shop", "api").is_empty());
         assert_eq!(cache.pool_of("shop", "p"), None);
         assert!(cache.is_empty());
@@ -283,7 +300,7 @@ mod tests {
     #[test]
     fn only_a_pod_that_reads_differently_concerns_its_pool() {
         let cache = PodCache::default();
-        let changed = cache.apply(&watcher::Event::Apply(pod("p", Some("api"), "Pending")));
+        let changed = cache.apply(watcher::Event::Apply(&pod("p", Some("api"), "Pending")));
         assert_eq!(changed, pools(&[("shop", "api")]));
         let mut same = pod("p", Some("api"), "Pending");
         same.metadata.resource_version = Some("7".into());
@@ -291,18 +308,18 @@ mod tests {
             status.pod_ip = Some("10.0.0.7".into());
         }
         assert!(
-            cache.apply(&watcher::Event::Apply(same)).is_empty(),
+            cache.apply(watcher::Event::Apply(&same)).is_empty(),
             "an IP is not read by classification"
         );
-        let changed = cache.apply(&watcher::Event::Apply(pod("p", Some("api"), "Running")));
+        let changed = cache.apply(watcher::Event::Apply(&pod("p", Some("api"), "Running")));
         assert_eq!(changed, pools(&[("shop", "api")]));
-        let moved = cache.apply(&watcher::Event::Apply(pod("p", Some("jobs"), "Running")));
+        let moved = cache.apply(watcher::Event::Apply(&pod("p", Some("jobs"), "Running")));
         assert_eq!(moved, pools(&[("shop", "api"), ("shop", "jobs")]));
-        let deleted = cache.apply(&watcher::Event::Delete(pod("p", Some("jobs"), "Running")));
+        let deleted = cache.apply(watcher::Event::Delete(&pod("p", Some("jobs"), "Running")));
         assert_eq!(deleted, pools(&[("shop", "jobs")]));
         assert!(
             cache
-                .apply(&watcher::Event::Delete(pod("p", Some("jobs"), "Running")))
+                .apply(watcher::Event::Delete(&pod("p", Some("jobs"), "Running")))
                 .is_empty()
         );
     }
@@ -310,18 +327,18 @@ mod tests {
     #[test]
     fn a_relist_concerns_the_pools_whose_pods_changed_meanwhile() {
         let cache = PodCache::default();
-        cache.apply(&watcher::Event::Apply(pod("same", Some("a"), "Running")));
-        cache.apply(&watcher::Event::Apply(pod("changed", Some("b"), "Pending")));
-        cache.apply(&watcher::Event::Apply(pod("gone", Some("c"), "Running")));
-        cache.apply(&watcher::Event::<Pod>::Init);
+        cache.apply(watcher::Event::Apply(&pod("same", Some("a"), "Running")));
+        cache.apply(watcher::Event::Apply(&pod("changed", Some("b"), "Pending")));
+        cache.apply(watcher::Event::Apply(&pod("gone", Some("c"), "Running")));
+        cache.apply(watcher::Event::<&Pod>::Init);
         for listed in [
             pod("same", Some("a"), "Running"),
             pod("changed", Some("b"), "Running"),
             pod("new", Some("d"), "Running"),
         ] {
-            assert!(cache.apply(&watcher::Event::InitApply(listed)).is_empty());
+            assert!(cache.apply(watcher::Event::InitApply(&listed)).is_empty());
         }
-        let changed = cache.apply(&watcher::Event::<Pod>::InitDone);
+        let changed = cache.apply(watcher::Event::<&Pod>::InitDone);
         assert_eq!(
             changed,
             pools(&[("shop", "b"), ("shop", "c"), ("shop", "d")])
@@ -331,9 +348,9 @@ mod tests {
     #[tokio::test]
     async fn a_relist_replaces_everything_when_done_and_marks_the_cache_ready() {
         let cache = PodCache::default();
-        cache.apply(&watcher::Event::Apply(pod("gone", Some("api"), "Running")));
-        cache.apply(&watcher::Event::<Pod>::Init);
-        cache.apply(&watcher::Event::InitApply(pod(
+        cache.apply(watcher::Event::Apply(&pod("gone", Some("api"), "Running")));
+        cache.apply(watcher::Event::<&Pod>::Init);
+        cache.apply(watcher::Event::InitApply(&pod(
             "new",
             Some("api"),
             "Running",
@@ -346,7 +363,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        cache.apply(&watcher::Event::<Pod>::InitDone);
+        cache.apply(watcher::Event::<&Pod>::InitDone);
         waiting.await.expect("ready");
         assert_eq!(names(&cache.pods_of("shop", "api")), ["new"]);
         assert_eq!(cache.len(), 1);

@@ -26,7 +26,7 @@ use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
-use crate::watched::{Guarded, Watched, WatchedPod};
+use crate::watched::{Guarded, ViewedPod, Watched};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -329,7 +329,7 @@ pub async fn control(
     );
     // Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
     let pod_triggers = watcher(
-        api::<WatchedPod>(&client, ns),
+        api::<ViewedPod>(&client, ns),
         watcher::Config::default().labels(POOL_LABEL),
     )
     .default_backoff()
@@ -337,7 +337,7 @@ pub async fn control(
         let pods = pods.clone();
         move |event| {
             futures::future::ready(match event {
-                Ok(event) => Some(futures::stream::iter(pods.apply(&event))),
+                Ok(event) => Some(futures::stream::iter(pods.apply(event))),
                 Err(error) => {
                     tracing::debug!("pod watch: {error}");
                     None

@@ -342,11 +342,11 @@ impl Harness {
 
     /// Replaces the pod cache, as the pod watch would after the kubelet's writes.
     pub fn set_pods(&mut self, pods: Vec<Pod>) {
-        self.pods.apply(&watcher::Event::<Pod>::Init);
+        self.pods.apply(watcher::Event::<&Pod>::Init);
         for p in pods {
-            self.pods.apply(&watcher::Event::InitApply(p));
+            self.pods.apply(watcher::Event::InitApply(&p));
         }
-        self.pods.apply(&watcher::Event::<Pod>::InitDone);
+        self.pods.apply(watcher::Event::<&Pod>::InitDone);
     }
 
     /// Changes the pool's spec as `kubectl apply` would; the generation goes up.
