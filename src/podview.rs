@@ -273,6 +273,19 @@ impl PodJson {
             conditions: None,
             container_statuses: None,
         });
+        // Sized to fit: collecting in place would keep the decoded statuses' larger allocation
+        // for as long as the view is cached.
+        let statuses = status.container_statuses.unwrap_or_default();
+        let mut containers = Vec::with_capacity(statuses.len());
+        containers.extend(statuses.into_iter().map(|c| {
+            ContainerView::new(
+                c.name,
+                c.ready,
+                c.restart_count,
+                c.state.as_ref(),
+                c.last_state.as_ref(),
+            )
+        }));
         let view = PodView {
             name: metadata.name.unwrap_or_default(),
             namespace: metadata.namespace.unwrap_or_default(),
@@ -292,20 +305,7 @@ impl PodJson {
                     c.message.as_ref(),
                 )
             })),
-            containers: status
-                .container_statuses
-                .into_iter()
-                .flatten()
-                .map(|c| {
-                    ContainerView::new(
-                        c.name,
-                        c.ready,
-                        c.restart_count,
-                        c.state.as_ref(),
-                        c.last_state.as_ref(),
-                    )
-                })
-                .collect(),
+            containers,
         };
         (metadata.resource_version, view)
     }
@@ -358,6 +358,11 @@ mod tests {
             let pod: Pod = serde_json::from_str(&text).expect("pod");
             let (version, view) = json.into_view();
             assert_eq!(view, PodView::from(&pod), "{text}");
+            assert_eq!(
+                view.containers.capacity(),
+                view.containers.len(),
+                "the cached view holds no spare room"
+            );
             assert_eq!(version, pod.metadata.resource_version);
         }
     }
