@@ -396,39 +396,14 @@ pub fn merge_patch(
     old: Option<&WorkerPoolStatus>,
     new: &WorkerPoolStatus,
 ) -> Result<serde_json::Value, serde_json::Error> {
-    use serde_json::{Map, Value};
     let Some(old) = old else {
         return serde_json::to_value(new);
     };
-    /// A field that may be absent: `null` removes it.
-    fn optional<T: serde::Serialize>(value: Option<&T>) -> Result<Value, serde_json::Error> {
-        value.map_or(Ok(Value::Null), serde_json::to_value)
+    let mut patch = serde_json::Map::new();
+    /// Conditions are left out when there are none, as the status serializes them.
+    fn listed(conditions: &[Condition]) -> Option<&[Condition]> {
+        (!conditions.is_empty()).then_some(conditions)
     }
-    /// An object-valued field: only its own changed keys.
-    fn nested<T: serde::Serialize>(
-        old: Option<&T>,
-        new: Option<&T>,
-    ) -> Result<Value, serde_json::Error> {
-        Ok(match (old, new) {
-            (Some(old), Some(new)) => {
-                crate::drift::merge_patch(&serde_json::to_value(old)?, &serde_json::to_value(new)?)
-            }
-            (_, new) => optional(new)?,
-        })
-    }
-    let mut patch = Map::new();
-    let mut put =
-        |key: &str, changed: bool, value: &dyn Fn() -> Result<Value, serde_json::Error>| {
-            if changed {
-                match value()? {
-                    Value::Object(map) if map.is_empty() => {}
-                    value => {
-                        patch.insert(key.to_owned(), value);
-                    }
-                }
-            }
-            Ok::<(), serde_json::Error>(())
-        };
     // Destructured whole, so that a new status field cannot be left out of the patch.
     let WorkerPoolStatus {
         observed_generation,
@@ -446,56 +421,52 @@ pub fn merge_patch(
         init,
         circuit,
     } = new;
-    let number = |n: i64| Ok(Value::from(n));
-    put(
+    let o = old;
+    let p = &mut patch;
+    patch_field(
+        p,
         "observedGeneration",
-        *observed_generation != old.observed_generation,
-        &|| number(*observed_generation),
+        &o.observed_generation,
+        observed_generation,
     )?;
-    put("replicas", *replicas != old.replicas, &|| {
-        number((*replicas).into())
-    })?;
-    put(
-        "readyReplicas",
-        *ready_replicas != old.ready_replicas,
-        &|| number((*ready_replicas).into()),
-    )?;
-    put(
-        "updatedReplicas",
-        *updated_replicas != old.updated_replicas,
-        &|| number((*updated_replicas).into()),
-    )?;
-    put(
+    patch_field(p, "replicas", &o.replicas, replicas)?;
+    patch_field(p, "readyReplicas", &o.ready_replicas, ready_replicas)?;
+    patch_field(p, "updatedReplicas", &o.updated_replicas, updated_replicas)?;
+    patch_field(
+        p,
         "availableReplicas",
-        *available_replicas != old.available_replicas,
-        &|| number((*available_replicas).into()),
+        &o.available_replicas,
+        available_replicas,
     )?;
-    put("rampTarget", *ramp_target != old.ramp_target, &|| {
-        optional(ramp_target.as_ref())
-    })?;
-    put("selector", *selector != old.selector, &|| {
-        optional(selector.as_ref())
-    })?;
-    put("phase", *phase != old.phase, &|| optional(phase.as_ref()))?;
-    put("conditions", *conditions != old.conditions, &|| {
-        optional(Some(conditions).filter(|c| !c.is_empty()))
-    })?;
-    put("effective", *effective != old.effective, &|| {
-        nested(old.effective.as_ref(), effective.as_ref())
-    })?;
-    put("aborts", *aborts != old.aborts, &|| {
-        nested(old.aborts.as_ref(), aborts.as_ref())
-    })?;
-    put("revision", *revision != old.revision, &|| {
-        optional(revision.as_ref())
-    })?;
-    put("init", *init != old.init, &|| {
-        nested(old.init.as_ref(), init.as_ref())
-    })?;
-    put("circuit", *circuit != old.circuit, &|| {
-        nested(old.circuit.as_ref(), circuit.as_ref())
-    })?;
-    Ok(Value::Object(patch))
+    patch_field(p, "rampTarget", &o.ramp_target, ramp_target)?;
+    patch_field(p, "selector", &o.selector, selector)?;
+    patch_field(p, "phase", &o.phase, phase)?;
+    patch_field(p, "conditions", &listed(&o.conditions), &listed(conditions))?;
+    patch_field(p, "effective", &o.effective, effective)?;
+    patch_field(p, "aborts", &o.aborts, aborts)?;
+    patch_field(p, "revision", &o.revision, revision)?;
+    patch_field(p, "init", &o.init, init)?;
+    patch_field(p, "circuit", &o.circuit, circuit)?;
+    Ok(serde_json::Value::Object(patch))
+}
+
+/// Adds one field's merge patch when its typed values differ; an absent value (`None`) becomes
+/// `null`, which removes it.
+fn patch_field<T: serde::Serialize + PartialEq>(
+    patch: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    old: &T,
+    new: &T,
+) -> Result<(), serde_json::Error> {
+    if old != new {
+        match crate::drift::merge_patch(&serde_json::to_value(old)?, &serde_json::to_value(new)?) {
+            serde_json::Value::Object(changes) if changes.is_empty() => {}
+            changes => {
+                patch.insert(key.to_owned(), changes);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The Deployment's replicas before and after this reconcile.
