@@ -30,6 +30,27 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Watched<K>(pub K);
 
+/// The type names of a wrapper are those of the kind it stands for.
+macro_rules! resource_named_as {
+    ($kind:ty) => {
+        type DynamicType = ();
+        type Scope = <$kind as Resource>::Scope;
+
+        fn kind(dt: &()) -> Cow<'_, str> {
+            <$kind>::kind(dt)
+        }
+        fn group(dt: &()) -> Cow<'_, str> {
+            <$kind>::group(dt)
+        }
+        fn version(dt: &()) -> Cow<'_, str> {
+            <$kind>::version(dt)
+        }
+        fn plural(dt: &()) -> Cow<'_, str> {
+            <$kind>::plural(dt)
+        }
+    };
+}
+
 /// A pod as the pod watch decodes it: straight into the view classification reads, plus the
 /// identity and resource version a watch needs. The 2 KiB `Pod` is never built.
 #[derive(Clone, Debug)]
@@ -52,21 +73,8 @@ impl<'de> Deserialize<'de> for ViewedPod {
 }
 
 impl Resource for ViewedPod {
-    type DynamicType = ();
-    type Scope = <Pod as Resource>::Scope;
+    resource_named_as!(Pod);
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        Pod::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        Pod::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        Pod::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        Pod::plural(dt)
-    }
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
@@ -286,29 +294,8 @@ impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
     }
 }
 
-/// The type names of a wrapper are those of the kind it wraps.
-macro_rules! resource_of_inner_kind {
-    () => {
-        type DynamicType = ();
-        type Scope = K::Scope;
-
-        fn kind(dt: &()) -> Cow<'_, str> {
-            K::kind(dt)
-        }
-        fn group(dt: &()) -> Cow<'_, str> {
-            K::group(dt)
-        }
-        fn version(dt: &()) -> Cow<'_, str> {
-            K::version(dt)
-        }
-        fn plural(dt: &()) -> Cow<'_, str> {
-            K::plural(dt)
-        }
-    };
-}
-
 impl<K: Resource<DynamicType = ()>> Resource for Guarded<K> {
-    resource_of_inner_kind!();
+    resource_named_as!(K);
 
     fn meta(&self) -> &ObjectMeta {
         match &self.0 {
@@ -325,7 +312,7 @@ impl<K: Resource<DynamicType = ()>> Resource for Guarded<K> {
 }
 
 impl<K: Resource<DynamicType = ()>> Resource for Watched<K> {
-    resource_of_inner_kind!();
+    resource_named_as!(K);
 
     fn meta(&self) -> &ObjectMeta {
         self.0.meta()
