@@ -528,9 +528,15 @@ async fn a_deleted_pool_is_forgotten() {
         1,
         "and its Events, to fold repeats"
     );
+    assert_eq!(
+        h.ctx.paced_pools(),
+        1,
+        "and when its status was written, to pace progress"
+    );
     let deleted = h.pool("api").await;
     h.ctx.forget(&deleted.metadata);
     assert_eq!(h.ctx.remembered_pools(), 0);
+    assert_eq!(h.ctx.paced_pools(), 0);
     assert_eq!(h.ctx.recorders.pools(), 0);
     assert_eq!(
         h.ctx.verified_children(),
