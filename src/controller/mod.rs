@@ -137,8 +137,9 @@ struct StatusWriteTimes {
 }
 
 impl StatusWrites {
-    /// When the status `base` came from was written by this process: `ahead` when the base is
-    /// the remembered write itself, else when the cached pool is still at that write's version.
+    /// When this process last wrote the pool's status, if the status a reconcile starts from is
+    /// that write: `ahead` when it is the remembered write itself (the cache has not caught
+    /// up), else when the cached pool is still at the version the write produced.
     fn last(
         &self,
         key: &(String, String),
@@ -318,8 +319,7 @@ impl Context {
 
     /// Drops everything remembered about a deleted pool.
     pub fn forget(&self, meta: &kube::core::ObjectMeta) {
-        let (namespace, name) = pool_key(meta);
-        let key = (namespace, name);
+        let key = pool_key(meta);
         if let Ok(mut written) = self.written.lock() {
             written.remove(&key);
         }
