@@ -451,7 +451,8 @@ pub fn merge_patch(
 }
 
 /// Adds one field's merge patch when its typed values differ; an absent value (`None`) becomes
-/// `null`, which removes it.
+/// `null`, which removes it. Only an object is merged key by key, so only then is the old value
+/// serialized to find the keys that changed; a list or a scalar is replaced whole.
 fn patch_field<T: serde::Serialize + PartialEq>(
     patch: &mut serde_json::Map<String, serde_json::Value>,
     key: &str,
@@ -459,7 +460,13 @@ fn patch_field<T: serde::Serialize + PartialEq>(
     new: &T,
 ) -> Result<(), serde_json::Error> {
     if old != new {
-        match crate::drift::merge_patch(&serde_json::to_value(old)?, &serde_json::to_value(new)?) {
+        let new = serde_json::to_value(new)?;
+        let changes = if new.is_object() {
+            crate::drift::merge_patch(&serde_json::to_value(old)?, &new)
+        } else {
+            new
+        };
+        match changes {
             serde_json::Value::Object(changes) if changes.is_empty() => {}
             changes => {
                 patch.insert(key.to_owned(), changes);
