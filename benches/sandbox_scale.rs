@@ -122,8 +122,20 @@ fn controller_process(pools: usize) {
         let idle_rss = memory_mib(&pid, "VmRSS");
         let cpu_start = process_cpu_ms(&pid);
         let requests_before = sandbox.server.request_count();
+        let mut changes = sandbox.server.observe();
         let converged_after = create_and_converge(&mut sandbox, pools, 900).await;
         let cpu_converge = process_cpu_ms(&pid) - cpu_start;
+        // Every change of a watched kind reaches the controller as one watch event.
+        let mut delivered: HashMap<&str, usize> = HashMap::new();
+        while let Ok(change) = changes.try_recv() {
+            let plural = change.resource.plural;
+            if ["pods", "deployments", "poddisruptionbudgets", "workerpools", "jobs"].contains(&plural) {
+                *delivered.entry(plural).or_default() += 1;
+            }
+        }
+        drop(changes);
+        let mut delivered: Vec<(&str, usize)> = delivered.into_iter().collect();
+        delivered.sort();
         let mut mix: Vec<(String, usize)> = request_mix(&sandbox.server.requests()[requests_before..]).into_iter().collect();
         mix.sort();
         let peak_rss = memory_mib(&pid, "VmHWM");
@@ -145,6 +157,11 @@ fn controller_process(pools: usize) {
         println!("  converged after {converged_after:?} seconds; exit on SIGTERM: {exited:?}");
         println!("  CPU to converge: {cpu_converge:.0} ms = {:.3} ms per pool (user + system, all threads, 10 ms ticks)", cpu_converge / pools as f64);
         println!("  CPU in 60 quiet seconds: {cpu_quiet:.0} ms");
+        println!(
+            "  watch events to converge, per pool: {} (total {:.1})",
+            delivered.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / pools as f64)).collect::<Vec<_>>().join(", "),
+            delivered.iter().map(|(_, n)| n).sum::<usize>() as f64 / pools as f64
+        );
         println!("  requests to converge, per pool: {}", mix.iter().map(|(k, n)| format!("{k} {:.2}", *n as f64 / pools as f64)).collect::<Vec<_>>().join(", "));
         println!("  RSS: idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB, steady {steady_rss:.1} MiB");
         println!(

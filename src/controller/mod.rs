@@ -535,8 +535,9 @@ where
     {
         return Ok(false);
     }
-    let desired_value = serde_json::to_value(desired()).map_err(Error::Serialize)?;
+    let desired = desired();
     if let Some(live) = live {
+        let desired_value = serde_json::to_value(&desired).map_err(Error::Serialize)?;
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
         if drift::contains(&live_value, &desired_value) {
             if let Some(version) = live_version {
@@ -553,7 +554,7 @@ where
         .patch(
             name,
             &PatchParams::apply(MANAGER_NAME).force(),
-            &Patch::Apply(&desired_value),
+            &Patch::Apply(&desired),
         )
         .await
         .map_err(|source| Error::Apply {
