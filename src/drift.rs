@@ -33,11 +33,18 @@ pub fn merge_patch(old: &Value, new: &Value) -> Value {
     }
 }
 
+/// The hasher of every fingerprint: fixed seeds, so equal inputs hash equal for the life of the
+/// process (fingerprints are never stored or sent).
+fn fingerprint_hasher() -> impl std::hash::Hasher {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::default().build_hasher()
+}
+
 /// A number for any hashable value (a tuple of versions, the fields a reconcile reads): equal
 /// inputs, equal number.
 pub fn version_of(inputs: impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = fingerprint_hasher();
     inputs.hash(&mut hasher);
     hasher.finish()
 }
@@ -49,7 +56,7 @@ pub fn spec_and_meta_version(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = fingerprint_hasher();
     (&meta.uid, &meta.labels, &meta.annotations).hash(&mut hasher);
     meta.deletion_timestamp
         .as_ref()
