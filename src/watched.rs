@@ -7,7 +7,6 @@ use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
@@ -28,9 +27,8 @@ use crate::podview::{PodJson, PodView};
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// An object of kind `K` decoded by [`Lean`]: everything the controller reads, nothing else.
-/// Shared, so that the watch cache takes its copy of each event's object without a deep clone.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Watched<K>(pub Arc<K>);
+pub struct Watched<K>(pub K);
 
 /// The type names of a wrapper are those of the kind it stands for.
 macro_rules! resource_named_as {
@@ -242,7 +240,7 @@ impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::<K::Spec, K::Status>::deserialize(deserializer)?;
         K::assemble(wire.metadata.into(), wire.spec, wire.status)
-            .map(|object| Watched(Arc::new(object)))
+            .map(Watched)
             .map_err(|missing| serde::de::Error::missing_field(missing.field))
     }
 }
@@ -250,15 +248,9 @@ impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
 /// A watched object that may not match its schema: the object, or its metadata and what does
 /// not decode, so the controller can say so on the object instead of losing it from the watch.
 /// Only the spec and status are held as JSON values until they decode; the metadata decodes
-/// once, without its managed fields. Shared like [`Watched`].
+/// once, without its managed fields.
 #[derive(Clone, Debug)]
-pub struct Guarded<K>(pub Arc<Result<K, InvalidObject>>);
-
-impl<K> Guarded<K> {
-    pub fn new(decoded: Result<K, InvalidObject>) -> Self {
-        Guarded(Arc::new(decoded))
-    }
-}
+pub struct Guarded<K>(pub Result<K, InvalidObject>);
 
 #[derive(Deserialize)]
 struct ValueWire {
@@ -290,7 +282,7 @@ impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
         let metadata = ObjectMeta::from(wire.metadata);
         let parts = part::<K::Spec>("spec", wire.spec)
             .and_then(|spec| part::<K::Status>("status", wire.status).map(|status| (spec, status)));
-        Ok(Guarded::new(match parts {
+        Ok(Guarded(match parts {
             Ok((spec, status)) => {
                 K::assemble(metadata, spec, status).map_err(|missing| InvalidObject {
                     error: format!("missing field `{}`", missing.field),
@@ -302,31 +294,31 @@ impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
     }
 }
 
-impl<K: Resource<DynamicType = ()> + Clone> Resource for Guarded<K> {
+impl<K: Resource<DynamicType = ()>> Resource for Guarded<K> {
     resource_named_as!(K);
 
     fn meta(&self) -> &ObjectMeta {
-        match &*self.0 {
+        match &self.0 {
             Ok(object) => object.meta(),
             Err(invalid) => &invalid.metadata,
         }
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        match Arc::make_mut(&mut self.0) {
+        match &mut self.0 {
             Ok(object) => object.meta_mut(),
             Err(invalid) => &mut invalid.metadata,
         }
     }
 }
 
-impl<K: Resource<DynamicType = ()> + Clone> Resource for Watched<K> {
+impl<K: Resource<DynamicType = ()>> Resource for Watched<K> {
     resource_named_as!(K);
 
     fn meta(&self) -> &ObjectMeta {
         self.0.meta()
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        Arc::make_mut(&mut self.0).meta_mut()
+        self.0.meta_mut()
     }
 }
 
@@ -418,7 +410,7 @@ mod tests {
         );
         let watched: Watched<Deployment> =
             serde_json::from_str(&value.to_string()).expect("watched decode");
-        assert_eq!(*watched.0, expected::<Deployment>(&value));
+        assert_eq!(watched.0, expected::<Deployment>(&value));
         assert!(watched.metadata.managed_fields.is_none());
         assert_eq!(
             watched.metadata.annotations.as_ref().map(|a| a.len()),
@@ -443,7 +435,7 @@ mod tests {
             serde_json::from_str(&value.to_string()).expect("watched decode");
         let mut full = expected::<PodDisruptionBudget>(&value);
         full.status = None;
-        assert_eq!(*watched.0, full);
+        assert_eq!(watched.0, full);
     }
 
     #[test]
@@ -456,7 +448,7 @@ mod tests {
         );
         let watched: Watched<Job> =
             serde_json::from_str(&value.to_string()).expect("watched decode");
-        assert_eq!(*watched.0, expected::<Job>(&value));
+        assert_eq!(watched.0, expected::<Job>(&value));
     }
 
     #[test]
@@ -523,7 +515,7 @@ mod tests {
         let value = pool(valid_spec());
         let guarded: Guarded<WorkerPool> =
             serde_json::from_str(&value.to_string()).expect("guarded");
-        let decoded = guarded.0.as_ref().as_ref().expect("valid");
+        let decoded = guarded.0.expect("valid");
         assert_eq!(decoded.spec, expected::<WorkerPool>(&value).spec);
         assert_eq!(decoded.status, expected::<WorkerPool>(&value).status);
         assert_eq!(decoded.metadata, expected::<WorkerPool>(&value).metadata);
@@ -535,7 +527,7 @@ mod tests {
         spec["replicas"] = json!("many");
         let guarded: Guarded<WorkerPool> =
             serde_json::from_str(&pool(spec).to_string()).expect("decodes as invalid");
-        let invalid = guarded.0.as_ref().as_ref().expect_err("invalid");
+        let invalid = guarded.0.expect_err("invalid");
         assert_eq!(invalid.metadata.name.as_deref(), Some("api"));
         assert_eq!(invalid.metadata.uid.as_deref(), Some("u-1"));
         assert!(
@@ -552,12 +544,7 @@ mod tests {
 
     fn invalid_error(value: &serde_json::Value) -> Option<String> {
         let guarded: Guarded<WorkerPool> = serde_json::from_str(&value.to_string()).ok()?;
-        guarded
-            .0
-            .as_ref()
-            .as_ref()
-            .err()
-            .map(|invalid| invalid.error.clone())
+        guarded.0.err().map(|invalid| invalid.error)
     }
 
     #[test]
@@ -571,7 +558,7 @@ mod tests {
             let event: WatchEvent<Guarded<WorkerPool>> =
                 serde_json::from_str(&line).expect("pool event");
             assert!(
-                matches!(&event, WatchEvent::Modified(pool) if pool.0.is_ok()),
+                matches!(event, WatchEvent::Modified(Guarded(Ok(_)))),
                 "{line}"
             );
             let event: WatchEvent<Watched<PartialObjectMeta<WorkerPool>>> =
@@ -584,24 +571,5 @@ mod tests {
     fn a_missing_metadata_is_an_error_not_a_panic() {
         let decoded = serde_json::from_str::<Watched<Deployment>>(r#"{"spec": {}}"#);
         assert!(decoded.is_err());
-    }
-
-    #[test]
-    fn the_watch_cache_shares_the_decoded_object_instead_of_copying_it() {
-        use kube::runtime::{reflector, watcher};
-        let deployment: Watched<Deployment> = serde_json::from_str(
-            &object("Deployment", "apps/v1", json!({}), json!({})).to_string(),
-        )
-        .expect("deployment");
-        let pool: Guarded<WorkerPool> =
-            serde_json::from_str(&pool(valid_spec()).to_string()).expect("pool");
-        let (deployments, mut deployment_writer) = reflector::store::<Watched<Deployment>>();
-        let (pools, mut pool_writer) = reflector::store::<Guarded<WorkerPool>>();
-        deployment_writer.apply_watcher_event(&watcher::Event::Apply(deployment.clone()));
-        pool_writer.apply_watcher_event(&watcher::Event::Apply(pool.clone()));
-        let cached = deployments.state();
-        assert!(Arc::ptr_eq(&cached[0].0, &deployment.0));
-        let cached = pools.state();
-        assert!(Arc::ptr_eq(&cached[0].0, &pool.0));
     }
 }

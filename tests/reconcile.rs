@@ -349,7 +349,7 @@ async fn malformed_pool_gets_a_warning_event() {
         },
     };
     h.requests.counting.store(true, Ordering::SeqCst);
-    reconcile(Arc::new(Guarded::new(Err(invalid))), h.ctx.clone())
+    reconcile(Arc::new(Guarded(Err(invalid))), h.ctx.clone())
         .await
         .expect("reconcile");
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);

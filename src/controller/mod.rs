@@ -374,7 +374,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = match &*guard.0 {
+    let result = match &guard.0 {
         Ok(pool) => reconcile_pool(pool, &ctx).await,
         Err(invalid) => report_malformed(invalid, &ctx).await,
     };
@@ -835,7 +835,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
                 source,
             })?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
-        let version = written.0.metadata.resource_version.clone();
+        let version = written.0.metadata.resource_version;
         ctx.status_writes.record(key, now, version.clone());
         ctx.wrote_status(pool, remembered.is_some(), version, new);
     }

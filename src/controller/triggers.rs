@@ -22,7 +22,7 @@ fn meta_print(meta: &ObjectMeta) -> u64 {
     crate::drift::spec_and_meta_version(meta)
 }
 
-impl<K: Resource<DynamicType = ()> + Clone> Fingerprint for crate::watched::Guarded<K> {
+impl<K: Resource<DynamicType = ()>> Fingerprint for crate::watched::Guarded<K> {
     /// A pool's own status write starts no reconcile; spec, label and annotation changes do.
     fn fingerprint(&self) -> u64 {
         meta_print(self.meta())
