@@ -90,7 +90,7 @@ pub fn selector_string(pool: &str) -> String {
 /// The children for a pool at spec `generation`, with the Deployment asking for `replicas`.
 pub fn build(
     pool: &PoolRef,
-    valid: &ValidPool,
+    valid: &ValidPool<'_>,
     settings: &Settings,
     replicas: i32,
     generation: i64,
@@ -157,7 +157,7 @@ pub fn init_job_name(pool: &str, revision: &str, generation: i64) -> String {
 /// The name of the pool's init Job for this revision, when its policy asks for one.
 pub fn init_job_name_of(
     pool: &str,
-    valid: &ValidPool,
+    valid: &ValidPool<'_>,
     revision: &str,
     generation: i64,
 ) -> Option<String> {
@@ -171,7 +171,7 @@ pub fn init_job_name_of(
 
 /// The run-once Job: the app container's image, env and mounts with the init command, the pod's
 /// volumes and scheduling, no restarts in place, a deadline and bounded retries.
-fn init_job(pool: &PoolRef, valid: &ValidPool, revision: &str, generation: i64) -> Option<Job> {
+fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str, generation: i64) -> Option<Job> {
     let name = init_job_name_of(&pool.name, valid, revision, generation)?;
     let init = valid.spec().policy.init.as_ref()?;
     let source = valid.pod_spec();
@@ -231,7 +231,7 @@ fn init_job(pool: &PoolRef, valid: &ValidPool, revision: &str, generation: i64) 
 
 fn deployment(
     pool: &PoolRef,
-    valid: &ValidPool,
+    valid: &ValidPool<'_>,
     settings: &Settings,
     replicas: i32,
 ) -> (Deployment, String) {
@@ -272,7 +272,7 @@ fn deployment(
 
 fn pod_template(
     pool: &PoolRef,
-    valid: &ValidPool,
+    valid: &ValidPool<'_>,
     settings: &Settings,
     template: &mut PodTemplateSpec,
 ) {
@@ -388,7 +388,7 @@ fn merge_gunicorn_args(env: &mut Vec<EnvVar>, derived: &[String]) {
     }
 }
 
-fn pdb(pool: &PoolRef, valid: &ValidPool) -> PodDisruptionBudget {
+fn pdb(pool: &PoolRef, valid: &ValidPool<'_>) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: pool.meta(),
         spec: Some(PodDisruptionBudgetSpec {

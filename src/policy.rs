@@ -44,25 +44,26 @@ impl std::fmt::Display for FieldError {
 pub struct InvalidSpec(pub Vec<FieldError>);
 
 /// A spec that passed [`validate`]: the app container exists and every number is in range.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ValidPool {
-    spec: WorkerPoolSpec,
+/// It borrows the spec: every reconcile validates, and the pod template is the larger part.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ValidPool<'a> {
+    spec: &'a WorkerPoolSpec,
     container_index: usize,
 }
 
-impl ValidPool {
-    pub fn spec(&self) -> &WorkerPoolSpec {
-        &self.spec
+impl<'a> ValidPool<'a> {
+    pub fn spec(&self) -> &'a WorkerPoolSpec {
+        self.spec
     }
 
-    pub fn pod_spec(&self) -> &PodSpec {
+    pub fn pod_spec(&self) -> &'a PodSpec {
         match self.spec.template.spec.as_ref() {
             Some(spec) => spec,
             None => unreachable!("validate() rejects a template without spec"),
         }
     }
 
-    pub fn app_container(&self) -> &Container {
+    pub fn app_container(&self) -> &'a Container {
         &self.pod_spec().containers[self.container_index]
     }
 
@@ -82,7 +83,7 @@ fn check_range(errors: &mut Vec<FieldError>, path: &str, value: i64, min: i64, m
 
 /// Checks everything admission checks (schema bounds and CEL rules) plus what only the operator
 /// can see, such as a named health port missing from the app container.
-pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool, InvalidSpec> {
+pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool<'_>, InvalidSpec> {
     let mut errors = Vec::new();
     let p = &spec.policy;
     check_range(
@@ -232,7 +233,7 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool, InvalidSpec> {
 
     match container_index {
         Some(container_index) if errors.is_empty() => Ok(ValidPool {
-            spec: spec.clone(),
+            spec,
             container_index,
         }),
         _ => Err(InvalidSpec(errors)),
@@ -483,7 +484,7 @@ pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags 
 
 /// Turns a valid pool into the numbers to apply, keeping every value set in the template and
 /// reporting the ones that break a rule.
-pub fn settle(pool: &ValidPool) -> Settings {
+pub fn settle(pool: &ValidPool<'_>) -> Settings {
     let spec = pool.spec();
     let p = &spec.policy;
     let app = pool.app_container();

@@ -375,8 +375,9 @@ pub async fn reconcile(
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = match &guard.0 {
-        Ok(pool) => reconcile_pool(pool, &ctx).await,
-        Err(invalid) => report_malformed(invalid, &ctx).await,
+        // Boxed: kube's runner moves the future it is handed; this keeps that future small.
+        Ok(pool) => Box::pin(reconcile_pool(pool, &ctx)).await,
+        Err(invalid) => Box::pin(report_malformed(invalid, &ctx)).await,
     };
     ctx.metrics.observe_reconcile(
         started.elapsed(),
@@ -493,11 +494,13 @@ where
         Some(object) => object,
         None => {
             let api: Api<Watched<K>> = Api::namespaced(ctx.client.clone(), namespace);
-            match api.get_opt(name).await.map_err(|source| Error::Read {
-                kind: K::kind(&()).into_owned(),
-                name: name.into(),
-                source,
-            })? {
+            match Box::pin(api.get_opt(name))
+                .await
+                .map_err(|source| Error::Read {
+                    kind: K::kind(&()).into_owned(),
+                    name: name.into(),
+                    source,
+                })? {
                 Some(object) => Arc::new(object),
                 None => return Ok(Existing::Absent),
             }
@@ -535,7 +538,7 @@ where
     {
         return Ok(false);
     }
-    let desired = desired();
+    let desired = Box::new(desired());
     if let Some(live) = live {
         let desired_value = serde_json::to_value(&desired).map_err(Error::Serialize)?;
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
@@ -550,18 +553,17 @@ where
     // with is verified without reading the rest of the answer.
     let api: Api<Watched<PartialObjectMeta<K>>> =
         Api::namespaced(ctx.client.clone(), &pool.namespace);
-    let applied = api
-        .patch(
-            name,
-            &PatchParams::apply(MANAGER_NAME).force(),
-            &Patch::Apply(&desired),
-        )
-        .await
-        .map_err(|source| Error::Apply {
-            kind: K::KIND.into(),
-            name: name.into(),
-            source,
-        })?;
+    let applied = Box::pin(api.patch(
+        name,
+        &PatchParams::apply(MANAGER_NAME).force(),
+        &Patch::Apply(&desired),
+    ))
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::KIND.into(),
+        name: name.into(),
+        source,
+    })?;
     ctx.verified.remember(
         pool,
         child,
@@ -605,7 +607,7 @@ async fn apply_children(
     ctx: &Context,
     pool: &WorkerPool,
     pool_ref: &PoolRef,
-    valid: &policy::ValidPool,
+    valid: &policy::ValidPool<'_>,
     settings: &policy::Settings,
     aborts: &AbortSummary,
     status: Option<&WorkerPoolStatus>,
@@ -618,8 +620,10 @@ async fn apply_children(
     // The children are derived only when something needs them: their revision is remembered per
     // version of the pool, and an unchanged child is recognised without building it.
     let pool_version = drift::spec_and_meta_version(&pool.metadata);
-    let mut children: Option<Children> = None;
-    let derive = || derive::build(pool_ref, valid, settings, 0, generation);
+    // Boxed, like each request's future below: held across awaits, a child by value would make
+    // every reconcile's future several kilobytes larger, and such a future is moved whole.
+    let mut children: Option<Box<Children>> = None;
+    let derive = || Box::new(derive::build(pool_ref, valid, settings, 0, generation));
     let revision = match ctx.revisions.get(ns, name, pool_version) {
         Some(revision) => revision,
         None => {
@@ -697,7 +701,15 @@ async fn apply_children(
         && let Some(job_name) = &job_name
         && let Some(job) = children.get_or_insert_with(derive).init_job.take()
     {
-        apply_child(ctx, pool_ref, job_name, pool_version, None, || job).await?;
+        Box::pin(apply_child(
+            ctx,
+            pool_ref,
+            job_name,
+            pool_version,
+            None,
+            || job,
+        ))
+        .await?;
     }
     if plan.apply_deployment {
         let keep = match plan.template {
@@ -707,17 +719,29 @@ async fn apply_children(
         .map(|s| &s.template);
         // A kept template is the live one, which the live version already covers.
         let inputs = drift::version_of((pool_version, plan.replicas, plan.paused, keep.is_some()));
-        apply_child(ctx, pool_ref, name, inputs, live_deployment, || {
-            let mut deployment =
-                std::mem::take(&mut children.get_or_insert_with(derive).deployment);
-            derive::shape(&mut deployment, plan.replicas, plan.paused, keep);
-            deployment
-        })
+        Box::pin(apply_child(
+            ctx,
+            pool_ref,
+            name,
+            inputs,
+            live_deployment,
+            || {
+                let mut deployment =
+                    std::mem::take(&mut children.get_or_insert_with(derive).deployment);
+                derive::shape(&mut deployment, plan.replicas, plan.paused, keep);
+                deployment
+            },
+        ))
         .await?;
     }
-    apply_child(ctx, pool_ref, name, pool_version, ours(&pdb), || {
-        std::mem::take(&mut children.get_or_insert_with(derive).pdb)
-    })
+    Box::pin(apply_child(
+        ctx,
+        pool_ref,
+        name,
+        pool_version,
+        ours(&pdb),
+        || std::mem::take(&mut children.get_or_insert_with(derive).pdb),
+    ))
     .await?;
     Ok(Applied {
         stall: plan.stall.clone(),
@@ -823,17 +847,16 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
             Api::namespaced(ctx.client.clone(), &namespace);
         let patch = status::merge_patch(old, &new).map_err(Error::Serialize)?;
-        let written = api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": patch })),
-            )
-            .await
-            .map_err(|source| Error::Status {
-                name: name.clone(),
-                source,
-            })?;
+        let written = Box::pin(api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": patch })),
+        ))
+        .await
+        .map_err(|source| Error::Status {
+            name: name.clone(),
+            source,
+        })?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
         let version = written.0.metadata.resource_version;
         ctx.status_writes.record(key, now, version.clone());
@@ -977,5 +1000,18 @@ mod tests {
             text.contains("workerpool_reconcile_duration_seconds_count 2"),
             "{text}"
         );
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, Fut, F: Fn(A, B) -> Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn the_future_kubes_runner_moves_per_reconcile_stays_small() {
+        // Each reconcile's future is moved several times before it is first polled; the
+        // children, requests and statuses it holds across awaits live on the heap instead.
+        let size = future_size(reconcile);
+        assert!(size <= 256, "reconcile's future is {size} bytes");
     }
 }

@@ -37,7 +37,7 @@ impl Recorders {
                 .clone(),
             Err(_) => Recorder::new(self.client.clone(), self.reporter.clone()),
         };
-        recorder.publish(event, pool).await
+        Box::pin(recorder.publish(event, pool)).await
     }
 
     /// Drops a deleted pool's recorder and the Events it remembers.
