@@ -27,8 +27,10 @@ use crate::podview::{PodJson, PodView};
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// An object of kind `K` decoded by [`Lean`]: everything the controller reads, nothing else.
+/// Boxed, so that each watch event moves a pointer through the watch's stream stages instead
+/// of the kilobytes a Deployment or a pool takes inline.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Watched<K>(pub K);
+pub struct Watched<K>(pub Box<K>);
 
 /// The type names of a wrapper are those of the kind it stands for.
 macro_rules! resource_named_as {
@@ -240,7 +242,7 @@ impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::<K::Spec, K::Status>::deserialize(deserializer)?;
         K::assemble(wire.metadata.into(), wire.spec, wire.status)
-            .map(Watched)
+            .map(|object| Watched(Box::new(object)))
             .map_err(|missing| serde::de::Error::missing_field(missing.field))
     }
 }
@@ -249,8 +251,9 @@ impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
 /// not decode, so the controller can say so on the object instead of losing it from the watch.
 /// Only the spec and status are held as JSON values until they decode; the metadata decodes
 /// once, without its managed fields.
+/// The object is boxed, as in [`Watched`].
 #[derive(Clone, Debug)]
-pub struct Guarded<K>(pub Result<K, InvalidObject>);
+pub struct Guarded<K>(pub Result<Box<K>, InvalidObject>);
 
 #[derive(Deserialize)]
 struct ValueWire {
@@ -284,10 +287,12 @@ impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
             .and_then(|spec| part::<K::Status>("status", wire.status).map(|status| (spec, status)));
         Ok(Guarded(match parts {
             Ok((spec, status)) => {
-                K::assemble(metadata, spec, status).map_err(|missing| InvalidObject {
-                    error: format!("missing field `{}`", missing.field),
-                    metadata: *missing.metadata,
-                })
+                K::assemble(metadata, spec, status)
+                    .map(Box::new)
+                    .map_err(|missing| InvalidObject {
+                        error: format!("missing field `{}`", missing.field),
+                        metadata: *missing.metadata,
+                    })
             }
             Err(error) => Err(InvalidObject { error, metadata }),
         }))
@@ -410,7 +415,7 @@ mod tests {
         );
         let watched: Watched<Deployment> =
             serde_json::from_str(&value.to_string()).expect("watched decode");
-        assert_eq!(watched.0, expected::<Deployment>(&value));
+        assert_eq!(*watched.0, expected::<Deployment>(&value));
         assert!(watched.metadata.managed_fields.is_none());
         assert_eq!(
             watched.metadata.annotations.as_ref().map(|a| a.len()),
@@ -435,7 +440,7 @@ mod tests {
             serde_json::from_str(&value.to_string()).expect("watched decode");
         let mut full = expected::<PodDisruptionBudget>(&value);
         full.status = None;
-        assert_eq!(watched.0, full);
+        assert_eq!(*watched.0, full);
     }
 
     #[test]
@@ -448,7 +453,7 @@ mod tests {
         );
         let watched: Watched<Job> =
             serde_json::from_str(&value.to_string()).expect("watched decode");
-        assert_eq!(watched.0, expected::<Job>(&value));
+        assert_eq!(*watched.0, expected::<Job>(&value));
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Harness {
     pub async fn reconcile_object(&mut self, pool: WorkerPool) -> Action {
         self.requests.reset();
         self.requests.counting.store(true, Ordering::SeqCst);
-        let action = reconcile(Arc::new(Guarded(Ok(pool))), self.ctx.clone())
+        let action = reconcile(Arc::new(Guarded(Ok(Box::new(pool)))), self.ctx.clone())
             .await
             .expect("reconcile succeeds");
         self.requests.counting.store(false, Ordering::SeqCst);
