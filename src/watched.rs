@@ -527,6 +527,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_decodes_as_written_through_escapes_and_large_numbers() {
+        let mut spec = valid_spec();
+        spec["template"]["spec"]["containers"][0]["env"] = json!([
+            {"name": "GREETING", "value": "say \"hi\"\n\tto caf\u{e9} \u{1F40D} \\ done"},
+        ]);
+        spec["template"]["spec"]["activeDeadlineSeconds"] = json!(i64::MAX);
+        spec["template"]["metadata"] = json!({"annotations": {"ratio": "0.1"}});
+        let value = pool(spec);
+        let guarded: Guarded<WorkerPool> =
+            serde_json::from_str(&value.to_string()).expect("guarded");
+        let decoded = guarded.0.expect("valid");
+        assert_eq!(decoded.spec, expected::<WorkerPool>(&value).spec);
+    }
+
+    #[test]
     fn an_invalid_pool_keeps_its_metadata_and_names_the_field() {
         let mut spec = valid_spec();
         spec["replicas"] = json!("many");

@@ -26,16 +26,25 @@ pub fn thread_cpu() -> Duration {
 
 /// CPU time spent in one part of the sandbox.
 #[derive(Debug, Default)]
-pub struct CpuMeter(AtomicU64);
+pub struct CpuMeter {
+    nanos: AtomicU64,
+    measurements: AtomicU64,
+}
 
 impl CpuMeter {
     pub fn total(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+
+    /// How many times work was measured.
+    pub fn measurements(&self) -> u64 {
+        self.measurements.load(Ordering::Relaxed)
     }
 
     fn add(&self, spent: Duration) {
         let nanos = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(nanos, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.measurements.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs `work`, charging its CPU time to this meter.
@@ -44,6 +53,22 @@ impl CpuMeter {
         let result = work();
         self.add(thread_cpu().saturating_sub(start));
         result
+    }
+
+    /// CPU time one measurement costs beyond what it charges to its meter: the halves of the two
+    /// clock reads that fall outside the measured window. What is left after subtracting the
+    /// meters from a thread's time includes this much per measurement.
+    pub fn cost_outside_a_measurement() -> Duration {
+        const ROUNDS: u32 = 20_000;
+        let scratch = CpuMeter::default();
+        let start = thread_cpu();
+        for _ in 0..ROUNDS {
+            scratch.measure(|| ());
+        }
+        thread_cpu()
+            .saturating_sub(start)
+            .saturating_sub(scratch.total())
+            / ROUNDS
     }
 
     /// Charges every poll of `future` to this meter.
@@ -112,5 +137,13 @@ mod tests {
         let total = meter.total();
         assert!(total >= Duration::from_millis(20), "{total:?}");
         assert!(total < Duration::from_millis(45), "{total:?}");
+        assert_eq!(meter.measurements(), 2, "one per poll");
+    }
+
+    #[test]
+    fn a_measurement_costs_something_outside_its_window_and_not_much() {
+        let outside = CpuMeter::cost_outside_a_measurement();
+        assert!(outside > Duration::ZERO);
+        assert!(outside < Duration::from_micros(50), "{outside:?}");
     }
 }

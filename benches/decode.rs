@@ -1,0 +1,34 @@
+//! Cost of decoding one watch event of a pool as the controller's pool watch does: the metadata
+//! without its managed fields, the spec and status checked against their types. Figures are
+//! recorded in docs/benchmarks.md.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kube::api::WatchEvent;
+use std::hint::black_box;
+use workerpool_operator::api::WorkerPool;
+use workerpool_operator::watched::Guarded;
+
+/// The allocator the binary uses (see main.rs): decoding is mostly allocation.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A converged pool of the bundled sample as the API server sends it, with the managed fields
+/// and the annotation `kubectl apply` writes.
+const POOL_EVENT: &str = include_str!("fixtures/pool-watch-event.json");
+
+fn decode_pool_event(c: &mut Criterion) {
+    match serde_json::from_str::<WatchEvent<Guarded<WorkerPool>>>(POOL_EVENT) {
+        Ok(WatchEvent::Modified(Guarded(Ok(_)))) => {}
+        _ => panic!("the fixture must decode as a valid pool"),
+    }
+    c.bench_function("decode one pool watch event", |b| {
+        b.iter(|| {
+            let event: Result<WatchEvent<Guarded<WorkerPool>>, _> =
+                serde_json::from_str(black_box(POOL_EVENT));
+            black_box(event.is_ok())
+        })
+    });
+}
+
+criterion_group!(benches, decode_pool_event);
+criterion_main!(benches);
