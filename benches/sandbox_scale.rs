@@ -213,11 +213,9 @@ fn request_mix(requests: &[RequestRecord]) -> HashMap<String, usize> {
 }
 
 /// Creates `pools` pools at once and runs second by second until every pod is ready and every
-/// pool reports `Ready`; the seconds that took, or None after `limit` seconds.
-/// Creates `pools` pools at once and runs until every pod is ready and every pool reports
-/// `Ready`: the simulated seconds it took. The benchmark's own work (building and creating the
-/// pools, checking for convergence) is charged to `harness`, so it is not counted as the
-/// controller's.
+/// pool reports `Ready`; the seconds that took, or None after `limit` seconds. The benchmark's
+/// own work (building and creating the pools, checking for convergence) is charged to
+/// `harness`, so it is not counted as the controller's.
 async fn create_and_converge(
     sandbox: &mut Sandbox,
     pools: usize,
