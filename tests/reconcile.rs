@@ -13,8 +13,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use serde_json::json;
+use std::time::Duration;
 use workerpool_operator::api::WorkerPool;
-use workerpool_operator::controller::reconcile;
+
+use workerpool_operator::controller::{Error, error_policy, reconcile};
 use workerpool_operator::status::PROGRESS_INTERVAL;
 use workerpool_operator::watched::Guarded;
 
@@ -563,5 +565,35 @@ async fn a_written_status_is_let_go_once_the_cache_holds_it() {
         h.ctx.remembered_pools(),
         0,
         "a reconcile from a cache that holds the write keeps no copy"
+    );
+}
+
+#[tokio::test]
+async fn failures_back_off_per_pool_and_a_success_starts_over() {
+    let mut h = harness(
+        vec![
+            pool("api", json!({"replicas": 2})),
+            pool("web", json!({"replicas": 2})),
+        ],
+        vec![],
+    )
+    .await;
+    let guard = |pool: WorkerPool| Arc::new(Guarded(Ok(Box::new(pool))));
+    let (api, web) = (h.pool("api").await, h.pool("web").await);
+    let failed = || Error::Metadata("name");
+    let ctx = h.ctx.clone();
+    let backoff = |pool: &WorkerPool| error_policy(guard(pool.clone()), &failed(), ctx.clone());
+    assert_eq!(backoff(&api), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(backoff(&api), Action::requeue(Duration::from_secs(10)));
+    assert_eq!(
+        backoff(&web),
+        Action::requeue(Duration::from_secs(5)),
+        "another pool's failures are its own"
+    );
+    h.reconcile("api").await;
+    assert_eq!(
+        backoff(&api),
+        Action::requeue(Duration::from_secs(5)),
+        "a successful reconcile resets the count"
     );
 }

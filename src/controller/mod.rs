@@ -6,6 +6,7 @@
 mod error;
 pub mod kubelet;
 pub mod logs;
+mod memory;
 pub mod metrics;
 pub mod pod_cache;
 pub mod recorders;
@@ -13,8 +14,7 @@ pub mod run;
 pub mod triggers;
 mod workers;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -34,6 +34,7 @@ use serde_json::json;
 pub use error::Error;
 use kubelet::KubeletEvents;
 use logs::{ApiLogs, LogReader};
+use memory::Memory;
 use metrics::Metrics;
 use pod_cache::PodCache;
 use recorders::Recorders;
@@ -76,155 +77,10 @@ pub struct Context {
     pub clock: Clock,
     pub kubelet_events: KubeletEvents,
     logs: Arc<dyn LogReader>,
-    failures: Mutex<HashMap<ObjectRef<Guarded<WorkerPool>>, u32>>,
     workers: workers::Memory,
-    written: Mutex<HashMap<(String, String), Written>>,
-    verified: Verified,
-    revisions: Revisions,
-    status_writes: StatusWrites,
+    /// What is remembered of each pool between its reconciles.
+    memory: Memory,
 }
-
-/// A child of a pool: its kind and name, within the pool's namespace.
-type ChildKey = (&'static str, String);
-/// What was last verified of a child: its live version and the version of its inputs.
-type ChildVersions = HashMap<ChildKey, (u64, u64)>;
-
-/// Children whose live version was last found to hold every field this controller sets, with
-/// the version of what that was derived from: while neither moves, the drift check has nothing
-/// to compare. Kept per pool, so that a deleted pool's children (its init Jobs included, whose
-/// names are not the pool's) are forgotten with it.
-#[derive(Default)]
-struct Verified(Mutex<HashMap<(String, String), ChildVersions>>);
-
-impl Verified {
-    fn is_current(&self, pool: &PoolRef, child: &ChildKey, live: u64, inputs: u64) -> bool {
-        self.0.lock().is_ok_and(|verified| {
-            verified
-                .get(&(pool.namespace.clone(), pool.name.clone()))
-                .and_then(|children| children.get(child))
-                == Some(&(live, inputs))
-        })
-    }
-
-    fn remember(&self, pool: &PoolRef, child: ChildKey, live: u64, inputs: u64) {
-        if let Ok(mut verified) = self.0.lock() {
-            verified
-                .entry((pool.namespace.clone(), pool.name.clone()))
-                .or_default()
-                .insert(child, (live, inputs));
-        }
-    }
-
-    fn forget(&self, namespace: &str, name: &str) {
-        if let Ok(mut verified) = self.0.lock() {
-            verified.remove(&(namespace.to_owned(), name.to_owned()));
-        }
-    }
-}
-
-/// When each pool's status was last written and the version that write produced, for pacing
-/// writes that only report progress ([`status::progress_wait`]). Only a status this process
-/// wrote is paced: a status someone else changed is set right at once. Entries older than the
-/// interval mean nothing and are swept now and then, so a fleet at rest keeps next to none.
-#[derive(Default)]
-struct StatusWrites(Mutex<StatusWriteTimes>);
-
-#[derive(Default)]
-struct StatusWriteTimes {
-    at: HashMap<(String, String), (jiff::Timestamp, Option<String>)>,
-    /// Entries left by the last sweep; the next comes when the map has grown well past it.
-    after_sweep: usize,
-}
-
-impl StatusWrites {
-    /// When this process last wrote the pool's status, if the status a reconcile starts from is
-    /// that write: `ahead` when it is the remembered write itself (the cache has not caught
-    /// up), else when the cached pool is still at the version the write produced.
-    fn last(
-        &self,
-        key: &(String, String),
-        cached: &kube::core::ObjectMeta,
-        ahead: bool,
-    ) -> Option<jiff::Timestamp> {
-        let times = self.0.lock().ok()?;
-        let (at, version) = times.at.get(key)?;
-        (ahead || (version.is_some() && *version == cached.resource_version)).then_some(*at)
-    }
-
-    fn record(&self, key: (String, String), now: jiff::Timestamp, version: Option<String>) {
-        let Ok(mut times) = self.0.lock() else {
-            return;
-        };
-        times.at.insert(key, (now, version));
-        if times.at.len() > 2 * times.after_sweep + 64 {
-            times
-                .at
-                .retain(|_, (at, _)| status::progress_wait(Some(*at), now).is_some());
-            times.after_sweep = times.at.len();
-        }
-    }
-
-    fn forget(&self, key: &(String, String)) {
-        if let Ok(mut times) = self.0.lock() {
-            times.at.remove(key);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().map(|t| t.at.len()).unwrap_or(0)
-    }
-}
-
-/// The revision of each pool's pod template, with the version of the pool it was derived from.
-#[derive(Default)]
-struct Revisions(Mutex<HashMap<(String, String), (u64, String)>>);
-
-impl Revisions {
-    fn get(&self, namespace: &str, name: &str, pool_version: u64) -> Option<String> {
-        let revisions = self.0.lock().ok()?;
-        let (version, revision) = revisions.get(&(namespace.to_owned(), name.to_owned()))?;
-        (*version == pool_version).then(|| revision.clone())
-    }
-
-    fn remember(&self, namespace: &str, name: &str, pool_version: u64, revision: &str) {
-        if let Ok(mut revisions) = self.0.lock() {
-            revisions.insert(
-                (namespace.to_owned(), name.to_owned()),
-                (pool_version, revision.to_owned()),
-            );
-        }
-    }
-
-    fn forget(&self, namespace: &str, name: &str) {
-        if let Ok(mut revisions) = self.0.lock() {
-            revisions.remove(&(namespace.to_owned(), name.to_owned()));
-        }
-    }
-}
-
-/// The status this process last wrote for a pool. Until the watch delivers that write, the cached
-/// pool still shows one of the versions it replaced; reading the cache then would recount aborts
-/// and send a patch the server already holds.
-struct Written {
-    uid: String,
-    /// Versions of the pool older than this write.
-    superseded: Vec<String>,
-    /// The version the write produced.
-    version: Option<String>,
-    status: WorkerPoolStatus,
-}
-
-impl Written {
-    /// Whether this write is newer than the pool version the cache holds.
-    fn is_ahead_of(&self, cached: &kube::core::ObjectMeta) -> bool {
-        cached.resource_version.as_ref().is_some_and(|version| {
-            Some(&self.uid) == cached.uid.as_ref() && self.superseded.contains(version)
-        })
-    }
-}
-
-/// Versions remembered as superseded; more than this many writes ahead of the cache is unusual.
-const SUPERSEDED_LIMIT: usize = 8;
 
 impl Context {
     pub fn new(
@@ -245,113 +101,42 @@ impl Context {
             metrics,
             clock,
             kubelet_events: KubeletEvents::default(),
-            failures: Mutex::new(HashMap::new()),
             workers: workers::Memory::default(),
-            written: Mutex::new(HashMap::new()),
-            verified: Verified::default(),
-            revisions: Revisions::default(),
-            status_writes: StatusWrites::default(),
-        }
-    }
-
-    /// The pool's status as the server holds it: the cached one, or the one this process wrote
-    /// when the cache has not caught up with that write yet. Once it has, the written status is
-    /// dropped: the cache holds it, and a fleet at rest keeps no second copy.
-    fn current_status(&self, pool: &WorkerPool) -> Option<WorkerPoolStatus> {
-        let key = pool_key(&pool.metadata);
-        let mut written = self.written.lock().ok()?;
-        let entry = written.get(&key)?;
-        if entry.is_ahead_of(&pool.metadata) {
-            Some(entry.status.clone())
-        } else {
-            written.remove(&key);
-            None
+            memory: Memory::default(),
         }
     }
 
     /// A pool as its watch delivered it: once the cache holds the last write, that write's copy
     /// is let go, also for pools no reconcile looks at again.
     pub fn observed(&self, meta: &kube::core::ObjectMeta) {
-        let key = pool_key(meta);
-        if let Ok(mut written) = self.written.lock()
-            && written
-                .get(&key)
-                .is_some_and(|entry| !entry.is_ahead_of(meta))
-        {
-            written.remove(&key);
-        }
-    }
-
-    /// Notes a status write: `based_on_memory` when [`Context::current_status`] supplied the base.
-    fn wrote_status(
-        &self,
-        pool: &WorkerPool,
-        based_on_memory: bool,
-        version: Option<String>,
-        status: WorkerPoolStatus,
-    ) {
-        let (Ok(mut written), Some(uid)) = (self.written.lock(), pool.metadata.uid.clone()) else {
-            return;
-        };
-        let key = pool_key(&pool.metadata);
-        let mut superseded = match written.remove(&key) {
-            Some(previous) if based_on_memory => {
-                let mut versions = previous.superseded;
-                versions.extend(previous.version);
-                versions
-            }
-            _ => Vec::new(),
-        };
-        superseded.extend(pool.metadata.resource_version.clone());
-        if superseded.len() > SUPERSEDED_LIMIT {
-            superseded.drain(..superseded.len() - SUPERSEDED_LIMIT);
-        }
-        written.insert(
-            key,
-            Written {
-                uid,
-                superseded,
-                version,
-                status,
-            },
-        );
+        self.memory.observed(meta);
     }
 
     /// Drops everything remembered about a deleted pool.
     pub fn forget(&self, meta: &kube::core::ObjectMeta) {
-        let key = pool_key(meta);
-        if let Ok(mut written) = self.written.lock() {
-            written.remove(&key);
+        if let Some(uid) = meta.uid.as_deref() {
+            self.memory.forget(uid);
         }
-        self.status_writes.forget(&key);
-        let (namespace, name) = key;
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(&ObjectRef::new(&name).within(&namespace));
-        }
-        self.workers.forget(&namespace, &name);
-        self.verified.forget(&namespace, &name);
-        self.revisions.forget(&namespace, &name);
-        self.kubelet_events.forget(&namespace, &name);
-        self.recorders.forget(&namespace, &name);
+        let namespace = meta.namespace.as_deref().unwrap_or_default();
+        let name = meta.name.as_deref().unwrap_or_default();
+        self.workers.forget(namespace, name);
+        self.kubelet_events.forget(namespace, name);
+        self.recorders.forget(namespace, name);
     }
 
     /// Pools whose last status write this process remembers (for tests and sizing).
     pub fn remembered_pools(&self) -> usize {
-        self.written.lock().map(|w| w.len()).unwrap_or(0)
+        self.memory.written_pools()
     }
 
     /// Pools whose last status write time is remembered for pacing (for tests and sizing).
     pub fn paced_pools(&self) -> usize {
-        self.status_writes.len()
+        self.memory.paced_pools()
     }
 
     /// Children whose last verification this process remembers (for tests and sizing).
     pub fn verified_children(&self) -> usize {
-        self.verified
-            .0
-            .lock()
-            .map(|v| v.values().map(HashMap::len).sum())
-            .unwrap_or(0)
+        self.memory.verified_children()
     }
 
     /// Reads container logs from somewhere other than the API server (tests, the sandbox).
@@ -359,13 +144,6 @@ impl Context {
         self.logs = logs;
         self
     }
-}
-
-fn pool_key(meta: &kube::core::ObjectMeta) -> (String, String) {
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
 }
 
 /// Entry point for the controller runtime; records metrics around [`reconcile_pool`].
@@ -384,25 +162,20 @@ pub async fn reconcile(
         result.as_ref().err().map(Error::category),
     );
     if result.is_ok()
-        && let Ok(mut failures) = ctx.failures.lock()
+        && let Some(uid) = guard.meta().uid.as_deref()
     {
-        failures.remove(&ObjectRef::from_obj(guard.as_ref()));
+        ctx.memory.succeeded(uid);
     }
     result
 }
 
 /// Per-object exponential backoff: 5 s, 10 s, 20 s, … up to 5 minutes.
 pub fn error_policy(guard: Arc<Guarded<WorkerPool>>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempts = match ctx.failures.lock() {
-        Ok(mut failures) => {
-            let entry = failures
-                .entry(ObjectRef::from_obj(guard.as_ref()))
-                .or_insert(0);
-            *entry = entry.saturating_add(1);
-            *entry
-        }
-        Err(_) => 1,
-    };
+    let attempts = guard
+        .meta()
+        .uid
+        .as_deref()
+        .map_or(1, |uid| ctx.memory.failed(uid));
     tracing::warn!(pool = %guard.name_any(), category = error.category(), attempts, "reconcile failed: {error}");
     Action::requeue(backoff(attempts))
 }
@@ -531,10 +304,11 @@ where
         + Serialize
         + std::fmt::Debug,
 {
+    let uid = pool.uid.as_deref().unwrap_or_default();
     let child = (K::KIND, name.to_owned());
     let live_version = live.map(|l| drift::spec_and_meta_version(l.meta()));
     if let Some(version) = live_version
-        && ctx.verified.is_current(pool, &child, version, inputs)
+        && ctx.memory.is_verified(uid, &child, version, inputs)
     {
         return Ok(false);
     }
@@ -544,7 +318,7 @@ where
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
         if drift::contains(&live_value, &desired_value) {
             if let Some(version) = live_version {
-                ctx.verified.remember(pool, child, version, inputs);
+                ctx.memory.verified(uid, child, version, inputs);
             }
             return Ok(false);
         }
@@ -564,8 +338,8 @@ where
         name: name.into(),
         source,
     })?;
-    ctx.verified.remember(
-        pool,
+    ctx.memory.verified(
+        uid,
         child,
         drift::spec_and_meta_version(&applied.0.metadata),
         inputs,
@@ -624,11 +398,11 @@ async fn apply_children(
     // every reconcile's future several kilobytes larger, and such a future is moved whole.
     let mut children: Option<Box<Children>> = None;
     let derive = || Box::new(derive::build(pool_ref, valid, settings, 0, generation));
-    let revision = match ctx.revisions.get(ns, name, pool_version) {
+    let revision = match ctx.memory.revision(uid, pool_version) {
         Some(revision) => revision,
         None => {
             let revision = children.get_or_insert_with(derive).revision.clone();
-            ctx.revisions.remember(ns, name, pool_version, &revision);
+            ctx.memory.derived_revision(uid, pool_version, &revision);
             revision
         }
     };
@@ -768,7 +542,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         uid: Some(uid.clone()),
     };
 
-    let remembered = ctx.current_status(pool);
+    let remembered = ctx.memory.status_ahead_of_cache(&pool.metadata);
     let old = remembered.as_ref().or(pool.status.as_ref());
 
     // Aborts first: the circuit breaker decides on them.
@@ -832,14 +606,11 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     };
     let now = (ctx.clock)();
     let new = status::compute(old, &observation, &Time(now));
-    let key = (namespace.clone(), name.clone());
     // Progress alone is written at a pace; the reconcile comes back when the wait is over.
     let held = old
         .filter(|old| *old != &new && status::is_progress_only(old, &new))
         .and_then(|_| {
-            let last = ctx
-                .status_writes
-                .last(&key, &pool.metadata, remembered.is_some());
+            let last = ctx.memory.last_write(&pool.metadata, remembered.is_some());
             status::progress_wait(last, now)
         });
     if old != Some(&new) && held.is_none() {
@@ -858,9 +629,13 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             source,
         })?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
-        let version = written.0.metadata.resource_version;
-        ctx.status_writes.record(key, now, version.clone());
-        ctx.wrote_status(pool, remembered.is_some(), version, new);
+        ctx.memory.wrote_status(
+            &pool.metadata,
+            remembered.is_some(),
+            now,
+            written.0.metadata.resource_version,
+            new,
+        );
     }
     report_aborts(ctx, pool, &workers.fresh).await;
 

@@ -1,0 +1,326 @@
+//! What the controller remembers of each pool between its reconciles, one record per pool: the
+//! status it last wrote, when, the children it last verified, the pool's template revision and
+//! its failed attempts. Records are keyed by the pool's uid, so a lookup needs no allocation and a
+//! pool deleted and created again under its name starts with nothing remembered.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use jiff::Timestamp;
+use kube::core::ObjectMeta;
+
+use crate::api::WorkerPoolStatus;
+
+/// A child of a pool: its kind and name, within the pool's namespace.
+pub type ChildKey = (&'static str, String);
+
+/// Versions of the pool older than a status write are remembered up to this many; more writes
+/// ahead of the cache than this is unusual.
+const SUPERSEDED_LIMIT: usize = 8;
+
+#[derive(Default)]
+struct PoolMemory {
+    /// The status last written, kept only until the watch delivers it (a fleet at rest keeps no
+    /// second copy of its statuses).
+    written: Option<Box<Written>>,
+    /// When this process last wrote the status and the version that write produced, for
+    /// pacing writes that only report progress.
+    last_write: Option<(Timestamp, Option<String>)>,
+    /// Children whose live version was last found to hold every field this controller sets,
+    /// with the version of what that was derived from (live, inputs).
+    verified: HashMap<ChildKey, (u64, u64)>,
+    /// The revision of the pod template, with the version of the pool it was derived from.
+    revision: Option<(u64, String)>,
+    /// Reconciles that failed in a row.
+    failed_attempts: u32,
+}
+
+/// A status this process wrote. Until the watch delivers that write, the cached pool still shows
+/// one of the versions it replaced; reading the cache then would recount aborts and send a
+/// patch the server already holds.
+struct Written {
+    /// Versions of the pool older than this write.
+    superseded: Vec<String>,
+    /// The version the write produced.
+    version: Option<String>,
+    status: WorkerPoolStatus,
+}
+
+impl Written {
+    /// Whether this write is newer than the pool version the cache holds.
+    fn is_ahead_of(&self, cached: &ObjectMeta) -> bool {
+        cached
+            .resource_version
+            .as_ref()
+            .is_some_and(|version| self.superseded.contains(version))
+    }
+}
+
+/// Every pool's record.
+#[derive(Default)]
+pub struct Memory(Mutex<HashMap<String, PoolMemory>>);
+
+impl Memory {
+    fn pools(&self) -> MutexGuard<'_, HashMap<String, PoolMemory>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the pool's record, made when it has none yet.
+    fn with_record<R>(&self, uid: &str, f: impl FnOnce(&mut PoolMemory) -> R) -> R {
+        let mut pools = self.pools();
+        if let Some(record) = pools.get_mut(uid) {
+            return f(record);
+        }
+        f(pools.entry(uid.to_owned()).or_default())
+    }
+
+    /// The pool's status as the server holds it when the cache has not caught up with this
+    /// process's last write yet; once it has, the written copy is let go.
+    pub fn status_ahead_of_cache(&self, cached: &ObjectMeta) -> Option<WorkerPoolStatus> {
+        let mut pools = self.pools();
+        let record = pools.get_mut(cached.uid.as_deref()?)?;
+        let written = record.written.as_ref()?;
+        if written.is_ahead_of(cached) {
+            Some(written.status.clone())
+        } else {
+            record.written = None;
+            None
+        }
+    }
+
+    /// A pool as its watch delivered it: once the cache holds the last write, that write's copy
+    /// is let go, also for pools no reconcile looks at again.
+    pub fn observed(&self, cached: &ObjectMeta) {
+        let Some(uid) = cached.uid.as_deref() else {
+            return;
+        };
+        if let Some(record) = self.pools().get_mut(uid)
+            && record
+                .written
+                .as_ref()
+                .is_some_and(|written| !written.is_ahead_of(cached))
+        {
+            record.written = None;
+        }
+    }
+
+    /// Notes a status write made from a reconcile of `base` (the pool as cached) at `now`:
+    /// `based_on_memory` when [`Memory::status_ahead_of_cache`] supplied the old status.
+    pub fn wrote_status(
+        &self,
+        base: &ObjectMeta,
+        based_on_memory: bool,
+        now: Timestamp,
+        version: Option<String>,
+        status: WorkerPoolStatus,
+    ) {
+        let Some(uid) = base.uid.as_deref() else {
+            return;
+        };
+        self.with_record(uid, |record| {
+            let mut superseded = match record.written.take() {
+                Some(previous) if based_on_memory => {
+                    let Written {
+                        mut superseded,
+                        version,
+                        ..
+                    } = *previous;
+                    superseded.extend(version);
+                    superseded
+                }
+                _ => Vec::new(),
+            };
+            superseded.extend(base.resource_version.clone());
+            if superseded.len() > SUPERSEDED_LIMIT {
+                superseded.drain(..superseded.len() - SUPERSEDED_LIMIT);
+            }
+            record.last_write = Some((now, version.clone()));
+            record.written = Some(Box::new(Written {
+                superseded,
+                version,
+                status,
+            }));
+        });
+    }
+
+    /// When this process last wrote the pool's status, if the status a reconcile starts from is
+    /// that write: `ahead` when it is the remembered write itself (the cache has not caught up),
+    /// else when the cached pool is still at the version the write produced. A status someone
+    /// else changed since has no time here, so it is set right at once.
+    pub fn last_write(&self, cached: &ObjectMeta, ahead: bool) -> Option<Timestamp> {
+        let pools = self.pools();
+        let (at, version) = pools.get(cached.uid.as_deref()?)?.last_write.as_ref()?;
+        (ahead || (version.is_some() && *version == cached.resource_version)).then_some(*at)
+    }
+
+    /// Whether the child's live version and inputs are those last verified.
+    pub fn is_verified(&self, uid: &str, child: &ChildKey, live: u64, inputs: u64) -> bool {
+        self.pools()
+            .get(uid)
+            .and_then(|record| record.verified.get(child))
+            == Some(&(live, inputs))
+    }
+
+    pub fn verified(&self, uid: &str, child: ChildKey, live: u64, inputs: u64) {
+        self.with_record(uid, |record| {
+            record.verified.insert(child, (live, inputs));
+        });
+    }
+
+    /// The pod template's revision, if it was derived from this version of the pool.
+    pub fn revision(&self, uid: &str, pool_version: u64) -> Option<String> {
+        let pools = self.pools();
+        let (version, revision) = pools.get(uid)?.revision.as_ref()?;
+        (*version == pool_version).then(|| revision.clone())
+    }
+
+    pub fn derived_revision(&self, uid: &str, pool_version: u64, revision: &str) {
+        self.with_record(uid, |record| {
+            record.revision = Some((pool_version, revision.to_owned()));
+        });
+    }
+
+    /// Counts a failed reconcile; returns the failures in a row, this one included.
+    pub fn failed(&self, uid: &str) -> u32 {
+        self.with_record(uid, |record| {
+            record.failed_attempts = record.failed_attempts.saturating_add(1);
+            record.failed_attempts
+        })
+    }
+
+    pub fn succeeded(&self, uid: &str) {
+        if let Some(record) = self.pools().get_mut(uid) {
+            record.failed_attempts = 0;
+        }
+    }
+
+    /// Drops everything remembered of a deleted pool, its init Jobs (named apart from the pool)
+    /// included.
+    pub fn forget(&self, uid: &str) {
+        self.pools().remove(uid);
+    }
+
+    /// Pools whose last written status is kept until the cache holds it (for tests and sizing).
+    pub fn written_pools(&self) -> usize {
+        self.pools()
+            .values()
+            .filter(|r| r.written.is_some())
+            .count()
+    }
+
+    /// Pools whose last status write time is remembered (for tests and sizing).
+    pub fn paced_pools(&self) -> usize {
+        self.pools()
+            .values()
+            .filter(|r| r.last_write.is_some())
+            .count()
+    }
+
+    /// Children whose last verification is remembered (for tests and sizing).
+    pub fn verified_children(&self) -> usize {
+        self.pools().values().map(|r| r.verified.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(uid: &str, version: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some(uid.into()),
+            resource_version: Some(version.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).expect("timestamp")
+    }
+
+    fn status(ready: i32) -> WorkerPoolStatus {
+        WorkerPoolStatus {
+            ready_replicas: ready,
+            ..WorkerPoolStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_write_is_the_status_until_the_cache_delivers_it() {
+        let memory = Memory::default();
+        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(3));
+        let written = memory.status_ahead_of_cache(&meta("a", "1"));
+        assert_eq!(written.map(|s| s.ready_replicas), Some(3));
+        assert_eq!(memory.written_pools(), 1);
+        memory.observed(&meta("a", "2"));
+        assert_eq!(memory.written_pools(), 0);
+        assert_eq!(memory.status_ahead_of_cache(&meta("a", "2")), None);
+    }
+
+    #[test]
+    fn a_write_based_on_memory_supersedes_the_versions_before_it() {
+        let memory = Memory::default();
+        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
+        memory.wrote_status(&meta("a", "1"), true, at(1), Some("3".into()), status(2));
+        for behind in ["1", "2"] {
+            let written = memory.status_ahead_of_cache(&meta("a", behind));
+            assert_eq!(written.map(|s| s.ready_replicas), Some(2), "at {behind}");
+        }
+        assert_eq!(memory.status_ahead_of_cache(&meta("a", "3")), None);
+    }
+
+    #[test]
+    fn another_pool_of_the_same_name_reads_nothing_of_the_first() {
+        let memory = Memory::default();
+        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
+        memory.verified("a", ("Deployment", "api".into()), 7, 8);
+        assert_eq!(memory.status_ahead_of_cache(&meta("b", "1")), None);
+        assert!(!memory.is_verified("b", &("Deployment", "api".into()), 7, 8));
+        assert!(memory.is_verified("a", &("Deployment", "api".into()), 7, 8));
+    }
+
+    #[test]
+    fn the_last_write_counts_only_while_the_status_is_that_write() {
+        let memory = Memory::default();
+        memory.wrote_status(&meta("a", "1"), false, at(5), Some("2".into()), status(1));
+        assert_eq!(memory.last_write(&meta("a", "2"), false), Some(at(5)));
+        assert_eq!(memory.last_write(&meta("a", "1"), true), Some(at(5)));
+        assert_eq!(
+            memory.last_write(&meta("a", "9"), false),
+            None,
+            "someone else wrote since"
+        );
+    }
+
+    #[test]
+    fn a_revision_holds_for_the_pool_version_it_was_derived_from() {
+        let memory = Memory::default();
+        memory.derived_revision("a", 1, "abc");
+        assert_eq!(memory.revision("a", 1).as_deref(), Some("abc"));
+        assert_eq!(memory.revision("a", 2), None);
+    }
+
+    #[test]
+    fn failures_count_in_a_row_and_a_success_resets_them() {
+        let memory = Memory::default();
+        assert_eq!(memory.failed("a"), 1);
+        assert_eq!(memory.failed("a"), 2);
+        memory.succeeded("a");
+        assert_eq!(memory.failed("a"), 1);
+    }
+
+    #[test]
+    fn a_forgotten_pool_leaves_nothing() {
+        let memory = Memory::default();
+        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
+        memory.verified("a", ("Job", "api-init-abc".into()), 1, 2);
+        memory.derived_revision("a", 1, "abc");
+        memory.failed("a");
+        memory.forget("a");
+        assert_eq!(memory.written_pools(), 0);
+        assert_eq!(memory.paced_pools(), 0);
+        assert_eq!(memory.verified_children(), 0);
+        assert_eq!(memory.revision("a", 1), None);
+        assert!(memory.0.lock().expect("lock").is_empty());
+    }
+}
