@@ -1,15 +1,16 @@
 //! What the controller remembers of each pool between its reconciles, one record per pool: the
-//! status it last wrote, when, the children it last verified, the pool's template revision and
-//! its failed attempts. Records are keyed by the pool's uid, so a lookup needs no allocation and a
+//! status it last wrote, when, the children it last verified, the pool's template revision, its
+//! failed attempts and when each unhealthy container's log was last sampled. Records are keyed by the pool's uid, so a lookup needs no allocation and a
 //! pool deleted and created again under its name starts with nothing remembered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use jiff::Timestamp;
 use kube::core::ObjectMeta;
 
 use crate::api::WorkerPoolStatus;
+use crate::observe::SAMPLE_INTERVAL;
 
 /// A child of a pool: its kind and name, within the pool's namespace.
 pub type ChildKey = (&'static str, String);
@@ -33,6 +34,8 @@ struct PoolMemory {
     revision: Option<(u64, String)>,
     /// Reconciles that failed in a row.
     failed_attempts: u32,
+    /// When each unhealthy container's log (by pod uid and container name) was last sampled.
+    sampled: HashMap<String, Timestamp>,
 }
 
 /// A status this process wrote. Until the watch delivers that write, the cached pool still shows
@@ -194,6 +197,34 @@ impl Memory {
         }
     }
 
+    /// True (and noted) when this container's log may be sampled now: one interval into its run,
+    /// then once per interval. A younger log has had no time to show a worker timeout, and
+    /// reading the log of every pod as it starts would cost a request per booting pod.
+    pub fn sample_due(
+        &self,
+        uid: &str,
+        container_key: &str,
+        running_since: Option<Timestamp>,
+        now: Timestamp,
+    ) -> bool {
+        self.with_record(uid, |record| {
+            match record.sampled.get(container_key).copied().or(running_since) {
+                Some(last) if now.duration_since(last) < SAMPLE_INTERVAL => false,
+                _ => {
+                    record.sampled.insert(container_key.to_owned(), now);
+                    true
+                }
+            }
+        })
+    }
+
+    /// Forgets the samples of containers that are no longer unhealthy.
+    pub fn keep_samples(&self, uid: &str, unhealthy: &HashSet<String>) {
+        if let Some(record) = self.pools().get_mut(uid) {
+            record.sampled.retain(|key, _| unhealthy.contains(key));
+        }
+    }
+
     /// Drops everything remembered of a deleted pool, its init Jobs (named apart from the pool)
     /// included.
     pub fn forget(&self, uid: &str) {
@@ -307,6 +338,26 @@ mod tests {
         assert_eq!(memory.failed("a"), 2);
         memory.succeeded("a");
         assert_eq!(memory.failed("a"), 1);
+    }
+
+    #[test]
+    fn a_log_is_sampled_one_interval_into_the_run_then_once_per_interval() {
+        let memory = Memory::default();
+        let started = at(0);
+        let interval = SAMPLE_INTERVAL.as_secs();
+        assert!(!memory.sample_due("a", "pod/app", Some(started), at(interval - 1)));
+        assert!(memory.sample_due("a", "pod/app", Some(started), at(interval)));
+        assert!(!memory.sample_due("a", "pod/app", Some(started), at(2 * interval - 1)));
+        assert!(memory.sample_due("a", "pod/app", Some(started), at(2 * interval)));
+        assert!(
+            memory.sample_due("b", "pod/app", None, at(0)),
+            "a container of unknown start is sampled at once"
+        );
+        memory.keep_samples("a", &HashSet::new());
+        assert!(
+            memory.sample_due("a", "pod/app", None, at(2 * interval + 1)),
+            "a container healthy in between starts over"
+        );
     }
 
     #[test]

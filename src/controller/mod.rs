@@ -77,7 +77,6 @@ pub struct Context {
     pub clock: Clock,
     pub kubelet_events: KubeletEvents,
     logs: Arc<dyn LogReader>,
-    workers: workers::Memory,
     /// What is remembered of each pool between its reconciles.
     memory: Memory,
 }
@@ -101,7 +100,6 @@ impl Context {
             metrics,
             clock,
             kubelet_events: KubeletEvents::default(),
-            workers: workers::Memory::default(),
             memory: Memory::default(),
         }
     }
@@ -119,7 +117,6 @@ impl Context {
         }
         let namespace = meta.namespace.as_deref().unwrap_or_default();
         let name = meta.name.as_deref().unwrap_or_default();
-        self.workers.forget(namespace, name);
         self.kubelet_events.forget(namespace, name);
         self.recorders.forget(namespace, name);
     }

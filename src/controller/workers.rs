@@ -1,10 +1,10 @@
 //! Watching workers: reads the pool's pods from the cache, the buffered kubelet Events and a
 //! bounded number of log tails, and updates the abort ledger.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 
 use super::Context;
 use crate::aborts::{self, Observed};
@@ -15,62 +15,6 @@ use crate::podview::PodView;
 
 /// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
 pub const MAX_LOG_READS: usize = 4;
-
-type PoolKey = (String, String);
-
-/// What this process remembers between reconciles of a pool.
-#[derive(Default)]
-pub struct Memory {
-    /// When each unhealthy container's log was last sampled.
-    sampled: Mutex<HashMap<PoolKey, HashMap<String, Timestamp>>>,
-}
-
-impl Memory {
-    pub fn forget(&self, namespace: &str, pool: &str) {
-        if let Ok(mut sampled) = self.sampled.lock() {
-            sampled.remove(&(namespace.to_string(), pool.to_string()));
-        }
-    }
-
-    /// True (and noted) when this container's log may be sampled now: one interval into its run,
-    /// then once per interval. A younger log has had no time to show a worker timeout, and
-    /// reading the log of every pod as it starts would cost a request per booting pod.
-    fn due(
-        &self,
-        namespace: &str,
-        pool: &str,
-        container_key: &str,
-        running_since: Option<Timestamp>,
-        now: Timestamp,
-    ) -> bool {
-        let Ok(mut sampled) = self.sampled.lock() else {
-            return false;
-        };
-        let pool_samples = sampled
-            .entry((namespace.to_string(), pool.to_string()))
-            .or_default();
-        match pool_samples.get(container_key).copied().or(running_since) {
-            Some(last) if now.duration_since(last) < SAMPLE_INTERVAL => false,
-            _ => {
-                pool_samples.insert(container_key.to_string(), now);
-                true
-            }
-        }
-    }
-
-    /// Forgets samples of containers that are no longer unhealthy.
-    fn keep_samples(&self, namespace: &str, pool: &str, unhealthy: &HashSet<String>) {
-        if let Ok(mut sampled) = self.sampled.lock() {
-            let key = (namespace.to_string(), pool.to_string());
-            if let Some(pool_samples) = sampled.get_mut(&key) {
-                pool_samples.retain(|k, _| unhealthy.contains(k));
-                if pool_samples.is_empty() {
-                    sampled.remove(&key);
-                }
-            }
-        }
-    }
-}
 
 /// The pool's abort ledger after looking at its pods.
 pub struct Report {
@@ -101,6 +45,7 @@ pub async fn observe(
     let window = pool.spec.policy.failure.window_seconds;
     let read_logs = pool.spec.policy.logs.read;
     let old = status.and_then(|s| s.aborts.as_ref());
+    let pool_uid = pool.metadata.uid.as_deref().unwrap_or_default();
 
     let pods = ctx.pods.pods_of(namespace, name);
     let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();
@@ -140,8 +85,8 @@ pub async fn observe(
                 unhealthy.insert(sample_key.clone());
                 if reads >= MAX_LOG_READS
                     || !ctx
-                        .workers
-                        .due(namespace, name, &sample_key, container.running_since, now)
+                        .memory
+                        .sample_due(pool_uid, &sample_key, container.running_since, now)
                 {
                     continue;
                 }
@@ -161,7 +106,7 @@ pub async fn observe(
             }
         }
     }
-    ctx.workers.keep_samples(namespace, name, &unhealthy);
+    ctx.memory.keep_samples(pool_uid, &unhealthy);
 
     let (summary, fresh) = aborts::record(old, observed, now, window);
     let mut recheck = earliest(
