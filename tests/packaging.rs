@@ -103,6 +103,7 @@ fn controller_rules() -> Vec<(String, String, Vec<String>)> {
     let mut all = vec![
         rule("workerpool.dev", "workerpools", &["list", "watch"]),
         rule("workerpool.dev", "workerpools/status", &["patch"]),
+        rule("workerpool.dev", "workerpools/finalizers", &["update"]),
         rule("apps", "deployments", &children),
         rule("policy", "poddisruptionbudgets", &children),
         rule("batch", "jobs", &children),
@@ -315,6 +316,15 @@ fn kustomize_layout_builds_the_same_install() {
     assert!(ok, "kubectl kustomize config/samples: {err}");
     let samples = docs(&out);
     assert_eq!(of_kind(&samples, "WorkerPool").len(), 3);
+    // A fresh cluster has none of the samples' namespaces.
+    let namespaces: Vec<_> = of_kind(&samples, "Namespace")
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    for pool in of_kind(&samples, "WorkerPool") {
+        let namespace = pool["metadata"]["namespace"].as_str().unwrap_or_default();
+        assert!(namespaces.contains(&namespace), "no Namespace {namespace}");
+    }
     assert!(
         samples
             .iter()
