@@ -156,6 +156,20 @@ fn minimal_pool_is_accepted() {
 }
 
 #[test]
+fn a_name_longer_than_a_label_value_is_refused() {
+    let mut long = pool(minimal_spec());
+    long["metadata"]["name"] = json!("a".repeat(64));
+    let errors = cel_errors(&long);
+    assert!(
+        errors.iter().any(|e| e.contains("metadata.name")),
+        "{errors:?}"
+    );
+    let mut longest = pool(minimal_spec());
+    longest["metadata"]["name"] = json!("a".repeat(63));
+    assert_eq!(cel_errors(&longest), Vec::<String>::new());
+}
+
+#[test]
 fn cel_rules_reject_inconsistent_pools_naming_the_field() {
     let cases: Vec<(&str, Value, &str)> = vec![
         (

@@ -43,7 +43,15 @@ pub fn crd_yaml() -> String {
     }
 }
 
+/// Pool names become label values (`workerpool.dev/pool`, `app.kubernetes.io/instance`), which are
+/// at most 63 characters; a longer name would be admitted and then refused on every child.
+const MAX_POOL_NAME: u64 = 63;
+
 fn adjust_schema(root: &mut Value) {
+    root["x-kubernetes-validations"] = json!([{
+        "rule": format!("size(self.metadata.name) <= {MAX_POOL_NAME}"),
+        "message": format!("metadata.name must be at most {MAX_POOL_NAME} characters: it becomes the pods' label value"),
+    }]);
     if let Some(template) = root.pointer_mut("/properties/spec/properties/template") {
         // The embedded PodTemplateSpec schema with descriptions is larger than the 256 KiB
         // last-applied annotation `kubectl apply` writes; its structure is what admission needs.

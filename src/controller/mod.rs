@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -37,7 +38,7 @@ use logs::{ApiLogs, LogReader};
 use memory::Memory;
 use metrics::Metrics;
 use pod_cache::PodCache;
-use recorders::Recorders;
+use recorders::{Fold, Recorders};
 
 use crate::api::{AbortRecord, AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::derive::{self, Children, PoolRef};
@@ -670,15 +671,27 @@ async fn report_aborts(ctx: &Context, pool: &WorkerPool, fresh: &[AbortRecord]) 
             .map(|h| format!(": {h}"))
             .unwrap_or_default();
         let note = format!("pod {}{container}{exit}{detail}", abort.pod);
-        publish(
-            ctx,
-            &reference,
-            EventType::Warning,
-            &abort.reason,
-            "ObserveWorker",
-            note,
-        )
-        .await;
+        let event = Event {
+            type_: EventType::Warning,
+            reason: abort.reason.clone(),
+            note: Some(truncate(note, 1000)),
+            action: "ObserveWorker".into(),
+            // One series per pod and reason: `kubectl describe wp` names each pod.
+            secondary: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(namespace.to_string()),
+                name: Some(abort.pod.clone()),
+                ..Default::default()
+            }),
+        };
+        if let Err(error) = ctx
+            .recorders
+            .publish(&event, &reference, Fold::Series)
+            .await
+        {
+            tracing::warn!(reason = %abort.reason, "publishing an Event failed: {error}");
+        }
     }
 }
 
@@ -731,7 +744,9 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorders.publish(&event, reference).await {
+    // A state change is its own Event: folded into a series it would keep its first message
+    // ("scaling from 2 to 4") while the pool moves on.
+    if let Err(error) = ctx.recorders.publish(&event, reference, Fold::Never).await {
         tracing::warn!(reason, "publishing an Event failed: {error}");
     }
 }

@@ -9,6 +9,15 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, Recorder, Reporter};
 
+/// Whether repeats of an Event (same type, reason, action and related object) become one series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fold {
+    /// A repeat bumps the series' count; the series keeps its first note.
+    Series,
+    /// Every publish is an Event of its own, with its own note.
+    Never,
+}
+
 pub struct Recorders {
     client: Client,
     reporter: Reporter,
@@ -24,8 +33,17 @@ impl Recorders {
         }
     }
 
-    /// Publishes an Event about `pool`, folded with that pool's recent repeats.
-    pub async fn publish(&self, event: &Event, pool: &ObjectReference) -> Result<(), kube::Error> {
+    /// Publishes an Event about `pool`, folded with that pool's recent repeats when `fold` asks.
+    pub async fn publish(
+        &self,
+        event: &Event,
+        pool: &ObjectReference,
+        fold: Fold,
+    ) -> Result<(), kube::Error> {
+        if fold == Fold::Never {
+            let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+            return Box::pin(recorder.publish(event, pool)).await;
+        }
         let key = (
             pool.namespace.clone().unwrap_or_default(),
             pool.name.clone().unwrap_or_default(),

@@ -14,6 +14,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
+use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -232,33 +233,53 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 _ = lost => {}
             }
         }
-    };
+    }
+    .shared();
 
-    control(
+    let scope = Scope {
+        namespace: config.namespace.clone(),
+        identity: config.identity.clone(),
+        concurrency: config.concurrency,
+    };
+    let controller = control(
         client,
-        &Scope {
-            namespace: config.namespace.clone(),
-            identity: config.identity.clone(),
-            concurrency: config.concurrency,
-        },
+        &scope,
         metrics,
         Arc::new(jiff::Timestamp::now),
         ready,
-        stop,
-    )
-    .await;
+        stop.clone(),
+    );
+    // Reconciles under way may finish, but nothing (an API server that does not answer, say)
+    // holds the process past the bound.
+    tokio::select! {
+        _ = controller => {}
+        _ = async {
+            stop.await;
+            tokio::time::sleep(SHUTDOWN_BOUND).await;
+        } => tracing::warn!("in-flight reconciles did not end within {SHUTDOWN_BOUND:?} of the signal; stopping anyway"),
+    }
 
     tracing::info!("controller stopped");
     let _ = stop_tx.send(true);
     if let Some((channel, task)) = leadership {
         drop(channel);
-        if let Ok(Ok(manager)) = task.await {
-            let _ = manager.release().await;
+        // Releasing the Lease lets a standby take over at once; an API server that does not
+        // answer only delays that to the Lease's expiry.
+        let release = async {
+            if let Ok(Ok(manager)) = task.await {
+                let _ = manager.release().await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_BOUND, release).await.is_err() {
+            tracing::warn!("could not release the Lease within {SHUTDOWN_BOUND:?}");
         }
     }
     let _ = server.await;
     Ok(())
 }
+
+/// How long reconciles under way may run on after SIGTERM, well inside a pod's default 30 s grace.
+pub const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A pool's reconcile waits until its watched objects have been quiet this long. A rollout or a
 /// failing dependency changes many pods and the Deployment within milliseconds; one reconcile
@@ -339,7 +360,7 @@ pub async fn control(
             futures::future::ready(match event {
                 Ok(event) => Some(futures::stream::iter(pods.apply(event))),
                 Err(error) => {
-                    tracing::debug!("pod watch: {error}");
+                    tracing::warn!("pod watch: {error}");
                     None
                 }
             })
@@ -425,8 +446,14 @@ pub async fn control(
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!("reconcile: {error}");
+            match result {
+                // A failed reconcile is logged by `error_policy`.
+                Err(ControllerError::ReconcilerFailed(..)) | Ok(_) => {}
+                // A pool deleted after its reconcile was queued.
+                Err(error @ ControllerError::ObjectNotFound(_)) => tracing::debug!("{error}"),
+                // A watch that fails (a missing CRD, a verb the RBAC lacks) stops the pools from
+                // converging: it must be seen.
+                Err(error) => tracing::warn!("{error}"),
             }
         })
         .await;

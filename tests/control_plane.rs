@@ -1,0 +1,798 @@
+//! The e2e suite on a real control plane (kube-apiserver, controller-manager, scheduler, KWOK
+//! nodes), started by `e2e/real-cluster`, which installs the chart with helm and points
+//! `WORKERPOOL_CONTROL_PLANE` at the cluster's directory. Without it every test here returns at
+//! once; `.ci/run` sets it, so CI runs them all.
+//!
+//! The operator runs as processes beside the cluster with a token of the chart's ServiceAccount:
+//! a verb the chart's RBAC lacks is a 403 and fails the suite. What is asserted is what a user
+//! reads through `kubectl`. Pods behave as their template annotations ask (e2e/kwok-stages.yaml).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Cluster {
+    dir: PathBuf,
+    operator_bin: PathBuf,
+}
+
+fn cluster() -> Option<&'static Cluster> {
+    static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| {
+            let dir = std::env::var_os("WORKERPOOL_CONTROL_PLANE")?;
+            let operator_bin = std::env::var_os("WORKERPOOL_OPERATOR_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_workerpool-operator").into());
+            Some(Cluster {
+                dir: dir.into(),
+                operator_bin,
+            })
+        })
+        .as_ref()
+}
+
+/// The cluster, with two leader-elected operators running; None (the test returns) without one.
+/// Tests run one at a time: they share the operators.
+fn setup() -> Option<(&'static Cluster, MutexGuard<'static, Operators>)> {
+    static OPERATORS: OnceLock<Mutex<Operators>> = OnceLock::new();
+    let Some(cluster) = cluster() else {
+        eprintln!("WORKERPOOL_CONTROL_PLANE is not set: no control plane (run e2e/real-cluster)");
+        return None;
+    };
+    let mut operators = OPERATORS
+        .get_or_init(|| Mutex::new(Operators::default()))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    operators.ensure_running(cluster);
+    Some((cluster, operators))
+}
+
+// --- the operator processes ---------------------------------------------------------------
+
+struct Operator {
+    identity: String,
+    port: u16,
+    child: Child,
+}
+
+impl Operator {
+    fn start(cluster: &Cluster, identity: &str, port: u16, kubeconfig: &str) -> Operator {
+        let log = cluster.dir.join(format!("logs/operator-{identity}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("operator log");
+        let child = Command::new(&cluster.operator_bin)
+            .args([
+                "run",
+                &format!("--metrics-addr=127.0.0.1:{port}"),
+                "--leader-elect",
+                "--lease-name=workerpool-operator",
+                "--lease-namespace=workerpool-system",
+                &format!("--identity={identity}"),
+            ])
+            .env("KUBECONFIG", cluster.dir.join(kubeconfig))
+            .env("RUST_LOG", "info,workerpool_operator=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the operator");
+        Operator {
+            identity: identity.into(),
+            port,
+            child,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to end; its exit status, or None if it is still running.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+struct Operators {
+    running: Vec<Operator>,
+}
+
+impl Operators {
+    fn ensure_running(&mut self, cluster: &Cluster) {
+        self.running.retain_mut(Operator::running);
+        for (identity, port) in [("operator-a", 18080), ("operator-b", 18081)] {
+            if !self.running.iter().any(|o| o.identity == identity) {
+                self.running.push(Operator::start(
+                    cluster,
+                    identity,
+                    port,
+                    "operator.kubeconfig",
+                ));
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<&str> {
+        let lease = kubectl_json(&[
+            "get",
+            "lease",
+            "workerpool-operator",
+            "-n",
+            "workerpool-system",
+        ])?;
+        let holder = lease["spec"]["holderIdentity"].as_str()?;
+        self.running
+            .iter()
+            .find(|o| o.identity == holder)
+            .map(|o| o.identity.as_str())
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+// --- kubectl --------------------------------------------------------------------------------
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn kubectl_with(args: &[&str], stdin: Option<&str>) -> Output {
+    let cluster = cluster().expect("a control plane");
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", cluster.dir.join("admin.kubeconfig"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on the PATH");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).expect("kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl");
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+fn kubectl(args: &[&str]) -> Output {
+    kubectl_with(args, None)
+}
+
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(out.ok, "kubectl {}: {}", args.join(" "), out.stderr);
+    out.stdout
+}
+
+fn kubectl_json(args: &[&str]) -> Option<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = kubectl(&all);
+    if !out.ok {
+        return None;
+    }
+    serde_json::from_str(&out.stdout).ok()
+}
+
+fn apply(yaml: &str) -> Output {
+    kubectl_with(&["apply", "-f", "-"], Some(yaml))
+}
+
+fn namespace(name: &str) -> String {
+    let _ = kubectl(&["create", "namespace", name]);
+    name.to_string()
+}
+
+/// Polls until `probe` returns Some, or fails saying what it waited for and what `last` shows.
+fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    last: impl Fn() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; now:\n{}",
+            last()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+// --- pools ----------------------------------------------------------------------------------
+
+/// A pool whose pods behave as `behaviour` (KWOK stage annotations) asks.
+fn pool(
+    ns: &str,
+    name: &str,
+    replicas: u32,
+    runtime: &str,
+    behaviour: &[(&str, &str)],
+    policy: Value,
+) -> String {
+    let annotations: serde_json::Map<String, Value> = behaviour
+        .iter()
+        .map(|(k, v)| (format!("e2e.workerpool.dev/{k}"), json!(v)))
+        .collect();
+    json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "runtime": runtime,
+            "template": {
+                "metadata": {"annotations": annotations},
+                "spec": {"containers": [{
+                    "name": "app",
+                    "image": "registry.example/app:1",
+                    "ports": [{"name": "http", "containerPort": 8000}],
+                    "resources": {"limits": {"memory": "512Mi"}}
+                }]}
+            },
+            "policy": policy
+        }
+    })
+    .to_string()
+}
+
+fn status(ns: &str, name: &str) -> Value {
+    kubectl_json(&["get", "wp", name, "-n", ns])
+        .map(|p| p["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn condition_is(status: &Value, type_: &str, value: &str) -> bool {
+    condition(status, type_).is_some_and(|c| c["status"] == value)
+}
+
+fn counted(status: &Value, reason: &str) -> i64 {
+    status["aborts"]["counts"]
+        .as_array()
+        .and_then(|counts| counts.iter().find(|c| c["reason"] == reason))
+        .and_then(|c| c["count"].as_i64())
+        .unwrap_or(0)
+}
+
+fn describe(ns: &str, name: &str) -> String {
+    kubectl_ok(&["describe", "wp", name, "-n", ns])
+}
+
+fn wait_ready(ns: &str, name: &str, timeout: Duration) -> Value {
+    wait_until(
+        &format!("{ns}/{name} Ready"),
+        timeout,
+        || {
+            let s = status(ns, name);
+            condition_is(&s, "Ready", "True").then_some(s)
+        },
+        || describe(ns, name),
+    )
+}
+
+fn wait_abort(ns: &str, name: &str, reason: &str, at_least: i64, timeout: Duration) -> Value {
+    wait_until(
+        &format!("{ns}/{name}: {at_least} × {reason}"),
+        timeout,
+        || {
+            let s = status(ns, name);
+            (counted(&s, reason) >= at_least).then_some(s)
+        },
+        || describe(ns, name),
+    )
+}
+
+fn metrics(operators: &Operators) -> String {
+    let leader = operators.leader().expect("a leader");
+    let op = operators
+        .running
+        .iter()
+        .find(|o| o.identity == leader)
+        .expect("the leader runs");
+    op.get("/metrics").map(|(_, body)| body).unwrap_or_default()
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+// --- the tests ------------------------------------------------------------------------------
+
+#[test]
+fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
+    let Some(_setup) = setup() else { return };
+    let crd = kubectl_json(&["get", "crd", "workerpools.workerpool.dev"]).expect("the CRD");
+    let established = crd["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    });
+    assert!(established, "{crd:#}");
+
+    let ns = namespace("e2e-admission");
+    let refused = |yaml: String, field: &str| {
+        let out = apply(&yaml);
+        assert!(!out.ok, "accepted: {yaml}");
+        assert!(
+            out.stderr.contains(field),
+            "{field} not named: {}",
+            out.stderr
+        );
+    };
+    refused(
+        pool(
+            &ns,
+            "zero",
+            1,
+            "gunicorn",
+            &[],
+            json!({"boot": {"maxConcurrent": 0}}),
+        ),
+        "spec.policy.boot.maxConcurrent",
+    );
+    refused(
+        pool(
+            &ns,
+            "typo",
+            1,
+            "gunicorn",
+            &[],
+            json!({"boot": {"timeoutSecond": 120}}),
+        ),
+        "timeoutSecond",
+    );
+    refused(
+        pool(
+            &ns,
+            "preload",
+            1,
+            "uvicorn",
+            &[],
+            json!({"boot": {"preload": true}}),
+        ),
+        "preload",
+    );
+    let long = "a".repeat(64);
+    refused(
+        pool(&ns, &long, 1, "gunicorn", &[], json!({})),
+        "metadata.name",
+    );
+    assert!(
+        kubectl_ok(&["get", "wp", "-n", &ns, "-o", "name"])
+            .trim()
+            .is_empty()
+    );
+}
+
+#[test]
+fn both_operators_are_ready_the_leader_and_the_standby() {
+    let Some((_, operators)) = setup() else {
+        return;
+    };
+    for op in &operators.running {
+        wait_until(
+            &format!("{} /readyz 200", op.identity),
+            MINUTE,
+            || op.get("/readyz").filter(|(code, _)| *code == 200),
+            || format!("{:?}", op.get("/readyz")),
+        );
+        assert_eq!(op.get("/healthz").map(|(c, _)| c), Some(200));
+    }
+    assert!(operators.leader().is_some(), "one of them holds the Lease");
+}
+
+#[test]
+fn the_samples_apply_on_a_fresh_cluster_and_every_pool_becomes_ready() {
+    let Some(_setup) = setup() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    kubectl_ok(&["apply", "-k", &format!("{root}/config/samples")]);
+    for (ns, name, replicas) in [
+        ("shop", "shop-api", 6),
+        ("search", "search-api", 4),
+        ("shop", "mailer", 3),
+    ] {
+        let status = wait_ready(ns, name, 4 * MINUTE);
+        assert_eq!(status["readyReplicas"], replicas, "{status:#}");
+    }
+    // The gunicorn sample migrates in an init Job first.
+    assert_eq!(status("shop", "shop-api")["init"]["phase"], "Succeeded");
+    let out = kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "wp",
+        "--all",
+        "-n",
+        "shop",
+        "--timeout=10s",
+    ]);
+    assert!(out.contains("condition met"), "{out}");
+    let text = describe("shop", "shop-api");
+    assert!(text.contains("Termination Grace Period Seconds"), "{text}");
+    assert!(text.contains("RampStep"), "{text}");
+}
+
+#[test]
+fn the_ramp_never_boots_more_than_max_concurrent_pods_at_once() {
+    let Some(_setup) = setup() else { return };
+    let ns = namespace("e2e-ramp");
+    let yaml = pool(
+        &ns,
+        "web",
+        6,
+        "gunicorn",
+        &[("boot", "3s")],
+        json!({"boot": {"maxConcurrent": 2}}),
+    );
+    assert!(apply(&yaml).ok);
+    let start = Instant::now();
+    let mut most_booting = 0;
+    loop {
+        let pods = kubectl_json(&["get", "pods", "-n", &ns, "-l", "workerpool.dev/pool=web"])
+            .unwrap_or(Value::Null);
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let booting = items
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                !p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count();
+        most_booting = most_booting.max(booting);
+        let ready = items.len() == 6 && booting == 0;
+        if ready || start.elapsed() > 3 * MINUTE {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(most_booting <= 2, "{most_booting} pods booting at once");
+    let ready = wait_ready(&ns, "web", MINUTE);
+    assert_eq!(ready["readyReplicas"], 6);
+
+    // A scale through the scale subresource ramps the same way and changes nothing else.
+    kubectl_ok(&["scale", "wp/web", "-n", &ns, "--replicas=8"]);
+    wait_until(
+        "8 ready",
+        2 * MINUTE,
+        || (status(&ns, "web")["readyReplicas"] == 8).then_some(()),
+        || describe(&ns, "web"),
+    );
+    assert_eq!(counted(&status(&ns, "web"), "BootFailed"), 0);
+}
+
+#[test]
+fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
+    let Some((_, operators)) = setup() else {
+        return;
+    };
+    let ns = namespace("e2e-boot-failure");
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[
+            ("scenario", "exit"),
+            ("exit-code", "3"),
+            ("boot", "1s"),
+            ("restart", "2s"),
+        ],
+        json!({"failure": {"bootFailureThreshold": 3}}),
+    );
+    assert!(apply(&yaml).ok);
+    let status = wait_until(
+        "BootFailed ≥ 3 and Stalled=BootFailureThreshold",
+        3 * MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (counted(&s, "BootFailed") >= 3
+                && condition(&s, "Stalled").is_some_and(|c| c["reason"] == "BootFailureThreshold"))
+            .then_some(s)
+        },
+        || describe(&ns, "api"),
+    );
+    assert_eq!(status["aborts"]["last"]["exitCode"], 3, "{status:#}");
+    let text = describe(&ns, "api");
+    assert!(text.contains("BootFailed"), "{text}");
+    let events = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        "reason=BootFailed",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        events.contains("api-"),
+        "no BootFailed Event naming a pod: {events}"
+    );
+    let metrics = metrics(&operators);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("workerpool_worker_aborts_total")
+                && l.contains("reason=\"BootFailed\"")
+                && l.contains(&ns)),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_oom_kill_is_counted_as_oom_killed() {
+    let Some(_setup) = setup() else { return };
+    let ns = namespace("e2e-oom");
+    let yaml = pool(
+        &ns,
+        "api",
+        1,
+        "gunicorn",
+        &[("scenario", "oom"), ("boot", "1s"), ("serve", "3s")],
+        json!({}),
+    );
+    assert!(apply(&yaml).ok);
+    let status = wait_abort(&ns, "api", "OOMKilled", 1, 2 * MINUTE);
+    assert_eq!(
+        status["aborts"]["last"]["reason"], "OOMKilled",
+        "{status:#}"
+    );
+    assert!(
+        condition(&status, "Degraded").is_some_and(|c| c["reason"] == "OOMKilled"),
+        "{status:#}"
+    );
+}
+
+#[test]
+fn a_boot_slower_than_the_startup_window_is_a_startup_timeout() {
+    let Some(_setup) = setup() else { return };
+    let ns = namespace("e2e-startup");
+    let yaml = pool(
+        &ns,
+        "api",
+        1,
+        "gunicorn",
+        &[
+            ("scenario", "startup-timeout"),
+            ("boot", "2s"),
+            ("restart", "2s"),
+        ],
+        json!({}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_abort(&ns, "api", "StartupTimeout", 1, 2 * MINUTE);
+}
+
+#[test]
+fn a_liveness_kill_exiting_0_is_a_liveness_timeout() {
+    let Some(_setup) = setup() else { return };
+    let ns = namespace("e2e-liveness");
+    let yaml = pool(
+        &ns,
+        "api",
+        1,
+        "gunicorn",
+        &[("scenario", "liveness"), ("boot", "1s"), ("serve", "3s")],
+        json!({}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_abort(&ns, "api", "LivenessTimeout", 1, 2 * MINUTE);
+}
+
+#[test]
+fn a_pod_that_ignores_sigterm_is_grace_period_exceeded_on_scale_down() {
+    let Some(_setup) = setup() else { return };
+    let ns = namespace("e2e-sigkill");
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[("on-delete", "sigkill"), ("boot", "1s")],
+        json!({"shutdown": {"drainSeconds": 1, "gracefulTimeoutSeconds": 2}}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_ready(&ns, "api", 2 * MINUTE);
+    kubectl_ok(&["scale", "wp/api", "-n", &ns, "--replicas=1"]);
+    let status = wait_abort(&ns, "api", "GracePeriodExceeded", 1, 2 * MINUTE);
+    assert_eq!(status["aborts"]["last"]["exitCode"], 137, "{status:#}");
+}
+
+#[test]
+fn sigterm_stops_an_operator_whose_api_server_is_unreachable() {
+    let Some((cluster, _operators)) = setup() else {
+        return;
+    };
+    let unreachable = cluster.dir.join("unreachable.kubeconfig");
+    let text =
+        std::fs::read_to_string(cluster.dir.join("operator.kubeconfig")).expect("kubeconfig");
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("server:") {
+                "    server: https://127.0.0.1:1".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&unreachable, text).expect("write kubeconfig");
+    let mut op = Operator::start(
+        cluster,
+        "operator-unreachable",
+        18089,
+        "unreachable.kubeconfig",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(op.running(), "it keeps trying while the API server is away");
+    op.signal("TERM");
+    let exit = op.wait_exit(Duration::from_secs(15));
+    assert!(exit.is_some(), "still running 15 s after SIGTERM");
+}
+
+#[test]
+fn the_standby_takes_over_when_the_leader_is_killed() {
+    let Some((_, mut operators)) = setup() else {
+        return;
+    };
+    let leader = wait_until(
+        "a leader",
+        MINUTE,
+        || operators.leader().map(str::to_string),
+        String::new,
+    );
+    let index = operators
+        .running
+        .iter()
+        .position(|o| o.identity == leader)
+        .expect("the leader runs");
+    let killed = operators.running.remove(index);
+    killed.signal("KILL");
+    drop(killed);
+    let new_leader = wait_until(
+        "the standby to take the Lease",
+        2 * MINUTE,
+        || {
+            operators
+                .leader()
+                .filter(|l| *l != leader)
+                .map(str::to_string)
+        },
+        || {
+            format!(
+                "{:?}",
+                kubectl_json(&["get", "lease", "-n", "workerpool-system"])
+            )
+        },
+    );
+    assert_ne!(new_leader, leader);
+
+    let ns = namespace("e2e-failover");
+    assert!(
+        apply(&pool(
+            &ns,
+            "web",
+            2,
+            "gunicorn",
+            &[("boot", "1s")],
+            json!({})
+        ))
+        .ok
+    );
+    wait_ready(&ns, "web", 2 * MINUTE);
+}
+
+#[test]
+fn a_converged_fleet_costs_no_requests() {
+    let Some((cluster, _operators)) = setup() else {
+        return;
+    };
+    let ns = namespace("e2e-quiet");
+    for name in ["a", "b", "c"] {
+        assert!(
+            apply(&pool(
+                &ns,
+                name,
+                2,
+                "gunicorn",
+                &[("boot", "1s")],
+                json!({})
+            ))
+            .ok
+        );
+    }
+    for name in ["a", "b", "c"] {
+        wait_ready(&ns, name, 2 * MINUTE);
+    }
+    // Let the last status writes land, then count the operator's requests for 60 s.
+    std::thread::sleep(Duration::from_secs(5));
+    let audit = cluster.dir.join("logs/audit.log");
+    let before = std::fs::read_to_string(&audit)
+        .map(|t| t.len())
+        .unwrap_or(0);
+    std::thread::sleep(MINUTE);
+    let text = std::fs::read_to_string(&audit).expect("audit log");
+    let requests: Vec<Value> = text[before.min(text.len())..]
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &Value| e["stage"] == "ResponseComplete" || e["stage"] == "ResponseStarted")
+        .filter(|e| e["objectRef"]["resource"] != "leases")
+        .filter(|e| e["verb"] != "watch")
+        .collect();
+    let summary: Vec<String> = requests
+        .iter()
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    assert!(
+        requests.is_empty(),
+        "requests while nothing changed: {summary:#?}"
+    );
+}
