@@ -527,8 +527,8 @@ async fn a_deleted_pool_is_forgotten() {
     );
     assert_eq!(
         h.ctx.recorders.pools(),
-        1,
-        "and its Events, to fold repeats"
+        0,
+        "state-change Events are never folded, so no recorder is kept for them"
     );
     assert_eq!(
         h.ctx.paced_pools(),

@@ -187,6 +187,22 @@ async fn boot_failure_shows_in_status_condition_event_and_metric() {
 }
 
 #[tokio::test]
+async fn abort_events_are_folded_per_pool_until_the_pool_is_deleted() {
+    let mut h = converged(json!({"replicas": 2}), 60).await;
+    assert_eq!(h.ctx.recorders.pools(), 0, "state changes keep no recorder");
+    h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
+    h.reconcile("api").await;
+    assert_eq!(
+        h.ctx.recorders.pools(),
+        1,
+        "an abort's recorder is kept, to fold its repeats into a series"
+    );
+    let deleted = h.pool("api").await;
+    h.ctx.forget(&deleted.metadata);
+    assert_eq!(h.ctx.recorders.pools(), 0, "and forgotten with the pool");
+}
+
+#[tokio::test]
 async fn each_termination_is_counted_once_also_after_an_operator_restart() {
     let mut h = converged(json!({"replicas": 2}), 60).await;
     h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);

@@ -71,18 +71,73 @@ fn pool_of_event(
 
 /// The watched objects whose change a reconcile would read; every event has already updated the
 /// cache upstream.
-fn admitted<K, S>(events: S) -> impl futures::Stream<Item = Result<K, watcher::Error>>
+fn admitted<K, S>(
+    events: S,
+    synced: CacheSynced,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>>
 where
     K: Resource + Fingerprint,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut changes = Changes::default();
     events.filter_map(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            synced.mark();
+        }
         futures::future::ready(match event {
             Ok(event) => changes.admit(event).map(Ok),
             Err(error) => Some(Err(error)),
         })
     })
+}
+
+/// Counts the watch caches whose first list is complete and turns `/readyz` on with the last.
+/// It follows the watch streams themselves: kube's `Store::wait_until_ready` wakes only the last
+/// task that polled it, and the controller's runner polls it too, so a second waiter may never
+/// wake.
+#[derive(Clone)]
+struct CacheSync {
+    remaining: Arc<std::sync::atomic::AtomicUsize>,
+    ready: Arc<AtomicBool>,
+}
+
+impl CacheSync {
+    fn new(caches: usize, ready: Arc<AtomicBool>) -> Self {
+        CacheSync {
+            remaining: Arc::new(std::sync::atomic::AtomicUsize::new(caches)),
+            ready,
+        }
+    }
+
+    /// The handle one cache marks itself synced with, once.
+    fn cache(&self, name: &'static str) -> CacheSynced {
+        CacheSynced {
+            sync: self.clone(),
+            name,
+            done: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CacheSynced {
+    sync: CacheSync,
+    name: &'static str,
+    done: Arc<AtomicBool>,
+}
+
+impl CacheSynced {
+    /// Called on every InitDone; only the first counts (a relist after 410 Gone is one too).
+    fn mark(&self) {
+        if self.done.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::debug!(cache = self.name, "watch cache synced");
+        if self.sync.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sync.ready.store(true, Ordering::Release);
+            tracing::info!("watch caches synced");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -203,13 +258,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal().shared();
     let leadership = if config.leader_election {
-        tokio::select! {
+        // A standby is ready: it works and waits on the Lease. Were it not, a rolling upgrade of
+        // a leader-elected operator, or `helm install --wait`, would wait on it forever.
+        ready.store(true, Ordering::Release);
+        let acquired = tokio::select! {
             acquired = acquire_leadership(&client, &config) => Some(acquired?),
             _ = shutdown.clone() => {
                 let _ = stop_tx.send(true);
                 return Ok(());
             }
-        }
+        };
+        // The leader is ready once its watch caches are filled.
+        ready.store(false, Ordering::Release);
+        acquired
     } else {
         None
     };
@@ -331,22 +392,26 @@ pub async fn control(
         clock,
     ));
 
+    let sync = CacheSync::new(5, ready);
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
     let deployment_stream = admitted(
         watcher(api::<Watched<Deployment>>(&client, ns), owned.clone())
             .default_backoff()
             .reflect(deployment_writer),
+        sync.cache("Deployment"),
     );
     let job_stream = admitted(
         watcher(api::<Watched<Job>>(&client, ns), owned.clone())
             .default_backoff()
             .reflect(job_writer),
+        sync.cache("Job"),
     );
     let pdb_stream = admitted(
         watcher(api::<Watched<PodDisruptionBudget>>(&client, ns), owned)
             .default_backoff()
             .reflect(pdb_writer),
+        sync.cache("PodDisruptionBudget"),
     );
     // Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
     let pod_triggers = watcher(
@@ -356,7 +421,11 @@ pub async fn control(
     .default_backoff()
     .filter_map({
         let pods = pods.clone();
+        let synced = sync.cache("Pod");
         move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                synced.mark();
+            }
             futures::future::ready(match event {
                 Ok(event) => Some(futures::stream::iter(pods.apply(event))),
                 Err(error) => {
@@ -404,30 +473,8 @@ pub async fn control(
                 _ => {}
             }
         }),
+        sync.cache("WorkerPool"),
     );
-
-    {
-        let ready = ready.clone();
-        let (pools, deployments, pdbs, pods, jobs) = (
-            pools.clone(),
-            deployments.clone(),
-            pdbs.clone(),
-            pods.clone(),
-            jobs.clone(),
-        );
-        tokio::spawn(async move {
-            let synced = pools.wait_until_ready().await.is_ok()
-                && deployments.wait_until_ready().await.is_ok()
-                && pdbs.wait_until_ready().await.is_ok()
-                && {
-                    pods.wait_until_ready().await;
-                    true
-                }
-                && jobs.wait_until_ready().await.is_ok();
-            ready.store(synced, Ordering::Relaxed);
-            tracing::info!("watch caches synced");
-        });
-    }
 
     Controller::for_stream(pool_stream, pools)
         .owns_stream(deployment_stream)
