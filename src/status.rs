@@ -35,6 +35,7 @@ pub struct Stall {
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NOT_OWNED: &str = "ChildNotOwned";
+    pub const WRITE_REFUSED: &str = "WriteRefused";
     pub const ALL_READY: &str = "AllReplicasReady";
     pub const RAMPING: &str = "Ramping";
     pub const ROLLING_OUT: &str = "RollingOut";

@@ -597,3 +597,46 @@ async fn failures_back_off_per_pool_and_a_success_starts_over() {
         "a successful reconcile resets the count"
     );
 }
+
+#[tokio::test]
+async fn a_refused_apply_stalls_the_pool_with_an_event_and_backs_off() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    *h.requests.refuse.lock().unwrap() = Some("api".into());
+    let guard = Arc::new(Guarded(Ok(Box::new(h.pool("api").await))));
+    h.requests.counting.store(true, Ordering::SeqCst);
+    let error = reconcile(guard.clone(), h.ctx.clone())
+        .await
+        .expect_err("the refusal is an error, for back-off");
+    assert_eq!(error.category(), "apply");
+    let first = error_policy(guard.clone(), &error, h.ctx.clone());
+    let second = error_policy(guard, &error, h.ctx.clone());
+    assert!(
+        second != first,
+        "the retry backs off: {first:?} then {second:?}"
+    );
+
+    let status = h.pool("api").await.status.expect("the refusal is written");
+    assert_stalled(&status, "WriteRefused", "Deployment shop/api (422 Invalid)");
+    assert_stalled(&status, "WriteRefused", "metadata.labels: Invalid value");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let events = events.list(&ListParams::default()).await.expect("events");
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("WriteRefused")
+                && e.type_.as_deref() == Some("Warning")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("Deployment shop/api"))),
+        "{:?}",
+        events.items
+    );
+
+    // Once the server accepts it, the stall is gone.
+    *h.requests.refuse.lock().unwrap() = None;
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(condition(&status, "Stalled").status, "False");
+    assert!(h.deployment("api").await.is_some());
+}

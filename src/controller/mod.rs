@@ -219,6 +219,34 @@ async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Acti
     Ok(Action::await_change())
 }
 
+/// A request about a child that the API server refused for good (403, 422, …): retrying the same
+/// request cannot succeed until someone changes the pool, the RBAC or an admission policy.
+fn refusal(error: &Error, namespace: &str) -> Option<Stall> {
+    let (verb, kind, name, source) = match error {
+        Error::Apply { kind, name, source } => ("apply", kind, name, source),
+        Error::Read { kind, name, source } => ("read", kind, name, source),
+        _ => return None,
+    };
+    let kube::Error::Api(status) = source else {
+        return None;
+    };
+    // Conflicts and throttling pass on their own; 5xx is the server's trouble, not the pool's.
+    if !(400..500).contains(&status.code) || matches!(status.code, 408 | 409 | 429) {
+        return None;
+    }
+    let advice = match status.code {
+        401 | 403 => "grant the operator's ServiceAccount this verb (the chart's RBAC does)",
+        _ => "change the pool so the object it derives is accepted",
+    };
+    Some(Stall {
+        reason: reason::WRITE_REFUSED,
+        message: format!(
+            "the API server refused to {verb} {kind} {namespace}/{name} ({} {}): {}; {advice}",
+            status.code, status.reason, status.message
+        ),
+    })
+}
+
 fn deployment_observed(dep: &Deployment) -> DeploymentObserved {
     let status = dep.status.clone().unwrap_or_default();
     let generation = dep.metadata.generation.unwrap_or(0);
@@ -546,6 +574,8 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     // Aborts first: the circuit breaker decides on them.
     let workers = workers::observe(ctx, pool, old, &namespace, &name).await;
 
+    // A write the API server refused is shown on the pool, then retried with back-off.
+    let mut refused = None;
     let (settings, applied) = match policy::validate(&pool.spec) {
         Err(invalid) => {
             let stall = Stall {
@@ -556,7 +586,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         }
         Ok(valid) => {
             let settings = policy::settle(&valid);
-            let applied = apply_children(
+            let applied = match apply_children(
                 ctx,
                 pool,
                 &pool_ref,
@@ -565,7 +595,17 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
                 &workers.summary,
                 old,
             )
-            .await?;
+            .await
+            {
+                Ok(applied) => applied,
+                Err(error) => match refusal(&error, &namespace) {
+                    Some(stall) => {
+                        refused = Some(error);
+                        Applied::stalled(stall)
+                    }
+                    None => return Err(error),
+                },
+            };
             (Some(settings), applied)
         }
     };
@@ -636,6 +676,9 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         );
     }
     report_aborts(ctx, pool, &workers.fresh).await;
+    if let Some(error) = refused {
+        return Err(error);
+    }
 
     let requeue = workers
         .recheck

@@ -36,6 +36,8 @@ pub struct Requests {
     pub writes: AtomicUsize,
     pub reads: AtomicUsize,
     pub patches: std::sync::Mutex<Vec<String>>,
+    /// An object name whose applies the fake API server refuses with 422, as admission would.
+    pub refuse: std::sync::Mutex<Option<String>>,
 }
 
 impl Requests {
@@ -139,6 +141,12 @@ pub fn counting_interceptors(requests: Arc<Requests>) -> interceptor::Funcs {
     let r = requests.clone();
     let funcs = funcs.patch(move |ctx| {
         r.write(format!("patch {}", ctx.name));
+        if r.refuse.lock().unwrap().as_deref() == Some(ctx.name) {
+            return Err(kube_fake_client::Error::InvalidRequest(format!(
+                "Deployment.apps \"{}\" is invalid: metadata.labels: Invalid value",
+                ctx.name
+            )));
+        }
         Ok(None)
     });
     let r = requests.clone();
