@@ -15,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    INIT_LABEL, MANAGER_NAME, POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION, Runtime,
+    INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION,
+    Runtime, WorkerPoolSpec,
 };
 use crate::policy::{Settings, ValidPool};
 
@@ -54,7 +55,8 @@ impl PoolRef {
 /// Every child object of a pool. `apply` destructures it, so a new kind cannot be forgotten.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
-    /// The revision of the derived pod template, also in its `workerpool.dev/revision` annotation.
+    /// The pool's revision ([`revision_of`]), also in the pod template's `workerpool.dev/revision`
+    /// annotation.
     pub revision: String,
     /// The run-once Job for this revision and spec generation, when `policy.init` is set.
     pub init_job: Option<Job>,
@@ -87,17 +89,17 @@ pub fn selector_string(pool: &str) -> String {
     format!("{POOL_LABEL}={pool}")
 }
 
-/// The children for a pool at spec `generation`, with the Deployment asking for `replicas`.
+/// The children for a pool, with the Deployment asking for `replicas`.
 pub fn build(
     pool: &PoolRef,
     valid: &ValidPool<'_>,
     settings: &Settings,
     replicas: i32,
-    generation: i64,
 ) -> Children {
-    let (deployment, revision) = deployment(pool, valid, settings, replicas);
+    let revision = revision_of(valid.spec());
+    let deployment = deployment(pool, valid, settings, replicas, &revision);
     Children {
-        init_job: init_job(pool, valid, &revision, generation),
+        init_job: init_job(pool, valid, &revision),
         revision,
         deployment,
         pdb: pdb(pool, valid),
@@ -121,11 +123,66 @@ pub fn shape(
     }
 }
 
-/// A short, stable hash of a pod template: the same template always has the same revision.
-pub fn revision_of(template: &PodTemplateSpec) -> String {
-    let json = serde_json::to_vec(template).unwrap_or_default();
+/// The pool's revision: a short, stable hash of the spec fields its pods are derived from. A scale
+/// is no new revision, nor is a change of the disruption, failure, init or log policy, nor an
+/// operator upgrade that derives other numbers from the same spec (migrations are not run again).
+pub fn revision_of(spec: &WorkerPoolSpec) -> String {
+    let WorkerPoolSpec {
+        replicas: _,
+        runtime,
+        container,
+        template,
+        health,
+        policy,
+    } = spec;
+    let pods = (
+        runtime,
+        container,
+        template,
+        health,
+        &policy.boot,
+        &policy.requests,
+        &policy.shutdown,
+    );
+    short_hash(&pods, 10)
+}
+
+/// A hash of all of the spec but `replicas`: any change the user makes except a scale. A
+/// boot-failure circuit stays open until it changes.
+pub fn spec_hash(spec: &WorkerPoolSpec) -> String {
+    let WorkerPoolSpec {
+        replicas: _,
+        runtime,
+        container,
+        template,
+        health,
+        policy,
+    } = spec;
+    short_hash(&(runtime, container, template, health, policy), 10)
+}
+
+/// The two hashes of a spec the gates key on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecHashes {
+    pub revision: String,
+    pub spec: String,
+}
+
+impl SpecHashes {
+    pub fn of(spec: &WorkerPoolSpec) -> Self {
+        SpecHashes {
+            revision: revision_of(spec),
+            spec: spec_hash(spec),
+        }
+    }
+}
+
+fn short_hash(value: &impl serde::Serialize, hex_digits: usize) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
     let digest = Sha256::digest(&json);
-    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+    let mut hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex.truncate(hex_digits);
+    hex
 }
 
 /// The revision a live Deployment's template carries, if it is one of ours.
@@ -142,9 +199,10 @@ pub fn revision_in(deployment: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Name of the init Job of one revision at one spec generation (a new generation retries).
-pub fn init_job_name(pool: &str, revision: &str, generation: i64) -> String {
-    let suffix = format!("-init-{revision}-g{generation}");
+/// Name of the init Job of one revision and init command: a new revision, or a changed
+/// `policy.init`, runs a new Job; a scale does not.
+pub fn init_job_name(pool: &str, revision: &str, init: &InitPolicy) -> String {
+    let suffix = format!("-init-{revision}-{}", short_hash(init, 5));
     // Job names become a label value on their pods: at most 63 characters.
     let room = 63usize.saturating_sub(suffix.len());
     let mut prefix: String = pool.chars().take(room).collect();
@@ -155,24 +213,19 @@ pub fn init_job_name(pool: &str, revision: &str, generation: i64) -> String {
 }
 
 /// The name of the pool's init Job for this revision, when its policy asks for one.
-pub fn init_job_name_of(
-    pool: &str,
-    valid: &ValidPool<'_>,
-    revision: &str,
-    generation: i64,
-) -> Option<String> {
+pub fn init_job_name_of(pool: &str, valid: &ValidPool<'_>, revision: &str) -> Option<String> {
     valid
         .spec()
         .policy
         .init
         .as_ref()
-        .map(|_| init_job_name(pool, revision, generation))
+        .map(|init| init_job_name(pool, revision, init))
 }
 
 /// The run-once Job: the app container's image, env and mounts with the init command, the pod's
 /// volumes and scheduling, no restarts in place, a deadline and bounded retries.
-fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str, generation: i64) -> Option<Job> {
-    let name = init_job_name_of(&pool.name, valid, revision, generation)?;
+fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str) -> Option<Job> {
+    let name = init_job_name_of(&pool.name, valid, revision)?;
     let init = valid.spec().policy.init.as_ref()?;
     let source = valid.pod_spec();
     let app = valid.app_container();
@@ -234,18 +287,18 @@ fn deployment(
     valid: &ValidPool<'_>,
     settings: &Settings,
     replicas: i32,
-) -> (Deployment, String) {
+    revision: &str,
+) -> Deployment {
     let spec = valid.spec();
     let mut template = spec.template.clone();
     pod_template(pool, valid, settings, &mut template);
-    let revision = revision_of(&template);
     template
         .metadata
         .get_or_insert_with(ObjectMeta::default)
         .annotations
         .get_or_insert_with(BTreeMap::new)
-        .insert(REVISION_ANNOTATION.into(), revision.clone());
-    let deployment = Deployment {
+        .insert(REVISION_ANNOTATION.into(), revision.to_owned());
+    Deployment {
         metadata: pool.meta(),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
@@ -266,8 +319,7 @@ fn deployment(
             ..DeploymentSpec::default()
         }),
         status: None,
-    };
-    (deployment, revision)
+    }
 }
 
 fn pod_template(

@@ -59,9 +59,8 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
         uid: pool.metadata.uid.clone(),
     };
     let replicas = policy::first_apply_replicas(&pool.spec);
-    let generation = pool.metadata.generation.unwrap_or(1);
     Ok(Rendered {
-        children: derive::build(&pool_ref, &valid, &settings, replicas, generation),
+        children: derive::build(&pool_ref, &valid, &settings, replicas),
         conflicts: settings.conflicts,
     })
 }

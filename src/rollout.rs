@@ -5,9 +5,9 @@
 //!   ([`crate::ramp`]); scale-down is immediate.
 //! - Init gate: a new template revision reaches the Deployment only after its init Job
 //!   succeeded; until then the running revision keeps serving (its template is kept as is). A
-//!   failed Job stalls the pool; a new spec generation runs a new Job.
+//!   failed Job stalls the pool; a new revision or init command runs a new Job, a scale does not.
 //! - Circuit breaker: `bootFailureThreshold` boot failures of the current revision within the
-//!   window hold the replicas and pause the Deployment; a new spec generation closes it.
+//!   window hold the replicas and pause the Deployment; any spec change but a scale closes it.
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -30,7 +30,7 @@ pub mod reason {
     pub const BOOT_FAILURE_THRESHOLD: &str = "BootFailureThreshold";
 }
 
-/// The init Job of the current revision and generation, as the cluster shows it.
+/// The init Job of the current revision and init command, as the cluster shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {
     Absent,
@@ -52,8 +52,10 @@ pub struct Input<'a> {
     pub generation: i64,
     pub desired: i32,
     pub max_concurrent: i32,
-    /// Revision of the template the spec asks for.
+    /// Revision of the template the spec asks for ([`crate::derive::revision_of`]).
     pub revision: &'a str,
+    /// The spec without `replicas` ([`crate::derive::spec_hash`]): an open circuit waits on it.
+    pub spec_hash: &'a str,
     pub live: Option<LiveDeployment<'a>>,
     /// Name and state of this revision's init Job; None when the pool has no `policy.init`.
     pub init_job: Option<(&'a str, JobState)>,
@@ -161,12 +163,9 @@ fn init_gate(input: &Input) -> Gate {
         JobState::Running => running(false),
         JobState::Failed(message) => failed(message.clone()),
         JobState::Absent => match previous {
-            // Failed at this generation and since cleaned up: stay failed until the spec changes.
-            Some(p)
-                if same_revision(&p)
-                    && p.generation == input.generation
-                    && p.phase == InitPhase::Failed =>
-            {
+            // This very Job failed and was since cleaned up: stay failed until the spec changes
+            // (a scale is no change: it would run the same failing Job again).
+            Some(p) if p.job == *job && p.phase == InitPhase::Failed => {
                 failed(p.message.unwrap_or_else(|| "the Job failed".into()))
             }
             _ => running(true),
@@ -199,15 +198,23 @@ pub fn boot_failures(input: &Input) -> usize {
 fn circuit(input: &Input) -> Option<CircuitStatus> {
     let previous = input.previous_circuit;
     match previous {
-        Some(c) if c.open && input.generation > c.generation => {
+        // Closed by a change of the spec, never by a scale (which bumps the generation too).
+        Some(c) if c.open && c.spec_hash.as_deref().is_some_and(|h| h != input.spec_hash) => {
             return Some(CircuitStatus {
                 open: false,
                 generation: input.generation,
+                spec_hash: Some(input.spec_hash.to_string()),
                 since: Some(input.now.to_string()),
                 message: None,
             });
         }
-        Some(c) if c.open => return Some(c.clone()),
+        Some(c) if c.open => {
+            let mut c = c.clone();
+            // A circuit recorded without the hash opened on the spec seen now.
+            c.spec_hash
+                .get_or_insert_with(|| input.spec_hash.to_string());
+            return Some(c);
+        }
         _ => {}
     }
     let failures = boot_failures(input);
@@ -216,6 +223,7 @@ fn circuit(input: &Input) -> Option<CircuitStatus> {
         return Some(CircuitStatus {
             open: true,
             generation: input.generation,
+            spec_hash: Some(input.spec_hash.to_string()),
             since: previous.and_then(|c| c.since.clone()),
             message: Some(format!(
                 "{failures} boot failures of revision {} within {}s (threshold {}): the ramp is stopped and the rollout paused; the pods already serving keep serving. Fix the cause and change the spec to retry",

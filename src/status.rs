@@ -777,6 +777,7 @@ mod tests {
         aborted.circuit = Some(CircuitStatus {
             open: true,
             generation: 3,
+            spec_hash: Some("abc".into()),
             since: None,
             message: Some("open".into()),
         });

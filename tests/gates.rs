@@ -53,9 +53,10 @@ async fn the_init_job_runs_before_the_first_pods() {
     h.reconcile("api").await;
     assert!(h.deployment("api").await.is_none(), "no pods before init");
     let job = only_job_name(&h).await;
+    let revision = status(&h).await.revision.expect("revision");
     assert!(
-        job.starts_with("api-init-") && job.ends_with("-g1"),
-        "{job}"
+        job.starts_with(&format!("api-init-{revision}-")),
+        "named by its revision: {job}"
     );
     let s = status(&h).await;
     let reconciling = condition(&s, "Reconciling");
@@ -125,7 +126,7 @@ async fn a_failed_init_keeps_the_old_revision_serving_until_the_spec_changes() {
     let second = jobs
         .iter()
         .filter_map(|j| j.metadata.name.clone())
-        .find(|n| n != &first && n.ends_with("-g2"))
+        .find(|n| n != &first)
         .expect("a Job for the new revision");
     assert_eq!(
         jobs.iter()
@@ -164,7 +165,13 @@ async fn a_failed_init_keeps_the_old_revision_serving_until_the_spec_changes() {
     h.reconcile("api").await;
     assert_eq!(h.requests.total(), 0, "a stalled pool writes nothing more");
 
-    // A new generation retries with a new Job.
+    // A scale is no spec change: the failed Job is not run again.
+    h.patch_spec("api", json!({"replicas": 3})).await;
+    h.reconcile("api").await;
+    assert_eq!(h.jobs().await.len(), 2, "no new Job on a scale");
+    assert_stalled(&status(&h).await, "InitFailed", "backoff limit");
+
+    // A change of the spec retries with a new Job.
     h.patch_spec("api", json!({"policy": {"init": {"timeoutSeconds": 600}}}))
         .await;
     h.reconcile("api").await;
@@ -173,7 +180,7 @@ async fn a_failed_init_keeps_the_old_revision_serving_until_the_spec_changes() {
         .await
         .into_iter()
         .filter_map(|j| j.metadata.name)
-        .find(|n| n.ends_with("-g3"))
+        .find(|n| n != &first && n != &second)
         .expect("a retry Job");
     h.finish_job(&third, complete()).await;
     h.reconcile("api").await;
@@ -206,7 +213,7 @@ fn revision_of(deployment: &Deployment) -> String {
 }
 
 #[tokio::test]
-async fn boot_failures_open_the_circuit_and_a_new_generation_closes_it() {
+async fn boot_failures_open_the_circuit_and_a_spec_change_but_a_scale_closes_it() {
     let mut h = harness(vec![pool("api", json!({"replicas": 6}))], vec![]).await;
     h.reconcile("api").await;
     h.all_pods_ready("api").await;
@@ -237,8 +244,23 @@ async fn boot_failures_open_the_circuit_and_a_new_generation_closes_it() {
     h.reconcile("api").await;
     assert_eq!(h.requests.total(), 0, "an open circuit writes nothing more");
 
-    // Any spec change closes it; the earlier failures no longer count.
+    // A scale bumps the generation but changes nothing the pods run: it stays open.
     h.patch_spec("api", json!({"replicas": 5})).await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let s = status(&h).await;
+    assert_stalled(&s, "BootFailureThreshold", "3 boot failures of revision");
+    assert_eq!(s.circuit.as_ref().map(|c| c.open), Some(true));
+    assert_eq!(replicas(&h.deployment("api").await.expect("d")), 4);
+
+    // Any other spec change closes it; the earlier failures no longer count.
+    h.patch_spec(
+        "api",
+        json!({"template": {"metadata": {"annotations": {"fix": "1"}},
+            "spec": {"containers": [{"name": "app", "image": "example/app:2",
+            "ports": [{"name": "http", "containerPort": 8000}]}]}}}),
+    )
+    .await;
     h.all_pods_ready("api").await;
     h.reconcile("api").await;
     let s = status(&h).await;

@@ -31,13 +31,7 @@ fn build(spec: &WorkerPoolSpec) -> (Deployment, Settings) {
         namespace: "shop".into(),
         uid: Some("uid-1".into()),
     };
-    let children = derive::build(
-        &pool,
-        &valid,
-        &settings,
-        policy::first_apply_replicas(spec),
-        1,
-    );
+    let children = derive::build(&pool, &valid, &settings, policy::first_apply_replicas(spec));
     (children.deployment, settings)
 }
 
@@ -399,4 +393,83 @@ proptest! {
         prop_assert_eq!(rolling.max_unavailable.clone(), Some(IntOrString::Int(0)));
         prop_assert_eq!(dspec.replicas, Some(replicas.min(max_concurrent)));
     }
+}
+
+#[test]
+fn the_revision_follows_what_shapes_the_pods_and_the_spec_hash_all_but_replicas() {
+    let base = spec("gunicorn", json!({}));
+    let revision = derive::revision_of(&base);
+    let hash = derive::spec_hash(&base);
+    assert_eq!((revision.len(), hash.len()), (10, 10));
+    let scaled = spec("gunicorn", json!({"replicas": 40}));
+    assert_eq!(
+        derive::revision_of(&scaled),
+        revision,
+        "a scale: same revision"
+    );
+    assert_eq!(derive::spec_hash(&scaled), hash, "and same spec hash");
+    for (what, extra) in [
+        (
+            "the image",
+            json!({"template": {"spec": {"containers": [{"name": "app", "image": "example/app:2",
+                "ports": [{"name": "http", "containerPort": 8000}]}]}}}),
+        ),
+        (
+            "a template annotation",
+            json!({"template": {"metadata": {"annotations": {"a": "b"}}}}),
+        ),
+        (
+            "the boot policy",
+            json!({"policy": {"boot": {"timeoutSeconds": 90}}}),
+        ),
+        ("the health check", json!({"health": {"path": "/ready"}})),
+    ] {
+        let changed = spec("gunicorn", extra);
+        assert_ne!(
+            derive::revision_of(&changed),
+            revision,
+            "{what}: new revision"
+        );
+        assert_ne!(derive::spec_hash(&changed), hash, "{what}: new spec hash");
+    }
+    for (what, extra) in [
+        (
+            "the init command",
+            json!({"policy": {"init": {"command": ["migrate"]}}}),
+        ),
+        (
+            "the failure threshold",
+            json!({"policy": {"failure": {"bootFailureThreshold": 9}}}),
+        ),
+        (
+            "the disruption budget",
+            json!({"policy": {"disruption": {"maxUnavailable": 2}}}),
+        ),
+    ] {
+        let changed = spec("gunicorn", extra);
+        assert_eq!(
+            derive::revision_of(&changed),
+            revision,
+            "{what} does not roll the pods"
+        );
+        assert_ne!(derive::spec_hash(&changed), hash, "{what}: new spec hash");
+    }
+    assert_ne!(derive::revision_of(&spec("uvicorn", json!({}))), revision);
+    let (deployment, _) = build(&base);
+    assert_eq!(derive::revision_in(&deployment), Some(revision.as_str()));
+}
+
+#[test]
+fn the_init_job_is_named_by_revision_and_command() {
+    let migrate: workerpool_operator::api::InitPolicy =
+        serde_json::from_value(json!({"command": ["migrate"]})).expect("init");
+    let seed: workerpool_operator::api::InitPolicy =
+        serde_json::from_value(json!({"command": ["seed"]})).expect("init");
+    let a = derive::init_job_name("api", "aaaaaaaaaa", &migrate);
+    assert!(a.starts_with("api-init-aaaaaaaaaa-"), "{a}");
+    assert_eq!(a, derive::init_job_name("api", "aaaaaaaaaa", &migrate));
+    assert_ne!(a, derive::init_job_name("api", "aaaaaaaaaa", &seed));
+    assert_ne!(a, derive::init_job_name("api", "bbbbbbbbbb", &migrate));
+    let long = derive::init_job_name(&"p".repeat(63), "aaaaaaaaaa", &migrate);
+    assert!(long.len() <= 63, "{long}");
 }

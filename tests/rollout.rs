@@ -11,6 +11,7 @@ use workerpool_operator::rollout::{
 
 const NEW: &str = "bbbbbbbbbb";
 const OLD: &str = "aaaaaaaaaa";
+const SPEC: &str = "5555555555";
 
 fn now() -> Timestamp {
     "2026-11-22T10:10:00Z".parse().expect("time")
@@ -37,6 +38,7 @@ fn input<'a>() -> Input<'a> {
         desired: 12,
         max_concurrent: 3,
         revision: NEW,
+        spec_hash: SPEC,
         live: None,
         init_job: None,
         previous_init: None,
@@ -122,11 +124,11 @@ fn a_new_revision_keeps_the_old_one_serving_until_init_succeeds() {
 }
 
 #[test]
-fn a_failed_init_stalls_until_a_new_generation() {
+fn a_failed_init_stalls_until_a_new_revision_and_a_scale_does_not_retry_it() {
     let mut i = input();
     i.live = live(12, 12, OLD);
     i.init_job = Some((
-        "api-init-bbbbbbbbbb-g2",
+        "api-init-bbbbbbbbbb-11111",
         JobState::Failed(
             "BackoffLimitExceeded: Job has reached the specified backoff limit".into(),
         ),
@@ -142,16 +144,28 @@ fn a_failed_init_stalls_until_a_new_generation() {
     assert_eq!(p.template, Template::KeepLive);
     let failed = p.init.clone().expect("init status");
 
-    // The finished Job was cleaned up: still failed at this generation.
-    i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Absent));
+    // The finished Job was cleaned up: still failed for this revision.
+    i.init_job = Some(("api-init-bbbbbbbbbb-11111", JobState::Absent));
     i.previous_init = Some(&failed);
     let p = plan(&i);
     assert!(!p.create_init_job);
     assert_eq!(p.stall.map(|s| s.reason), Some(reason::INIT_FAILED));
 
-    // A new generation runs a new Job.
-    i.generation = 3;
-    i.init_job = Some(("api-init-bbbbbbbbbb-g3", JobState::Absent));
+    // `kubectl scale` bumps the generation, not the revision: the failed Job is not run again.
+    i.generation += 1;
+    i.desired = 20;
+    let p = plan(&i);
+    assert!(!p.create_init_job);
+    assert_eq!(p.stall.map(|s| s.reason), Some(reason::INIT_FAILED));
+
+    // A changed init command (same revision, new Job name) runs a new Job.
+    i.init_job = Some(("api-init-bbbbbbbbbb-22222", JobState::Absent));
+    let p = plan(&i);
+    assert!(p.create_init_job && p.stall.is_none());
+
+    // So does a new revision.
+    i.revision = "cccccccccc";
+    i.init_job = Some(("api-init-cccccccccc-11111", JobState::Absent));
     let p = plan(&i);
     assert!(p.create_init_job && p.stall.is_none());
 }
@@ -161,7 +175,7 @@ fn init_that_succeeded_before_is_not_run_again() {
     let done = InitStatus {
         revision: NEW.into(),
         generation: 2,
-        job: "api-init-bbbbbbbbbb-g2".into(),
+        job: "api-init-bbbbbbbbbb-11111".into(),
         phase: InitPhase::Succeeded,
         message: None,
     };
@@ -169,7 +183,7 @@ fn init_that_succeeded_before_is_not_run_again() {
     i.generation = 5;
     i.previous_init = Some(&done);
     i.live = live(6, 6, NEW);
-    i.init_job = Some(("api-init-bbbbbbbbbb-g5", JobState::Absent));
+    i.init_job = Some(("api-init-bbbbbbbbbb-11111", JobState::Absent));
     let p = plan(&i);
     assert!(!p.create_init_job && p.stall.is_none());
     assert_eq!(p.template, Template::Desired);
@@ -207,10 +221,11 @@ fn boot_failures_of_the_current_revision_open_the_circuit() {
 }
 
 #[test]
-fn a_new_generation_closes_the_circuit_and_counts_afresh() {
+fn a_spec_change_closes_the_circuit_and_counts_afresh_and_a_scale_does_not() {
     let open = CircuitStatus {
         open: true,
         generation: 2,
+        spec_hash: Some(SPEC.into()),
         since: None,
         message: Some("3 boot failures".into()),
     };
@@ -219,19 +234,51 @@ fn a_new_generation_closes_the_circuit_and_counts_afresh() {
     i.live = live(6, 4, NEW);
     i.aborts = Some(&old_failures);
     i.previous_circuit = Some(&open);
-    // Same generation: stays open, even with the pods recovering.
+    // Same revision: stays open, even with the pods recovering.
     let p = plan(&i);
     assert!(p.paused && p.stall.is_some());
 
+    // A scale bumps the generation: still open, no pod added.
     i.generation = 3;
+    i.desired = 12;
+    let p = plan(&i);
+    assert!(p.paused && p.stall.is_some());
+    assert_eq!(p.replicas, 6);
+
+    // Any other change of the spec closes it, a change of the threshold too.
+    i.generation = 4;
+    i.spec_hash = "6666666666";
     let p = plan(&i);
     let closed = p.circuit.clone().expect("circuit");
     assert!(!closed.open && !p.paused && p.stall.is_none());
     assert_eq!(closed.since.as_deref(), Some(now().to_string().as_str()));
+    assert_eq!(closed.spec_hash.as_deref(), Some("6666666666"));
 
     // The failures before the close no longer count.
     i.previous_circuit = Some(&closed);
     assert!(!plan(&i).paused);
+}
+
+#[test]
+fn a_circuit_recorded_without_a_spec_hash_stays_open_on_the_current_spec() {
+    let open = CircuitStatus {
+        open: true,
+        generation: 2,
+        spec_hash: None,
+        since: None,
+        message: Some("3 boot failures".into()),
+    };
+    let mut i = input();
+    i.live = live(6, 4, NEW);
+    i.previous_circuit = Some(&open);
+    i.generation = 7;
+    let p = plan(&i);
+    assert!(p.paused && p.stall.is_some());
+    assert_eq!(
+        p.circuit.and_then(|c| c.spec_hash).as_deref(),
+        Some(SPEC),
+        "it adopts the spec it stays open on"
+    );
 }
 
 #[test]

@@ -66,7 +66,7 @@ pub enum InitPhase {
 #[serde(rename_all = "camelCase")]
 pub struct InitStatus {
     pub revision: String,
-    /// Spec generation the Job was created for; a newer generation retries a failed one.
+    /// Spec generation the Job was created for.
     pub generation: i64,
     pub job: String,
     pub phase: InitPhase,
@@ -81,6 +81,10 @@ pub struct CircuitStatus {
     pub open: bool,
     /// Spec generation at which the circuit last opened or closed.
     pub generation: i64,
+    /// Hash of the spec without `replicas` when it last opened or closed: any change of the spec
+    /// but a scale closes an open circuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
     /// Boot failures are counted from this time (when the circuit last closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use kube::core::ObjectMeta;
 
 use crate::api::WorkerPoolStatus;
+use crate::derive::SpecHashes;
 use crate::observe::SAMPLE_INTERVAL;
 
 /// A child of a pool: its kind and name, within the pool's namespace.
@@ -30,8 +31,8 @@ struct PoolMemory {
     /// Children whose live version was last found to hold every field this controller sets,
     /// with the version of what that was derived from (live, inputs).
     verified: HashMap<ChildKey, (u64, u64)>,
-    /// The revision of the pod template, with the version of the pool it was derived from.
-    revision: Option<(u64, String)>,
+    /// The pool's revision and spec hash, with the version of the pool they were taken from.
+    revision: Option<(u64, SpecHashes)>,
     /// Reconciles that failed in a row.
     failed_attempts: u32,
     /// When each unhealthy container's log (by pod uid and container name) was last sampled.
@@ -170,16 +171,16 @@ impl Memory {
         });
     }
 
-    /// The pod template's revision, if it was derived from this version of the pool.
-    pub fn revision(&self, uid: &str, pool_version: u64) -> Option<String> {
+    /// The pool's revision and spec hash, if taken from this version of the pool.
+    pub fn revision(&self, uid: &str, pool_version: u64) -> Option<SpecHashes> {
         let pools = self.pools();
         let (version, revision) = pools.get(uid)?.revision.as_ref()?;
         (*version == pool_version).then(|| revision.clone())
     }
 
-    pub fn derived_revision(&self, uid: &str, pool_version: u64, revision: &str) {
+    pub fn derived_revision(&self, uid: &str, pool_version: u64, hashes: &SpecHashes) {
         self.with_record(uid, |record| {
-            record.revision = Some((pool_version, revision.to_owned()));
+            record.revision = Some((pool_version, hashes.clone()));
         });
     }
 
@@ -326,8 +327,12 @@ mod tests {
     #[test]
     fn a_revision_holds_for_the_pool_version_it_was_derived_from() {
         let memory = Memory::default();
-        memory.derived_revision("a", 1, "abc");
-        assert_eq!(memory.revision("a", 1).as_deref(), Some("abc"));
+        let hashes = SpecHashes {
+            revision: "abc".into(),
+            spec: "def".into(),
+        };
+        memory.derived_revision("a", 1, &hashes);
+        assert_eq!(memory.revision("a", 1), Some(hashes));
         assert_eq!(memory.revision("a", 2), None);
     }
 
@@ -365,7 +370,14 @@ mod tests {
         let memory = Memory::default();
         memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
         memory.verified("a", ("Job", "api-init-abc".into()), 1, 2);
-        memory.derived_revision("a", 1, "abc");
+        memory.derived_revision(
+            "a",
+            1,
+            &SpecHashes {
+                revision: "abc".into(),
+                spec: "def".into(),
+            },
+        );
         memory.failed("a");
         memory.forget("a");
         assert_eq!(memory.written_pools(), 0);

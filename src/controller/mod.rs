@@ -41,7 +41,7 @@ use pod_cache::PodCache;
 use recorders::{Fold, Recorders};
 
 use crate::api::{AbortRecord, AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
-use crate::derive::{self, Children, PoolRef};
+use crate::derive::{self, Children, PoolRef, SpecHashes};
 use crate::drift;
 use crate::policy;
 use crate::ramp::DeploymentCounts;
@@ -423,16 +423,19 @@ async fn apply_children(
     // Boxed, like each request's future below: held across awaits, a child by value would make
     // every reconcile's future several kilobytes larger, and such a future is moved whole.
     let mut children: Option<Box<Children>> = None;
-    let derive = || Box::new(derive::build(pool_ref, valid, settings, 0, generation));
-    let revision = match ctx.memory.revision(uid, pool_version) {
-        Some(revision) => revision,
+    let derive = || Box::new(derive::build(pool_ref, valid, settings, 0));
+    let SpecHashes {
+        revision,
+        spec: spec_hash,
+    } = match ctx.memory.revision(uid, pool_version) {
+        Some(hashes) => hashes,
         None => {
-            let revision = children.get_or_insert_with(derive).revision.clone();
-            ctx.memory.derived_revision(uid, pool_version, &revision);
-            revision
+            let hashes = SpecHashes::of(spec);
+            ctx.memory.derived_revision(uid, pool_version, &hashes);
+            hashes
         }
     };
-    let job_name = derive::init_job_name_of(name, valid, &revision, generation);
+    let job_name = derive::init_job_name_of(name, valid, &revision);
 
     let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
     let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
@@ -480,6 +483,7 @@ async fn apply_children(
         desired: spec.replicas,
         max_concurrent: spec.policy.boot.max_concurrent,
         revision: &revision,
+        spec_hash: &spec_hash,
         live: live_deployment
             .zip(counts)
             .map(|(d, counts)| rollout::LiveDeployment {
