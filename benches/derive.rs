@@ -33,7 +33,6 @@ fn derive_and_serialize(c: &mut Criterion) {
                 &valid,
                 &settings,
                 policy::first_apply_replicas(&pool.spec),
-                1,
             );
             let deployment = serde_json::to_vec(&children.deployment)
                 .map(|v| v.len())
