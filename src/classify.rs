@@ -187,18 +187,20 @@ fn termination_abort(
             .then(|| probe_failure(events, &pod.name, &container.name, probe))
     };
     let mut evidence = None;
+    // The app server's own boot-failure codes come first: a probe kill ends in SIGTERM, which
+    // gunicorn and uvicorn answer with 0 (or 143, or 137 after the grace period), never 3 or 4.
     let reason = if terminated.reason.as_deref() == Some("OOMKilled") {
         Reason::OOMKilled
+    } else if app_server && code == 3 {
+        Reason::BootFailed
+    } else if runtime == Runtime::Gunicorn && code == 4 {
+        Reason::AppLoadFailed
     } else if let Some(failure) = probe_kill("Startup") {
         evidence = failure;
         Reason::StartupTimeout
     } else if let Some(failure) = probe_kill("Liveness") {
         evidence = failure;
         Reason::LivenessTimeout
-    } else if app_server && code == 3 {
-        Reason::BootFailed
-    } else if runtime == Runtime::Gunicorn && code == 4 {
-        Reason::AppLoadFailed
     } else if code == 137 && pod.deleting {
         Reason::GracePeriodExceeded
     } else if code > 128 {

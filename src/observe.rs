@@ -110,13 +110,16 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
     }
 }
 
-/// Probe kills are known only from the Event; OOM kills are certain from the status alone, and
-/// so is a SIGKILL at the end of a pod's grace period, which must be counted before the kubelet
-/// removes the pod a moment later.
+/// Probe kills are known only from the Event; OOM kills and the app server's boot-failure exits
+/// are certain from the status alone (no Event changes them, and a crash loop may replace the
+/// termination before it would settle), and so is a SIGKILL at the end of a pod's grace period,
+/// which must be counted before the kubelet removes the pod a moment later.
 fn needs_settling(abort: &Abort) -> bool {
     !matches!(
         abort.reason,
         Reason::OOMKilled
+            | Reason::BootFailed
+            | Reason::AppLoadFailed
             | Reason::StartupTimeout
             | Reason::LivenessTimeout
             | Reason::GracePeriodExceeded

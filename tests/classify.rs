@@ -117,6 +117,21 @@ fn probe_kills_are_told_apart_by_the_kubelet_event() {
 }
 
 #[test]
+fn a_boot_failure_exit_is_not_turned_into_a_probe_kill_by_a_killing_event() {
+    // A probe kill ends in SIGTERM, which gunicorn answers with 0; 3 and 4 are its own verdicts.
+    let p = pod(terminated(3, "Error"), json!({}));
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[killing("startup")])[0],
+        Reason::BootFailed
+    );
+    let p = pod(terminated(4, "Error"), json!({}));
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[killing("liveness")])[0],
+        Reason::AppLoadFailed
+    );
+}
+
+#[test]
 fn sigkill_while_terminating_is_grace_period_exceeded() {
     let status = json!({
         "name": "app", "image": "example/app:1", "imageID": "", "ready": false, "restartCount": 0,

@@ -328,6 +328,22 @@ async fn an_unsettled_exit_without_event_is_counted_after_the_settle_time() {
 }
 
 #[tokio::test]
+async fn a_boot_failure_is_counted_at_once_even_when_the_next_run_replaces_it() {
+    // A fast crash loop: every reconcile sees a new exit 3, each younger than the settle time.
+    let mut h = converged(json!({"replicas": 1}), 100).await;
+    for restarts in 1..=3 {
+        h.set_pods(vec![pod("api-a", crashed(restarts, 3, 99), json!({}))]);
+        h.reconcile("api").await;
+        h.advance(2);
+    }
+    let status = current(&h).await;
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 3), ("CrashLoop".into(), 1)]
+    );
+}
+
+#[tokio::test]
 async fn degraded_clears_when_the_window_passes() {
     let spec = json!({"replicas": 1, "policy": {"failure": {"windowSeconds": 120}}});
     let mut h = converged(spec, 60).await;

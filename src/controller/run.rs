@@ -219,14 +219,27 @@ async fn acquire_leadership(
     watch::Receiver<bool>,
     tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
 )> {
-    let mut builder =
-        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-            .with_identity(&config.identity)
-            .with_field_manager(MANAGER_NAME);
-    if let Some(ns) = &config.lease_namespace {
-        builder = builder.with_namespace(ns);
-    }
-    let manager = builder.build().await?;
+    // Building the manager reads or creates the Lease: while the API server cannot be reached it
+    // is retried with back-off, as the watches are, rather than ending the process.
+    let mut attempts = 0;
+    let manager = loop {
+        let mut builder =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+                .with_identity(&config.identity)
+                .with_field_manager(MANAGER_NAME);
+        if let Some(ns) = &config.lease_namespace {
+            builder = builder.with_namespace(ns);
+        }
+        match builder.build().await {
+            Ok(manager) => break manager,
+            Err(error) => {
+                attempts += 1;
+                let wait = super::backoff(attempts).min(std::time::Duration::from_secs(30));
+                tracing::warn!(lease = %config.lease_name, attempts, "reading the Lease failed, retrying in {wait:?}: {error}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
     let (mut channel, task) = manager.watch().await;
     tracing::info!(lease = %config.lease_name, identity = %config.identity, "waiting for leadership");
     while !*channel.borrow_and_update() {
