@@ -233,7 +233,7 @@ fn run_controller(args: RunArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    runtime.block_on(run(config)).map_err(|e| e.to_string())
+    runtime.block_on(run(config)).map_err(|e| format!("{e:#}"))
 }
 
 fn read_input(path: &PathBuf) -> Result<String, String> {

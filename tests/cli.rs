@@ -441,3 +441,32 @@ fn sandbox_runs_a_scenario_file_and_rejects_unknown_names() {
     let bad = run(&["sandbox", "-f", SAMPLE, "--duration", "ten"], None);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn run_on_a_taken_metrics_port_fails_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let dir = std::env::temp_dir().join(format!("wp-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n\
+         current-context: c\n",
+    )
+    .expect("kubeconfig");
+    let out = Command::new(BIN)
+        .args(["run", &format!("--metrics-addr={addr}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("--metrics-addr {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The e2e suite on a real control plane (kube-apiserver, controller-manager, scheduler, KWOK
-//! nodes), started by `e2e/real-cluster`, which installs the chart with helm and points
-//! `WORKERPOOL_CONTROL_PLANE` at the cluster's directory. Without it every test here returns at
-//! once; `.ci/run` sets it, so CI runs them all.
+//! nodes), started by `e2e/real-cluster`, which installs the chart with helm, points
+//! `WORKERPOOL_CONTROL_PLANE` at the cluster's directory and runs these tests with `--ignored`.
+//! A plain `cargo test` lists them as ignored; `.ci/run` runs them all.
 //!
 //! The operator runs as processes beside the cluster with a token of the chart's ServiceAccount:
 //! a verb the chart's RBAC lacks is a 403 and fails the suite. What is asserted is what a user
@@ -36,20 +36,19 @@ fn cluster() -> Option<&'static Cluster> {
         .as_ref()
 }
 
-/// The cluster, with two leader-elected operators running; None (the test returns) without one.
-/// Tests run one at a time: they share the operators.
-fn setup() -> Option<(&'static Cluster, MutexGuard<'static, Operators>)> {
+/// The cluster, with two leader-elected operators running. Tests run one at a time: they share
+/// the operators.
+fn setup() -> (&'static Cluster, MutexGuard<'static, Operators>) {
     static OPERATORS: OnceLock<Mutex<Operators>> = OnceLock::new();
-    let Some(cluster) = cluster() else {
-        eprintln!("WORKERPOOL_CONTROL_PLANE is not set: no control plane (run e2e/real-cluster)");
-        return None;
-    };
+    let cluster = cluster().expect(
+        "WORKERPOOL_CONTROL_PLANE names no control plane: run these tests through e2e/real-cluster",
+    );
     let mut operators = OPERATORS
         .get_or_init(|| Mutex::new(Operators::default()))
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     operators.ensure_running(cluster);
-    Some((cluster, operators))
+    (cluster, operators)
 }
 
 // --- the operator processes ---------------------------------------------------------------
@@ -365,8 +364,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 // --- the tests ------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
-    let Some(_setup) = setup() else { return };
+    let _setup = setup();
     let crd = kubectl_json(&["get", "crd", "workerpools.workerpool.dev"]).expect("the CRD");
     let established = crd["status"]["conditions"].as_array().is_some_and(|c| {
         c.iter()
@@ -430,10 +430,9 @@ fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn both_operators_are_ready_the_leader_and_the_standby() {
-    let Some((_, operators)) = setup() else {
-        return;
-    };
+    let (_, operators) = setup();
     for op in &operators.running {
         wait_until(
             &format!("{} /readyz 200", op.identity),
@@ -447,8 +446,9 @@ fn both_operators_are_ready_the_leader_and_the_standby() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn the_samples_apply_on_a_fresh_cluster_and_every_pool_becomes_ready() {
-    let Some(_setup) = setup() else { return };
+    let _setup = setup();
     let root = env!("CARGO_MANIFEST_DIR");
     kubectl_ok(&["apply", "-k", &format!("{root}/config/samples")]);
     for (ns, name, replicas) in [
@@ -477,8 +477,9 @@ fn the_samples_apply_on_a_fresh_cluster_and_every_pool_becomes_ready() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn the_ramp_never_boots_more_than_max_concurrent_pods_at_once() {
-    let Some(_setup) = setup() else { return };
+    let _setup = setup();
     let ns = namespace("e2e-ramp");
     let yaml = pool(
         &ns,
@@ -528,10 +529,9 @@ fn the_ramp_never_boots_more_than_max_concurrent_pods_at_once() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
-    let Some((_, operators)) = setup() else {
-        return;
-    };
+    let (_, operators) = setup();
     let ns = namespace("e2e-boot-failure");
     let yaml = pool(
         &ns,
@@ -587,8 +587,9 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn an_oom_kill_is_counted_as_oom_killed() {
-    let Some(_setup) = setup() else { return };
+    let _setup = setup();
     let ns = namespace("e2e-oom");
     let yaml = pool(
         &ns,
@@ -611,8 +612,9 @@ fn an_oom_kill_is_counted_as_oom_killed() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_boot_slower_than_the_startup_window_is_a_startup_timeout() {
-    let Some(_setup) = setup() else { return };
+    let _setup = setup();
     let ns = namespace("e2e-startup");
     let yaml = pool(
         &ns,
@@ -631,8 +633,9 @@ fn a_boot_slower_than_the_startup_window_is_a_startup_timeout() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_liveness_kill_exiting_0_is_a_liveness_timeout() {
-    let Some(_setup) = setup() else { return };
+    let _setup = setup();
     let ns = namespace("e2e-liveness");
     let yaml = pool(
         &ns,
@@ -647,8 +650,9 @@ fn a_liveness_kill_exiting_0_is_a_liveness_timeout() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_pod_that_ignores_sigterm_is_grace_period_exceeded_on_scale_down() {
-    let Some(_setup) = setup() else { return };
+    let _setup = setup();
     let ns = namespace("e2e-sigkill");
     let yaml = pool(
         &ns,
@@ -666,10 +670,9 @@ fn a_pod_that_ignores_sigterm_is_grace_period_exceeded_on_scale_down() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn sigterm_stops_an_operator_whose_api_server_is_unreachable() {
-    let Some((cluster, _operators)) = setup() else {
-        return;
-    };
+    let (cluster, _operators) = setup();
     let unreachable = cluster.dir.join("unreachable.kubeconfig");
     let text =
         std::fs::read_to_string(cluster.dir.join("operator.kubeconfig")).expect("kubeconfig");
@@ -699,10 +702,9 @@ fn sigterm_stops_an_operator_whose_api_server_is_unreachable() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn the_standby_takes_over_when_the_leader_is_killed() {
-    let Some((_, mut operators)) = setup() else {
-        return;
-    };
+    let (_, mut operators) = setup();
     let leader = wait_until(
         "a leader",
         MINUTE,
@@ -751,10 +753,9 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
 }
 
 #[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_converged_fleet_costs_no_requests() {
-    let Some((cluster, _operators)) = setup() else {
-        return;
-    };
+    let (cluster, _operators) = setup();
     let ns = namespace("e2e-quiet");
     for name in ["a", "b", "c"] {
         assert!(

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -165,7 +166,7 @@ async fn shutdown_signal() {
 }
 
 async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
@@ -200,8 +201,6 @@ async fn serve(
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     let mut stop = stop;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -262,12 +261,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(
-        config.metrics_addr,
-        metrics.clone(),
-        ready.clone(),
-        stop_rx,
-    ));
+    // Bound before anything starts, so a taken port ends the process with an error that names it.
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("listening on --metrics-addr {}", config.metrics_addr))?;
+    tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(serve(listener, metrics.clone(), ready.clone(), stop_rx));
 
     let shutdown = shutdown_signal().shared();
     let leadership = if config.leader_election {
