@@ -106,20 +106,12 @@ pub fn build(
     }
 }
 
-/// Sets what the rollout gates decided on a built Deployment: its replicas, whether it is paused,
-/// and — while a new revision waits for its init Job — the template the live Deployment runs.
-pub fn shape(
-    deployment: &mut Deployment,
-    replicas: i32,
-    paused: bool,
-    keep_template: Option<&PodTemplateSpec>,
-) {
+/// Sets what the rollout gates decided on a built Deployment: its replicas and whether it is
+/// paused.
+pub fn shape(deployment: &mut Deployment, replicas: i32, paused: bool) {
     if let Some(spec) = deployment.spec.as_mut() {
         spec.replicas = Some(replicas);
         spec.paused = Some(paused);
-        if let Some(template) = keep_template {
-            spec.template = template.clone();
-        }
     }
 }
 

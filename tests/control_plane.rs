@@ -57,15 +57,17 @@ struct Operator {
     identity: String,
     port: u16,
     child: Child,
+    log: PathBuf,
+    pid_file: PathBuf,
 }
 
 impl Operator {
     fn start(cluster: &Cluster, identity: &str, port: u16, kubeconfig: &str) -> Operator {
-        let log = cluster.dir.join(format!("logs/operator-{identity}.log"));
+        let log_path = cluster.dir.join(format!("logs/operator-{identity}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
+            .open(&log_path)
             .expect("operator log");
         let child = Command::new(&cluster.operator_bin)
             .args([
@@ -82,11 +84,21 @@ impl Operator {
             .stderr(log)
             .spawn()
             .expect("start the operator");
+        // The processes outlive this test binary (its statics are never dropped):
+        // `e2e/control-plane down` stops them by these files.
+        let pid_file = cluster.dir.join(format!("run/operator-{identity}.pid"));
+        std::fs::write(&pid_file, child.id().to_string()).expect("pid file");
         Operator {
             identity: identity.into(),
             port,
             child,
+            log: log_path,
+            pid_file,
         }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -120,6 +132,7 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 }
 
@@ -443,6 +456,13 @@ fn both_operators_are_ready_the_leader_and_the_standby() {
         assert_eq!(op.get("/healthz").map(|(c, _)| c), Some(200));
     }
     assert!(operators.leader().is_some(), "one of them holds the Lease");
+    let leading: Vec<&str> = operators
+        .running
+        .iter()
+        .filter(|op| op.log().contains("acquired leadership"))
+        .map(|op| op.identity.as_str())
+        .collect();
+    assert_eq!(leading.len(), 1, "more than one leader: {leading:?}");
 }
 
 #[test]
@@ -547,7 +567,7 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
         json!({"failure": {"bootFailureThreshold": 3}}),
     );
     assert!(apply(&yaml).ok);
-    let status = wait_until(
+    let opened = wait_until(
         "BootFailed ≥ 3 and Stalled=BootFailureThreshold",
         3 * MINUTE,
         || {
@@ -558,9 +578,30 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
         },
         || describe(&ns, "api"),
     );
-    assert_eq!(status["aborts"]["last"]["exitCode"], 3, "{status:#}");
+    assert_eq!(opened["aborts"]["last"]["exitCode"], 3, "{opened:#}");
     let text = describe(&ns, "api");
     assert!(text.contains("BootFailed"), "{text}");
+
+    // `kubectl scale` bumps the generation but is no fix: the circuit stays open, no pod is added.
+    kubectl_ok(&["scale", "wp/api", "-n", &ns, "--replicas=4"]);
+    wait_until(
+        "the scale to be observed",
+        MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (s["observedGeneration"] == 2).then_some(())
+        },
+        || describe(&ns, "api"),
+    );
+    let s = status(&ns, "api");
+    assert_eq!(s["circuit"]["open"], true, "{s:#}");
+    assert!(
+        condition(&s, "Stalled").is_some_and(|c| c["reason"] == "BootFailureThreshold"),
+        "{s:#}"
+    );
+    let deployment = kubectl_json(&["get", "deployment", "api", "-n", &ns]).expect("Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2, "no pod added");
+    assert_eq!(deployment["spec"]["paused"], true);
     let events = kubectl_ok(&[
         "get",
         "events",
@@ -775,32 +816,199 @@ fn a_converged_fleet_costs_no_requests() {
     }
     // Let the last status writes land, then count the operator's requests for 60 s.
     std::thread::sleep(Duration::from_secs(5));
-    let audit = cluster.dir.join("logs/audit.log");
-    let before = std::fs::read_to_string(&audit)
-        .map(|t| t.len())
-        .unwrap_or(0);
+    let audit = Audit::start(cluster);
     std::thread::sleep(MINUTE);
-    let text = std::fs::read_to_string(&audit).expect("audit log");
-    let requests: Vec<Value> = text[before.min(text.len())..]
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|e: &Value| e["stage"] == "ResponseComplete" || e["stage"] == "ResponseStarted")
-        .filter(|e| e["objectRef"]["resource"] != "leases")
-        .filter(|e| e["verb"] != "watch")
-        // Pools other tests left crash-looping are not quiet: only this fleet's namespace and
-        // cluster-wide requests count.
-        .filter(|e| {
-            e["objectRef"]["namespace"]
-                .as_str()
-                .is_none_or(|namespace| namespace == ns)
-        })
-        .collect();
-    let summary: Vec<String> = requests
-        .iter()
-        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
-        .collect();
+    let requests = audit.requests_in(&ns);
     assert!(
         requests.is_empty(),
-        "requests while nothing changed: {summary:#?}"
+        "requests while nothing changed: {:#?}",
+        summary(&requests)
+    );
+}
+
+/// The operator's requests in the audit log (the audit policy logs only its ServiceAccount).
+struct Audit {
+    path: PathBuf,
+    offset: usize,
+}
+
+impl Audit {
+    /// Counts from now on.
+    fn start(cluster: &Cluster) -> Audit {
+        let path = cluster.dir.join("logs/audit.log");
+        let offset = std::fs::read_to_string(&path).map_or(0, |t| t.len());
+        Audit { path, offset }
+    }
+
+    /// Requests since the start about objects in `ns` or cluster-wide, leaving out the Lease and
+    /// watches. Pools other tests left crash-looping are not this test's business.
+    fn requests_in(&self, ns: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.path).expect("audit log");
+        text[self.offset.min(text.len())..]
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &Value| e["stage"] == "ResponseComplete")
+            .filter(|e| e["objectRef"]["resource"] != "leases")
+            .filter(|e| e["verb"] != "watch")
+            .filter(|e| {
+                e["objectRef"]["namespace"]
+                    .as_str()
+                    .is_none_or(|namespace| namespace == ns)
+            })
+            .collect()
+    }
+}
+
+fn summary(requests: &[Value]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["verb"].as_str().unwrap_or_default(),
+                e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                e["objectRef"]["subresource"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn count(requests: &[Value], verb: &str, resource: &str) -> usize {
+    requests
+        .iter()
+        .filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+        .count()
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_child_the_server_refuses_stalls_the_pool_naming_it() {
+    let _setup = setup();
+    let ns = namespace("e2e-refused");
+    // A port name longer than 15 characters passes the CRD, and the Deployment's validation
+    // refuses it.
+    let mut yaml: Value =
+        serde_json::from_str(&pool(&ns, "api", 1, "gunicorn", &[], json!({}))).expect("pool JSON");
+    yaml["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array_mut()
+        .expect("ports")
+        .push(json!({"name": "metrics-exporter-port", "containerPort": 9100}));
+    let out = apply(&yaml.to_string());
+    assert!(out.ok, "{}", out.stderr);
+    let s = wait_until(
+        "Stalled=WriteRefused",
+        MINUTE,
+        || {
+            let s = status(&ns, "api");
+            condition(&s, "Stalled")
+                .is_some_and(|c| c["reason"] == "WriteRefused")
+                .then_some(s)
+        },
+        || describe(&ns, "api"),
+    );
+    let message = condition(&s, "Stalled").expect("Stalled")["message"].to_string();
+    assert!(
+        message.contains(&format!("Deployment {ns}/api")) && message.contains("422"),
+        "{message}"
+    );
+    assert!(message.contains("metrics-exporter-port"), "{message}");
+    let events = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        "reason=WriteRefused",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty(), "no WriteRefused Event");
+    assert_ne!(s["observedGeneration"], -1, "{s:#}");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_scale_runs_no_second_init_job_and_costs_a_bounded_number_of_requests() {
+    let (cluster, _operators) = setup();
+    let ns = namespace("e2e-init-scale");
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[("boot", "1s")],
+        json!({"init": {"command": ["python", "manage.py", "migrate"]}}),
+    );
+    assert!(apply(&yaml).ok);
+    let s = wait_ready(&ns, "api", 2 * MINUTE);
+    assert_eq!(s["init"]["phase"], "Succeeded", "{s:#}");
+    let job = s["init"]["job"].as_str().expect("init Job").to_string();
+
+    let audit = Audit::start(cluster);
+    kubectl_ok(&["scale", "wp/api", "-n", &ns, "--replicas=4"]);
+    wait_until(
+        "4 ready",
+        2 * MINUTE,
+        || (status(&ns, "api")["readyReplicas"] == 4).then_some(()),
+        || describe(&ns, "api"),
+    );
+    let s = wait_ready(&ns, "api", MINUTE);
+    assert_eq!(s["init"]["job"], job.as_str(), "the same init Job: {s:#}");
+    let jobs = kubectl_ok(&["get", "jobs", "-n", &ns, "-o", "name"]);
+    assert!(
+        jobs.lines().all(|j| j.ends_with(&job)),
+        "a second init Job: {jobs}"
+    );
+    // What the scale cost: one step of 2 pods is one Deployment write, a few status writes.
+    std::thread::sleep(Duration::from_secs(3));
+    let requests = audit.requests_in(&ns);
+    eprintln!("requests for a scale 2 → 4: {:#?}", summary(&requests));
+    assert_eq!(count(&requests, "create", "jobs"), 0);
+    assert!(
+        count(&requests, "patch", "deployments") <= 1,
+        "{:#?}",
+        summary(&requests)
+    );
+    assert!(requests.len() <= 12, "{:#?}", summary(&requests));
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_ramp_survives_an_api_server_restart_without_a_hot_loop() {
+    let (cluster, _operators) = setup();
+    let ns = namespace("e2e-apiserver-restart");
+    let yaml = pool(
+        &ns,
+        "web",
+        6,
+        "gunicorn",
+        &[("boot", "4s")],
+        json!({"boot": {"maxConcurrent": 2}}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_until(
+        "the first ramp step",
+        MINUTE,
+        || (status(&ns, "web")["rampTarget"].as_i64() >= Some(2)).then_some(()),
+        || describe(&ns, "web"),
+    );
+    let restart = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/control-plane"))
+        .args(["restart-apiserver", &cluster.dir.to_string_lossy()])
+        .status()
+        .expect("e2e/control-plane");
+    assert!(restart.success());
+    let s = wait_ready(&ns, "web", 3 * MINUTE);
+    assert_eq!(s["readyReplicas"], 6, "{s:#}");
+    assert_eq!(counted(&s, "BootFailed"), 0);
+
+    // Converged after the restart: nothing more is asked of the API server.
+    std::thread::sleep(Duration::from_secs(5));
+    let audit = Audit::start(cluster);
+    std::thread::sleep(Duration::from_secs(20));
+    let requests = audit.requests_in(&ns);
+    assert!(
+        requests.is_empty(),
+        "requests after converging: {:#?}",
+        summary(&requests)
     );
 }

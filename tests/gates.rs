@@ -275,3 +275,77 @@ async fn boot_failures_open_the_circuit_and_a_spec_change_but_a_scale_closes_it(
             .contains(&"CircuitClosed".to_string())
     );
 }
+
+#[tokio::test]
+async fn waiting_on_init_leaves_the_live_template_and_other_managers_fields_alone() {
+    let mut h = harness(vec![pool("api", with_init(2))], vec![]).await;
+    h.reconcile("api").await;
+    let first = only_job_name(&h).await;
+    h.finish_job(&first, complete()).await;
+    h.reconcile("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+
+    // `kubectl rollout restart` writes an annotation into the template as a manager of its own.
+    let restarted = "kubectl.kubernetes.io/restartedAt";
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), NS);
+    deployments
+        .patch(
+            "api",
+            &kube::api::PatchParams {
+                field_manager: Some("kubectl-rollout".into()),
+                ..Default::default()
+            },
+            &kube::api::Patch::Merge(json!({"spec": {"template": {"metadata": {
+                "annotations": {restarted: "2026-11-22T10:00:00Z"}}}}})),
+        )
+        .await
+        .expect("rollout restart");
+    h.sync_caches().await;
+
+    // A new image waits on its init Job; a scale-down meanwhile changes only the replicas.
+    h.patch_spec(
+        "api",
+        json!({"replicas": 1, "template": {"spec": {"containers": [{"name": "app",
+            "image": "example/app:2", "ports": [{"name": "http", "containerPort": 8000}]}]}}}),
+    )
+    .await;
+    h.reconcile("api").await;
+    let held = h.deployment("api").await.expect("d");
+    assert_eq!(image(&held), "example/app:1", "the live template is kept");
+    assert_eq!(replicas(&held), 1, "the scale-down goes through");
+    let annotations = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default()
+    };
+    assert!(annotations(&held).contains_key(restarted));
+    let ours_claim_it = held
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("workerpool-operator"))
+        .any(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains(restarted))
+        });
+    assert!(!ours_claim_it, "the operator took kubectl's annotation");
+
+    // The Job done, the new template is applied, and the annotation kubectl set survives.
+    let second = h
+        .jobs()
+        .await
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .find(|n| n != &first)
+        .expect("the new revision's Job");
+    h.finish_job(&second, complete()).await;
+    h.reconcile("api").await;
+    let rolled = h.deployment("api").await.expect("d");
+    assert_eq!(image(&rolled), "example/app:2");
+    assert!(annotations(&rolled).contains_key(restarted));
+}

@@ -373,6 +373,37 @@ where
     Ok(true)
 }
 
+/// Sets the replicas and the pause of a live Deployment, and nothing else, when they differ.
+async fn hold_template(
+    ctx: &Context,
+    pool: &PoolRef,
+    live: &Deployment,
+    replicas: i32,
+    paused: bool,
+) -> Result<(), Error> {
+    let spec = live.spec.as_ref();
+    let live_replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let live_paused = spec.and_then(|s| s.paused).unwrap_or(false);
+    if (live_replicas, live_paused) == (replicas, paused) {
+        return Ok(());
+    }
+    let api: Api<Watched<PartialObjectMeta<Deployment>>> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace);
+    let params = PatchParams {
+        field_manager: Some(MANAGER_NAME.into()),
+        ..PatchParams::default()
+    };
+    let patch = json!({"spec": {"replicas": replicas, "paused": paused}});
+    Box::pin(api.patch(&pool.name, &params, &Patch::Merge(&patch)))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Deployment".into(),
+            name: pool.name.clone(),
+            source,
+        })?;
+    Ok(())
+}
+
 /// What applying the children found and did.
 struct Applied {
     stall: Option<Stall>,
@@ -515,28 +546,38 @@ async fn apply_children(
         ))
         .await?;
     }
-    if plan.apply_deployment {
-        let keep = match plan.template {
-            rollout::Template::KeepLive => live_deployment.and_then(|d| d.spec.as_ref()),
-            rollout::Template::Desired => None,
+    match (plan.apply_deployment, plan.template, live_deployment) {
+        (false, ..) => {}
+        // The new revision waits for its init Job: the live template is left as it is, with
+        // whatever other managers set in it (`kubectl rollout restart`'s annotation, say), and
+        // only the gates' replicas and pause are written.
+        (true, rollout::Template::KeepLive, Some(live)) => {
+            Box::pin(hold_template(
+                ctx,
+                pool_ref,
+                live,
+                plan.replicas,
+                plan.paused,
+            ))
+            .await?;
         }
-        .map(|s| &s.template);
-        // A kept template is the live one, which the live version already covers.
-        let inputs = drift::version_of((pool_version, plan.replicas, plan.paused, keep.is_some()));
-        Box::pin(apply_child(
-            ctx,
-            pool_ref,
-            name,
-            inputs,
-            live_deployment,
-            || {
-                let mut deployment =
-                    std::mem::take(&mut children.get_or_insert_with(derive).deployment);
-                derive::shape(&mut deployment, plan.replicas, plan.paused, keep);
-                deployment
-            },
-        ))
-        .await?;
+        (true, ..) => {
+            let inputs = drift::version_of((pool_version, plan.replicas, plan.paused));
+            Box::pin(apply_child(
+                ctx,
+                pool_ref,
+                name,
+                inputs,
+                live_deployment,
+                || {
+                    let mut deployment =
+                        std::mem::take(&mut children.get_or_insert_with(derive).deployment);
+                    derive::shape(&mut deployment, plan.replicas, plan.paused);
+                    deployment
+                },
+            ))
+            .await?;
+        }
     }
     Box::pin(apply_child(
         ctx,

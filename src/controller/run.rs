@@ -222,10 +222,12 @@ async fn acquire_leadership(
     // is retried with back-off, as the watches are, rather than ending the process.
     let mut attempts = 0;
     let manager = loop {
+        // One field manager per replica: the Lease is taken by a server-side apply, and only a
+        // manager of its own makes a second replica's apply conflict instead of both leading.
         let mut builder =
             kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
                 .with_identity(&config.identity)
-                .with_field_manager(MANAGER_NAME);
+                .with_field_manager(format!("{MANAGER_NAME}-{}", config.identity));
         if let Some(ns) = &config.lease_namespace {
             builder = builder.with_namespace(ns);
         }
