@@ -79,6 +79,38 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, false)
 }
 
+/// A short, stable hash of an object as the operator applies it: the same JSON, the same hash,
+/// across restarts of the operator.
+pub fn applied_hash(desired: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(desired).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes the hash of `object` as it stands into its applied annotation; returns the hash.
+pub fn stamp<K: kube::Resource + serde::Serialize>(
+    object: &mut K,
+) -> Result<String, serde_json::Error> {
+    let hash = applied_hash(&serde_json::to_value(&*object)?);
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(crate::api::APPLIED_ANNOTATION.into(), hash.clone());
+    Ok(hash)
+}
+
+/// The live object is what the operator would apply: it holds every field of `desired`, and the
+/// operator applied that same object last, so no field it stopped setting lingers.
+pub fn is_current(live: &Value, desired: &Value, hash: &str) -> bool {
+    let applied = live["metadata"]["annotations"][crate::api::APPLIED_ANNOTATION].as_str();
+    applied == Some(hash) && contains(live, desired)
+}
+
 fn contains_at(live: &Value, desired: &Value, in_quantities: bool) -> bool {
     match (live, desired) {
         (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, want)| {
@@ -114,9 +146,12 @@ fn is_quantity_map(key: &str) -> bool {
     )
 }
 
+/// What the API server omits once stored (its fields are `omitempty`).
 fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null | Value::Bool(false) => true,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(text) => text.is_empty(),
         Value::Object(map) => map.is_empty(),
         Value::Array(items) => items.is_empty(),
         _ => false,
@@ -154,6 +189,35 @@ pub fn quantity(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn current_means_every_field_held_and_the_same_object_applied_last() {
+        let desired = serde_json::json!({"spec": {"replicas": 2, "paused": false}});
+        let hash = applied_hash(&desired);
+        let stamped = |hash: &str, spec: Value| {
+            serde_json::json!({
+                "metadata": {"annotations": {"workerpool.dev/applied": hash}},
+                "spec": spec
+            })
+        };
+        let live = stamped(
+            &hash,
+            serde_json::json!({"replicas": 2, "minReadySeconds": 0}),
+        );
+        assert!(
+            is_current(&live, &desired, &hash),
+            "false and 0 are omitted once stored"
+        );
+        let older = stamped("0123", serde_json::json!({"replicas": 2}));
+        assert!(
+            !is_current(&older, &desired, &hash),
+            "applied by another version"
+        );
+        let edited = stamped(&hash, serde_json::json!({"replicas": 5}));
+        assert!(!is_current(&edited, &desired, &hash), "edited since");
+        assert_eq!(hash, applied_hash(&desired.clone()), "stable");
+        assert_eq!(hash.len(), 16);
+    }
 
     #[test]
     fn the_live_version_ignores_status_writes_and_follows_spec_and_metadata() {

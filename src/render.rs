@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::api::WorkerPool;
 use crate::derive::{self, Children, PoolRef};
+use crate::drift;
 use crate::policy::{self, Conflict};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,8 @@ pub enum RenderError {
     Field(String),
     #[error("{0}")]
     Invalid(#[from] policy::InvalidSpec),
+    #[error("serializing a child: {0}")]
+    Serialize(#[from] serde_json::Error),
 }
 
 /// The objects to apply for one pool, and the template values that break a rule.
@@ -59,8 +62,15 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
         uid: pool.metadata.uid.clone(),
     };
     let replicas = policy::first_apply_replicas(&pool.spec);
+    let mut children = derive::build(&pool_ref, &valid, &settings, replicas);
+    // Stamped as the controller stamps what it applies, so the output is what a cluster receives.
+    if let Some(job) = children.init_job.as_mut() {
+        drift::stamp(job)?;
+    }
+    drift::stamp(&mut children.deployment)?;
+    drift::stamp(&mut children.pdb)?;
     Ok(Rendered {
-        children: derive::build(&pool_ref, &valid, &settings, replicas),
+        children,
         conflicts: settings.conflicts,
     })
 }

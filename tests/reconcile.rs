@@ -173,6 +173,40 @@ async fn a_changed_disruption_budget_is_applied_once_and_the_deployment_left_alo
 }
 
 #[tokio::test]
+async fn a_field_the_operator_no_longer_sets_is_noticed_and_applied_once() {
+    let mut h = at_rest().await;
+    // As an earlier operator left it: a field this one does not derive, its own stamp.
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), NS);
+    deployments
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {"workerpool.dev/applied": "0123456789abcdef"}},
+                "spec": {"minReadySeconds": 7}
+            })),
+        )
+        .await
+        .expect("an older operator's Deployment");
+    h.sync_caches().await;
+    h.reconcile("api").await;
+    let applies = h.writes().iter().filter(|w| *w == "patch api").count();
+    assert_eq!(applies, 1, "re-applied: {:?}", h.writes());
+    let stamped = h.deployment("api").await.expect("deployment");
+    assert_ne!(
+        stamped
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("workerpool.dev/applied"))
+            .map(String::as_str),
+        Some("0123456789abcdef")
+    );
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "then at rest: {:?}", h.writes());
+}
+
+#[tokio::test]
 async fn a_deployment_edited_by_hand_is_set_back_once() {
     let mut h = at_rest().await;
     let derived = h.deployment("api").await.expect("deployment");

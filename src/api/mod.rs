@@ -24,6 +24,9 @@ pub const RUNTIME_ANNOTATION: &str = "workerpool.dev/runtime";
 pub const MANAGER_NAME: &str = "workerpool-operator";
 /// Pod template annotation naming the template revision (a hash of the derived template).
 pub const REVISION_ANNOTATION: &str = "workerpool.dev/revision";
+/// On each child: a hash of what the operator last applied to it, so a field it no longer sets
+/// is noticed (and removed by the next apply) although the live object still holds it.
+pub const APPLIED_ANNOTATION: &str = "workerpool.dev/applied";
 /// Label on init Job pods; deliberately not the pool label, so they are not pool pods.
 pub const INIT_LABEL: &str = "workerpool.dev/init";
 

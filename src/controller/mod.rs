@@ -338,11 +338,12 @@ where
     {
         return Ok(false);
     }
-    let desired = Box::new(desired());
+    let mut desired = Box::new(desired());
+    let hash = drift::stamp(desired.as_mut()).map_err(Error::Serialize)?;
     if let Some(live) = live {
         let desired_value = serde_json::to_value(&desired).map_err(Error::Serialize)?;
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
-        if drift::contains(&live_value, &desired_value) {
+        if drift::is_current(&live_value, &desired_value, &hash) {
             if let Some(version) = live_version {
                 ctx.memory.verified(uid, child, version, inputs);
             }
