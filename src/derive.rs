@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{
     INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION,
-    Runtime, WorkerPoolSpec,
+    Runtime, WorkerPool, WorkerPoolSpec,
 };
 use crate::policy::{Settings, ValidPool};
 
@@ -32,8 +32,8 @@ pub struct PoolRef {
 impl PoolRef {
     pub fn owner_reference(&self) -> Option<OwnerReference> {
         self.uid.as_ref().map(|uid| OwnerReference {
-            api_version: "workerpool.dev/v1alpha1".into(),
-            kind: "WorkerPool".into(),
+            api_version: <WorkerPool as kube::Resource>::api_version(&()).into_owned(),
+            kind: <WorkerPool as kube::Resource>::kind(&()).into_owned(),
             name: self.name.clone(),
             uid: uid.clone(),
             controller: Some(true),

@@ -201,7 +201,7 @@ async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Acti
     );
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some(WorkerPool::api_version(&()).into()),
-        kind: Some("WorkerPool".into()),
+        kind: Some(WorkerPool::kind(&()).into_owned()),
         name: Some(name.into()),
         namespace: Some(namespace.into()),
         uid: meta.uid.clone(),
@@ -701,11 +701,17 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         // Only the version the write produced is read of the answer.
         let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
             Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = status::merge_patch(old, &new).map_err(Error::Serialize)?;
+        // The whole status, applied server-side by a manager of its own: whatever base the
+        // cache held, the stored status becomes exactly this one.
+        let patch = json!({
+            "apiVersion": WorkerPool::api_version(&()),
+            "kind": WorkerPool::kind(&()),
+            "status": new,
+        });
         let written = Box::pin(api.patch_status(
             &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": patch })),
+            &PatchParams::apply(STATUS_MANAGER).force(),
+            &Patch::Apply(&patch),
         ))
         .await
         .map_err(|source| Error::Status {

@@ -73,7 +73,9 @@ fn pool_of_event(
 }
 
 /// The watched objects whose change a reconcile would read; every event has already updated the
-/// cache upstream.
+/// cache upstream. A watch error is logged here and goes no further: each watch retries on its own
+/// back-off, while kube's controller would pause all of its trigger streams on any one's error
+/// (after an API server restart, every watch stood still for minutes, one error at a time).
 fn admitted<K, S>(
     events: S,
     synced: CacheSynced,
@@ -89,7 +91,10 @@ where
         }
         futures::future::ready(match event {
             Ok(event) => changes.admit(event).map(Ok),
-            Err(error) => Some(Err(error)),
+            Err(error) => {
+                tracing::warn!(watch = synced.name, "watch failed, retrying: {error}");
+                None
+            }
         })
     })
 }
@@ -459,7 +464,7 @@ pub async fn control(
             futures::future::ready(match event {
                 Ok(event) => Some(futures::stream::iter(pods.apply(event))),
                 Err(error) => {
-                    tracing::warn!("pod watch: {error}");
+                    tracing::warn!(watch = "Pod", "watch failed, retrying: {error}");
                     None
                 }
             })
@@ -477,6 +482,15 @@ pub async fn control(
             )
             .backoff(watch_backoff())
             .applied_objects()
+            .filter_map(move |event| {
+                futures::future::ready(match event {
+                    Ok(event) => Some(Ok(event)),
+                    Err(error) => {
+                        tracing::warn!(watch = %format!("Event {reason}"), "watch failed, retrying: {error}");
+                        None
+                    }
+                })
+            })
             .boxed()
         });
         let mut merged = Some(futures::stream::select_all(streams));
