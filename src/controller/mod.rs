@@ -701,17 +701,11 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         // Only the version the write produced is read of the answer.
         let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
             Api::namespaced(ctx.client.clone(), &namespace);
-        // The whole status, applied server-side by a manager of its own: whatever base the
-        // cache held, the stored status becomes exactly this one.
-        let patch = json!({
-            "apiVersion": WorkerPool::api_version(&()),
-            "kind": WorkerPool::kind(&()),
-            "status": new,
-        });
+        let patch = status::merge_patch(old, &new).map_err(Error::Serialize)?;
         let written = Box::pin(api.patch_status(
             &name,
-            &PatchParams::apply(STATUS_MANAGER).force(),
-            &Patch::Apply(&patch),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": patch })),
         ))
         .await
         .map_err(|source| Error::Status {
