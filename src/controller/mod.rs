@@ -702,16 +702,17 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
             Api::namespaced(ctx.client.clone(), &namespace);
         let patch = status::merge_patch(old, &new).map_err(Error::Serialize)?;
-        let written = Box::pin(api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": patch })),
-        ))
-        .await
-        .map_err(|source| Error::Status {
-            name: name.clone(),
-            source,
-        })?;
+        let params = PatchParams {
+            field_manager: Some(STATUS_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let written =
+            Box::pin(api.patch_status(&name, &params, &Patch::Merge(json!({ "status": patch }))))
+                .await
+                .map_err(|source| Error::Status {
+                    name: name.clone(),
+                    source,
+                })?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
         ctx.memory.wrote_status(
             &pool.metadata,
