@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
 use crate::api::Runtime;
-use crate::podview::{ContainerView, PodView, State};
+use crate::podview::{ContainerView, PodView, State, Termination};
 
 /// Stable abort reasons, used in status, Events, metrics and `diagnose`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -168,19 +168,50 @@ fn waiting_abort(pod: &str, container: &ContainerView) -> Option<Abort> {
     })
 }
 
+/// The termination before the last restart and the current one, when the container has not been
+/// restarted since (each run is told apart by its restart count).
+fn termination_aborts(
+    runtime: Runtime,
+    pod: &PodView,
+    container: &ContainerView,
+    events: &[KubeletEvent],
+) -> Vec<Abort> {
+    let previous = container.last_terminated.as_ref().and_then(|t| {
+        let run = container.restart_count.saturating_sub(1).max(0);
+        termination_abort(runtime, pod, container, events, t, run, false)
+    });
+    let current = match &container.state {
+        State::Terminated(t) => termination_abort(
+            runtime,
+            pod,
+            container,
+            events,
+            t,
+            container.restart_count,
+            true,
+        ),
+        _ => None,
+    };
+    previous.into_iter().chain(current).collect()
+}
+
 fn termination_abort(
     runtime: Runtime,
     pod: &PodView,
     container: &ContainerView,
     events: &[KubeletEvent],
+    terminated: &Termination,
+    restart_count: i32,
+    current: bool,
 ) -> Option<Abort> {
-    // The last termination, or the current one when the container is not restarted.
-    let (terminated, restart_count) = match (&container.last_terminated, &container.state) {
-        (Some(t), _) => (t, container.restart_count.saturating_sub(1).max(0)),
-        (None, State::Terminated(t)) => (t, container.restart_count),
-        (None, _) => return None,
-    };
     let code = terminated.exit_code;
+    // The run that ends because its pod is being deleted: SIGTERM answered with 0 or 143 is a
+    // shutdown, not an abort, also when the kubelet calls it OOMKilled (the cgroup's OOM counter
+    // counts the whole life of the pod, kubernetes/kubernetes#140716).
+    let shutting_down = current && pod.deleting;
+    if shutting_down && matches!(code, 0 | 143) {
+        return None;
+    }
     let app_server = matches!(runtime, Runtime::Gunicorn | Runtime::Uvicorn);
     let probe_kill = |probe: &str| {
         killed_by_probe(events, &pod.name, &container.name, &probe.to_lowercase())
@@ -201,13 +232,10 @@ fn termination_abort(
     } else if let Some(failure) = probe_kill("Liveness") {
         evidence = failure;
         Reason::LivenessTimeout
-    } else if code == 137 && pod.deleting {
+    } else if code == 137 && shutting_down {
         Reason::GracePeriodExceeded
     } else if code > 128 {
         Reason::Signaled
-    } else if code == 0 && pod.deleting {
-        // A clean exit during shutdown is not an abort.
-        return None;
     } else {
         Reason::UnexpectedExit
     };
@@ -253,9 +281,7 @@ pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec
         });
     }
     for container in &pod.containers {
-        if let Some(abort) = termination_abort(runtime, pod, container, events) {
-            aborts.push(abort);
-        }
+        aborts.extend(termination_aborts(runtime, pod, container, events));
         if let Some(abort) = waiting_abort(&pod.name, container) {
             aborts.push(abort);
         }

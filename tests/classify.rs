@@ -153,6 +153,43 @@ fn sigkill_while_terminating_is_grace_period_exceeded() {
 }
 
 #[test]
+fn a_deletion_exit_is_a_shutdown_and_the_run_before_it_still_counts() {
+    let deleting = json!({"metadata": {"deletionTimestamp": "2026-11-22T10:00:00Z"}});
+    let ended = |code: i32, reason: &str| {
+        json!({"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 2,
+            "state": {"terminated": {"exitCode": code, "reason": reason}},
+            "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}})
+    };
+    // SIGTERM's default action on scale-down, and the kubelet's OOMKilled of kubernetes#140716.
+    for (code, reason) in [(143, "Error"), (0, "Completed"), (143, "OOMKilled")] {
+        let p = pod(ended(code, reason), deleting.clone());
+        let aborts = classify_pod(Runtime::Gunicorn, &p, &[]);
+        assert_eq!(
+            aborts.iter().map(|a| a.reason).collect::<Vec<_>>(),
+            [Reason::BootFailed],
+            "exit {code} ({reason}) while deleting; the earlier exit 3 stays"
+        );
+        assert_eq!(aborts[0].restart_count, Some(1));
+    }
+    // A SIGKILL at the end of the grace period is an abort, also after earlier restarts.
+    let p = pod(ended(137, "Error"), deleting);
+    let aborts = classify_pod(Runtime::Gunicorn, &p, &[]);
+    assert_eq!(
+        aborts
+            .iter()
+            .map(|a| (a.reason, a.restart_count))
+            .collect::<Vec<_>>(),
+        [
+            (Reason::BootFailed, Some(1)),
+            (Reason::GracePeriodExceeded, Some(2))
+        ]
+    );
+    // Outside a deletion, SIGTERM is a signal nobody in Kubernetes sent.
+    let p = pod(terminated(143, "Error"), json!({}));
+    assert_eq!(reasons(Runtime::Gunicorn, &p, &[])[0], Reason::Signaled);
+}
+
+#[test]
 fn other_signals_and_exits_name_their_code() {
     let aborts = classify_pod(
         Runtime::Gunicorn,

@@ -1013,3 +1013,33 @@ fn a_ramp_survives_an_api_server_restart_without_a_hot_loop() {
         summary(&requests)
     );
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_scale_down_whose_pods_exit_143_is_no_abort() {
+    let _setup = setup();
+    let ns = namespace("e2e-scale-down");
+    // The default on deletion: the app keeps SIGTERM's default action and exits 143.
+    let yaml = pool(&ns, "api", 3, "gunicorn", &[("boot", "1s")], json!({}));
+    assert!(apply(&yaml).ok);
+    wait_ready(&ns, "api", 2 * MINUTE);
+    kubectl_ok(&["scale", "wp/api", "-n", &ns, "--replicas=1"]);
+    wait_until(
+        "the two pods gone",
+        2 * MINUTE,
+        || {
+            let pods = kubectl_ok(&["get", "pods", "-n", &ns, "-o", "name"]);
+            (pods.lines().count() == 1).then_some(())
+        },
+        || kubectl_ok(&["get", "pods", "-n", &ns, "-o", "wide"]),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let s = status(&ns, "api");
+    assert!(
+        s["aborts"]["counts"]
+            .as_array()
+            .is_none_or(|counts| counts.is_empty()),
+        "a scale-down counted as aborts: {s:#}"
+    );
+    assert!(!condition_is(&s, "Degraded", "True"), "{s:#}");
+}
