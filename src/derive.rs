@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION,
-    Runtime, WorkerPool, WorkerPoolSpec,
+    Health, INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, Policy, REVISION_ANNOTATION,
+    RUNTIME_ANNOTATION, Runtime, WorkerPool, WorkerPoolSpec,
 };
 use crate::policy::{Settings, ValidPool};
 
@@ -115,10 +115,17 @@ pub fn shape(deployment: &mut Deployment, replicas: i32, paused: bool) {
     }
 }
 
-/// The pool's revision: a short, stable hash of the spec fields its pods are derived from. A scale
-/// is no new revision, nor is a change of the disruption, failure, init or log policy, nor an
-/// operator upgrade that derives other numbers from the same spec (migrations are not run again).
-pub fn revision_of(spec: &WorkerPoolSpec) -> String {
+/// The spec but `replicas`, destructured whole so that a new spec field cannot be left out of the
+/// hashes below.
+type Unscaled<'a> = (
+    &'a Runtime,
+    &'a Option<String>,
+    &'a PodTemplateSpec,
+    &'a Health,
+    &'a Policy,
+);
+
+fn unscaled(spec: &WorkerPoolSpec) -> Unscaled<'_> {
     let WorkerPoolSpec {
         replicas: _,
         runtime,
@@ -127,6 +134,14 @@ pub fn revision_of(spec: &WorkerPoolSpec) -> String {
         health,
         policy,
     } = spec;
+    (runtime, container, template, health, policy)
+}
+
+/// The pool's revision: a short, stable hash of the spec fields its pods are derived from. A scale
+/// is no new revision, nor is a change of the disruption, failure, init or log policy, nor an
+/// operator upgrade that derives other numbers from the same spec (migrations are not run again).
+pub fn revision_of(spec: &WorkerPoolSpec) -> String {
+    let (runtime, container, template, health, policy) = unscaled(spec);
     let pods = (
         runtime,
         container,
@@ -142,15 +157,7 @@ pub fn revision_of(spec: &WorkerPoolSpec) -> String {
 /// A hash of all of the spec but `replicas`: any change the user makes except a scale. A
 /// boot-failure circuit stays open until it changes.
 pub fn spec_hash(spec: &WorkerPoolSpec) -> String {
-    let WorkerPoolSpec {
-        replicas: _,
-        runtime,
-        container,
-        template,
-        health,
-        policy,
-    } = spec;
-    short_hash(&(runtime, container, template, health, policy), 10)
+    short_hash(&unscaled(spec), 10)
 }
 
 /// The two hashes of a spec the gates key on.

@@ -362,6 +362,15 @@ fn wait_abort(ns: &str, name: &str, reason: &str, at_least: i64, timeout: Durati
     )
 }
 
+/// A one-replica gunicorn pool `api` in namespace `ns` whose pods behave as `behaviour` asks,
+/// once `reason` is counted: its status.
+fn aborting_pool(ns: &str, behaviour: &[(&str, &str)], reason: &str) -> Value {
+    let ns = namespace(ns);
+    let yaml = pool(&ns, "api", 1, "gunicorn", behaviour, json!({}));
+    assert!(apply(&yaml).ok);
+    wait_abort(&ns, "api", reason, 1, 2 * MINUTE)
+}
+
 fn metrics(operators: &Operators) -> String {
     let leader = operators.leader().expect("a leader");
     let op = operators
@@ -631,17 +640,11 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn an_oom_kill_is_counted_as_oom_killed() {
     let _setup = setup();
-    let ns = namespace("e2e-oom");
-    let yaml = pool(
-        &ns,
-        "api",
-        1,
-        "gunicorn",
+    let status = aborting_pool(
+        "e2e-oom",
         &[("scenario", "oom"), ("boot", "1s"), ("serve", "3s")],
-        json!({}),
+        "OOMKilled",
     );
-    assert!(apply(&yaml).ok);
-    let status = wait_abort(&ns, "api", "OOMKilled", 1, 2 * MINUTE);
     assert_eq!(
         status["aborts"]["last"]["reason"], "OOMKilled",
         "{status:#}"
@@ -656,38 +659,26 @@ fn an_oom_kill_is_counted_as_oom_killed() {
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_boot_slower_than_the_startup_window_is_a_startup_timeout() {
     let _setup = setup();
-    let ns = namespace("e2e-startup");
-    let yaml = pool(
-        &ns,
-        "api",
-        1,
-        "gunicorn",
+    aborting_pool(
+        "e2e-startup",
         &[
             ("scenario", "startup-timeout"),
             ("boot", "2s"),
             ("restart", "2s"),
         ],
-        json!({}),
+        "StartupTimeout",
     );
-    assert!(apply(&yaml).ok);
-    wait_abort(&ns, "api", "StartupTimeout", 1, 2 * MINUTE);
 }
 
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_liveness_kill_exiting_0_is_a_liveness_timeout() {
     let _setup = setup();
-    let ns = namespace("e2e-liveness");
-    let yaml = pool(
-        &ns,
-        "api",
-        1,
-        "gunicorn",
+    aborting_pool(
+        "e2e-liveness",
         &[("scenario", "liveness"), ("boot", "1s"), ("serve", "3s")],
-        json!({}),
+        "LivenessTimeout",
     );
-    assert!(apply(&yaml).ok);
-    wait_abort(&ns, "api", "LivenessTimeout", 1, 2 * MINUTE);
 }
 
 #[test]
@@ -1042,4 +1033,21 @@ fn a_scale_down_whose_pods_exit_143_is_no_abort() {
         "a scale-down counted as aborts: {s:#}"
     );
     assert!(!condition_is(&s, "Degraded", "True"), "{s:#}");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_gunicorn_exit_4_is_an_app_that_failed_to_load() {
+    let _setup = setup();
+    let status = aborting_pool(
+        "e2e-app-load",
+        &[
+            ("scenario", "exit"),
+            ("exit-code", "4"),
+            ("boot", "1s"),
+            ("restart", "2s"),
+        ],
+        "AppLoadFailed",
+    );
+    assert_eq!(status["aborts"]["last"]["exitCode"], 4, "{status:#}");
 }
