@@ -234,7 +234,8 @@ fn termination_abort(
         Reason::LivenessTimeout
     } else if code == 137 && shutting_down {
         Reason::GracePeriodExceeded
-    } else if code > 128 {
+    } else if (129..=192).contains(&code) {
+        // 128 + a signal number (1–64); a code above that is the program's own.
         Reason::Signaled
     } else {
         Reason::UnexpectedExit

@@ -190,6 +190,31 @@ fn a_deletion_exit_is_a_shutdown_and_the_run_before_it_still_counts() {
 }
 
 #[test]
+fn only_128_plus_a_signal_number_is_a_signal() {
+    for code in [193, 200, 255] {
+        let aborts = classify_pod(
+            Runtime::Gunicorn,
+            &pod(terminated(code, "Error"), json!({})),
+            &[],
+        );
+        assert_eq!(
+            (aborts[0].reason, aborts[0].signal.as_deref()),
+            (Reason::UnexpectedExit, None),
+            "exit {code}"
+        );
+    }
+    let aborts = classify_pod(
+        Runtime::Gunicorn,
+        &pod(terminated(192, "Error"), json!({})),
+        &[],
+    );
+    assert_eq!(
+        (aborts[0].reason, aborts[0].signal.as_deref()),
+        (Reason::Signaled, Some("signal 64"))
+    );
+}
+
+#[test]
 fn other_signals_and_exits_name_their_code() {
     let aborts = classify_pod(
         Runtime::Gunicorn,

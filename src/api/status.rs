@@ -44,7 +44,7 @@ pub struct WorkerPoolStatus {
     /// Worker aborts in the failure window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborts: Option<AbortSummary>,
-    /// Revision (hash of the derived pod template) the spec asks for.
+    /// Revision the spec asks for: a hash of the spec fields the pods are derived from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// The init Job of the latest revision that needed one.
