@@ -61,7 +61,15 @@ fn classify_pods(c: &mut Criterion) {
     let mut group = c.benchmark_group("classify");
     group.throughput(Throughput::Elements(PODS as u64));
     group.bench_function("1000 pods of one pool", |b| {
-        b.iter(|| observe::pod_aborts(Runtime::Gunicorn, black_box(&refs), black_box(&events), now))
+        b.iter(|| {
+            observe::pod_aborts(
+                Runtime::Gunicorn,
+                black_box(&refs),
+                black_box(&events),
+                &|_| Some(jiff::SignedDuration::from_secs(60)),
+                now,
+            )
+        })
     });
     group.finish();
 }

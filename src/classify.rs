@@ -1,6 +1,7 @@
 //! Classifies why a worker container aborted, from what the kubelet writes: container states,
 //! pod status and conditions, and the kubelet's `Killing` / `Unhealthy` / `BackOff` Events. Pure.
 
+use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
@@ -67,6 +68,10 @@ pub struct Abort {
     /// When the container last terminated, if it did.
     #[serde(skip)]
     pub finished_at: Option<jiff::Timestamp>,
+    /// A boot failure known only from the run ending inside its boot window: no app-server
+    /// exit code says more, so neither the settle time nor gunicorn's advice applies as to exit 3.
+    #[serde(skip)]
+    pub by_boot_window: bool,
 }
 
 /// A kubelet Event about a pod, reduced to what classification needs.
@@ -165,6 +170,7 @@ fn waiting_abort(pod: &str, container: &ContainerView) -> Option<Abort> {
             .last_terminated
             .as_ref()
             .and_then(|t| t.finished_at),
+        by_boot_window: false,
     })
 }
 
@@ -175,10 +181,17 @@ fn termination_aborts(
     pod: &PodView,
     container: &ContainerView,
     events: &[KubeletEvent],
+    boot_window: Option<SignedDuration>,
 ) -> Vec<Abort> {
+    let run = |terminated, restart_count, current| Run {
+        terminated,
+        restart_count,
+        current,
+        boot_window,
+    };
     let previous = container.last_terminated.as_ref().and_then(|t| {
-        let run = container.restart_count.saturating_sub(1).max(0);
-        termination_abort(runtime, pod, container, events, t, run, false)
+        let index = container.restart_count.saturating_sub(1).max(0);
+        termination_abort(runtime, pod, container, events, run(t, index, false))
     });
     let current = match &container.state {
         State::Terminated(t) => termination_abort(
@@ -186,13 +199,30 @@ fn termination_aborts(
             pod,
             container,
             events,
-            t,
-            container.restart_count,
-            true,
+            run(t, container.restart_count, true),
         ),
         _ => None,
     };
     previous.into_iter().chain(current).collect()
+}
+
+/// One run of a container that ended.
+struct Run<'a> {
+    terminated: &'a Termination,
+    /// Which run it was: the container's restart count when it ended.
+    restart_count: i32,
+    /// It ended last and the container was not restarted since.
+    current: bool,
+    boot_window: Option<SignedDuration>,
+}
+
+impl Run<'_> {
+    /// How long the run lasted, when it ended inside its boot window.
+    fn ended_booting(&self) -> Option<SignedDuration> {
+        let t = self.terminated;
+        let lasted = t.finished_at?.duration_since(t.started_at?);
+        (lasted < self.boot_window?).then_some(lasted)
+    }
 }
 
 fn termination_abort(
@@ -200,10 +230,14 @@ fn termination_abort(
     pod: &PodView,
     container: &ContainerView,
     events: &[KubeletEvent],
-    terminated: &Termination,
-    restart_count: i32,
-    current: bool,
+    run: Run<'_>,
 ) -> Option<Abort> {
+    let Run {
+        terminated,
+        restart_count,
+        current,
+        ..
+    } = run;
     let code = terminated.exit_code;
     // The run that ends because its pod is being deleted: SIGTERM answered with 0 or 143 is a
     // shutdown, not an abort, also when the kubelet calls it OOMKilled (the cgroup's OOM counter
@@ -218,6 +252,7 @@ fn termination_abort(
             .then(|| probe_failure(events, &pod.name, &container.name, probe))
     };
     let mut evidence = None;
+    let mut by_boot_window = false;
     // The app server's own boot-failure codes come first: a probe kill ends in SIGTERM, which
     // gunicorn and uvicorn answer with 0 (or 143, or 137 after the grace period), never 3 or 4.
     let reason = if terminated.reason.as_deref() == Some("OOMKilled") {
@@ -237,6 +272,15 @@ fn termination_abort(
     } else if (129..=192).contains(&code) {
         // 128 + a signal number (1–64); a code above that is the program's own.
         Reason::Signaled
+    } else if let Some(lasted) = run.ended_booting() {
+        // uvicorn's exit 1 on an import error, celery's, any worker's: it never finished booting.
+        evidence = Some(format!(
+            "exited {code} {}s after it started, inside its {}s boot window",
+            lasted.as_secs(),
+            run.boot_window.map_or(0, |w| w.as_secs())
+        ));
+        by_boot_window = true;
+        Reason::BootFailed
     } else {
         Reason::UnexpectedExit
     };
@@ -251,11 +295,21 @@ fn termination_abort(
             .or_else(|| terminated.message.clone())
             .or_else(|| terminated.reason.clone()),
         finished_at: terminated.finished_at,
+        by_boot_window,
     })
 }
 
 /// Every abort visible on a pod, pod-level ones first, then per container in status order.
-pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec<Abort> {
+/// How long a container's boot may take (its startup-probe window), when known: a run that ends
+/// sooner, for no more specific reason, is a boot failure.
+pub type BootWindow<'a> = &'a dyn Fn(&str) -> Option<SignedDuration>;
+
+pub fn classify(
+    runtime: Runtime,
+    pod: &PodView,
+    events: &[KubeletEvent],
+    boot_window: BootWindow<'_>,
+) -> Vec<Abort> {
     let mut aborts = Vec::new();
     if pod.reason.as_deref() == Some("Evicted") {
         aborts.push(Abort {
@@ -267,6 +321,7 @@ pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec
             restart_count: None,
             message: pod.message.clone(),
             finished_at: None,
+            by_boot_window: false,
         });
     }
     if let Some(unschedulable) = &pod.unschedulable {
@@ -279,10 +334,12 @@ pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec
             restart_count: None,
             message: unschedulable.message.clone(),
             finished_at: None,
+            by_boot_window: false,
         });
     }
     for container in &pod.containers {
-        aborts.extend(termination_aborts(runtime, pod, container, events));
+        let window = boot_window(&container.name);
+        aborts.extend(termination_aborts(runtime, pod, container, events, window));
         if let Some(abort) = waiting_abort(&pod.name, container) {
             aborts.push(abort);
         }
@@ -292,5 +349,24 @@ pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec
 
 /// [`classify`] for a whole `Pod`, as `kubectl get pod -o json` prints it.
 pub fn classify_pod(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec<Abort> {
-    classify(runtime, &PodView::from(pod), events)
+    classify(runtime, &PodView::from(pod), events, &|container| {
+        startup_window(pod, container)
+    })
+}
+
+/// The window a container's startup probe gives its boot, from the pod's spec (with the
+/// kubelet's defaults: every 10 s, 3 failures); None without a startup probe.
+pub fn startup_window(pod: &Pod, container: &str) -> Option<SignedDuration> {
+    let probe = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .startup_probe
+        .as_ref()?;
+    let period = i64::from(probe.period_seconds.unwrap_or(10));
+    let failures = i64::from(probe.failure_threshold.unwrap_or(3));
+    let delay = i64::from(probe.initial_delay_seconds.unwrap_or(0));
+    Some(SignedDuration::from_secs(delay + period * failures))
 }

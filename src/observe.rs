@@ -6,7 +6,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::aborts::{self, Observed};
 use crate::api::{AbortRecord, Runtime};
-use crate::classify::{self, Abort, KubeletEvent, Reason};
+use crate::classify::{self, Abort, BootWindow, KubeletEvent, Reason};
 use crate::loghints::{self, LogFindings};
 use crate::podview::{ContainerView, PodView, State};
 
@@ -84,6 +84,16 @@ pub fn advice(reason: Reason) -> &'static str {
     }
 }
 
+/// [`advice`] for one abort: a boot failure known from how short the run was is no exit 3.
+fn advice_for(abort: &Abort) -> &'static str {
+    match abort.reason {
+        Reason::BootFailed if abort.by_boot_window => {
+            "the container exited before it finished booting; its previous log (kubectl logs --previous) shows why"
+        }
+        reason => advice(reason),
+    }
+}
+
 /// Identity of an abort: terminations by restart count, so each run is counted once; waiting
 /// states and pod-level aborts once per pod (a crash loop is one `CrashLoop`, plus each exit).
 pub fn identity(pod_uid: &str, abort: &Abort) -> String {
@@ -106,7 +116,7 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
         restart_count: abort.restart_count.unwrap_or(0),
         time: Some(at.to_string()),
         message: abort.message.clone(),
-        hint: Some(hint.unwrap_or_else(|| advice(abort.reason).to_string())),
+        hint: Some(hint.unwrap_or_else(|| advice_for(abort).to_string())),
     }
 }
 
@@ -115,15 +125,17 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
 /// termination before it would settle), and so is a SIGKILL at the end of a pod's grace period,
 /// which must be counted before the kubelet removes the pod a moment later.
 fn needs_settling(abort: &Abort) -> bool {
-    !matches!(
-        abort.reason,
-        Reason::OOMKilled
-            | Reason::BootFailed
-            | Reason::AppLoadFailed
-            | Reason::StartupTimeout
-            | Reason::LivenessTimeout
-            | Reason::GracePeriodExceeded
-    )
+    // A boot failure known only from how short the run was could still be a startup-probe kill.
+    let certain_boot_failure = abort.reason == Reason::BootFailed && !abort.by_boot_window;
+    !certain_boot_failure
+        && !matches!(
+            abort.reason,
+            Reason::OOMKilled
+                | Reason::AppLoadFailed
+                | Reason::StartupTimeout
+                | Reason::LivenessTimeout
+                | Reason::GracePeriodExceeded
+        )
 }
 
 /// Every abort the pods show, except terminations still settling.
@@ -131,11 +143,12 @@ pub fn pod_aborts(
     runtime: Runtime,
     pods: &[&PodView],
     events: &[KubeletEvent],
+    boot_window: BootWindow<'_>,
     now: Timestamp,
 ) -> PodFindings {
     let mut findings = PodFindings::default();
     for pod in pods {
-        for abort in classify::classify(runtime, pod, events) {
+        for abort in classify::classify(runtime, pod, events, boot_window) {
             let at = abort.finished_at.unwrap_or(now);
             if abort.exit_code.is_some() && needs_settling(&abort) {
                 let age = now.duration_since(at);
@@ -221,6 +234,7 @@ pub fn log_aborts(pod: &PodView, container: &str, log: &str, now: Timestamp) -> 
                 restart_count: Some(restart_count),
                 message: Some(format!("worker pid {pid}")),
                 finished_at: None,
+                by_boot_window: false,
             };
             Observed {
                 key: format!(
@@ -250,6 +264,7 @@ mod tests {
             restart_count: Some(4),
             message: None,
             finished_at: None,
+            by_boot_window: false,
         }
     }
 
@@ -302,5 +317,12 @@ mod tests {
         assert!(advice(Reason::GracePeriodExceeded).contains("exec"));
         assert!(advice(Reason::StartupTimeout).contains("policy.boot.timeoutSeconds"));
         assert!(advice(Reason::OOMKilled).contains("resources.limits.memory"));
+        let early_exit = Abort {
+            by_boot_window: true,
+            ..abort(Some("app"), Some(1), Reason::BootFailed)
+        };
+        assert!(advice_for(&early_exit).contains("before it finished booting"));
+        let exit_3 = abort(Some("app"), Some(3), Reason::BootFailed);
+        assert!(advice_for(&exit_3).contains("exited 3"));
     }
 }

@@ -67,6 +67,7 @@ pub struct Termination {
     pub exit_code: i32,
     pub reason: Option<String>,
     pub message: Option<String>,
+    pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
 }
 
@@ -76,6 +77,7 @@ impl From<&ContainerStateTerminated> for Termination {
             exit_code: t.exit_code,
             reason: t.reason.clone(),
             message: t.message.clone(),
+            started_at: t.started_at.as_ref().map(|at| at.0),
             finished_at: t.finished_at.as_ref().map(|at| at.0),
         }
     }

@@ -215,6 +215,31 @@ fn only_128_plus_a_signal_number_is_a_signal() {
 }
 
 #[test]
+fn a_run_that_ends_inside_its_startup_window_is_a_boot_failure_for_any_runtime() {
+    // uvicorn exits 1 on an import error, 3 s after it started; its startup probe allows 60 s.
+    let status = json!({"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 2,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+            "startedAt": "2026-11-22T10:00:02Z", "finishedAt": "2026-11-22T10:00:05Z"}}});
+    let probed = json!({"spec": {"containers": [{"name": "app", "image": "x",
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": 8000}, "periodSeconds": 5, "failureThreshold": 12}}]}});
+    let mut with_probe: Value = serde_json::to_value(pod(status.clone(), json!({}))).unwrap();
+    with_probe["spec"] = probed["spec"].clone();
+    let with_probe: Pod = serde_json::from_value(with_probe).unwrap();
+    for runtime in [Runtime::Uvicorn, Runtime::Generic] {
+        let aborts = classify_pod(runtime, &with_probe, &[]);
+        assert_eq!(aborts[0].reason, Reason::BootFailed, "{runtime:?}");
+        assert_eq!(
+            aborts[0].message.as_deref(),
+            Some("exited 1 3s after it started, inside its 60s boot window")
+        );
+    }
+    // Without a startup probe nothing says how long a boot may take.
+    let aborts = classify_pod(Runtime::Uvicorn, &pod(status, json!({})), &[]);
+    assert_eq!(aborts[0].reason, Reason::UnexpectedExit);
+}
+
+#[test]
 fn other_signals_and_exits_name_their_code() {
     let aborts = classify_pod(
         Runtime::Gunicorn,
@@ -290,6 +315,7 @@ mod arbitrary_status {
     use super::*;
     use jiff::Timestamp;
     use proptest::prelude::*;
+    use workerpool_operator::classify;
     use workerpool_operator::observe;
     use workerpool_operator::podview::PodView;
 
@@ -398,15 +424,18 @@ mod arbitrary_status {
         ) {
             let containers = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, Vec::len);
             let aborts = classify_pod(runtime, &pod, &events);
-            // At most one termination and one waiting state per container, plus two pod-level.
-            prop_assert!(aborts.len() <= 2 * containers + 2);
+            // At most two terminations (the current run's and the one before the last restart)
+            // and one waiting state per container, plus two pod-level.
+            prop_assert!(aborts.len() <= 3 * containers + 2);
             for abort in &aborts {
                 if let Some(code) = abort.exit_code {
                     prop_assert_eq!(abort.signal.is_some(), (129..=192).contains(&code));
                 }
             }
             let now: Timestamp = "2026-11-22T10:05:00Z".parse().expect("time");
-            let found = observe::pod_aborts(runtime, &[&PodView::from(&pod)], &events, now);
+            let window = |container: &str| classify::startup_window(&pod, container);
+            let found =
+                observe::pod_aborts(runtime, &[&PodView::from(&pod)], &events, &window, now);
             prop_assert!(found.found.len() <= aborts.len());
         }
     }

@@ -349,3 +349,46 @@ async fn waiting_on_init_leaves_the_live_template_and_other_managers_fields_alon
     assert_eq!(image(&rolled), "example/app:2");
     assert!(annotations(&rolled).contains_key(restarted));
 }
+
+#[tokio::test]
+async fn a_uvicorn_exit_1_crash_loop_opens_the_circuit() {
+    let mut h = harness(
+        vec![pool("api", json!({"replicas": 6, "runtime": "uvicorn"}))],
+        vec![],
+    )
+    .await;
+    h.reconcile("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let revision = revision_of(&h.deployment("api").await.expect("d"));
+
+    h.advance(60);
+    let finished = (h.now() - jiff::SignedDuration::from_secs(10)).to_string();
+    let started = (h.now() - jiff::SignedDuration::from_secs(12)).to_string();
+    let pods = (0..3)
+        .map(|i| {
+            let mut pod = failing_pod(&format!("api-{i}"), &revision, &finished);
+            let status = pod
+                .status
+                .as_mut()
+                .and_then(|s| s.container_statuses.as_mut());
+            if let Some(container) = status.and_then(|c| c.first_mut()) {
+                let ended = container
+                    .last_state
+                    .as_mut()
+                    .and_then(|s| s.terminated.as_mut())
+                    .expect("terminated");
+                ended.exit_code = 1;
+                ended.started_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    started.parse().expect("time"),
+                ));
+            }
+            pod
+        })
+        .collect();
+    h.set_pods(pods);
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let s = status(&h).await;
+    assert_stalled(&s, "BootFailureThreshold", "3 boot failures of revision");
+}

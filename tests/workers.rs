@@ -321,6 +321,27 @@ async fn an_unsettled_exit_without_event_is_counted_after_the_settle_time() {
     h.advance(5);
     h.reconcile("api").await;
     let status = current(&h).await;
+    // A run of 3 s ended inside the 60 s the pool's boot may take: it never finished booting.
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 1), ("CrashLoop".into(), 1)]
+    );
+    let last = status.aborts.and_then(|a| a.last).expect("last");
+    assert_eq!(
+        last.message.as_deref(),
+        Some("exited 1 3s after it started, inside its 60s boot window")
+    );
+}
+
+#[tokio::test]
+async fn an_exit_after_the_boot_window_is_an_unexpected_exit() {
+    let mut h = converged(json!({"replicas": 1}), 200).await;
+    let mut container = crashed(1, 1, 199);
+    container["lastState"]["terminated"]["startedAt"] = json!(at(100));
+    h.set_pods(vec![pod("api-a", container, json!({}))]);
+    h.advance(6);
+    h.reconcile("api").await;
+    let status = current(&h).await;
     assert_eq!(
         counts(&status),
         [("CrashLoop".into(), 1), ("UnexpectedExit".into(), 1)]

@@ -51,7 +51,24 @@ pub async fn observe(
     let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();
     let live: HashSet<&str> = pods.iter().map(|p| p.name.as_str()).collect();
     let events = ctx.kubelet_events.for_pool(namespace, name, &live);
-    let findings = observe::pod_aborts(pool.spec.runtime, &pods, &events, now);
+    // The app container's boot may take its startup probe's window: the one last applied, else
+    // the policy's boot timeout.
+    let boot_seconds = status
+        .and_then(|s| s.effective.as_ref())
+        .map_or(pool.spec.policy.boot.timeout_seconds, |e| {
+            e.startup_probe.window_seconds()
+        });
+    let app = pool.spec.container.as_deref().or_else(|| {
+        pool.spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.as_str())
+    });
+    let boot_window =
+        |container: &str| (Some(container) == app).then(|| SignedDuration::from_secs(boot_seconds));
+    let findings = observe::pod_aborts(pool.spec.runtime, &pods, &events, &boot_window, now);
 
     let mut reads = 0;
     let mut observed: Vec<Observed> = Vec::with_capacity(findings.found.len());
