@@ -363,12 +363,43 @@ fn wait_abort(ns: &str, name: &str, reason: &str, at_least: i64, timeout: Durati
 }
 
 /// A one-replica gunicorn pool `api` in namespace `ns` whose pods behave as `behaviour` asks,
-/// once `reason` is counted: its status.
-fn aborting_pool(ns: &str, behaviour: &[(&str, &str)], reason: &str) -> Value {
+/// once `reason` is counted and reported: its status.
+fn aborting_pool(
+    operators: &Operators,
+    ns: &str,
+    behaviour: &[(&str, &str)],
+    reason: &str,
+) -> Value {
     let ns = namespace(ns);
     let yaml = pool(&ns, "api", 1, "gunicorn", behaviour, json!({}));
     assert!(apply(&yaml).ok);
-    wait_abort(&ns, "api", reason, 1, 2 * MINUTE)
+    let status = wait_abort(&ns, "api", reason, 1, 2 * MINUTE);
+    assert_reported(operators, &ns, reason);
+    status
+}
+
+/// An abort of pool `api` in `ns` is a Warning Event naming the pod and a sample of the leader's
+/// abort counter.
+fn assert_reported(operators: &Operators, ns: &str, reason: &str) {
+    let events = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        &format!("reason={reason},type=Warning"),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        events.contains("pod api-"),
+        "no {reason} Event naming a pod: {events}"
+    );
+    let sample = format!(
+        "workerpool_worker_aborts_total{{namespace=\"{ns}\",pool=\"api\",reason=\"{reason}\"}}"
+    );
+    let metrics = metrics(operators);
+    assert!(metrics.contains(&sample), "{sample} missing: {metrics}");
 }
 
 fn metrics(operators: &Operators) -> String {
@@ -639,8 +670,9 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn an_oom_kill_is_counted_as_oom_killed() {
-    let _setup = setup();
+    let (_, operators) = setup();
     let status = aborting_pool(
+        &operators,
         "e2e-oom",
         &[("scenario", "oom"), ("boot", "1s"), ("serve", "3s")],
         "OOMKilled",
@@ -658,8 +690,9 @@ fn an_oom_kill_is_counted_as_oom_killed() {
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_boot_slower_than_the_startup_window_is_a_startup_timeout() {
-    let _setup = setup();
+    let (_, operators) = setup();
     aborting_pool(
+        &operators,
         "e2e-startup",
         &[
             ("scenario", "startup-timeout"),
@@ -673,8 +706,9 @@ fn a_boot_slower_than_the_startup_window_is_a_startup_timeout() {
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_liveness_kill_exiting_0_is_a_liveness_timeout() {
-    let _setup = setup();
+    let (_, operators) = setup();
     aborting_pool(
+        &operators,
         "e2e-liveness",
         &[("scenario", "liveness"), ("boot", "1s"), ("serve", "3s")],
         "LivenessTimeout",
@@ -684,7 +718,7 @@ fn a_liveness_kill_exiting_0_is_a_liveness_timeout() {
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_pod_that_ignores_sigterm_is_grace_period_exceeded_on_scale_down() {
-    let _setup = setup();
+    let (_, operators) = setup();
     let ns = namespace("e2e-sigkill");
     let yaml = pool(
         &ns,
@@ -699,6 +733,7 @@ fn a_pod_that_ignores_sigterm_is_grace_period_exceeded_on_scale_down() {
     kubectl_ok(&["scale", "wp/api", "-n", &ns, "--replicas=1"]);
     let status = wait_abort(&ns, "api", "GracePeriodExceeded", 1, 2 * MINUTE);
     assert_eq!(status["aborts"]["last"]["exitCode"], 137, "{status:#}");
+    assert_reported(&operators, &ns, "GracePeriodExceeded");
 }
 
 #[test]
@@ -733,10 +768,9 @@ fn sigterm_stops_an_operator_whose_api_server_is_unreachable() {
     assert!(exit.is_some(), "still running 15 s after SIGTERM");
 }
 
-#[test]
-#[ignore = "needs a control plane: run e2e/real-cluster"]
-fn the_standby_takes_over_when_the_leader_is_killed() {
-    let (_, mut operators) = setup();
+/// SIGKILLs the operator holding the Lease and waits for the other to take it: (old, new) leader.
+/// The killed one is started again by the next test's setup.
+fn kill_the_leader(operators: &mut Operators) -> (String, String) {
     let leader = wait_until(
         "a leader",
         MINUTE,
@@ -767,6 +801,67 @@ fn the_standby_takes_over_when_the_leader_is_killed() {
             )
         },
     );
+    (leader, new_leader)
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_new_leader_counts_no_termination_twice() {
+    let (_, mut operators) = setup();
+    let ns = namespace("e2e-recount");
+    // Each pod fails to boot twice (exit 3), then serves.
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[
+            ("scenario", "exit"),
+            ("exit-times", "2"),
+            ("boot", "1s"),
+            ("restart", "1s"),
+        ],
+        json!({"failure": {"bootFailureThreshold": 10}}),
+    );
+    assert!(apply(&yaml).ok);
+    let s = wait_ready(&ns, "api", 2 * MINUTE);
+    let counted_before = wait_until(
+        "4 boot failures counted",
+        MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (counted(&s, "BootFailed") == 4).then_some(s)
+        },
+        || format!("{s:#}"),
+    );
+    let metrics_before = metrics(&operators);
+
+    // The leader dies; the new one lists every pod again and sees the same four terminations.
+    kill_the_leader(&mut operators);
+    // A change to the pool makes the new leader reconcile it for certain.
+    kubectl_ok(&["annotate", "wp/api", "-n", &ns, "e2e/touched=1"]);
+    std::thread::sleep(Duration::from_secs(10));
+    let after = status(&ns, "api");
+    assert_eq!(counted(&after, "BootFailed"), 4, "{after:#}");
+    assert_eq!(
+        after["aborts"]["last"], counted_before["aborts"]["last"],
+        "{after:#}"
+    );
+    // The new leader's counter starts at 0 and has nothing new to count.
+    let metrics_after = metrics(&operators);
+    assert!(
+        !metrics_after
+            .lines()
+            .any(|l| l.starts_with("workerpool_worker_aborts_total") && l.contains(&ns)),
+        "before: {metrics_before}\nafter: {metrics_after}"
+    );
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn the_standby_takes_over_when_the_leader_is_killed() {
+    let (_, mut operators) = setup();
+    let (leader, new_leader) = kill_the_leader(&mut operators);
     assert_ne!(new_leader, leader);
 
     let ns = namespace("e2e-failover");
@@ -1038,8 +1133,9 @@ fn a_scale_down_whose_pods_exit_143_is_no_abort() {
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_gunicorn_exit_4_is_an_app_that_failed_to_load() {
-    let _setup = setup();
+    let (_, operators) = setup();
     let status = aborting_pool(
+        &operators,
         "e2e-app-load",
         &[
             ("scenario", "exit"),
