@@ -385,7 +385,7 @@ fn assert_reported(operators: &Operators, ns: &str, reason: &str) {
         "get",
         "events",
         "-n",
-        &ns,
+        ns,
         "--field-selector",
         &format!("reason={reason},type=Warning"),
         "-o",
