@@ -100,8 +100,8 @@ async fn the_init_job_runs_before_the_first_pods() {
     assert_eq!(replicas(&h.deployment("api").await.expect("d")), 4);
 }
 
-#[tokio::test]
-async fn a_failed_init_keeps_the_old_revision_serving_until_the_spec_changes() {
+/// A pool of 2 with an init Job: the Job succeeded and the pods are Ready. Also its Job's name.
+async fn serving_after_init() -> (Harness, String) {
     let mut h = harness(vec![pool("api", with_init(2))], vec![]).await;
     h.reconcile("api").await;
     let first = only_job_name(&h).await;
@@ -109,6 +109,12 @@ async fn a_failed_init_keeps_the_old_revision_serving_until_the_spec_changes() {
     h.reconcile("api").await;
     h.all_pods_ready("api").await;
     h.reconcile("api").await;
+    (h, first)
+}
+
+#[tokio::test]
+async fn a_failed_init_keeps_the_old_revision_serving_until_the_spec_changes() {
+    let (mut h, first) = serving_after_init().await;
     assert_eq!(
         image(&h.deployment("api").await.expect("d")),
         "example/app:1"
@@ -278,13 +284,7 @@ async fn boot_failures_open_the_circuit_and_a_spec_change_but_a_scale_closes_it(
 
 #[tokio::test]
 async fn waiting_on_init_leaves_the_live_template_and_other_managers_fields_alone() {
-    let mut h = harness(vec![pool("api", with_init(2))], vec![]).await;
-    h.reconcile("api").await;
-    let first = only_job_name(&h).await;
-    h.finish_job(&first, complete()).await;
-    h.reconcile("api").await;
-    h.all_pods_ready("api").await;
-    h.reconcile("api").await;
+    let (mut h, first) = serving_after_init().await;
 
     // `kubectl rollout restart` writes an annotation into the template as a manager of its own.
     let restarted = "kubectl.kubernetes.io/restartedAt";
