@@ -361,13 +361,13 @@ fn pod_template(
 
 fn app_container(runtime: Runtime, drain: i64, settings: &Settings, app: &mut Container) {
     if app.startup_probe.is_none() {
-        app.startup_probe = Some(settings.startup_probe.clone());
+        app.startup_probe = settings.startup_probe.clone();
     }
     if app.readiness_probe.is_none() {
-        app.readiness_probe = Some(settings.readiness_probe.clone());
+        app.readiness_probe = settings.readiness_probe.clone();
     }
     if app.liveness_probe.is_none() {
-        app.liveness_probe = Some(settings.liveness_probe.clone());
+        app.liveness_probe = settings.liveness_probe.clone();
     }
     // A zero-second sleep action is rejected before Kubernetes 1.33; no drain means no hook.
     if drain > 0 {

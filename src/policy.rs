@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
-    EffectiveSettings, HealthCheck, MAX_SECONDS, ProbeTiming, Runtime, Source, WorkerPoolSpec,
+    EffectiveSettings, Health, HealthCheck, MAX_SECONDS, ProbeTiming, Runtime, Source,
+    WorkerPoolSpec,
 };
 
 /// Seconds added to drain + graceful timeout for the grace period: time for the app server to
@@ -240,12 +241,25 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool<'_>, InvalidSpec> {
     }
 }
 
+/// A generic worker (a celery worker, say) with no `health` and no port of that name: it has no
+/// health check the operator could probe, so it gets no probes (readiness then means running).
+pub fn unprobed(spec: &WorkerPoolSpec, app: &Container) -> bool {
+    spec.runtime == Runtime::Generic
+        && spec.health == Health::default()
+        && !app
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p.name.as_deref() == Some("http"))
+}
+
 /// A named health port must exist on the app container, unless every probe is set explicitly.
 fn check_health_port(errors: &mut Vec<FieldError>, spec: &WorkerPoolSpec, app: &Container) {
     let all_explicit = app.startup_probe.is_some()
         && app.readiness_probe.is_some()
         && app.liveness_probe.is_some();
-    if all_explicit || spec.health.check == HealthCheck::Exec {
+    if all_explicit || spec.health.check == HealthCheck::Exec || unprobed(spec, app) {
         return;
     }
     match &spec.health.port {
@@ -304,10 +318,10 @@ pub struct ExplicitFlags {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub effective: EffectiveSettings,
-    /// Derived probes, applied only where the template has none.
-    pub startup_probe: Probe,
-    pub readiness_probe: Probe,
-    pub liveness_probe: Probe,
+    /// Derived probes, applied only where the template has none; none for an [`unprobed`] pool.
+    pub startup_probe: Option<Probe>,
+    pub readiness_probe: Option<Probe>,
+    pub liveness_probe: Option<Probe>,
     /// Derived app-server flags for `GUNICORN_CMD_ARGS` (gunicorn only), before merging.
     pub gunicorn_args: Vec<String>,
     /// Derived `UVICORN_*` environment (uvicorn only).
@@ -557,11 +571,16 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         });
     }
 
-    let startup = match &app.startup_probe {
-        Some(probe) => explicit_timing(probe),
-        None => startup_timing(p.boot.timeout_seconds),
+    // A probe the template sets is kept; the others are derived, unless nothing can be probed.
+    let derive_probes = !unprobed(spec, app);
+    let timing = |explicit: &Option<Probe>, derived: ProbeTiming| match explicit {
+        Some(probe) => Some(explicit_timing(probe)),
+        None => derive_probes.then_some(derived),
     };
-    if startup.source == Source::Template && startup.window_seconds() < p.boot.timeout_seconds {
+    let startup = timing(&app.startup_probe, startup_timing(p.boot.timeout_seconds));
+    if let Some(startup) = startup.filter(|t| t.source == Source::Template)
+        && startup.window_seconds() < p.boot.timeout_seconds
+    {
         conflicts.push(Conflict {
             field: "startupProbe".into(),
             message: format!(
@@ -573,13 +592,11 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
     }
 
     let app_timeout = worker_timeout.unwrap_or(p.requests.timeout_seconds);
-    let liveness = match &app.liveness_probe {
-        Some(probe) => explicit_timing(probe),
-        None => liveness_timing(app_timeout),
-    };
-    let liveness_reach = i64::from(liveness.period_seconds) * i64::from(liveness.failure_threshold)
-        + i64::from(liveness.timeout_seconds);
-    if liveness.source == Source::Template && liveness_reach <= app_timeout {
+    let liveness = timing(&app.liveness_probe, liveness_timing(app_timeout));
+    let liveness_reach = liveness.map_or(0, |l| {
+        i64::from(l.period_seconds) * i64::from(l.failure_threshold) + i64::from(l.timeout_seconds)
+    });
+    if liveness.is_some_and(|l| l.source == Source::Template) && liveness_reach <= app_timeout {
         conflicts.push(Conflict {
             field: "livenessProbe".into(),
             message: format!(
@@ -588,10 +605,7 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         });
     }
 
-    let readiness = match &app.readiness_probe {
-        Some(probe) => explicit_timing(probe),
-        None => readiness_timing(),
-    };
+    let readiness = timing(&app.readiness_probe, readiness_timing());
 
     let mut gunicorn_args = Vec::new();
     let mut uvicorn_env = Vec::new();
@@ -627,9 +641,10 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             max_surge: p.boot.max_concurrent,
             max_unavailable: 0,
         },
-        startup_probe: probe_from(spec, startup_timing(p.boot.timeout_seconds)),
-        readiness_probe: probe_from(spec, readiness_timing()),
-        liveness_probe: probe_from(spec, liveness_timing(app_timeout)),
+        startup_probe: derive_probes
+            .then(|| probe_from(spec, startup_timing(p.boot.timeout_seconds))),
+        readiness_probe: derive_probes.then(|| probe_from(spec, readiness_timing())),
+        liveness_probe: derive_probes.then(|| probe_from(spec, liveness_timing(app_timeout))),
         gunicorn_args,
         uvicorn_env,
         conflicts,

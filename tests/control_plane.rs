@@ -1180,3 +1180,31 @@ fn a_uvicorn_exit_1_at_boot_is_a_boot_failure() {
     assert_eq!(status["aborts"]["last"]["exitCode"], 1, "{status:#}");
     assert_reported(&operators, &ns, "BootFailed");
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_pool_with_only_a_template_becomes_ready() {
+    let _setup = setup();
+    let ns = namespace("e2e-minimal");
+    // A celery worker: no port, no health, no policy.
+    let yaml = json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "worker", "namespace": ns},
+        "spec": {
+            "runtime": "generic",
+            "template": {"spec": {"containers": [{
+                "name": "worker",
+                "image": "registry.example/worker:1",
+                "command": ["celery", "-A", "app", "worker"]
+            }]}}
+        }
+    });
+    let out = apply(&yaml.to_string());
+    assert!(out.ok, "{}", out.stderr);
+    let s = wait_ready(&ns, "worker", 2 * MINUTE);
+    assert!(s["effective"]["startupProbe"].is_null(), "{s:#}");
+    let deployment = kubectl_json(&["get", "deployment", "worker", "-n", &ns]).expect("Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["readinessProbe"].is_null(), "{container:#}");
+}

@@ -473,3 +473,64 @@ fn the_init_job_is_named_by_revision_and_command() {
     let long = derive::init_job_name(&"p".repeat(63), "aaaaaaaaaa", &migrate);
     assert!(long.len() <= 63, "{long}");
 }
+
+#[test]
+fn a_generic_worker_without_a_port_or_health_is_valid_and_gets_no_probes() {
+    // A celery worker: only `runtime` and `template`, no port.
+    let worker: WorkerPoolSpec = serde_json::from_value(json!({
+        "runtime": "generic",
+        "template": {"spec": {"containers": [
+            {"name": "worker", "image": "x/celery:1", "command": ["celery", "-A", "app", "worker"]}
+        ]}}
+    }))
+    .expect("spec");
+    let (deployment, settings) = build(&worker);
+    let container = app(&deployment);
+    assert_eq!(
+        (
+            &container.startup_probe,
+            &container.readiness_probe,
+            &container.liveness_probe
+        ),
+        (&None, &None, &None),
+        "no probe it cannot answer"
+    );
+    assert_eq!(
+        (
+            settings.effective.startup_probe,
+            settings.effective.readiness_probe,
+            settings.effective.liveness_probe
+        ),
+        (None, None, None),
+        "and none published"
+    );
+
+    // A probe the template sets is kept and published.
+    let mut probed = worker.clone();
+    let containers = &mut probed.template.spec.as_mut().expect("pod").containers;
+    containers[0].liveness_probe = serde_json::from_value(
+        json!({"exec": {"command": ["celery", "inspect", "ping"]}, "periodSeconds": 30}),
+    )
+    .expect("probe");
+    let (deployment, settings) = build(&probed);
+    assert!(app(&deployment).liveness_probe.is_some());
+    assert!(app(&deployment).startup_probe.is_none());
+    assert_eq!(
+        settings.effective.liveness_probe.map(|p| p.source),
+        Some(Source::Template)
+    );
+
+    // With a port named http, or an app server, the health check is probed as before.
+    let served = spec("generic", json!({}));
+    assert!(app(&build(&served).0).readiness_probe.is_some());
+    let gunicorn: WorkerPoolSpec = serde_json::from_value(json!({
+        "runtime": "gunicorn",
+        "template": {"spec": {"containers": [{"name": "web", "image": "x/web:1"}]}}
+    }))
+    .expect("spec");
+    let refused = policy::validate(&gunicorn).expect_err("no port named http");
+    assert!(
+        refused.to_string().contains("spec.health.port"),
+        "{refused}"
+    );
+}

@@ -179,9 +179,14 @@ pub struct EffectiveSettings {
     /// preStop sleep; absent when the template's own preStop hook is not a sleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_stop_sleep_seconds: Option<i64>,
-    pub startup_probe: ProbeTiming,
-    pub readiness_probe: ProbeTiming,
-    pub liveness_probe: ProbeTiming,
+    /// The probes' timings; absent when the pool has none (a generic worker without a port
+    /// and without `health`) and the template sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<ProbeTiming>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<ProbeTiming>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<ProbeTiming>,
     /// App-server worker timeout (gunicorn `--timeout`), when the runtime has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_timeout_seconds: Option<i64>,

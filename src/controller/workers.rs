@@ -55,8 +55,9 @@ pub async fn observe(
     // the policy's boot timeout.
     let boot_seconds = status
         .and_then(|s| s.effective.as_ref())
-        .map_or(pool.spec.policy.boot.timeout_seconds, |e| {
-            e.startup_probe.window_seconds()
+        .and_then(|e| e.startup_probe)
+        .map_or(pool.spec.policy.boot.timeout_seconds, |p| {
+            p.window_seconds()
         });
     let app = pool.spec.container.as_deref().or_else(|| {
         pool.spec
