@@ -12,12 +12,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use sha2::{Digest, Sha256};
 
 use crate::api::{
     Health, INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, Policy, REVISION_ANNOTATION,
     RUNTIME_ANNOTATION, Runtime, WorkerPool, WorkerPoolSpec,
 };
+use crate::drift::short_hash;
 use crate::policy::{Settings, ValidPool};
 
 /// The pool object's identity, as children refer to it.
@@ -174,14 +174,6 @@ impl SpecHashes {
             spec: spec_hash(spec),
         }
     }
-}
-
-fn short_hash(value: &impl serde::Serialize, hex_digits: usize) -> String {
-    let json = serde_json::to_vec(value).unwrap_or_default();
-    let digest = Sha256::digest(&json);
-    let mut hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    hex.truncate(hex_digits);
-    hex
 }
 
 /// The revision a live Deployment's template carries, if it is one of ours.

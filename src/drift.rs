@@ -79,16 +79,22 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, false)
 }
 
-/// A short, stable hash of an object as the operator applies it: the same JSON, the same hash,
-/// across restarts of the operator.
-pub fn applied_hash(desired: &Value) -> String {
+/// The first `hex_digits` of the SHA-256 of a value's JSON: the same value, the same hash, across
+/// restarts and versions of the operator (unlike [`version_of`], which never leaves the process).
+pub fn short_hash(value: &impl serde::Serialize, hex_digits: usize) -> String {
     use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(desired).unwrap_or_default();
-    Sha256::digest(&json)
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    let mut hex: String = Sha256::digest(&json)
         .iter()
-        .take(8)
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect();
+    hex.truncate(hex_digits);
+    hex
+}
+
+/// A hash of an object as the operator applies it.
+pub fn applied_hash(desired: &Value) -> String {
+    short_hash(desired, 16)
 }
 
 /// Writes the hash of `object` as it stands into its applied annotation; returns the hash.
