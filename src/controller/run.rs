@@ -89,14 +89,16 @@ where
         if matches!(event, Ok(watcher::Event::InitDone)) {
             synced.mark();
         }
-        futures::future::ready(match event {
-            Ok(event) => changes.admit(event).map(Ok),
-            Err(error) => {
-                tracing::warn!(watch = synced.name, "watch failed, retrying: {error}");
-                None
-            }
-        })
+        futures::future::ready(succeeded(synced.name, event).and_then(|e| changes.admit(e).map(Ok)))
     })
+}
+
+/// A watch's event, or None when the watch failed: the error is logged here and goes no further,
+/// since each watch retries on its own back-off.
+fn succeeded<T>(watch: &str, event: Result<T, watcher::Error>) -> Option<T> {
+    event
+        .map_err(|error| tracing::warn!(watch, "watch failed, retrying: {error}"))
+        .ok()
 }
 
 /// Counts the watch caches whose first list is complete and turns `/readyz` on with the last.
@@ -461,13 +463,9 @@ pub async fn control(
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 synced.mark();
             }
-            futures::future::ready(match event {
-                Ok(event) => Some(futures::stream::iter(pods.apply(event))),
-                Err(error) => {
-                    tracing::warn!(watch = "Pod", "watch failed, retrying: {error}");
-                    None
-                }
-            })
+            futures::future::ready(
+                succeeded("Pod", event).map(|event| futures::stream::iter(pods.apply(event))),
+            )
         }
     })
     .flatten()
@@ -482,15 +480,7 @@ pub async fn control(
             )
             .backoff(watch_backoff())
             .applied_objects()
-            .filter_map(move |event| {
-                futures::future::ready(match event {
-                    Ok(event) => Some(Ok(event)),
-                    Err(error) => {
-                        tracing::warn!(watch = %format!("Event {reason}"), "watch failed, retrying: {error}");
-                        None
-                    }
-                })
-            })
+            .filter_map(move |event| futures::future::ready(succeeded(reason, event).map(Ok)))
             .boxed()
         });
         let mut merged = Some(futures::stream::select_all(streams));
