@@ -101,6 +101,20 @@ pub struct WorkerPoolSpec {
     pub policy: Policy,
 }
 
+impl WorkerPoolSpec {
+    /// The app container's name as the spec gives it: `container`, else the template's first;
+    /// None when the template lists none (validation says so).
+    pub fn app_container_name(&self) -> Option<&str> {
+        self.container.as_deref().or_else(|| {
+            self.template
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.as_str())
+        })
+    }
+}
+
 fn default_replicas() -> i32 {
     1
 }

@@ -1,5 +1,5 @@
 //! What the controller remembers of each pool between its reconciles, one record per pool: the
-//! status it last wrote, when, the children it last verified, the pool's template revision, its
+//! status it last wrote, when, the children it last verified, the pool's revision and spec hash, its
 //! failed attempts and when each unhealthy container's log was last sampled. Records are keyed by the pool's uid, so a lookup needs no allocation and a
 //! pool deleted and created again under its name starts with nothing remembered.
 
@@ -32,7 +32,7 @@ struct PoolMemory {
     /// with the version of what that was derived from (live, inputs).
     verified: HashMap<ChildKey, (u64, u64)>,
     /// The pool's revision and spec hash, with the version of the pool they were taken from.
-    revision: Option<(u64, SpecHashes)>,
+    spec_hashes: Option<(u64, SpecHashes)>,
     /// Reconciles that failed in a row.
     failed_attempts: u32,
     /// When each unhealthy container's log (by pod uid and container name) was last sampled.
@@ -172,15 +172,15 @@ impl Memory {
     }
 
     /// The pool's revision and spec hash, if taken from this version of the pool.
-    pub fn revision(&self, uid: &str, pool_version: u64) -> Option<SpecHashes> {
+    pub fn spec_hashes(&self, uid: &str, pool_version: u64) -> Option<SpecHashes> {
         let pools = self.pools();
-        let (version, revision) = pools.get(uid)?.revision.as_ref()?;
-        (*version == pool_version).then(|| revision.clone())
+        let (version, hashes) = pools.get(uid)?.spec_hashes.as_ref()?;
+        (*version == pool_version).then(|| hashes.clone())
     }
 
-    pub fn derived_revision(&self, uid: &str, pool_version: u64, hashes: &SpecHashes) {
+    pub fn took_spec_hashes(&self, uid: &str, pool_version: u64, hashes: &SpecHashes) {
         self.with_record(uid, |record| {
-            record.revision = Some((pool_version, hashes.clone()));
+            record.spec_hashes = Some((pool_version, hashes.clone()));
         });
     }
 
@@ -325,15 +325,15 @@ mod tests {
     }
 
     #[test]
-    fn a_revision_holds_for_the_pool_version_it_was_derived_from() {
+    fn spec_hashes_hold_for_the_pool_version_they_were_taken_from() {
         let memory = Memory::default();
         let hashes = SpecHashes {
             revision: "abc".into(),
             spec: "def".into(),
         };
-        memory.derived_revision("a", 1, &hashes);
-        assert_eq!(memory.revision("a", 1), Some(hashes));
-        assert_eq!(memory.revision("a", 2), None);
+        memory.took_spec_hashes("a", 1, &hashes);
+        assert_eq!(memory.spec_hashes("a", 1), Some(hashes));
+        assert_eq!(memory.spec_hashes("a", 2), None);
     }
 
     #[test]
@@ -370,7 +370,7 @@ mod tests {
         let memory = Memory::default();
         memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
         memory.verified("a", ("Job", "api-init-abc".into()), 1, 2);
-        memory.derived_revision(
+        memory.took_spec_hashes(
             "a",
             1,
             &SpecHashes {
@@ -383,7 +383,7 @@ mod tests {
         assert_eq!(memory.written_pools(), 0);
         assert_eq!(memory.paced_pools(), 0);
         assert_eq!(memory.verified_children(), 0);
-        assert_eq!(memory.revision("a", 1), None);
+        assert_eq!(memory.spec_hashes("a", 1), None);
         assert!(memory.0.lock().expect("lock").is_empty());
     }
 }

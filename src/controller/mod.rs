@@ -459,11 +459,11 @@ async fn apply_children(
     let SpecHashes {
         revision,
         spec: spec_hash,
-    } = match ctx.memory.revision(uid, pool_version) {
+    } = match ctx.memory.spec_hashes(uid, pool_version) {
         Some(hashes) => hashes,
         None => {
             let hashes = SpecHashes::of(spec);
-            ctx.memory.derived_revision(uid, pool_version, &hashes);
+            ctx.memory.took_spec_hashes(uid, pool_version, &hashes);
             hashes
         }
     };

@@ -59,14 +59,7 @@ pub async fn observe(
         .map_or(pool.spec.policy.boot.timeout_seconds, |p| {
             p.window_seconds()
         });
-    let app = pool.spec.container.as_deref().or_else(|| {
-        pool.spec
-            .template
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.as_str())
-    });
+    let app = pool.spec.app_container_name();
     let boot_window =
         |container: &str| (Some(container) == app).then(|| SignedDuration::from_secs(boot_seconds));
     let findings = observe::pod_aborts(pool.spec.runtime, &pods, &events, &boot_window, now);
