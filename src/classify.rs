@@ -246,6 +246,11 @@ fn termination_abort(
     if shutting_down && matches!(code, 0 | 143) {
         return None;
     }
+    // The run an eviction ended is the eviction, counted once on the pod.
+    let evicted = current && pod.reason.as_deref() == Some("Evicted");
+    if evicted && terminated.reason.as_deref() != Some("OOMKilled") {
+        return None;
+    }
     let app_server = matches!(runtime, Runtime::Gunicorn | Runtime::Uvicorn);
     let probe_kill = |probe: &str| {
         killed_by_probe(events, &pod.name, &container.name, &probe.to_lowercase())

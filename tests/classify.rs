@@ -294,6 +294,20 @@ fn pod_level_reasons() {
         json!({"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}}),
     );
     assert_eq!(reasons(Runtime::Gunicorn, &evicted, &[]), [Reason::Evicted]);
+    // The kubelet ends an evicted pod's containers with 137 (reason ContainerStatusUnknown when it
+    // lost them): the eviction is counted once, as Evicted; an earlier run's abort still counts.
+    let killed_by_eviction = pod(
+        json!({"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 1,
+               "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                                        "message": "The container could not be located when the pod was terminated"}},
+               "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                            "startedAt": "2026-11-22T10:00:00Z", "finishedAt": "2026-11-22T10:05:00Z"}}}),
+        json!({"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}}),
+    );
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &killed_by_eviction, &[]),
+        [Reason::Evicted, Reason::OOMKilled]
+    );
     let pending = pod(
         healthy,
         json!({"status": {"phase": "Pending", "conditions": [
