@@ -10,7 +10,9 @@ pub struct LogFindings {
     pub worker_timeouts: u32,
     /// The worker pids of those timeouts, in log order; they identify each one across samples.
     pub worker_timeout_pids: Vec<u32>,
-    /// gunicorn "Worker (pid:N) was sent SIGKILL! Perhaps out of memory?".
+    /// gunicorn "Worker (pid:N) was sent SIGKILL! Perhaps out of memory?" for a pid with no
+    /// WORKER TIMEOUT before it: the kernel killed the worker. gunicorn prints the same line for
+    /// the SIGKILL it sends after a timeout itself; that one is part of the timeout.
     pub worker_oom_kills: u32,
     pub worker_oom_pids: Vec<u32>,
     pub worker_failed_to_boot: bool,
@@ -33,8 +35,13 @@ pub fn scan(log: &str) -> LogFindings {
             findings.worker_timeout_pids.extend(pid_in(line));
         }
         if line.contains("Perhaps out of memory?") {
-            findings.worker_oom_kills += 1;
-            findings.worker_oom_pids.extend(pid_in(line));
+            let pid = pid_in(line);
+            let after_timeout =
+                pid.is_some_and(|pid| findings.worker_timeout_pids.contains(&pid));
+            if !after_timeout {
+                findings.worker_oom_kills += 1;
+                findings.worker_oom_pids.extend(pid);
+            }
         }
         if line.contains("Worker failed to boot") {
             findings.worker_failed_to_boot = true;
@@ -75,10 +82,18 @@ fn pid_in(line: &str) -> Option<u32> {
 
 /// One line for an abort's hint: the most specific thing the log says.
 pub fn hint(findings: &LogFindings) -> Option<String> {
-    let headline = if findings.worker_oom_kills > 0 {
-        Some("gunicorn: a worker was sent SIGKILL (perhaps out of memory)")
+    let headline = if findings.worker_timeouts > 0 && findings.worker_oom_kills > 0 {
+        Some(
+            "gunicorn: WORKER TIMEOUT (gunicorn killed a worker that outlived --timeout), and a \
+             worker killed with no timeout before it: out of memory",
+        )
     } else if findings.worker_timeouts > 0 {
-        Some("gunicorn: WORKER TIMEOUT, a worker outlived --timeout")
+        Some(
+            "gunicorn: WORKER TIMEOUT, gunicorn killed a worker that outlived --timeout (its \
+             \"Perhaps out of memory?\" line is that kill, not an OOM)",
+        )
+    } else if findings.worker_oom_kills > 0 {
+        Some("gunicorn: a worker was sent SIGKILL with no WORKER TIMEOUT before it: out of memory")
     } else if findings.app_failed_to_load {
         Some("gunicorn: App failed to load")
     } else if findings.worker_failed_to_boot {
@@ -139,12 +154,33 @@ ModuleNotFoundError: No module named 'stripe'
     #[test]
     fn worker_timeouts_and_oom_kills_are_counted() {
         let f = scan(DEATH_SPIRAL);
-        assert_eq!((f.worker_timeouts, f.worker_oom_kills), (2, 1));
+        // gunicorn's SIGKILL of pid 9 follows its timeout: no OOM.
+        assert_eq!((f.worker_timeouts, f.worker_oom_kills), (2, 0));
         assert_eq!(f.worker_timeout_pids, [9, 12]);
-        assert_eq!(f.worker_oom_pids, [9]);
+        assert!(f.worker_oom_pids.is_empty());
+        let h = hint(&f).unwrap();
+        assert!(h.contains("WORKER TIMEOUT") && h.contains("not an OOM"), "{h}");
         assert_eq!(pid_in("Worker (pid: 31) was sent SIGKILL!"), Some(31));
         assert_eq!(pid_in("WORKER TIMEOUT (pid:x)"), None);
-        assert!(hint(&f).unwrap().contains("SIGKILL"));
+    }
+
+    #[test]
+    fn a_sigkill_with_no_timeout_of_its_pid_is_an_oom_kill() {
+        // A SIGKILL before the timeout of the same pid, and one of another pid.
+        let f = scan(
+            "[1] [ERROR] Worker (pid:9) was sent SIGKILL! Perhaps out of memory?\n\
+             [1] [CRITICAL] WORKER TIMEOUT (pid:12)\n\
+             [1] [ERROR] Worker (pid:15) was sent SIGKILL! Perhaps out of memory?\n",
+        );
+        assert_eq!(f.worker_oom_pids, [9, 15]);
+        assert_eq!(f.worker_timeout_pids, [12]);
+        let h = hint(&f).unwrap();
+        assert!(h.contains("WORKER TIMEOUT") && h.contains("out of memory"), "{h}");
+        let oom = scan("[1] [ERROR] Worker (pid:15) was sent SIGKILL! Perhaps out of memory?\n");
+        assert_eq!(
+            hint(&oom).as_deref(),
+            Some("gunicorn: a worker was sent SIGKILL with no WORKER TIMEOUT before it: out of memory")
+        );
     }
 
     #[test]

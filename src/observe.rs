@@ -207,12 +207,53 @@ pub fn unhealthy_containers(pod: &PodView) -> Vec<&ContainerView> {
         .collect()
 }
 
+/// What the hints of worker-level aborts name, from the pool's effective settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// gunicorn's effective `--timeout`.
+    pub timeout_seconds: Option<i64>,
+    /// The container's memory limit, as its spec writes it.
+    pub memory_limit: Option<String>,
+}
+
+impl WorkerLimits {
+    fn hint(&self, reason: Reason, pid: u32) -> String {
+        if reason == Reason::WorkerTimeout {
+            let timeout = self
+                .timeout_seconds
+                .map_or_else(|| "--timeout".to_string(), |t| format!("--timeout {t}s"));
+            format!(
+                "gunicorn killed worker pid {pid}: it did not check in within {timeout} (the \
+                 \"Perhaps out of memory?\" gunicorn prints with that SIGKILL is its own kill, not \
+                 an OOM). A boot slower than that: preload the app (policy.boot.preload), raise \
+                 policy.boot.timeoutSeconds or boot fewer pods at once (policy.boot.maxConcurrent); \
+                 a slow request: raise policy.requests.timeoutSeconds"
+            )
+        } else {
+            let limit = self
+                .memory_limit
+                .as_ref()
+                .map_or_else(String::new, |m| format!(" of its {m} memory limit"));
+            format!(
+                "worker pid {pid} was sent SIGKILL with no WORKER TIMEOUT before it: the kernel's \
+                 OOM killer, while the container kept running; the workers use too much{limit}: \
+                 raise the limit or run fewer workers"
+            )
+        }
+    }
+}
+
 /// Worker-level aborts in a running container's log: each gunicorn `WORKER TIMEOUT` and each worker
 /// SIGKILL ("Perhaps out of memory?") not caused by a timeout, identified by the worker's pid.
-pub fn log_aborts(pod: &PodView, container: &str, log: &str, now: Timestamp) -> Vec<Observed> {
+pub fn log_aborts(
+    pod: &PodView,
+    container: &str,
+    log: &str,
+    limits: &WorkerLimits,
+    now: Timestamp,
+) -> Vec<Observed> {
     let findings = loghints::scan(log);
     let restart_count = pod.container(container).map_or(0, |c| c.restart_count);
-    let hint = loghints::hint(&findings);
     let timeouts = findings
         .worker_timeout_pids
         .iter()
@@ -220,7 +261,6 @@ pub fn log_aborts(pod: &PodView, container: &str, log: &str, now: Timestamp) -> 
     let oom_kills = findings
         .worker_oom_pids
         .iter()
-        .filter(|pid| !findings.worker_timeout_pids.contains(pid))
         .map(|pid| (Reason::OOMKilled, *pid));
     timeouts
         .chain(oom_kills)
@@ -243,7 +283,7 @@ pub fn log_aborts(pod: &PodView, container: &str, log: &str, now: Timestamp) -> 
                 ),
                 at: now,
                 revision: pod.revision.clone(),
-                record: record(&abort, now, hint.clone()),
+                record: record(&abort, now, Some(limits.hint(reason, pid))),
             }
         })
         .collect()

@@ -430,6 +430,66 @@ async fn worker_timeouts_in_an_unready_pod_come_from_its_log() {
 }
 
 #[tokio::test]
+async fn gunicorns_own_sigkill_after_a_timeout_is_no_oom_kill() {
+    let mut h = converged(json!({"replicas": 1}), 70).await;
+    h.logs.set(
+        "api-a",
+        "app",
+        false,
+        "[1] [CRITICAL] WORKER TIMEOUT (pid:9)\n\
+         [1] [ERROR] Worker (pid:9) was sent SIGKILL! Perhaps out of memory?\n",
+    );
+    h.set_pods(vec![pod("api-a", unready(0), json!({}))]);
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(counts(&status), [("WorkerTimeout".into(), 1)]);
+    let timeout = status
+        .effective
+        .as_ref()
+        .and_then(|e| e.worker_timeout_seconds)
+        .expect("gunicorn has a --timeout");
+    let hint = status
+        .aborts
+        .and_then(|a| a.last)
+        .and_then(|l| l.hint)
+        .unwrap_or_default();
+    assert!(
+        hint.contains(&format!("--timeout {timeout}s"))
+            && hint.contains("not an OOM")
+            && hint.contains("policy.boot.preload")
+            && hint.contains("policy.boot.maxConcurrent"),
+        "{hint}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_sigkill_with_no_timeout_is_an_oom_kill_naming_the_memory_limit() {
+    let mut spec = json!({"replicas": 1});
+    spec["template"] = json!({"spec": {"containers": [{
+        "name": "app", "image": "example/app:1",
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "resources": {"limits": {"memory": "512Mi"}}
+    }]}});
+    let mut h = converged(spec, 70).await;
+    h.logs.set(
+        "api-a",
+        "app",
+        false,
+        "[1] [ERROR] Worker (pid:15) was sent SIGKILL! Perhaps out of memory?\n",
+    );
+    h.set_pods(vec![pod("api-a", unready(0), json!({}))]);
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(counts(&status), [("OOMKilled".into(), 1)]);
+    let hint = status
+        .aborts
+        .and_then(|a| a.last)
+        .and_then(|l| l.hint)
+        .unwrap_or_default();
+    assert!(hint.contains("pid 15") && hint.contains("512Mi"), "{hint}");
+}
+
+#[tokio::test]
 async fn a_booting_container_is_first_sampled_one_interval_into_its_run() {
     let mut h = converged(json!({"replicas": 1}), 70).await;
     h.logs.set("api-a", "app", false, DEATH_SPIRAL_LOG);

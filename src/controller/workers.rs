@@ -10,7 +10,7 @@ use super::Context;
 use crate::aborts::{self, Observed};
 use crate::api::{AbortRecord, AbortSummary, WorkerPool, WorkerPoolStatus};
 use crate::loghints;
-use crate::observe::{self, SAMPLE_INTERVAL};
+use crate::observe::{self, SAMPLE_INTERVAL, WorkerLimits};
 use crate::podview::PodView;
 
 /// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
@@ -89,6 +89,7 @@ pub async fn observe(
 
     let mut unhealthy = HashSet::new();
     if read_logs {
+        let limits = worker_limits(pool, status);
         for pod in &pods {
             let (pod_name, uid) = (pod.name.as_str(), pod.uid.as_str());
             for container in observe::unhealthy_containers(pod) {
@@ -108,7 +109,13 @@ pub async fn observe(
                     .await
                 {
                     Ok(text) => {
-                        observed.extend(observe::log_aborts(pod, &container.name, &text, now))
+                        observed.extend(observe::log_aborts(
+                        pod,
+                        &container.name,
+                        &text,
+                        &limits,
+                        now,
+                    ))
                     }
                     Err(error) => {
                         tracing::debug!(pod = pod_name, "sampling the log failed: {error}")
@@ -131,5 +138,24 @@ pub async fn observe(
         summary,
         fresh,
         recheck,
+    }
+}
+
+/// The effective worker timeout and the app container's memory limit, for worker-level hints.
+fn worker_limits(pool: &WorkerPool, status: Option<&WorkerPoolStatus>) -> WorkerLimits {
+    let app = pool.spec.app_container_name();
+    let memory_limit = pool
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| Some(c.name.as_str()) == app))
+        .and_then(|c| c.resources.as_ref()?.limits.as_ref()?.get("memory"))
+        .map(|q| q.0.clone());
+    WorkerLimits {
+        timeout_seconds: status
+            .and_then(|s| s.effective.as_ref())
+            .and_then(|e| e.worker_timeout_seconds),
+        memory_limit,
     }
 }
