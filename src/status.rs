@@ -497,6 +497,9 @@ pub struct Notice {
 
 /// Events for what changed: a new stall or template conflict, creation, a ramp step, readiness.
 /// Only transitions produce events, so a steady pool publishes none.
+/// The reason of the Event that says the pool became Ready.
+pub const READY_NOTICE: &str = "Ready";
+
 pub fn notices(
     old: Option<&WorkerPoolStatus>,
     new: &WorkerPoolStatus,
@@ -547,7 +550,7 @@ pub fn notices(
             .unwrap_or_default();
         out.push(Notice {
             warning: false,
-            reason: "Ready".into(),
+            reason: READY_NOTICE.into(),
             action: "Reconcile",
             message,
         });

@@ -37,6 +37,8 @@ struct PoolMemory {
     failed_attempts: u32,
     /// When each unhealthy container's log (by pod uid and container name) was last sampled.
     sampled: HashMap<String, Timestamp>,
+    /// The revision and replica count the pool was last announced Ready at.
+    announced_ready: Option<(String, i32)>,
 }
 
 /// A status this process wrote. Until the watch delivers that write, the cached pool still shows
@@ -219,6 +221,20 @@ impl Memory {
         })
     }
 
+    /// True (and noted) when the pool turning Ready at this revision and size is news. A pod that
+    /// lost its readiness and regained it (after a crash or an OOM kill) is reported as an abort;
+    /// announcing Ready again on each such recovery would bury the Events that explain it.
+    pub fn ready_is_news(&self, uid: &str, revision: &str, replicas: i32) -> bool {
+        self.with_record(uid, |record| {
+            let mark = (revision.to_owned(), replicas);
+            if record.announced_ready.as_ref() == Some(&mark) {
+                return false;
+            }
+            record.announced_ready = Some(mark);
+            true
+        })
+    }
+
     /// Forgets the samples of containers that are no longer unhealthy.
     pub fn keep_samples(&self, uid: &str, unhealthy: &HashSet<String>) {
         if let Some(record) = self.pools().get_mut(uid) {
@@ -343,6 +359,16 @@ mod tests {
         assert_eq!(memory.failed("a"), 2);
         memory.succeeded("a");
         assert_eq!(memory.failed("a"), 1);
+    }
+
+    #[test]
+    fn ready_is_news_once_per_revision_and_size() {
+        let memory = Memory::default();
+        assert!(memory.ready_is_news("a", "r1", 3));
+        assert!(!memory.ready_is_news("a", "r1", 3), "a pod that recovered");
+        assert!(memory.ready_is_news("a", "r1", 4), "a scale");
+        assert!(memory.ready_is_news("a", "r2", 4), "a rollout");
+        assert!(memory.ready_is_news("b", "r2", 4), "another pool");
     }
 
     #[test]

@@ -801,7 +801,14 @@ async fn announce(
             desired: pool.spec.replicas,
         })
     });
+    let uid = pool.metadata.uid.as_deref().unwrap_or_default();
+    let revision = new.revision.as_deref().unwrap_or_default();
     for notice in status::notices(old, new, ramp) {
+        if notice.reason == status::READY_NOTICE
+            && !ctx.memory.ready_is_news(uid, revision, pool.spec.replicas)
+        {
+            continue;
+        }
         let type_ = if notice.warning {
             EventType::Warning
         } else {
