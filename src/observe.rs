@@ -123,11 +123,15 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
 /// Probe kills are known only from the Event; OOM kills and the app server's boot-failure exits
 /// are certain from the status alone (no Event changes them, and a crash loop may replace the
 /// termination before it would settle), and so is a SIGKILL at the end of a pod's grace period,
-/// which must be counted before the kubelet removes the pod a moment later.
+/// which must be counted before the kubelet removes the pod a moment later. A probe kill ends in
+/// SIGTERM and then SIGKILL, so death by any other signal cannot be one.
 fn needs_settling(abort: &Abort) -> bool {
     // A boot failure known only from how short the run was could still be a startup-probe kill.
     let certain_boot_failure = abort.reason == Reason::BootFailed && !abort.by_boot_window;
+    let not_a_kubelet_signal =
+        abort.reason == Reason::Signaled && !matches!(abort.exit_code, Some(137 | 143));
     !certain_boot_failure
+        && !not_a_kubelet_signal
         && !matches!(
             abort.reason,
             Reason::OOMKilled
@@ -306,6 +310,33 @@ mod tests {
             finished_at: None,
             by_boot_window: false,
         }
+    }
+
+    #[test]
+    fn only_what_a_probe_kill_could_explain_waits_to_settle() {
+        let signaled = |code| Abort {
+            exit_code: Some(code),
+            ..abort(Some("app"), Some(code), Reason::Signaled)
+        };
+        assert!(
+            !needs_settling(&signaled(134)),
+            "SIGABRT is never the kubelet's"
+        );
+        assert!(
+            needs_settling(&signaled(143)),
+            "SIGTERM may be a probe kill"
+        );
+        assert!(needs_settling(&signaled(137)), "so may SIGKILL");
+        assert!(needs_settling(&abort(
+            Some("app"),
+            Some(2),
+            Reason::UnexpectedExit
+        )));
+        assert!(!needs_settling(&abort(
+            Some("app"),
+            Some(137),
+            Reason::OOMKilled
+        )));
     }
 
     #[test]
