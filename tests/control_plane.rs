@@ -663,6 +663,9 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
         events.contains("api-"),
         "no BootFailed Event naming a pod: {events}"
     );
+    // The crash loop beside the boot failures, in status, Events and metrics.
+    assert!(counted(&opened, "CrashLoop") >= 1, "{opened:#}");
+    assert_reported(&operators, &ns, "CrashLoop");
     let metrics = metrics(&operators);
     assert!(
         metrics
@@ -1207,4 +1210,180 @@ fn a_pool_with_only_a_template_becomes_ready() {
     let deployment = kubectl_json(&["get", "deployment", "worker", "-n", &ns]).expect("Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert!(container["readinessProbe"].is_null(), "{container:#}");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn an_image_that_cannot_be_pulled_is_image_pull_failed() {
+    let (_, operators) = setup();
+    let status = aborting_pool(
+        &operators,
+        "e2e-image-pull",
+        &[("scenario", "image-pull")],
+        "ImagePullFailed",
+    );
+    let last = &status["aborts"]["last"];
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Back-off pulling image")),
+        "{status:#}"
+    );
+    assert!(!condition_is(&status, "Ready", "True"), "{status:#}");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_missing_secret_is_a_config_error() {
+    let (_, operators) = setup();
+    let status = aborting_pool(
+        &operators,
+        "e2e-config-error",
+        &[("scenario", "config-error")],
+        "ConfigError",
+    );
+    assert!(
+        status["aborts"]["last"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("secret \"app-env\" not found")),
+        "{status:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_worker_ended_by_a_signal_is_signaled_with_the_signal_named() {
+    let (_, operators) = setup();
+    let status = aborting_pool(
+        &operators,
+        "e2e-signaled",
+        &[
+            ("scenario", "crash"),
+            ("exit-code", "134"),
+            ("boot", "1s"),
+            ("serve", "3s"),
+        ],
+        "Signaled",
+    );
+    let last = &status["aborts"]["last"];
+    assert_eq!(
+        (&last["exitCode"], &last["signal"]),
+        (&json!(134), &json!("SIGABRT")),
+        "{status:#}"
+    );
+    // The pod regains readiness after each crash: the pool said Ready once, the aborts say the rest.
+    let ns = "e2e-signaled";
+    wait_abort(ns, "api", "Signaled", 3, 2 * MINUTE);
+    let ready = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=Ready",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(ready.lines().count(), 1, "{}", describe(ns, "api"));
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn an_evicted_pod_is_counted_once_as_evicted() {
+    let (_, operators) = setup();
+    let ns = "e2e-evicted";
+    let status = aborting_pool(
+        &operators,
+        ns,
+        &[("scenario", "evict"), ("boot", "1s"), ("serve", "3s")],
+        "Evicted",
+    );
+    assert!(
+        status["aborts"]["last"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("low on resource: memory")),
+        "{status:#}"
+    );
+    // The container the eviction ended (137, ContainerStatusUnknown) is no second abort.
+    std::thread::sleep(Duration::from_secs(8));
+    let status = self::status(ns, "api");
+    let counts = status["aborts"]["counts"].as_array().cloned();
+    assert!(
+        counts
+            .unwrap_or_default()
+            .iter()
+            .all(|c| c["reason"] == "Evicted"),
+        "{status:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_pod_no_node_fits_is_unschedulable_with_the_schedulers_message() {
+    let (_, operators) = setup();
+    let ns = namespace("e2e-unschedulable");
+    let mut pool: Value =
+        serde_json::from_str(&pool(&ns, "api", 1, "gunicorn", &[], json!({}))).expect("json");
+    pool["spec"]["template"]["spec"]["nodeSelector"] = json!({"disktype": "ssd"});
+    assert!(apply(&pool.to_string()).ok);
+    let status = wait_abort(&ns, "api", "Unschedulable", 1, 2 * MINUTE);
+    assert!(
+        status["aborts"]["last"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("node(s) didn't match Pod's node affinity/selector")),
+        "{status:#}"
+    );
+    assert_reported(&operators, &ns, "Unschedulable");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn gunicorns_worker_timeout_is_told_apart_from_a_worker_oom_kill_by_pid() {
+    let (_, operators) = setup();
+    // KWOK's kubelet API serves this namespace's pods e2e/logs/gunicorn-worker-timeout.log:
+    // WORKER TIMEOUT (pid:9) and its SIGKILL, then a SIGKILL of pid 10 with no timeout. The pod
+    // keeps booting, never ready, so the operator samples its log through the API server.
+    let ns = namespace("e2e-worker-timeout");
+    let yaml = pool(
+        &ns,
+        "api",
+        1,
+        "gunicorn",
+        &[("scenario", "booting")],
+        json!({"boot": {"timeoutSeconds": 600}}),
+    );
+    assert!(apply(&yaml).ok);
+    let status = wait_until(
+        "WorkerTimeout and OOMKilled from the log",
+        2 * MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (counted(&s, "WorkerTimeout") >= 1 && counted(&s, "OOMKilled") >= 1).then_some(s)
+        },
+        || describe(&ns, "api"),
+    );
+    assert_eq!(counted(&status, "WorkerTimeout"), 1, "{status:#}");
+    assert_eq!(counted(&status, "OOMKilled"), 1, "pid 10 only: {status:#}");
+    assert_reported(&operators, &ns, "WorkerTimeout");
+    let events = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        "reason=WorkerTimeout",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        events.contains("worker pid 9") && events.contains("not an OOM"),
+        "{events}"
+    );
+    let timeout = status["effective"]["workerTimeoutSeconds"]
+        .as_i64()
+        .expect("gunicorn's --timeout");
+    assert!(
+        events.contains(&format!("--timeout {timeout}s")),
+        "{events}"
+    );
 }
