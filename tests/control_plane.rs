@@ -1387,3 +1387,54 @@ fn gunicorns_worker_timeout_is_told_apart_from_a_worker_oom_kill_by_pid() {
         "{events}"
     );
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn watches_expired_by_an_etcd_compaction_relist_and_converge_without_a_hot_loop() {
+    let (cluster, operators) = setup();
+    let ns = namespace("e2e-compaction");
+    let yaml = pool(&ns, "web", 2, "gunicorn", &[("boot", "1s")], json!({}));
+    assert!(apply(&yaml).ok);
+    wait_ready(&ns, "web", 2 * MINUTE);
+    let leader = operators.leader().expect("a leader").to_string();
+    let op = operators
+        .running
+        .iter()
+        .find(|o| o.identity == leader)
+        .expect("the leader runs");
+    let log_before = op.log().len();
+
+    let compact = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/control-plane"))
+        .args(["compact-etcd", &cluster.dir.to_string_lossy()])
+        .status()
+        .expect("e2e/control-plane");
+    assert!(compact.success());
+    // A change made after the compaction reaches the operator only through re-listed watches.
+    kubectl_ok(&["scale", "wp/web", "-n", &ns, "--replicas=4"]);
+    let s = wait_until(
+        "4 of 4 ready after the compaction",
+        MINUTE,
+        || {
+            let s = status(&ns, "web");
+            (condition_is(&s, "Ready", "True") && s["readyReplicas"] == 4).then_some(s)
+        },
+        || describe(&ns, "web"),
+    );
+    assert_eq!(s["observedGeneration"], 2, "{s:#}");
+    let log = op.log();
+    let since = &log[log_before.min(log.len())..];
+    assert!(
+        since.contains("too old resource version") || since.contains("Expired"),
+        "no expired watch in the leader's log: {since}"
+    );
+
+    std::thread::sleep(Duration::from_secs(5));
+    let audit = Audit::start(cluster);
+    std::thread::sleep(Duration::from_secs(20));
+    let requests = audit.requests_in(&ns);
+    assert!(
+        requests.is_empty(),
+        "requests after converging: {:#?}",
+        summary(&requests)
+    );
+}
