@@ -36,8 +36,7 @@ pub fn scan(log: &str) -> LogFindings {
         }
         if line.contains("Perhaps out of memory?") {
             let pid = pid_in(line);
-            let after_timeout =
-                pid.is_some_and(|pid| findings.worker_timeout_pids.contains(&pid));
+            let after_timeout = pid.is_some_and(|pid| findings.worker_timeout_pids.contains(&pid));
             if !after_timeout {
                 findings.worker_oom_kills += 1;
                 findings.worker_oom_pids.extend(pid);
@@ -159,7 +158,10 @@ ModuleNotFoundError: No module named 'stripe'
         assert_eq!(f.worker_timeout_pids, [9, 12]);
         assert!(f.worker_oom_pids.is_empty());
         let h = hint(&f).unwrap();
-        assert!(h.contains("WORKER TIMEOUT") && h.contains("not an OOM"), "{h}");
+        assert!(
+            h.contains("WORKER TIMEOUT") && h.contains("not an OOM"),
+            "{h}"
+        );
         assert_eq!(pid_in("Worker (pid: 31) was sent SIGKILL!"), Some(31));
         assert_eq!(pid_in("WORKER TIMEOUT (pid:x)"), None);
     }
@@ -175,11 +177,16 @@ ModuleNotFoundError: No module named 'stripe'
         assert_eq!(f.worker_oom_pids, [9, 15]);
         assert_eq!(f.worker_timeout_pids, [12]);
         let h = hint(&f).unwrap();
-        assert!(h.contains("WORKER TIMEOUT") && h.contains("out of memory"), "{h}");
+        assert!(
+            h.contains("WORKER TIMEOUT") && h.contains("out of memory"),
+            "{h}"
+        );
         let oom = scan("[1] [ERROR] Worker (pid:15) was sent SIGKILL! Perhaps out of memory?\n");
         assert_eq!(
             hint(&oom).as_deref(),
-            Some("gunicorn: a worker was sent SIGKILL with no WORKER TIMEOUT before it: out of memory")
+            Some(
+                "gunicorn: a worker was sent SIGKILL with no WORKER TIMEOUT before it: out of memory"
+            )
         );
     }
 

@@ -869,6 +869,46 @@ fn a_new_leader_counts_no_termination_twice() {
 
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_leader_killed_mid_ramp_is_replaced_and_the_ramp_finishes_counting_each_failure_once() {
+    let (_, mut operators) = setup();
+    let ns = namespace("e2e-failover-mid-ramp");
+    // Six pods, two at a time; each fails its first boot (exit 3), then serves.
+    let yaml = pool(
+        &ns,
+        "api",
+        6,
+        "gunicorn",
+        &[
+            ("scenario", "exit"),
+            ("exit-times", "1"),
+            ("boot", "2s"),
+            ("restart", "1s"),
+        ],
+        json!({"boot": {"maxConcurrent": 2}, "failure": {"bootFailureThreshold": 20}}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_until(
+        "the second ramp step and a counted boot failure",
+        2 * MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (s["rampTarget"].as_i64() >= Some(4) && counted(&s, "BootFailed") >= 1).then_some(())
+        },
+        || describe(&ns, "api"),
+    );
+    let before = status(&ns, "api");
+    assert!(before["rampTarget"].as_i64() < Some(6), "{before:#}");
+
+    kill_the_leader(&mut operators);
+    let s = wait_ready(&ns, "api", 2 * MINUTE);
+    assert_eq!(s["readyReplicas"], 6, "{s:#}");
+    std::thread::sleep(Duration::from_secs(6));
+    let s = status(&ns, "api");
+    assert_eq!(counted(&s, "BootFailed"), 6, "one per pod: {s:#}");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn the_standby_takes_over_when_the_leader_is_killed() {
     let (_, mut operators) = setup();
     let (leader, new_leader) = kill_the_leader(&mut operators);

@@ -108,15 +108,13 @@ pub async fn observe(
                     .tail(namespace, pod_name, &container.name, false)
                     .await
                 {
-                    Ok(text) => {
-                        observed.extend(observe::log_aborts(
+                    Ok(text) => observed.extend(observe::log_aborts(
                         pod,
                         &container.name,
                         &text,
                         &limits,
                         now,
-                    ))
-                    }
+                    )),
                     Err(error) => {
                         tracing::debug!(pod = pod_name, "sampling the log failed: {error}")
                     }
