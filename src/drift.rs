@@ -7,32 +7,6 @@
 
 use serde_json::Value;
 
-/// A JSON merge patch (RFC 7386) that turns `old` into `new`: changed fields only, and `null`
-/// for fields `new` no longer has, which a patch of `new` alone would silently keep.
-pub fn merge_patch(old: &Value, new: &Value) -> Value {
-    match (old, new) {
-        (Value::Object(old), Value::Object(new)) => {
-            let mut patch = serde_json::Map::new();
-            for (key, value) in new {
-                match old.get(key) {
-                    Some(before) if before == value => {}
-                    Some(before) => {
-                        patch.insert(key.clone(), merge_patch(before, value));
-                    }
-                    None => {
-                        patch.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-            for key in old.keys().filter(|k| !new.contains_key(*k)) {
-                patch.insert(key.clone(), Value::Null);
-            }
-            Value::Object(patch)
-        }
-        _ => new.clone(),
-    }
-}
-
 /// The hasher of every fingerprint: fixed seeds, so equal inputs hash equal for the life of the
 /// process (fingerprints are never stored or sent).
 fn fingerprint_hasher() -> impl std::hash::Hasher {
@@ -195,6 +169,7 @@ pub fn quantity(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn current_means_every_field_held_and_the_same_object_applied_last() {
@@ -265,19 +240,6 @@ mod tests {
             assert_ne!(base, version_of(other), "{other:?}");
         }
     }
-
-    #[test]
-    fn merge_patch_removes_what_is_gone_and_sends_only_changes() {
-        let old = json!({"a": 1, "b": {"c": [1, 2], "d": "x"}, "e": true});
-        let new = json!({"a": 1, "b": {"c": [1]}, "f": 2});
-        let patch = merge_patch(&old, &new);
-        assert_eq!(
-            patch,
-            json!({"b": {"c": [1], "d": null}, "e": null, "f": 2})
-        );
-        assert_eq!(merge_patch(&new, &new), json!({}));
-    }
-    use serde_json::json;
 
     #[test]
     fn defaults_added_by_the_server_are_not_drift() {

@@ -2,7 +2,7 @@
 //! pools of Python app-server workers, and records why workers abort.
 //!
 //! Pure modules (no client, no clock): `policy`, `derive`, `ramp`, `rollout`, `status`, `drift`, `classify`,
-//! `loghints`, `aborts`, `observe`, `podview`, `watched`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
+//! `loghints`, `managed_fields`, `aborts`, `observe`, `podview`, `watched`. The I/O edge is `controller`; `render` and `diagnose` back the offline commands.
 
 pub mod aborts;
 pub mod api;
@@ -12,6 +12,7 @@ pub mod derive;
 pub mod diagnose;
 pub mod drift;
 pub mod loghints;
+pub mod managed_fields;
 pub mod observe;
 pub mod podview;
 pub mod policy;

@@ -390,93 +390,6 @@ pub fn progress_wait(
         .flatten()
 }
 
-/// The JSON merge patch (RFC 7386) that turns `old` into `new`, built from the fields that
-/// differ: an unchanged field is compared as a typed value and never serialized. Equal to
-/// [`crate::drift::merge_patch`] of the two serialized statuses.
-pub fn merge_patch(
-    old: Option<&WorkerPoolStatus>,
-    new: &WorkerPoolStatus,
-) -> Result<serde_json::Value, serde_json::Error> {
-    let Some(old) = old else {
-        return serde_json::to_value(new);
-    };
-    let mut patch = serde_json::Map::new();
-    /// Conditions are left out when there are none, as the status serializes them.
-    fn listed(conditions: &[Condition]) -> Option<&[Condition]> {
-        (!conditions.is_empty()).then_some(conditions)
-    }
-    // Destructured whole, so that a new status field cannot be left out of the patch.
-    let WorkerPoolStatus {
-        observed_generation,
-        replicas,
-        ready_replicas,
-        updated_replicas,
-        available_replicas,
-        ramp_target,
-        selector,
-        phase,
-        conditions,
-        effective,
-        aborts,
-        revision,
-        init,
-        circuit,
-    } = new;
-    let o = old;
-    let p = &mut patch;
-    patch_field(
-        p,
-        "observedGeneration",
-        &o.observed_generation,
-        observed_generation,
-    )?;
-    patch_field(p, "replicas", &o.replicas, replicas)?;
-    patch_field(p, "readyReplicas", &o.ready_replicas, ready_replicas)?;
-    patch_field(p, "updatedReplicas", &o.updated_replicas, updated_replicas)?;
-    patch_field(
-        p,
-        "availableReplicas",
-        &o.available_replicas,
-        available_replicas,
-    )?;
-    patch_field(p, "rampTarget", &o.ramp_target, ramp_target)?;
-    patch_field(p, "selector", &o.selector, selector)?;
-    patch_field(p, "phase", &o.phase, phase)?;
-    patch_field(p, "conditions", &listed(&o.conditions), &listed(conditions))?;
-    patch_field(p, "effective", &o.effective, effective)?;
-    patch_field(p, "aborts", &o.aborts, aborts)?;
-    patch_field(p, "revision", &o.revision, revision)?;
-    patch_field(p, "init", &o.init, init)?;
-    patch_field(p, "circuit", &o.circuit, circuit)?;
-    Ok(serde_json::Value::Object(patch))
-}
-
-/// Adds one field's merge patch when its typed values differ; an absent value (`None`) becomes
-/// `null`, which removes it. Only an object is merged key by key, so only then is the old value
-/// serialized to find the keys that changed; a list or a scalar is replaced whole.
-fn patch_field<T: serde::Serialize + PartialEq>(
-    patch: &mut serde_json::Map<String, serde_json::Value>,
-    key: &str,
-    old: &T,
-    new: &T,
-) -> Result<(), serde_json::Error> {
-    if old != new {
-        let new = serde_json::to_value(new)?;
-        let changes = if new.is_object() {
-            crate::drift::merge_patch(&serde_json::to_value(old)?, &new)
-        } else {
-            new
-        };
-        match changes {
-            serde_json::Value::Object(changes) if changes.is_empty() => {}
-            changes => {
-                patch.insert(key.to_owned(), changes);
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The Deployment's replicas before and after this reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RampChange {
@@ -495,11 +408,11 @@ pub struct Notice {
     pub message: String,
 }
 
-/// Events for what changed: a new stall or template conflict, creation, a ramp step, readiness.
-/// Only transitions produce events, so a steady pool publishes none.
 /// The reason of the Event that says the pool became Ready.
 pub const READY_NOTICE: &str = "Ready";
 
+/// Events for what changed: a new stall or template conflict, creation, a ramp step, readiness.
+/// Only transitions produce events, so a steady pool publishes none.
 pub fn notices(
     old: Option<&WorkerPoolStatus>,
     new: &WorkerPoolStatus,
@@ -724,94 +637,6 @@ mod tests {
             !is_progress_only(&two, &reworded),
             "only Ready and Reconciling carry counts in their wording"
         );
-    }
-
-    #[test]
-    fn the_typed_merge_patch_equals_the_diff_of_the_serialized_statuses() {
-        let pool: crate::api::WorkerPool =
-            serde_yaml::from_str(include_str!("../config/samples/gunicorn-django.yaml"))
-                .expect("sample");
-        let valid = crate::policy::validate(&pool.spec).expect("valid sample");
-        let effective = crate::policy::settle(&valid).effective;
-        let mut other_effective = effective.clone();
-        other_effective.pre_stop_sleep_seconds = None;
-        other_effective.max_surge += 1;
-
-        let creating = compute(None, &observation(None, 2), &time(0));
-        let ramping = compute(
-            Some(&creating),
-            &Observation {
-                effective: Some(&effective),
-                ..observation(Some(ready_deployment(2)), 4)
-            },
-            &time(5),
-        );
-        let ready = compute(
-            Some(&ramping),
-            &observation(Some(ready_deployment(4)), 4),
-            &time(9),
-        );
-        let mut variants = vec![
-            WorkerPoolStatus::default(),
-            creating,
-            ramping.clone(),
-            ready.clone(),
-        ];
-        let mut changed = ready.clone();
-        changed.effective = Some(other_effective);
-        changed.ramp_target = None;
-        changed.revision = Some("abc".into());
-        variants.push(changed);
-        let mut aborted = ramping.clone();
-        aborted.aborts = Some(AbortSummary {
-            counts: vec![crate::api::AbortCount {
-                reason: "BootFailed".into(),
-                count: 2,
-            }],
-            ..AbortSummary::default()
-        });
-        aborted.init = Some(InitStatus {
-            revision: "abc".into(),
-            generation: 3,
-            job: "api-init-abc".into(),
-            phase: InitPhase::Running,
-            message: Some("running".into()),
-        });
-        aborted.circuit = Some(CircuitStatus {
-            open: true,
-            generation: 3,
-            spec_hash: Some("abc".into()),
-            since: None,
-            message: Some("open".into()),
-        });
-        variants.push(aborted.clone());
-        let mut settled = aborted;
-        if let Some(init) = settled.init.as_mut() {
-            init.phase = InitPhase::Succeeded;
-            init.message = None;
-        }
-        if let Some(circuit) = settled.circuit.as_mut() {
-            circuit.open = false;
-        }
-        settled.conditions.clear();
-        settled.selector = None;
-        settled.phase = None;
-        variants.push(settled);
-
-        let json = |s: &WorkerPoolStatus| serde_json::to_value(s).expect("serializes");
-        for new in &variants {
-            assert_eq!(
-                merge_patch(None, new).expect("patch"),
-                crate::drift::merge_patch(&serde_json::Value::Null, &json(new))
-            );
-            for old in &variants {
-                assert_eq!(
-                    merge_patch(Some(old), new).expect("patch"),
-                    crate::drift::merge_patch(&json(old), &json(new)),
-                    "from {old:?}\nto {new:?}"
-                );
-            }
-        }
     }
 
     #[test]

@@ -1478,3 +1478,77 @@ fn watches_expired_by_an_etcd_compaction_relist_and_converge_without_a_hot_loop(
         summary(&requests)
     );
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn status_fields_an_earlier_version_merge_patched_are_handed_to_the_apply_manager() {
+    let (_, mut operators) = setup();
+    let ns = namespace("e2e-status-upgrade");
+    let yaml = json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "worker", "namespace": ns},
+        "spec": {
+            "runtime": "generic",
+            "template": {"spec": {"containers": [{
+                "name": "worker",
+                "image": "registry.example/worker:1"
+            }]}}
+        }
+    });
+    assert!(apply(&yaml.to_string()).ok);
+    wait_ready(&ns, "worker", 2 * MINUTE);
+    // What an earlier version did: the status as a merge patch (an Update entry of the same
+    // manager), here with a field this pool no longer has: a generic runtime has no --timeout.
+    kubectl_ok(&[
+        "patch",
+        "wp/worker",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "--field-manager=workerpool-operator-status",
+        "-p",
+        r#"{"status": {"effective": {"workerTimeoutSeconds": 30}}}"#,
+    ]);
+    // The upgrade: a new process lists every pool and writes the status it computes.
+    kill_the_leader(&mut operators);
+    let pool = wait_until(
+        "the stale field removed and no Update entry of the status manager left",
+        MINUTE,
+        || {
+            let pool = kubectl_json(&["get", "wp", "worker", "-n", &ns, "--show-managed-fields"])?;
+            let legacy = pool["metadata"]["managedFields"]
+                .as_array()?
+                .iter()
+                .any(|e| {
+                    e["manager"] == "workerpool-operator-status" && e["operation"] == "Update"
+                });
+            (pool["status"]["effective"]["workerTimeoutSeconds"].is_null() && !legacy)
+                .then_some(pool)
+        },
+        || {
+            format!(
+                "{:#}",
+                kubectl_json(&["get", "wp", "worker", "-n", &ns, "--show-managed-fields"])
+                    .unwrap_or_default()
+            )
+        },
+    );
+    let spec_managers: Vec<&Value> = pool["metadata"]["managedFields"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["subresource"].is_null())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        spec_managers
+            .iter()
+            .all(|e| e["manager"] != "workerpool-operator"),
+        "the hand-over wrote no field of the spec: {spec_managers:#?}"
+    );
+    assert!(condition_is(&pool["status"], "Ready", "True"), "{pool:#}");
+}

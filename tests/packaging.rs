@@ -101,7 +101,7 @@ fn controller_rules() -> Vec<(String, String, Vec<String>)> {
     };
     let children = ["get", "list", "watch", "create", "patch"];
     let mut all = vec![
-        rule("workerpool.dev", "workerpools", &["list", "watch"]),
+        rule("workerpool.dev", "workerpools", &["list", "watch", "patch"]),
         rule("workerpool.dev", "workerpools/status", &["patch"]),
         rule("workerpool.dev", "workerpools/finalizers", &["update"]),
         rule("apps", "deployments", &children),

@@ -43,6 +43,7 @@ use recorders::{Fold, Recorders};
 use crate::api::{AbortRecord, AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::derive::{self, Children, PoolRef, SpecHashes};
 use crate::drift;
+use crate::managed_fields;
 use crate::policy;
 use crate::ramp::DeploymentCounts;
 use crate::rollout;
@@ -698,29 +699,10 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             status::progress_wait(last, now)
         });
     if old != Some(&new) && held.is_none() {
-        // Only the version the write produced is read of the answer.
-        let api: Api<Watched<PartialObjectMeta<WorkerPool>>> =
-            Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = status::merge_patch(old, &new).map_err(Error::Serialize)?;
-        let params = PatchParams {
-            field_manager: Some(STATUS_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let written =
-            Box::pin(api.patch_status(&name, &params, &Patch::Merge(json!({ "status": patch }))))
-                .await
-                .map_err(|source| Error::Status {
-                    name: name.clone(),
-                    source,
-                })?;
+        let version = write_status(ctx, &namespace, &name, &new).await?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
-        ctx.memory.wrote_status(
-            &pool.metadata,
-            remembered.is_some(),
-            now,
-            written.0.metadata.resource_version,
-            new,
-        );
+        ctx.memory
+            .wrote_status(&pool.metadata, remembered.is_some(), now, version, new);
     }
     report_aborts(ctx, pool, &workers.fresh).await;
     if let Some(error) = refused {
@@ -783,6 +765,59 @@ async fn report_aborts(ctx: &Context, pool: &WorkerPool, fresh: &[AbortRecord]) 
             tracing::warn!(reason = %abort.reason, "publishing an Event failed: {error}");
         }
     }
+}
+
+/// Applies the whole status server-side with its own field manager, so the server's copy is
+/// what was computed whatever the cache held; returns the version the write produced.
+async fn write_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    new: &WorkerPoolStatus,
+) -> Result<Option<String>, Error> {
+    let status_error = |source| Error::Status {
+        name: name.to_string(),
+        source,
+    };
+    // Only the metadata of the answer is read: its version and who owns which field.
+    let api: Api<PartialObjectMeta<WorkerPool>> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = json!({
+        "apiVersion": WorkerPool::api_version(&()),
+        "kind": WorkerPool::kind(&()),
+        "metadata": {"name": name},
+        "status": new,
+    });
+    let params = PatchParams::apply(STATUS_MANAGER).force();
+    let written = Box::pin(api.patch_status(name, &params, &Patch::Apply(&body)))
+        .await
+        .map_err(status_error)?;
+    let entries = written
+        .metadata
+        .managed_fields
+        .as_deref()
+        .unwrap_or_default();
+    let Some(upgraded) = managed_fields::upgrade_status_manager(entries, STATUS_MANAGER) else {
+        return Ok(written.metadata.resource_version);
+    };
+    // Status fields an earlier version wrote with merge patches: handed to the apply manager
+    // (through the main resource: the server ignores managedFields sent to a subresource) and
+    // applied again, which removes those no longer computed.
+    let handover = json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": written.metadata.resource_version},
+        {"op": "replace", "path": "/metadata/managedFields", "value": upgraded},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(handover).map_err(Error::Serialize)?;
+    Box::pin(api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch)))
+        .await
+        .map_err(status_error)?;
+    tracing::info!(
+        pool = name,
+        "status fields of an earlier version handed to {STATUS_MANAGER}"
+    );
+    let written = Box::pin(api.patch_status(name, &params, &Patch::Apply(&body)))
+        .await
+        .map_err(status_error)?;
+    Ok(written.metadata.resource_version)
 }
 
 /// Publishes the Events for what changed between two statuses.
