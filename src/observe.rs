@@ -34,6 +34,8 @@ pub struct LogTail {
 pub struct Found {
     pub observed: Observed,
     pub log: Option<LogTail>,
+    /// A probe kill would explain it: the kubelet's Events about the pod could name another reason.
+    pub probe_kill_possible: bool,
 }
 
 /// What the pods show now.
@@ -42,6 +44,9 @@ pub struct PodFindings {
     pub found: Vec<Found>,
     /// Look again after this long: a termination is still settling.
     pub settle_after: Option<SignedDuration>,
+    /// `(pod, identity)` of each termination still settling: the kubelet's Events may already
+    /// show it was a probe kill.
+    pub settling: Vec<(String, String)>,
 }
 
 /// What to do about an abort, when the log says nothing more specific.
@@ -160,6 +165,9 @@ pub fn pod_aborts(
                     let wait = SETTLE - age;
                     findings.settle_after =
                         Some(findings.settle_after.map_or(wait, |w| w.min(wait)));
+                    findings
+                        .settling
+                        .push((abort.pod.clone(), identity(&pod.uid, &abort)));
                     continue;
                 }
             }
@@ -172,6 +180,7 @@ pub fn pod_aborts(
                 _ => None,
             };
             findings.found.push(Found {
+                probe_kill_possible: abort.exit_code.is_some() && needs_settling(&abort),
                 observed: Observed {
                     key: identity(&pod.uid, &abort),
                     at,

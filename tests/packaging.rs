@@ -109,7 +109,7 @@ fn controller_rules() -> Vec<(String, String, Vec<String>)> {
         rule("batch", "jobs", &children),
         rule("", "pods", &["list", "watch"]),
         rule("", "pods/log", &["get"]),
-        rule("", "events", &["list", "watch"]),
+        rule("", "events", &["list"]),
         rule("events.k8s.io", "events", &["create", "patch"]),
     ];
     all.sort();

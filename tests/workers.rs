@@ -278,26 +278,22 @@ async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
     let status = current(&h).await;
     assert!(counts(&status).is_empty(), "{:?}", counts(&status));
 
-    h.ctx.kubelet_events.push(
-        NS,
-        "api",
-        KubeletEvent {
-            pod: "api-a".into(),
-            container: Some("app".into()),
-            reason: "Unhealthy".into(),
-            message: "Liveness probe failed: Get \"http://10.0.0.7:8000/healthz\": context deadline exceeded".into(),
-        },
-    );
-    h.ctx.kubelet_events.push(
-        NS,
-        "api",
-        KubeletEvent {
-            pod: "api-a".into(),
-            container: Some("app".into()),
-            reason: "Killing".into(),
-            message: "Container app failed liveness probe, will be restarted".into(),
-        },
-    );
+    h.events.push(KubeletEvent {
+        pod: "api-a".into(),
+        container: Some("app".into()),
+        reason: "Unhealthy".into(),
+        message:
+            "Liveness probe failed: Get \"http://10.0.0.7:8000/healthz\": context deadline exceeded"
+                .into(),
+    });
+    h.events.push(KubeletEvent {
+        pod: "api-a".into(),
+        container: Some("app".into()),
+        reason: "Killing".into(),
+        message: "Container app failed liveness probe, will be restarted".into(),
+    });
+    // Once the exit has settled, the pod's Events are read and explain it.
+    h.advance(3);
     h.reconcile("api").await;
     let status = current(&h).await;
     assert_eq!(counts(&status), [("LivenessTimeout".into(), 1)]);
@@ -308,6 +304,60 @@ async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
             .as_deref()
             .is_some_and(|m| m.starts_with("Liveness probe failed")),
         "{last:?}"
+    );
+}
+
+#[tokio::test]
+async fn events_are_read_only_for_a_new_termination_a_probe_kill_could_explain() {
+    let mut h = converged(json!({"replicas": 2}), 100).await;
+    let healthy = json!({"name": "app", "image": "example/app:1", "imageID": "", "ready": true,
+        "restartCount": 0, "state": {"running": {"startedAt": at(10)}}});
+    // gunicorn's exit 3 needs no Event: no probe kill ends in 3.
+    h.set_pods(vec![
+        pod("api-a", healthy, json!({})),
+        pod("api-b", crashed(1, 3, 90), json!({})),
+    ]);
+    h.reconcile("api").await;
+    assert_eq!(h.events.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        counts(&current(&h).await),
+        [("BootFailed".into(), 1), ("CrashLoop".into(), 1)]
+    );
+
+    // An exit 0 could be a probe kill: the pod's Events are read when it is first seen and once
+    // more when it has settled.
+    h.set_pods(vec![pod("api-c", crashed(1, 0, 99), json!({}))]);
+    h.reconcile("api").await;
+    assert_eq!(h.events.reads.load(Ordering::SeqCst), 1, "first seen");
+    h.advance(2);
+    h.reconcile("api").await;
+    assert_eq!(h.events.reads.load(Ordering::SeqCst), 1, "still settling");
+    h.advance(3);
+    h.reconcile("api").await;
+    assert_eq!(h.events.reads.load(Ordering::SeqCst), 2, "settled");
+    h.advance(1);
+    h.reconcile("api").await;
+    assert_eq!(
+        h.events.reads.load(Ordering::SeqCst),
+        2,
+        "counted: not read again"
+    );
+
+    // A probe kill whose Killing Event is there when the exit is first seen is counted at once:
+    // a fast crash loop cannot replace it before it settles.
+    h.events.push(KubeletEvent {
+        pod: "api-d".into(),
+        container: Some("app".into()),
+        reason: "Killing".into(),
+        message: "Container app failed startup probe, will be restarted".into(),
+    });
+    h.set_pods(vec![pod("api-d", crashed(1, 0, 106), json!({}))]);
+    h.reconcile("api").await;
+    assert_eq!(h.events.reads.load(Ordering::SeqCst), 3);
+    assert!(
+        counts(&current(&h).await).contains(&("StartupTimeout".into(), 1)),
+        "{:?}",
+        counts(&current(&h).await)
     );
 }
 

@@ -1,18 +1,69 @@
-//! The kubelet Events that tell probe kills apart, kept per pool in a small bounded buffer
-//! instead of a cache of every Event in the namespace.
+//! The kubelet Events that tell a probe kill from a plain exit, read for one pod when one of its
+//! terminations needs them, behind a trait so tests can supply them.
+//!
+//! Events are not watched: the API server keeps no watch cache for Events, so every Event watch
+//! is served straight from etcd and makes the server decode every Event written in the cluster,
+//! and every relist reads them all. A namespaced list by pod name when a container ended costs
+//! nothing while no worker dies.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
-
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams};
 
 use crate::classify::KubeletEvent;
 
-/// Event reasons the controller watches (one field-selected watch each).
-pub const WATCHED_REASONS: [&str; 2] = ["Killing", "Unhealthy"];
+/// The Event reasons that are evidence: the kubelet's `Killing` of a container after probe
+/// failures, and the `Unhealthy` probe failures before it.
+pub const EVIDENCE_REASONS: [&str; 2] = ["Killing", "Unhealthy"];
 
-/// Events remembered per pool; older ones are dropped first.
-pub const PER_POOL: usize = 64;
+/// The Events kept per pod read; a pod's Events are few, a crash loop's are folded into series.
+pub const PER_POD: usize = 64;
+
+pub trait EventReader: Send + Sync {
+    /// The kubelet's evidence Events about one pod.
+    fn for_pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<KubeletEvent>, kube::Error>>;
+}
+
+/// Lists a pod's Events from the API server.
+pub struct ApiEvents(pub Client);
+
+impl EventReader for ApiEvents {
+    fn for_pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<KubeletEvent>, kube::Error>> {
+        Box::pin(async move {
+            let api: Api<Event> = Api::namespaced(self.0.clone(), namespace);
+            let params = ListParams::default().fields(&format!(
+                "involvedObject.kind=Pod,involvedObject.name={pod}"
+            ));
+            let listed = api.list(&params).await?;
+            Ok(evidence(listed.items.iter()))
+        })
+    }
+}
+
+/// The evidence among a pod's Events, the newest last, at most [`PER_POD`].
+pub fn evidence<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<KubeletEvent> {
+    let mut found: Vec<KubeletEvent> = events
+        .filter(|e| {
+            e.reason
+                .as_deref()
+                .is_some_and(|r| EVIDENCE_REASONS.contains(&r))
+        })
+        .filter_map(|e| from_event(e).map(|(_, event)| event))
+        .collect();
+    found.dedup();
+    let excess = found.len().saturating_sub(PER_POD);
+    found.drain(..excess);
+    found
+}
 
 /// `(namespace, pod name)` of the pod an Event is about, and the Event reduced for classification.
 pub fn from_event(event: &Event) -> Option<(String, KubeletEvent)> {
@@ -38,98 +89,37 @@ pub fn from_event(event: &Event) -> Option<(String, KubeletEvent)> {
     ))
 }
 
-#[derive(Default)]
-pub struct KubeletEvents {
-    by_pool: Mutex<HashMap<(String, String), VecDeque<KubeletEvent>>>,
-}
-
-impl KubeletEvents {
-    pub fn push(&self, namespace: &str, pool: &str, event: KubeletEvent) {
-        let Ok(mut by_pool) = self.by_pool.lock() else {
-            return;
-        };
-        let buffer = by_pool
-            .entry((namespace.to_string(), pool.to_string()))
-            .or_default();
-        if buffer.contains(&event) {
-            return;
-        }
-        if buffer.len() >= PER_POOL {
-            buffer.pop_front();
-        }
-        buffer.push_back(event);
-    }
-
-    pub fn forget(&self, namespace: &str, pool: &str) {
-        if let Ok(mut by_pool) = self.by_pool.lock() {
-            by_pool.remove(&(namespace.to_string(), pool.to_string()));
-        }
-    }
-
-    /// The pool's Events about pods that still exist; the others are forgotten.
-    pub fn for_pool(&self, namespace: &str, pool: &str, live: &HashSet<&str>) -> Vec<KubeletEvent> {
-        let Ok(mut by_pool) = self.by_pool.lock() else {
-            return Vec::new();
-        };
-        let key = (namespace.to_string(), pool.to_string());
-        let Some(buffer) = by_pool.get_mut(&key) else {
-            return Vec::new();
-        };
-        buffer.retain(|e| live.contains(e.pod.as_str()));
-        if buffer.is_empty() {
-            by_pool.remove(&key);
-            return Vec::new();
-        }
-        buffer.iter().cloned().collect()
-    }
-
-    /// Pools with buffered Events (for tests and sizing).
-    pub fn pools(&self) -> usize {
-        self.by_pool.lock().map(|m| m.len()).unwrap_or(0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn killing(pod: &str, n: usize) -> KubeletEvent {
-        KubeletEvent {
-            pod: pod.into(),
-            container: Some("app".into()),
-            reason: "Killing".into(),
-            message: format!("Container app failed startup probe, will be restarted ({n})"),
-        }
+    fn event(reason: &str, n: usize) -> Event {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("api-1.{n}"), "namespace": "shop"},
+            "involvedObject": {"kind": "Pod", "name": "api-1", "namespace": "shop", "fieldPath": "spec.containers{app}"},
+            "reason": reason,
+            "message": format!("Container app failed liveness probe, will be restarted ({n})"),
+            "type": "Normal"
+        }))
+        .expect("event")
     }
 
     #[test]
-    fn bounded_deduplicated_and_pruned() {
-        let events = KubeletEvents::default();
-        for n in 0..100 {
-            events.push("shop", "api", killing("api-1", n));
-            events.push("shop", "api", killing("api-1", n));
-        }
-        events.push("shop", "api", killing("api-2", 0));
-        let live: HashSet<&str> = ["api-1", "api-2"].into();
-        let all = events.for_pool("shop", "api", &live);
-        assert_eq!(all.len(), PER_POOL);
-        assert_eq!(all.last(), Some(&killing("api-2", 0)));
-        let live: HashSet<&str> = ["api-2"].into();
-        assert_eq!(events.for_pool("shop", "api", &live).len(), 1);
-        assert!(events.for_pool("shop", "api", &HashSet::new()).is_empty());
-        assert_eq!(events.pools(), 0);
+    fn only_evidence_is_kept_bounded_newest_last() {
+        let events: Vec<Event> = (0..200)
+            .map(|n| event(if n % 2 == 0 { "Killing" } else { "Pulled" }, n))
+            .chain([event("Unhealthy", 200)])
+            .collect();
+        let found = evidence(events.iter());
+        assert_eq!(found.len(), PER_POD);
+        assert_eq!(found.last().map(|e| e.reason.as_str()), Some("Unhealthy"));
+        assert!(found.iter().all(|e| e.reason != "Pulled"));
     }
 
     #[test]
     fn only_pod_events_convert() {
-        let event: Event = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "api-1.17", "namespace": "shop"},
-            "involvedObject": {"kind": "Pod", "name": "api-1", "namespace": "shop", "fieldPath": "spec.containers{app}"},
-            "reason": "Killing",
-            "message": "Container app failed liveness probe, will be restarted",
-            "type": "Normal"
-        }))
-        .expect("event");
+        let event = event("Killing", 17);
         let (ns, converted) = from_event(&event).expect("a pod event");
         assert_eq!(ns, "shop");
         assert_eq!(converted.container.as_deref(), Some("app"));

@@ -39,6 +39,8 @@ struct PoolMemory {
     sampled: HashMap<String, Timestamp>,
     /// The revision and replica count the pool was last announced Ready at.
     announced_ready: Option<(String, i32)>,
+    /// Settling terminations whose pod's Events were read when they were first seen.
+    sighted: HashSet<String>,
 }
 
 /// A status this process wrote. Until the watch delivers that write, the cached pool still shows
@@ -233,6 +235,18 @@ impl Memory {
             record.announced_ready = Some(mark);
             true
         })
+    }
+
+    /// True (and noted) the first time a settling termination is seen.
+    pub fn first_sight(&self, uid: &str, termination: &str) -> bool {
+        self.with_record(uid, |record| record.sighted.insert(termination.to_owned()))
+    }
+
+    /// Forgets the terminations that are no longer settling.
+    pub fn keep_sightings(&self, uid: &str, settling: &HashSet<&str>) {
+        if let Some(record) = self.pools().get_mut(uid) {
+            record.sighted.retain(|key| settling.contains(key.as_str()));
+        }
     }
 
     /// Forgets the samples of containers that are no longer unhealthy.

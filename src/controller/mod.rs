@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde_json::json;
 
 pub use error::Error;
-use kubelet::KubeletEvents;
+use kubelet::{ApiEvents, EventReader};
 use logs::{ApiLogs, LogReader};
 use memory::Memory;
 use metrics::Metrics;
@@ -77,8 +77,8 @@ pub struct Context {
     pub recorders: Recorders,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
-    pub kubelet_events: KubeletEvents,
     logs: Arc<dyn LogReader>,
+    events: Arc<dyn EventReader>,
     /// What is remembered of each pool between its reconciles.
     memory: Memory,
 }
@@ -93,6 +93,7 @@ impl Context {
     ) -> Self {
         Context {
             logs: Arc::new(ApiLogs(client.clone())),
+            events: Arc::new(ApiEvents(client.clone())),
             recorders: Recorders::new(client.clone(), reporter),
             client,
             deployments: caches.deployments,
@@ -101,7 +102,6 @@ impl Context {
             jobs: caches.jobs,
             metrics,
             clock,
-            kubelet_events: KubeletEvents::default(),
             memory: Memory::default(),
         }
     }
@@ -119,7 +119,6 @@ impl Context {
         }
         let namespace = meta.namespace.as_deref().unwrap_or_default();
         let name = meta.name.as_deref().unwrap_or_default();
-        self.kubelet_events.forget(namespace, name);
         self.recorders.forget(namespace, name);
     }
 
@@ -141,6 +140,12 @@ impl Context {
     /// Reads container logs from somewhere other than the API server (tests, the sandbox).
     pub fn with_logs(mut self, logs: Arc<dyn LogReader>) -> Self {
         self.logs = logs;
+        self
+    }
+
+    /// Reads kubelet Events from somewhere other than the API server (tests).
+    pub fn with_events(mut self, events: Arc<dyn EventReader>) -> Self {
+        self.events = events;
         self
     }
 }

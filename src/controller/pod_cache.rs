@@ -201,8 +201,9 @@ impl PodCache {
             .unwrap_or_default()
     }
 
-    /// The pool a pod belongs to.
-    pub fn pool_of(&self, namespace: &str, pod: &str) -> Option<String> {
+    /// The pool a pod belongs to, by the name index.
+    #[cfg(test)]
+    fn pool_of(&self, namespace: &str, pod: &str) -> Option<String> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         state.live.by_name.get(namespace)?.get(pod)?.pool.clone()
     }

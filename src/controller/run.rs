@@ -12,7 +12,6 @@ use axum::routing::get;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::Error as ControllerError;
@@ -24,7 +23,6 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use tokio::sync::watch;
 
-use super::kubelet;
 use super::metrics::Metrics;
 use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
@@ -56,20 +54,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// The pool a kubelet Event is about, buffering the Event for that pool's next reconcile.
-fn pool_of_event(
-    event: &Event,
-    pods: &PodCache,
-    context: &Context,
-) -> Option<ObjectRef<Guarded<WorkerPool>>> {
-    let (namespace, kubelet_event) = kubelet::from_event(event)?;
-    let pool = pods.pool_of(&namespace, &kubelet_event.pod)?;
-    context
-        .kubelet_events
-        .push(&namespace, &pool, kubelet_event);
-    Some(ObjectRef::new(&pool).within(&namespace))
 }
 
 /// The watched objects whose change a reconcile would read; every event has already updated the
@@ -470,26 +454,6 @@ pub async fn control(
     })
     .flatten()
     .map(|(namespace, pool)| ObjectRef::new(&pool).within(&namespace));
-    // Events are never cached: each watched reason is streamed, reduced and buffered per pool.
-    let kubelet_event_stream = {
-        let streams = kubelet::WATCHED_REASONS.map(|reason| {
-            watcher(
-                api::<Event>(&client, ns),
-                watcher::Config::default()
-                    .fields(&format!("involvedObject.kind=Pod,reason={reason}")),
-            )
-            .backoff(watch_backoff())
-            .applied_objects()
-            .filter_map(move |event| futures::future::ready(succeeded(reason, event).map(Ok)))
-            .boxed()
-        });
-        let mut merged = Some(futures::stream::select_all(streams));
-        let pods = pods.clone();
-        // Start after the pod cache is filled, so Events about existing pods find their pool.
-        futures::stream::once(async move { pods.wait_until_ready().await })
-            .filter_map(move |_| futures::future::ready(merged.take()))
-            .flatten()
-    };
     let pool_stream = admitted(
         watcher(
             api::<Guarded<WorkerPool>>(&client, ns),
@@ -515,10 +479,6 @@ pub async fn control(
         .owns_stream(pdb_stream)
         .owns_stream(job_stream)
         .reconcile_on(pod_triggers)
-        .watches_stream(kubelet_event_stream, {
-            let (pods, context) = (pods.clone(), context.clone());
-            move |event: Event| pool_of_event(&event, &pods, &context)
-        })
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(scope.concurrency)

@@ -1,5 +1,6 @@
-//! Watching workers: reads the pool's pods from the cache, the buffered kubelet Events and a
-//! bounded number of log tails, and updates the abort ledger.
+//! Watching workers: reads the pool's pods from the cache, the kubelet Events of pods whose
+//! termination a probe kill could explain and a bounded number of log tails, and updates the
+//! abort ledger.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,12 +10,16 @@ use jiff::SignedDuration;
 use super::Context;
 use crate::aborts::{self, Observed};
 use crate::api::{AbortRecord, AbortSummary, WorkerPool, WorkerPoolStatus};
+use crate::classify::KubeletEvent;
 use crate::loghints;
 use crate::observe::{self, SAMPLE_INTERVAL, WorkerLimits};
 use crate::podview::PodView;
 
 /// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
 pub const MAX_LOG_READS: usize = 4;
+
+/// Pods whose Events are listed per reconcile, for the same reason; the others wait for the next.
+pub const MAX_EVENT_READS: usize = 4;
 
 /// The pool's abort ledger after looking at its pods.
 pub struct Report {
@@ -49,8 +54,6 @@ pub async fn observe(
 
     let pods = ctx.pods.pods_of(namespace, name);
     let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();
-    let live: HashSet<&str> = pods.iter().map(|p| p.name.as_str()).collect();
-    let events = ctx.kubelet_events.for_pool(namespace, name, &live);
     // The app container's boot may take its startup probe's window: the one last applied, else
     // the policy's boot timeout.
     let boot_seconds = status
@@ -62,7 +65,26 @@ pub async fn observe(
     let app = pool.spec.app_container_name();
     let boot_window =
         |container: &str| (Some(container) == app).then(|| SignedDuration::from_secs(boot_seconds));
-    let findings = observe::pod_aborts(pool.spec.runtime, &pods, &events, &boot_window, now);
+    let mut findings = observe::pod_aborts(pool.spec.runtime, &pods, &[], &boot_window, now);
+    let evidence = read_evidence(ctx, namespace, pool_uid, old, &findings, now, window).await;
+    if !evidence.events.is_empty() {
+        findings = observe::pod_aborts(
+            pool.spec.runtime,
+            &pods,
+            &evidence.events,
+            &boot_window,
+            now,
+        );
+    }
+    // A settled termination whose pod's Events were not read now is counted later rather than
+    // misread as a plain exit.
+    let before = findings.found.len();
+    findings
+        .found
+        .retain(|f| !f.probe_kill_possible || evidence.read.contains(&f.observed.record.pod));
+    if findings.found.len() < before {
+        findings.settle_after = earliest(findings.settle_after, Some(observe::SETTLE));
+    }
 
     let mut reads = 0;
     let mut observed: Vec<Observed> = Vec::with_capacity(findings.found.len());
@@ -156,4 +178,56 @@ fn worker_limits(pool: &WorkerPool, status: Option<&WorkerPoolStatus>) -> Worker
             .and_then(|e| e.worker_timeout_seconds),
         memory_limit,
     }
+}
+
+/// The kubelet Events read in one reconcile, and the pods they were read for.
+struct Evidence {
+    events: Vec<KubeletEvent>,
+    read: HashSet<String>,
+}
+
+/// Lists the Events of pods with a new termination a probe kill could explain: once when it is
+/// first seen (the kubelet's `Killing` usually precedes the status that shows the exit, so a fast
+/// crash loop cannot replace it unexplained) and again once it has settled, if still uncounted.
+async fn read_evidence(
+    ctx: &Context,
+    namespace: &str,
+    pool_uid: &str,
+    old: Option<&AbortSummary>,
+    findings: &observe::PodFindings,
+    now: jiff::Timestamp,
+    window: i64,
+) -> Evidence {
+    let mut wanted: Vec<&str> = Vec::new();
+    let settled = findings
+        .found
+        .iter()
+        .filter(|f| f.probe_kill_possible && aborts::is_news(old, &f.observed, now, window))
+        .map(|f| f.observed.record.pod.as_str());
+    let first_seen = findings
+        .settling
+        .iter()
+        .filter(|(_, key)| ctx.memory.first_sight(pool_uid, key))
+        .map(|(pod, _)| pod.as_str());
+    for pod in settled.chain(first_seen) {
+        if !wanted.contains(&pod) {
+            wanted.push(pod);
+        }
+    }
+    let keys: HashSet<&str> = findings.settling.iter().map(|(_, k)| k.as_str()).collect();
+    ctx.memory.keep_sightings(pool_uid, &keys);
+    let mut evidence = Evidence {
+        events: Vec::new(),
+        read: HashSet::new(),
+    };
+    for pod in wanted.into_iter().take(MAX_EVENT_READS) {
+        match ctx.events.for_pod(namespace, pod).await {
+            Ok(found) => {
+                evidence.events.extend(found);
+                evidence.read.insert(pod.to_string());
+            }
+            Err(error) => tracing::debug!(pod, "listing the pod's Events failed: {error}"),
+        }
+    }
+    evidence
 }

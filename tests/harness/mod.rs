@@ -21,6 +21,8 @@ use kube::runtime::watcher;
 use kube_fake_client::{ClientBuilder, PatchType, interceptor};
 use serde_json::json;
 use workerpool_operator::api::{WorkerPool, WorkerPoolStatus};
+use workerpool_operator::classify::KubeletEvent;
+use workerpool_operator::controller::kubelet::EventReader;
 use workerpool_operator::controller::logs::LogReader;
 use workerpool_operator::controller::metrics::Metrics;
 use workerpool_operator::controller::pod_cache::PodCache;
@@ -98,6 +100,38 @@ impl LogReader for Logs {
     }
 }
 
+/// The kubelet's Events per pod, as the API server would list them.
+#[derive(Default)]
+pub struct KubeletEvents {
+    pub by_pod: std::sync::Mutex<std::collections::HashMap<String, Vec<KubeletEvent>>>,
+    pub reads: AtomicUsize,
+}
+
+impl KubeletEvents {
+    pub fn push(&self, event: KubeletEvent) {
+        let mut by_pod = self.by_pod.lock().unwrap();
+        by_pod.entry(event.pod.clone()).or_default().push(event);
+    }
+}
+
+impl EventReader for KubeletEvents {
+    fn for_pod<'a>(
+        &'a self,
+        _namespace: &'a str,
+        pod: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<KubeletEvent>, kube::Error>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let events = self
+            .by_pod
+            .lock()
+            .unwrap()
+            .get(pod)
+            .cloned()
+            .unwrap_or_default();
+        Box::pin(async move { Ok(events) })
+    }
+}
+
 /// How the controller names itself on the Events it publishes in these tests.
 pub fn reporter() -> Reporter {
     Reporter {
@@ -114,6 +148,7 @@ pub struct Harness {
     pub pods: PodCache,
     pub jobs: Writer<Watched<Job>>,
     pub logs: Arc<Logs>,
+    pub events: Arc<KubeletEvents>,
     pub ctx: Arc<Context>,
     /// Seconds since the start of the test, read by the controller's clock.
     pub seconds: Arc<AtomicI64>,
@@ -220,6 +255,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
     let pod_cache = PodCache::default();
     let (job_store, job_writer): (Store<Watched<Job>>, _) = reflector::store();
     let logs = Arc::new(Logs::default());
+    let events = Arc::new(KubeletEvents::default());
     let seconds = Arc::new(AtomicI64::new(0));
     let clock: Clock = {
         let seconds = seconds.clone();
@@ -239,7 +275,8 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
             Arc::new(Metrics::default()),
             clock,
         )
-        .with_logs(logs.clone()),
+        .with_logs(logs.clone())
+        .with_events(events.clone()),
     );
     Harness {
         client,
@@ -249,6 +286,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         pods: pod_cache,
         jobs: job_writer,
         logs,
+        events,
         ctx,
         seconds,
     }
