@@ -51,6 +51,7 @@ fn classify_pods(c: &mut Criterion) {
             container: Some("app".into()),
             reason: "Killing".into(),
             message: "Container app failed liveness probe, will be restarted".into(),
+            seen: None,
         })
         .take(16)
         .collect();

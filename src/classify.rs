@@ -75,16 +75,44 @@ pub struct Abort {
 }
 
 /// A kubelet Event about a pod, reduced to what classification needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KubeletEvent {
     pub pod: String,
     /// From the Event's `fieldPath` (`spec.containers{app}`), when it names one.
     pub container: Option<String>,
     pub reason: String,
     pub message: String,
+    /// When the kubelet first and last reported it (a series spans several occurrences).
+    pub seen: Option<(jiff::Timestamp, jiff::Timestamp)>,
 }
 
+/// The kubelet prefixes an Event it aggregated from similar ones with this.
+const COMBINED: &str = "(combined from similar events): ";
+
+/// Event times have whole seconds; the kubelet reports a kill just before the exit it causes.
+const EVENT_SLACK: SignedDuration = SignedDuration::from_secs(2);
+
 impl KubeletEvent {
+    /// The Event could be about a run between `started` and `finished`: its times overlap the
+    /// run's, or either is unknown. A probe kill of an earlier run explains no later exit.
+    pub fn during(
+        &self,
+        started: Option<jiff::Timestamp>,
+        finished: Option<jiff::Timestamp>,
+    ) -> bool {
+        let Some((first, last)) = self.seen else {
+            return true;
+        };
+        let begun_after = finished.is_some_and(|f| first > f + EVENT_SLACK);
+        let over_before = started.is_some_and(|s| last < s - EVENT_SLACK);
+        !begun_after && !over_before
+    }
+
+    /// The message without the kubelet's aggregation prefix.
+    pub fn text(&self) -> &str {
+        self.message.strip_prefix(COMBINED).unwrap_or(&self.message)
+    }
+
     /// The container a `fieldPath` such as `spec.containers{app}` names.
     pub fn container_from_field_path(field_path: &str) -> Option<String> {
         let inner = field_path
@@ -117,14 +145,30 @@ pub fn signal_name(exit_code: i32) -> Option<String> {
     Some(name.to_string())
 }
 
-fn killed_by_probe(events: &[KubeletEvent], pod: &str, container: &str, probe: &str) -> bool {
-    let needle = format!("failed {probe} probe");
-    events.iter().any(|e| {
+/// The kubelet's Events about this container during this run.
+fn about_run<'a>(
+    events: &'a [KubeletEvent],
+    pod: &'a str,
+    container: &'a str,
+    run: &'a Termination,
+) -> impl DoubleEndedIterator<Item = &'a KubeletEvent> {
+    events.iter().filter(move |e| {
         e.pod == pod
-            && e.reason == "Killing"
             && e.container.as_deref().is_none_or(|c| c == container)
-            && e.message.contains(&needle)
+            && e.during(run.started_at, run.finished_at)
     })
+}
+
+fn killed_by_probe(
+    events: &[KubeletEvent],
+    pod: &str,
+    container: &str,
+    run: &Termination,
+    probe: &str,
+) -> bool {
+    let needle = format!("failed {probe} probe");
+    about_run(events, pod, container, run)
+        .any(|e| e.reason == "Killing" && e.text().contains(&needle))
 }
 
 /// The kubelet's last "<Probe> probe failed: …" message for this container.
@@ -132,19 +176,14 @@ fn probe_failure(
     events: &[KubeletEvent],
     pod: &str,
     container: &str,
+    run: &Termination,
     probe: &str,
 ) -> Option<String> {
     let prefix = format!("{probe} probe failed");
-    events
-        .iter()
+    about_run(events, pod, container, run)
         .rev()
-        .find(|e| {
-            e.pod == pod
-                && e.reason == "Unhealthy"
-                && e.container.as_deref().is_none_or(|c| c == container)
-                && e.message.starts_with(&prefix)
-        })
-        .map(|e| e.message.clone())
+        .find(|e| e.reason == "Unhealthy" && e.text().starts_with(&prefix))
+        .map(|e| e.text().to_string())
 }
 
 fn waiting_abort(pod: &str, container: &ContainerView) -> Option<Abort> {
@@ -253,8 +292,14 @@ fn termination_abort(
     }
     let app_server = matches!(runtime, Runtime::Gunicorn | Runtime::Uvicorn);
     let probe_kill = |probe: &str| {
-        killed_by_probe(events, &pod.name, &container.name, &probe.to_lowercase())
-            .then(|| probe_failure(events, &pod.name, &container.name, probe))
+        killed_by_probe(
+            events,
+            &pod.name,
+            &container.name,
+            terminated,
+            &probe.to_lowercase(),
+        )
+        .then(|| probe_failure(events, &pod.name, &container.name, terminated, probe))
     };
     let mut evidence = None;
     let mut by_boot_window = false;

@@ -67,6 +67,13 @@ pub fn parse_events(text: &str) -> Result<Vec<KubeletEvent>, DiagnoseError> {
             .find_map(|k| item.pointer(k).and_then(Value::as_str))
             .map(str::to_string)
     };
+    let time_at = |item: &Value, keys: &[&str]| {
+        keys.iter().find_map(|k| {
+            item.pointer(k)
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        })
+    };
     Ok(items
         .iter()
         .filter_map(|item| {
@@ -80,6 +87,22 @@ pub fn parse_events(text: &str) -> Result<Vec<KubeletEvent>, DiagnoseError> {
                     .and_then(|p| KubeletEvent::container_from_field_path(&p)),
                 reason: text_at(item, &["/reason"]).unwrap_or_default(),
                 message: text_at(item, &["/message", "/note"]).unwrap_or_default(),
+                seen: time_at(
+                    item,
+                    &["/firstTimestamp", "/deprecatedFirstTimestamp", "/eventTime"],
+                )
+                .map(|first| {
+                    let last = time_at(
+                        item,
+                        &[
+                            "/series/lastObservedTime",
+                            "/lastTimestamp",
+                            "/deprecatedLastTimestamp",
+                        ],
+                    )
+                    .unwrap_or(first);
+                    (first, last.max(first))
+                }),
             })
         })
         .collect())

@@ -50,7 +50,12 @@ fn killing(probe: &str) -> KubeletEvent {
         container: KubeletEvent::container_from_field_path("spec.containers{app}"),
         reason: "Killing".into(),
         message: format!("Container app failed {probe} probe, will be restarted"),
+        seen: None,
     }
+}
+
+fn at(time: &str) -> jiff::Timestamp {
+    time.parse().expect("a timestamp")
 }
 
 #[test]
@@ -113,6 +118,72 @@ fn probe_kills_are_told_apart_by_the_kubelet_event() {
     assert_eq!(
         reasons(Runtime::Gunicorn, &p, &[other_pod])[0],
         Reason::Signaled
+    );
+}
+
+#[test]
+fn a_probe_kill_explains_only_the_run_it_happened_in() {
+    // The run ended at 10:00:05 after starting at 10:00:00.
+    let p = pod(terminated(0, "Completed"), json!({}));
+    let during = KubeletEvent {
+        seen: Some((at("2026-11-22T10:00:04Z"), at("2026-11-22T10:00:04Z"))),
+        ..killing("liveness")
+    };
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[during])[0],
+        Reason::LivenessTimeout
+    );
+    // Fifteen minutes earlier, or a series that ended long before this run started.
+    let earlier = KubeletEvent {
+        seen: Some((at("2026-11-22T09:40:00Z"), at("2026-11-22T09:45:00Z"))),
+        ..killing("liveness")
+    };
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[earlier])[0],
+        Reason::UnexpectedExit
+    );
+    let later = KubeletEvent {
+        seen: Some((at("2026-11-22T10:03:00Z"), at("2026-11-22T10:03:00Z"))),
+        ..killing("liveness")
+    };
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[later])[0],
+        Reason::UnexpectedExit
+    );
+    // A series that began before the run and was last seen during it.
+    let series = KubeletEvent {
+        seen: Some((at("2026-11-22T09:40:00Z"), at("2026-11-22T10:00:05Z"))),
+        ..killing("liveness")
+    };
+    assert_eq!(
+        reasons(Runtime::Gunicorn, &p, &[series])[0],
+        Reason::LivenessTimeout
+    );
+}
+
+#[test]
+fn aggregated_kubelet_messages_are_recognised() {
+    let p = pod(terminated(0, "Completed"), json!({}));
+    let combined = |reason: &str, message: &str| KubeletEvent {
+        reason: reason.into(),
+        message: format!("(combined from similar events): {message}"),
+        ..killing("startup")
+    };
+    let events = [
+        combined(
+            "Unhealthy",
+            "Startup probe failed: Get \"http://10.0.0.9:8000/healthz\": connection refused",
+        ),
+        combined(
+            "Killing",
+            "Container app failed startup probe, will be restarted",
+        ),
+    ];
+    let aborts = classify_pod(Runtime::Gunicorn, &p, &events);
+    assert_eq!(aborts[0].reason, Reason::StartupTimeout);
+    assert_eq!(
+        aborts[0].message.as_deref(),
+        Some("Startup probe failed: Get \"http://10.0.0.9:8000/healthz\": connection refused")
     );
 }
 
@@ -426,6 +497,7 @@ mod arbitrary_status {
                 container: named.then(|| "app".to_string()),
                 reason: reason.into(),
                 message: message.into(),
+                seen: None,
             })
     }
 

@@ -285,12 +285,14 @@ async fn a_liveness_kill_waits_for_the_kubelet_event_and_exits_zero() {
         message:
             "Liveness probe failed: Get \"http://10.0.0.7:8000/healthz\": context deadline exceeded"
                 .into(),
+        seen: None,
     });
     h.events.push(KubeletEvent {
         pod: "api-a".into(),
         container: Some("app".into()),
         reason: "Killing".into(),
         message: "Container app failed liveness probe, will be restarted".into(),
+        seen: None,
     });
     // Once the exit has settled, the pod's Events are read and explain it.
     h.advance(3);
@@ -350,6 +352,7 @@ async fn events_are_read_only_for_a_new_termination_a_probe_kill_could_explain()
         container: Some("app".into()),
         reason: "Killing".into(),
         message: "Container app failed startup probe, will be restarted".into(),
+        seen: None,
     });
     h.set_pods(vec![pod("api-d", crashed(1, 0, 106), json!({}))]);
     h.reconcile("api").await;

@@ -85,8 +85,26 @@ pub fn from_event(event: &Event) -> Option<(String, KubeletEvent)> {
                 .and_then(KubeletEvent::container_from_field_path),
             reason: event.reason.clone().unwrap_or_default(),
             message: event.message.clone().unwrap_or_default(),
+            seen: seen(event),
         },
     ))
+}
+
+/// When the Event was first and last reported.
+fn seen(event: &Event) -> Option<(jiff::Timestamp, jiff::Timestamp)> {
+    let first = event
+        .first_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or(event.event_time.as_ref().map(|t| t.0))?;
+    let last = event
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(|t| t.0)
+        .or(event.last_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(first);
+    Some((first, last.max(first)))
 }
 
 #[cfg(test)]
