@@ -163,6 +163,15 @@ impl Operators {
         }
     }
 
+    /// The process holding the Lease.
+    fn leading(&self) -> &Operator {
+        let leader = self.leader().expect("a leader");
+        self.running
+            .iter()
+            .find(|o| o.identity == leader)
+            .expect("the leader runs")
+    }
+
     fn leader(&self) -> Option<&str> {
         let lease = kubectl_json(&[
             "get",
@@ -388,16 +397,7 @@ fn aborting_pool(
 /// An abort of pool `api` in `ns` is a Warning Event naming the pod and a sample of the leader's
 /// abort counter.
 fn assert_reported(operators: &Operators, ns: &str, reason: &str) {
-    let events = kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        &format!("reason={reason},type=Warning"),
-        "-o",
-        "json",
-    ]);
+    let events = events(ns, &format!("reason={reason},type=Warning"), "json");
     assert!(
         events.contains("pod api-"),
         "no {reason} Event naming a pod: {events}"
@@ -410,13 +410,47 @@ fn assert_reported(operators: &Operators, ns: &str, reason: &str) {
 }
 
 fn metrics(operators: &Operators) -> String {
-    let leader = operators.leader().expect("a leader");
-    let op = operators
-        .running
-        .iter()
-        .find(|o| o.identity == leader)
-        .expect("the leader runs");
-    op.get("/metrics").map(|(_, body)| body).unwrap_or_default()
+    operators
+        .leading()
+        .get("/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// `kubectl get events -n NS --field-selector SELECTOR -o OUTPUT`.
+fn events(ns: &str, selector: &str, output: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        selector,
+        "-o",
+        output,
+    ])
+}
+
+/// Runs `e2e/control-plane COMMAND` on the suite's cluster.
+fn control_plane(cluster: &Cluster, command: &str) {
+    let done = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/control-plane"))
+        .args([command, &cluster.dir.to_string_lossy()])
+        .status()
+        .expect("e2e/control-plane");
+    assert!(done.success(), "e2e/control-plane {command}");
+}
+
+/// Once the last status writes have landed, the operator asks nothing about `ns` for `quiet`.
+fn assert_no_requests(cluster: &Cluster, ns: &str, quiet: Duration) {
+    std::thread::sleep(Duration::from_secs(5));
+    let audit = Audit::start(cluster);
+    std::thread::sleep(quiet);
+    let requests = audit.requests_in(ns);
+    assert!(
+        requests.is_empty(),
+        "requests while nothing changed: {:#?}",
+        summary(&requests)
+    );
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -649,16 +683,7 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
     let deployment = kubectl_json(&["get", "deployment", "api", "-n", &ns]).expect("Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2, "no pod added");
     assert_eq!(deployment["spec"]["paused"], true);
-    let events = kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        &ns,
-        "--field-selector",
-        "reason=BootFailed",
-        "-o",
-        "json",
-    ]);
+    let events = events(&ns, "reason=BootFailed", "json");
     assert!(
         events.contains("api-"),
         "no BootFailed Event naming a pod: {events}"
@@ -950,16 +975,7 @@ fn a_converged_fleet_costs_no_requests() {
     for name in ["a", "b", "c"] {
         wait_ready(&ns, name, 2 * MINUTE);
     }
-    // Let the last status writes land, then count the operator's requests for 60 s.
-    std::thread::sleep(Duration::from_secs(5));
-    let audit = Audit::start(cluster);
-    std::thread::sleep(MINUTE);
-    let requests = audit.requests_in(&ns);
-    assert!(
-        requests.is_empty(),
-        "requests while nothing changed: {:#?}",
-        summary(&requests)
-    );
+    assert_no_requests(cluster, &ns, MINUTE);
 }
 
 /// The operator's requests in the audit log (the audit policy logs only its ServiceAccount).
@@ -1048,16 +1064,7 @@ fn a_child_the_server_refuses_stalls_the_pool_naming_it() {
         "{message}"
     );
     assert!(message.contains("metrics-exporter-port"), "{message}");
-    let events = kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        &ns,
-        "--field-selector",
-        "reason=WriteRefused",
-        "-o",
-        "name",
-    ]);
+    let events = events(&ns, "reason=WriteRefused", "name");
     assert!(!events.trim().is_empty(), "no WriteRefused Event");
     assert_ne!(s["observedGeneration"], -1, "{s:#}");
 }
@@ -1128,26 +1135,14 @@ fn a_ramp_survives_an_api_server_restart_without_a_hot_loop() {
         || (status(&ns, "web")["rampTarget"].as_i64() >= Some(2)).then_some(()),
         || describe(&ns, "web"),
     );
-    let restart = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/control-plane"))
-        .args(["restart-apiserver", &cluster.dir.to_string_lossy()])
-        .status()
-        .expect("e2e/control-plane");
-    assert!(restart.success());
+    control_plane(cluster, "restart-apiserver");
     // The watches reconnect on their own back-off (at most 5 s apart), not the controller's.
     let s = wait_ready(&ns, "web", MINUTE);
     assert_eq!(s["readyReplicas"], 6, "{s:#}");
     assert_eq!(counted(&s, "BootFailed"), 0);
 
     // Converged after the restart: nothing more is asked of the API server.
-    std::thread::sleep(Duration::from_secs(5));
-    let audit = Audit::start(cluster);
-    std::thread::sleep(Duration::from_secs(20));
-    let requests = audit.requests_in(&ns);
-    assert!(
-        requests.is_empty(),
-        "requests after converging: {:#?}",
-        summary(&requests)
-    );
+    assert_no_requests(cluster, &ns, Duration::from_secs(20));
 }
 
 #[test]
@@ -1314,16 +1309,7 @@ fn a_worker_ended_by_a_signal_is_signaled_with_the_signal_named() {
     // The pod regains readiness after each crash: the pool said Ready once, the aborts say the rest.
     let ns = "e2e-signaled";
     wait_abort(ns, "api", "Signaled", 3, 2 * MINUTE);
-    let ready = kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        "reason=Ready",
-        "-o",
-        "name",
-    ]);
+    let ready = events(ns, "reason=Ready", "name");
     assert_eq!(ready.lines().count(), 1, "{}", describe(ns, "api"));
 }
 
@@ -1405,16 +1391,7 @@ fn gunicorns_worker_timeout_is_told_apart_from_a_worker_oom_kill_by_pid() {
     assert_eq!(counted(&status, "WorkerTimeout"), 1, "{status:#}");
     assert_eq!(counted(&status, "OOMKilled"), 1, "pid 10 only: {status:#}");
     assert_reported(&operators, &ns, "WorkerTimeout");
-    let events = kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        &ns,
-        "--field-selector",
-        "reason=WorkerTimeout",
-        "-o",
-        "json",
-    ]);
+    let events = events(&ns, "reason=WorkerTimeout", "json");
     assert!(
         events.contains("worker pid 9") && events.contains("not an OOM"),
         "{events}"
@@ -1436,19 +1413,10 @@ fn watches_expired_by_an_etcd_compaction_relist_and_converge_without_a_hot_loop(
     let yaml = pool(&ns, "web", 2, "gunicorn", &[("boot", "1s")], json!({}));
     assert!(apply(&yaml).ok);
     wait_ready(&ns, "web", 2 * MINUTE);
-    let leader = operators.leader().expect("a leader").to_string();
-    let op = operators
-        .running
-        .iter()
-        .find(|o| o.identity == leader)
-        .expect("the leader runs");
+    let op = operators.leading();
     let log_before = op.log().len();
 
-    let compact = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/control-plane"))
-        .args(["compact-etcd", &cluster.dir.to_string_lossy()])
-        .status()
-        .expect("e2e/control-plane");
-    assert!(compact.success());
+    control_plane(cluster, "compact-etcd");
     // A change made after the compaction reaches the operator only through re-listed watches.
     kubectl_ok(&["scale", "wp/web", "-n", &ns, "--replicas=4"]);
     let s = wait_until(
@@ -1467,16 +1435,7 @@ fn watches_expired_by_an_etcd_compaction_relist_and_converge_without_a_hot_loop(
         since.contains("too old resource version") || since.contains("Expired"),
         "no expired watch in the leader's log: {since}"
     );
-
-    std::thread::sleep(Duration::from_secs(5));
-    let audit = Audit::start(cluster);
-    std::thread::sleep(Duration::from_secs(20));
-    let requests = audit.requests_in(&ns);
-    assert!(
-        requests.is_empty(),
-        "requests after converging: {:#?}",
-        summary(&requests)
-    );
+    assert_no_requests(cluster, &ns, Duration::from_secs(20));
 }
 
 #[test]

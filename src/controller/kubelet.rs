@@ -57,7 +57,7 @@ pub fn evidence<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<KubeletEvent
                 .as_deref()
                 .is_some_and(|r| EVIDENCE_REASONS.contains(&r))
         })
-        .filter_map(|e| from_event(e).map(|(_, event)| event))
+        .filter_map(from_event)
         .collect();
     found.dedup();
     let excess = found.len().saturating_sub(PER_POD);
@@ -65,29 +65,22 @@ pub fn evidence<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<KubeletEvent
     found
 }
 
-/// `(namespace, pod name)` of the pod an Event is about, and the Event reduced for classification.
-pub fn from_event(event: &Event) -> Option<(String, KubeletEvent)> {
+/// An Event about a pod, reduced for classification.
+pub fn from_event(event: &Event) -> Option<KubeletEvent> {
     let object = &event.involved_object;
     if object.kind.as_deref() != Some("Pod") {
         return None;
     }
-    let namespace = object
-        .namespace
-        .clone()
-        .or_else(|| event.metadata.namespace.clone())?;
-    Some((
-        namespace,
-        KubeletEvent {
-            pod: object.name.clone()?,
-            container: object
-                .field_path
-                .as_deref()
-                .and_then(KubeletEvent::container_from_field_path),
-            reason: event.reason.clone().unwrap_or_default(),
-            message: event.message.clone().unwrap_or_default(),
-            seen: seen(event),
-        },
-    ))
+    Some(KubeletEvent {
+        pod: object.name.clone()?,
+        container: object
+            .field_path
+            .as_deref()
+            .and_then(KubeletEvent::container_from_field_path),
+        reason: event.reason.clone().unwrap_or_default(),
+        message: event.message.clone().unwrap_or_default(),
+        seen: seen(event),
+    })
 }
 
 /// When the Event was first and last reported.
@@ -138,8 +131,8 @@ mod tests {
     #[test]
     fn only_pod_events_convert() {
         let event = event("Killing", 17);
-        let (ns, converted) = from_event(&event).expect("a pod event");
-        assert_eq!(ns, "shop");
+        let converted = from_event(&event).expect("a pod event");
+        assert_eq!(converted.pod, "api-1");
         assert_eq!(converted.container.as_deref(), Some("app"));
         let mut node = event;
         node.involved_object.kind = Some("Node".into());
