@@ -23,13 +23,70 @@ pub struct LogFindings {
     pub last_exception: Option<String>,
 }
 
-/// Bytes of log read per sample; enough for a traceback, bounded for memory.
-pub const TAIL_BYTES: i64 = 16 * 1024;
+/// Bytes of log scanned per sample; enough for a traceback, bounded for memory.
+pub const TAIL_BYTES: usize = 16 * 1024;
+
+/// The end of `log`, at most `max` bytes, from the start of a line when one starts inside them.
+pub fn last_bytes(log: &str, max: usize) -> &str {
+    if log.len() <= max {
+        return log;
+    }
+    let mut cut = log.len() - max;
+    while !log.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let tail = &log[cut..];
+    // The cut usually falls inside a line; start at the next one unless the last line is all.
+    match tail.find('\n') {
+        Some(newline) if newline + 1 < tail.len() => &tail[newline + 1..],
+        _ => tail,
+    }
+}
+
+/// How many lines to ask for again when an answer of `got` bytes to a request of `lines` lines
+/// filled the byte limit: the kubelet cut it at its end, where the last words are. `None` when
+/// the answer is whole, or no fewer lines can be asked for.
+pub fn fewer_lines(lines: i64, got: usize, limit: usize) -> Option<i64> {
+    (got >= limit && lines > 1).then(|| (lines / 4).max(1))
+}
+
+/// The text lines of one log line: itself, or for a structured (JSON) line its message and
+/// the lines of its traceback.
+fn text_lines(line: &str) -> Vec<String> {
+    const MESSAGE: [&str; 4] = ["message", "msg", "event", "log"];
+    const TRACEBACK: [&str; 5] = [
+        "exc_info",
+        "exception",
+        "exc_text",
+        "stack_trace",
+        "traceback",
+    ];
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('{')
+        && let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(trimmed)
+    {
+        let text = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| fields.get(*k).and_then(serde_json::Value::as_str))
+        };
+        let mut lines: Vec<String> = text(&MESSAGE)
+            .into_iter()
+            .flat_map(str::lines)
+            .map(str::to_string)
+            .collect();
+        if let Some(traceback) = text(&TRACEBACK) {
+            lines.extend(traceback.lines().map(str::to_string));
+        }
+        return lines;
+    }
+    vec![line.to_string()]
+}
 
 pub fn scan(log: &str) -> LogFindings {
     let mut findings = LogFindings::default();
     let mut in_traceback = false;
-    for line in log.lines() {
+    for line in log.lines().flat_map(text_lines) {
+        let line = line.as_str();
         if line.contains("WORKER TIMEOUT") {
             findings.worker_timeouts += 1;
             findings.worker_timeout_pids.extend(pid_in(line));
@@ -199,5 +256,46 @@ ModuleNotFoundError: No module named 'stripe'
             LogFindings::default()
         );
         assert_eq!(hint(&LogFindings::default()), None);
+    }
+
+    #[test]
+    fn the_end_of_a_long_log_is_kept_from_a_line_start() {
+        let log = "first line\nsecond line\nlast words\n";
+        assert_eq!(last_bytes(log, 1000), log);
+        assert_eq!(last_bytes(log, 15), "last words\n");
+        // One line longer than the budget: its end is all there is.
+        assert_eq!(last_bytes("abcdefghij", 4), "ghij");
+        // Never a cut inside a character.
+        assert_eq!(last_bytes("ééé", 3), "é");
+    }
+
+    #[test]
+    fn a_cut_answer_is_asked_for_again_with_fewer_lines() {
+        assert_eq!(fewer_lines(200, 65_536, 65_536), Some(50));
+        assert_eq!(fewer_lines(3, 65_536, 65_536), Some(1));
+        assert_eq!(fewer_lines(200, 4_000, 65_536), None);
+        assert_eq!(fewer_lines(1, 65_536, 65_536), None);
+    }
+
+    #[test]
+    fn json_log_lines_are_scanned_by_their_message_and_traceback() {
+        let log = r#"{"asctime":"2026-11-22 10:05:31","levelname":"CRITICAL","message":"WORKER TIMEOUT (pid:9)"}
+{"levelname":"ERROR","msg":"Worker (pid:9) was sent SIGKILL! Perhaps out of memory?"}
+{"levelname":"ERROR","message":"Exception in worker process","exc_info":"Traceback (most recent call last):\n  File \"/app/shop/wsgi.py\", line 3, in <module>\n    import stripe\nModuleNotFoundError: No module named 'stripe'"}
+{"levelname":"ERROR","message":"Reason: Worker failed to boot."}
+"#;
+        let f = scan(log);
+        assert_eq!(f.worker_timeout_pids, [9]);
+        assert!(f.worker_oom_pids.is_empty(), "{f:?}");
+        assert!(f.worker_failed_to_boot);
+        assert_eq!(
+            f.last_exception.as_deref(),
+            Some("ModuleNotFoundError: No module named 'stripe'")
+        );
+        // A line that only looks like JSON is read as text.
+        assert_eq!(
+            scan("{not json WORKER TIMEOUT (pid:4)").worker_timeout_pids,
+            [4]
+        );
     }
 }

@@ -657,3 +657,46 @@ async fn the_api_served_over_http_answers_a_client_built_from_its_kubeconfig() {
         .expect("joined")
         .expect("served");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_log_tail_keeps_the_end_of_long_json_lines() {
+    use workerpool_operator::controller::logs::{ApiLogs, LogReader};
+    use workerpool_operator::loghints::{self, TAIL_BYTES};
+
+    let server = server();
+    let api: Api<Pod> = Api::namespaced(server.client(), "shop");
+    api.create(&PostParams::default(), &pod("a", None))
+        .await
+        .expect("a");
+    let padding = "x".repeat(2_000);
+    for n in 0..300 {
+        let line =
+            json!({"levelname": "INFO", "message": format!("request {n}"), "extra": padding});
+        server.append_log("shop", "a", "app", &line.to_string());
+    }
+    let last = json!({"levelname": "CRITICAL", "message": "WORKER TIMEOUT (pid:9)"});
+    server.append_log("shop", "a", "app", &last.to_string());
+
+    // The kubelet keeps the start of what `tailLines` picked when `limitBytes` cuts it.
+    let cut = api
+        .logs(
+            "a",
+            &kube::api::LogParams {
+                tail_lines: Some(200),
+                limit_bytes: Some(65_536),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("cut read");
+    assert!(!cut.contains("WORKER TIMEOUT"));
+
+    let tail = ApiLogs(server.client())
+        .tail("shop", "a", "app", false)
+        .await
+        .expect("tail");
+    assert!(tail.len() <= TAIL_BYTES, "{} bytes", tail.len());
+    assert!(tail.ends_with(&format!("{last}\n")), "{tail:.200}");
+    assert!(tail.starts_with('{'), "starts mid-line: {tail:.80}");
+    assert_eq!(loghints::scan(&tail).worker_timeout_pids, [9]);
+}

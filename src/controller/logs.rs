@@ -1,11 +1,21 @@
 //! Reading container log tails, behind a trait so tests and the sandbox can supply the logs.
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, LogParams};
 
-use crate::loghints::TAIL_BYTES;
+use crate::loghints::{self, TAIL_BYTES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the kubelet did not answer within {0:?}")]
+    TimedOut(Duration),
+}
 
 pub trait LogReader: Send + Sync {
     /// At most [`TAIL_BYTES`] of the end of a container's log; `previous` reads the run that ended.
@@ -15,11 +25,48 @@ pub trait LogReader: Send + Sync {
         pod: &'a str,
         container: &'a str,
         previous: bool,
-    ) -> BoxFuture<'a, Result<String, kube::Error>>;
+    ) -> BoxFuture<'a, Result<String, LogError>>;
 }
+
+/// Lines asked for first: a traceback and the app server's last words.
+const TAIL_LINES: i64 = 200;
+
+/// Bytes the kubelet may send per request. It applies `limitBytes` from the *start* of the
+/// `tailLines` it picked, so a cut answer has lost the end: that is re-read with fewer lines.
+const READ_LIMIT: i64 = 4 * TAIL_BYTES as i64;
+
+/// A kubelet that does not answer must not hold up the pool's reconcile.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads `pods/log` from the API server.
 pub struct ApiLogs(pub Client);
+
+impl ApiLogs {
+    async fn read_end(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<String, kube::Error> {
+        let api: Api<Pod> = Api::namespaced(self.0.clone(), namespace);
+        let mut lines = TAIL_LINES;
+        loop {
+            let params = LogParams {
+                container: Some(container.to_string()),
+                previous,
+                tail_lines: Some(lines),
+                limit_bytes: Some(READ_LIMIT),
+                ..LogParams::default()
+            };
+            let text = api.logs(pod, &params).await?;
+            match loghints::fewer_lines(lines, text.len(), READ_LIMIT as usize) {
+                Some(fewer) => lines = fewer,
+                None => return Ok(loghints::last_bytes(&text, TAIL_BYTES).to_string()),
+            }
+        }
+    }
+}
 
 impl LogReader for ApiLogs {
     fn tail<'a>(
@@ -28,18 +75,15 @@ impl LogReader for ApiLogs {
         pod: &'a str,
         container: &'a str,
         previous: bool,
-    ) -> BoxFuture<'a, Result<String, kube::Error>> {
+    ) -> BoxFuture<'a, Result<String, LogError>> {
         Box::pin(async move {
-            let api: Api<Pod> = Api::namespaced(self.0.clone(), namespace);
-            let params = LogParams {
-                container: Some(container.to_string()),
-                previous,
-                // tailLines picks the end of the run, limitBytes bounds what is transferred.
-                limit_bytes: Some(TAIL_BYTES),
-                tail_lines: Some(200),
-                ..LogParams::default()
-            };
-            api.logs(pod, &params).await
+            tokio::time::timeout(
+                READ_TIMEOUT,
+                self.read_end(namespace, pod, container, previous),
+            )
+            .await
+            .map_err(|_| LogError::TimedOut(READ_TIMEOUT))?
+            .map_err(LogError::from)
         })
     }
 }
@@ -54,7 +98,7 @@ impl LogReader for NoLogs {
         _pod: &'a str,
         _container: &'a str,
         _previous: bool,
-    ) -> BoxFuture<'a, Result<String, kube::Error>> {
+    ) -> BoxFuture<'a, Result<String, LogError>> {
         Box::pin(async { Ok(String::new()) })
     }
 }

@@ -23,7 +23,7 @@ use serde_json::json;
 use workerpool_operator::api::{WorkerPool, WorkerPoolStatus};
 use workerpool_operator::classify::KubeletEvent;
 use workerpool_operator::controller::kubelet::EventReader;
-use workerpool_operator::controller::logs::LogReader;
+use workerpool_operator::controller::logs::{LogError, LogReader};
 use workerpool_operator::controller::metrics::Metrics;
 use workerpool_operator::controller::pod_cache::PodCache;
 use workerpool_operator::controller::{Caches, Clock, Context, reconcile};
@@ -87,7 +87,7 @@ impl LogReader for Logs {
         pod: &'a str,
         container: &'a str,
         previous: bool,
-    ) -> BoxFuture<'a, Result<String, kube::Error>> {
+    ) -> BoxFuture<'a, Result<String, LogError>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         let text = self
             .texts
