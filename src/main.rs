@@ -60,6 +60,11 @@ enum Command {
         /// Runtime for pods without the `workerpool.dev/runtime` annotation.
         #[arg(long, value_parser = parse_runtime)]
         runtime: Option<api::Runtime>,
+        /// A container log saved with `kubectl logs [--previous]`, scanned as the controller
+        /// scans it: `FILE` when the input holds one pod, else `POD=FILE` or
+        /// `POD/CONTAINER=FILE`; repeatable.
+        #[arg(long = "log", value_name = "[POD[/CONTAINER]=]FILE")]
+        logs: Vec<String>,
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: OutputFormat,
@@ -158,18 +163,34 @@ fn run_diagnose(
     file: &PathBuf,
     events: Option<&PathBuf>,
     runtime: Option<api::Runtime>,
+    logs: &[String],
     output: OutputFormat,
 ) -> Result<(), String> {
-    let pods = diagnose::parse_pods(&read_input(file)?).map_err(|e| e.to_string())?;
+    // Errors quote the input, which may hold terminal escapes.
+    let shown = |e: diagnose::DiagnoseError| diagnose::printable(&e.to_string());
+    let pods = diagnose::parse_pods(&read_input(file)?).map_err(shown)?;
     let events = match events {
-        Some(path) => diagnose::parse_events(&read_input(path)?).map_err(|e| e.to_string())?,
+        Some(path) => diagnose::parse_events(&read_input(path)?).map_err(shown)?,
         None => Vec::new(),
     };
-    let aborts = diagnose::diagnose(&pods, &events, runtime);
+    let logs = logs
+        .iter()
+        .map(|arg| {
+            let (pod, container, path) = diagnose::parse_log_arg(arg);
+            let bytes = read_bytes(&PathBuf::from(path))?;
+            Ok(diagnose::SavedLog {
+                pod,
+                container,
+                text: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let findings = diagnose::diagnose(&pods, &events, runtime, &logs).map_err(shown)?;
     match output {
-        OutputFormat::Table => print!("{}", diagnose::table(&aborts)),
+        OutputFormat::Table => print!("{}", diagnose::table(&findings)),
         OutputFormat::Json => {
-            let json = serde_json::to_string_pretty(&aborts).map_err(|e| e.to_string())?;
+            let findings = diagnose::printable_findings(&findings);
+            let json = serde_json::to_string_pretty(&findings).map_err(|e| e.to_string())?;
             println!("{json}");
         }
     }
@@ -238,16 +259,35 @@ fn run_controller(args: RunArgs) -> Result<(), String> {
     runtime.block_on(run(config)).map_err(|e| format!("{e:#}"))
 }
 
-fn read_input(path: &PathBuf) -> Result<String, String> {
-    if path.as_os_str() == "-" {
-        let mut buf = String::new();
-        std::io::stdin()
-            .read_to_string(&mut buf)
-            .map_err(|e| format!("reading standard input: {e}"))?;
-        Ok(buf)
+/// The most any input file may hold: far more than any object or log tail worth reading.
+const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A file, or standard input for `-`, refused when larger than [`MAX_INPUT_BYTES`].
+fn read_bytes(path: &PathBuf) -> Result<Vec<u8>, String> {
+    let (name, reader): (String, Box<dyn Read>) = if path.as_os_str() == "-" {
+        ("standard input".into(), Box::new(std::io::stdin()))
     } else {
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+        let file =
+            std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        (path.display().to_string(), Box::new(file))
+    };
+    let mut buf = Vec::new();
+    reader
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("reading {name}: {e}"))?;
+    if buf.len() as u64 > MAX_INPUT_BYTES {
+        return Err(format!(
+            "{name} is larger than {} MiB",
+            MAX_INPUT_BYTES >> 20
+        ));
     }
+    Ok(buf)
+}
+
+fn read_input(path: &PathBuf) -> Result<String, String> {
+    String::from_utf8(read_bytes(path)?)
+        .map_err(|e| format!("reading {}: not UTF-8: {e}", path.display()))
 }
 
 fn run_render(path: &PathBuf) -> Result<(), String> {
@@ -290,8 +330,9 @@ fn main() -> ExitCode {
             file,
             events,
             runtime,
+            logs,
             output,
-        } => run_diagnose(&file, events.as_ref(), runtime, output),
+        } => run_diagnose(&file, events.as_ref(), runtime, &logs, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -121,7 +121,7 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
         restart_count: abort.restart_count.unwrap_or(0),
         time: Some(at.to_string()),
         message: abort.message.clone(),
-        hint: Some(hint.unwrap_or_else(|| advice_for(abort).to_string())),
+        hint: Some(hint.unwrap_or_else(|| self::hint(abort, None))),
     }
 }
 
@@ -200,6 +200,12 @@ fn restarted(pod: &PodView, container: &str) -> bool {
         .is_some_and(|c| c.last_terminated.is_some())
 }
 
+/// What to do about an abort: what its log says, else the advice for its reason.
+pub fn hint(abort: &Abort, log: Option<&LogFindings>) -> String {
+    log.and_then(loghints::hint)
+        .unwrap_or_else(|| advice_for(abort).to_string())
+}
+
 /// Puts what the log says in front of the generic advice.
 pub fn with_log_hint(mut observed: Observed, findings: &LogFindings) -> Observed {
     if let Some(hint) = loghints::hint(findings) {
@@ -256,16 +262,22 @@ impl WorkerLimits {
     }
 }
 
-/// Worker-level aborts in a running container's log: each gunicorn `WORKER TIMEOUT` and each worker
-/// SIGKILL ("Perhaps out of memory?") not caused by a timeout, identified by the worker's pid.
-pub fn log_aborts(
+/// One worker of an app server killed while its container kept running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerAbort {
+    pub abort: Abort,
+    pub pid: u32,
+    pub hint: String,
+}
+
+/// Worker-level aborts in a container's log: every gunicorn `WORKER TIMEOUT` and every worker
+/// SIGKILL ("Perhaps out of memory?") not caused by a timeout, by the worker's pid.
+pub fn worker_aborts(
     pod: &PodView,
     container: &str,
-    log: &str,
+    findings: &LogFindings,
     limits: &WorkerLimits,
-    now: Timestamp,
-) -> Vec<Observed> {
-    let findings = loghints::scan(log);
+) -> Vec<WorkerAbort> {
     let restart_count = pod.container(container).map_or(0, |c| c.restart_count);
     let timeouts = findings
         .worker_timeout_pids
@@ -289,15 +301,34 @@ pub fn log_aborts(
                 finished_at: None,
                 by_boot_window: false,
             };
-            Observed {
-                key: format!(
-                    "{}/worker-{pid}",
-                    aborts::key(&pod.uid, container, restart_count)
-                ),
-                at: now,
-                revision: pod.revision.clone(),
-                record: record(&abort, now, Some(limits.hint(reason, pid))),
+            WorkerAbort {
+                abort,
+                pid,
+                hint: limits.hint(reason, pid),
             }
+        })
+        .collect()
+}
+
+/// [`worker_aborts`] of a running container's log tail, for the ledger.
+pub fn log_aborts(
+    pod: &PodView,
+    container: &str,
+    log: &str,
+    limits: &WorkerLimits,
+    now: Timestamp,
+) -> Vec<Observed> {
+    worker_aborts(pod, container, &loghints::scan(log), limits)
+        .into_iter()
+        .map(|worker| Observed {
+            key: format!(
+                "{}/worker-{}",
+                aborts::key(&pod.uid, container, worker.abort.restart_count.unwrap_or(0)),
+                worker.pid
+            ),
+            at: now,
+            revision: pod.revision.clone(),
+            record: record(&worker.abort, now, Some(worker.hint)),
         })
         .collect()
 }

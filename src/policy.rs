@@ -462,6 +462,9 @@ fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
         .and_then(|e| e.value.as_deref())
 }
 
+/// gunicorn's `--timeout` when nothing sets one.
+pub const GUNICORN_DEFAULT_TIMEOUT_SECONDS: i64 = 30;
+
 /// App-server flags the user wrote: the command line beats the container's own env, which beats
 /// what we derive (gunicorn reads `GUNICORN_CMD_ARGS` before the command line).
 pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags {

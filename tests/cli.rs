@@ -265,7 +265,7 @@ fn diagnose_json_has_the_documented_shape() {
     let reasons: Vec<&str> = aborts.iter().filter_map(|a| a["reason"].as_str()).collect();
     assert_eq!(reasons, ["BootFailed", "CrashLoop", "LivenessTimeout"]);
     let keys: Vec<&String> = aborts[0].as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 7);
+    assert_eq!(keys.len(), 8);
     for key in [
         "pod",
         "container",
@@ -274,6 +274,7 @@ fn diagnose_json_has_the_documented_shape() {
         "signal",
         "restartCount",
         "message",
+        "hint",
     ] {
         assert!(aborts.iter().all(|a| a.get(key).is_some()), "{key} missing");
     }
@@ -343,6 +344,189 @@ fn diagnose_rejects_bad_input_clearly() {
     let out = run(&["diagnose", "-f", PODS, "--runtime", "php"], None);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown runtime"));
+}
+
+const WORKER_TIMEOUT_LOG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/worker-timeout.log"
+);
+const BOOT_FAILURE_LOG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/boot-failure.log"
+);
+
+fn findings(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .expect("JSON")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+#[test]
+fn diagnose_log_names_the_error_behind_a_boot_failure() {
+    let target = format!("shop-api-6d8f7c9b5-x2x7k={BOOT_FAILURE_LOG}");
+    let out = run(
+        &["diagnose", "-f", PODS, "--log", &target, "-o", "json"],
+        None,
+    );
+    let found = findings(&out);
+    assert_eq!(found[0]["reason"], "BootFailed");
+    let hint = found[0]["hint"].as_str().expect("hint");
+    assert!(
+        hint.contains("Worker failed to boot")
+            && hint.contains("ModuleNotFoundError: No module named 'stripe'"),
+        "{hint}"
+    );
+    // The other pod's abort keeps the advice for its reason.
+    assert!(
+        found[2]["hint"]
+            .as_str()
+            .expect("hint")
+            .contains("exited on its own")
+    );
+
+    let table = run(&["diagnose", "-f", PODS, "--log", &target], None);
+    let table = text(&table.stdout);
+    assert!(table.lines().next().unwrap().ends_with("HINT"), "{table}");
+    assert!(table.contains("No module named 'stripe'"), "{table}");
+}
+
+#[test]
+fn diagnose_log_finds_worker_timeouts_and_worker_oom_kills_of_a_ready_pod() {
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(HEALTHY).unwrap()).unwrap();
+    pod["spec"]["containers"][0]["env"] =
+        serde_json::json!([{"name": "GUNICORN_CMD_ARGS", "value": "--timeout 10 --workers 2"}]);
+    pod["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"memory": "512Mi"}});
+    let out = run(
+        &[
+            "diagnose",
+            "-f",
+            "-",
+            "--log",
+            WORKER_TIMEOUT_LOG,
+            "-o",
+            "json",
+        ],
+        Some(&pod.to_string()),
+    );
+    let found = findings(&out);
+    assert_eq!(found.len(), 2, "{found:?}");
+    let (timeout, oom) = (&found[0], &found[1]);
+    assert_eq!(timeout["reason"], "WorkerTimeout");
+    assert_eq!(timeout["container"], "app");
+    assert_eq!(timeout["exitCode"], serde_json::Value::Null);
+    assert_eq!(timeout["message"], "worker pid 9");
+    let hint = timeout["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("--timeout 10s") && hint.contains("not an OOM"),
+        "{hint}"
+    );
+    assert_eq!(oom["reason"], "OOMKilled");
+    assert_eq!(oom["message"], "worker pid 10");
+    let hint = oom["hint"].as_str().unwrap();
+    assert!(hint.contains("pid 10") && hint.contains("512Mi"), "{hint}");
+
+    // Without a timeout anywhere in the pod, gunicorn's default is named.
+    let plain = std::fs::read_to_string(HEALTHY).unwrap();
+    let out = run(
+        &[
+            "diagnose",
+            "-f",
+            "-",
+            "--log",
+            WORKER_TIMEOUT_LOG,
+            "-o",
+            "json",
+        ],
+        Some(&plain),
+    );
+    assert!(
+        findings(&out)[0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("--timeout 30s")
+    );
+}
+
+#[test]
+fn diagnose_log_is_matched_to_its_pod() {
+    let bare = run(&["diagnose", "-f", PODS, "--log", BOOT_FAILURE_LOG], None);
+    assert!(!bare.status.success());
+    assert!(
+        text(&bare.stderr).contains("POD=FILE"),
+        "{}",
+        text(&bare.stderr)
+    );
+    let unknown = format!("shop-api-gone={BOOT_FAILURE_LOG}");
+    let out = run(&["diagnose", "-f", PODS, "--log", &unknown], None);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no pod shop-api-gone"));
+    let container = format!("shop-api-6d8f7c9b5-q9w4r/app={WORKER_TIMEOUT_LOG}");
+    let out = run(
+        &["diagnose", "-f", PODS, "--log", &container, "-o", "json"],
+        None,
+    );
+    let found = findings(&out);
+    assert!(
+        found
+            .iter()
+            .any(|f| f["reason"] == "WorkerTimeout" && f["pod"] == "shop-api-6d8f7c9b5-q9w4r")
+    );
+}
+
+#[test]
+fn diagnose_never_prints_terminal_escapes_or_bidi_overrides_from_the_cluster() {
+    let pods = std::fs::read_to_string(PODS).unwrap().replace(
+        "\"Error\"",
+        "\"\\u001b]0;owned\\u0007\\u001b[2J\\u202etxt.exe\\u009b\"",
+    );
+    assert!(pods.contains("\\u202e"), "the fixture changed");
+    for format in ["table", "json"] {
+        let out = run(&["diagnose", "-f", "-", "-o", format], Some(&pods));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let shown = text(&out.stdout);
+        assert!(shown.contains("txt.exe"), "{shown}");
+        assert!(
+            !shown
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c)),
+            "{format}: {shown:?}"
+        );
+    }
+    let out = run(
+        &["diagnose", "-f", "-"],
+        Some("{\"kind\": \"\\u001b[2J\\u2066Deployment\"}"),
+    );
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("Deployment") && !error.contains('\u{1b}') && !error.contains('\u{2066}')
+    );
+}
+
+#[test]
+fn diagnose_refuses_input_nested_deeper_than_any_pod_at_once() {
+    let padding = "x".repeat(60 << 20);
+    let nested = "[".repeat(3 << 20);
+    let yaml = format!(
+        "kind: Pod\nmetadata:\n  name: a\n  annotations:\n    pad: {padding}\n    x: {nested}\n"
+    );
+    let json = format!(
+        "{{\"kind\": \"Pod\", \"metadata\": {{\"name\": \"a\", \"annotations\": {{\"pad\": \"{padding}\", \"x\": {nested}}}}}}}"
+    );
+    for input in [yaml, json] {
+        let started = std::time::Instant::now();
+        let out = run(&["diagnose", "-f", "-"], Some(&input));
+        let took = started.elapsed();
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains("nests"), "{}", text(&out.stderr));
+        assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    }
+    let too_big = "#".repeat((64 << 20) + 1);
+    let out = run(&["diagnose", "-f", "-"], Some(&too_big));
+    assert!(text(&out.stderr).contains("larger than 64 MiB"));
 }
 
 #[test]
