@@ -4,7 +4,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::aborts::{self, Observed};
+use crate::aborts::{Identity, Observed};
 use crate::api::{AbortRecord, Runtime};
 use crate::classify::{self, Abort, BootWindow, KubeletEvent, Reason};
 use crate::loghints::{self, LogFindings};
@@ -101,13 +101,12 @@ fn advice_for(abort: &Abort) -> &'static str {
 
 /// Identity of an abort: terminations by restart count, so each run is counted once; waiting
 /// states and pod-level aborts once per pod (a crash loop is one `CrashLoop`, plus each exit).
-pub fn identity(pod_uid: &str, abort: &Abort) -> String {
+pub fn identity(pod_uid: &str, abort: &Abort) -> Identity {
     match (&abort.container, abort.exit_code) {
         (Some(container), Some(_)) => {
-            aborts::key(pod_uid, container, abort.restart_count.unwrap_or(0))
+            Identity::run(pod_uid, container, abort.restart_count.unwrap_or(0))
         }
-        (Some(container), None) => format!("{pod_uid}/{container}/{}", abort.reason),
-        (None, _) => format!("{pod_uid}/{}", abort.reason),
+        (container, _) => Identity::state(pod_uid, container.as_deref(), abort.reason.as_str()),
     }
 }
 
@@ -167,7 +166,7 @@ pub fn pod_aborts(
                         Some(findings.settle_after.map_or(wait, |w| w.min(wait)));
                     findings
                         .settling
-                        .push((abort.pod.clone(), identity(&pod.uid, &abort)));
+                        .push((abort.pod.clone(), identity(&pod.uid, &abort).to_string()));
                     continue;
                 }
             }
@@ -182,7 +181,7 @@ pub fn pod_aborts(
             findings.found.push(Found {
                 probe_kill_possible: abort.exit_code.is_some() && needs_settling(&abort),
                 observed: Observed {
-                    key: identity(&pod.uid, &abort),
+                    identity: identity(&pod.uid, &abort),
                     at,
                     revision: pod.revision.clone(),
                     record: record(&abort, at, None),
@@ -321,10 +320,11 @@ pub fn log_aborts(
     worker_aborts(pod, container, &loghints::scan(log), limits)
         .into_iter()
         .map(|worker| Observed {
-            key: format!(
-                "{}/worker-{}",
-                aborts::key(&pod.uid, container, worker.abort.restart_count.unwrap_or(0)),
-                worker.pid
+            identity: Identity::worker(
+                &pod.uid,
+                container,
+                worker.abort.restart_count.unwrap_or(0),
+                worker.pid,
             ),
             at: now,
             revision: pod.revision.clone(),
@@ -382,15 +382,15 @@ mod tests {
     #[test]
     fn identities_count_runs_once_and_states_once_per_pod() {
         assert_eq!(
-            identity("u", &abort(Some("app"), Some(3), Reason::BootFailed)),
+            identity("u", &abort(Some("app"), Some(3), Reason::BootFailed)).to_string(),
             "u/app/4"
         );
         assert_eq!(
-            identity("u", &abort(Some("app"), None, Reason::CrashLoop)),
+            identity("u", &abort(Some("app"), None, Reason::CrashLoop)).to_string(),
             "u/app/CrashLoop"
         );
         assert_eq!(
-            identity("u", &abort(None, None, Reason::Evicted)),
+            identity("u", &abort(None, None, Reason::Evicted)).to_string(),
             "u/Evicted"
         );
     }

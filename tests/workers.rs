@@ -598,22 +598,52 @@ async fn log_reading_can_be_switched_off() {
 }
 
 #[tokio::test]
-async fn many_crashing_pods_keep_the_status_bounded() {
+async fn many_crashing_pods_are_each_counted_once_and_the_status_grows_by_pod() {
     let mut h = converged(json!({"replicas": 2}), 60).await;
-    let pods = (0..200)
-        .map(|i| pod(&format!("api-{i}"), crashed(1, 3, 50), json!({})))
-        .collect();
-    h.set_pods(pods);
+    let crashing = |restarts: i32, finished: i64| -> Vec<_> {
+        (0..200)
+            .map(|i| pod(&format!("api-{i}"), crashed(restarts, 3, finished), json!({})))
+            .collect()
+    };
+    h.set_pods(crashing(1, 50));
     h.reconcile("api").await;
     let status = current(&h).await;
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 200), ("CrashLoop".into(), 200)]
+    );
     let aborts = status.aborts.expect("aborts");
     assert_eq!(aborts.recent.len(), 64);
     assert!(
         h.logs.reads.load(Ordering::SeqCst) <= 4,
         "log reads per reconcile are bounded"
     );
-    let json = serde_json::to_string(&aborts).expect("json");
-    assert!(json.len() < 16 * 1024, "{} bytes", json.len());
+    let one_run = serde_json::to_string(&aborts).expect("json").len();
+
+    // Seen again: nothing is counted twice, although far more than 64 are in the window.
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 200), ("CrashLoop".into(), 200)]
+    );
+
+    // Each pod's next run: counted once more, and the ledger holds a few bytes more per pod.
+    h.set_pods(crashing(2, 58));
+    h.reconcile("api").await;
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(
+        counts(&status),
+        [("BootFailed".into(), 400), ("CrashLoop".into(), 200)]
+    );
+    let two_runs = serde_json::to_string(&status.aborts.expect("aborts"))
+        .expect("json")
+        .len();
+    assert!(
+        two_runs < one_run + 200 * 8,
+        "{one_run} bytes, then {two_runs}"
+    );
 }
 
 #[tokio::test]

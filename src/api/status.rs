@@ -232,11 +232,50 @@ pub struct AbortSummary {
     pub counts: Vec<AbortCount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<AbortRecord>,
-    /// Terminations already counted (pod uid/container/restartCount), newest last, so each is
-    /// counted once, also across an operator restart or a leader change.
+    /// The newest aborts counted (pod uid/container/restartCount), newest last: what the
+    /// circuit breaker counts per template revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub recent: Vec<SeenAbort>,
+    /// Each pod and container with an abort counted in the window and which of its aborts were,
+    /// so that each is counted once at any number of aborts, also across an operator restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counted: Vec<CountedSource>,
+    /// Aborts per reason and slice of the window (a tenth of it), from which `counts` is summed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tally: Vec<TallyBucket>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CountedSource {
+    /// `podUid/container`, or `podUid` for aborts of the pod itself.
+    pub source: String,
+    /// Restart counts of the runs whose end was counted, lowest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<i32>,
+    /// Every run up to this restart count was counted too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_through: Option<i32>,
+    /// The run whose killed workers are in `workerPids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_run: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_pids: Vec<u32>,
+    /// Lasting states counted (`CrashLoop`, `Evicted`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<String>,
+    /// When its latest counted abort happened; the entry goes once that leaves the window.
+    pub time: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TallyBucket {
+    pub reason: String,
+    /// Start of the slice.
+    pub start: String,
+    pub count: i64,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
