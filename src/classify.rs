@@ -113,10 +113,12 @@ impl KubeletEvent {
         self.message.strip_prefix(COMBINED).unwrap_or(&self.message)
     }
 
-    /// The container a `fieldPath` such as `spec.containers{app}` names.
+    /// The container a `fieldPath` such as `spec.containers{app}` or
+    /// `spec.initContainers{migrate}` names.
     pub fn container_from_field_path(field_path: &str) -> Option<String> {
         let inner = field_path
-            .strip_prefix("spec.containers{")?
+            .strip_prefix("spec.containers{")
+            .or_else(|| field_path.strip_prefix("spec.initContainers{"))?
             .strip_suffix('}')?;
         Some(inner.to_string())
     }
@@ -349,11 +351,12 @@ fn termination_abort(
     })
 }
 
-/// Every abort visible on a pod, pod-level ones first, then per container in status order.
 /// How long a container's boot may take (its startup-probe window), when known: a run that ends
 /// sooner, for no more specific reason, is a boot failure.
 pub type BootWindow<'a> = &'a dyn Fn(&str) -> Option<SignedDuration>;
 
+/// Every abort visible on a pod: pod-level ones first, then those of its init containers, then
+/// those of its containers, each in status order.
 pub fn classify(
     runtime: Runtime,
     pod: &PodView,
@@ -387,12 +390,20 @@ pub fn classify(
             by_boot_window: false,
         });
     }
+    // Init containers run before the app server: plain programs (migrations, fetches), whose
+    // exit 0 is their job done.
+    for container in &pod.init_containers {
+        aborts.extend(
+            termination_aborts(Runtime::Generic, pod, container, events, None)
+                .into_iter()
+                .filter(|abort| abort.exit_code != Some(0)),
+        );
+        aborts.extend(waiting_abort(&pod.name, container));
+    }
     for container in &pod.containers {
         let window = boot_window(&container.name);
         aborts.extend(termination_aborts(runtime, pod, container, events, window));
-        if let Some(abort) = waiting_abort(&pod.name, container) {
-            aborts.push(abort);
-        }
+        aborts.extend(waiting_abort(&pod.name, container));
     }
     aborts
 }

@@ -225,6 +225,68 @@ pub fn unhealthy_containers(pod: &PodView) -> Vec<&ContainerView> {
         .collect()
 }
 
+/// Pods still running their init containers, for the pool's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Initializing {
+    pub pods: usize,
+    /// Of those, pods whose init container keeps failing or cannot start.
+    pub stuck: usize,
+    /// Why the first stuck pod (by name) is stuck.
+    pub why: Option<String>,
+}
+
+/// Why an init container keeps its pod from starting, if it does.
+fn init_stuck(pod: &PodView) -> Option<String> {
+    pod.init_containers.iter().find_map(|c| {
+        let waiting = match &c.state {
+            State::Waiting { reason, .. } => reason.as_deref().filter(|r| *r != "PodInitializing"),
+            _ => None,
+        };
+        let failed = c.last_terminated.as_ref().filter(|t| t.exit_code != 0);
+        if waiting.is_none() && failed.is_none() {
+            return None;
+        }
+        let mut why = format!("pod {} init container {}", pod.name, c.name);
+        if let Some(reason) = waiting {
+            why.push_str(&format!(" {reason}"));
+        }
+        if let Some(t) = failed {
+            why.push_str(&format!(" after exit {}", t.exit_code));
+        }
+        match c.restart_count {
+            0 => {}
+            1 => why.push_str(", restarted once"),
+            n => why.push_str(&format!(", restarted {n} times")),
+        }
+        Some(why)
+    })
+}
+
+/// The pods whose app containers wait for init containers (`PodInitializing`), and which of
+/// them are stuck there.
+pub fn initializing(pods: &[&PodView]) -> Option<Initializing> {
+    let mut waiting: Vec<&PodView> = pods
+        .iter()
+        .copied()
+        .filter(|p| !p.deleting && !p.init_containers.is_empty())
+        .filter(|p| {
+            p.containers.iter().any(|c| {
+                matches!(&c.state, State::Waiting { reason: Some(r), .. } if r == "PodInitializing")
+            })
+        })
+        .collect();
+    if waiting.is_empty() {
+        return None;
+    }
+    waiting.sort_by(|a, b| a.name.cmp(&b.name));
+    let stuck: Vec<String> = waiting.iter().filter_map(|p| init_stuck(p)).collect();
+    Some(Initializing {
+        pods: waiting.len(),
+        stuck: stuck.len(),
+        why: stuck.into_iter().next(),
+    })
+}
+
 /// What the hints of worker-level aborts name, from the pool's effective settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerLimits {
@@ -336,6 +398,7 @@ pub fn log_aborts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::podview::Termination;
     use serde_json::json;
 
     fn abort(container: Option<&str>, exit_code: Option<i32>, reason: Reason) -> Abort {
@@ -435,5 +498,72 @@ mod tests {
         assert!(advice_for(&early_exit).contains("before it finished booting"));
         let exit_3 = abort(Some("app"), Some(3), Reason::BootFailed);
         assert!(advice_for(&exit_3).contains("exited 3"));
+    }
+
+    #[test]
+    fn pods_waiting_for_init_containers_and_the_stuck_ones() {
+        let app = ContainerView {
+            name: "app".into(),
+            state: State::Waiting {
+                reason: Some("PodInitializing".into()),
+                message: None,
+            },
+            ..ContainerView::default()
+        };
+        let init = |state: State, failed: bool| ContainerView {
+            name: "migrate".into(),
+            state,
+            restart_count: i32::from(failed),
+            last_terminated: failed.then(|| Termination {
+                exit_code: 2,
+                reason: Some("Error".into()),
+                message: None,
+                started_at: None,
+                finished_at: None,
+            }),
+            ..ContainerView::default()
+        };
+        let pod = |name: &str, init: ContainerView| PodView {
+            name: name.into(),
+            containers: vec![app.clone()],
+            init_containers: vec![init],
+            ..PodView::default()
+        };
+        let running = pod("api-a", init(State::Running, false));
+        let retrying = pod("api-c", init(State::Running, true));
+        let pulling = pod(
+            "api-b",
+            init(
+                State::Waiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    message: None,
+                },
+                false,
+            ),
+        );
+        let leaving = PodView {
+            deleting: true,
+            ..pod("api-d", init(State::Running, true))
+        };
+        let started = PodView {
+            containers: vec![ContainerView {
+                state: State::Running,
+                ..app.clone()
+            }],
+            ..pod("api-e", init(State::Running, false))
+        };
+        assert_eq!(
+            initializing(&[&retrying, &running, &pulling, &leaving, &started]),
+            Some(Initializing {
+                pods: 3,
+                stuck: 2,
+                why: Some("pod api-b init container migrate ImagePullBackOff".into()),
+            })
+        );
+        assert_eq!(
+            init_stuck(&retrying).as_deref(),
+            Some("pod api-c init container migrate after exit 2, restarted once")
+        );
+        assert_eq!(initializing(&[&started]), None);
     }
 }

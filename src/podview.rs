@@ -31,6 +31,8 @@ pub struct PodView {
     /// The scheduler's message when `PodScheduled` is False with reason `Unschedulable`.
     pub unschedulable: Option<Unschedulable>,
     pub containers: Vec<ContainerView>,
+    /// Init containers, in the order they run (sidecars among them keep running).
+    pub init_containers: Vec<ContainerView>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -188,6 +190,12 @@ impl From<&Pod> for PodView {
                 .iter()
                 .map(ContainerView::from)
                 .collect(),
+            init_containers: status
+                .and_then(|s| s.init_container_statuses.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(ContainerView::from)
+                .collect(),
         }
     }
 }
@@ -238,6 +246,7 @@ struct StatusJson {
     message: Option<String>,
     conditions: Option<Vec<ConditionJson>>,
     container_statuses: Option<Vec<ContainerStatusJson>>,
+    init_container_statuses: Option<Vec<ContainerStatusJson>>,
 }
 
 #[derive(Deserialize)]
@@ -274,20 +283,10 @@ impl PodJson {
             message: None,
             conditions: None,
             container_statuses: None,
+            init_container_statuses: None,
         });
-        // Sized to fit: collecting in place would keep the decoded statuses' larger allocation
-        // for as long as the view is cached.
-        let statuses = status.container_statuses.unwrap_or_default();
-        let mut containers = Vec::with_capacity(statuses.len());
-        containers.extend(statuses.into_iter().map(|c| {
-            ContainerView::new(
-                c.name,
-                c.ready,
-                c.restart_count,
-                c.state.as_ref(),
-                c.last_state.as_ref(),
-            )
-        }));
+        let containers = views(status.container_statuses);
+        let init_containers = views(status.init_container_statuses);
         let view = PodView {
             name: metadata.name.unwrap_or_default(),
             namespace: metadata.namespace.unwrap_or_default(),
@@ -308,14 +307,36 @@ impl PodJson {
                 )
             })),
             containers,
+            init_containers,
         };
         (metadata.resource_version, view)
     }
 }
 
+/// Sized to fit: collecting in place would keep the decoded statuses' larger allocation for as
+/// long as the view is cached.
+fn views(statuses: Option<Vec<ContainerStatusJson>>) -> Vec<ContainerView> {
+    let statuses = statuses.unwrap_or_default();
+    let mut views = Vec::with_capacity(statuses.len());
+    views.extend(statuses.into_iter().map(|c| {
+        ContainerView::new(
+            c.name,
+            c.ready,
+            c.restart_count,
+            c.state.as_ref(),
+            c.last_state.as_ref(),
+        )
+    }));
+    views
+}
+
 impl PodView {
+    /// A container or init container by name (the two share one namespace of names).
     pub fn container(&self, name: &str) -> Option<&ContainerView> {
-        self.containers.iter().find(|c| c.name == name)
+        self.containers
+            .iter()
+            .chain(&self.init_containers)
+            .find(|c| c.name == name)
     }
 }
 
@@ -342,6 +363,11 @@ mod tests {
                     "name": "app", "image": "shop:1", "imageID": "sha", "ready": false, "restartCount": 1,
                     "state": {"running": {"startedAt": "2026-11-22T10:00:01Z"}},
                     "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+                }],
+                "initContainerStatuses": [{
+                    "name": "migrate", "image": "shop:1", "imageID": "sha", "ready": true, "restartCount": 2,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}
                 }]
             }
         })

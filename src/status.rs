@@ -12,6 +12,7 @@ use crate::api::{
     AbortSummary, CircuitStatus, EffectiveSettings, InitPhase, InitStatus, Phase, WorkerPoolStatus,
     condition,
 };
+use crate::observe::Initializing;
 use crate::policy::Conflict;
 
 /// Counts from the Deployment's status, as the watch cache last saw it.
@@ -46,6 +47,7 @@ pub mod reason {
     pub const NO_ABORTS: &str = "NoRecentAborts";
     pub const CONSISTENT: &str = "Consistent";
     pub const TEMPLATE_OVERRIDE: &str = "TemplateOverridesPolicy";
+    pub const INIT_FAILING: &str = "InitContainersFailing";
 }
 
 /// Everything the status is computed from.
@@ -67,6 +69,8 @@ pub struct Observation<'a> {
     pub window_seconds: i64,
     /// The gates' state after this reconcile; None keeps the previous one.
     pub gates: Option<Gates<'a>>,
+    /// Pods waiting for their init containers.
+    pub initializing: Option<&'a Initializing>,
 }
 
 /// What the init gate and the circuit breaker decided.
@@ -107,8 +111,32 @@ fn keep_transition_time(mut new: Condition, old: &[Condition]) -> Condition {
     new
 }
 
-/// Progress of the rollout: `(ready, reason, message)`.
+/// Progress of the rollout, and which pods wait for their init containers: `(ready, reason,
+/// message)`.
 fn progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
+    let (ready, reason, message) = rollout_progress(obs);
+    match obs.initializing {
+        Some(init) if !ready && init.stuck > 0 => (
+            false,
+            reason::INIT_FAILING,
+            format!(
+                "{message}; {} of {} pods waiting for init containers are stuck: {}",
+                init.stuck,
+                init.pods,
+                init.why.as_deref().unwrap_or_default()
+            ),
+        ),
+        Some(init) if !ready => (
+            false,
+            reason,
+            format!("{message}; {} pods running init containers", init.pods),
+        ),
+        _ => (ready, reason, message),
+    }
+}
+
+/// Progress of the rollout alone.
+fn rollout_progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
     if let Some((reason, message)) = obs.gates.and_then(|g| g.waiting) {
         return (false, reason, message.to_string());
     }
@@ -537,7 +565,59 @@ mod tests {
             aborts: None,
             window_seconds: 600,
             gates: None,
+            initializing: None,
         }
+    }
+
+    #[test]
+    fn pods_stuck_in_their_init_containers_are_named() {
+        let booting = DeploymentObserved {
+            ready: 1,
+            available: 1,
+            ..ready_deployment(4)
+        };
+        let stuck = Initializing {
+            pods: 3,
+            stuck: 2,
+            why: Some(
+                "pod api-b init container migrate CrashLoopBackOff after exit 1, restarted 4 times"
+                    .into(),
+            ),
+        };
+        let obs = Observation {
+            initializing: Some(&stuck),
+            ..observation(Some(booting), 4)
+        };
+        let (ready, reason, message) = progress(&obs);
+        assert!(!ready);
+        assert_eq!(reason, reason::INIT_FAILING);
+        assert_eq!(
+            message,
+            "1 of 4 replicas ready, 1 available; 2 of 3 pods waiting for init containers are stuck: \
+             pod api-b init container migrate CrashLoopBackOff after exit 1, restarted 4 times"
+        );
+        let running = Initializing {
+            pods: 3,
+            ..Initializing::default()
+        };
+        let obs = Observation {
+            initializing: Some(&running),
+            ..observation(Some(booting), 4)
+        };
+        assert_eq!(
+            progress(&obs),
+            (
+                false,
+                reason::PROGRESSING,
+                "1 of 4 replicas ready, 1 available; 3 pods running init containers".into()
+            )
+        );
+        // A ready pool says nothing of a pod initialising during a scale-up it does not wait for.
+        let obs = Observation {
+            initializing: Some(&stuck),
+            ..observation(Some(ready_deployment(4)), 4)
+        };
+        assert_eq!(progress(&obs).1, reason::ALL_READY);
     }
 
     fn ready_deployment(n: i32) -> DeploymentObserved {

@@ -337,6 +337,44 @@ fn other_signals_and_exits_name_their_code() {
 }
 
 #[test]
+fn init_containers_are_classified_with_their_own_name_as_plain_programs() {
+    let app_waiting = json!({"name": "app", "image": "example/app:1", "imageID": "", "ready": false,
+        "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}});
+    let migrate = json!({"name": "migrate", "image": "example/app:1", "imageID": "", "ready": false,
+        "restartCount": 4,
+        "state": {"waiting": {"reason": "CrashLoopBackOff",
+            "message": "back-off 1m20s restarting failed container=migrate pod=api-7d9f-abcde_shop(u1)"}},
+        "lastState": {"terminated": {"exitCode": 3, "reason": "Error",
+            "startedAt": "2026-11-22T10:00:00Z", "finishedAt": "2026-11-22T10:00:02Z"}}});
+    let fetched = json!({"name": "fetch", "image": "busybox", "imageID": "", "ready": true,
+        "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+            "startedAt": "2026-11-22T09:59:58Z", "finishedAt": "2026-11-22T09:59:59Z"}}});
+    let p = pod(
+        app_waiting,
+        json!({"status": {"phase": "Pending", "initContainerStatuses": [fetched, migrate]}}),
+    );
+    let aborts = classify_pod(Runtime::Gunicorn, &p, &[]);
+    let found: Vec<(Option<&str>, Reason, Option<i32>)> = aborts
+        .iter()
+        .map(|a| (a.container.as_deref(), a.reason, a.exit_code))
+        .collect();
+    // Exit 3 of a migration is no gunicorn boot failure; the finished `fetch` is no abort.
+    assert_eq!(
+        found,
+        [
+            (Some("migrate"), Reason::UnexpectedExit, Some(3)),
+            (Some("migrate"), Reason::CrashLoop, None),
+        ]
+    );
+    assert_eq!(aborts[0].restart_count, Some(3));
+    // The kubelet names an init container's Events by `spec.initContainers{...}`.
+    assert_eq!(
+        KubeletEvent::container_from_field_path("spec.initContainers{migrate}").as_deref(),
+        Some("migrate")
+    );
+}
+
+#[test]
 fn waiting_reasons() {
     for (waiting, reason) in [
         ("ImagePullBackOff", Reason::ImagePullFailed),
@@ -463,14 +501,15 @@ mod arbitrary_status {
     fn arbitrary_pod() -> impl Strategy<Value = Pod> {
         (
             prop::collection::vec(container(), 0..4),
+            prop::collection::vec(container(), 0..3),
             text(),
             text(),
             any::<bool>(),
         )
-            .prop_map(|(containers, reason, condition_reason, deleting)| {
+            .prop_map(|(containers, init, reason, condition_reason, deleting)| {
                 let mut value = json!({
                     "metadata": {"name": "api-x", "uid": "u"},
-                    "status": {"containerStatuses": containers, "reason": reason,
+                    "status": {"containerStatuses": containers, "initContainerStatuses": init, "reason": reason,
                                "conditions": [{"type": "PodScheduled", "status": "False", "reason": condition_reason}]}
                 });
                 if deleting {
@@ -508,10 +547,12 @@ mod arbitrary_status {
             events in prop::collection::vec(event(), 0..4),
             runtime in prop::sample::select(vec![Runtime::Gunicorn, Runtime::Uvicorn, Runtime::Generic]),
         ) {
-            let containers = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, Vec::len);
+            let status = pod.status.as_ref();
+            let containers = status.and_then(|s| s.container_statuses.as_ref()).map_or(0, Vec::len)
+                + status.and_then(|s| s.init_container_statuses.as_ref()).map_or(0, Vec::len);
             let aborts = classify_pod(runtime, &pod, &events);
             // At most two terminations (the current run's and the one before the last restart)
-            // and one waiting state per container, plus two pod-level.
+            // and one waiting state per container or init container, plus two pod-level.
             prop_assert!(aborts.len() <= 3 * containers + 2);
             for abort in &aborts {
                 if let Some(code) = abort.exit_code {

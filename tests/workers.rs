@@ -602,7 +602,13 @@ async fn many_crashing_pods_are_each_counted_once_and_the_status_grows_by_pod() 
     let mut h = converged(json!({"replicas": 2}), 60).await;
     let crashing = |restarts: i32, finished: i64| -> Vec<_> {
         (0..200)
-            .map(|i| pod(&format!("api-{i}"), crashed(restarts, 3, finished), json!({})))
+            .map(|i| {
+                pod(
+                    &format!("api-{i}"),
+                    crashed(restarts, 3, finished),
+                    json!({}),
+                )
+            })
             .collect()
     };
     h.set_pods(crashing(1, 50));
@@ -644,6 +650,46 @@ async fn many_crashing_pods_are_each_counted_once_and_the_status_grows_by_pod() 
         two_runs < one_run + 200 * 8,
         "{one_run} bytes, then {two_runs}"
     );
+}
+
+#[tokio::test]
+async fn pods_stuck_in_init_say_so_on_the_pool() {
+    let mut h = converged(json!({"replicas": 2}), 60).await;
+    let app_waiting = json!({"name": "app", "image": "example/app:1", "imageID": "", "ready": false,
+        "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}});
+    let migrate = json!({"name": "migrate", "image": "example/app:1", "imageID": "", "ready": false,
+        "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container=migrate"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+            "startedAt": at(45), "finishedAt": at(50)}}});
+    let stuck = |name: &str| {
+        pod(
+            name,
+            app_waiting.clone(),
+            json!({"phase": "Pending", "initContainerStatuses": [migrate.clone()]}),
+        )
+    };
+    h.set_pods(vec![stuck("api-b"), stuck("api-a")]);
+    h.pods_ready("api", Some(0)).await;
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "InitContainersFailing");
+    assert!(
+        ready.message.ends_with(
+            "2 of 2 pods waiting for init containers are stuck: pod api-a init container migrate \
+             CrashLoopBackOff after exit 1, restarted 3 times"
+        ),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        counts(&status),
+        [("CrashLoop".into(), 2), ("UnexpectedExit".into(), 2)]
+    );
+    let last = status.aborts.and_then(|a| a.last).expect("last");
+    assert_eq!(last.container, "migrate");
 }
 
 #[tokio::test]

@@ -693,6 +693,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         aborts: Some(&workers.summary),
         window_seconds: pool.spec.policy.failure.window_seconds,
         gates,
+        initializing: workers.initializing.as_ref(),
     };
     let now = (ctx.clock)();
     let new = status::compute(old, &observation, &Time(now));

@@ -29,6 +29,8 @@ pub struct Report {
     /// Look again after this long (a settling termination, unhealthy pods to sample, the window
     /// ending).
     pub recheck: Option<SignedDuration>,
+    /// Pods waiting for their init containers.
+    pub initializing: Option<observe::Initializing>,
 }
 
 fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<SignedDuration> {
@@ -158,6 +160,7 @@ pub async fn observe(
         summary,
         fresh,
         recheck,
+        initializing: observe::initializing(&pods),
     }
 }
 
