@@ -28,6 +28,23 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::BootFailed,
+        Reason::AppLoadFailed,
+        Reason::OOMKilled,
+        Reason::StartupTimeout,
+        Reason::LivenessTimeout,
+        Reason::WorkerTimeout,
+        Reason::GracePeriodExceeded,
+        Reason::CrashLoop,
+        Reason::ImagePullFailed,
+        Reason::ConfigError,
+        Reason::Evicted,
+        Reason::Unschedulable,
+        Reason::Signaled,
+        Reason::UnexpectedExit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::BootFailed => "BootFailed",

@@ -2,7 +2,8 @@
 //! layout built by `kubectl kustomize`, the Argo CD health check run by Lua 5.1, the CRD copies and
 //! the image the chart points at.
 //!
-//! `helm`, `kubectl` and `lua5.1` are looked up on PATH (or `HELM`, `KUBECTL`, `LUA`). Where one is
+//! `helm`, `kubectl`, `lua5.1` and `promtool` are looked up on PATH (or `HELM`, `KUBECTL`, `LUA`,
+//! `PROMTOOL`). Where one is
 //! missing the test says so and stops, unless `WORKERPOOL_REQUIRE_TOOLS=1` (set by `.ci/run`),
 //! which makes a missing tool a failure.
 
@@ -212,6 +213,14 @@ fn chart_lints_and_renders_a_hardened_least_privilege_operator() {
     assert_eq!(of_kind(&rendered, "ServiceAccount").len(), 1);
     assert_eq!(of_kind(&rendered, "Service").len(), 1);
     assert!(of_kind(&rendered, "ServiceMonitor").is_empty());
+    assert!(
+        of_kind(&rendered, "PrometheusRule").is_empty(),
+        "alerts are opt-in"
+    );
+    assert!(
+        of_kind(&rendered, "ConfigMap").is_empty(),
+        "the dashboard is opt-in"
+    );
     assert!(of_kind(&rendered, "Role").is_empty());
 
     // The CRD comes from crds/ (installed by helm install, never templated).
@@ -279,6 +288,9 @@ fn chart_values_are_validated_by_the_schema() {
         "logging.format=xml",
         "unknownKey=1",
         "watchNamespace=Not_A_Namespace",
+        "metrics.prometheusRule.window=15 minutes",
+        "metrics.prometheusRule.bootFailureThreshold=0",
+        "metrics.grafanaDashboard.folder=Pools",
     ] {
         let (ok, _, err) = run(&helm, &["template", "wp", CHART, "--set", bad]);
         assert!(!ok, "{bad} should be rejected");
@@ -368,4 +380,185 @@ fn the_chart_runs_the_image_the_dockerfile_builds() {
             "{excluded} in .dockerignore"
         );
     }
+}
+
+/// Every `workerpool_` series the operator serves.
+fn served_series() -> String {
+    use workerpool_operator::controller::metrics::Metrics;
+    let metrics = Metrics::default();
+    metrics.observe_reconcile(std::time::Duration::from_millis(1), Some("apply"));
+    let stalled: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition =
+        serde_json::from_value(serde_json::json!({"type": "Stalled", "status": "False",
+            "reason": "Progressing", "message": "", "lastTransitionTime": "2026-11-22T10:00:00Z"}))
+        .expect("condition");
+    metrics.publish_pool("shop", "api", &[stalled]);
+    metrics.encode()
+}
+
+/// The `workerpool_` metric names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("workerpool_") {
+        let name: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[start + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+fn assert_served(expr: &str, served: &str) {
+    let names = metric_names(expr);
+    assert!(!names.is_empty(), "{expr}");
+    for name in names {
+        assert!(
+            served
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "{name} in {expr} is not served:\n{served}"
+        );
+    }
+}
+
+/// A scratch directory of its own for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("workerpool-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+#[test]
+fn the_chart_alerts_pass_their_promtool_unit_tests() {
+    let (Some(helm), Some(promtool)) = (tool("helm", "HELM"), tool("promtool", "PROMTOOL")) else {
+        return;
+    };
+    let rendered = helm_template(
+        &helm,
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+        ],
+    );
+    let rules = of_kind(&rendered, "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0]["metadata"]["labels"]["release"].as_str(),
+        Some("kube-prometheus-stack")
+    );
+    let groups = &rules[0]["spec"]["groups"];
+    let alerts: Vec<&str> = groups[0]["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for needed in [
+        "WorkerPoolBootFailing",
+        "WorkerPoolOOMKills",
+        "WorkerPoolWorkerTimeouts",
+        "WorkerPoolStalled",
+    ] {
+        assert!(alerts.contains(&needed), "{alerts:?}");
+    }
+    let served = served_series();
+    for rule in groups[0]["rules"].as_sequence().expect("rules") {
+        assert_served(rule["expr"].as_str().expect("expr"), &served);
+        let description = rule["annotations"]["description"]
+            .as_str()
+            .expect("description");
+        assert!(
+            description.contains("kubectl describe workerpool"),
+            "a runbook says where to look: {description}"
+        );
+    }
+
+    let dir = scratch("promtool");
+    let mut file = serde_yaml::Mapping::new();
+    file.insert("groups".into(), groups.clone());
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_yaml::to_string(&file).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{ROOT}/tests/prometheus/rules_test.yaml"),
+        dir.join("rules_test.yaml"),
+    )
+    .unwrap();
+    let rules_file = dir.join("rules.yaml");
+    let (ok, out, err) = run(&promtool, &["check", "rules", rules_file.to_str().unwrap()]);
+    assert!(ok, "promtool check rules: {out}{err}");
+    let tests_file = dir.join("rules_test.yaml");
+    let (ok, out, err) = run(&promtool, &["test", "rules", tests_file.to_str().unwrap()]);
+    assert!(ok, "promtool test rules: {out}{err}");
+    assert!(out.contains("SUCCESS"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_chart_dashboard_is_valid_grafana_json_on_served_metrics() {
+    let (Some(helm), Some(promtool)) = (tool("helm", "HELM"), tool("promtool", "PROMTOOL")) else {
+        return;
+    };
+    let rendered = helm_template(
+        &helm,
+        &[
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
+            "--set",
+            "metrics.grafanaDashboard.namespace=monitoring",
+        ],
+    );
+    let maps = of_kind(&rendered, "ConfigMap");
+    assert_eq!(maps.len(), 1);
+    let map = maps[0];
+    assert_eq!(map["metadata"]["namespace"].as_str(), Some("monitoring"));
+    assert_eq!(
+        map["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1"),
+        "the label the Grafana sidecar loads"
+    );
+    let text = map["data"]["workerpool-operator.json"]
+        .as_str()
+        .expect("dashboard JSON");
+    let dashboard: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    assert_eq!(dashboard["uid"], "workerpool-operator");
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(variables, ["datasource", "namespace", "pool"]);
+
+    // Every query reads served metrics and parses as PromQL once Grafana's variables are set.
+    let served = served_series();
+    let mut records = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            assert_served(expr, &served);
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$namespace", ".*")
+                .replace("$pool", ".*");
+            records.push(
+                serde_json::json!({"record": format!("panel_{}", records.len()), "expr": expr}),
+            );
+        }
+    }
+    assert!(records.len() >= 8, "{} queries", records.len());
+    let dir = scratch("dashboard");
+    let rules = serde_json::json!({"groups": [{"name": "dashboard", "rules": records}]});
+    let file = dir.join("queries.yaml");
+    std::fs::write(&file, serde_json::to_string(&rules).unwrap()).unwrap();
+    let (ok, out, err) = run(&promtool, &["check", "rules", file.to_str().unwrap()]);
+    assert!(ok, "the dashboard's queries: {out}{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -231,7 +231,11 @@ async fn each_termination_is_counted_once_also_after_an_operator_restart() {
     h.ctx = Arc::new(restarted);
     h.reconcile("api").await;
     assert_eq!(h.requests.total(), 0, "{:?}", h.writes());
-    assert_eq!(abort_metric(&h, "BootFailed"), None);
+    assert_eq!(
+        abort_metric(&h, "BootFailed").as_deref(),
+        Some("0"),
+        "a restarted operator's counter starts at 0 and counts nothing again"
+    );
 
     // The next exit of the same container is a new termination.
     h.advance(40);

@@ -5,8 +5,11 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::classify::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -20,8 +23,30 @@ pub struct AbortLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub condition: String,
+}
+
+/// The conditions published per pool, so alerts can fire on them.
+pub const GAUGED_CONDITIONS: [&str; 4] = ["Ready", "Reconciling", "Stalled", "Degraded"];
+
+/// Abort reasons the chart's alerts watch: their counters exist at 0 from a pool's first
+/// reconcile, so `increase()` sees the first abort too.
+pub const ALERTED_REASONS: [Reason; 6] = [
+    Reason::BootFailed,
+    Reason::AppLoadFailed,
+    Reason::OOMKilled,
+    Reason::WorkerTimeout,
+    Reason::StartupTimeout,
+    Reason::LivenessTimeout,
+];
+
 pub struct Metrics {
     pub reconciles: Counter,
+    pub conditions: Family<ConditionLabels, Gauge>,
     pub aborts: Family<AbortLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
@@ -35,6 +60,12 @@ impl Default for Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let aborts = Family::<AbortLabels, Counter>::default();
+        let conditions = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "pool_condition",
+            "1 while the pool's condition is True, 0 while it is False",
+            conditions.clone(),
+        );
         registry.register(
             "worker_aborts",
             "Worker aborts by pool and reason, each termination counted once",
@@ -53,6 +84,7 @@ impl Default for Metrics {
         );
         Metrics {
             reconciles,
+            conditions,
             aborts,
             errors,
             duration,
@@ -78,6 +110,53 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// Publishes the pool's conditions, as its status now says them, and its alerted abort
+    /// counters.
+    pub fn publish_pool(
+        &self,
+        namespace: &str,
+        pool: &str,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) {
+        for reason in ALERTED_REASONS {
+            self.aborts.get_or_create(&AbortLabels {
+                namespace: namespace.to_string(),
+                pool: pool.to_string(),
+                reason: reason.as_str().to_string(),
+            });
+        }
+        for condition in conditions
+            .iter()
+            .filter(|c| GAUGED_CONDITIONS.contains(&c.type_.as_str()))
+        {
+            self.conditions
+                .get_or_create(&ConditionLabels {
+                    namespace: namespace.to_string(),
+                    pool: pool.to_string(),
+                    condition: condition.type_.clone(),
+                })
+                .set(i64::from(condition.status == "True"));
+        }
+    }
+
+    /// Drops the series of a deleted pool.
+    pub fn forget_pool(&self, namespace: &str, pool: &str) {
+        for reason in Reason::ALL {
+            self.aborts.remove(&AbortLabels {
+                namespace: namespace.to_string(),
+                pool: pool.to_string(),
+                reason: reason.as_str().to_string(),
+            });
+        }
+        for condition in GAUGED_CONDITIONS {
+            self.conditions.remove(&ConditionLabels {
+                namespace: namespace.to_string(),
+                pool: pool.to_string(),
+                condition: condition.to_string(),
+            });
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -120,6 +120,7 @@ impl Context {
         let namespace = meta.namespace.as_deref().unwrap_or_default();
         let name = meta.name.as_deref().unwrap_or_default();
         self.recorders.forget(namespace, name);
+        self.metrics.forget_pool(namespace, name);
     }
 
     /// Pools whose last status write this process remembers (for tests and sizing).
@@ -697,6 +698,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     };
     let now = (ctx.clock)();
     let new = status::compute(old, &observation, &Time(now));
+    ctx.metrics.publish_pool(&namespace, &name, &new.conditions);
     // Progress alone is written at a pace; the reconcile comes back when the wait is over.
     let held = old
         .filter(|old| *old != &new && status::is_progress_only(old, &new))
@@ -925,6 +927,51 @@ mod tests {
             text.contains("workerpool_reconcile_duration_seconds_count 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn pool_conditions_are_gauges_that_go_with_the_pool() {
+        let metrics = Metrics::default();
+        let condition =
+            |type_: &str, status: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: "R".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            };
+        metrics.publish_pool(
+            "shop",
+            "api",
+            &[
+                condition("Ready", "False"),
+                condition("Stalled", "True"),
+                condition("PolicyConflict", "True"),
+            ],
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "workerpool_pool_condition{namespace=\"shop\",pool=\"api\",condition=\"Stalled\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "workerpool_pool_condition{namespace=\"shop\",pool=\"api\",condition=\"Ready\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("PolicyConflict"), "{text}");
+        assert!(
+            text.contains(
+                "workerpool_worker_aborts_total{namespace=\"shop\",pool=\"api\",reason=\"BootFailed\"} 0"
+            ),
+            "an alerted counter starts at 0: {text}"
+        );
+        metrics.forget_pool("shop", "api");
+        assert!(!metrics.encode().contains("pool=\"api\""));
     }
 
     /// The size of the future `f` returns, without calling it.
