@@ -121,11 +121,13 @@ impl Metrics {
         conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     ) {
         for reason in ALERTED_REASONS {
-            self.aborts.get_or_create(&AbortLabels {
-                namespace: namespace.to_string(),
-                pool: pool.to_string(),
-                reason: reason.as_str().to_string(),
-            });
+            self.aborts
+                .get_or_create(&AbortLabels {
+                    namespace: namespace.to_string(),
+                    pool: pool.to_string(),
+                    reason: reason.as_str().to_string(),
+                })
+                .inc_by(0);
         }
         for condition in conditions
             .iter()
