@@ -233,9 +233,19 @@ fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str) -> Option<Job
         working_dir: app.working_dir.clone(),
         ..Container::default()
     };
+    // The app's own labels and annotations, so NetworkPolicies and admission rules that admit the
+    // app admit its migration too; never the pool's selector label, so the Job's pod is not taken
+    // for one of the pool's.
+    let template_meta = valid.spec().template.metadata.as_ref();
     let mut labels = standard_labels(&pool.name);
+    labels.extend(
+        template_meta
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default(),
+    );
     labels.remove(POOL_LABEL);
     labels.insert(INIT_LABEL.into(), pool.name.clone());
+    let pod_annotations = template_meta.and_then(|m| m.annotations.clone());
     let mut meta = pool.meta();
     meta.name = Some(name);
     meta.annotations = Some(BTreeMap::from([(
@@ -251,6 +261,7 @@ fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str) -> Option<Job
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: pod_annotations,
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {

@@ -310,6 +310,8 @@ impl std::fmt::Display for Conflict {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExplicitFlags {
     pub worker_timeout: Option<i64>,
+    /// gunicorn's `--worker-tmp-dir`, where each worker's heartbeat file lives.
+    pub worker_tmp_dir: Option<String>,
     pub graceful_timeout: Option<i64>,
     pub preload: bool,
 }
@@ -338,11 +340,6 @@ pub fn derived_worker_timeout(spec: &WorkerPoolSpec) -> i64 {
     } else {
         p.requests.timeout_seconds.max(p.boot.timeout_seconds)
     }
-}
-
-pub fn derived_grace_period(spec: &WorkerPoolSpec) -> i64 {
-    let s = &spec.policy.shutdown;
-    s.drain_seconds + s.graceful_timeout_seconds + GRACE_MARGIN_SECONDS
 }
 
 fn to_i32(v: i64) -> i32 {
@@ -434,7 +431,7 @@ fn words(parts: &[String]) -> Vec<&str> {
 }
 
 /// Value of `--name N`, `--name=N` (or a short alias) in a list of words; the last one wins.
-fn flag_value(words: &[&str], long: &str, short: Option<&str>) -> Option<i64> {
+fn flag_text<'a>(words: &[&'a str], long: &str, short: Option<&str>) -> Option<&'a str> {
     let mut found = None;
     let mut iter = words.iter().peekable();
     while let Some(word) = iter.next() {
@@ -442,14 +439,19 @@ fn flag_value(words: &[&str], long: &str, short: Option<&str>) -> Option<i64> {
             .strip_prefix(long)
             .and_then(|rest| rest.strip_prefix('='))
         {
-            found = v.parse().ok().or(found);
+            found = Some(v);
         } else if (*word == long || short == Some(*word))
             && let Some(next) = iter.peek()
         {
-            found = next.parse().ok().or(found);
+            found = Some(**next);
         }
     }
     found
+}
+
+/// [`flag_text`] as a number, when it is one.
+fn flag_value(words: &[&str], long: &str, short: Option<&str>) -> Option<i64> {
+    flag_text(words, long, short).and_then(|v| v.parse().ok())
 }
 
 fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
@@ -461,6 +463,9 @@ fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
         .find(|e| e.name == name)
         .and_then(|e| e.value.as_deref())
 }
+
+/// gunicorn's `--worker-tmp-dir` unless the user sets one.
+pub const WORKER_TMP_DIR: &str = "/dev/shm";
 
 /// gunicorn's `--timeout` when nothing sets one.
 pub const GUNICORN_DEFAULT_TIMEOUT_SECONDS: i64 = 30;
@@ -481,12 +486,16 @@ pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags 
             };
             ExplicitFlags {
                 worker_timeout: pick("--timeout", Some("-t")),
+                worker_tmp_dir: flag_text(&cmd_words, "--worker-tmp-dir", None)
+                    .or_else(|| flag_text(&env_words, "--worker-tmp-dir", None))
+                    .map(str::to_string),
                 graceful_timeout: pick("--graceful-timeout", None),
                 preload: cmd_words.contains(&"--preload") || env_words.contains(&"--preload"),
             }
         }
         Runtime::Uvicorn => ExplicitFlags {
             worker_timeout: None,
+            worker_tmp_dir: None,
             graceful_timeout: flag_value(&cmd_words, "--timeout-graceful-shutdown", None).or_else(
                 || {
                     env_value(container, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN")
@@ -541,10 +550,11 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             .unwrap_or(p.shutdown.graceful_timeout_seconds),
     };
 
-    let pod = pool.pod_spec();
-    let (grace, grace_source) = match pod.termination_grace_period_seconds {
-        Some(g) => (g, Source::Template),
-        None => (derived_grace_period(spec), Source::Policy),
+    // What the user set, by the name they set it with, for the messages.
+    let graceful_name = match (spec.runtime, flags.graceful_timeout) {
+        (Runtime::Gunicorn, Some(_)) => "gunicorn --graceful-timeout",
+        (Runtime::Uvicorn, Some(_)) => "uvicorn --timeout-graceful-shutdown",
+        _ => "policy.shutdown.gracefulTimeoutSeconds",
     };
 
     let (pre_stop_sleep, explicit_pre_stop) =
@@ -564,11 +574,20 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         });
     }
     let drain = pre_stop_sleep.unwrap_or(p.shutdown.drain_seconds);
+    // Derived from the effective drain and graceful timeout, wherever they were set.
+    let pod = pool.pod_spec();
+    let (grace, grace_source) = match pod.termination_grace_period_seconds {
+        Some(g) => (g, Source::Template),
+        None => (
+            drain + graceful_timeout + GRACE_MARGIN_SECONDS,
+            Source::Policy,
+        ),
+    };
     if grace < drain + graceful_timeout {
         conflicts.push(Conflict {
             field: "terminationGracePeriodSeconds".into(),
             message: format!(
-                "terminationGracePeriodSeconds {grace} is shorter than drain {drain}s + graceful timeout {graceful_timeout}s = {}: the kubelet will SIGKILL workers mid-shutdown",
+                "terminationGracePeriodSeconds {grace} is shorter than drain {drain}s + {graceful_name} {graceful_timeout}s = {}: the kubelet will SIGKILL workers mid-shutdown",
                 drain + graceful_timeout
             ),
         });
@@ -622,6 +641,12 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             if p.boot.preload {
                 gunicorn_args.push("--preload".into());
             }
+            // Workers heartbeat by touching a file there; on a disk or overlay filesystem that
+            // can block long enough for a false WORKER TIMEOUT, and a read-only root filesystem
+            // has no temp dir at all. /dev/shm is a RAM-backed tmpfs in every container.
+            if flags.worker_tmp_dir.is_none() {
+                gunicorn_args.push(format!("--worker-tmp-dir={WORKER_TMP_DIR}"));
+            }
         }
         Runtime::Uvicorn => uvicorn_env.push((
             "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN".into(),
@@ -651,6 +676,27 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         gunicorn_args,
         uvicorn_env,
         conflicts,
+    }
+}
+
+/// What is valid but likely to hurt: an app server without a memory limit, whose workers each
+/// grow on their own, takes the node's memory when it runs out instead of its own container's.
+pub fn advice(pool: &ValidPool<'_>) -> Vec<String> {
+    let app = pool.app_container();
+    let limited = app
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .is_some_and(|l| l.contains_key("memory"));
+    match pool.spec().runtime {
+        Runtime::Gunicorn | Runtime::Uvicorn if !limited => vec![format!(
+            "container {:?} sets no resources.limits.memory: each {} worker grows on its own, and \
+             without a limit running out of memory takes the node's memory (and other pods) \
+             instead of one container; set a limit the workers fit in",
+            app.name,
+            pool.spec().runtime
+        )],
+        _ => Vec::new(),
     }
 }
 

@@ -102,7 +102,7 @@ fn defaults_for_gunicorn() {
     // Without --preload the worker timeout covers the boot: max(30, 60).
     assert_eq!(
         env(app, "GUNICORN_CMD_ARGS"),
-        Some("--timeout=60 --graceful-timeout=30")
+        Some("--timeout=60 --graceful-timeout=30 --worker-tmp-dir=/dev/shm")
     );
     let liveness = app.liveness_probe.as_ref().unwrap();
     assert!(window(liveness) + i64::from(liveness.timeout_seconds.unwrap()) > 60);
@@ -183,7 +183,7 @@ fn preload_keeps_the_request_timeout() {
     ));
     assert_eq!(
         env(app(&deployment), "GUNICORN_CMD_ARGS"),
-        Some("--timeout=30 --graceful-timeout=30 --preload")
+        Some("--timeout=30 --graceful-timeout=30 --preload --worker-tmp-dir=/dev/shm")
     );
 }
 
@@ -265,10 +265,34 @@ fn users_own_gunicorn_args_are_kept_and_completed() {
     let (deployment, settings) = build(&spec("gunicorn", extra));
     assert_eq!(
         env(app(&deployment), "GUNICORN_CMD_ARGS"),
-        Some("--workers 4 --timeout 90 --graceful-timeout=30")
+        Some("--workers 4 --timeout 90 --graceful-timeout=30 --worker-tmp-dir=/dev/shm")
     );
     assert_eq!(settings.effective.worker_timeout_seconds, Some(90));
     assert!(settings.conflicts.is_empty());
+}
+
+#[test]
+fn gunicorn_heartbeats_in_ram_unless_told_where() {
+    // A worker-tmp-dir of the user's, in their GUNICORN_CMD_ARGS or on the command line, stays.
+    let in_env = app_container_with(
+        json!({"env": [{"name": "GUNICORN_CMD_ARGS", "value": "--worker-tmp-dir /tmp/hb"}]}),
+    );
+    let (deployment, _) = build(&spec("gunicorn", in_env));
+    assert_eq!(
+        env(app(&deployment), "GUNICORN_CMD_ARGS"),
+        Some("--worker-tmp-dir /tmp/hb --timeout=60 --graceful-timeout=30")
+    );
+    let on_command_line = app_container_with(
+        json!({"command": ["gunicorn", "--worker-tmp-dir=/run/hb", "shop.wsgi"]}),
+    );
+    let (deployment, _) = build(&spec("gunicorn", on_command_line));
+    assert_eq!(
+        env(app(&deployment), "GUNICORN_CMD_ARGS"),
+        Some("--timeout=60 --graceful-timeout=30")
+    );
+    // uvicorn and generic workers have no such file.
+    let (deployment, _) = build(&spec("uvicorn", json!({})));
+    assert_eq!(env(app(&deployment), "GUNICORN_CMD_ARGS"), None);
 }
 
 #[test]
@@ -532,5 +556,173 @@ fn a_generic_worker_without_a_port_or_health_is_valid_and_gets_no_probes() {
     assert!(
         refused.to_string().contains("spec.health.port"),
         "{refused}"
+    );
+}
+
+#[test]
+fn the_init_jobs_pod_carries_the_templates_labels_and_annotations_but_not_the_pool_selector() {
+    let pool = spec(
+        "gunicorn",
+        json!({
+            "policy": {"init": {"command": ["python", "manage.py", "migrate"]}},
+            "template": {"metadata": {
+                "labels": {"app": "shop", "db-access": "true"},
+                "annotations": {"sidecar.istio.io/inject": "false"}
+            }}
+        }),
+    );
+    let valid = policy::validate(&pool).expect("valid");
+    let settings = policy::settle(&valid);
+    let pool_ref = PoolRef {
+        name: "api".into(),
+        namespace: "shop".into(),
+        uid: Some("uid-1".into()),
+    };
+    let children = derive::build(&pool_ref, &valid, &settings, 1);
+    let job = children.init_job.expect("init job");
+    let meta = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .expect("pod metadata");
+    let labels = meta.labels.as_ref().expect("labels");
+    assert_eq!(labels.get("app").map(String::as_str), Some("shop"));
+    assert_eq!(labels.get("db-access").map(String::as_str), Some("true"));
+    assert_eq!(
+        labels.get("workerpool.dev/init").map(String::as_str),
+        Some("api")
+    );
+    assert!(
+        !labels.contains_key("workerpool.dev/pool"),
+        "the Job's pod is not one of the pool's: {labels:?}"
+    );
+    assert_eq!(
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get("sidecar.istio.io/inject"))
+            .map(String::as_str),
+        Some("false")
+    );
+}
+
+fn is_label_value(value: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    value.is_empty()
+        || (value.len() <= 63
+            && edge(value.chars().next())
+            && edge(value.chars().last())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+}
+
+fn is_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+fn labels_of(
+    meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+) -> Vec<String> {
+    meta.and_then(|m| m.labels.as_ref())
+        .map(|l| l.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+proptest! {
+    #[test]
+    fn every_derived_name_and_label_value_is_valid_for_any_accepted_pool_name(
+        name in "([a-z0-9]([-a-z0-9]{0,24}[a-z0-9])?\\.){0,2}[a-z0-9]([-a-z0-9]{0,24}[a-z0-9])?"
+            .prop_filter("at most 63 characters", |n| n.len() <= 63),
+    ) {
+        let pool = spec(
+            "gunicorn",
+            json!({"policy": {"init": {"command": ["python", "manage.py", "migrate"]}}}),
+        );
+        let valid = policy::validate(&pool).expect("valid");
+        let settings = policy::settle(&valid);
+        let pool_ref = PoolRef { name: name.clone(), namespace: "shop".into(), uid: Some("u".into()) };
+        let children = derive::build(&pool_ref, &valid, &settings, 1);
+        let job = children.init_job.expect("init job");
+        let deployment = &children.deployment;
+        let pdb = &children.pdb;
+        let job_name = job.metadata.name.clone().unwrap_or_default();
+        // The Job controller puts the Job's name in a label of its pods.
+        prop_assert!(is_label_value(&job_name) && is_subdomain(&job_name), "{job_name}");
+        for object_name in [&deployment.metadata.name, &pdb.metadata.name] {
+            let object_name = object_name.clone().unwrap_or_default();
+            prop_assert!(is_subdomain(&object_name), "{object_name}");
+        }
+        let deployment_spec = deployment.spec.as_ref().expect("spec");
+        let mut values = labels_of(Some(&deployment.metadata));
+        values.extend(labels_of(deployment_spec.template.metadata.as_ref()));
+        values.extend(deployment_spec.selector.match_labels.clone().unwrap_or_default().into_values());
+        values.extend(labels_of(Some(&pdb.metadata)));
+        values.extend(labels_of(Some(&job.metadata)));
+        values.extend(labels_of(job.spec.as_ref().and_then(|s| s.template.metadata.as_ref())));
+        for value in values {
+            prop_assert!(is_label_value(&value), "label value {value:?} of pool {name}");
+        }
+    }
+}
+
+#[test]
+fn the_grace_period_follows_the_graceful_timeout_wherever_it_is_set() {
+    // uvicorn's flag on the command line: the grace period is derived from it, not from the policy.
+    let command_line = app_container_with(json!({"command":
+        ["uvicorn", "shop.main:app", "--timeout-graceful-shutdown", "90"]}));
+    let (deployment, settings) = build(&spec("uvicorn", command_line));
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(5 + 90 + GRACE_MARGIN_SECONDS)
+    );
+    assert_eq!(settings.effective.graceful_timeout_seconds, Some(90));
+    assert!(settings.conflicts.is_empty(), "{:?}", settings.conflicts);
+
+    // gunicorn's in its own GUNICORN_CMD_ARGS.
+    let env = app_container_with(
+        json!({"env": [{"name": "GUNICORN_CMD_ARGS", "value": "--graceful-timeout 50"}]}),
+    );
+    let (deployment, _) = build(&spec("gunicorn", env));
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(5 + 50 + GRACE_MARGIN_SECONDS)
+    );
+
+    // A grace period the user set that is too short names the flag the user set.
+    let mut too_short = app_container_with(json!({"command":
+        ["uvicorn", "shop.main:app", "--timeout-graceful-shutdown", "90"]}));
+    merge(
+        &mut too_short,
+        &json!({"template": {"spec": {"terminationGracePeriodSeconds": 30}}}),
+    );
+    let (_, settings) = build(&spec("uvicorn", too_short));
+    let message = conflict(&settings, "terminationGracePeriodSeconds");
+    assert!(
+        message.contains("uvicorn --timeout-graceful-shutdown 90s") && message.contains("= 95"),
+        "{message}"
     );
 }
