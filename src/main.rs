@@ -101,6 +101,12 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     if seconds == 0 {
         return Err("the duration must be more than 0".into());
     }
+    let max = workerpool_operator::sandbox::scenario::MAX_DURATION_SECONDS;
+    if seconds > max {
+        return Err(format!(
+            "{text:?}: the sandbox simulates at most {max} s (24h) of virtual time"
+        ));
+    }
     Ok(seconds)
 }
 
@@ -115,8 +121,25 @@ fn run_sandbox(
     use workerpool_operator::sandbox::{Options, Sandbox, report::Report};
 
     let input = read_input(path)?;
-    let pool = render::parse_pool(&input).map_err(|e| e.to_string())?;
-    let pool = serde_json::to_value(&pool).map_err(|e| e.to_string())?;
+    let parsed = render::parse_pools(&input).map_err(|e| e.to_string())?;
+    let pool = match parsed.pools.as_slice() {
+        [pool] => pool,
+        pools => {
+            return Err(format!(
+                "the sandbox runs one WorkerPool; the input holds {}",
+                pools.len()
+            ));
+        }
+    };
+    for note in &parsed.skipped {
+        eprintln!("note: {note}");
+    }
+    if let Ok(rendered) = render::render_pool(pool) {
+        for advice in &rendered.advice {
+            eprintln!("warning: {advice}");
+        }
+    }
+    let pool = serde_json::to_value(pool).map_err(|e| e.to_string())?;
     let scenario = match Scenario::built_in(scenario) {
         Some(built_in) => built_in,
         None if std::path::Path::new(scenario).is_file() => {
@@ -292,15 +315,31 @@ fn read_input(path: &PathBuf) -> Result<String, String> {
 
 fn run_render(path: &PathBuf) -> Result<(), String> {
     let input = read_input(path)?;
-    let pool = render::parse_pool(&input).map_err(|e| e.to_string())?;
-    let rendered = render::render_pool(&pool).map_err(|e| e.to_string())?;
-    for conflict in &rendered.conflicts {
-        eprintln!("warning: {conflict}");
+    let parsed = render::parse_pools(&input).map_err(|e| e.to_string())?;
+    for note in &parsed.skipped {
+        eprintln!("note: {note}");
     }
-    print!(
-        "{}",
-        render::to_yaml(&rendered.children).map_err(|e| e.to_string())?
-    );
+    if parsed.pools.is_empty() {
+        return Err("no workerpool.dev/v1alpha1 WorkerPool in the input".into());
+    }
+    let several = parsed.pools.len() > 1;
+    let mut out = String::new();
+    for pool in &parsed.pools {
+        let name = pool.metadata.name.as_deref().unwrap_or("workerpool");
+        let about = |text: &str| match several {
+            true => format!("{name}: {text}"),
+            false => text.to_string(),
+        };
+        let rendered = render::render_pool(pool).map_err(|e| about(&e.to_string()))?;
+        for conflict in &rendered.conflicts {
+            eprintln!("warning: {}", about(&conflict.to_string()));
+        }
+        for advice in &rendered.advice {
+            eprintln!("warning: {}", about(advice));
+        }
+        out.push_str(&render::to_yaml(&rendered.children).map_err(|e| e.to_string())?);
+    }
+    print!("{out}");
     Ok(())
 }
 

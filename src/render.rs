@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::api::WorkerPool;
+use crate::api::{self, WorkerPool};
 use crate::derive::{self, Children, PoolRef};
 use crate::drift;
 use crate::policy::{self, Conflict};
@@ -20,29 +20,135 @@ pub enum RenderError {
     Serialize(#[from] serde_json::Error),
 }
 
-/// The objects to apply for one pool, and the template values that break a rule.
+/// The objects to apply for one pool, the template values that break a rule, and advice.
 #[derive(Debug)]
 pub struct Rendered {
     pub children: Children,
     pub conflicts: Vec<Conflict>,
+    /// What is valid but likely to hurt, such as an app server without a memory limit.
+    pub advice: Vec<String>,
 }
 
-/// Reads one WorkerPool from YAML or JSON, naming the field path of the first problem.
+/// The pools of a YAML stream, and a note for each other document skipped.
+#[derive(Debug, Default)]
+pub struct Pools {
+    pub pools: Vec<WorkerPool>,
+    pub skipped: Vec<String>,
+}
+
+fn is_pool(value: &serde_json::Value) -> bool {
+    value.get("kind").and_then(|v| v.as_str()) == Some("WorkerPool")
+        && value.get("apiVersion").and_then(|v| v.as_str()) == Some("workerpool.dev/v1alpha1")
+}
+
+/// Every WorkerPool of a YAML or JSON stream (`kubectl kustomize` output, a file of several
+/// documents, one document with a trailing `---`); other documents are skipped with a note.
+pub fn parse_pools(input: &str) -> Result<Pools, RenderError> {
+    let mut documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(input) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(document)?;
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    let several = documents.len() > 1;
+    if let [single] = documents.as_slice()
+        && !is_pool(single)
+    {
+        return Err(not_a_pool(single));
+    }
+    let mut found = Pools::default();
+    for (index, value) in documents.into_iter().enumerate() {
+        let at = |message: String| match several {
+            true => format!("document {}: {message}", index + 1),
+            false => message,
+        };
+        if !is_pool(&value) {
+            let kind = value
+                .get("kind")
+                .and_then(|v| v.as_str())
+                .unwrap_or("<no kind>");
+            let name = value
+                .pointer("/metadata/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("<no name>");
+            found.skipped.push(at(format!(
+                "skipped {kind} {name}: not a workerpool.dev/v1alpha1 WorkerPool"
+            )));
+            continue;
+        }
+        let pool = pool_from_value(value).map_err(|e| RenderError::Field(at(e.to_string())))?;
+        found.pools.push(pool);
+    }
+    Ok(found)
+}
+
+/// Reads exactly one WorkerPool from YAML or JSON, naming the field path of the first problem.
 pub fn parse_pool(input: &str) -> Result<WorkerPool, RenderError> {
     let value: serde_json::Value = serde_yaml::from_str(input)?;
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str());
-    let kind = value.get("kind").and_then(|v| v.as_str());
-    if kind != Some("WorkerPool") || api_version != Some("workerpool.dev/v1alpha1") {
+    if !is_pool(&value) {
+        return Err(not_a_pool(&value));
+    }
+    pool_from_value(value)
+}
+
+fn not_a_pool(value: &serde_json::Value) -> RenderError {
+    RenderError::Field(format!(
+        "apiVersion/kind: expected workerpool.dev/v1alpha1 WorkerPool, got {} {}",
+        value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("<none>"),
+        value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or("<none>")
+    ))
+}
+
+/// A WorkerPool document, refused as the API server would refuse it: an unknown field (strict
+/// field validation, as `kubectl apply` asks for), a field of the wrong type, a name too long.
+fn pool_from_value(value: serde_json::Value) -> Result<WorkerPool, RenderError> {
+    let unknown = api::strict::unknown_fields(&value);
+    if !unknown.is_empty() {
         return Err(RenderError::Field(format!(
-            "apiVersion/kind: expected workerpool.dev/v1alpha1 WorkerPool, got {} {}",
-            api_version.unwrap_or("<none>"),
-            kind.unwrap_or("<none>")
+            "unknown field{} {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown
+                .iter()
+                .map(|path| format!("\"{path}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    let pool: WorkerPool = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         RenderError::Field(format!("{path}: {}", e.inner()))
-    })
+    })?;
+    if let Some(name) = pool.metadata.name.as_deref() {
+        if name.len() > api::MAX_POOL_NAME {
+            return Err(RenderError::Field(api::pool_name_message()));
+        }
+        if !is_subdomain(name) {
+            return Err(RenderError::Field(format!(
+                "metadata.name {name:?}: a name is lowercase letters, digits and '-', in parts separated by '.' that start and end with a letter or digit"
+            )));
+        }
+    }
+    Ok(pool)
+}
+
+/// A DNS subdomain, which every object name must be: dot-separated DNS labels.
+fn is_subdomain(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            edge(label.chars().next())
+                && edge(label.chars().last())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
 }
 
 pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
@@ -72,6 +178,7 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
     Ok(Rendered {
         children,
         conflicts: settings.conflicts,
+        advice: policy::advice(&valid),
     })
 }
 

@@ -173,6 +173,247 @@ fn invalid_input_exits_non_zero_naming_the_field() {
 }
 
 #[test]
+fn misspelled_fields_are_refused_as_strict_field_validation_would() {
+    for (input, field) in [
+        (
+            MINIMAL.replace(
+                "runtime: gunicorn",
+                "runtime: gunicorn\n  policy: {boot: {timeoutSecond: 120}}",
+            ),
+            "\"spec.policy.boot.timeoutSecond\"",
+        ),
+        (
+            MINIMAL.replace(
+                "image: example/app:1",
+                "image: example/app:1\n          imagePullPolicyy: Always",
+            ),
+            "\"spec.template.spec.containers[0].imagePullPolicyy\"",
+        ),
+        (
+            MINIMAL.replace(
+                "metadata: {name: api}",
+                "metadata: {name: api, lables: {a: b}}",
+            ),
+            "\"metadata.lables\"",
+        ),
+    ] {
+        let render: &[&str] = &["render", "-f", "-"];
+        let sandbox: &[&str] = &["sandbox", "-f", "-", "--duration", "1m"];
+        for args in [render, sandbox] {
+            let command = args[0];
+            let out = run(args, Some(&input));
+            let stderr = text(&out.stderr);
+            assert!(!out.status.success(), "{command} accepted: {input}");
+            assert!(
+                stderr.contains("unknown field") && stderr.contains(field),
+                "{command}: expected {field} in: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pool_names_longer_than_a_label_value_are_refused() {
+    let name = "a".repeat(64);
+    let long = MINIMAL.replace(
+        "metadata: {name: api}",
+        &format!("metadata: {{name: {name}}}"),
+    );
+    let out = run(&["render", "-f", "-"], Some(&long));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("metadata.name must be at most 63 characters"),
+        "{}",
+        text(&out.stderr)
+    );
+    let fits = MINIMAL.replace(
+        "metadata: {name: api}",
+        &format!("metadata: {{name: {}}}", &name[..63]),
+    );
+    assert!(run(&["render", "-f", "-"], Some(&fits)).status.success());
+    let upper = MINIMAL.replace("metadata: {name: api}", "metadata: {name: Api}");
+    assert!(!run(&["render", "-f", "-"], Some(&upper)).status.success());
+}
+
+#[test]
+fn render_reads_a_stream_of_pools_and_skips_other_documents() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/samples");
+    let mut stream = String::new();
+    for file in [
+        "namespaces.yaml",
+        "gunicorn-django.yaml",
+        "uvicorn-fastapi.yaml",
+        "generic-worker.yaml",
+    ] {
+        stream.push_str("---\n");
+        stream.push_str(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap());
+    }
+    stream.push_str("---\n");
+    let out = run(&["render", "-f", "-"], Some(&stream));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered = text(&out.stdout);
+    let deployments = rendered.matches("kind: Deployment").count();
+    assert_eq!(deployments, 3, "{rendered}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with("note: ") && l.contains("skipped Namespace")),
+        "{stderr}"
+    );
+    // One document and a trailing separator is one pool.
+    let trailing = format!("{MINIMAL}---\n");
+    let out = run(&["render", "-f", "-"], Some(&trailing));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A bad pool in a stream is named by its place.
+    let bad = format!(
+        "{MINIMAL}---\n{}",
+        MINIMAL.replace("runtime: gunicorn", "runtime: php")
+    );
+    let out = run(&["render", "-f", "-"], Some(&bad));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("document 2: spec.runtime"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_app_server_without_a_memory_limit_is_warned_about() {
+    let out = run(&["render", "-f", "-"], Some(MINIMAL));
+    assert!(out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: container \"app\" sets no resources.limits.memory"),
+        "{stderr}"
+    );
+    let limited = MINIMAL.replace(
+        "image: example/app:1",
+        "image: example/app:1\n          resources: {limits: {memory: 1Gi}}",
+    );
+    let out = run(&["render", "-f", "-"], Some(&limited));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+/// The ```yaml blocks of the README.
+fn readme_yaml_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn every_pool_and_scenario_in_the_readme_runs_as_written() {
+    let blocks = readme_yaml_blocks();
+    let dir = std::env::temp_dir().join(format!("workerpool-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut pools, mut scenarios) = (0, 0);
+    for (i, block) in blocks.iter().enumerate() {
+        if block.starts_with("apiVersion: workerpool.dev/") && block.contains("kind: WorkerPool") {
+            let out = run(&["render", "-f", "-"], Some(block));
+            assert!(
+                out.status.success(),
+                "README pool {i}: {}",
+                text(&out.stderr)
+            );
+            let out = run(&["sandbox", "-f", "-", "--duration", "2m"], Some(block));
+            assert!(
+                out.status.success(),
+                "README pool {i}: {}",
+                text(&out.stderr)
+            );
+            pools += 1;
+        } else if block.contains("bootSeconds:") {
+            let path = dir.join(format!("scenario-{i}.yaml"));
+            std::fs::write(&path, block).unwrap();
+            let out = run(
+                &[
+                    "sandbox",
+                    "-f",
+                    SAMPLE,
+                    "--scenario",
+                    path.to_str().unwrap(),
+                    "--duration",
+                    "2m",
+                ],
+                None,
+            );
+            assert!(
+                out.status.success(),
+                "README scenario {i}: {}",
+                text(&out.stderr)
+            );
+            scenarios += 1;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        pools >= 1 && scenarios >= 1,
+        "{pools} pools, {scenarios} scenarios"
+    );
+}
+
+#[test]
+fn the_sandbox_refuses_a_duration_beyond_its_maximum_at_once() {
+    let started = std::time::Instant::now();
+    let out = run(
+        &["sandbox", "-f", SAMPLE, "--duration", "99999999999"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("at most 86400 s"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn the_same_seed_prints_the_same_json_and_another_seed_does_not() {
+    let sandbox = |seed: &str| {
+        let out = run(
+            &[
+                "sandbox",
+                "-f",
+                SAMPLE,
+                "--scenario",
+                "boot-failure",
+                "--duration",
+                "4m",
+                "--seed",
+                seed,
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out.stdout
+    };
+    let first = sandbox("7");
+    let report: serde_json::Value = serde_json::from_slice(&first).expect("json");
+    let events = report["events"].as_array().expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["series"]["count"].as_i64() > Some(1)),
+        "a repeated Event, with its series time: {events:?}"
+    );
+    // Every time printed is the virtual clock's, so today's date appears nowhere.
+    let today = jiff::Timestamp::now().to_string()[..10].to_string();
+    let printed = text(&first);
+    assert!(!printed.contains(&today), "{today} in the report");
+    assert_eq!(first, sandbox("7"), "the same seed, byte for byte");
+    assert_ne!(first, sandbox("8"));
+}
+
+#[test]
 fn missing_file_is_a_clear_error() {
     let out = run(&["render", "-f", "/nonexistent/pool.yaml"], None);
     assert!(!out.status.success());

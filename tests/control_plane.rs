@@ -701,6 +701,50 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
                 && !l.ends_with(" 0")),
         "{metrics}"
     );
+    // The stalled pool is a gauge an alert can fire on.
+    let stalled = format!(
+        "workerpool_pool_condition{{namespace=\"{ns}\",pool=\"api\",condition=\"Stalled\"}} 1"
+    );
+    assert!(metrics.lines().any(|l| l == stalled), "{metrics}");
+
+    // `diagnose` reads the same pods and Events as saved with kubectl, and says the same.
+    let pods = kubectl_ok(&["get", "pods", "-n", &ns, "-o", "json"]);
+    let events = kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]);
+    let dir = std::env::temp_dir().join(format!("e2e-diagnose-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let events_file = dir.join("events.json");
+    std::fs::write(&events_file, events).expect("events file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+        .args(["diagnose", "-f", "-", "-o", "json", "--events"])
+        .arg(&events_file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("diagnose runs");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), pods.as_bytes())
+        .expect("pods to diagnose");
+    let out = child.wait_with_output().expect("diagnose exits");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Value = serde_json::from_slice(&out.stdout).expect("diagnose JSON");
+    let boot_failed = findings
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["reason"] == "BootFailed")
+        .unwrap_or_else(|| panic!("no BootFailed in {findings:#}"));
+    assert_eq!(boot_failed["exitCode"], 3, "{findings:#}");
+    assert!(
+        boot_failed["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("exited 3")),
+        "{findings:#}"
+    );
 }
 
 #[test]

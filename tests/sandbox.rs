@@ -265,6 +265,59 @@ async fn boot_storm_kills_an_all_at_once_rollout_and_the_default_policy_converge
 }
 
 #[tokio::test(start_paused = true)]
+async fn gunicorn_preload_imports_in_the_master_and_the_command_line_timeout_wins() {
+    // A 45 s import and --timeout 20 on the command line, which beats GUNICORN_CMD_ARGS.
+    let slow_import = Scenario::from_yaml("name: slow-import\nbootSeconds: 45\nbootJitter: 0\n")
+        .expect("scenario");
+    let with_timeout = |preload: bool| {
+        let mut pool = pool(2, 2);
+        pool["spec"]["policy"]["boot"] =
+            json!({"timeoutSeconds": 120, "maxConcurrent": 2, "preload": preload});
+        pool["spec"]["policy"]["requests"] = json!({"timeoutSeconds": 20});
+        pool["spec"]["template"]["spec"]["containers"][0]["command"] =
+            json!(["gunicorn", "--timeout", "20", "shop.wsgi"]);
+        pool
+    };
+
+    // With --preload the master imports the app before any worker exists: no worker timeout.
+    let mut preloaded = sandbox(with_timeout(true), slow_import.clone());
+    preloaded.run_for(300).await;
+    let report = Report::of(&preloaded);
+    preloaded.stop_operator().await;
+    assert!(
+        report.all_ready_after_seconds.is_some(),
+        "{}",
+        status(&report)
+    );
+    assert_eq!(
+        abort_count(&report, "WorkerTimeout"),
+        0,
+        "{}",
+        status(&report)
+    );
+    assert_eq!(
+        exits(&report, "WORKER TIMEOUT") + exits(&report, "--timeout"),
+        0
+    );
+
+    // Without it each worker imports the app against --timeout 20 and never finishes.
+    let mut forked = sandbox(with_timeout(false), slow_import);
+    forked.run_for(300).await;
+    let report = Report::of(&forked);
+    forked.stop_operator().await;
+    assert!(
+        report.all_ready_after_seconds.is_none(),
+        "{}",
+        status(&report)
+    );
+    assert!(
+        exits(&report, "--timeout 20s") >= 2,
+        "{:?}",
+        report.timeline.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_user_scenario_with_failing_liveness_shows_liveness_timeouts() {
     let scenario =
         Scenario::from_yaml("name: hangs\nbootSeconds: 10\nlivenessFailsAfterSeconds: 60\n")

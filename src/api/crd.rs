@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
-use super::WorkerPool;
+use super::{MAX_POOL_NAME, WorkerPool};
 
 /// Upper bound on containers in the template, so the CEL rule that searches them by name has a
 /// bounded estimated cost (the API server rejects rules whose worst case is unbounded).
@@ -43,14 +43,10 @@ pub fn crd_yaml() -> String {
     }
 }
 
-/// Pool names become label values (`workerpool.dev/pool`, `app.kubernetes.io/instance`), which are
-/// at most 63 characters; a longer name would be admitted and then refused on every child.
-const MAX_POOL_NAME: u64 = 63;
-
 fn adjust_schema(root: &mut Value) {
     root["x-kubernetes-validations"] = json!([{
         "rule": format!("size(self.metadata.name) <= {MAX_POOL_NAME}"),
-        "message": format!("metadata.name must be at most {MAX_POOL_NAME} characters: it becomes the pods' label value"),
+        "message": pool_name_message(),
     }]);
     if let Some(template) = root.pointer_mut("/properties/spec/properties/template") {
         // The embedded PodTemplateSpec schema with descriptions is larger than the 256 KiB
@@ -75,6 +71,13 @@ fn adjust_schema(root: &mut Value) {
             conditions["maxItems"] = json!(8);
         }
     }
+}
+
+/// Why a pool name is refused, the same from the API server and from `render`.
+pub fn pool_name_message() -> String {
+    format!(
+        "metadata.name must be at most {MAX_POOL_NAME} characters: it becomes the pods' label value"
+    )
 }
 
 fn strip_descriptions(value: &mut Value) {

@@ -6,8 +6,9 @@
 
 mod crd;
 mod status;
+pub mod strict;
 
-pub use crd::{crd, crd_yaml};
+pub use crd::{crd, crd_yaml, pool_name_message};
 pub use status::*;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -29,6 +30,10 @@ pub const REVISION_ANNOTATION: &str = "workerpool.dev/revision";
 pub const APPLIED_ANNOTATION: &str = "workerpool.dev/applied";
 /// Label on init Job pods; deliberately not the pool label, so they are not pool pods.
 pub const INIT_LABEL: &str = "workerpool.dev/init";
+
+/// Pool names become label values (`workerpool.dev/pool`, `app.kubernetes.io/instance`), which are
+/// at most 63 characters; a longer name would be admitted and then refused on every child.
+pub const MAX_POOL_NAME: usize = 63;
 
 /// Longest duration any policy field accepts, so derived sums can never overflow.
 pub const MAX_SECONDS: i64 = 86_400;

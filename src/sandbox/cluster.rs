@@ -19,7 +19,10 @@ use tokio::sync::mpsc;
 use super::apiserver::{ApiServer, Change, RESOURCES, ResourceType, Target, Write};
 use super::scenario::Scenario;
 use super::timeline::Timeline;
-use crate::api::RUNTIME_ANNOTATION;
+use k8s_openapi::api::core::v1::Container;
+
+use crate::api::{RUNTIME_ANNOTATION, Runtime};
+use crate::policy::{self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS};
 
 const PODS: &ResourceType = &RESOURCES[0];
 const EVENTS: &ResourceType = &RESOURCES[1];
@@ -102,30 +105,16 @@ fn pre_stop_seconds(container: &Value) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// gunicorn's `--timeout`, from `GUNICORN_CMD_ARGS` or the command line.
-fn gunicorn_timeout(container: &Value) -> Option<f64> {
-    let mut words: Vec<String> = Vec::new();
-    for field in ["/command", "/args"] {
-        if let Some(list) = container.pointer(field).and_then(Value::as_array) {
-            words.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
-        }
-    }
-    if let Some(env) = container.get("env").and_then(Value::as_array) {
-        for var in env {
-            if str_at(var, "/name") == "GUNICORN_CMD_ARGS" {
-                words.extend(str_at(var, "/value").split_whitespace().map(str::to_string));
-            }
-        }
-    }
-    let mut found = None;
-    for (i, word) in words.iter().enumerate() {
-        if let Some(value) = word.strip_prefix("--timeout=") {
-            found = value.parse().ok();
-        } else if word == "--timeout" || word == "-t" {
-            found = words.get(i + 1).and_then(|v| v.parse().ok());
-        }
-    }
-    found
+/// Memory a simulated node has for its pods: a container without a limit is OOM-killed by the
+/// kernel when it has taken this much.
+pub const NODE_MEMORY_MIB: f64 = 2048.0;
+
+/// gunicorn's effective flags, read exactly as the policy engine reads them: the command line
+/// beats `GUNICORN_CMD_ARGS`, which beats gunicorn's defaults.
+fn gunicorn_flags(container: &Value) -> ExplicitFlags {
+    serde_json::from_value::<Container>(container.clone())
+        .map(|c| policy::explicit_flags(Runtime::Gunicorn, &c))
+        .unwrap_or_default()
 }
 
 fn probe_failure(probe: &Value, container: &Value, ip: &str, booting: bool) -> String {
@@ -201,7 +190,10 @@ struct SimPod {
     grace: f64,
     pre_stop: f64,
     memory_limit: Option<f64>,
+    /// gunicorn's `--timeout`; None for other app servers.
     worker_timeout: Option<f64>,
+    /// gunicorn's `--preload`: the master imports the app before it forks any worker.
+    preload: bool,
     created: f64,
     phase: Phase,
     restarts: i32,
@@ -625,7 +617,12 @@ impl Cluster {
                 .pointer("/resources/limits/memory")
                 .and_then(Value::as_str)
                 .and_then(quantity_mib),
-            worker_timeout: gunicorn_timeout(&app),
+            worker_timeout: (runtime == "gunicorn").then(|| {
+                gunicorn_flags(&app)
+                    .worker_timeout
+                    .unwrap_or(GUNICORN_DEFAULT_TIMEOUT_SECONDS) as f64
+            }),
+            preload: runtime == "gunicorn" && gunicorn_flags(&app).preload,
             app,
             others,
             ip: format!("10.1.{}.{}", self.ips / 250, self.ips % 250 + 2),
@@ -1261,9 +1258,10 @@ impl Cluster {
                     self.kill_by_probe(pod, now, "startup", window);
                 } else if let Some(timeout) = pod
                     .worker_timeout
-                    .filter(|t| pod.gunicorn && now - pod.worker_started_at >= *t)
+                    .filter(|t| !pod.preload && now - pod.worker_started_at >= *t)
                 {
-                    // gunicorn's master counts a worker's app import against --timeout.
+                    // Without --preload each worker imports the app, and gunicorn's master counts
+                    // that against --timeout; with it the master imports before any worker exists.
                     Self::log(
                         &self.server,
                         pod,
@@ -1292,7 +1290,15 @@ impl Cluster {
                 let serving = now - pod.ready_since.unwrap_or(now);
                 if let Some(memory) = &self.scenario.memory {
                     pod.memory = memory.start_mib + memory.growth_mib_per_minute * serving / 60.0;
-                    let limit = pod.memory_limit.unwrap_or(4096.0);
+                    // Without a limit the container may take what the node has; when the node
+                    // runs out, the kernel's OOM killer picks the biggest process: this one.
+                    let (limit, what) = match pod.memory_limit {
+                        Some(limit) => (limit, "its limit"),
+                        None => (
+                            NODE_MEMORY_MIB,
+                            "the node's memory (the container has no limit)",
+                        ),
+                    };
                     if pod.memory > limit {
                         self.exit(
                             pod,
@@ -1300,7 +1306,7 @@ impl Cluster {
                             137,
                             "OOMKilled",
                             &format!(
-                                "memory {:.0} MiB passed the {limit:.0} MiB limit",
+                                "memory {:.0} MiB passed {what}, {limit:.0} MiB: the kernel OOM-killed it",
                                 pod.memory
                             ),
                         );
@@ -1578,7 +1584,16 @@ mod tests {
             "env": [{"name": "GUNICORN_CMD_ARGS", "value": "--timeout=90 --graceful-timeout=25"}],
             "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         });
-        assert_eq!(gunicorn_timeout(&container), Some(90.0));
+        assert_eq!(gunicorn_flags(&container).worker_timeout, Some(90));
+        // As gunicorn reads them: the command line beats GUNICORN_CMD_ARGS.
+        let both = json!({
+            "name": "app",
+            "command": ["gunicorn", "--timeout", "10", "shop.wsgi"],
+            "env": [{"name": "GUNICORN_CMD_ARGS", "value": "--timeout=60 --preload"}],
+        });
+        let flags = gunicorn_flags(&both);
+        assert_eq!(flags.worker_timeout, Some(10));
+        assert!(flags.preload);
         assert_eq!(pre_stop_seconds(&container), 5.0);
         assert_eq!(
             pre_stop_seconds(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::Sandbox;
 use super::apiserver::RESOURCES;
@@ -70,11 +70,22 @@ impl Report {
             None,
             None,
         );
-        let events = events
+        let mut events: Vec<Value> = events
             .iter()
             .filter(|e| e.pointer("/regarding/kind").and_then(Value::as_str) == Some("WorkerPool"))
             .map(|e| (**e).clone())
             .collect();
+        // kube's recorder names an Event after the wall clock's nanoseconds; the report names
+        // each after the pool and its place, so the same seed prints the same Events.
+        events.sort_by_key(|e| {
+            e.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        });
+        for (place, event) in events.iter_mut().enumerate() {
+            event["metadata"]["name"] = json!(format!("{name}.{place}"));
+        }
         Report {
             scenario: sandbox.scenario.name.clone(),
             seed: sandbox.seed(),

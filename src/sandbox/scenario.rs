@@ -36,10 +36,16 @@ pub struct Scenario {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Memory {
     /// Resident memory when serving starts, in MiB.
+    #[serde(rename = "startMiB", alias = "startMib")]
     pub start_mib: f64,
-    /// Growth while serving, in MiB per minute; past the container's limit the kernel OOM-kills it.
+    /// Growth while serving, in MiB per minute; past the container's limit (without one, past
+    /// the node's memory) the kernel OOM-kills it.
+    #[serde(rename = "growthMiBPerMinute", alias = "growthMibPerMinute")]
     pub growth_mib_per_minute: f64,
 }
+
+/// Longest run the sandbox simulates: a day of virtual time.
+pub const MAX_DURATION_SECONDS: u64 = 86_400;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -189,8 +195,8 @@ impl Scenario {
                 "init.seconds must be 0 or more",
             ),
             (
-                self.duration_seconds > 0,
-                "durationSeconds must be more than 0",
+                self.duration_seconds > 0 && self.duration_seconds <= MAX_DURATION_SECONDS,
+                "durationSeconds must be more than 0 and at most 86400 (a day)",
             ),
             (
                 self.memory.as_ref().is_none_or(|m| {

@@ -603,6 +603,10 @@ impl ApiServer {
         meta.insert("namespace".into(), json!(namespace));
         meta.insert("uid".into(), json!(uid));
         meta.insert("creationTimestamp".into(), json!(now));
+        if is_event_v1(resource) {
+            stamp_event(&mut object, None, (self.clock)());
+        }
+        let meta = meta_mut(&mut object);
         if resource.generation {
             meta.insert("generation".into(), json!(1));
         }
@@ -741,6 +745,9 @@ impl ApiServer {
         }
         new["apiVersion"] = json!(resource.api_version());
         new["kind"] = json!(resource.kind);
+        if is_event_v1(resource) && target == Target::Main {
+            stamp_event(&mut new, Some(&old), (self.clock)());
+        }
         if let Some(manager) = manager {
             let (operation, subresource) = match (&write, target) {
                 (Write::Apply { .. }, Target::Main) => ("Apply", None),
@@ -891,6 +898,32 @@ impl ApiServer {
             text.truncate(cut);
         }
         Ok(text)
+    }
+}
+
+fn is_event_v1(resource: &ResourceType) -> bool {
+    resource.group == "events.k8s.io" && resource.plural == "events"
+}
+
+/// kube's event recorder stamps `eventTime` and `series.lastObservedTime` with the process's
+/// wall clock; the simulated server restamps them with its own clock as the writes arrive, so a
+/// run is the same for the same seed. `eventTime` stays what it was at creation, as a real
+/// server keeps it.
+fn stamp_event(object: &mut Value, old: Option<&Value>, now: jiff::Timestamp) {
+    let micro = |t: jiff::Timestamp| {
+        let seconds = jiff::Timestamp::from_second(t.as_second()).unwrap_or(t);
+        format!(
+            "{}.{:06}Z",
+            seconds.to_string().trim_end_matches('Z'),
+            t.subsec_microsecond()
+        )
+    };
+    let created = old
+        .and_then(|o| o.get("eventTime").cloned())
+        .unwrap_or_else(|| json!(micro(now)));
+    object["eventTime"] = created;
+    if let Some(series) = object.get_mut("series").filter(|s| s.is_object()) {
+        series["lastObservedTime"] = json!(micro(now));
     }
 }
 
