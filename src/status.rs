@@ -200,10 +200,20 @@ fn rollout_progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
             ),
         );
     }
+    // A worker with nothing to probe is Ready as soon as its container runs: say so.
+    let unprobed = obs.effective.is_some_and(|e| e.readiness_probe.is_none());
     (
         true,
         reason::ALL_READY,
-        format!("{} of {desired} replicas ready", dep.ready),
+        format!(
+            "{} of {desired} replicas ready{}",
+            dep.ready,
+            if unprobed {
+                " (no readiness probe: ready means the container is running)"
+            } else {
+                ""
+            }
+        ),
     )
 }
 
@@ -567,6 +577,40 @@ mod tests {
             gates: None,
             initializing: None,
         }
+    }
+
+    #[test]
+    fn a_pool_without_a_readiness_probe_says_what_ready_means() {
+        let effective = EffectiveSettings {
+            termination_grace_period_seconds: 40,
+            termination_grace_period_source: crate::api::Source::Policy,
+            pre_stop_sleep_seconds: Some(5),
+            startup_probe: None,
+            readiness_probe: None,
+            liveness_probe: None,
+            worker_timeout_seconds: None,
+            graceful_timeout_seconds: None,
+            max_surge: 2,
+            max_unavailable: 0,
+        };
+        let obs = Observation {
+            effective: Some(&effective),
+            ..observation(Some(ready_deployment(4)), 4)
+        };
+        assert_eq!(
+            progress(&obs),
+            (
+                true,
+                reason::ALL_READY,
+                "4 of 4 replicas ready (no readiness probe: ready means the container is running)"
+                    .into()
+            )
+        );
+        // With a probe, or with nothing applied yet to go by, the plain count.
+        assert_eq!(
+            progress(&observation(Some(ready_deployment(4)), 4)).2,
+            "4 of 4 replicas ready"
+        );
     }
 
     #[test]
