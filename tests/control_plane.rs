@@ -1334,6 +1334,55 @@ fn a_missing_secret_is_a_config_error() {
 
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_pool_stuck_on_a_failing_init_container_says_which_and_why() {
+    let (_, operators) = setup();
+    let ns = namespace("e2e-init-fail");
+    let mut yaml: Value = serde_json::from_str(&pool(
+        &ns,
+        "api",
+        1,
+        "gunicorn",
+        &[("scenario", "init-fail")],
+        json!({}),
+    ))
+    .expect("pool JSON");
+    yaml["spec"]["template"]["spec"]["initContainers"] = json!([{
+        "name": "migrate",
+        "image": "registry.example/app:1",
+        "command": ["python", "manage.py", "migrate"]
+    }]);
+    assert!(apply(&yaml.to_string()).ok);
+    let status = wait_until(
+        "Ready=False with reason InitContainersFailing",
+        2 * MINUTE,
+        || {
+            let s = status(&ns, "api");
+            condition(&s, "Ready")
+                .is_some_and(|c| c["reason"] == "InitContainersFailing")
+                .then_some(s)
+        },
+        || describe(&ns, "api"),
+    );
+    let message = condition(&status, "Ready")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("init container migrate CrashLoopBackOff after exit 1"),
+        "{message}"
+    );
+    // The init container's exit and crash loop are aborts under its own name.
+    let status = wait_abort(&ns, "api", "UnexpectedExit", 1, MINUTE);
+    assert_eq!(
+        status["aborts"]["last"]["container"], "migrate",
+        "{status:#}"
+    );
+    assert!(counted(&status, "CrashLoop") >= 1, "{status:#}");
+    assert_reported(&operators, &ns, "CrashLoop");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_worker_ended_by_a_signal_is_signaled_with_the_signal_named() {
     let (_, operators) = setup();
     let status = aborting_pool(
