@@ -1,14 +1,14 @@
 //! Classification throughput: pods of a pool (healthy, crash-looping, OOM-killed, probe-killed)
-//! through `observe::pod_aborts`, as one reconcile does. Figures are in docs/benchmarks.md.
+//! through `detect::pod_aborts`, as one reconcile does. Figures are in docs/benchmarks.md.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use std::hint::black_box;
+use workerpool_operator::aborts::classify::KubeletEvent;
+use workerpool_operator::aborts::detect;
+use workerpool_operator::aborts::podview::PodView;
 use workerpool_operator::api::Runtime;
-use workerpool_operator::classify::KubeletEvent;
-use workerpool_operator::observe;
-use workerpool_operator::podview::PodView;
 
 const PODS: usize = 1000;
 
@@ -63,7 +63,7 @@ fn classify_pods(c: &mut Criterion) {
     group.throughput(Throughput::Elements(PODS as u64));
     group.bench_function("1000 pods of one pool", |b| {
         b.iter(|| {
-            observe::pod_aborts(
+            detect::pod_aborts(
                 Runtime::Gunicorn,
                 black_box(&refs),
                 black_box(&events),

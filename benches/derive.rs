@@ -3,8 +3,9 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use workerpool_operator::derive::{self, PoolRef};
-use workerpool_operator::{policy, render};
+use workerpool_operator::pool::derive::{self, PoolRef};
+use workerpool_operator::pool::policy;
+use workerpool_operator::render;
 
 fn pool() -> workerpool_operator::api::WorkerPool {
     let yaml = include_str!("../config/samples/gunicorn-django.yaml");

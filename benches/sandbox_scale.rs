@@ -15,13 +15,13 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use workerpool_operator::controller::pod_cache::PodCache;
+use workerpool_operator::controller::watched::ViewedPod;
 use workerpool_operator::sandbox::apiserver::http::RequestRecord;
 use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
 use workerpool_operator::sandbox::apiserver::{ApiServer, RESOURCES, ServerConfig};
 use workerpool_operator::sandbox::meter::{CpuMeter, thread_cpu};
 use workerpool_operator::sandbox::scenario::Scenario;
 use workerpool_operator::sandbox::{Options, Sandbox};
-use workerpool_operator::watched::ViewedPod;
 
 /// Counts live heap bytes, to measure what a cache holds, over the allocator the binary uses.
 struct Counting;
@@ -414,7 +414,7 @@ fn in_one_process(pools: usize) {
 
         // Heap of one cached object of each kind, as its watch decodes it.
         {
-            use workerpool_operator::watched::{Guarded, Watched};
+            use workerpool_operator::controller::watched::{Guarded, Watched};
             use workerpool_operator::api::WorkerPool;
             use k8s_openapi::api::apps::v1::Deployment;
             use k8s_openapi::api::policy::v1::PodDisruptionBudget;

@@ -7,12 +7,12 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::aborts::classify::{self, Abort, KubeletEvent};
+use crate::aborts::detect::{self, WorkerLimits};
+use crate::aborts::loghints::{self, LogFindings, TAIL_BYTES};
+use crate::aborts::podview::PodView;
 use crate::api::{RUNTIME_ANNOTATION, Runtime};
-use crate::classify::{self, Abort, KubeletEvent};
-use crate::loghints::{self, LogFindings, TAIL_BYTES};
-use crate::observe::{self, WorkerLimits};
-use crate::podview::PodView;
-use crate::policy;
+use crate::pool::policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiagnoseError {
@@ -326,7 +326,7 @@ pub fn diagnose(
                 (Some(container), Some(_)) => log_of(container),
                 _ => None,
             };
-            let hint = observe::hint(&abort, log);
+            let hint = detect::hint(&abort, log);
             findings.push(Finding {
                 abort,
                 hint: Some(hint),
@@ -337,7 +337,7 @@ pub fn diagnose(
         for ((_, container), log) in scanned.iter().filter(|((pod, _), _)| pod == name) {
             let spec = containers.iter().find(|c| &c.name == container);
             let limits = worker_limits(runtime, spec);
-            for worker in observe::worker_aborts(&view, container, log, &limits) {
+            for worker in detect::worker_aborts(&view, container, log, &limits) {
                 findings.push(Finding {
                     abort: worker.abort,
                     hint: Some(worker.hint),

@@ -4,9 +4,9 @@
 use serde::Serialize;
 
 use crate::api::{self, WorkerPool};
-use crate::derive::{self, Children, PoolRef};
-use crate::drift;
-use crate::policy::{self, Conflict};
+use crate::pool::derive::{self, Children, PoolRef};
+use crate::pool::drift;
+use crate::pool::policy::{self, Conflict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {

@@ -7,13 +7,14 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::aborts;
+use crate::aborts::detect::Initializing;
+use crate::aborts::ledger;
 use crate::api::{
     AbortSummary, CircuitStatus, EffectiveSettings, InitPhase, InitStatus, Phase, WorkerPoolStatus,
     condition,
 };
-use crate::observe::Initializing;
-use crate::policy::Conflict;
+use crate::pool::Stall;
+use crate::pool::policy::Conflict;
 
 /// Counts from the Deployment's status, as the watch cache last saw it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,13 +25,6 @@ pub struct DeploymentObserved {
     pub available: i32,
     /// `status.observedGeneration` has caught up with `metadata.generation`.
     pub current: bool,
-}
-
-/// Why the operator cannot make progress; becomes `Stalled=True` with this reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stall {
-    pub reason: &'static str,
-    pub message: String,
 }
 
 pub mod reason {
@@ -278,7 +272,7 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
         .filter(|a| *a != AbortSummary::default());
     let degraded = match aborts
         .as_ref()
-        .and_then(|a| aborts::degraded(a, obs.window_seconds))
+        .and_then(|a| ledger::degraded(a, obs.window_seconds))
     {
         Some((reason, message)) => make(condition::DEGRADED, true, &reason, message),
         None => make(condition::DEGRADED, false, reason::NO_ABORTS, String::new()),

@@ -2,8 +2,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
+use workerpool_operator::aborts::classify::{KubeletEvent, Reason, classify_pod};
 use workerpool_operator::api::Runtime;
-use workerpool_operator::classify::{KubeletEvent, Reason, classify_pod};
 
 fn pod(container_status: Value, extra: Value) -> Pod {
     let mut value = json!({
@@ -438,9 +438,9 @@ mod arbitrary_status {
     use super::*;
     use jiff::Timestamp;
     use proptest::prelude::*;
-    use workerpool_operator::classify;
-    use workerpool_operator::observe;
-    use workerpool_operator::podview::PodView;
+    use workerpool_operator::aborts::classify;
+    use workerpool_operator::aborts::detect;
+    use workerpool_operator::aborts::podview::PodView;
 
     fn text() -> impl Strategy<Value = Option<String>> {
         prop_oneof![
@@ -562,7 +562,7 @@ mod arbitrary_status {
             let now: Timestamp = "2026-11-22T10:05:00Z".parse().expect("time");
             let window = |container: &str| classify::startup_window(&pod, container);
             let found =
-                observe::pod_aborts(runtime, &[&PodView::from(&pod)], &events, &window, now);
+                detect::pod_aborts(runtime, &[&PodView::from(&pod)], &events, &window, now);
             prop_assert!(found.found.len() <= aborts.len());
         }
     }

@@ -5,7 +5,7 @@ mod common;
 use common::merge;
 use serde_json::{Value, json};
 use workerpool_operator::api::{WorkerPool, crd, crd_yaml};
-use workerpool_operator::policy;
+use workerpool_operator::pool::policy;
 
 fn schema() -> Value {
     let crd = serde_json::to_value(crd()).expect("CRD serializes");

@@ -213,7 +213,7 @@ fn failing_pod(name: &str, revision: &str, finished: &str) -> k8s_openapi::api::
 }
 
 fn revision_of(deployment: &Deployment) -> String {
-    workerpool_operator::derive::revision_in(deployment)
+    workerpool_operator::pool::derive::revision_in(deployment)
         .expect("revision annotation")
         .to_string()
 }

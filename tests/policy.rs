@@ -8,8 +8,8 @@ use serde_json::json;
 mod common;
 use common::{app_container_with, merge};
 use workerpool_operator::api::{Runtime, Source, WorkerPoolSpec};
-use workerpool_operator::derive::{self, PoolRef};
-use workerpool_operator::policy::{self, GRACE_MARGIN_SECONDS, Settings};
+use workerpool_operator::pool::derive::{self, PoolRef};
+use workerpool_operator::pool::policy::{self, GRACE_MARGIN_SECONDS, Settings};
 
 fn spec(runtime: &str, extra: serde_json::Value) -> WorkerPoolSpec {
     let mut value = json!({

@@ -16,9 +16,9 @@ use serde_json::json;
 use std::time::Duration;
 use workerpool_operator::api::WorkerPool;
 
+use workerpool_operator::controller::watched::Guarded;
 use workerpool_operator::controller::{Error, error_policy, reconcile};
 use workerpool_operator::status::PROGRESS_INTERVAL;
-use workerpool_operator::watched::Guarded;
 
 /// A two-replica pool that has converged: its next reconcile makes no request.
 async fn at_rest() -> Harness {

@@ -4,8 +4,8 @@
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use workerpool_operator::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus, SeenAbort};
-use workerpool_operator::ramp::DeploymentCounts;
-use workerpool_operator::rollout::{
+use workerpool_operator::pool::ramp::DeploymentCounts;
+use workerpool_operator::pool::rollout::{
     Input, JobState, LiveDeployment, Plan, Template, job_state, plan, reason,
 };
 

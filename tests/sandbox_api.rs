@@ -660,8 +660,8 @@ async fn the_api_served_over_http_answers_a_client_built_from_its_kubeconfig() {
 
 #[tokio::test(start_paused = true)]
 async fn the_log_tail_keeps_the_end_of_long_json_lines() {
+    use workerpool_operator::aborts::loghints::{self, TAIL_BYTES};
     use workerpool_operator::controller::logs::{ApiLogs, LogReader};
-    use workerpool_operator::loghints::{self, TAIL_BYTES};
 
     let server = server();
     let api: Api<Pod> = Api::namespaced(server.client(), "shop");

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
+use workerpool_operator::aborts::classify::KubeletEvent;
 use workerpool_operator::api::WorkerPoolStatus;
-use workerpool_operator::classify::KubeletEvent;
 use workerpool_operator::controller::metrics::Metrics;
 use workerpool_operator::controller::{Caches, Context};
 

@@ -2,7 +2,7 @@
 //!
 //! Every policy field has a default so that a pool with only `runtime` and `template` is valid.
 //! Admission-time checks live next to the fields as schema bounds and CEL rules; the same checks
-//! are repeated in [`crate::policy::validate`] for pools that reach the controller some other way.
+//! are repeated in [`crate::pool::policy::validate`] for pools that reach the controller some other way.
 
 mod crd;
 mod status;
@@ -28,6 +28,8 @@ pub const REVISION_ANNOTATION: &str = "workerpool.dev/revision";
 /// On each child: a hash of what the operator last applied to it, so a field it no longer sets
 /// is noticed (and removed by the next apply) although the live object still holds it.
 pub const APPLIED_ANNOTATION: &str = "workerpool.dev/applied";
+/// The revision label the Deployment controller puts on every pod.
+pub const REVISION_LABEL: &str = "pod-template-hash";
 /// Label on init Job pods; deliberately not the pool label, so they are not pool pods.
 pub const INIT_LABEL: &str = "workerpool.dev/init";
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams};
 
-use crate::classify::KubeletEvent;
+use crate::aborts::classify::KubeletEvent;
 
 /// The Event reasons that are evidence: the kubelet's `Killing` of a container after probe
 /// failures, and the `Unhealthy` probe failures before it.

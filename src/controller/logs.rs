@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, LogParams};
 
-use crate::loghints::{self, TAIL_BYTES};
+use crate::aborts::loghints::{self, TAIL_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

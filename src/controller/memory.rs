@@ -9,9 +9,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use jiff::Timestamp;
 use kube::core::ObjectMeta;
 
+use crate::aborts::detect::SAMPLE_INTERVAL;
 use crate::api::WorkerPoolStatus;
-use crate::derive::SpecHashes;
-use crate::observe::SAMPLE_INTERVAL;
+use crate::pool::derive::SpecHashes;
 
 /// A child of a pool: its kind and name, within the pool's namespace.
 pub type ChildKey = (&'static str, String);

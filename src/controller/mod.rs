@@ -6,12 +6,14 @@
 mod error;
 pub mod kubelet;
 pub mod logs;
+pub mod managed_fields;
 mod memory;
 pub mod metrics;
 pub mod pod_cache;
 pub mod recorders;
 pub mod run;
 pub mod triggers;
+pub mod watched;
 mod workers;
 
 use std::sync::Arc;
@@ -41,14 +43,14 @@ use pod_cache::PodCache;
 use recorders::{Fold, Recorders};
 
 use crate::api::{AbortRecord, AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
-use crate::derive::{self, Children, PoolRef, SpecHashes};
-use crate::drift;
-use crate::managed_fields;
-use crate::policy;
-use crate::ramp::DeploymentCounts;
-use crate::rollout;
-use crate::status::{self, DeploymentObserved, Observation, RampChange, Stall, reason};
-use crate::watched::{Guarded, Lean, Watched};
+use crate::controller::watched::{Guarded, Lean, Watched};
+use crate::pool::Stall;
+use crate::pool::derive::{self, Children, PoolRef, SpecHashes};
+use crate::pool::drift;
+use crate::pool::policy;
+use crate::pool::ramp::DeploymentCounts;
+use crate::pool::rollout;
+use crate::status::{self, DeploymentObserved, Observation, RampChange, reason};
 
 /// Field manager for the status subresource, separate from the children's.
 pub const STATUS_MANAGER: &str = "workerpool-operator-status";

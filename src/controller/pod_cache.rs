@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::podview::PodView;
-use crate::watched::ViewedPod;
+use crate::aborts::podview::PodView;
+use crate::controller::watched::ViewedPod;
 
 /// namespace → key → value.
 type ByNamespace<V> = HashMap<String, HashMap<String, V>>;

@@ -28,7 +28,7 @@ use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
-use crate::watched::{Guarded, ViewedPod, Watched};
+use crate::controller::watched::{Guarded, ViewedPod, Watched};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {

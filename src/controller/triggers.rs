@@ -19,10 +19,10 @@ pub trait Fingerprint {
 /// Generation (spec changes), labels, annotations, owners and deletion: the metadata every
 /// reconcile reads.
 fn meta_print(meta: &ObjectMeta) -> u64 {
-    crate::drift::spec_and_meta_version(meta)
+    crate::pool::drift::spec_and_meta_version(meta)
 }
 
-impl<K: Resource<DynamicType = ()>> Fingerprint for crate::watched::Guarded<K> {
+impl<K: Resource<DynamicType = ()>> Fingerprint for crate::controller::watched::Guarded<K> {
     /// A pool's own status write starts no reconcile; spec, label and annotation changes do.
     fn fingerprint(&self) -> u64 {
         meta_print(self.meta())
@@ -41,7 +41,7 @@ impl Fingerprint for Deployment {
                 s.available_replicas,
             )
         });
-        crate::drift::version_of((meta_print(&self.metadata), status))
+        crate::pool::drift::version_of((meta_print(&self.metadata), status))
     }
 }
 
@@ -64,11 +64,11 @@ impl Fingerprint for Job {
                 .collect();
             (s.active, s.succeeded, s.failed, conditions)
         });
-        crate::drift::version_of((meta_print(&self.metadata), status))
+        crate::pool::drift::version_of((meta_print(&self.metadata), status))
     }
 }
 
-impl<K: Fingerprint> Fingerprint for crate::watched::Watched<K> {
+impl<K: Fingerprint> Fingerprint for crate::controller::watched::Watched<K> {
     fn fingerprint(&self) -> u64 {
         self.0.fingerprint()
     }
@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn a_pool_status_write_is_not_a_trigger_but_spec_and_labels_are() {
         use crate::api::WorkerPool;
-        use crate::watched::Guarded;
+        use crate::controller::watched::Guarded;
         let pool = |generation: i64,
                     labels: serde_json::Value,
                     ready: i32|

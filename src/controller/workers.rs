@@ -8,12 +8,12 @@ use std::sync::Arc;
 use jiff::SignedDuration;
 
 use super::Context;
-use crate::aborts::{self, Observed};
+use crate::aborts::classify::KubeletEvent;
+use crate::aborts::detect::{self, SAMPLE_INTERVAL, WorkerLimits};
+use crate::aborts::ledger::{self, Observed};
+use crate::aborts::loghints;
+use crate::aborts::podview::PodView;
 use crate::api::{AbortRecord, AbortSummary, WorkerPool, WorkerPoolStatus};
-use crate::classify::KubeletEvent;
-use crate::loghints;
-use crate::observe::{self, SAMPLE_INTERVAL, WorkerLimits};
-use crate::podview::PodView;
 
 /// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
 pub const MAX_LOG_READS: usize = 4;
@@ -30,7 +30,7 @@ pub struct Report {
     /// ending).
     pub recheck: Option<SignedDuration>,
     /// Pods waiting for their init containers.
-    pub initializing: Option<observe::Initializing>,
+    pub initializing: Option<detect::Initializing>,
 }
 
 fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<SignedDuration> {
@@ -67,10 +67,10 @@ pub async fn observe(
     let app = pool.spec.app_container_name();
     let boot_window =
         |container: &str| (Some(container) == app).then(|| SignedDuration::from_secs(boot_seconds));
-    let mut findings = observe::pod_aborts(pool.spec.runtime, &pods, &[], &boot_window, now);
+    let mut findings = detect::pod_aborts(pool.spec.runtime, &pods, &[], &boot_window, now);
     let evidence = read_evidence(ctx, namespace, pool_uid, old, &findings, now, window).await;
     if !evidence.events.is_empty() {
-        findings = observe::pod_aborts(
+        findings = detect::pod_aborts(
             pool.spec.runtime,
             &pods,
             &evidence.events,
@@ -85,7 +85,7 @@ pub async fn observe(
         .found
         .retain(|f| !f.probe_kill_possible || evidence.read.contains(&f.observed.record.pod));
     if findings.found.len() < before {
-        findings.settle_after = earliest(findings.settle_after, Some(observe::SETTLE));
+        findings.settle_after = earliest(findings.settle_after, Some(detect::SETTLE));
     }
 
     let mut reads = 0;
@@ -94,7 +94,7 @@ pub async fn observe(
         let mut o = found.observed;
         if let Some(tail) = found
             .log
-            .filter(|_| read_logs && reads < MAX_LOG_READS && aborts::is_news(old, &o, now, window))
+            .filter(|_| read_logs && reads < MAX_LOG_READS && ledger::is_news(old, &o, now, window))
         {
             reads += 1;
             match ctx
@@ -102,7 +102,7 @@ pub async fn observe(
                 .tail(namespace, &tail.pod, &tail.container, tail.previous)
                 .await
             {
-                Ok(text) => o = observe::with_log_hint(o, &loghints::scan(&text)),
+                Ok(text) => o = detect::with_log_hint(o, &loghints::scan(&text)),
                 Err(error) => {
                     tracing::debug!(pod = %tail.pod, "reading the log tail failed: {error}")
                 }
@@ -116,7 +116,7 @@ pub async fn observe(
         let limits = worker_limits(pool, status);
         for pod in &pods {
             let (pod_name, uid) = (pod.name.as_str(), pod.uid.as_str());
-            for container in observe::unhealthy_containers(pod) {
+            for container in detect::unhealthy_containers(pod) {
                 let sample_key = format!("{uid}/{}", container.name);
                 unhealthy.insert(sample_key.clone());
                 if reads >= MAX_LOG_READS
@@ -132,7 +132,7 @@ pub async fn observe(
                     .tail(namespace, pod_name, &container.name, false)
                     .await
                 {
-                    Ok(text) => observed.extend(observe::log_aborts(
+                    Ok(text) => observed.extend(detect::log_aborts(
                         pod,
                         &container.name,
                         &text,
@@ -148,10 +148,10 @@ pub async fn observe(
     }
     ctx.memory.keep_samples(pool_uid, &unhealthy);
 
-    let (summary, fresh) = aborts::record(old, observed, now, window);
+    let (summary, fresh) = ledger::record(old, observed, now, window);
     let mut recheck = earliest(
         findings.settle_after,
-        aborts::next_expiry(&summary, now, window),
+        ledger::next_expiry(&summary, now, window),
     );
     if !unhealthy.is_empty() {
         recheck = earliest(recheck, Some(SAMPLE_INTERVAL));
@@ -160,7 +160,7 @@ pub async fn observe(
         summary,
         fresh,
         recheck,
-        initializing: observe::initializing(&pods),
+        initializing: detect::initializing(&pods),
     }
 }
 
@@ -197,7 +197,7 @@ async fn read_evidence(
     namespace: &str,
     pool_uid: &str,
     old: Option<&AbortSummary>,
-    findings: &observe::PodFindings,
+    findings: &detect::PodFindings,
     now: jiff::Timestamp,
     window: i64,
 ) -> Evidence {
@@ -205,7 +205,7 @@ async fn read_evidence(
     let settled = findings
         .found
         .iter()
-        .filter(|f| f.probe_kill_possible && aborts::is_news(old, &f.observed, now, window))
+        .filter(|f| f.probe_kill_possible && ledger::is_news(old, &f.observed, now, window))
         .map(|f| f.observed.record.pod.as_str());
     let first_seen = findings
         .settling

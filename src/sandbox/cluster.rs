@@ -22,7 +22,7 @@ use super::timeline::Timeline;
 use k8s_openapi::api::core::v1::Container;
 
 use crate::api::{RUNTIME_ANNOTATION, Runtime};
-use crate::policy::{self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS};
+use crate::pool::policy::{self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS};
 
 const PODS: &ResourceType = &RESOURCES[0];
 const EVENTS: &ResourceType = &RESOURCES[1];

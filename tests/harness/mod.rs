@@ -20,15 +20,15 @@ use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
 use kube_fake_client::{ClientBuilder, PatchType, interceptor};
 use serde_json::json;
+use workerpool_operator::aborts::classify::KubeletEvent;
 use workerpool_operator::api::{WorkerPool, WorkerPoolStatus};
-use workerpool_operator::classify::KubeletEvent;
 use workerpool_operator::controller::kubelet::EventReader;
 use workerpool_operator::controller::logs::{LogError, LogReader};
 use workerpool_operator::controller::metrics::Metrics;
 use workerpool_operator::controller::pod_cache::PodCache;
+use workerpool_operator::controller::watched::Guarded;
+use workerpool_operator::controller::watched::Watched;
 use workerpool_operator::controller::{Caches, Clock, Context, reconcile};
-use workerpool_operator::watched::Guarded;
-use workerpool_operator::watched::Watched;
 
 pub const NS: &str = "shop";
 

@@ -8,8 +8,7 @@ use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, Conta
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::api::{POOL_LABEL, REVISION_ANNOTATION, RUNTIME_ANNOTATION, Runtime};
-use crate::observe::REVISION_LABEL;
+use crate::api::{POOL_LABEL, REVISION_ANNOTATION, REVISION_LABEL, RUNTIME_ANNOTATION, Runtime};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodView {

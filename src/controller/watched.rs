@@ -20,8 +20,8 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use crate::aborts::podview::{PodJson, PodView};
 use crate::api::{WorkerPool, WorkerPoolSpec, WorkerPoolStatus};
-use crate::podview::{PodJson, PodView};
 
 /// Annotation `kubectl apply` writes: a copy of the whole object, never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

@@ -5,8 +5,8 @@ use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
+use crate::aborts::podview::{ContainerView, PodView, State, Termination};
 use crate::api::Runtime;
-use crate::podview::{ContainerView, PodView, State, Termination};
 
 /// Stable abort reasons, used in status, Events, metrics and `diagnose`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

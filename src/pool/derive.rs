@@ -17,8 +17,8 @@ use crate::api::{
     Health, INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, Policy, REVISION_ANNOTATION,
     RUNTIME_ANNOTATION, Runtime, WorkerPool, WorkerPoolSpec,
 };
-use crate::drift::short_hash;
-use crate::policy::{Settings, ValidPool};
+use crate::pool::drift::short_hash;
+use crate::pool::policy::{Settings, ValidPool};
 
 /// The pool object's identity, as children refer to it.
 #[derive(Clone, Debug, PartialEq, Eq)]

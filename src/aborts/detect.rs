@@ -4,11 +4,11 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::aborts::{Identity, Observed};
+use crate::aborts::classify::{self, Abort, BootWindow, KubeletEvent, Reason};
+use crate::aborts::ledger::{Identity, Observed};
+use crate::aborts::loghints::{self, LogFindings};
+use crate::aborts::podview::{ContainerView, PodView, State};
 use crate::api::{AbortRecord, Runtime};
-use crate::classify::{self, Abort, BootWindow, KubeletEvent, Reason};
-use crate::loghints::{self, LogFindings};
-use crate::podview::{ContainerView, PodView, State};
 
 /// A termination younger than this may still be waiting for the kubelet's `Killing` Event that
 /// tells a probe kill from a plain exit, so it is classified a little later.
@@ -16,9 +16,6 @@ pub const SETTLE: SignedDuration = SignedDuration::from_secs(5);
 
 /// How often the log of one unhealthy pod is sampled.
 pub const SAMPLE_INTERVAL: SignedDuration = SignedDuration::from_secs(30);
-
-/// The revision label the Deployment controller puts on every pod.
-pub const REVISION_LABEL: &str = "pod-template-hash";
 
 /// Where the log that explains an abort is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -398,7 +395,7 @@ pub fn log_aborts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::podview::Termination;
+    use crate::aborts::podview::Termination;
     use serde_json::json;
 
     fn abort(container: Option<&str>, exit_code: Option<i32>, reason: Reason) -> Abort {

@@ -2,7 +2,7 @@
 //! boot-failure circuit breaker — as one pure step: observed state in, next desired state out.
 //!
 //! - Ramp: the Deployment's replicas grow by `boot.maxConcurrent` once the previous step is Ready
-//!   ([`crate::ramp`]); scale-down is immediate.
+//!   ([`crate::pool::ramp`]); scale-down is immediate.
 //! - Init gate: a new template revision reaches the Deployment only after its init Job
 //!   succeeded; until then the running revision keeps serving (its template is kept as is). A
 //!   failed Job stalls the pool; a new revision or init command runs a new Job, a scale does not.
@@ -12,8 +12,8 @@
 use jiff::{SignedDuration, Timestamp};
 
 use crate::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus};
-use crate::ramp::{self, DeploymentCounts};
-use crate::status::Stall;
+use crate::pool::Stall;
+use crate::pool::ramp::{self, DeploymentCounts};
 
 /// Abort reasons that count as a failed boot for the circuit breaker.
 pub const BOOT_FAILURES: [&str; 5] = [
@@ -52,9 +52,9 @@ pub struct Input<'a> {
     pub generation: i64,
     pub desired: i32,
     pub max_concurrent: i32,
-    /// Revision of the template the spec asks for ([`crate::derive::revision_of`]).
+    /// Revision of the template the spec asks for ([`crate::pool::derive::revision_of`]).
     pub revision: &'a str,
-    /// The spec without `replicas` ([`crate::derive::spec_hash`]): an open circuit waits on it.
+    /// The spec without `replicas` ([`crate::pool::derive::spec_hash`]): an open circuit waits on it.
     pub spec_hash: &'a str,
     pub live: Option<LiveDeployment<'a>>,
     /// Name and state of this revision's init Job; None when the pool has no `policy.init`.
