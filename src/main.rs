@@ -343,9 +343,8 @@ fn run_render(path: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-/// jemalloc: the controller allocates and frees a little for every watch event. Against glibc's
-/// allocator it cut the CPU to converge the scale benchmark by about a fifth, without holding
-/// more memory (docs/benchmarks.md); musl's, which the container image links, is slower still.
+/// jemalloc: the controller allocates and frees a little for every watch event, which glibc's
+/// and musl's allocators do at a higher CPU cost (measured in docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

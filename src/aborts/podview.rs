@@ -1,7 +1,7 @@
 //! What the operator reads of a pod, and nothing else: identity, the pool and revision it belongs
 //! to, and the kubelet's account of its containers. Classification works on this view, and the
-//! controller caches it instead of the whole `Pod` (a `k8s_openapi` Pod is 2 KiB before any of
-//! its strings). Pure.
+//! controller caches it instead of the whole `Pod`, whose every field would be built and kept
+//! (sizes in docs/benchmarks.md). Pure.
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod};

@@ -54,7 +54,7 @@ macro_rules! resource_named_as {
 }
 
 /// A pod as the pod watch decodes it: straight into the view classification reads, plus the
-/// identity and resource version a watch needs. The 2 KiB `Pod` is never built.
+/// identity and resource version a watch needs. The whole `Pod` is never built.
 #[derive(Clone, Debug)]
 pub struct ViewedPod {
     metadata: ObjectMeta,
