@@ -15,17 +15,7 @@ use crate::api::{
 };
 use crate::pool::Stall;
 use crate::pool::policy::Conflict;
-
-/// Counts from the Deployment's status, as the watch cache last saw it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DeploymentObserved {
-    pub replicas: i32,
-    pub ready: i32,
-    pub updated: i32,
-    pub available: i32,
-    /// `status.observedGeneration` has caught up with `metadata.generation`.
-    pub current: bool,
-}
+use crate::pool::ramp::DeploymentCounts;
 
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -51,7 +41,7 @@ pub struct Observation<'a> {
     pub desired_replicas: i32,
     pub max_concurrent: i32,
     pub selector: String,
-    pub deployment: Option<DeploymentObserved>,
+    pub deployment: Option<DeploymentCounts>,
     /// The replicas the Deployment was asked for by this reconcile; None when nothing was applied.
     pub ramp_target: Option<i32>,
     /// The effective numbers applied; None keeps the previously published ones.
@@ -555,7 +545,7 @@ mod tests {
         Time(jiff::Timestamp::from_second(1_800_000_000 + secs).expect("valid timestamp"))
     }
 
-    fn observation(deployment: Option<DeploymentObserved>, target: i32) -> Observation<'static> {
+    fn observation(deployment: Option<DeploymentCounts>, target: i32) -> Observation<'static> {
         Observation {
             generation: 3,
             desired_replicas: 4,
@@ -609,7 +599,7 @@ mod tests {
 
     #[test]
     fn pods_stuck_in_their_init_containers_are_named() {
-        let booting = DeploymentObserved {
+        let booting = DeploymentCounts {
             ready: 1,
             available: 1,
             ..ready_deployment(4)
@@ -658,8 +648,9 @@ mod tests {
         assert_eq!(progress(&obs).1, reason::ALL_READY);
     }
 
-    fn ready_deployment(n: i32) -> DeploymentObserved {
-        DeploymentObserved {
+    fn ready_deployment(n: i32) -> DeploymentCounts {
+        DeploymentCounts {
+            target: n,
             replicas: n,
             ready: n,
             updated: n,
@@ -701,7 +692,8 @@ mod tests {
 
     #[test]
     fn more_pods_ready_is_progress_but_a_flip_ramp_step_or_abort_is_not() {
-        let deployment = |ready| DeploymentObserved {
+        let deployment = |ready| DeploymentCounts {
+            target: 4,
             replicas: 4,
             ready,
             updated: 4,
@@ -830,7 +822,8 @@ mod tests {
 
     #[test]
     fn rollout_and_scale_down_are_told_apart() {
-        let rollout = DeploymentObserved {
+        let rollout = DeploymentCounts {
+            target: 4,
             replicas: 6,
             ready: 5,
             updated: 2,

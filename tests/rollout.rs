@@ -26,7 +26,8 @@ fn live(target: i32, ready: i32, revision: &str) -> Option<LiveDeployment<'_>> {
         counts: DeploymentCounts {
             target,
             ready,
-            status_current: true,
+            current: true,
+            ..DeploymentCounts::default()
         },
         revision: Some(revision),
     })

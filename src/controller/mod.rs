@@ -50,7 +50,7 @@ use crate::pool::drift;
 use crate::pool::policy;
 use crate::pool::ramp::DeploymentCounts;
 use crate::pool::rollout;
-use crate::status::{self, DeploymentObserved, Observation, RampChange, reason};
+use crate::status::{self, Observation, RampChange, reason};
 
 /// Field manager for the status subresource, separate from the children's.
 pub const STATUS_MANAGER: &str = "workerpool-operator-status";
@@ -256,10 +256,11 @@ fn refusal(error: &Error, namespace: &str) -> Option<Stall> {
     })
 }
 
-fn deployment_observed(dep: &Deployment) -> DeploymentObserved {
+fn deployment_counts(dep: &Deployment) -> DeploymentCounts {
     let status = dep.status.clone().unwrap_or_default();
     let generation = dep.metadata.generation.unwrap_or(0);
-    DeploymentObserved {
+    DeploymentCounts {
+        target: dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         replicas: status.replicas.unwrap_or(0),
         ready: status.ready_replicas.unwrap_or(0),
         updated: status.updated_replicas.unwrap_or(0),
@@ -507,14 +508,7 @@ async fn apply_children(
     }
 
     let live_deployment = ours(&deployment);
-    let counts = live_deployment.map(|d| {
-        let observed = deployment_observed(d);
-        DeploymentCounts {
-            target: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            ready: observed.ready,
-            status_current: observed.current,
-        }
-    });
+    let counts = live_deployment.map(deployment_counts);
     let job_state = job.as_ref().map(|j| match ours(j) {
         Some(live) => rollout::job_state(live),
         None => rollout::JobState::Absent,
@@ -681,7 +675,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         desired_replicas: pool.spec.replicas,
         max_concurrent: pool.spec.policy.boot.max_concurrent,
         selector: derive::selector_string(&name),
-        deployment: cached.map(|d| deployment_observed(&d.0)),
+        deployment: cached.map(|d| deployment_counts(&d.0)),
         ramp_target: applied.ramp_target,
         effective: if stall.is_none() {
             settings.as_ref().map(|s| &s.effective)

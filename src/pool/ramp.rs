@@ -3,15 +3,23 @@
 //! Scale-up happens in steps of `boot.maxConcurrent`; a step starts only when every pod of the
 //! previous one is Ready, so at most `maxConcurrent` pods boot at once. Scale-down is immediate.
 
-/// What the Deployment currently asks for and has, as the watch cache last saw it.
+/// What the Deployment asks for and has, as the watch cache last saw it: what the ramp steps on
+/// and what the status reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DeploymentCounts {
     /// `spec.replicas`: the current ramp target.
     pub target: i32,
+    /// `status.replicas`: pods of every revision.
+    pub replicas: i32,
     /// `status.readyReplicas`.
     pub ready: i32,
-    /// The Deployment controller has observed the latest spec, so `ready` is about `target`.
-    pub status_current: bool,
+    /// `status.updatedReplicas`: pods of the latest template.
+    pub updated: i32,
+    /// `status.availableReplicas`.
+    pub available: i32,
+    /// `status.observedGeneration` has caught up with `metadata.generation`, so the counts are
+    /// about `target`.
+    pub current: bool,
 }
 
 /// The next ramp target for a pool that wants `desired` replicas.
@@ -24,7 +32,7 @@ pub fn next_target(desired: i32, max_concurrent: i32, current: Option<Deployment
     if desired <= current.target {
         return desired;
     }
-    if !current.status_current || current.ready < current.target {
+    if !current.current || current.ready < current.target {
         return current.target.max(0);
     }
     desired.min(current.target.max(0).saturating_add(step))
@@ -44,7 +52,8 @@ mod tests {
         Some(DeploymentCounts {
             target,
             ready,
-            status_current: true,
+            current: true,
+            ..DeploymentCounts::default()
         })
     }
 
@@ -68,7 +77,8 @@ mod tests {
         let stale = Some(DeploymentCounts {
             target: 3,
             ready: 3,
-            status_current: false,
+            current: false,
+            ..DeploymentCounts::default()
         });
         assert_eq!(next_target(12, 3, stale), 3);
     }
@@ -94,7 +104,7 @@ mod tests {
                 // The Deployment can never have more Ready pods than it asks for.
                 let ready = ready_seed.min(target);
                 let previous = target;
-                target = next_target(desired, step, Some(DeploymentCounts { target, ready, status_current: current }));
+                target = next_target(desired, step, Some(DeploymentCounts { target, ready, current, ..DeploymentCounts::default() }));
                 prop_assert!(target <= desired.max(0));
                 if target > previous {
                     prop_assert!(target - ready <= step, "{} booting", target - ready);
