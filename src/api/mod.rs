@@ -39,6 +39,12 @@ pub const MAX_POOL_NAME: usize = 63;
 
 /// Longest duration any policy field accepts, so derived sums can never overflow.
 pub const MAX_SECONDS: i64 = 86_400;
+/// Most pods booting at once, and most boot failures before the circuit opens.
+pub const MAX_COUNT: i32 = 1000;
+/// Longest preStop drain: an endpoint is out of every load balancer long before.
+pub const MAX_DRAIN_SECONDS: i64 = 3600;
+/// Most retries of the init Job's pod.
+pub const MAX_INIT_BACKOFF: i32 = 10;
 
 // Several printer columns repeat `type_`; that is the derive's syntax, not a mistake.
 #[allow(clippy::duplicated_attributes)]
@@ -243,11 +249,11 @@ pub struct Policy {
 pub struct BootPolicy {
     /// Longest expected boot (imports, warm-up), in seconds.
     #[serde(default = "default_boot_timeout")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = MAX_SECONDS))]
     pub timeout_seconds: i64,
     /// At most this many pods booting at once during scale-up and rollout.
     #[serde(default = "default_max_concurrent")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = MAX_COUNT))]
     pub max_concurrent: i32,
     /// gunicorn `--preload`: load the app in the master before forking workers.
     #[serde(default)]
@@ -276,7 +282,7 @@ impl Default for BootPolicy {
 pub struct RequestPolicy {
     /// App-server worker/request timeout, in seconds.
     #[serde(default = "default_request_timeout")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = MAX_SECONDS))]
     pub timeout_seconds: i64,
 }
 
@@ -297,11 +303,11 @@ impl Default for RequestPolicy {
 pub struct ShutdownPolicy {
     /// preStop sleep so endpoints stop routing to the pod before SIGTERM, in seconds.
     #[serde(default = "default_drain")]
-    #[schemars(range(min = 0, max = 3600))]
+    #[schemars(range(min = 0, max = MAX_DRAIN_SECONDS))]
     pub drain_seconds: i64,
     /// Time the app server gets after SIGTERM to finish in-flight requests, in seconds.
     #[serde(default = "default_graceful_timeout")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = MAX_SECONDS))]
     pub graceful_timeout_seconds: i64,
 }
 
@@ -329,11 +335,11 @@ pub struct InitPolicy {
     pub command: Vec<String>,
     /// Deadline of the Job, in seconds.
     #[serde(default = "default_init_timeout")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = MAX_SECONDS))]
     pub timeout_seconds: i64,
     /// Retries of the Job's pod before the revision is marked failed.
     #[serde(default = "default_init_backoff")]
-    #[schemars(range(min = 0, max = 10))]
+    #[schemars(range(min = 0, max = MAX_INIT_BACKOFF))]
     pub backoff_limit: i32,
 }
 
@@ -349,11 +355,11 @@ fn default_init_backoff() -> i32 {
 pub struct FailurePolicy {
     /// Boot failures of one revision within `windowSeconds` that open the circuit.
     #[serde(default = "default_boot_failure_threshold")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = MAX_COUNT))]
     pub boot_failure_threshold: i32,
     /// Window over which aborts are counted, in seconds.
     #[serde(default = "default_window")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = MAX_SECONDS))]
     pub window_seconds: i64,
 }
 

@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
-    EffectiveSettings, Health, HealthCheck, MAX_SECONDS, ProbeTiming, Runtime, Source,
-    WorkerPoolSpec,
+    EffectiveSettings, Health, HealthCheck, MAX_COUNT, MAX_DRAIN_SECONDS, MAX_INIT_BACKOFF,
+    MAX_SECONDS, ProbeTiming, Runtime, Source, WorkerPoolSpec,
 };
 
 /// Seconds added to drain + graceful timeout for the grace period: time for the app server to
@@ -106,7 +106,7 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool<'_>, InvalidSpec> {
         "spec.policy.boot.maxConcurrent",
         p.boot.max_concurrent.into(),
         1,
-        1000,
+        MAX_COUNT.into(),
     );
     check_range(
         &mut errors,
@@ -120,7 +120,7 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool<'_>, InvalidSpec> {
         "spec.policy.shutdown.drainSeconds",
         p.shutdown.drain_seconds,
         0,
-        3600,
+        MAX_DRAIN_SECONDS,
     );
     check_range(
         &mut errors,
@@ -134,7 +134,7 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool<'_>, InvalidSpec> {
         "spec.policy.failure.bootFailureThreshold",
         p.failure.boot_failure_threshold.into(),
         1,
-        1000,
+        MAX_COUNT.into(),
     );
     check_range(
         &mut errors,
@@ -162,7 +162,7 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool<'_>, InvalidSpec> {
             "spec.policy.init.backoffLimit",
             init.backoff_limit.into(),
             0,
-            10,
+            MAX_INIT_BACKOFF.into(),
         );
     }
     if p.boot.preload && spec.runtime != Runtime::Gunicorn {
