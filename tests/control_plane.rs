@@ -469,6 +469,7 @@ fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
     assert!(established, "{crd:#}");
 
     let ns = namespace("e2e-admission");
+    // The API server and `render` refuse the same pools, naming the same field.
     let refused = |yaml: String, field: &str| {
         let out = apply(&yaml);
         assert!(!out.ok, "accepted: {yaml}");
@@ -476,6 +477,22 @@ fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
             out.stderr.contains(field),
             "{field} not named: {}",
             out.stderr
+        );
+        let mut render = std::process::Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+            .args(["render", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("render runs");
+        std::io::Write::write_all(&mut render.stdin.take().expect("stdin"), yaml.as_bytes())
+            .expect("the pool to render");
+        let rendered = render.wait_with_output().expect("render exits");
+        let stderr = String::from_utf8_lossy(&rendered.stderr);
+        assert!(!rendered.status.success(), "render accepted: {yaml}");
+        assert!(
+            stderr.contains(field),
+            "render did not name {field}: {stderr}"
         );
     };
     refused(
@@ -498,7 +515,7 @@ fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
             &[],
             json!({"boot": {"timeoutSecond": 120}}),
         ),
-        "timeoutSecond",
+        "unknown field \"spec.policy.boot.timeoutSecond\"",
     );
     refused(
         pool(
@@ -560,8 +577,22 @@ fn the_samples_apply_on_a_fresh_cluster_and_every_pool_becomes_ready() {
         let status = wait_ready(ns, name, 4 * MINUTE);
         assert_eq!(status["readyReplicas"], replicas, "{status:#}");
     }
-    // The gunicorn sample migrates in an init Job first.
+    // The gunicorn sample migrates in an init Job first, whose pod carries the template's labels
+    // (a NetworkPolicy that admits the app admits its migration) but not the pool's.
     assert_eq!(status("shop", "shop-api")["init"]["phase"], "Succeeded");
+    let init = status("shop", "shop-api")["init"]["job"]
+        .as_str()
+        .expect("the init Job's name")
+        .to_string();
+    let job = kubectl_json(&["get", "job", &init, "-n", "shop"]).expect("the init Job");
+    let labels = &job["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["db-access"], "true", "{job:#}");
+    assert!(labels.get("workerpool.dev/pool").is_none(), "{labels:#}");
+    // gunicorn heartbeats in RAM.
+    let deployment =
+        kubectl_json(&["get", "deployment", "shop-api", "-n", "shop"]).expect("Deployment");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("--worker-tmp-dir=/dev/shm"), "{env}");
     let out = kubectl_ok(&[
         "wait",
         "--for=condition=Ready",
