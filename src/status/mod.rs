@@ -10,12 +10,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::aborts::detect::Initializing;
 use crate::aborts::ledger;
 use crate::api::{
-    AbortSummary, CircuitStatus, EffectiveSettings, InitPhase, InitStatus, Phase, WorkerPoolStatus,
-    condition,
+    AbortSummary, CircuitStatus, EffectiveSettings, InitStatus, Phase, WorkerPoolStatus, condition,
 };
 use crate::pool::Stall;
 use crate::pool::policy::Conflict;
 use crate::pool::ramp::DeploymentCounts;
+
+mod notices;
+mod pacing;
+
+pub use notices::{Notice, READY_NOTICE, RampChange, notices};
+pub use pacing::{PROGRESS_INTERVAL, is_progress_only, progress_wait};
 
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -348,193 +353,6 @@ pub fn find<'a>(status: Option<&'a WorkerPoolStatus>, type_: &str) -> Option<&'a
 /// True when the condition of this type is present and `True`.
 pub fn is_true(status: Option<&WorkerPoolStatus>, type_: &str) -> bool {
     find(status, type_).is_some_and(|c| c.status == "True")
-}
-
-/// Between two writes of a pool's status that only move its rollout's progress, at least this
-/// long passes: pods becoming ready one after another then cost one write every couple of
-/// seconds instead of one each. A change of state (a condition flipping, a ramp step, an abort)
-/// is written at once.
-pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// True when `new` differs from `old` only in the replica counts and in the reason and wording
-/// of `Ready` and `Reconciling` whose status stays (ramping, then waiting for pods, "3 of 10
-/// ready"): progress, not a change of state.
-pub fn is_progress_only(old: &WorkerPoolStatus, new: &WorkerPoolStatus) -> bool {
-    // Destructured whole, so that a new status field has to be placed on one side or the other.
-    let WorkerPoolStatus {
-        observed_generation,
-        replicas: _,
-        ready_replicas: _,
-        updated_replicas: _,
-        available_replicas: _,
-        ramp_target,
-        selector,
-        phase,
-        conditions,
-        effective,
-        aborts,
-        revision,
-        init,
-        circuit,
-    } = new;
-    let progress_condition =
-        |type_: &str| type_ == condition::READY || type_ == condition::RECONCILING;
-    *observed_generation == old.observed_generation
-        && *ramp_target == old.ramp_target
-        && *selector == old.selector
-        && *phase == old.phase
-        && *effective == old.effective
-        && *aborts == old.aborts
-        && *revision == old.revision
-        && *init == old.init
-        && *circuit == old.circuit
-        && conditions.len() == old.conditions.len()
-        && conditions.iter().zip(&old.conditions).all(|(n, o)| {
-            n.type_ == o.type_
-                && n.status == o.status
-                && n.observed_generation == o.observed_generation
-                && n.last_transition_time == o.last_transition_time
-                && ((n.reason == o.reason && n.message == o.message)
-                    || progress_condition(&n.type_))
-        })
-}
-
-/// How long a progress-only status write waits, given when the pool's status was last written:
-/// None when it may be written now.
-pub fn progress_wait(
-    last_write: Option<jiff::Timestamp>,
-    now: jiff::Timestamp,
-) -> Option<std::time::Duration> {
-    let elapsed = now.duration_since(last_write?);
-    let interval = jiff::SignedDuration::try_from(PROGRESS_INTERVAL).ok()?;
-    (elapsed >= jiff::SignedDuration::ZERO && elapsed < interval)
-        .then(|| std::time::Duration::try_from(interval - elapsed).ok())
-        .flatten()
-}
-
-/// The Deployment's replicas before and after this reconcile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RampChange {
-    /// None when the Deployment was just created.
-    pub previous: Option<i32>,
-    pub target: i32,
-    pub desired: i32,
-}
-
-/// A Kubernetes Event to publish on the pool.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notice {
-    pub warning: bool,
-    pub reason: String,
-    pub action: &'static str,
-    pub message: String,
-}
-
-/// The reason of the Event that says the pool became Ready.
-pub const READY_NOTICE: &str = "Ready";
-
-/// Events for what changed: a new stall or template conflict, creation, a ramp step, readiness.
-/// Only transitions produce events, so a steady pool publishes none.
-pub fn notices(
-    old: Option<&WorkerPoolStatus>,
-    new: &WorkerPoolStatus,
-    ramp: Option<RampChange>,
-) -> Vec<Notice> {
-    let mut out = Vec::new();
-    let newly_true = |type_: &str| {
-        let now = find(Some(new), type_).filter(|c| c.status == "True")?;
-        let before = find(old, type_);
-        let same = before.is_some_and(|b| b.status == "True" && b.message == now.message);
-        (!same).then_some(now)
-    };
-    if let Some(c) = newly_true(condition::STALLED) {
-        out.push(Notice {
-            warning: true,
-            reason: c.reason.clone(),
-            action: "Reconcile",
-            message: c.message.clone(),
-        });
-    }
-    if let Some(c) = newly_true(condition::POLICY_CONFLICT) {
-        out.push(Notice {
-            warning: true,
-            reason: "PolicyConflict".into(),
-            action: "Derive",
-            message: c.message.clone(),
-        });
-    }
-    match ramp {
-        Some(RampChange { previous: None, target, desired }) => out.push(Notice {
-            warning: false,
-            reason: "Created".into(),
-            action: "Apply",
-            message: format!("created the Deployment with {target} of {desired} replicas as the first step"),
-        }),
-        Some(RampChange { previous: Some(previous), target, desired }) if previous < target => out.push(Notice {
-            warning: false,
-            reason: "RampStep".into(),
-            action: "Scale",
-            message: format!("pods of the previous step are Ready; scaling from {previous} to {target} of {desired} replicas"),
-        }),
-        _ => {}
-    }
-    out.extend(gate_notices(old, new));
-    if is_true(Some(new), condition::READY) && !is_true(old, condition::READY) {
-        let message = find(Some(new), condition::READY)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        out.push(Notice {
-            warning: false,
-            reason: READY_NOTICE.into(),
-            action: "Reconcile",
-            message,
-        });
-    }
-    out
-}
-
-/// Init Job starts and successes, and the circuit closing; failures come as `Stalled` notices.
-fn gate_notices(old: Option<&WorkerPoolStatus>, new: &WorkerPoolStatus) -> Vec<Notice> {
-    let mut out = Vec::new();
-    let old_init = old.and_then(|s| s.init.as_ref());
-    if let Some(init) = &new.init
-        && old_init != Some(init)
-    {
-        let same_job = old_init.is_some_and(|o| o.job == init.job);
-        match init.phase {
-            InitPhase::Running if !same_job => out.push(Notice {
-                warning: false,
-                reason: "InitStarted".into(),
-                action: "RunInit",
-                message: format!(
-                    "started init Job {} for revision {}",
-                    init.job, init.revision
-                ),
-            }),
-            InitPhase::Succeeded => out.push(Notice {
-                warning: false,
-                reason: "InitSucceeded".into(),
-                action: "RunInit",
-                message: format!(
-                    "init Job {} succeeded; revision {} may start its pods",
-                    init.job, init.revision
-                ),
-            }),
-            _ => {}
-        }
-    }
-    let was_open = old.and_then(|s| s.circuit.as_ref()).is_some_and(|c| c.open);
-    let is_open = new.circuit.as_ref().is_some_and(|c| c.open);
-    if was_open && !is_open {
-        out.push(Notice {
-            warning: false,
-            reason: "CircuitClosed".into(),
-            action: "Reconcile",
-            message: "the spec changed: boot failures are counted afresh and the ramp resumes"
-                .into(),
-        });
-    }
-    out
 }
 
 #[cfg(test)]

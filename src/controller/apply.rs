@@ -1,0 +1,370 @@
+//! Applying a pool's children: only those whose live object lacks what the operator sets, never
+//! one it does not own.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde::Serialize;
+use serde_json::json;
+
+use super::watched::{Lean, Watched};
+use super::{Context, Error};
+use crate::api::{AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
+use crate::pool::Stall;
+use crate::pool::derive::{self, Children, PoolRef, SpecHashes};
+use crate::pool::drift;
+use crate::pool::policy;
+use crate::pool::ramp::DeploymentCounts;
+use crate::pool::rollout;
+use crate::status::reason;
+
+/// What the pool reads of its Deployment.
+pub(super) fn deployment_counts(dep: &Deployment) -> DeploymentCounts {
+    let status = dep.status.clone().unwrap_or_default();
+    let generation = dep.metadata.generation.unwrap_or(0);
+    DeploymentCounts {
+        target: dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        replicas: status.replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        current: status.observed_generation.unwrap_or(0) >= generation,
+    }
+}
+
+pub(super) fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// A child as the watch cache holds it, or — when the cache has none — as the API holds it, so a
+/// same-named object someone else created is never adopted or overwritten.
+enum Existing<K> {
+    Ours(Arc<Watched<K>>),
+    Absent,
+    Foreign,
+}
+
+async fn existing<K>(
+    ctx: &Context,
+    store: &Store<Watched<K>>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Existing<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Lean
+        + Clone
+        + std::fmt::Debug,
+{
+    let cached = store.get(&ObjectRef::new(name).within(namespace));
+    let object = match cached {
+        Some(object) => object,
+        None => {
+            let api: Api<Watched<K>> = Api::namespaced(ctx.client.clone(), namespace);
+            match Box::pin(api.get_opt(name))
+                .await
+                .map_err(|source| Error::Read {
+                    kind: K::kind(&()).into_owned(),
+                    name: name.into(),
+                    source,
+                })? {
+                Some(object) => Arc::new(object),
+                None => return Ok(Existing::Absent),
+            }
+        }
+    };
+    Ok(if is_owned_by(object.meta(), uid) {
+        Existing::Ours(object)
+    } else {
+        Existing::Foreign
+    })
+}
+
+/// Server-side apply of one child of `pool` unless the live object already holds every field we
+/// set. `inputs` names what the desired object is derived from; while it and the live version are
+/// those last verified, the desired object is not even built. Returns whether a request was made.
+async fn apply_child<K>(
+    ctx: &Context,
+    pool: &PoolRef,
+    name: &str,
+    inputs: u64,
+    live: Option<&K>,
+    desired: impl FnOnce() -> K,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + Serialize
+        + std::fmt::Debug,
+{
+    let uid = pool.uid.as_deref().unwrap_or_default();
+    let child = (K::KIND, name.to_owned());
+    let live_version = live.map(|l| drift::spec_and_meta_version(l.meta()));
+    if let Some(version) = live_version
+        && ctx.memory.is_verified(uid, &child, version, inputs)
+    {
+        return Ok(false);
+    }
+    let mut desired = Box::new(desired());
+    let hash = drift::stamp(desired.as_mut()).map_err(Error::Serialize)?;
+    if let Some(live) = live {
+        let desired_value = serde_json::to_value(&desired).map_err(Error::Serialize)?;
+        let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
+        if drift::is_current(&live_value, &desired_value, &hash) {
+            if let Some(version) = live_version {
+                ctx.memory.verified(uid, child, version, inputs);
+            }
+            return Ok(false);
+        }
+    }
+    // A forced apply leaves the object holding every field it sets, so the version it answers
+    // with is verified without reading the rest of the answer.
+    let api: Api<Watched<PartialObjectMeta<K>>> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace);
+    let applied = Box::pin(api.patch(
+        name,
+        &PatchParams::apply(MANAGER_NAME).force(),
+        &Patch::Apply(&desired),
+    ))
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::KIND.into(),
+        name: name.into(),
+        source,
+    })?;
+    ctx.memory.verified(
+        uid,
+        child,
+        drift::spec_and_meta_version(&applied.0.metadata),
+        inputs,
+    );
+    Ok(true)
+}
+
+/// Sets the replicas and the pause of a live Deployment, and nothing else, when they differ.
+async fn hold_template(
+    ctx: &Context,
+    pool: &PoolRef,
+    live: &Deployment,
+    replicas: i32,
+    paused: bool,
+) -> Result<(), Error> {
+    let spec = live.spec.as_ref();
+    let live_replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let live_paused = spec.and_then(|s| s.paused).unwrap_or(false);
+    if (live_replicas, live_paused) == (replicas, paused) {
+        return Ok(());
+    }
+    let api: Api<Watched<PartialObjectMeta<Deployment>>> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace);
+    let params = PatchParams {
+        field_manager: Some(MANAGER_NAME.into()),
+        ..PatchParams::default()
+    };
+    let patch = json!({"spec": {"replicas": replicas, "paused": paused}});
+    Box::pin(api.patch(&pool.name, &params, &Patch::Merge(&patch)))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Deployment".into(),
+            name: pool.name.clone(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// What applying the children found and did.
+pub(super) struct Applied {
+    pub(super) stall: Option<Stall>,
+    pub(super) ramp_target: Option<i32>,
+    pub(super) previous_target: Option<i32>,
+    pub(super) created: bool,
+    pub(super) plan: Option<rollout::Plan>,
+    pub(super) revision: Option<String>,
+}
+
+impl Applied {
+    pub(super) fn stalled(stall: Stall) -> Self {
+        Applied {
+            stall: Some(stall),
+            ramp_target: None,
+            previous_target: None,
+            created: false,
+            plan: None,
+            revision: None,
+        }
+    }
+}
+
+fn ours<K>(existing: &Existing<K>) -> Option<&K> {
+    match existing {
+        Existing::Ours(object) => Some(&object.0),
+        _ => None,
+    }
+}
+
+pub(super) async fn apply_children(
+    ctx: &Context,
+    pool: &WorkerPool,
+    pool_ref: &PoolRef,
+    valid: &policy::ValidPool<'_>,
+    settings: &policy::Settings,
+    aborts: &AbortSummary,
+    status: Option<&WorkerPoolStatus>,
+) -> Result<Applied, Error> {
+    let uid = pool_ref.uid.as_deref().unwrap_or_default();
+    let ns = pool_ref.namespace.as_str();
+    let name = pool_ref.name.as_str();
+    let generation = pool.metadata.generation.unwrap_or(0);
+    let spec = valid.spec();
+    // The children are derived only when something needs them: their revision is remembered per
+    // version of the pool, and an unchanged child is recognised without building it.
+    let pool_version = drift::spec_and_meta_version(&pool.metadata);
+    // Boxed, like each request's future below: held across awaits, a child by value would make
+    // every reconcile's future several kilobytes larger, and such a future is moved whole.
+    let mut children: Option<Box<Children>> = None;
+    let derive = || Box::new(derive::build(pool_ref, valid, settings, 0));
+    let SpecHashes {
+        revision,
+        spec: spec_hash,
+    } = match ctx.memory.spec_hashes(uid, pool_version) {
+        Some(hashes) => hashes,
+        None => {
+            let hashes = SpecHashes::of(spec);
+            ctx.memory.took_spec_hashes(uid, pool_version, &hashes);
+            hashes
+        }
+    };
+    let job_name = derive::init_job_name_of(name, valid, &revision);
+
+    let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
+    let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
+    // The init Job matters only until the Deployment runs this revision; after that the Job
+    // is finished and cleaned up, and looking for it would cost a request per reconcile.
+    let runs_revision = ours(&deployment).and_then(derive::revision_in) == Some(revision.as_str());
+    let job = match job_name.as_deref().filter(|_| !runs_revision) {
+        Some(job_name) => Some(existing(ctx, &ctx.jobs, ns, job_name, uid).await?),
+        None => None,
+    };
+    let foreign: Vec<String> = [
+        matches!(deployment, Existing::Foreign).then(|| format!("Deployment {ns}/{name}")),
+        matches!(pdb, Existing::Foreign).then(|| format!("PodDisruptionBudget {ns}/{name}")),
+        matches!(job, Some(Existing::Foreign))
+            .then(|| format!("Job {ns}/{}", job_name.as_deref().unwrap_or_default())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !foreign.is_empty() {
+        return Ok(Applied::stalled(Stall {
+            reason: reason::NOT_OWNED,
+            message: format!(
+                "{} already exists and is not owned by this WorkerPool; it was left untouched. Rename the pool or remove that object",
+                foreign.join(" and ")
+            ),
+        }));
+    }
+
+    let live_deployment = ours(&deployment);
+    let counts = live_deployment.map(deployment_counts);
+    let job_state = job.as_ref().map(|j| match ours(j) {
+        Some(live) => rollout::job_state(live),
+        None => rollout::JobState::Absent,
+    });
+    let plan = rollout::plan(&rollout::Input {
+        generation,
+        desired: spec.replicas,
+        max_concurrent: spec.policy.boot.max_concurrent,
+        revision: &revision,
+        spec_hash: &spec_hash,
+        live: live_deployment
+            .zip(counts)
+            .map(|(d, counts)| rollout::LiveDeployment {
+                counts,
+                revision: derive::revision_in(d),
+            }),
+        init_job: job_state
+            .zip(job_name.as_deref())
+            .map(|(state, name)| (name, state)),
+        previous_init: status.and_then(|s| s.init.as_ref()),
+        previous_circuit: status.and_then(|s| s.circuit.as_ref()),
+        aborts: Some(aborts),
+        threshold: spec.policy.failure.boot_failure_threshold,
+        window_seconds: spec.policy.failure.window_seconds,
+        now: (ctx.clock)(),
+    });
+
+    if plan.create_init_job
+        && let Some(job_name) = &job_name
+        && let Some(job) = children.get_or_insert_with(derive).init_job.take()
+    {
+        Box::pin(apply_child(
+            ctx,
+            pool_ref,
+            job_name,
+            pool_version,
+            None,
+            || job,
+        ))
+        .await?;
+    }
+    match (plan.apply_deployment, plan.template, live_deployment) {
+        (false, ..) => {}
+        // The new revision waits for its init Job: the live template is left as it is, with
+        // whatever other managers set in it (`kubectl rollout restart`'s annotation, say), and
+        // only the gates' replicas and pause are written.
+        (true, rollout::Template::KeepLive, Some(live)) => {
+            Box::pin(hold_template(
+                ctx,
+                pool_ref,
+                live,
+                plan.replicas,
+                plan.paused,
+            ))
+            .await?;
+        }
+        (true, ..) => {
+            let inputs = drift::version_of((pool_version, plan.replicas, plan.paused));
+            Box::pin(apply_child(
+                ctx,
+                pool_ref,
+                name,
+                inputs,
+                live_deployment,
+                || {
+                    let mut deployment =
+                        std::mem::take(&mut children.get_or_insert_with(derive).deployment);
+                    derive::shape(&mut deployment, plan.replicas, plan.paused);
+                    deployment
+                },
+            ))
+            .await?;
+        }
+    }
+    Box::pin(apply_child(
+        ctx,
+        pool_ref,
+        name,
+        pool_version,
+        ours(&pdb),
+        || std::mem::take(&mut children.get_or_insert_with(derive).pdb),
+    ))
+    .await?;
+    Ok(Applied {
+        stall: plan.stall.clone(),
+        ramp_target: plan.apply_deployment.then_some(plan.replicas),
+        previous_target: counts.map(|c| c.target),
+        created: live_deployment.is_none() && plan.apply_deployment,
+        plan: Some(plan),
+        revision: Some(revision),
+    })
+}
