@@ -634,14 +634,9 @@ fn diagnose_log_names_the_error_behind_a_boot_failure() {
     assert!(table.contains("No module named 'stripe'"), "{table}");
 }
 
-#[test]
-fn diagnose_log_finds_worker_timeouts_and_worker_oom_kills_of_a_ready_pod() {
-    let mut pod: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(HEALTHY).unwrap()).unwrap();
-    pod["spec"]["containers"][0]["env"] =
-        serde_json::json!([{"name": "GUNICORN_CMD_ARGS", "value": "--timeout 10 --workers 2"}]);
-    pod["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"memory": "512Mi"}});
-    let out = run(
+/// `diagnose -o json` of the pod on standard input, with the worker-timeout log.
+fn diagnose_with_worker_timeout_log(pod: &str) -> Output {
+    run(
         &[
             "diagnose",
             "-f",
@@ -651,8 +646,18 @@ fn diagnose_log_finds_worker_timeouts_and_worker_oom_kills_of_a_ready_pod() {
             "-o",
             "json",
         ],
-        Some(&pod.to_string()),
-    );
+        Some(pod),
+    )
+}
+
+#[test]
+fn diagnose_log_finds_worker_timeouts_and_worker_oom_kills_of_a_ready_pod() {
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(HEALTHY).unwrap()).unwrap();
+    pod["spec"]["containers"][0]["env"] =
+        serde_json::json!([{"name": "GUNICORN_CMD_ARGS", "value": "--timeout 10 --workers 2"}]);
+    pod["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"memory": "512Mi"}});
+    let out = diagnose_with_worker_timeout_log(&pod.to_string());
     let found = findings(&out);
     assert_eq!(found.len(), 2, "{found:?}");
     let (timeout, oom) = (&found[0], &found[1]);
@@ -672,18 +677,7 @@ fn diagnose_log_finds_worker_timeouts_and_worker_oom_kills_of_a_ready_pod() {
 
     // Without a timeout anywhere in the pod, gunicorn's default is named.
     let plain = std::fs::read_to_string(HEALTHY).unwrap();
-    let out = run(
-        &[
-            "diagnose",
-            "-f",
-            "-",
-            "--log",
-            WORKER_TIMEOUT_LOG,
-            "-o",
-            "json",
-        ],
-        Some(&plain),
-    );
+    let out = diagnose_with_worker_timeout_log(&plain);
     assert!(
         findings(&out)[0]["hint"]
             .as_str()

@@ -1,7 +1,7 @@
 //! Every derivation rule of the design, on the objects the operator applies.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 use serde_json::json;
@@ -36,15 +36,15 @@ fn build(spec: &WorkerPoolSpec) -> (Deployment, Settings) {
 }
 
 fn app(deployment: &Deployment) -> &Container {
-    &deployment
+    &pod_spec(deployment).containers[0]
+}
+
+fn pod_spec(deployment: &Deployment) -> &PodSpec {
+    deployment
         .spec
         .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod spec")
 }
 
 fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
@@ -72,14 +72,7 @@ fn window(probe: &Probe) -> i64 {
 #[test]
 fn defaults_for_gunicorn() {
     let (deployment, settings) = build(&spec("gunicorn", json!({})));
-    let pod = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_spec(&deployment);
     assert_eq!(
         pod.termination_grace_period_seconds,
         Some(5 + 30 + GRACE_MARGIN_SECONDS)
@@ -225,14 +218,7 @@ fn explicit_grace_period_wins_and_is_reported_with_both_numbers() {
         "gunicorn",
         json!({"template": {"spec": {"terminationGracePeriodSeconds": 20}}}),
     ));
-    let pod = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_spec(&deployment);
     assert_eq!(pod.termination_grace_period_seconds, Some(20));
     assert_eq!(
         settings.effective.termination_grace_period_source,
@@ -679,14 +665,7 @@ fn the_grace_period_follows_the_graceful_timeout_wherever_it_is_set() {
     let command_line = app_container_with(json!({"command":
         ["uvicorn", "shop.main:app", "--timeout-graceful-shutdown", "90"]}));
     let (deployment, settings) = build(&spec("uvicorn", command_line));
-    let pod = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_spec(&deployment);
     assert_eq!(
         pod.termination_grace_period_seconds,
         Some(5 + 90 + GRACE_MARGIN_SECONDS)
@@ -699,14 +678,7 @@ fn the_grace_period_follows_the_graceful_timeout_wherever_it_is_set() {
         json!({"env": [{"name": "GUNICORN_CMD_ARGS", "value": "--graceful-timeout 50"}]}),
     );
     let (deployment, _) = build(&spec("gunicorn", env));
-    let pod = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_spec(&deployment);
     assert_eq!(
         pod.termination_grace_period_seconds,
         Some(5 + 50 + GRACE_MARGIN_SECONDS)
