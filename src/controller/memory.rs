@@ -1,7 +1,22 @@
-//! What the controller remembers of each pool between its reconciles, one record per pool: the
-//! status it last wrote, when, the children it last verified, the pool's revision and spec hash, its
-//! failed attempts and when each unhealthy container's log was last sampled. Records are keyed by the pool's uid, so a lookup needs no allocation and a
-//! pool deleted and created again under its name starts with nothing remembered.
+//! What the controller remembers of each pool between its reconciles, one record per pool, keyed
+//! by the pool's uid (a pool deleted and created again under its name starts with nothing).
+//!
+//! Invariant: everything here may be lost at any moment (a restart, a new leader) without a wrong
+//! status, a second count or a missed write; losing it costs only requests or a repeated Event.
+//! What each part is for, and what it costs to lose:
+//!
+//! - `written`: correctness while the watch lags. Held only from a status write until the watch
+//!   delivers a pool version newer than those it replaced; a reconcile in between starts from it
+//!   instead of the stale cache, which would recount aborts. Lost: the next reconcile recomputes
+//!   from the server's copy once the watch catches up, and the ledger there counts nothing twice.
+//! - `last_write`: pacing of progress-only writes. Lost: one write comes early.
+//! - `verified` and `spec_hashes`: work skipped. A child is skipped only while both its live
+//!   version and the inputs it was derived from are the ones verified; any change of either
+//!   re-derives and re-checks it. Lost: one derivation and comparison per child.
+//! - `failed_attempts`: the retry back-off. Lost: back-off starts again at 5 s.
+//! - `sampled`: at most one log read per unhealthy container per interval. Lost: one early read.
+//! - `announced_ready` and `sighted`: one `Ready` Event per revision and size, one Event list per
+//!   settling termination. Lost: at most one repeated Event or list.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
