@@ -8,7 +8,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY config/samples ./config/samples
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin workerpool-operator \
+# Without the `sandbox` feature: the image carries neither the simulator nor tokio's test-util.
+RUN cargo build --release --locked --no-default-features --target x86_64-unknown-linux-musl \
+    --bin workerpool-operator \
     && cp target/x86_64-unknown-linux-musl/release/workerpool-operator /workerpool-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -12,5 +12,6 @@ pub mod controller;
 pub mod diagnose;
 pub mod pool;
 pub mod render;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod status;

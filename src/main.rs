@@ -101,15 +101,31 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     if seconds == 0 {
         return Err("the duration must be more than 0".into());
     }
-    let max = workerpool_operator::sandbox::scenario::MAX_DURATION_SECONDS;
-    if seconds > max {
-        return Err(format!(
-            "{text:?}: the sandbox simulates at most {max} s (24h) of virtual time"
-        ));
+    #[cfg(feature = "sandbox")]
+    {
+        let max = workerpool_operator::sandbox::scenario::MAX_DURATION_SECONDS;
+        if seconds > max {
+            return Err(format!(
+                "{text:?}: the sandbox simulates at most {max} s (24h) of virtual time"
+            ));
+        }
     }
     Ok(seconds)
 }
 
+/// The container image is built without the sandbox.
+#[cfg(not(feature = "sandbox"))]
+fn run_sandbox(
+    _: &PathBuf,
+    _: &str,
+    _: Option<u64>,
+    _: u64,
+    _: SandboxOutput,
+) -> Result<(), String> {
+    Err("this build has no sandbox: build with the `sandbox` feature (on by default)".into())
+}
+
+#[cfg(feature = "sandbox")]
 fn run_sandbox(
     path: &PathBuf,
     scenario: &str,

@@ -365,6 +365,10 @@ fn argocd_health_check_passes_its_cases() {
 fn the_chart_runs_the_image_the_dockerfile_builds() {
     let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("Dockerfile");
     assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(
+        dockerfile.contains("--no-default-features"),
+        "the image is built without the sandbox and tokio's test-util"
+    );
     assert!(dockerfile.contains("EXPOSE 8080"));
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/workerpool-operator\"]"));
     let deployment = std::fs::read_to_string(format!("{CHART}/templates/deployment.yaml")).unwrap();
