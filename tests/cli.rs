@@ -212,6 +212,14 @@ fn misspelled_fields_are_refused_as_strict_field_validation_would() {
     }
 }
 
+/// `render` exits non-zero on `input`, saying `needle`.
+fn assert_render_refuses(input: &str, needle: &str) {
+    let out = run(&["render", "-f", "-"], Some(input));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "accepted: {input}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
 #[test]
 fn pool_names_longer_than_a_label_value_are_refused() {
     let name = "a".repeat(64);
@@ -219,20 +227,14 @@ fn pool_names_longer_than_a_label_value_are_refused() {
         "metadata: {name: api}",
         &format!("metadata: {{name: {name}}}"),
     );
-    let out = run(&["render", "-f", "-"], Some(&long));
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("metadata.name must be at most 63 characters"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_render_refuses(&long, "metadata.name must be at most 63 characters");
     let fits = MINIMAL.replace(
         "metadata: {name: api}",
         &format!("metadata: {{name: {}}}", &name[..63]),
     );
     assert!(run(&["render", "-f", "-"], Some(&fits)).status.success());
     let upper = MINIMAL.replace("metadata: {name: api}", "metadata: {name: Api}");
-    assert!(!run(&["render", "-f", "-"], Some(&upper)).status.success());
+    assert_render_refuses(&upper, "metadata.name \"Api\"");
 }
 
 #[test]
@@ -270,13 +272,7 @@ fn render_reads_a_stream_of_pools_and_skips_other_documents() {
         "{MINIMAL}---\n{}",
         MINIMAL.replace("runtime: gunicorn", "runtime: php")
     );
-    let out = run(&["render", "-f", "-"], Some(&bad));
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("document 2: spec.runtime"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_render_refuses(&bad, "document 2: spec.runtime");
 }
 
 #[test]
