@@ -9,8 +9,9 @@ use workerpool_operator::render;
 
 fn pool() -> workerpool_operator::api::WorkerPool {
     let yaml = include_str!("../config/samples/gunicorn-django.yaml");
-    match render::parse_pool(yaml) {
-        Ok(pool) => pool,
+    match render::parse_pools(yaml).map(|parsed| parsed.pools) {
+        Ok(mut pools) if pools.len() == 1 => pools.remove(0),
+        Ok(pools) => panic!("the sample holds one pool, not {}", pools.len()),
         Err(e) => panic!("bundled sample must parse: {e}"),
     }
 }

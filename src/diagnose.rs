@@ -11,7 +11,7 @@ use crate::aborts::classify::{self, Abort, KubeletEvent};
 use crate::aborts::detect::{self, WorkerLimits};
 use crate::aborts::loghints::{self, LogFindings, TAIL_BYTES};
 use crate::aborts::podview::PodView;
-use crate::api::{RUNTIME_ANNOTATION, Runtime};
+use crate::api::{RUNTIME_ANNOTATION, Runtime, is_dns_subdomain};
 use crate::pool::policy;
 
 #[derive(Debug, thiserror::Error)]
@@ -224,22 +224,11 @@ pub fn parse_log_arg(arg: &str) -> (Option<String>, Option<String>, &str) {
             Some((pod, container)) => (pod, Some(container)),
             None => (target, None),
         };
-        if is_object_name(pod) && container.is_none_or(is_object_name) {
+        if is_dns_subdomain(pod) && container.is_none_or(is_dns_subdomain) {
             return (Some(pod.into()), container.map(str::to_string), file);
         }
     }
     (None, None, arg)
-}
-
-/// A DNS subdomain, as pod and container names are.
-fn is_object_name(name: &str) -> bool {
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    name.len() <= 253
-        && edge(name.chars().next())
-        && edge(name.chars().last())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 /// The container `kubectl logs` reads when none is named.
@@ -299,9 +288,7 @@ fn worker_limits(runtime: Runtime, container: Option<&Container>) -> WorkerLimit
         ),
         _ => None,
     };
-    let memory_limit = container
-        .and_then(|c| c.resources.as_ref()?.limits.as_ref()?.get("memory"))
-        .map(|q| q.0.clone());
+    let memory_limit = container.and_then(policy::memory_limit).map(str::to_string);
     WorkerLimits {
         timeout_seconds,
         memory_limit,

@@ -83,15 +83,6 @@ pub fn parse_pools(input: &str) -> Result<Pools, RenderError> {
     Ok(found)
 }
 
-/// Reads exactly one WorkerPool from YAML or JSON, naming the field path of the first problem.
-pub fn parse_pool(input: &str) -> Result<WorkerPool, RenderError> {
-    let value: serde_json::Value = serde_yaml::from_str(input)?;
-    if !is_pool(&value) {
-        return Err(not_a_pool(&value));
-    }
-    pool_from_value(value)
-}
-
 fn not_a_pool(value: &serde_json::Value) -> RenderError {
     RenderError::Field(format!(
         "apiVersion/kind: expected workerpool.dev/v1alpha1 WorkerPool, got {} {}",
@@ -129,26 +120,13 @@ fn pool_from_value(value: serde_json::Value) -> Result<WorkerPool, RenderError> 
         if name.len() > api::MAX_POOL_NAME {
             return Err(RenderError::Field(api::pool_name_message()));
         }
-        if !is_subdomain(name) {
+        if !api::is_dns_subdomain(name) {
             return Err(RenderError::Field(format!(
                 "metadata.name {name:?}: a name is lowercase letters, digits and '-', in parts separated by '.' that start and end with a letter or digit"
             )));
         }
     }
     Ok(pool)
-}
-
-/// A DNS subdomain, which every object name must be: dot-separated DNS labels.
-fn is_subdomain(name: &str) -> bool {
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    name.len() <= 253
-        && name.split('.').all(|label| {
-            edge(label.chars().next())
-                && edge(label.chars().last())
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        })
 }
 
 pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {

@@ -37,6 +37,19 @@ pub const INIT_LABEL: &str = "workerpool.dev/init";
 /// at most 63 characters; a longer name would be admitted and then refused on every child.
 pub const MAX_POOL_NAME: usize = 63;
 
+/// A DNS subdomain, which every object name must be: dot-separated DNS labels.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            edge(label.chars().next())
+                && edge(label.chars().last())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 /// Longest duration any policy field accepts, so derived sums can never overflow.
 pub const MAX_SECONDS: i64 = 86_400;
 /// Most pods booting at once, and most boot failures before the circuit opens.

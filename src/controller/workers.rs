@@ -14,6 +14,7 @@ use crate::aborts::ledger::{self, Observed};
 use crate::aborts::loghints;
 use crate::aborts::podview::PodView;
 use crate::api::{AbortRecord, AbortSummary, WorkerPool, WorkerPoolStatus};
+use crate::pool::policy;
 
 /// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
 pub const MAX_LOG_READS: usize = 4;
@@ -173,8 +174,8 @@ fn worker_limits(pool: &WorkerPool, status: Option<&WorkerPoolStatus>) -> Worker
         .spec
         .as_ref()
         .and_then(|s| s.containers.iter().find(|c| Some(c.name.as_str()) == app))
-        .and_then(|c| c.resources.as_ref()?.limits.as_ref()?.get("memory"))
-        .map(|q| q.0.clone());
+        .and_then(policy::memory_limit)
+        .map(str::to_string);
     WorkerLimits {
         timeout_seconds: status
             .and_then(|s| s.effective.as_ref())

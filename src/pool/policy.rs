@@ -679,17 +679,18 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
     }
 }
 
+/// A container's memory limit, as its spec writes it.
+pub fn memory_limit(container: &Container) -> Option<&str> {
+    let limits = container.resources.as_ref()?.limits.as_ref()?;
+    limits.get("memory").map(|q| q.0.as_str())
+}
+
 /// What is valid but likely to hurt: an app server without a memory limit, whose workers each
 /// grow on their own, takes the node's memory when it runs out instead of its own container's.
 pub fn advice(pool: &ValidPool<'_>) -> Vec<String> {
     let app = pool.app_container();
-    let limited = app
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .is_some_and(|l| l.contains_key("memory"));
     match pool.spec().runtime {
-        Runtime::Gunicorn | Runtime::Uvicorn if !limited => vec![format!(
+        Runtime::Gunicorn | Runtime::Uvicorn if memory_limit(app).is_none() => vec![format!(
             "container {:?} sets no resources.limits.memory: each {} worker grows on its own, and \
              without a limit running out of memory takes the node's memory (and other pods) \
              instead of one container; set a limit the workers fit in",

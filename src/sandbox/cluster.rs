@@ -598,6 +598,7 @@ impl Cluster {
             .map(|r| str_at(r, "/uid").to_string());
         self.ips += 1;
         let job = str_at(pod, "/spec/restartPolicy") == "Never";
+        let gunicorn = (runtime == "gunicorn").then(|| gunicorn_flags(&app));
         SimPod {
             namespace: str_at(pod, "/metadata/namespace").into(),
             name: str_at(pod, "/metadata/name").into(),
@@ -617,12 +618,10 @@ impl Cluster {
                 .pointer("/resources/limits/memory")
                 .and_then(Value::as_str)
                 .and_then(quantity_mib),
-            worker_timeout: (runtime == "gunicorn").then(|| {
-                gunicorn_flags(&app)
-                    .worker_timeout
-                    .unwrap_or(GUNICORN_DEFAULT_TIMEOUT_SECONDS) as f64
-            }),
-            preload: runtime == "gunicorn" && gunicorn_flags(&app).preload,
+            worker_timeout: gunicorn
+                .as_ref()
+                .map(|f| f.worker_timeout.unwrap_or(GUNICORN_DEFAULT_TIMEOUT_SECONDS) as f64),
+            preload: gunicorn.as_ref().is_some_and(|f| f.preload),
             app,
             others,
             ip: format!("10.1.{}.{}", self.ips / 250, self.ips % 250 + 2),
