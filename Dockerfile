@@ -6,9 +6,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && r
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
+# The root manifest declares the benches; cargo reads their paths even when it builds none.
 COPY benches ./benches
-COPY config/samples ./config/samples
-# Without the `sandbox` feature: the image carries neither the simulator nor tokio's test-util.
+# Without the `sandbox` feature the workspace's sandbox crate is not built: the image carries
+# neither the simulator nor tokio's test-util.
 RUN cargo build --release --locked --no-default-features --target x86_64-unknown-linux-musl \
     --bin workerpool-operator \
     && cp target/x86_64-unknown-linux-musl/release/workerpool-operator /workerpool-operator

@@ -5,10 +5,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 use std::hint::black_box;
-use workerpool_operator::aborts::classify::KubeletEvent;
-use workerpool_operator::aborts::detect;
-use workerpool_operator::aborts::podview::PodView;
-use workerpool_operator::api::Runtime;
+use workerpool_core::aborts::classify::KubeletEvent;
+use workerpool_core::aborts::detect;
+use workerpool_core::aborts::podview::PodView;
+use workerpool_core::api::Runtime;
 
 const PODS: usize = 1000;
 

@@ -5,8 +5,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use kube::api::WatchEvent;
 use std::hint::black_box;
-use workerpool_operator::api::WorkerPool;
-use workerpool_operator::controller::watched::Guarded;
+use workerpool_core::api::WorkerPool;
+use workerpool_core::controller::watched::Guarded;
 
 /// The allocator the binary uses (see main.rs): decoding is mostly allocation.
 #[global_allocator]

@@ -3,11 +3,11 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use workerpool_operator::pool::derive::{self, PoolRef};
-use workerpool_operator::pool::policy;
-use workerpool_operator::render;
+use workerpool_core::pool::derive::{self, PoolRef};
+use workerpool_core::pool::policy;
+use workerpool_core::render;
 
-fn pool() -> workerpool_operator::api::WorkerPool {
+fn pool() -> workerpool_core::api::WorkerPool {
     let yaml = include_str!("../config/samples/gunicorn-django.yaml");
     match render::parse_pools(yaml).map(|parsed| parsed.pools) {
         Ok(mut pools) if pools.len() == 1 => pools.remove(0),

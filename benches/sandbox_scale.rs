@@ -14,14 +14,14 @@ use std::time::Instant;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use workerpool_operator::controller::pod_cache::PodCache;
-use workerpool_operator::controller::watched::ViewedPod;
-use workerpool_operator::sandbox::apiserver::http::RequestRecord;
-use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
-use workerpool_operator::sandbox::apiserver::{ApiServer, RESOURCES, ServerConfig};
-use workerpool_operator::sandbox::meter::{CpuMeter, thread_cpu};
-use workerpool_operator::sandbox::scenario::Scenario;
-use workerpool_operator::sandbox::{Options, Sandbox};
+use workerpool_core::controller::pod_cache::PodCache;
+use workerpool_core::controller::watched::ViewedPod;
+use workerpool_sandbox::apiserver::http::RequestRecord;
+use workerpool_sandbox::apiserver::select::{FieldSelector, LabelSelector};
+use workerpool_sandbox::apiserver::{ApiServer, RESOURCES, ServerConfig};
+use workerpool_sandbox::meter::{CpuMeter, thread_cpu};
+use workerpool_sandbox::scenario::Scenario;
+use workerpool_sandbox::{Options, Sandbox};
 
 /// Counts live heap bytes, to measure what a cache holds, over the allocator the binary uses.
 struct Counting;
@@ -377,8 +377,8 @@ fn in_one_process(pools: usize) {
                 &RESOURCES[6],
                 &namespace,
                 &name,
-                workerpool_operator::sandbox::apiserver::Target::Main,
-                workerpool_operator::sandbox::apiserver::Write::Merge(json!({"metadata": {"annotations": {"bench/touch": "1"}}})),
+                workerpool_sandbox::apiserver::Target::Main,
+                workerpool_sandbox::apiserver::Write::Merge(json!({"metadata": {"annotations": {"bench/touch": "1"}}})),
                 Some("bench"),
             );
         }
@@ -414,8 +414,8 @@ fn in_one_process(pools: usize) {
 
         // Heap of one cached object of each kind, as its watch decodes it.
         {
-            use workerpool_operator::controller::watched::{Guarded, Watched};
-            use workerpool_operator::api::WorkerPool;
+            use workerpool_core::controller::watched::{Guarded, Watched};
+            use workerpool_core::api::WorkerPool;
             use k8s_openapi::api::apps::v1::Deployment;
             use k8s_openapi::api::policy::v1::PodDisruptionBudget;
             fn heap_of<T: serde::de::DeserializeOwned>(value: &Value) -> (isize, Option<T>) {

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use workerpool_operator::api::{WorkerPool, WorkerPoolStatus};
+use workerpool_core::api::{WorkerPool, WorkerPoolStatus};
 
 fn enabled() -> bool {
     let on = std::env::var("WORKERPOOL_E2E").as_deref() == Ok("1");

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use workerpool_operator::controller::run::{RunConfig, run};
-use workerpool_operator::{api, diagnose, render};
+use workerpool_core::controller::run::{RunConfig, run};
+use workerpool_core::{api, diagnose, render};
 
 #[derive(Parser)]
 #[command(
@@ -103,7 +103,7 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     }
     #[cfg(feature = "sandbox")]
     {
-        let max = workerpool_operator::sandbox::scenario::MAX_DURATION_SECONDS;
+        let max = workerpool_sandbox::scenario::MAX_DURATION_SECONDS;
         if seconds > max {
             return Err(format!(
                 "{text:?}: the sandbox simulates at most {max} s (24h) of virtual time"
@@ -133,8 +133,8 @@ fn run_sandbox(
     seed: u64,
     output: SandboxOutput,
 ) -> Result<(), String> {
-    use workerpool_operator::sandbox::scenario::{BUILT_IN, Scenario};
-    use workerpool_operator::sandbox::{Options, Sandbox, report::Report};
+    use workerpool_sandbox::scenario::{BUILT_IN, Scenario};
+    use workerpool_sandbox::{Options, Sandbox, report::Report};
 
     let input = read_input(path)?;
     let parsed = render::parse_pools(&input).map_err(|e| e.to_string())?;

@@ -2,8 +2,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use workerpool_operator::aborts::classify::{KubeletEvent, Reason, classify_pod};
-use workerpool_operator::api::Runtime;
+use workerpool_core::aborts::classify::{KubeletEvent, Reason, classify_pod};
+use workerpool_core::api::Runtime;
 
 fn pod(container_status: Value, extra: Value) -> Pod {
     let mut value = json!({
@@ -438,9 +438,9 @@ mod arbitrary_status {
     use super::*;
     use jiff::Timestamp;
     use proptest::prelude::*;
-    use workerpool_operator::aborts::classify;
-    use workerpool_operator::aborts::detect;
-    use workerpool_operator::aborts::podview::PodView;
+    use workerpool_core::aborts::classify;
+    use workerpool_core::aborts::detect;
+    use workerpool_core::aborts::podview::PodView;
 
     fn text() -> impl Strategy<Value = Option<String>> {
         prop_oneof![

@@ -82,7 +82,7 @@ impl Operator {
                 &format!("--identity={identity}"),
             ])
             .env("KUBECONFIG", cluster.dir.join(kubeconfig))
-            .env("RUST_LOG", "info,workerpool_operator=debug")
+            .env("RUST_LOG", "info,workerpool_core=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

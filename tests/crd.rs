@@ -4,8 +4,8 @@
 mod common;
 use common::merge;
 use serde_json::{Value, json};
-use workerpool_operator::api::{WorkerPool, crd, crd_yaml};
-use workerpool_operator::pool::policy;
+use workerpool_core::api::{WorkerPool, crd, crd_yaml};
+use workerpool_core::pool::policy;
 
 fn schema() -> Value {
     let crd = serde_json::to_value(crd()).expect("CRD serializes");
@@ -140,7 +140,7 @@ fn every_policy_field_has_a_default() {
         }
     }
     let defaults = kube_cel::apply_defaults(&schema, &pool(minimal_spec()));
-    let spec: workerpool_operator::api::WorkerPoolSpec =
+    let spec: workerpool_core::api::WorkerPoolSpec =
         serde_json::from_value(defaults["spec"].clone()).expect("defaulted spec");
     assert_eq!(spec.policy.boot.timeout_seconds, 60);
     assert_eq!(spec.policy.boot.max_concurrent, 2);
@@ -207,7 +207,7 @@ fn cel_rules_reject_inconsistent_pools_naming_the_field() {
             "{name}: expected a CEL error naming {field}, got {errors:?}"
         );
         // The operator's own validation, used for pools that skip admission, agrees.
-        let parsed: workerpool_operator::api::WorkerPoolSpec =
+        let parsed: workerpool_core::api::WorkerPoolSpec =
             serde_json::from_value(spec).expect(name);
         let invalid = policy::validate(&parsed).expect_err(name);
         assert!(
@@ -257,7 +257,7 @@ fn schema_bounds_reject_out_of_range_numbers() {
         json!(["gunicorn", "uvicorn", "generic"])
     );
     // The derive and the validation agree on the bounds.
-    let mut spec: workerpool_operator::api::WorkerPoolSpec =
+    let mut spec: workerpool_core::api::WorkerPoolSpec =
         serde_json::from_value(minimal_spec()).expect("spec");
     spec.policy.boot.max_concurrent = 0;
     spec.policy.requests.timeout_seconds = -1;

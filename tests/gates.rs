@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use workerpool_operator::api::{InitPhase, WorkerPoolStatus};
+use workerpool_core::api::{InitPhase, WorkerPoolStatus};
 
 fn with_init(replicas: i32) -> serde_json::Value {
     json!({"replicas": replicas, "policy": {"init": {"command": ["python", "manage.py", "migrate"]}}})
@@ -213,7 +213,7 @@ fn failing_pod(name: &str, revision: &str, finished: &str) -> k8s_openapi::api::
 }
 
 fn revision_of(deployment: &Deployment) -> String {
-    workerpool_operator::pool::derive::revision_in(deployment)
+    workerpool_core::pool::derive::revision_in(deployment)
         .expect("revision annotation")
         .to_string()
 }

@@ -93,7 +93,7 @@ fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
     out
 }
 
-/// The API calls the controller makes (src/controller), as RBAC rules.
+/// The API calls the controller makes (crates/core/src/controller), as RBAC rules.
 fn controller_rules() -> Vec<(String, String, Vec<String>)> {
     let rule = |group: &str, resource: &str, verbs: &[&str]| {
         let mut verbs: Vec<String> = verbs.iter().map(|v| v.to_string()).collect();
@@ -361,10 +361,51 @@ fn argocd_health_check_passes_its_cases() {
     assert!(out.contains("10 cases passed"), "{out}");
 }
 
+/// `cargo tree` of the binary as the image builds it: `--no-default-features`, normal edges only.
+fn image_dependency_tree(format: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(ROOT)
+        .args([
+            "tree",
+            "--locked",
+            "-p",
+            "workerpool-operator",
+            "--no-default-features",
+        ])
+        .args(["-e", "normal", "--prefix", "none", "-f", format])
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn the_image_links_neither_the_sandbox_crate_nor_tokios_test_util() {
+    let crates = image_dependency_tree("{p}");
+    assert!(crates.contains("workerpool-core"), "{crates}");
+    assert!(!crates.contains("workerpool-sandbox"), "{crates}");
+    let features = image_dependency_tree("{p} {f}");
+    let tokio = features
+        .lines()
+        .find(|l| l.starts_with("tokio v"))
+        .expect("tokio is in the tree");
+    assert!(tokio.contains("rt-multi-thread"), "{tokio}");
+    assert!(!tokio.contains("test-util"), "{tokio}");
+}
+
 #[test]
 fn the_chart_runs_the_image_the_dockerfile_builds() {
     let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("Dockerfile");
     assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(
+        dockerfile.contains("COPY crates ./crates"),
+        "every workspace member's manifest is in the build context"
+    );
     assert!(
         dockerfile.contains("--no-default-features"),
         "the image is built without the sandbox and tokio's test-util"
@@ -388,7 +429,7 @@ fn the_chart_runs_the_image_the_dockerfile_builds() {
 
 /// Every `workerpool_` series the operator serves.
 fn served_series() -> String {
-    use workerpool_operator::controller::metrics::Metrics;
+    use workerpool_core::controller::metrics::Metrics;
     let metrics = Metrics::default();
     metrics.observe_reconcile(std::time::Duration::from_millis(1), Some("apply"));
     let stalled: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition =

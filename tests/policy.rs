@@ -7,9 +7,9 @@ use proptest::prelude::*;
 use serde_json::json;
 mod common;
 use common::{app_container_with, merge};
-use workerpool_operator::api::{Runtime, Source, WorkerPoolSpec};
-use workerpool_operator::pool::derive::{self, PoolRef};
-use workerpool_operator::pool::policy::{self, GRACE_MARGIN_SECONDS, Settings};
+use workerpool_core::api::{Runtime, Source, WorkerPoolSpec};
+use workerpool_core::pool::derive::{self, PoolRef};
+use workerpool_core::pool::policy::{self, GRACE_MARGIN_SECONDS, Settings};
 
 fn spec(runtime: &str, extra: serde_json::Value) -> WorkerPoolSpec {
     let mut value = json!({
@@ -471,9 +471,9 @@ fn the_revision_follows_what_shapes_the_pods_and_the_spec_hash_all_but_replicas(
 
 #[test]
 fn the_init_job_is_named_by_revision_and_command() {
-    let migrate: workerpool_operator::api::InitPolicy =
+    let migrate: workerpool_core::api::InitPolicy =
         serde_json::from_value(json!({"command": ["migrate"]})).expect("init");
-    let seed: workerpool_operator::api::InitPolicy =
+    let seed: workerpool_core::api::InitPolicy =
         serde_json::from_value(json!({"command": ["seed"]})).expect("init");
     let a = derive::init_job_name("api", "aaaaaaaaaa", &migrate);
     assert!(a.starts_with("api-init-aaaaaaaaaa-"), "{a}");

@@ -14,11 +14,11 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use std::time::Duration;
-use workerpool_operator::api::WorkerPool;
+use workerpool_core::api::WorkerPool;
 
-use workerpool_operator::controller::watched::Guarded;
-use workerpool_operator::controller::{Error, error_policy, reconcile};
-use workerpool_operator::status::PROGRESS_INTERVAL;
+use workerpool_core::controller::watched::Guarded;
+use workerpool_core::controller::{Error, error_policy, reconcile};
+use workerpool_core::status::PROGRESS_INTERVAL;
 
 /// A two-replica pool that has converged: its next reconcile makes no request.
 async fn at_rest() -> Harness {

@@ -3,9 +3,9 @@
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
-use workerpool_operator::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus, SeenAbort};
-use workerpool_operator::pool::ramp::DeploymentCounts;
-use workerpool_operator::pool::rollout::{
+use workerpool_core::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus, SeenAbort};
+use workerpool_core::pool::ramp::DeploymentCounts;
+use workerpool_core::pool::rollout::{
     Input, JobState, LiveDeployment, Plan, Template, job_state, plan, reason,
 };
 

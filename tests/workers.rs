@@ -12,10 +12,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
-use workerpool_operator::aborts::classify::KubeletEvent;
-use workerpool_operator::api::WorkerPoolStatus;
-use workerpool_operator::controller::metrics::Metrics;
-use workerpool_operator::controller::{Caches, Context};
+use workerpool_core::aborts::classify::KubeletEvent;
+use workerpool_core::api::WorkerPoolStatus;
+use workerpool_core::controller::metrics::Metrics;
+use workerpool_core::controller::{Caches, Context};
 
 const BOOT_FAILURE_LOG: &str = "\
 [2026-11-22 10:04:01 +0000] [7] [ERROR] Exception in worker process
@@ -180,10 +180,7 @@ async fn boot_failure_shows_in_status_condition_event_and_metric() {
     );
     assert_eq!(warnings(&h, "CrashLoop").await.len(), 1);
     assert_eq!(abort_metric(&h, "BootFailed").as_deref(), Some("1"));
-    assert_eq!(
-        status.phase,
-        Some(workerpool_operator::api::Phase::Degraded)
-    );
+    assert_eq!(status.phase, Some(workerpool_core::api::Phase::Degraded));
 }
 
 #[tokio::test]
@@ -449,7 +446,7 @@ async fn degraded_clears_when_the_window_passes() {
         Some("BootFailed".into()),
         "the last abort stays visible"
     );
-    assert_eq!(status.phase, Some(workerpool_operator::api::Phase::Ready));
+    assert_eq!(status.phase, Some(workerpool_core::api::Phase::Ready));
 }
 
 const DEATH_SPIRAL_LOG: &str = "\

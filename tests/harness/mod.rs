@@ -20,15 +20,15 @@ use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
 use kube_fake_client::{ClientBuilder, PatchType, interceptor};
 use serde_json::json;
-use workerpool_operator::aborts::classify::KubeletEvent;
-use workerpool_operator::api::{WorkerPool, WorkerPoolStatus};
-use workerpool_operator::controller::kubelet::EventReader;
-use workerpool_operator::controller::logs::{LogError, LogReader};
-use workerpool_operator::controller::metrics::Metrics;
-use workerpool_operator::controller::pod_cache::PodCache;
-use workerpool_operator::controller::watched::Guarded;
-use workerpool_operator::controller::watched::Watched;
-use workerpool_operator::controller::{Caches, Clock, Context, reconcile};
+use workerpool_core::aborts::classify::KubeletEvent;
+use workerpool_core::api::{WorkerPool, WorkerPoolStatus};
+use workerpool_core::controller::kubelet::EventReader;
+use workerpool_core::controller::logs::{LogError, LogReader};
+use workerpool_core::controller::metrics::Metrics;
+use workerpool_core::controller::pod_cache::PodCache;
+use workerpool_core::controller::watched::Guarded;
+use workerpool_core::controller::watched::Watched;
+use workerpool_core::controller::{Caches, Clock, Context, reconcile};
 
 pub const NS: &str = "shop";
 

@@ -4,7 +4,7 @@
 //! Two pure domains, no client and no clock: [`pool`] (validate, settle, build, ramp, gates) and
 //! [`aborts`] (pod view, classification, log hints, detection, ledger); [`status`] turns both into
 //! the pool's status. The I/O edge is [`controller`]; [`render`] and [`diagnose`] back the offline
-//! commands and [`sandbox`] the simulated cluster.
+//! commands. The simulated cluster is a crate of its own, `workerpool-sandbox`.
 
 pub mod aborts;
 pub mod api;
@@ -12,6 +12,4 @@ pub mod controller;
 pub mod diagnose;
 pub mod pool;
 pub mod render;
-#[cfg(feature = "sandbox")]
-pub mod sandbox;
 pub mod status;

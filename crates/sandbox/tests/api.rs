@@ -12,9 +12,9 @@ use kube::api::{
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
-use workerpool_operator::sandbox::apiserver::http::Fault;
-use workerpool_operator::sandbox::apiserver::{ApiServer, ServerConfig};
-use workerpool_operator::sandbox::virtual_clock;
+use workerpool_sandbox::apiserver::http::Fault;
+use workerpool_sandbox::apiserver::{ApiServer, ServerConfig};
+use workerpool_sandbox::virtual_clock;
 
 fn server() -> Arc<ApiServer> {
     ApiServer::new(virtual_clock(), ServerConfig::default())
@@ -619,7 +619,7 @@ async fn the_api_served_over_http_answers_a_client_built_from_its_kubeconfig() {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("config");
-    workerpool_operator::controller::run::install_tls_provider();
+    workerpool_core::controller::run::install_tls_provider();
     let client = kube::Client::try_from(config).expect("client");
     let api: Api<Pod> = Api::namespaced(client, "shop");
     api.create(&PostParams::default(), &pod("a", None))
@@ -660,8 +660,8 @@ async fn the_api_served_over_http_answers_a_client_built_from_its_kubeconfig() {
 
 #[tokio::test(start_paused = true)]
 async fn the_log_tail_keeps_the_end_of_long_json_lines() {
-    use workerpool_operator::aborts::loghints::{self, TAIL_BYTES};
-    use workerpool_operator::controller::logs::{ApiLogs, LogReader};
+    use workerpool_core::aborts::loghints::{self, TAIL_BYTES};
+    use workerpool_core::controller::logs::{ApiLogs, LogReader};
 
     let server = server();
     let api: Api<Pod> = Api::namespaced(server.client(), "shop");

@@ -20,13 +20,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::controller::Clock;
-use crate::controller::metrics::Metrics;
-use crate::controller::run::{Scope, control};
 use apiserver::{ApiServer, RESOURCES, ResourceType, ServerConfig, Target, Write};
 use cluster::Cluster;
 use meter::CpuMeter;
 use scenario::Scenario;
+use workerpool_core::controller::Clock;
+use workerpool_core::controller::metrics::Metrics;
+use workerpool_core::controller::run::{Scope, control};
 
 /// Where every sandbox run starts on the virtual clock, so runs are reproducible.
 pub const EPOCH: jiff::Timestamp = jiff::Timestamp::constant(1_767_258_000, 0);

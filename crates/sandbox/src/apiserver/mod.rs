@@ -17,9 +17,9 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use crate::controller::Clock;
-use crate::sandbox::meter::CpuMeter;
+use crate::meter::CpuMeter;
 use select::{FieldSelector, LabelSelector};
+use workerpool_core::controller::Clock;
 
 /// A resource the sandbox serves.
 #[derive(Debug, PartialEq, Eq)]

@@ -21,8 +21,8 @@ use super::scenario::Scenario;
 use super::timeline::Timeline;
 use k8s_openapi::api::core::v1::Container;
 
-use crate::api::{RUNTIME_ANNOTATION, Runtime};
-use crate::pool::policy::{self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS};
+use workerpool_core::api::{RUNTIME_ANNOTATION, Runtime};
+use workerpool_core::pool::policy::{self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS};
 
 const PODS: &ResourceType = &RESOURCES[0];
 const EVENTS: &ResourceType = &RESOURCES[1];

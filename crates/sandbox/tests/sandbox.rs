@@ -3,16 +3,16 @@
 
 use serde_json::{Value, json};
 
-use workerpool_operator::sandbox::apiserver::http::Fault;
-use workerpool_operator::sandbox::apiserver::{RESOURCES, ServerConfig};
-use workerpool_operator::sandbox::report::Report;
-use workerpool_operator::sandbox::scenario::Scenario;
-use workerpool_operator::sandbox::{Options, Sandbox};
+use workerpool_sandbox::apiserver::http::Fault;
+use workerpool_sandbox::apiserver::{RESOURCES, ServerConfig};
+use workerpool_sandbox::report::Report;
+use workerpool_sandbox::scenario::Scenario;
+use workerpool_sandbox::{Options, Sandbox};
 
 fn sample() -> Value {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/config/samples/gunicorn-django.yaml"
+        "/../../config/samples/gunicorn-django.yaml"
     ))
     .expect("sample");
     serde_yaml::from_str(&text).expect("yaml")
@@ -433,7 +433,7 @@ async fn a_restarted_operator_counts_no_abort_twice() {
 /// the time of the write.
 fn readiness_writes(
     changes: &mut tokio::sync::mpsc::UnboundedReceiver<
-        std::sync::Arc<workerpool_operator::sandbox::apiserver::Change>,
+        std::sync::Arc<workerpool_sandbox::apiserver::Change>,
     >,
 ) -> (Vec<jiff::Timestamp>, Vec<(jiff::Timestamp, i64)>) {
     let (mut pods_ready, mut deployment_ready) = (Vec::new(), Vec::new());
@@ -546,8 +546,8 @@ async fn the_kubelet_writes_times_on_the_clock_the_sandbox_was_started_with() {
 #[tokio::test(start_paused = true)]
 async fn pod_changes_within_a_moment_cost_one_reconcile() {
     use k8s_openapi::api::core::v1::Pod;
-    use workerpool_operator::sandbox::apiserver::select::{FieldSelector, LabelSelector};
-    use workerpool_operator::sandbox::apiserver::{Target, Write, resource_of};
+    use workerpool_sandbox::apiserver::select::{FieldSelector, LabelSelector};
+    use workerpool_sandbox::apiserver::{Target, Write, resource_of};
 
     let mut sandbox = sandbox(pool(4, 4), scenario("healthy"));
     sandbox.run_for(120).await;
