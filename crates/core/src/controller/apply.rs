@@ -15,7 +15,7 @@ use super::watched::{Lean, Watched};
 use super::{Context, Error};
 use crate::api::{AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::pool::Stall;
-use crate::pool::derive::{self, Children, PoolRef, SpecHashes};
+use crate::pool::derive::{self, PoolRef};
 use crate::pool::drift;
 use crate::pool::policy;
 use crate::pool::ramp::DeploymentCounts;
@@ -70,13 +70,11 @@ where
         Some(object) => object,
         None => {
             let api: Api<Watched<K>> = Api::namespaced(ctx.client.clone(), namespace);
-            match Box::pin(api.get_opt(name))
-                .await
-                .map_err(|source| Error::Read {
-                    kind: K::kind(&()).into_owned(),
-                    name: name.into(),
-                    source,
-                })? {
+            match api.get_opt(name).await.map_err(|source| Error::Read {
+                kind: K::kind(&()).into_owned(),
+                name: name.into(),
+                source,
+            })? {
                 Some(object) => Arc::new(object),
                 None => return Ok(Existing::Absent),
             }
@@ -89,16 +87,14 @@ where
     })
 }
 
-/// Server-side apply of one child of `pool` unless the live object already holds every field we
-/// set. `inputs` names what the desired object is derived from; while it and the live version are
-/// those last verified, the desired object is not even built. Returns whether a request was made.
+/// Server-side apply of one child of `pool` unless the live object is current: it holds every
+/// field of `desired` and was last applied as this same object (`drift::is_current`). This is the
+/// one rule that skips a write. Returns whether a request was made.
 async fn apply_child<K>(
     ctx: &Context,
     pool: &PoolRef,
-    name: &str,
-    inputs: u64,
     live: Option<&K>,
-    desired: impl FnOnce() -> K,
+    desired: &mut K,
 ) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -107,47 +103,29 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let uid = pool.uid.as_deref().unwrap_or_default();
-    let child = (K::KIND, name.to_owned());
-    let live_version = live.map(|l| drift::spec_and_meta_version(l.meta()));
-    if let Some(version) = live_version
-        && ctx.memory.is_verified(uid, &child, version, inputs)
-    {
-        return Ok(false);
-    }
-    let mut desired = Box::new(desired());
-    let hash = drift::stamp(desired.as_mut()).map_err(Error::Serialize)?;
+    let hash = drift::stamp(desired).map_err(Error::Serialize)?;
     if let Some(live) = live {
-        let desired_value = serde_json::to_value(&desired).map_err(Error::Serialize)?;
+        let desired_value = serde_json::to_value(&*desired).map_err(Error::Serialize)?;
         let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
         if drift::is_current(&live_value, &desired_value, &hash) {
-            if let Some(version) = live_version {
-                ctx.memory.verified(uid, child, version, inputs);
-            }
             return Ok(false);
         }
     }
-    // A forced apply leaves the object holding every field it sets, so the version it answers
-    // with is verified without reading the rest of the answer.
+    let name = desired.meta().name.clone().unwrap_or_default();
+    // Only the answer's metadata is decoded: nothing in the rest of it is read.
     let api: Api<Watched<PartialObjectMeta<K>>> =
         Api::namespaced(ctx.client.clone(), &pool.namespace);
-    let applied = Box::pin(api.patch(
-        name,
+    api.patch(
+        &name,
         &PatchParams::apply(MANAGER_NAME).force(),
-        &Patch::Apply(&desired),
-    ))
+        &Patch::Apply(&*desired),
+    )
     .await
     .map_err(|source| Error::Apply {
         kind: K::KIND.into(),
-        name: name.into(),
+        name,
         source,
     })?;
-    ctx.memory.verified(
-        uid,
-        child,
-        drift::spec_and_meta_version(&applied.0.metadata),
-        inputs,
-    );
     Ok(true)
 }
 
@@ -172,7 +150,7 @@ async fn hold_template(
         ..PatchParams::default()
     };
     let patch = json!({"spec": {"replicas": replicas, "paused": paused}});
-    Box::pin(api.patch(&pool.name, &params, &Patch::Merge(&patch)))
+    api.patch(&pool.name, &params, &Patch::Merge(&patch))
         .await
         .map_err(|source| Error::Apply {
             kind: "Deployment".into(),
@@ -226,25 +204,13 @@ pub(super) async fn apply_children(
     let name = pool_ref.name.as_str();
     let generation = pool.metadata.generation.unwrap_or(0);
     let spec = valid.spec();
-    // The children are derived only when something needs them: their revision is remembered per
-    // version of the pool, and an unchanged child is recognised without building it.
-    let pool_version = drift::spec_and_meta_version(&pool.metadata);
-    // Boxed, like each request's future below: held across awaits, a child by value would make
-    // every reconcile's future several kilobytes larger, and such a future is moved whole.
-    let mut children: Option<Box<Children>> = None;
-    let derive = || Box::new(derive::build(pool_ref, valid, settings, 0));
-    let SpecHashes {
-        revision,
-        spec: spec_hash,
-    } = match ctx.memory.spec_hashes(uid, pool_version) {
-        Some(hashes) => hashes,
-        None => {
-            let hashes = SpecHashes::of(spec);
-            ctx.memory.took_spec_hashes(uid, pool_version, &hashes);
-            hashes
-        }
-    };
-    let job_name = derive::init_job_name_of(name, valid, &revision);
+    let mut children = derive::build(pool_ref, valid, settings, 0);
+    let revision = children.revision.clone();
+    let spec_hash = derive::spec_hash(spec);
+    let job_name = children
+        .init_job
+        .as_ref()
+        .and_then(|job| job.metadata.name.clone());
 
     let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
     let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
@@ -304,18 +270,9 @@ pub(super) async fn apply_children(
     });
 
     if plan.create_init_job
-        && let Some(job_name) = &job_name
-        && let Some(job) = children.get_or_insert_with(derive).init_job.take()
+        && let Some(job) = children.init_job.as_mut()
     {
-        Box::pin(apply_child(
-            ctx,
-            pool_ref,
-            job_name,
-            pool_version,
-            None,
-            || job,
-        ))
-        .await?;
+        apply_child(ctx, pool_ref, None, job).await?;
     }
     match (plan.apply_deployment, plan.template, live_deployment) {
         (false, ..) => {}
@@ -323,42 +280,14 @@ pub(super) async fn apply_children(
         // whatever other managers set in it (`kubectl rollout restart`'s annotation, say), and
         // only the gates' replicas and pause are written.
         (true, rollout::Template::KeepLive, Some(live)) => {
-            Box::pin(hold_template(
-                ctx,
-                pool_ref,
-                live,
-                plan.replicas,
-                plan.paused,
-            ))
-            .await?;
+            hold_template(ctx, pool_ref, live, plan.replicas, plan.paused).await?;
         }
         (true, ..) => {
-            let inputs = drift::version_of((pool_version, plan.replicas, plan.paused));
-            Box::pin(apply_child(
-                ctx,
-                pool_ref,
-                name,
-                inputs,
-                live_deployment,
-                || {
-                    let mut deployment =
-                        std::mem::take(&mut children.get_or_insert_with(derive).deployment);
-                    derive::shape(&mut deployment, plan.replicas, plan.paused);
-                    deployment
-                },
-            ))
-            .await?;
+            derive::shape(&mut children.deployment, plan.replicas, plan.paused);
+            apply_child(ctx, pool_ref, live_deployment, &mut children.deployment).await?;
         }
     }
-    Box::pin(apply_child(
-        ctx,
-        pool_ref,
-        name,
-        pool_version,
-        ours(&pdb),
-        || std::mem::take(&mut children.get_or_insert_with(derive).pdb),
-    ))
-    .await?;
+    apply_child(ctx, pool_ref, ours(&pdb), &mut children.pdb).await?;
     Ok(Applied {
         stall: plan.stall.clone(),
         ramp_target: plan.apply_deployment.then_some(plan.replicas),

@@ -10,9 +10,6 @@
 //!   instead of the stale cache, which would recount aborts. Lost: the next reconcile recomputes
 //!   from the server's copy once the watch catches up, and the ledger there counts nothing twice.
 //! - `last_write`: pacing of progress-only writes. Lost: one write comes early.
-//! - `verified` and `spec_hashes`: work skipped. A child is skipped only while both its live
-//!   version and the inputs it was derived from are the ones verified; any change of either
-//!   re-derives and re-checks it. Lost: one derivation and comparison per child.
 //! - `failed_attempts`: the retry back-off. Lost: back-off starts again at 5 s.
 //! - `sampled`: at most one log read per unhealthy container per interval. Lost: one early read.
 //! - `announced_ready` and `sighted`: one `Ready` Event per revision and size, one Event list per
@@ -26,10 +23,6 @@ use kube::core::ObjectMeta;
 
 use crate::aborts::detect::SAMPLE_INTERVAL;
 use crate::api::WorkerPoolStatus;
-use crate::pool::derive::SpecHashes;
-
-/// A child of a pool: its kind and name, within the pool's namespace.
-pub type ChildKey = (&'static str, String);
 
 /// Versions of the pool older than a status write are remembered up to this many; more writes
 /// ahead of the cache than this is unusual.
@@ -43,11 +36,6 @@ struct PoolMemory {
     /// When this process last wrote the status and the version that write produced, for
     /// pacing writes that only report progress.
     last_write: Option<(Timestamp, Option<String>)>,
-    /// Children whose live version was last found to hold every field this controller sets,
-    /// with the version of what that was derived from (live, inputs).
-    verified: HashMap<ChildKey, (u64, u64)>,
-    /// The pool's revision and spec hash, with the version of the pool they were taken from.
-    spec_hashes: Option<(u64, SpecHashes)>,
     /// Reconciles that failed in a row.
     failed_attempts: u32,
     /// When each unhealthy container's log (by pod uid and container name) was last sampled.
@@ -176,33 +164,6 @@ impl Memory {
         (ahead || (version.is_some() && *version == cached.resource_version)).then_some(*at)
     }
 
-    /// Whether the child's live version and inputs are those last verified.
-    pub fn is_verified(&self, uid: &str, child: &ChildKey, live: u64, inputs: u64) -> bool {
-        self.pools()
-            .get(uid)
-            .and_then(|record| record.verified.get(child))
-            == Some(&(live, inputs))
-    }
-
-    pub fn verified(&self, uid: &str, child: ChildKey, live: u64, inputs: u64) {
-        self.with_record(uid, |record| {
-            record.verified.insert(child, (live, inputs));
-        });
-    }
-
-    /// The pool's revision and spec hash, if taken from this version of the pool.
-    pub fn spec_hashes(&self, uid: &str, pool_version: u64) -> Option<SpecHashes> {
-        let pools = self.pools();
-        let (version, hashes) = pools.get(uid)?.spec_hashes.as_ref()?;
-        (*version == pool_version).then(|| hashes.clone())
-    }
-
-    pub fn took_spec_hashes(&self, uid: &str, pool_version: u64, hashes: &SpecHashes) {
-        self.with_record(uid, |record| {
-            record.spec_hashes = Some((pool_version, hashes.clone()));
-        });
-    }
-
     /// Counts a failed reconcile; returns the failures in a row, this one included.
     pub fn failed(&self, uid: &str) -> u32 {
         self.with_record(uid, |record| {
@@ -271,8 +232,7 @@ impl Memory {
         }
     }
 
-    /// Drops everything remembered of a deleted pool, its init Jobs (named apart from the pool)
-    /// included.
+    /// Drops everything remembered of a deleted pool.
     pub fn forget(&self, uid: &str) {
         self.pools().remove(uid);
     }
@@ -291,11 +251,6 @@ impl Memory {
             .values()
             .filter(|r| r.last_write.is_some())
             .count()
-    }
-
-    /// Children whose last verification is remembered (for tests and sizing).
-    pub fn verified_children(&self) -> usize {
-        self.pools().values().map(|r| r.verified.len()).sum()
     }
 }
 
@@ -350,10 +305,10 @@ mod tests {
     fn another_pool_of_the_same_name_reads_nothing_of_the_first() {
         let memory = Memory::default();
         memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
-        memory.verified("a", ("Deployment", "api".into()), 7, 8);
+        assert!(memory.ready_is_news("a", "r1", 3));
         assert_eq!(memory.status_ahead_of_cache(&meta("b", "1")), None);
-        assert!(!memory.is_verified("b", &("Deployment", "api".into()), 7, 8));
-        assert!(memory.is_verified("a", &("Deployment", "api".into()), 7, 8));
+        assert!(memory.ready_is_news("b", "r1", 3));
+        assert!(!memory.ready_is_news("a", "r1", 3));
     }
 
     #[test]
@@ -367,18 +322,6 @@ mod tests {
             None,
             "someone else wrote since"
         );
-    }
-
-    #[test]
-    fn spec_hashes_hold_for_the_pool_version_they_were_taken_from() {
-        let memory = Memory::default();
-        let hashes = SpecHashes {
-            revision: "abc".into(),
-            spec: "def".into(),
-        };
-        memory.took_spec_hashes("a", 1, &hashes);
-        assert_eq!(memory.spec_hashes("a", 1), Some(hashes));
-        assert_eq!(memory.spec_hashes("a", 2), None);
     }
 
     #[test]
@@ -424,21 +367,11 @@ mod tests {
     fn a_forgotten_pool_leaves_nothing() {
         let memory = Memory::default();
         memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
-        memory.verified("a", ("Job", "api-init-abc".into()), 1, 2);
-        memory.took_spec_hashes(
-            "a",
-            1,
-            &SpecHashes {
-                revision: "abc".into(),
-                spec: "def".into(),
-            },
-        );
+        memory.ready_is_news("a", "r1", 3);
         memory.failed("a");
         memory.forget("a");
         assert_eq!(memory.written_pools(), 0);
         assert_eq!(memory.paced_pools(), 0);
-        assert_eq!(memory.verified_children(), 0);
-        assert_eq!(memory.spec_hashes("a", 1), None);
         assert!(memory.0.lock().expect("lock").is_empty());
     }
 }

@@ -131,11 +131,6 @@ impl Context {
         self.memory.paced_pools()
     }
 
-    /// Children whose last verification this process remembers (for tests and sizing).
-    pub fn verified_children(&self) -> usize {
-        self.memory.verified_children()
-    }
-
     /// Reads container logs from somewhere other than the API server (tests, the sandbox).
     pub fn with_logs(mut self, logs: Arc<dyn LogReader>) -> Self {
         self.logs = logs;

@@ -42,7 +42,7 @@ impl Recorders {
     ) -> Result<(), kube::Error> {
         if fold == Fold::Never {
             let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-            return Box::pin(recorder.publish(event, pool)).await;
+            return recorder.publish(event, pool).await;
         }
         let key = (
             pool.namespace.clone().unwrap_or_default(),
@@ -55,7 +55,7 @@ impl Recorders {
                 .clone(),
             Err(_) => Recorder::new(self.client.clone(), self.reporter.clone()),
         };
-        Box::pin(recorder.publish(event, pool)).await
+        recorder.publish(event, pool).await
     }
 
     /// Drops a deleted pool's recorder and the Events it remembers.

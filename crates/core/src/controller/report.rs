@@ -85,7 +85,8 @@ pub(super) async fn write_status(
         "status": new,
     });
     let params = PatchParams::apply(STATUS_MANAGER).force();
-    let written = Box::pin(api.patch_status(name, &params, &Patch::Apply(&body)))
+    let written = api
+        .patch_status(name, &params, &Patch::Apply(&body))
         .await
         .map_err(status_error)?;
     let entries = written
@@ -104,14 +105,15 @@ pub(super) async fn write_status(
         {"op": "replace", "path": "/metadata/managedFields", "value": upgraded},
     ]);
     let patch: json_patch::Patch = serde_json::from_value(handover).map_err(Error::Serialize)?;
-    Box::pin(api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch)))
+    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
         .map_err(status_error)?;
     tracing::info!(
         pool = name,
         "status fields of an earlier version handed to {STATUS_MANAGER}"
     );
-    let written = Box::pin(api.patch_status(name, &params, &Patch::Apply(&body)))
+    let written = api
+        .patch_status(name, &params, &Patch::Apply(&body))
         .await
         .map_err(status_error)?;
     Ok(written.metadata.resource_version)

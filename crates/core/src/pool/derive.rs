@@ -160,22 +160,6 @@ pub fn spec_hash(spec: &WorkerPoolSpec) -> String {
     short_hash(&unscaled(spec), 10)
 }
 
-/// The two hashes of a spec the gates key on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpecHashes {
-    pub revision: String,
-    pub spec: String,
-}
-
-impl SpecHashes {
-    pub fn of(spec: &WorkerPoolSpec) -> Self {
-        SpecHashes {
-            revision: revision_of(spec),
-            spec: spec_hash(spec),
-        }
-    }
-}
-
 /// The revision a live Deployment's template carries, if it is one of ours.
 pub fn revision_in(deployment: &Deployment) -> Option<&str> {
     deployment
@@ -203,21 +187,11 @@ pub fn init_job_name(pool: &str, revision: &str, init: &InitPolicy) -> String {
     format!("{prefix}{suffix}")
 }
 
-/// The name of the pool's init Job for this revision, when its policy asks for one.
-pub fn init_job_name_of(pool: &str, valid: &ValidPool<'_>, revision: &str) -> Option<String> {
-    valid
-        .spec()
-        .policy
-        .init
-        .as_ref()
-        .map(|init| init_job_name(pool, revision, init))
-}
-
 /// The run-once Job: the app container's image, env and mounts with the init command, the pod's
 /// volumes and scheduling, no restarts in place, a deadline and bounded retries.
 fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str) -> Option<Job> {
-    let name = init_job_name_of(&pool.name, valid, revision)?;
     let init = valid.spec().policy.init.as_ref()?;
+    let name = init_job_name(&pool.name, revision, init);
     let source = valid.pod_spec();
     let app = valid.app_container();
     let container = Container {
