@@ -4,11 +4,11 @@
 //! (sizes in docs/benchmarks.md). Pure.
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, Pod};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::api::{POOL_LABEL, REVISION_ANNOTATION, REVISION_LABEL, RUNTIME_ANNOTATION, Runtime};
+use crate::api::Runtime;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodView {
@@ -125,77 +125,30 @@ impl ContainerView {
     }
 }
 
-impl From<&ContainerStatus> for ContainerView {
-    fn from(status: &ContainerStatus) -> Self {
-        ContainerView::new(
-            status.name.clone(),
-            status.ready,
-            status.restart_count,
-            status.state.as_ref(),
-            status.last_state.as_ref(),
-        )
-    }
-}
-
 /// The scheduler's verdict when it found no node: `PodScheduled` False, reason `Unschedulable`.
-fn unschedulable<'a>(
-    conditions: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>, Option<&'a String>)>,
-) -> Option<Unschedulable> {
+fn unschedulable(conditions: &[ConditionJson]) -> Option<Unschedulable> {
     conditions
-        .into_iter()
-        .find(|(type_, status, reason, _)| {
-            *type_ == "PodScheduled" && *status == "False" && *reason == Some("Unschedulable")
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
         })
-        .map(|(_, _, _, message)| Unschedulable {
-            message: message.cloned(),
+        .map(|c| Unschedulable {
+            message: c.message.clone(),
         })
 }
 
+/// A whole `Pod` (`kubectl get pod -o json`, a test) is read through its JSON by the decoder the
+/// pod watch uses, so there is one reading of a pod.
 impl From<&Pod> for PodView {
     fn from(pod: &Pod) -> Self {
-        let meta = &pod.metadata;
-        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).cloned();
-        let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
-        let status = pod.status.as_ref();
-        let unschedulable = unschedulable(
-            status
-                .and_then(|s| s.conditions.as_deref())
-                .unwrap_or_default()
-                .iter()
-                .map(|c| {
-                    (
-                        c.type_.as_str(),
-                        c.status.as_str(),
-                        c.reason.as_deref(),
-                        c.message.as_ref(),
-                    )
-                }),
-        );
-        PodView {
-            name: meta.name.clone().unwrap_or_default(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            uid: meta.uid.clone().unwrap_or_default(),
-            pool: label(POOL_LABEL),
-            revision: annotation(REVISION_ANNOTATION).or_else(|| label(REVISION_LABEL)),
-            runtime: annotation(RUNTIME_ANNOTATION).and_then(|r| r.parse().ok()),
-            deleting: meta.deletion_timestamp.is_some(),
-            phase: status.and_then(|s| s.phase.clone()),
-            reason: status.and_then(|s| s.reason.clone()),
-            message: status.and_then(|s| s.message.clone()),
-            unschedulable,
-            containers: status
-                .and_then(|s| s.container_statuses.as_deref())
-                .unwrap_or_default()
-                .iter()
-                .map(ContainerView::from)
-                .collect(),
-            init_containers: status
-                .and_then(|s| s.init_container_statuses.as_deref())
-                .unwrap_or_default()
-                .iter()
-                .map(ContainerView::from)
-                .collect(),
-        }
+        // A `Pod` always serializes to JSON that decodes as [`PodJson`] (every field it requires,
+        // a container status's name, is required in `Pod` too); the default is never reached.
+        serde_json::to_value(pod)
+            .and_then(PodJson::deserialize)
+            .map(|json| json.into_view().1)
+            .unwrap_or_default()
     }
 }
 
@@ -219,7 +172,8 @@ struct MetaJson {
     annotations: Option<AnnotationsJson>,
 }
 
-/// The labels read; the names are those of [`POOL_LABEL`] and [`REVISION_LABEL`].
+/// The labels read; the names are those of [`crate::api::POOL_LABEL`] and
+/// [`crate::api::REVISION_LABEL`].
 #[derive(Deserialize)]
 struct LabelsJson {
     #[serde(rename = "workerpool.dev/pool")]
@@ -228,7 +182,8 @@ struct LabelsJson {
     template_hash: Option<String>,
 }
 
-/// The annotations read; the names are those of [`REVISION_ANNOTATION`] and [`RUNTIME_ANNOTATION`].
+/// The annotations read; the names are those of [`crate::api::REVISION_ANNOTATION`] and
+/// [`crate::api::RUNTIME_ANNOTATION`].
 #[derive(Deserialize)]
 struct AnnotationsJson {
     #[serde(rename = "workerpool.dev/revision")]
@@ -297,14 +252,7 @@ impl PodJson {
             phase: status.phase,
             reason: status.reason,
             message: status.message,
-            unschedulable: unschedulable(status.conditions.iter().flatten().map(|c| {
-                (
-                    c.type_.as_str(),
-                    c.status.as_str(),
-                    c.reason.as_deref(),
-                    c.message.as_ref(),
-                )
-            })),
+            unschedulable: unschedulable(status.conditions.as_deref().unwrap_or_default()),
             containers,
             init_containers,
         };
@@ -342,6 +290,7 @@ impl PodView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{POOL_LABEL, REVISION_ANNOTATION, REVISION_LABEL, RUNTIME_ANNOTATION};
     use serde_json::json;
 
     fn full_pod() -> serde_json::Value {
