@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -15,7 +17,7 @@ use super::watched::{Lean, Watched};
 use super::{Context, Error};
 use crate::api::{AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::pool::Stall;
-use crate::pool::derive::{self, PoolRef};
+use crate::pool::derive::{self, Children, PoolRef};
 use crate::pool::drift;
 use crate::pool::policy;
 use crate::pool::ramp::DeploymentCounts;
@@ -181,6 +183,19 @@ impl Applied {
             revision: None,
         }
     }
+
+    /// What the plan did to children that stood as `live`.
+    pub(super) fn of(plan: rollout::Plan, live: &LiveChildren, revision: String) -> Self {
+        let live_deployment = live.deployment();
+        Applied {
+            stall: plan.stall.clone(),
+            ramp_target: plan.apply_deployment.then_some(plan.replicas),
+            previous_target: live_deployment.map(|d| deployment_counts(d).target),
+            created: live_deployment.is_none() && plan.apply_deployment,
+            plan: Some(plan),
+            revision: Some(revision),
+        }
+    }
 }
 
 fn ours<K>(existing: &Existing<K>) -> Option<&K> {
@@ -190,110 +205,140 @@ fn ours<K>(existing: &Existing<K>) -> Option<&K> {
     }
 }
 
-pub(super) async fn apply_children(
-    ctx: &Context,
-    pool: &WorkerPool,
-    pool_ref: &PoolRef,
-    valid: &policy::ValidPool<'_>,
-    settings: &policy::Settings,
-    aborts: &AbortSummary,
-    status: Option<&WorkerPoolStatus>,
-) -> Result<Applied, Error> {
-    let uid = pool_ref.uid.as_deref().unwrap_or_default();
-    let ns = pool_ref.namespace.as_str();
-    let name = pool_ref.name.as_str();
-    let generation = pool.metadata.generation.unwrap_or(0);
-    let spec = valid.spec();
-    let mut children = derive::build(pool_ref, valid, settings, 0);
-    let revision = children.revision.clone();
-    let spec_hash = derive::spec_hash(spec);
-    let job_name = children
-        .init_job
-        .as_ref()
-        .and_then(|job| job.metadata.name.clone());
+/// A pool's children as they stand: from the watch caches, or from the API for one the cache
+/// does not hold yet.
+pub(super) struct LiveChildren {
+    deployment: Existing<Deployment>,
+    pdb: Existing<PodDisruptionBudget>,
+    /// The init Job of this revision, looked for only while the Deployment does not run it yet.
+    job: Option<(String, Existing<Job>)>,
+}
 
-    let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
-    let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
-    // The init Job matters only until the Deployment runs this revision; after that the Job
-    // is finished and cleaned up, and looking for it would cost a request per reconcile.
-    let runs_revision = ours(&deployment).and_then(derive::revision_in) == Some(revision.as_str());
-    let job = match job_name.as_deref().filter(|_| !runs_revision) {
-        Some(job_name) => Some(existing(ctx, &ctx.jobs, ns, job_name, uid).await?),
-        None => None,
-    };
-    let foreign: Vec<String> = [
-        matches!(deployment, Existing::Foreign).then(|| format!("Deployment {ns}/{name}")),
-        matches!(pdb, Existing::Foreign).then(|| format!("PodDisruptionBudget {ns}/{name}")),
-        matches!(job, Some(Existing::Foreign))
-            .then(|| format!("Job {ns}/{}", job_name.as_deref().unwrap_or_default())),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if !foreign.is_empty() {
-        return Ok(Applied::stalled(Stall {
+impl LiveChildren {
+    pub(super) fn deployment(&self) -> Option<&Deployment> {
+        ours(&self.deployment)
+    }
+
+    /// Same-named objects this pool does not own: they are left untouched, and the pool stalls.
+    pub(super) fn not_owned(&self, pool: &PoolRef) -> Option<Stall> {
+        let (ns, name) = (&pool.namespace, &pool.name);
+        let foreign: Vec<String> = [
+            matches!(self.deployment, Existing::Foreign).then(|| format!("Deployment {ns}/{name}")),
+            matches!(self.pdb, Existing::Foreign)
+                .then(|| format!("PodDisruptionBudget {ns}/{name}")),
+            match &self.job {
+                Some((job, Existing::Foreign)) => Some(format!("Job {ns}/{job}")),
+                _ => None,
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!foreign.is_empty()).then(|| Stall {
             reason: reason::NOT_OWNED,
             message: format!(
                 "{} already exists and is not owned by this WorkerPool; it was left untouched. Rename the pool or remove that object",
                 foreign.join(" and ")
             ),
-        }));
+        })
     }
+}
 
-    let live_deployment = ours(&deployment);
-    let counts = live_deployment.map(deployment_counts);
-    let job_state = job.as_ref().map(|j| match ours(j) {
-        Some(live) => rollout::job_state(live),
-        None => rollout::JobState::Absent,
+/// Reads the children `children` would become.
+pub(super) async fn read_children(
+    ctx: &Context,
+    pool: &PoolRef,
+    children: &Children,
+) -> Result<LiveChildren, Error> {
+    let uid = pool.uid.as_deref().unwrap_or_default();
+    let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
+    let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
+    let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
+    // The init Job matters only until the Deployment runs this revision; after that the Job
+    // is finished and cleaned up, and looking for it would cost a request per reconcile.
+    let runs_revision =
+        ours(&deployment).and_then(derive::revision_in) == Some(children.revision.as_str());
+    let job_name = children
+        .init_job
+        .as_ref()
+        .and_then(|job| job.metadata.name.clone())
+        .filter(|_| !runs_revision);
+    let job = match job_name {
+        Some(job_name) => {
+            let job = existing(ctx, &ctx.jobs, ns, &job_name, uid).await?;
+            Some((job_name, job))
+        }
+        None => None,
+    };
+    Ok(LiveChildren {
+        deployment,
+        pdb,
+        job,
+    })
+}
+
+/// What the gates decide for children that stand as `live`. Pure.
+pub(super) fn plan(
+    pool: &WorkerPool,
+    valid: &policy::ValidPool<'_>,
+    children: &Children,
+    live: &LiveChildren,
+    aborts: &AbortSummary,
+    status: Option<&WorkerPoolStatus>,
+    now: jiff::Timestamp,
+) -> rollout::Plan {
+    let spec = valid.spec();
+    let spec_hash = derive::spec_hash(spec);
+    let job_state = live.job.as_ref().map(|(name, job)| {
+        let state = ours(job).map_or(rollout::JobState::Absent, rollout::job_state);
+        (name.as_str(), state)
     });
-    let plan = rollout::plan(&rollout::Input {
-        generation,
+    rollout::plan(&rollout::Input {
+        generation: pool.metadata.generation.unwrap_or(0),
         desired: spec.replicas,
         max_concurrent: spec.policy.boot.max_concurrent,
-        revision: &revision,
+        revision: &children.revision,
         spec_hash: &spec_hash,
-        live: live_deployment
-            .zip(counts)
-            .map(|(d, counts)| rollout::LiveDeployment {
-                counts,
-                revision: derive::revision_in(d),
-            }),
-        init_job: job_state
-            .zip(job_name.as_deref())
-            .map(|(state, name)| (name, state)),
+        live: live.deployment().map(|d| rollout::LiveDeployment {
+            counts: deployment_counts(d),
+            revision: derive::revision_in(d),
+        }),
+        init_job: job_state,
         previous_init: status.and_then(|s| s.init.as_ref()),
         previous_circuit: status.and_then(|s| s.circuit.as_ref()),
         aborts: Some(aborts),
         threshold: spec.policy.failure.boot_failure_threshold,
         window_seconds: spec.policy.failure.window_seconds,
-        now: (ctx.clock)(),
-    });
+        now,
+    })
+}
 
+/// Applies what the plan asks for and the live children lack.
+pub(super) async fn apply_planned(
+    ctx: &Context,
+    pool: &PoolRef,
+    plan: &rollout::Plan,
+    live: &LiveChildren,
+    children: &mut Children,
+) -> Result<(), Error> {
     if plan.create_init_job
         && let Some(job) = children.init_job.as_mut()
     {
-        apply_child(ctx, pool_ref, None, job).await?;
+        apply_child(ctx, pool, None, job).await?;
     }
-    match (plan.apply_deployment, plan.template, live_deployment) {
+    match (plan.apply_deployment, plan.template, live.deployment()) {
         (false, ..) => {}
         // The new revision waits for its init Job: the live template is left as it is, with
         // whatever other managers set in it (`kubectl rollout restart`'s annotation, say), and
         // only the gates' replicas and pause are written.
         (true, rollout::Template::KeepLive, Some(live)) => {
-            hold_template(ctx, pool_ref, live, plan.replicas, plan.paused).await?;
+            hold_template(ctx, pool, live, plan.replicas, plan.paused).await?;
         }
         (true, ..) => {
             derive::shape(&mut children.deployment, plan.replicas, plan.paused);
-            apply_child(ctx, pool_ref, live_deployment, &mut children.deployment).await?;
+            apply_child(ctx, pool, live.deployment(), &mut children.deployment).await?;
         }
     }
-    apply_child(ctx, pool_ref, ours(&pdb), &mut children.pdb).await?;
-    Ok(Applied {
-        stall: plan.stall.clone(),
-        ramp_target: plan.apply_deployment.then_some(plan.replicas),
-        previous_target: counts.map(|c| c.target),
-        created: live_deployment.is_none() && plan.apply_deployment,
-        plan: Some(plan),
-        revision: Some(revision),
-    })
+    apply_child(ctx, pool, ours(&live.pdb), &mut children.pdb).await?;
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! The I/O edge: reads pools and the watch caches, applies children, writes status and Events.
 //!
-//! `reconcile` is a pipeline — observe, validate, settle, build, apply what differs, compute
-//! status, write it if it differs — where only the first and the last two steps touch the API.
+//! `reconcile_pool` is one pipeline, numbered in its body: observe (watch caches, aborts), validate,
+//! settle and build (pure), read the children, plan the gates (pure) and apply what differs
+//! (`converge`), compute the status (pure) and write it if it differs. Only the reads, the
+//! applies and the status write hold a client.
 
 mod apply;
 mod error;
@@ -31,7 +33,7 @@ use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
-use apply::{Applied, apply_children, deployment_counts, is_owned_by};
+use apply::{Applied, deployment_counts, is_owned_by};
 pub use error::Error;
 use kubelet::{ApiEvents, EventReader};
 use logs::{ApiLogs, LogReader};
@@ -41,10 +43,10 @@ use pod_cache::PodCache;
 use recorders::Recorders;
 use report::{announce, publish, report_aborts, write_status};
 
-use crate::api::WorkerPool;
+use crate::api::{AbortSummary, WorkerPool, WorkerPoolStatus};
 use crate::controller::watched::{Guarded, Watched};
 use crate::pool::Stall;
-use crate::pool::derive::{self, PoolRef};
+use crate::pool::derive::{self, Children, PoolRef};
 use crate::pool::policy;
 use crate::status::{self, Observation, reason};
 
@@ -247,6 +249,25 @@ fn refusal(error: &Error, namespace: &str) -> Option<Stall> {
     })
 }
 
+/// Reads the children, lets the gates plan, and applies what the live children lack.
+async fn converge(
+    ctx: &Context,
+    pool: &WorkerPool,
+    pool_ref: &PoolRef,
+    valid: &policy::ValidPool<'_>,
+    children: &mut Children,
+    aborts: &AbortSummary,
+    old: Option<&WorkerPoolStatus>,
+) -> Result<Applied, Error> {
+    let live = apply::read_children(ctx, pool_ref, children).await?;
+    if let Some(stall) = live.not_owned(pool_ref) {
+        return Ok(Applied::stalled(stall));
+    }
+    let plan = apply::plan(pool, valid, children, &live, aborts, old, (ctx.clock)());
+    apply::apply_planned(ctx, pool_ref, &plan, &live, children).await?;
+    Ok(Applied::of(plan, &live, children.revision.clone()))
+}
+
 pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
     let name = pool.metadata.name.clone().ok_or(Error::Metadata("name"))?;
     let namespace = pool
@@ -265,9 +286,10 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     let remembered = ctx.memory.status_ahead_of_cache(&pool.metadata);
     let old = remembered.as_ref().or(pool.status.as_ref());
 
-    // Aborts first: the circuit breaker decides on them.
+    // 1. Observe. Aborts first: the circuit breaker decides on them.
     let workers = workers::observe(ctx, pool, old, &namespace, &name).await;
 
+    // 2. Validate, settle and build (pure); 3. read the children, plan, apply what differs.
     // A write the API server refused is shown on the pool, then retried with back-off.
     let mut refused = None;
     let (settings, applied) = match policy::validate(&pool.spec) {
@@ -280,12 +302,13 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         }
         Ok(valid) => {
             let settings = policy::settle(&valid);
-            let applied = match apply_children(
+            let mut children = derive::build(&pool_ref, &valid, &settings, 0);
+            let applied = match converge(
                 ctx,
                 pool,
                 &pool_ref,
                 &valid,
-                &settings,
+                &mut children,
                 &workers.summary,
                 old,
             )
@@ -305,6 +328,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     };
     let stall = applied.stall.as_ref();
 
+    // 4. Compute the status (pure) and write it if it differs.
     let cached = ctx
         .deployments
         .get(&ObjectRef::new(&name).within(&namespace))
