@@ -467,6 +467,25 @@ fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
             .any(|c| c["type"] == "Established" && c["status"] == "True")
     });
     assert!(established, "{crd:#}");
+    // The API server takes the CRD without a warning (an unknown format would be one).
+    let crd_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/workerpool.dev_workerpools.yaml"
+    );
+    let reapplied = kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--dry-run=server",
+        "-f",
+        crd_file,
+    ]);
+    assert!(reapplied.ok, "{}", reapplied.stderr);
+    assert!(
+        !reapplied.stderr.contains("Warning"),
+        "the API server warned: {}",
+        reapplied.stderr
+    );
 
     let ns = namespace("e2e-admission");
     // The API server and `render` refuse the same pools, naming the same field.

@@ -311,3 +311,75 @@ fn container_list_is_bounded_for_the_cel_cost_estimate() {
             .is_some_and(|n| n <= 63)
     );
 }
+
+/// Every `format` in `schema` with the path to it, and the `type` beside it.
+fn formats<'a>(schema: &'a Value, path: String, found: &mut Vec<(String, &'a str, &'a str)>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(format) = map.get("format").and_then(Value::as_str) {
+                let kind = map.get("type").and_then(Value::as_str).unwrap_or("");
+                found.push((path.clone(), kind, format));
+            }
+            for (key, value) in map {
+                formats(value, format!("{path}.{key}"), found);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                formats(item, format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_format_is_one_the_api_server_knows() {
+    // The API server warns on every install of a CRD with a format it does not know (and drops
+    // it): integers take int32 or int64, numbers float or double, strings the names it lists.
+    const STRING_FORMATS: &[&str] = &[
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+        "byte",
+        "password",
+        "date",
+        "duration",
+        "datetime",
+    ];
+    let schema = schema();
+    let mut found = Vec::new();
+    formats(&schema, String::new(), &mut found);
+    assert!(
+        found.iter().any(|(_, _, format)| *format == "int32"),
+        "the walk finds the formats"
+    );
+    let unknown: Vec<_> = found
+        .into_iter()
+        .filter(|(_, kind, format)| match *kind {
+            "integer" => !matches!(*format, "int32" | "int64"),
+            "number" => !matches!(*format, "float" | "double"),
+            _ => !STRING_FORMATS.contains(&format.replace('-', "").as_str()),
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "formats the API server does not know: {unknown:?}"
+    );
+}

@@ -260,7 +260,10 @@ pub struct CountedSource {
     /// The run whose killed workers are in `workerPids`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_run: Option<i32>,
+    /// Process ids of the workers of `workerRun` whose deaths were counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // The API server knows no `uint32` format and warns on every install of a CRD that has one.
+    #[schemars(extend("items" = {"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64}))]
     pub worker_pids: Vec<u32>,
     /// Lasting states counted (`CrashLoop`, `Evicted`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
