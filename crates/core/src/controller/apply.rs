@@ -105,13 +105,11 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let hash = drift::stamp(desired).map_err(Error::Serialize)?;
-    if let Some(live) = live {
-        let desired_value = serde_json::to_value(&*desired).map_err(Error::Serialize)?;
-        let live_value = serde_json::to_value(live).map_err(Error::Serialize)?;
-        if drift::is_current(&live_value, &desired_value, &hash) {
-            return Ok(false);
-        }
+    let stamped = drift::stamp(desired).map_err(Error::Serialize)?;
+    if let Some(live) = live
+        && drift::is_current(live, &stamped).map_err(Error::Serialize)?
+    {
+        return Ok(false);
     }
     let name = desired.meta().name.clone().unwrap_or_default();
     // Only the answer's metadata is decoded: nothing in the rest of it is read.

@@ -58,10 +58,12 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
 pub fn short_hash(value: &impl serde::Serialize, hex_digits: usize) -> String {
     use sha2::{Digest, Sha256};
     let json = serde_json::to_vec(value).unwrap_or_default();
-    let mut hex: String = Sha256::digest(&json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for byte in Sha256::digest(&json) {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
     hex.truncate(hex_digits);
     hex
 }
@@ -71,24 +73,43 @@ pub fn applied_hash(desired: &Value) -> String {
     short_hash(desired, 16)
 }
 
-/// Writes the hash of `object` as it stands into its applied annotation; returns the hash.
+/// An object made ready to apply: the hash of its JSON, which its applied annotation now holds,
+/// and that JSON (without the annotation), kept for the drift check.
+pub struct Stamped {
+    pub hash: String,
+    pub json: Value,
+}
+
+/// Writes the hash of `object` as it stands into its applied annotation.
 pub fn stamp<K: kube::Resource + serde::Serialize>(
     object: &mut K,
-) -> Result<String, serde_json::Error> {
-    let hash = applied_hash(&serde_json::to_value(&*object)?);
+) -> Result<Stamped, serde_json::Error> {
+    let json = serde_json::to_value(&*object)?;
+    let hash = applied_hash(&json);
     object
         .meta_mut()
         .annotations
         .get_or_insert_with(Default::default)
         .insert(crate::api::APPLIED_ANNOTATION.into(), hash.clone());
-    Ok(hash)
+    Ok(Stamped { hash, json })
 }
 
-/// The live object is what the operator would apply: it holds every field of `desired`, and the
-/// operator applied that same object last, so no field it stopped setting lingers.
-pub fn is_current(live: &Value, desired: &Value, hash: &str) -> bool {
-    let applied = live["metadata"]["annotations"][crate::api::APPLIED_ANNOTATION].as_str();
-    applied == Some(hash) && contains(live, desired)
+/// The live object is what the operator would apply: the operator applied that same object last,
+/// so no field it stopped setting lingers, and it still holds every field of `desired`. The
+/// annotation is read first: an object applied otherwise is never serialized.
+pub fn is_current<K: kube::Resource + serde::Serialize>(
+    live: &K,
+    desired: &Stamped,
+) -> Result<bool, serde_json::Error> {
+    let applied = live
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(crate::api::APPLIED_ANNOTATION));
+    if applied != Some(&desired.hash) {
+        return Ok(false);
+    }
+    Ok(contains(&serde_json::to_value(live)?, &desired.json))
 }
 
 fn contains_at(live: &Value, desired: &Value, in_quantities: bool) -> bool {
@@ -173,31 +194,47 @@ mod tests {
 
     #[test]
     fn current_means_every_field_held_and_the_same_object_applied_last() {
-        let desired = serde_json::json!({"spec": {"replicas": 2, "paused": false}});
-        let hash = applied_hash(&desired);
-        let stamped = |hash: &str, spec: Value| {
-            serde_json::json!({
-                "metadata": {"annotations": {"workerpool.dev/applied": hash}},
+        use kube::core::DynamicObject;
+        let mut desired: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "api"},
+            "spec": {"replicas": 2, "paused": false}
+        }))
+        .expect("an object");
+        let stamped = stamp(&mut desired).expect("serializes");
+        let live = |hash: &str, spec: Value| -> DynamicObject {
+            serde_json::from_value(json!({
+                "metadata": {"name": "api", "annotations": {"workerpool.dev/applied": hash}},
                 "spec": spec
-            })
+            }))
+            .expect("an object")
         };
-        let live = stamped(
-            &hash,
-            serde_json::json!({"replicas": 2, "minReadySeconds": 0}),
-        );
+        let current = |object: &DynamicObject| is_current(object, &stamped).expect("serializes");
         assert!(
-            is_current(&live, &desired, &hash),
+            current(&live(
+                &stamped.hash,
+                json!({"replicas": 2, "minReadySeconds": 0})
+            )),
             "false and 0 are omitted once stored"
         );
-        let older = stamped("0123", serde_json::json!({"replicas": 2}));
         assert!(
-            !is_current(&older, &desired, &hash),
+            !current(&live("0123", json!({"replicas": 2}))),
             "applied by another version"
         );
-        let edited = stamped(&hash, serde_json::json!({"replicas": 5}));
-        assert!(!is_current(&edited, &desired, &hash), "edited since");
-        assert_eq!(hash, applied_hash(&desired.clone()), "stable");
-        assert_eq!(hash.len(), 16);
+        assert!(
+            !current(&live(&stamped.hash, json!({"replicas": 5}))),
+            "edited since"
+        );
+        assert_eq!(
+            desired
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("workerpool.dev/applied")),
+            Some(&stamped.hash),
+            "the object carries its hash"
+        );
+        assert_eq!(stamped.hash, applied_hash(&stamped.json.clone()), "stable");
+        assert_eq!(stamped.hash.len(), 16);
     }
 
     #[test]
