@@ -44,6 +44,7 @@ pub fn crd_yaml() -> String {
 }
 
 fn adjust_schema(root: &mut Value) {
+    signed_integer_formats(root);
     root["x-kubernetes-validations"] = json!([{
         "rule": format!("size(self.metadata.name) <= {MAX_POOL_NAME}"),
         "message": pool_name_message(),
@@ -78,6 +79,32 @@ pub fn pool_name_message() -> String {
     format!(
         "metadata.name must be at most {MAX_POOL_NAME} characters: it becomes the pods' label value"
     )
+}
+
+/// schemars names unsigned integers `uint32` and the like; the API server knows only `int32` and
+/// `int64`, and warns on every install of a CRD with another. The range stays as a bound.
+fn signed_integer_formats(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let bound = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(("int32", Some(u64::from(u8::MAX)))),
+                Some("uint16") => Some(("int32", Some(u64::from(u16::MAX)))),
+                Some("uint32") => Some(("int64", Some(u64::from(u32::MAX)))),
+                Some("uint64" | "uint") => Some(("int64", None)),
+                _ => None,
+            };
+            if let Some((format, maximum)) = bound {
+                map.insert("format".into(), json!(format));
+                map.insert("minimum".into(), json!(0));
+                if let Some(maximum) = maximum {
+                    map.insert("maximum".into(), json!(maximum));
+                }
+            }
+            map.values_mut().for_each(signed_integer_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(signed_integer_formats),
+        _ => {}
+    }
 }
 
 fn strip_descriptions(value: &mut Value) {

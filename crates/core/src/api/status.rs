@@ -262,8 +262,6 @@ pub struct CountedSource {
     pub worker_run: Option<i32>,
     /// Process ids of the workers of `workerRun` whose deaths were counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    // The API server knows no `uint32` format and warns on every install of a CRD that has one.
-    #[schemars(extend("items" = {"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64}))]
     pub worker_pids: Vec<u32>,
     /// Lasting states counted (`CrashLoop`, `Evicted`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
