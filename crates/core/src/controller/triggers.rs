@@ -3,6 +3,7 @@
 //! PodDisruptionBudget's status or the pool's own status write cost no reconcile.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -16,10 +17,39 @@ pub trait Fingerprint {
     fn fingerprint(&self) -> u64;
 }
 
-/// Generation (spec changes), labels, annotations, owners and deletion: the metadata every
-/// reconcile reads.
+/// The hasher of every fingerprint: fixed seeds, so equal inputs hash equal for the life of the
+/// process (fingerprints are never stored or sent).
+fn fingerprint_hasher() -> impl Hasher {
+    foldhash::quality::FixedState::default().build_hasher()
+}
+
+/// One number for any hashable value: equal inputs, equal number.
+fn version_of(inputs: impl Hash) -> u64 {
+    let mut hasher = fingerprint_hasher();
+    inputs.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The metadata every reconcile reads: the generation (spec changes; labels, annotations, owners
+/// and deletion do not bump it), labels, annotations, owners and deletion. Status updates move
+/// none of it.
 fn meta_print(meta: &ObjectMeta) -> u64 {
-    crate::pool::drift::spec_and_meta_version(meta)
+    let mut hasher = fingerprint_hasher();
+    (&meta.uid, &meta.labels, &meta.annotations).hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .hash(&mut hasher);
+    // Without a generation any write, status included, counts as a change.
+    match meta.generation {
+        Some(generation) => generation.hash(&mut hasher),
+        None => meta.resource_version.hash(&mut hasher),
+    }
+    for owner in meta.owner_references.iter().flatten() {
+        (&owner.uid, &owner.kind, &owner.name, owner.controller).hash(&mut hasher);
+        owner.block_owner_deletion.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 impl<K: Resource<DynamicType = ()>> Fingerprint for crate::controller::watched::Guarded<K> {
@@ -41,7 +71,7 @@ impl Fingerprint for Deployment {
                 s.available_replicas,
             )
         });
-        crate::pool::drift::version_of((meta_print(&self.metadata), status))
+        version_of((meta_print(&self.metadata), status))
     }
 }
 
@@ -64,7 +94,7 @@ impl Fingerprint for Job {
                 .collect();
             (s.active, s.succeeded, s.failed, conditions)
         });
-        crate::pool::drift::version_of((meta_print(&self.metadata), status))
+        version_of((meta_print(&self.metadata), status))
     }
 }
 
@@ -119,6 +149,46 @@ impl Changes {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_metadata_print_ignores_status_writes_and_follows_spec_and_metadata() {
+        let meta = |generation: Option<i64>, rv: &str, label: &str| ObjectMeta {
+            uid: Some("u".into()),
+            generation,
+            resource_version: Some(rv.into()),
+            labels: Some([("team".to_string(), label.to_string())].into()),
+            ..ObjectMeta::default()
+        };
+        let version = |m: &ObjectMeta| meta_print(m);
+        let base = version(&meta(Some(2), "10", "a"));
+        assert_eq!(base, version(&meta(Some(2), "11", "a")), "a status write");
+        assert_ne!(base, version(&meta(Some(3), "12", "a")), "a spec change");
+        assert_ne!(base, version(&meta(Some(2), "13", "b")), "a label change");
+        let mut deleting = meta(Some(2), "14", "a");
+        deleting.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().expect("time"),
+        ));
+        assert_ne!(base, version(&deleting), "deletion begins");
+        assert_ne!(
+            version(&meta(None, "10", "a")),
+            version(&meta(None, "11", "a")),
+            "without a generation every write counts"
+        );
+    }
+
+    #[test]
+    fn a_version_of_inputs_moves_with_each_of_them() {
+        let base = version_of((7u64, 3i32, false, false));
+        assert_eq!(base, version_of((7u64, 3i32, false, false)));
+        for other in [
+            (8u64, 3, false, false),
+            (7, 4, false, false),
+            (7, 3, true, false),
+            (7, 3, false, true),
+        ] {
+            assert_ne!(base, version_of(other), "{other:?}");
+        }
+    }
 
     fn deployment(generation: i64, ready: i32, condition_time: &str) -> Deployment {
         serde_json::from_value(json!({

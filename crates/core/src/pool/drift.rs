@@ -7,47 +7,6 @@
 
 use serde_json::Value;
 
-/// The hasher of every fingerprint: fixed seeds, so equal inputs hash equal for the life of the
-/// process (fingerprints are never stored or sent).
-fn fingerprint_hasher() -> impl std::hash::Hasher {
-    use std::hash::BuildHasher;
-    foldhash::quality::FixedState::default().build_hasher()
-}
-
-/// A number for any hashable value (a tuple of versions, the fields a reconcile reads): equal
-/// inputs, equal number.
-pub fn version_of(inputs: impl std::hash::Hash) -> u64 {
-    use std::hash::Hasher;
-    let mut hasher = fingerprint_hasher();
-    inputs.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// What moves when an object's spec or its metadata changes: the generation counts spec
-/// changes; labels, annotations, owners and deletion do not bump it. Status updates move
-/// neither, so they neither send a child through the drift check again nor start a reconcile.
-pub fn spec_and_meta_version(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = fingerprint_hasher();
-    (&meta.uid, &meta.labels, &meta.annotations).hash(&mut hasher);
-    meta.deletion_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .hash(&mut hasher);
-    // Without a generation any write, status included, counts as a change.
-    match meta.generation {
-        Some(generation) => generation.hash(&mut hasher),
-        None => meta.resource_version.hash(&mut hasher),
-    }
-    for owner in meta.owner_references.iter().flatten() {
-        (&owner.uid, &owner.kind, &owner.name, owner.controller).hash(&mut hasher);
-        owner.block_owner_deletion.hash(&mut hasher);
-    }
-    hasher.finish()
-}
-
 /// True when `live` contains every field of `desired` with an equal value.
 pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, false)
@@ -235,47 +194,6 @@ mod tests {
         );
         assert_eq!(stamped.hash, applied_hash(&stamped.json.clone()), "stable");
         assert_eq!(stamped.hash.len(), 16);
-    }
-
-    #[test]
-    fn the_live_version_ignores_status_writes_and_follows_spec_and_metadata() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-        let meta = |generation: Option<i64>, rv: &str, label: &str| ObjectMeta {
-            uid: Some("u".into()),
-            generation,
-            resource_version: Some(rv.into()),
-            labels: Some([("team".to_string(), label.to_string())].into()),
-            ..ObjectMeta::default()
-        };
-        let version = |m: &ObjectMeta| spec_and_meta_version(m);
-        let base = version(&meta(Some(2), "10", "a"));
-        assert_eq!(base, version(&meta(Some(2), "11", "a")), "a status write");
-        assert_ne!(base, version(&meta(Some(3), "12", "a")), "a spec change");
-        assert_ne!(base, version(&meta(Some(2), "13", "b")), "a label change");
-        let mut deleting = meta(Some(2), "14", "a");
-        deleting.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            "2026-01-01T00:00:00Z".parse().expect("time"),
-        ));
-        assert_ne!(base, version(&deleting), "deletion begins");
-        assert_ne!(
-            version(&meta(None, "10", "a")),
-            version(&meta(None, "11", "a")),
-            "without a generation every write counts"
-        );
-    }
-
-    #[test]
-    fn a_version_of_inputs_moves_with_each_of_them() {
-        let base = version_of((7u64, 3i32, false, false));
-        assert_eq!(base, version_of((7u64, 3i32, false, false)));
-        for other in [
-            (8u64, 3, false, false),
-            (7, 4, false, false),
-            (7, 3, true, false),
-            (7, 3, false, true),
-        ] {
-            assert_ne!(base, version_of(other), "{other:?}");
-        }
     }
 
     #[test]
