@@ -197,8 +197,13 @@ fn chart_lints_and_renders_a_hardened_least_privilege_operator() {
         "{a:?}"
     );
     assert!(
-        !a.contains(&"--leader-elect".to_string()),
-        "one replica needs no Lease"
+        a.contains(&"--leader-elect".to_string()),
+        "one active operator during upgrades too: {a:?}"
+    );
+    assert_eq!(
+        deployment["spec"]["strategy"],
+        Value::Null,
+        "a rolling upgrade, the new pod waiting on the Lease"
     );
 
     let roles = of_kind(&rendered, "ClusterRole");
@@ -233,7 +238,28 @@ fn chart_options_leader_election_namespace_scope_and_service_monitor() {
     let Some(helm) = tool("helm", "HELM") else {
         return;
     };
-    let rendered = helm_template(&helm, &["--set", "replicaCount=2"]);
+    // Without leader election, an upgrade never overlaps two operators.
+    let rendered = helm_template(&helm, &["--set", "leaderElection.enabled=false"]);
+    let deployment = of_kind(&rendered, "Deployment")[0];
+    assert!(!args(deployment).contains(&"--leader-elect".to_string()));
+    assert_eq!(
+        deployment["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate")
+    );
+    assert!(
+        of_kind(&rendered, "Role").is_empty(),
+        "no Lease, no Lease role"
+    );
+
+    let rendered = helm_template(
+        &helm,
+        &[
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+    );
     let a = args(of_kind(&rendered, "Deployment")[0]);
     assert!(a.contains(&"--leader-elect".to_string()), "{a:?}");
     let lease_role = of_kind(&rendered, "Role")[0];
