@@ -32,6 +32,9 @@ fn pod(i: usize) -> Pod {
     let value = json!({
         "metadata": {"name": format!("api-{i}"), "uid": format!("uid-{i}"),
                      "labels": {"workerpool.dev/pool": "api", "pod-template-hash": "rev1"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                             "periodSeconds": 5, "failureThreshold": 12}}]},
         "status": {"phase": "Running", "containerStatuses": [container]}
     });
     match serde_json::from_value(value) {
@@ -62,15 +65,7 @@ fn classify_pods(c: &mut Criterion) {
     let mut group = c.benchmark_group("classify");
     group.throughput(Throughput::Elements(PODS as u64));
     group.bench_function("1000 pods of one pool", |b| {
-        b.iter(|| {
-            detect::pod_aborts(
-                Runtime::Gunicorn,
-                black_box(&refs),
-                black_box(&events),
-                &|_| Some(jiff::SignedDuration::from_secs(60)),
-                now,
-            )
-        })
+        b.iter(|| detect::pod_aborts(Runtime::Gunicorn, black_box(&refs), black_box(&events), now))
     });
     group.finish();
 }

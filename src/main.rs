@@ -261,6 +261,12 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// The kubeconfig to use (default: KUBECONFIG, ~/.kube/config, else the pod's ServiceAccount).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
 }
 
 fn init_logging(json: bool) {
@@ -288,6 +294,8 @@ fn run_controller(args: RunArgs) -> Result<(), String> {
         lease_namespace: args.lease_namespace,
         identity: args.identity,
         concurrency: args.concurrency.max(1),
+        kubeconfig: args.kubeconfig,
+        context: args.context,
     };
     // One thread: the controller's work is a chain of short steps on one event stream, and
     // handing each watch event between threads cost more CPU than the steps themselves.

@@ -438,7 +438,6 @@ mod arbitrary_status {
     use super::*;
     use jiff::Timestamp;
     use proptest::prelude::*;
-    use workerpool_core::aborts::classify;
     use workerpool_core::aborts::detect;
     use workerpool_core::aborts::podview::PodView;
 
@@ -560,9 +559,7 @@ mod arbitrary_status {
                 }
             }
             let now: Timestamp = "2026-11-22T10:05:00Z".parse().expect("time");
-            let window = |container: &str| classify::startup_window(&pod, container);
-            let found =
-                detect::pod_aborts(runtime, &[&PodView::from(&pod)], &events, &window, now);
+            let found = detect::pod_aborts(runtime, &[&PodView::from(&pod)], &events, now);
             prop_assert!(found.found.len() <= aborts.len());
         }
     }

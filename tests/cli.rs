@@ -542,6 +542,57 @@ fn diagnose_of_a_healthy_pod_is_empty() {
     assert_eq!(text(&out.stdout), "no aborts found\n");
 }
 
+/// A pod of the init Job `job`, its migrate container ended with `code`.
+fn job_pod(name: &str, code: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop",
+            "labels": {"batch.kubernetes.io/job-name": "shop-api-init-3f9c2a71d0", "job-name": "shop-api-init-3f9c2a71d0"},
+            "annotations": {"workerpool.dev/runtime": "gunicorn"},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "shop-api-init-3f9c2a71d0", "uid": "j1", "controller": true}]},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "init", "image": "shop:1"}]},
+        "status": {"phase": if code == 0 { "Succeeded" } else { "Failed" }, "containerStatuses": [{
+            "name": "init", "image": "shop:1", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": "2026-11-22T10:00:00Z", "finishedAt": "2026-11-22T10:00:03Z"}}}]}
+    })
+}
+
+#[test]
+fn diagnose_of_a_job_pod_reports_only_a_failed_run() {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        job_pod("shop-api-init-done", 0), job_pod("shop-api-init-failed", 3)]});
+    let out = run(
+        &["diagnose", "-f", "-", "-o", "json"],
+        Some(&list.to_string()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let aborts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let aborts = aborts.as_array().expect("array");
+    assert_eq!(
+        aborts.len(),
+        1,
+        "a completed Job pod is no abort: {aborts:?}"
+    );
+    let failed = &aborts[0];
+    assert_eq!(failed["pod"], "shop-api-init-failed");
+    assert_eq!(
+        failed["reason"], "UnexpectedExit",
+        "a plain program's exit 3, not gunicorn's"
+    );
+    assert_eq!(failed["exitCode"], 3);
+    assert_eq!(
+        failed["message"],
+        "a run of Job shop-api-init-3f9c2a71d0 failed: Error"
+    );
+    assert!(
+        failed["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("InitFailed")),
+        "{failed}"
+    );
+}
+
 #[test]
 fn diagnose_runtime_flag_applies_to_pods_without_the_annotation() {
     let pods = std::fs::read_to_string(PODS).unwrap().replace(

@@ -197,6 +197,33 @@ fn cel_rules_reject_inconsistent_pools_naming_the_field() {
             json!({"template": {"spec": {"containers": []}}}),
             "spec.template.spec.containers",
         ),
+        (
+            "a percentage over 100",
+            json!({"policy": {"disruption": {"maxUnavailable": "150%"}}}),
+            "spec.policy.disruption.maxUnavailable",
+        ),
+        (
+            "neither a count nor a percentage",
+            json!({"policy": {"disruption": {"maxUnavailable": "abc"}}}),
+            "spec.policy.disruption.maxUnavailable",
+        ),
+        (
+            "a negative count",
+            json!({"policy": {"disruption": {"maxUnavailable": -1}}}),
+            "spec.policy.disruption.maxUnavailable",
+        ),
+        (
+            "a health port the app container does not declare",
+            json!({"health": {"port": "nosuchport"}}),
+            "spec.health.port",
+        ),
+        (
+            "a gunicorn pool whose app container has no port named http",
+            json!({"template": {"spec": {"containers": [
+                {"name": "app", "image": "example/app:1", "ports": [{"name": "web", "containerPort": 8000}]}
+            ]}}}),
+            "spec.health.port",
+        ),
     ];
     for (name, overlay, field) in cases {
         let mut spec = minimal_spec();
@@ -215,6 +242,48 @@ fn cel_rules_reject_inconsistent_pools_naming_the_field() {
             "{name}: {invalid}"
         );
     }
+}
+
+#[test]
+fn admission_accepts_what_the_health_port_rule_leaves_alone() {
+    let accepted = [
+        json!({"policy": {"disruption": {"maxUnavailable": "100%"}}}),
+        json!({"policy": {"disruption": {"maxUnavailable": "0%"}}}),
+        json!({"policy": {"disruption": {"maxUnavailable": 0}}}),
+        json!({"health": {"port": 8000}}),
+        json!({"health": {"check": "exec", "command": ["true"]}}),
+        // The named port of the container `container` names, not the first one's.
+        json!({"container": "web", "health": {"port": "api"}, "template": {"spec": {"containers": [
+            {"name": "proxy", "image": "proxy:1"},
+            {"name": "web", "image": "example/app:1", "ports": [{"name": "api", "containerPort": 8000}]}
+        ]}}}),
+        // A generic worker without health and without ports gets no probes.
+        json!({"runtime": "generic", "template": {"spec": {"containers": [
+            {"name": "worker", "image": "example/worker:1"}
+        ]}}}),
+        // Every probe set in the template: nothing probes the named port.
+        json!({"template": {"spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "startupProbe": {"tcpSocket": {"port": 8000}},
+            "readinessProbe": {"tcpSocket": {"port": 8000}},
+            "livenessProbe": {"tcpSocket": {"port": 8000}}}]}}}),
+    ];
+    for overlay in accepted {
+        let mut spec = minimal_spec();
+        merge(&mut spec, &overlay);
+        assert_eq!(
+            cel_errors(&pool(spec.clone())),
+            Vec::<String>::new(),
+            "{overlay}"
+        );
+        let parsed: workerpool_core::api::WorkerPoolSpec =
+            serde_json::from_value(spec).expect("spec");
+        assert!(policy::validate(&parsed).is_ok(), "{overlay}");
+    }
+    // A pool naming no container of its template gets that one message, not two.
+    let mut spec = minimal_spec();
+    merge(&mut spec, &json!({"container": "web"}));
+    let errors = cel_errors(&pool(spec));
+    assert_eq!(errors.len(), 1, "{errors:?}");
 }
 
 #[test]

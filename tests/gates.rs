@@ -204,6 +204,10 @@ fn failing_pod(name: &str, revision: &str, finished: &str) -> k8s_openapi::api::
         "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
             "labels": {"workerpool.dev/pool": "api"},
             "annotations": {"workerpool.dev/revision": revision, "workerpool.dev/runtime": "gunicorn"}},
+        // The startup probe the operator applied for a 60 s boot: the window of a run's boot.
+        "spec": {"containers": [{"name": "app", "image": "x",
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                             "periodSeconds": 5, "failureThreshold": 12}}]},
         "status": {"phase": "Running", "containerStatuses": [{
             "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 1,
             "state": {"running": {"startedAt": finished}},

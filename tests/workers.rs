@@ -42,6 +42,10 @@ fn pod(name: &str, container: Value, extra_status: Value) -> Pod {
             "labels": {"workerpool.dev/pool": "api", "pod-template-hash": "rev1"},
             "annotations": {"workerpool.dev/runtime": "gunicorn"}
         },
+        // The startup probe the operator applies for a 60 s boot: the runs' boot window.
+        "spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                             "periodSeconds": 5, "failureThreshold": 12}}]},
         "status": {"phase": "Running", "containerStatuses": [container]}
     });
     if let Some(extra) = extra_status.as_object() {
@@ -384,6 +388,36 @@ async fn an_unsettled_exit_without_event_is_counted_after_the_settle_time() {
     assert_eq!(
         last.message.as_deref(),
         Some("exited 1 3s after it started, inside its 60s boot window")
+    );
+}
+
+#[tokio::test]
+async fn without_a_startup_probe_an_early_exit_is_no_boot_failure() {
+    // The pod's own spec is the boot window: a pod without a startup probe has none, however
+    // long the policy's boot timeout, so the same exit reads the same to every reader.
+    let mut h = converged(json!({"replicas": 1}), 100).await;
+    let mut unprobed = pod("api-a", crashed(1, 1, 99), json!({}));
+    if let Some(spec) = unprobed.spec.as_mut() {
+        spec.containers[0].startup_probe = None;
+    }
+    h.set_pods(vec![unprobed.clone()]);
+    h.reconcile("api").await;
+    h.advance(5);
+    h.reconcile("api").await;
+    assert_eq!(
+        counts(&current(&h).await),
+        [("CrashLoop".into(), 1), ("UnexpectedExit".into(), 1)]
+    );
+    let view = workerpool_core::aborts::podview::PodView::from(&unprobed);
+    let aborts = workerpool_core::aborts::classify::classify(
+        workerpool_core::api::Runtime::Gunicorn,
+        &view,
+        &[],
+    );
+    assert_eq!(
+        aborts[0].reason.as_str(),
+        "UnexpectedExit",
+        "diagnose agrees"
     );
 }
 

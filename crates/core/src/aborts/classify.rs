@@ -89,6 +89,9 @@ pub struct Abort {
     /// exit code says more, so neither the settle time nor gunicorn's advice applies as to exit 3.
     #[serde(skip)]
     pub by_boot_window: bool,
+    /// The Job whose run ended: a plain program run to completion.
+    #[serde(skip)]
+    pub job: Option<String>,
 }
 
 /// A kubelet Event about a pod, reduced to what classification needs.
@@ -229,6 +232,7 @@ fn waiting_abort(pod: &str, container: &ContainerView) -> Option<Abort> {
             .as_ref()
             .and_then(|t| t.finished_at),
         by_boot_window: false,
+        job: None,
     })
 }
 
@@ -365,21 +369,14 @@ fn termination_abort(
             .or_else(|| terminated.reason.clone()),
         finished_at: terminated.finished_at,
         by_boot_window,
+        job: None,
     })
 }
 
-/// How long a container's boot may take (its startup-probe window), when known: a run that ends
-/// sooner, for no more specific reason, is a boot failure.
-pub type BootWindow<'a> = &'a dyn Fn(&str) -> Option<SignedDuration>;
-
 /// Every abort visible on a pod: pod-level ones first, then those of its init containers, then
-/// those of its containers, each in status order.
-pub fn classify(
-    runtime: Runtime,
-    pod: &PodView,
-    events: &[KubeletEvent],
-    boot_window: BootWindow<'_>,
-) -> Vec<Abort> {
+/// those of its containers, each in status order. A container's boot window is its own startup
+/// probe's, read from the pod, so every reader of one exit gives it one verdict.
+pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec<Abort> {
     let mut aborts = Vec::new();
     if pod.reason.as_deref() == Some("Evicted") {
         aborts.push(Abort {
@@ -392,6 +389,7 @@ pub fn classify(
             message: pod.message.clone(),
             finished_at: None,
             by_boot_window: false,
+            job: None,
         });
     }
     if let Some(unschedulable) = &pod.unschedulable {
@@ -405,6 +403,7 @@ pub fn classify(
             message: unschedulable.message.clone(),
             finished_at: None,
             by_boot_window: false,
+            job: None,
         });
     }
     // Init containers run before the app server: plain programs (migrations, fetches), whose
@@ -418,8 +417,24 @@ pub fn classify(
         aborts.extend(waiting_abort(&pod.name, container));
     }
     for container in &pod.containers {
-        let window = boot_window(&container.name);
-        aborts.extend(termination_aborts(runtime, pod, container, events, window));
+        if let Some(job) = &pod.job {
+            // A Job's pod (the pool's init Job among them) runs to completion: its exit 0 is the
+            // job done, any other exit that run's failure.
+            aborts.extend(
+                termination_aborts(Runtime::Generic, pod, container, events, None)
+                    .into_iter()
+                    .filter(|abort| abort.exit_code != Some(0))
+                    .map(|mut abort| {
+                        let what = abort.message.take().unwrap_or_default();
+                        abort.message = Some(format!("a run of Job {job} failed: {what}"));
+                        abort.job = Some(job.clone());
+                        abort
+                    }),
+            );
+        } else {
+            let window = container.boot_window;
+            aborts.extend(termination_aborts(runtime, pod, container, events, window));
+        }
         aborts.extend(waiting_abort(&pod.name, container));
     }
     aborts
@@ -427,24 +442,5 @@ pub fn classify(
 
 /// [`classify`] for a whole `Pod`, as `kubectl get pod -o json` prints it.
 pub fn classify_pod(runtime: Runtime, pod: &Pod, events: &[KubeletEvent]) -> Vec<Abort> {
-    classify(runtime, &PodView::from(pod), events, &|container| {
-        startup_window(pod, container)
-    })
-}
-
-/// The window a container's startup probe gives its boot, from the pod's spec (with the
-/// kubelet's defaults: every 10 s, 3 failures); None without a startup probe.
-pub fn startup_window(pod: &Pod, container: &str) -> Option<SignedDuration> {
-    let probe = pod
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == container)?
-        .startup_probe
-        .as_ref()?;
-    let period = i64::from(probe.period_seconds.unwrap_or(10));
-    let failures = i64::from(probe.failure_threshold.unwrap_or(3));
-    let delay = i64::from(probe.initial_delay_seconds.unwrap_or(0));
-    Some(SignedDuration::from_secs(delay + period * failures))
+    classify(runtime, &PodView::from(pod), events)
 }

@@ -4,11 +4,11 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::aborts::classify::{self, Abort, BootWindow, KubeletEvent, Reason};
-use crate::aborts::ledger::{Identity, Observed};
+use crate::aborts::classify::{self, Abort, KubeletEvent, Reason};
+use crate::aborts::ledger::{self, Identity, Observed};
 use crate::aborts::loghints::{self, LogFindings};
 use crate::aborts::podview::{ContainerView, PodView, State};
-use crate::api::{AbortRecord, Runtime};
+use crate::api::{AbortRecord, AbortSummary, Runtime};
 
 /// A termination younger than this may still be waiting for the kubelet's `Killing` Event that
 /// tells a probe kill from a plain exit, so it is classified a little later.
@@ -88,6 +88,9 @@ pub fn advice(reason: Reason) -> &'static str {
 
 /// [`advice`] for one abort: a boot failure known from how short the run was is no exit 3.
 fn advice_for(abort: &Abort) -> &'static str {
+    if abort.job.is_some() {
+        return "the Job's run failed; kubectl logs on the pod says why. A pool's init Job that fails keeps the old revision serving (Stalled, reason InitFailed) until the pool changes";
+    }
     match abort.reason {
         Reason::BootFailed if abort.by_boot_window => {
             "the container exited before it finished booting; its previous log (kubectl logs --previous) shows why"
@@ -118,6 +121,7 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
         time: Some(at.to_string()),
         message: abort.message.clone(),
         hint: Some(hint.unwrap_or_else(|| self::hint(abort, None))),
+        inferred: false,
     }
 }
 
@@ -148,12 +152,11 @@ pub fn pod_aborts(
     runtime: Runtime,
     pods: &[&PodView],
     events: &[KubeletEvent],
-    boot_window: BootWindow<'_>,
     now: Timestamp,
 ) -> PodFindings {
     let mut findings = PodFindings::default();
     for pod in pods {
-        for abort in classify::classify(runtime, pod, events, boot_window) {
+        for abort in classify::classify(runtime, pod, events) {
             let at = abort.finished_at.unwrap_or(now);
             if abort.exit_code.is_some() && needs_settling(&abort) {
                 let age = now.duration_since(at);
@@ -188,6 +191,72 @@ pub fn pod_aborts(
         }
     }
     findings
+}
+
+/// Runs inferred at most per container and reconcile: more than a window can hold at any
+/// back-off the kubelet uses, and a bound on what a hostile restart count can cost.
+const MAX_INFERRED_RUNS: i32 = 256;
+
+/// Runs that ended while no operator watched: the status shows only the last run that ended, so
+/// a container restarted more often than the runs counted had others end unseen. They are
+/// counted when they are known to have ended inside the window (after a run counted there, or in
+/// a pod created there), each with the reason of the first run seen after them, and marked
+/// inferred. Waits for that run to be classified (`found`), so the reason is known.
+pub fn unseen_runs(
+    pods: &[&PodView],
+    found: &[Found],
+    old: Option<&AbortSummary>,
+    now: Timestamp,
+    window_seconds: i64,
+) -> Vec<Observed> {
+    let window = SignedDuration::from_secs(window_seconds);
+    let mut inferred = Vec::new();
+    for pod in pods {
+        let created_in_window = pod
+            .created
+            .is_some_and(|created| now.duration_since(created) <= window);
+        for container in &pod.containers {
+            let Some(seen) = container.last_terminated.as_ref() else {
+                continue;
+            };
+            // The run the status shows in `lastState`; every run before it ended unseen or counted.
+            let shown = container.restart_count.saturating_sub(1);
+            let identity = Identity::run(&pod.uid, &container.name, shown);
+            let Some(next) = found.iter().find(|f| f.observed.identity == identity) else {
+                continue;
+            };
+            let first = ledger::run_after_counted(old, &identity.source, now, window_seconds)
+                .or(created_in_window.then_some(0));
+            let Some(first) = first.map(|f| f.max(shown.saturating_sub(MAX_INFERRED_RUNS))) else {
+                continue;
+            };
+            // They ended before the run after them started.
+            let at = seen.started_at.or(seen.finished_at).unwrap_or(now);
+            for run in first..shown {
+                let mut record = next.observed.record.clone();
+                record.exit_code = None;
+                record.signal = None;
+                record.restart_count = run;
+                record.time = Some(at.to_string());
+                record.inferred = true;
+                record.message = Some(format!(
+                    "ended while no operator watched; the restart count shows it, and the run after it ended {}",
+                    next.observed.record.reason
+                ));
+                record.hint = Some(format!(
+                    "inferred from the restart count, with the reason of the run after it: {}",
+                    next.observed.record.hint.as_deref().unwrap_or_default()
+                ));
+                inferred.push(Observed {
+                    identity: Identity::run(&pod.uid, &container.name, run),
+                    at,
+                    revision: pod.revision.clone(),
+                    record,
+                });
+            }
+        }
+    }
+    inferred
 }
 
 /// The termination is in `lastState` (the container was restarted), not in `state`.
@@ -284,6 +353,91 @@ pub fn initializing(pods: &[&PodView]) -> Option<Initializing> {
     })
 }
 
+/// How long every container of a pod must have run since it last started before the pool counts
+/// as Ready: a worker that crashes a few seconds into serving fails readiness neither before nor
+/// after its first crash, and must not pass `kubectl wait` in between.
+pub const STABLE_AFTER: SignedDuration = SignedDuration::from_secs(15);
+
+/// Whether the pool's pods stay up: nothing about them is Ready while they do not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stability {
+    /// Pods with a container that ended twice or more, each end inside the window of the one
+    /// before and the latest inside the window now.
+    pub crash_looping: usize,
+    /// What the first of them (by name) shows.
+    pub why: Option<String>,
+    /// Pods with a container started less than [`STABLE_AFTER`] ago.
+    pub starting: usize,
+    /// When the youngest of those has run long enough.
+    pub stable_in: Option<SignedDuration>,
+}
+
+impl Stability {
+    pub fn is_stable(&self) -> bool {
+        self.crash_looping == 0 && self.starting == 0
+    }
+}
+
+/// [`Stability`] of the pods, from the ledger after this reconcile.
+pub fn stability(
+    pods: &[&PodView],
+    summary: &AbortSummary,
+    now: Timestamp,
+    window_seconds: i64,
+) -> Stability {
+    let window = SignedDuration::from_secs(window_seconds);
+    let mut stability = Stability::default();
+    let mut live: Vec<&PodView> = pods.iter().copied().filter(|p| !p.deleting).collect();
+    live.sort_by(|a, b| a.name.cmp(&b.name));
+    for pod in live {
+        let repeated = pod.containers.iter().find_map(|c| {
+            let source = Identity::run(&pod.uid, &c.name, 0).source;
+            let i = summary
+                .counted
+                .binary_search_by(|s| s.source.as_str().cmp(&source))
+                .ok()?;
+            let entry = &summary.counted[i];
+            let recent = entry
+                .time
+                .parse::<Timestamp>()
+                .is_ok_and(|t| now.duration_since(t) <= window);
+            let runs = entry.runs.len() + usize::from(entry.runs_through.is_some());
+            (recent && runs >= 2).then(|| (c, entry.runs.len(), entry.runs_through.is_some()))
+        });
+        if let Some((container, runs, more)) = repeated {
+            stability.crash_looping += 1;
+            if stability.why.is_none() {
+                let last = summary
+                    .last
+                    .as_ref()
+                    .filter(|l| l.pod == pod.name && l.container == container.name)
+                    .map(|l| format!(", latest {}", l.reason))
+                    .unwrap_or_default();
+                stability.why = Some(format!(
+                    "pod {} container {} ended {}{runs} times within {}s of each other{last}",
+                    pod.name,
+                    container.name,
+                    if more { "more than " } else { "" },
+                    window_seconds
+                ));
+            }
+            continue;
+        }
+        let youngest = pod
+            .containers
+            .iter()
+            .filter_map(|c| c.running_since)
+            .map(|since| now.duration_since(since))
+            .min();
+        if let Some(ran) = youngest.filter(|ran| *ran < STABLE_AFTER) {
+            stability.starting += 1;
+            let left = STABLE_AFTER - ran;
+            stability.stable_in = Some(stability.stable_in.map_or(left, |l| l.min(left)));
+        }
+    }
+    stability
+}
+
 /// What the hints of worker-level aborts name, from the pool's effective settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerLimits {
@@ -358,6 +512,7 @@ pub fn worker_aborts(
                 message: Some(format!("worker pid {pid}")),
                 finished_at: None,
                 by_boot_window: false,
+                job: None,
             };
             WorkerAbort {
                 abort,
@@ -409,6 +564,7 @@ mod tests {
             message: None,
             finished_at: None,
             by_boot_window: false,
+            job: None,
         }
     }
 
@@ -490,6 +646,7 @@ mod tests {
         assert!(advice(Reason::OOMKilled).contains("resources.limits.memory"));
         let early_exit = Abort {
             by_boot_window: true,
+            job: None,
             ..abort(Some("app"), Some(1), Reason::BootFailed)
         };
         assert!(advice_for(&early_exit).contains("before it finished booting"));
@@ -562,5 +719,175 @@ mod tests {
             Some("pod api-c init container migrate after exit 2, restarted once")
         );
         assert_eq!(initializing(&[&started]), None);
+    }
+
+    /// A gunicorn pod crash-looping on exit 3, restarted `restarts` times, created at `created`
+    /// and with its last run ended at second `ended` of 10:00.
+    fn crash_looping(restarts: i32, created: &str, ended: i64) -> PodView {
+        let value = json!({
+            "metadata": {"name": "api-1", "uid": "u", "creationTimestamp": created,
+                         "labels": {"pod-template-hash": "rev1"}},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": restarts,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                 "lastState": {"terminated": {"exitCode": 3, "reason": "Error",
+                     "startedAt": format!("2026-11-22T10:{:02}:{:02}Z", (ended - 3) / 60, (ended - 3) % 60),
+                     "finishedAt": format!("2026-11-22T10:{:02}:{:02}Z", ended / 60, ended % 60)}}}
+            ]}
+        });
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(value).expect("pod");
+        PodView::from(&pod)
+    }
+
+    fn counted_runs(summary: &AbortSummary) -> Vec<i32> {
+        let source = &summary.counted[0];
+        assert_eq!(source.runs_through, None);
+        source.runs.clone()
+    }
+
+    /// What one reconcile at `now` counts of `pod`, with the unseen runs.
+    fn reconcile(
+        old: Option<&AbortSummary>,
+        pod: &PodView,
+        now: Timestamp,
+    ) -> (AbortSummary, Vec<AbortRecord>) {
+        let found = pod_aborts(Runtime::Gunicorn, &[pod], &[], now).found;
+        let mut observed = unseen_runs(&[pod], &found, old, now, 600);
+        observed.extend(found.into_iter().map(|f| f.observed));
+        ledger::record(old, observed, now, 600)
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(
+            "2026-11-22T10:00:00Z"
+                .parse::<Timestamp>()
+                .expect("time")
+                .as_second()
+                + secs,
+        )
+        .expect("time")
+    }
+
+    #[test]
+    fn runs_that_ended_while_no_operator_watched_are_counted_once_and_marked_inferred() {
+        let old_pod = "2026-11-22T08:00:00Z";
+        // Runs 0, 1 and 2 were seen; then the operator was away while runs 3 to 9 ended.
+        let mut summary = None;
+        for restarts in 1..=3 {
+            let pod = crash_looping(restarts, old_pod, 10 * i64::from(restarts));
+            summary = Some(reconcile(summary.as_ref(), &pod, at(10 * i64::from(restarts) + 1)).0);
+        }
+        let seen = summary.expect("ledger");
+        assert_eq!(counted_runs(&seen), [0, 1, 2]);
+        let back = crash_looping(11, old_pod, 200);
+        let (after, fresh) = reconcile(Some(&seen), &back, at(201));
+        assert_eq!(counted_runs(&after), (0..=10).collect::<Vec<_>>());
+        assert_eq!(fresh.len(), 8, "runs 3 to 9 inferred, run 10 seen");
+        let inferred: Vec<i32> = fresh
+            .iter()
+            .filter(|r| r.inferred)
+            .map(|r| r.restart_count)
+            .collect();
+        assert_eq!(inferred, (3..=9).collect::<Vec<_>>());
+        for record in fresh.iter().filter(|r| r.inferred) {
+            assert_eq!(
+                record.reason, "BootFailed",
+                "the reason of the run after them"
+            );
+            assert_eq!(record.exit_code, None, "no exit code was seen");
+            assert!(
+                record
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("no operator watched")),
+                "{record:?}"
+            );
+        }
+        let last = after.last.as_ref().expect("last");
+        assert!(!last.inferred, "the run seen is the latest");
+        assert_eq!(after.counts[0].count, 11, "counted = restart count");
+        // Read again (a relist, another operator): nothing new.
+        let (again, fresh) = reconcile(Some(&after), &back, at(203));
+        assert!(fresh.is_empty(), "{fresh:?}");
+        assert_eq!(again.counts, after.counts);
+    }
+
+    #[test]
+    fn unseen_runs_are_inferred_only_when_they_ended_inside_the_window() {
+        // A pod created inside the window: all its runs did.
+        let young = crash_looping(4, "2026-11-22T10:00:00Z", 100);
+        let (summary, fresh) = reconcile(None, &young, at(101));
+        assert_eq!(fresh.iter().filter(|r| r.inferred).count(), 3);
+        assert_eq!(counted_runs(&summary), [0, 1, 2, 3]);
+        // An older pod first seen now: its earlier runs may have ended long ago.
+        let old = crash_looping(4, "2026-11-22T08:00:00Z", 100);
+        let runs = |fresh: &[AbortRecord]| fresh.iter().filter(|r| r.reason != "CrashLoop").count();
+        let (summary, fresh) = reconcile(None, &old, at(101));
+        assert_eq!(runs(&fresh), 1, "only the run seen: {fresh:?}");
+        assert_eq!(counted_runs(&summary), [3]);
+        // A ledger whose runs of this container left the window says nothing about the gap.
+        let later = crash_looping(9, "2026-11-22T08:00:00Z", 1000);
+        let (summary, fresh) = reconcile(Some(&summary), &later, at(1001));
+        assert_eq!(runs(&fresh), 1, "{fresh:?}");
+        assert_eq!(counted_runs(&summary), [8]);
+    }
+
+    #[test]
+    fn a_hostile_restart_count_infers_a_bounded_number_of_runs() {
+        let pod = crash_looping(i32::MAX, "2026-11-22T10:00:00Z", 100);
+        let found = pod_aborts(Runtime::Gunicorn, &[&pod], &[], at(101)).found;
+        let unseen = unseen_runs(&[&pod], &found, None, at(101), 600);
+        assert_eq!(unseen.len(), MAX_INFERRED_RUNS as usize);
+    }
+
+    #[test]
+    fn a_container_that_ended_twice_inside_the_window_is_crash_looping() {
+        let created = "2026-11-22T08:00:00Z";
+        let (once, _) = reconcile(None, &crash_looping(1, created, 10), at(11));
+        let pod = crash_looping(1, created, 10);
+        assert!(
+            stability(&[&pod], &once, at(11), 600).is_stable(),
+            "one abort is occasional"
+        );
+        let pod = crash_looping(2, created, 40);
+        let (twice, _) = reconcile(Some(&once), &pod, at(41));
+        let unstable = stability(&[&pod], &twice, at(41), 600);
+        assert_eq!(unstable.crash_looping, 1);
+        assert_eq!(
+            unstable.why.as_deref(),
+            Some(
+                "pod api-1 container app ended 2 times within 600s of each other, latest BootFailed"
+            )
+        );
+        // Once the latest end left the window, the pod is stable again.
+        assert!(stability(&[&pod], &twice, at(41 + 601), 600).is_stable());
+        // A pod being deleted is no longer the pool's concern.
+        let leaving = PodView {
+            deleting: true,
+            ..pod
+        };
+        assert!(stability(&[&leaving], &twice, at(41), 600).is_stable());
+    }
+
+    #[test]
+    fn a_pod_counts_as_stable_once_its_containers_ran_long_enough() {
+        let pod = PodView {
+            name: "api-1".into(),
+            containers: vec![ContainerView {
+                name: "app".into(),
+                ready: true,
+                state: State::Running,
+                running_since: Some(at(0)),
+                ..ContainerView::default()
+            }],
+            ..PodView::default()
+        };
+        let summary = AbortSummary::default();
+        let young = stability(&[&pod], &summary, at(5), 600);
+        assert_eq!(
+            (young.starting, young.stable_in),
+            (1, Some(SignedDuration::from_secs(10)))
+        );
+        assert!(stability(&[&pod], &summary, at(15), 600).is_stable());
     }
 }

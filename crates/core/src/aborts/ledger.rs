@@ -149,6 +149,23 @@ fn is_counted(
         .any(|seen| seen.key == key && within(&seen.time, now, window))
 }
 
+/// The run of `source` after the last one counted, when a run of it was counted inside the
+/// window: every run from there on ended after a counted one, so inside the window too.
+pub fn run_after_counted(
+    old: Option<&AbortSummary>,
+    source: &str,
+    now: Timestamp,
+    window_seconds: i64,
+) -> Option<i32> {
+    let counted = &old?.counted;
+    let entry = &counted[find(counted, source).ok()?];
+    if !within(&entry.time, now, SignedDuration::from_secs(window_seconds)) {
+        return None;
+    }
+    let last = entry.runs.last().copied().max(entry.runs_through)?;
+    Some(last.saturating_add(1))
+}
+
 /// True when this abort is inside the window and not counted before.
 pub fn is_news(
     old: Option<&AbortSummary>,
@@ -382,6 +399,7 @@ mod tests {
                 time: Some(at(secs).to_string()),
                 message: None,
                 hint: Some("gunicorn: Worker failed to boot".into()),
+                inferred: false,
             },
         }
     }

@@ -3,12 +3,13 @@
 //! controller caches it instead of the whole `Pod`, whose every field would be built and kept
 //! (sizes in docs/benchmarks.md). Pure.
 
-use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, Pod};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::api::Runtime;
+use crate::api::{ProbeTiming, Runtime, Source};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodView {
@@ -21,6 +22,10 @@ pub struct PodView {
     pub revision: Option<String>,
     /// The operator's runtime annotation, when it parses.
     pub runtime: Option<Runtime>,
+    /// The Job whose run this pod is (the Job controller's `batch.kubernetes.io/job-name` label).
+    pub job: Option<String>,
+    /// When the pod was created: every run of its containers ended after it.
+    pub created: Option<Timestamp>,
     /// The pod has a deletion timestamp: it is shutting down.
     pub deleting: bool,
     pub phase: Option<String>,
@@ -49,6 +54,10 @@ pub struct ContainerView {
     pub running_since: Option<Timestamp>,
     /// The termination before the last restart.
     pub last_terminated: Option<Termination>,
+    /// The window the container's own startup probe gives its boot (kubelet defaults for unset
+    /// fields); None without a startup probe. A run that ends sooner, for no more specific
+    /// reason, never finished booting.
+    pub boot_window: Option<SignedDuration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,6 +130,7 @@ impl ContainerView {
             last_terminated: last_state
                 .and_then(|s| s.terminated.as_ref())
                 .map(Termination::from),
+            boot_window: None,
         }
     }
 }
@@ -157,7 +167,22 @@ impl From<&Pod> for PodView {
 #[derive(Deserialize)]
 pub struct PodJson {
     metadata: MetaJson,
+    spec: Option<SpecJson>,
     status: Option<StatusJson>,
+}
+
+/// Of the spec, only each container's startup probe timing: the boot window of its runs.
+#[derive(Deserialize)]
+struct SpecJson {
+    #[serde(default)]
+    containers: Vec<SpecContainerJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecContainerJson {
+    name: String,
+    startup_probe: Option<Probe>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +192,7 @@ struct MetaJson {
     namespace: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
+    creation_timestamp: Option<Time>,
     deletion_timestamp: Option<IgnoredAny>,
     labels: Option<LabelsJson>,
     annotations: Option<AnnotationsJson>,
@@ -180,6 +206,11 @@ struct LabelsJson {
     pool: Option<String>,
     #[serde(rename = "pod-template-hash")]
     template_hash: Option<String>,
+    #[serde(rename = "batch.kubernetes.io/job-name")]
+    job_name: Option<String>,
+    /// The label Job controllers before Kubernetes 1.27 wrote, still written beside the new one.
+    #[serde(rename = "job-name")]
+    legacy_job_name: Option<String>,
 }
 
 /// The annotations read; the names are those of [`crate::api::REVISION_ANNOTATION`] and
@@ -227,9 +258,15 @@ struct ContainerStatusJson {
 impl PodJson {
     /// The pod's resource version and its view.
     pub fn into_view(self) -> (Option<String>, PodView) {
-        let PodJson { metadata, status } = self;
+        let PodJson {
+            metadata,
+            spec,
+            status,
+        } = self;
         let (labels, annotations) = (metadata.labels, metadata.annotations);
-        let (pool, template_hash) = labels.map_or((None, None), |l| (l.pool, l.template_hash));
+        let (pool, template_hash, job) = labels.map_or((None, None, None), |l| {
+            (l.pool, l.template_hash, l.job_name.or(l.legacy_job_name))
+        });
         let (revision, runtime) = annotations.map_or((None, None), |a| (a.revision, a.runtime));
         let status = status.unwrap_or(StatusJson {
             phase: None,
@@ -239,7 +276,17 @@ impl PodJson {
             container_statuses: None,
             init_container_statuses: None,
         });
-        let containers = views(status.container_statuses);
+        let mut containers = views(status.container_statuses);
+        for container in spec.map(|s| s.containers).unwrap_or_default() {
+            if let (Some(probe), Some(view)) = (
+                container.startup_probe,
+                containers.iter_mut().find(|c| c.name == container.name),
+            ) {
+                view.boot_window = Some(SignedDuration::from_secs(
+                    ProbeTiming::of(&probe, Source::Template).window_seconds(),
+                ));
+            }
+        }
         let init_containers = views(status.init_container_statuses);
         let view = PodView {
             name: metadata.name.unwrap_or_default(),
@@ -248,6 +295,8 @@ impl PodJson {
             pool,
             revision: revision.or(template_hash),
             runtime: runtime.and_then(|r| r.parse().ok()),
+            job,
+            created: metadata.creation_timestamp.map(|t| t.0),
             deleting: metadata.deletion_timestamp.is_some(),
             phase: status.phase,
             reason: status.reason,

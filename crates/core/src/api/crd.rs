@@ -12,6 +12,10 @@ use super::{MAX_POOL_NAME, WorkerPool};
 const MAX_CONTAINERS: u64 = 64;
 /// Container names are DNS labels; the bound also keeps CEL string comparisons cheap.
 const MAX_CONTAINER_NAME: u64 = 63;
+/// Ports per container, searched by name by the health-port rule; port names are IANA service
+/// names of at most 15 characters, as the API server itself requires.
+const MAX_PORTS: u64 = 64;
+const MAX_PORT_NAME: u64 = 15;
 
 /// The `WorkerPool` CRD, ready to apply.
 pub fn crd() -> CustomResourceDefinition {
@@ -57,6 +61,12 @@ fn adjust_schema(root: &mut Value) {
             containers["maxItems"] = json!(MAX_CONTAINERS);
             if let Some(name) = containers.pointer_mut("/items/properties/name") {
                 name["maxLength"] = json!(MAX_CONTAINER_NAME);
+            }
+            if let Some(ports) = containers.pointer_mut("/items/properties/ports") {
+                ports["maxItems"] = json!(MAX_PORTS);
+                if let Some(name) = ports.pointer_mut("/items/properties/name") {
+                    name["maxLength"] = json!(MAX_PORT_NAME);
+                }
             }
         }
     }

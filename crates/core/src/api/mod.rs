@@ -102,6 +102,7 @@ pub const MAX_INIT_BACKOFF: i32 = 10;
 #[x_kube(validation = Rule::new(
     "!self.policy.boot.preload || self.runtime == 'gunicorn'"
 ).message("spec.policy.boot.preload is a gunicorn option; set runtime: gunicorn or remove it").field_path(".policy.boot.preload"))]
+#[x_kube(validation = Rule::new(HEALTH_PORT_OF_FIRST).message("spec.health.port names no port of the app container (gunicorn and uvicorn pools probe the port named http unless told otherwise): name the container's port, set spec.health.port to a number, or use check: exec").field_path(".health.port"))]
 pub struct WorkerPoolSpec {
     /// Desired number of pods. Reached in steps of `policy.boot.maxConcurrent`.
     #[serde(default = "default_replicas")]
@@ -140,6 +141,23 @@ impl WorkerPoolSpec {
         })
     }
 }
+
+/// A named health port is a port of the app container, unless nothing probes it: an exec check,
+/// every probe set in the template, or a generic worker left without `health` (no probes). The
+/// same rule as the operator's own validation, for pools whose app container is the first one:
+/// searching the ports of the container `container` names would search ports inside a search of
+/// containers, which the API server estimates too costly; the operator's validation checks those
+/// (`Stalled`, `InvalidSpec`). A number is never a port name (port names hold a letter).
+const HEALTH_PORT_OF_FIRST: &str = "!has(self.template.spec) || size(self.template.spec.containers) == 0 \
+    || has(self.container) || self.health.check == 'exec' \
+    || string(self.health.port).matches('^[0-9]+$') \
+    || (self.runtime == 'generic' && self.health.check == 'http' && self.health.path == '/healthz' \
+        && string(self.health.port) == 'http' && !has(self.health.command)) \
+    || (has(self.template.spec.containers[0].startupProbe) \
+        && has(self.template.spec.containers[0].readinessProbe) \
+        && has(self.template.spec.containers[0].livenessProbe)) \
+    || (has(self.template.spec.containers[0].ports) \
+        && self.template.spec.containers[0].ports.exists(p, has(p.name) && p.name == string(self.health.port)))";
 
 fn default_replicas() -> i32 {
     1
@@ -394,6 +412,9 @@ impl Default for FailurePolicy {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "string(self.maxUnavailable).matches('^([0-9]+|100%|[1-9]?[0-9]%)$')"
+).message("spec.policy.disruption.maxUnavailable must be a count of 0 or more or a percentage from 0% to 100%").field_path(".maxUnavailable"))]
 pub struct DisruptionPolicy {
     /// PodDisruptionBudget `maxUnavailable` (number or percentage) during voluntary disruptions.
     #[serde(default = "default_max_unavailable")]

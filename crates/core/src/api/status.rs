@@ -164,6 +164,18 @@ pub struct ProbeTiming {
 }
 
 impl ProbeTiming {
+    /// A probe's timing, with the kubelet's defaults for what it leaves unset (every 10 s, 3
+    /// failures, 1 s timeout, no delay).
+    pub fn of(probe: &k8s_openapi::api::core::v1::Probe, source: Source) -> Self {
+        ProbeTiming {
+            period_seconds: probe.period_seconds.unwrap_or(10),
+            failure_threshold: probe.failure_threshold.unwrap_or(3),
+            timeout_seconds: probe.timeout_seconds.unwrap_or(1),
+            initial_delay_seconds: probe.initial_delay_seconds.unwrap_or(0),
+            source,
+        }
+    }
+
     /// Seconds of consecutive failures before the kubelet acts on this probe.
     pub fn window_seconds(&self) -> i64 {
         i64::from(self.initial_delay_seconds)
@@ -222,6 +234,10 @@ pub struct AbortRecord {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The run ended while no operator watched: known from the restart count, its reason
+    /// taken from the run after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inferred: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

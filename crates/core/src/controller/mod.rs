@@ -221,6 +221,12 @@ async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Acti
     Ok(Action::await_change())
 }
 
+/// The API server refuses to create objects in a namespace being deleted.
+pub(crate) fn namespace_terminating(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 403 && status.message.contains("because it is being terminated"))
+}
+
 /// A request about a child that the API server refused for good (403, 422, …): retrying the same
 /// request cannot succeed until someone changes the pool, the RBAC or an admission policy.
 fn refusal(error: &Error, namespace: &str) -> Option<Stall> {
@@ -294,9 +300,17 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     let mut refused = None;
     let (settings, applied) = match policy::validate(&pool.spec) {
         Err(invalid) => {
+            let running = ctx
+                .deployments
+                .get(&ObjectRef::new(&name).within(&namespace))
+                .is_some_and(|d| is_owned_by(d.meta(), &uid));
             let stall = Stall {
                 reason: reason::INVALID_SPEC,
-                message: format!("spec is invalid, the running pool was left untouched: {invalid}"),
+                message: if running {
+                    format!("spec is invalid, the running pool was left untouched: {invalid}")
+                } else {
+                    format!("spec is invalid, nothing was created: {invalid}")
+                },
             };
             (None, Applied::stalled(stall))
         }
@@ -315,6 +329,10 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             .await
             {
                 Ok(applied) => applied,
+                Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
+                    tracing::info!(pool = %name, %namespace, "the namespace is being deleted; the pool goes with it");
+                    return Ok(Action::await_change());
+                }
                 Err(error) => match refusal(&error, &namespace) {
                     Some(stall) => {
                         refused = Some(error);
@@ -360,6 +378,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         window_seconds: pool.spec.policy.failure.window_seconds,
         gates,
         initializing: workers.initializing.as_ref(),
+        stability: Some(&workers.stability),
     };
     let now = (ctx.clock)();
     let new = status::compute(old, &observation, &Time(now));
@@ -380,6 +399,14 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     report_aborts(ctx, pool, &workers.fresh).await;
     if let Some(error) = refused {
         return Err(error);
+    }
+    // An exit waits for its pod's Events: try again with the error back-off, not at once.
+    if let Some((pod, source)) = workers.unread {
+        return Err(Error::Read {
+            kind: "Events of Pod".into(),
+            name: pod,
+            source,
+        });
     }
 
     let requeue = workers

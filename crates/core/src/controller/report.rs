@@ -39,7 +39,12 @@ pub(super) async fn report_aborts(ctx: &Context, pool: &WorkerPool, fresh: &[Abo
             .or(abort.message.as_deref())
             .map(|h| format!(": {h}"))
             .unwrap_or_default();
-        let note = format!("pod {}{container}{exit}{detail}", abort.pod);
+        let inferred = if abort.inferred {
+            format!(" run {} (inferred)", abort.restart_count)
+        } else {
+            String::new()
+        };
+        let note = format!("pod {}{container}{inferred}{exit}{detail}", abort.pod);
         let event = Event {
             type_: EventType::Warning,
             reason: abort.reason.clone(),
@@ -59,7 +64,7 @@ pub(super) async fn report_aborts(ctx: &Context, pool: &WorkerPool, fresh: &[Abo
             .publish(&event, &reference, Fold::Series)
             .await
         {
-            tracing::warn!(reason = %abort.reason, "publishing an Event failed: {error}");
+            event_failed(&abort.reason, &error);
         }
     }
 }
@@ -178,6 +183,15 @@ pub(super) async fn publish(
     // A state change is its own Event: folded into a series it would keep its first message
     // ("scaling from 2 to 4") while the pool moves on.
     if let Err(error) = ctx.recorders.publish(&event, reference, Fold::Never).await {
+        event_failed(reason, &error);
+    }
+}
+
+/// A namespace being deleted refuses new Events; its pools go with it, so that is no news.
+fn event_failed(reason: &str, error: &kube::Error) {
+    if super::namespace_terminating(error) {
+        tracing::debug!(reason, "the namespace is being deleted; no Event: {error}");
+    } else {
         tracing::warn!(reason, "publishing an Event failed: {error}");
     }
 }

@@ -43,6 +43,33 @@ pub struct RunConfig {
     pub identity: String,
     /// Pools reconciled at once.
     pub concurrency: u16,
+    /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config` or the in-cluster ServiceAccount.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// A context of the kubeconfig other than its current one.
+    pub context: Option<String>,
+}
+
+/// The client for the cluster the configuration names, or one line that says how to name one.
+async fn connect(config: &RunConfig) -> anyhow::Result<Client> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: config.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let client_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("reading --kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        None if config.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no cluster to connect to: pass --kubeconfig FILE, set KUBECONFIG, or run in a pod with a ServiceAccount ({e})"
+            )
+        })?,
+    };
+    Ok(Client::try_from(client_config)?)
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -79,10 +106,58 @@ where
 
 /// A watch's event, or None when the watch failed: the error is logged here and goes no further,
 /// since each watch retries on its own back-off.
+/// A failure repeated on every retry (an API server away, a CRD deleted) is logged once, and
+/// once more when the watch recovers.
 fn succeeded<T>(watch: &str, event: Result<T, watcher::Error>) -> Option<T> {
-    event
-        .map_err(|error| tracing::warn!(watch, "watch failed, retrying: {error}"))
-        .ok()
+    static FAILING: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut failing) = FAILING.lock() else {
+        return event.ok();
+    };
+    let known = failing.iter().position(|(w, _)| w == watch);
+    match event {
+        Ok(event) => {
+            if let Some(i) = known {
+                failing.swap_remove(i);
+                tracing::info!(watch, "watch recovered");
+            }
+            Some(event)
+        }
+        Err(error) => {
+            let text = watch_failure(&error);
+            match known {
+                Some(i) if failing[i].1 == text => {
+                    tracing::debug!(watch, "watch failed again: {text}")
+                }
+                Some(i) => {
+                    tracing::warn!(watch, "watch failed, retrying: {text}");
+                    failing[i].1 = text;
+                }
+                None => {
+                    tracing::warn!(watch, "watch failed, retrying: {text}");
+                    failing.push((watch.to_string(), text));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// What a watch failure means to whoever reads the log.
+fn watch_failure(error: &watcher::Error) -> String {
+    let text = error.to_string();
+    let not_found = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 404,
+        watcher::Error::WatchError(status) => status.code == 404,
+        // A watch whose resource went away answers with a Status, not a watch event.
+        _ => text.contains("integer 404"),
+    };
+    if not_found {
+        "the resource is not served (was its CRD deleted? kubectl apply -f crds/); waiting for it"
+            .to_string()
+    } else {
+        text
+    }
 }
 
 /// Counts the watch caches whose first list is complete and turns `/readyz` on with the last.
@@ -266,7 +341,7 @@ pub fn install_tls_provider() {
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     install_tls_provider();
-    let client = Client::try_default().await?;
+    let client = connect(&config).await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -32,6 +32,11 @@ pub struct Report {
     pub recheck: Option<SignedDuration>,
     /// Pods waiting for their init containers.
     pub initializing: Option<detect::Initializing>,
+    /// Whether the pods stay up.
+    pub stability: detect::Stability,
+    /// A pod whose Events could not be listed, and why: the reconcile then fails and backs off
+    /// instead of coming back at the settle time.
+    pub unread: Option<(String, kube::Error)>,
 }
 
 fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<SignedDuration> {
@@ -57,27 +62,10 @@ pub async fn observe(
 
     let pods = ctx.pods.pods_of(namespace, name);
     let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();
-    // The app container's boot may take its startup probe's window: the one last applied, else
-    // the policy's boot timeout.
-    let boot_seconds = status
-        .and_then(|s| s.effective.as_ref())
-        .and_then(|e| e.startup_probe)
-        .map_or(pool.spec.policy.boot.timeout_seconds, |p| {
-            p.window_seconds()
-        });
-    let app = pool.spec.app_container_name();
-    let boot_window =
-        |container: &str| (Some(container) == app).then(|| SignedDuration::from_secs(boot_seconds));
-    let mut findings = detect::pod_aborts(pool.spec.runtime, &pods, &[], &boot_window, now);
+    let mut findings = detect::pod_aborts(pool.spec.runtime, &pods, &[], now);
     let evidence = read_evidence(ctx, namespace, pool_uid, old, &findings, now, window).await;
     if !evidence.events.is_empty() {
-        findings = detect::pod_aborts(
-            pool.spec.runtime,
-            &pods,
-            &evidence.events,
-            &boot_window,
-            now,
-        );
+        findings = detect::pod_aborts(pool.spec.runtime, &pods, &evidence.events, now);
     }
     // A settled termination whose pod's Events were not read now is counted later rather than
     // misread as a plain exit.
@@ -89,8 +77,11 @@ pub async fn observe(
         findings.settle_after = earliest(findings.settle_after, Some(detect::SETTLE));
     }
 
+    // Runs that ended while no operator watched, known from the restart counts.
+    let unseen = detect::unseen_runs(&pods, &findings.found, old, now, window);
     let mut reads = 0;
-    let mut observed: Vec<Observed> = Vec::with_capacity(findings.found.len());
+    let mut observed: Vec<Observed> = Vec::with_capacity(findings.found.len() + unseen.len());
+    observed.extend(unseen);
     for found in findings.found {
         let mut o = found.observed;
         if let Some(tail) = found
@@ -157,11 +148,15 @@ pub async fn observe(
     if !unhealthy.is_empty() {
         recheck = earliest(recheck, Some(SAMPLE_INTERVAL));
     }
+    let stability = detect::stability(&pods, &summary, now, window);
+    recheck = earliest(recheck, stability.stable_in);
     Report {
         summary,
         fresh,
         recheck,
         initializing: detect::initializing(&pods),
+        stability,
+        unread: evidence.failed,
     }
 }
 
@@ -188,6 +183,7 @@ fn worker_limits(pool: &WorkerPool, status: Option<&WorkerPoolStatus>) -> Worker
 struct Evidence {
     events: Vec<KubeletEvent>,
     read: HashSet<String>,
+    failed: Option<(String, kube::Error)>,
 }
 
 /// Lists the Events of pods with a new termination a probe kill could explain: once when it is
@@ -223,6 +219,7 @@ async fn read_evidence(
     let mut evidence = Evidence {
         events: Vec::new(),
         read: HashSet::new(),
+        failed: None,
     };
     for pod in wanted.into_iter().take(MAX_EVENT_READS) {
         match ctx.events.for_pod(namespace, pod).await {
@@ -230,7 +227,10 @@ async fn read_evidence(
                 evidence.events.extend(found);
                 evidence.read.insert(pod.to_string());
             }
-            Err(error) => tracing::debug!(pod, "listing the pod's Events failed: {error}"),
+            Err(error) => {
+                tracing::debug!(pod, "listing the pod's Events failed: {error}");
+                evidence.failed.get_or_insert((pod.to_string(), error));
+            }
         }
     }
     evidence

@@ -381,17 +381,6 @@ pub fn readiness_timing() -> ProbeTiming {
     }
 }
 
-/// Timing of a probe written in the template, with the kubelet's defaults for unset fields.
-pub fn explicit_timing(probe: &Probe) -> ProbeTiming {
-    ProbeTiming {
-        period_seconds: probe.period_seconds.unwrap_or(10),
-        failure_threshold: probe.failure_threshold.unwrap_or(3),
-        timeout_seconds: probe.timeout_seconds.unwrap_or(1),
-        initial_delay_seconds: probe.initial_delay_seconds.unwrap_or(0),
-        source: Source::Template,
-    }
-}
-
 fn probe_from(spec: &WorkerPoolSpec, timing: ProbeTiming) -> Probe {
     use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction, TCPSocketAction};
     let health = &spec.health;
@@ -596,7 +585,7 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
     // A probe the template sets is kept; the others are derived, unless nothing can be probed.
     let derive_probes = !unprobed(spec, app);
     let timing = |explicit: &Option<Probe>, derived: ProbeTiming| match explicit {
-        Some(probe) => Some(explicit_timing(probe)),
+        Some(probe) => Some(ProbeTiming::of(probe, Source::Template)),
         None => derive_probes.then_some(derived),
     };
     let startup = timing(&app.startup_probe, startup_timing(p.boot.timeout_seconds));

@@ -7,7 +7,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::aborts::detect::Initializing;
+use crate::aborts::detect::{Initializing, STABLE_AFTER, Stability};
 use crate::aborts::ledger;
 use crate::api::{
     AbortSummary, CircuitStatus, EffectiveSettings, InitStatus, Phase, WorkerPoolStatus, condition,
@@ -37,6 +37,8 @@ pub mod reason {
     pub const CONSISTENT: &str = "Consistent";
     pub const TEMPLATE_OVERRIDE: &str = "TemplateOverridesPolicy";
     pub const INIT_FAILING: &str = "InitContainersFailing";
+    pub const CRASH_LOOPING: &str = "CrashLooping";
+    pub const STARTING: &str = "PodsStarting";
 }
 
 /// Everything the status is computed from.
@@ -60,6 +62,8 @@ pub struct Observation<'a> {
     pub gates: Option<Gates<'a>>,
     /// Pods waiting for their init containers.
     pub initializing: Option<&'a Initializing>,
+    /// Whether the pods stay up; None when not looked at.
+    pub stability: Option<&'a Stability>,
 }
 
 /// What the init gate and the circuit breaker decided.
@@ -100,9 +104,51 @@ fn keep_transition_time(mut new: Condition, old: &[Condition]) -> Condition {
     new
 }
 
-/// Progress of the rollout, and which pods wait for their init containers: `(ready, reason,
-/// message)`.
+/// Progress of the rollout, which pods wait for their init containers, and whether the pods
+/// stay up: `(ready, reason, message)`. Pods that keep crashing are never Ready, whatever the
+/// counts say, and ready pods count once they have run [`STABLE_AFTER`].
 fn progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
+    let (ready, reason, message) = init_progress(obs);
+    let Some(stability) = obs.stability else {
+        return (ready, reason, message);
+    };
+    if stability.crash_looping > 0 {
+        let mut why = format!(
+            "{} {} keep crashing: {}",
+            stability.crash_looping,
+            if stability.crash_looping == 1 {
+                "pod"
+            } else {
+                "pods"
+            },
+            stability.why.as_deref().unwrap_or_default()
+        );
+        if !ready {
+            why.push_str(&format!("; {message}"));
+        }
+        return (false, reason::CRASH_LOOPING, why);
+    }
+    if ready && stability.starting > 0 {
+        return (
+            false,
+            reason::STARTING,
+            format!(
+                "{message}; {} {} started less than {}s ago",
+                stability.starting,
+                if stability.starting == 1 {
+                    "pod"
+                } else {
+                    "pods"
+                },
+                STABLE_AFTER.as_secs()
+            ),
+        );
+    }
+    (ready, reason, message)
+}
+
+/// Progress of the rollout, and which pods wait for their init containers.
+fn init_progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
     let (ready, reason, message) = rollout_progress(obs);
     match obs.initializing {
         Some(init) if !ready && init.stuck > 0 => (
@@ -306,6 +352,8 @@ pub fn compute(old: Option<&WorkerPoolStatus>, obs: &Observation, now: &Time) ->
         .is_none_or(|d| d.replicas == 0 && obs.desired_replicas > 0)
     {
         Phase::Pending
+    } else if progress_reason == reason::CRASH_LOOPING {
+        Phase::Degraded
     } else if !progress_ok {
         Phase::Progressing
     } else if degraded_now {
@@ -378,6 +426,7 @@ mod tests {
             window_seconds: 600,
             gates: None,
             initializing: None,
+            stability: None,
         }
     }
 
@@ -413,6 +462,73 @@ mod tests {
             progress(&observation(Some(ready_deployment(4)), 4)).2,
             "4 of 4 replicas ready"
         );
+    }
+
+    #[test]
+    fn a_pool_whose_pods_keep_crashing_is_never_ready() {
+        let looping = Stability {
+            crash_looping: 2,
+            why: Some("pod api-a container app ended 3 times within 600s of each other".into()),
+            ..Stability::default()
+        };
+        let obs = Observation {
+            stability: Some(&looping),
+            ..observation(Some(ready_deployment(4)), 4)
+        };
+        let status = compute(None, &obs, &time(0));
+        let ready = get(&status, condition::READY);
+        assert_eq!(
+            ready.status, "False",
+            "every pod happens to be ready right now"
+        );
+        assert_eq!(ready.reason, reason::CRASH_LOOPING);
+        assert_eq!(
+            ready.message,
+            "2 pods keep crashing: pod api-a container app ended 3 times within 600s of each other"
+        );
+        // kstatus reads Reconciling, not Ready: the pool is in progress, never Current.
+        assert_eq!(get(&status, condition::RECONCILING).status, "True");
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        // An occasional abort (one per container) leaves Ready alone.
+        let steady = Stability::default();
+        let obs = Observation {
+            stability: Some(&steady),
+            ..observation(Some(ready_deployment(4)), 4)
+        };
+        assert_eq!(
+            get(&compute(None, &obs, &time(0)), condition::READY).status,
+            "True"
+        );
+    }
+
+    #[test]
+    fn ready_pods_count_once_they_have_run_long_enough() {
+        let young = Stability {
+            starting: 1,
+            stable_in: Some(jiff::SignedDuration::from_secs(4)),
+            ..Stability::default()
+        };
+        let obs = Observation {
+            stability: Some(&young),
+            ..observation(Some(ready_deployment(4)), 4)
+        };
+        let status = compute(None, &obs, &time(0));
+        let ready = get(&status, condition::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::STARTING)
+        );
+        assert_eq!(
+            ready.message,
+            "4 of 4 replicas ready; 1 pod started less than 15s ago"
+        );
+        assert_eq!(status.phase, Some(Phase::Progressing));
+        // While the rollout itself is in progress, its own reason says more.
+        let obs = Observation {
+            stability: Some(&young),
+            ..observation(Some(ready_deployment(2)), 2)
+        };
+        assert_eq!(progress(&obs).1, reason::RAMPING);
     }
 
     #[test]
