@@ -226,7 +226,10 @@ fn chart_lints_and_renders_a_hardened_least_privilege_operator() {
         of_kind(&rendered, "ConfigMap").is_empty(),
         "the dashboard is opt-in"
     );
-    assert!(of_kind(&rendered, "Role").is_empty());
+    // The one Role is the Lease's, in the release namespace.
+    let lease_roles = of_kind(&rendered, "Role");
+    assert_eq!(lease_roles.len(), 1);
+    assert_eq!(rules(lease_roles[0])[0].1, "leases");
 
     // The CRD comes from crds/ (installed by helm install, never templated).
     let with_crds = helm_template(&helm, &["--include-crds"]);
@@ -384,7 +387,7 @@ fn argocd_health_check_passes_its_cases() {
         ],
     );
     assert!(ok, "{out}{err}");
-    assert!(out.contains("10 cases passed"), "{out}");
+    assert!(out.contains("11 cases passed"), "{out}");
 }
 
 /// `cargo tree` of the binary as the image builds it: `--no-default-features`, normal edges only.

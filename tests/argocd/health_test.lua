@@ -101,6 +101,17 @@ local cases = {
     status = "Suspended",
   },
   {
+    name = "pods that keep crashing, between two crashes all ready",
+    obj = pool(2, 3, { observedGeneration = 2, conditions = conditions(2, {
+      { "Ready", "False", "CrashLooping", "3 pods keep crashing" },
+      { "Reconciling", "True", "CrashLooping", "3 pods keep crashing" },
+      { "Stalled", "False", "Progressing" },
+      { "Degraded", "True", "UnexpectedExit", "9 aborts" },
+    }) }),
+    status = "Degraded",
+    message = "CrashLooping: 3 pods keep crashing",
+  },
+  {
     name = "not ready, not progressing: pods failing",
     obj = pool(2, 3, { observedGeneration = 2, conditions = conditions(2, {
       { "Ready", "False", "Progressing", "1 of 3 replicas ready" },

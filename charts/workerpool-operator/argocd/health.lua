@@ -55,6 +55,14 @@ if obj.spec ~= nil and obj.spec.replicas == 0 then
   return hs
 end
 
+-- Pods that keep crashing: the pool is in no state to serve, whatever else is in progress.
+local ready = condition(status, "Ready")
+if ready ~= nil and ready.status == "False" and ready.reason == "CrashLooping" then
+  hs.status = "Degraded"
+  hs.message = describe(ready, "CrashLooping")
+  return hs
+end
+
 local reconciling = condition(status, "Reconciling")
 if is_true(reconciling) then
   hs.status = "Progressing"
@@ -62,7 +70,6 @@ if is_true(reconciling) then
   return hs
 end
 
-local ready = condition(status, "Ready")
 local degraded = condition(status, "Degraded")
 if is_true(ready) then
   hs.status = "Healthy"

@@ -358,11 +358,16 @@ pub fn initializing(pods: &[&PodView]) -> Option<Initializing> {
 /// after its first crash, and must not pass `kubectl wait` in between.
 pub const STABLE_AFTER: SignedDuration = SignedDuration::from_secs(15);
 
+/// How long a container that ended twice or more within the window must run before its pod
+/// counts again: the exits stopped, rather than a gap between two of them.
+pub const RECOVERED_AFTER: SignedDuration = SignedDuration::from_secs(60);
+
 /// Whether the pool's pods stay up: nothing about them is Ready while they do not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stability {
     /// Pods with a container that ended twice or more, each end inside the window of the one
-    /// before and the latest inside the window now.
+    /// before and the latest inside the window now, and that has not run [`RECOVERED_AFTER`]
+    /// since.
     pub crash_looping: usize,
     /// What the first of them (by name) shows.
     pub why: Option<String>,
@@ -402,10 +407,19 @@ pub fn stability(
                 .parse::<Timestamp>()
                 .is_ok_and(|t| now.duration_since(t) <= window);
             let runs = entry.runs.len() + usize::from(entry.runs_through.is_some());
-            (recent && runs >= 2).then(|| (c, entry.runs.len(), entry.runs_through.is_some()))
+            // Recovered: running for a while since the last of its exits.
+            let ran = c.running_since.map(|since| now.duration_since(since));
+            if ran.is_some_and(|ran| ran >= RECOVERED_AFTER) {
+                return None;
+            }
+            (recent && runs >= 2).then(|| (c, entry.runs.len(), entry.runs_through.is_some(), ran))
         });
-        if let Some((container, runs, more)) = repeated {
+        if let Some((container, runs, more, ran)) = repeated {
             stability.crash_looping += 1;
+            if let Some(ran) = ran {
+                let left = RECOVERED_AFTER - ran;
+                stability.stable_in = Some(stability.stable_in.map_or(left, |l| l.min(left)));
+            }
             if stability.why.is_none() {
                 let last = summary
                     .last
@@ -861,6 +875,14 @@ mod tests {
         );
         // Once the latest end left the window, the pod is stable again.
         assert!(stability(&[&pod], &twice, at(41 + 601), 600).is_stable());
+        // So it is once it has run a minute since its last exit.
+        let mut serving = pod.clone();
+        serving.containers[0].state = State::Running;
+        serving.containers[0].running_since = Some(at(45));
+        let recovering = stability(&[&serving], &twice, at(100), 600);
+        assert_eq!(recovering.crash_looping, 1);
+        assert_eq!(recovering.stable_in, Some(SignedDuration::from_secs(5)));
+        assert!(stability(&[&serving], &twice, at(105), 600).is_stable());
         // A pod being deleted is no longer the pool's concern.
         let leaving = PodView {
             deleting: true,

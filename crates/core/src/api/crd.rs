@@ -70,6 +70,11 @@ fn adjust_schema(root: &mut Value) {
             }
         }
     }
+    // A named health port is a port name (at most 15 characters): bounded, the rule that looks
+    // for it among the app container's ports fits the API server's cost budget.
+    if let Some(port) = root.pointer_mut("/properties/spec/properties/health/properties/port") {
+        port["maxLength"] = json!(MAX_PORT_NAME);
+    }
     if let Some(status) = root.pointer_mut("/properties/status") {
         // A pool the operator has not seen must not read as current to kstatus.
         status["default"] = json!({});
