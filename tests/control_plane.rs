@@ -1162,14 +1162,14 @@ fn count(requests: &[Value], verb: &str, resource: &str) -> usize {
 fn a_child_the_server_refuses_stalls_the_pool_naming_it() {
     let _setup = setup();
     let ns = namespace("e2e-refused");
-    // A port name longer than 15 characters passes the CRD, and the Deployment's validation
-    // refuses it.
+    // A port name that is no IANA service name (upper case) passes the CRD, and the
+    // Deployment's validation refuses it.
     let mut yaml: Value =
         serde_json::from_str(&pool(&ns, "api", 1, "gunicorn", &[], json!({}))).expect("pool JSON");
     yaml["spec"]["template"]["spec"]["containers"][0]["ports"]
         .as_array_mut()
         .expect("ports")
-        .push(json!({"name": "metrics-exporter-port", "containerPort": 9100}));
+        .push(json!({"name": "METRICS", "containerPort": 9100}));
     let out = apply(&yaml.to_string());
     assert!(out.ok, "{}", out.stderr);
     let s = wait_until(
@@ -1188,7 +1188,7 @@ fn a_child_the_server_refuses_stalls_the_pool_naming_it() {
         message.contains(&format!("Deployment {ns}/api")) && message.contains("422"),
         "{message}"
     );
-    assert!(message.contains("metrics-exporter-port"), "{message}");
+    assert!(message.contains("METRICS"), "{message}");
     let events = events(&ns, "reason=WriteRefused", "name");
     assert!(!events.trim().is_empty(), "no WriteRefused Event");
     assert_ne!(s["observedGeneration"], -1, "{s:#}");
