@@ -361,6 +361,7 @@ fn run_render(path: &PathBuf) -> Result<(), String> {
         for advice in &rendered.advice {
             eprintln!("warning: {}", about(advice));
         }
+        out.push_str(&render::first_apply_note(pool, &rendered.children));
         out.push_str(&render::to_yaml(&rendered.children).map_err(|e| e.to_string())?);
     }
     print!("{out}");

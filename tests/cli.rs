@@ -128,7 +128,25 @@ spec:
 fn render_accepts_a_minimal_pool() {
     let out = run(&["render", "-f", "-"], Some(MINIMAL));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("namespace: default"));
+    let yaml = text(&out.stdout);
+    // No namespace invented: the objects go where `kubectl apply` points, as the pool would.
+    assert!(!yaml.contains("namespace:"), "{yaml}");
+    // The output says it is the first apply, and what applying it over a running pool does.
+    assert!(
+        yaml.starts_with("# WorkerPool api: what the operator applies when it first sees the pool"),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains("scale it down"),
+        "one replica is no ramp: {yaml}"
+    );
+    let six = MINIMAL.replace("runtime: gunicorn", "runtime: gunicorn\n  replicas: 6");
+    let out = run(&["render", "-f", "-"], Some(&six));
+    let yaml = text(&out.stdout);
+    assert!(
+        yaml.contains("starts at 2 of 6 replicas") && yaml.contains("would scale it down"),
+        "{yaml}"
+    );
 }
 
 #[test]
@@ -935,4 +953,58 @@ fn run_on_a_taken_metrics_port_fails_naming_it() {
         stderr.contains(&format!("--metrics-addr {addr}")) && stderr.contains("in use"),
         "{stderr}"
     );
+}
+
+#[test]
+fn run_without_a_cluster_says_in_one_line_how_to_name_one() {
+    let home = std::env::temp_dir().join(format!("wp-no-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&home).expect("scratch home");
+    let out = Command::new(BIN)
+        .args(["run", "--metrics-addr=127.0.0.1:0"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("HOME", &home)
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("--kubeconfig") && lines[0].contains("KUBECONFIG"),
+        "{stderr}"
+    );
+    // A named kubeconfig that does not exist is named back.
+    let out = run(
+        &[
+            "run",
+            "--metrics-addr=127.0.0.1:0",
+            "--kubeconfig",
+            "/nonexistent/config",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/config"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_yaml_mistake_is_named_by_line_and_column_and_once() {
+    let broken = "apiVersion: workerpool.dev/v1alpha1\nkind: WorkerPool\nmetadata: {name: api}\nspec:\n  runtime: gunicorn\n   template: x\n";
+    let out = run(&["render", "-f", "-"], Some(broken));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("at line 6 column 12"), "{stderr}");
+    // A number out of range is one message naming the field.
+    let negative = MINIMAL.replace("runtime: gunicorn", "runtime: gunicorn\n  replicas: -1");
+    let out = run(&["render", "-f", "-"], Some(&negative));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("spec.replicas").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

@@ -1795,8 +1795,8 @@ fn runs_that_end_while_no_operator_runs_are_counted_once_when_one_is_back() {
         &[
             ("scenario", "crash"),
             ("boot", "1s"),
-            ("serve", "2s"),
-            ("restart", "2s"),
+            ("serve", "6s"),
+            ("restart", "4s"),
         ],
         json!({"failure": {"bootFailureThreshold": 1000}}),
     );
@@ -1807,7 +1807,8 @@ fn runs_that_end_while_no_operator_runs_are_counted_once_when_one_is_back() {
         || (runs_counted_and_restarts(&ns).0 >= 2).then_some(()),
         || describe(&ns, "api"),
     );
-    // No operator for 30 s while the pod keeps crashing.
+    // No operator for 30 s while the pod keeps crashing (every 11 s: each run is seen settled
+    // for a while, so counted = restart count can be read between two exits).
     operators.stop_all();
     let (counted_before, restarts_before) = runs_counted_and_restarts(&ns);
     std::thread::sleep(Duration::from_secs(30));
@@ -1839,5 +1840,47 @@ fn runs_that_end_while_no_operator_runs_are_counted_once_when_one_is_back() {
     assert!(
         events.contains("(inferred)"),
         "no Event says a run was inferred: {events}"
+    );
+    // Across the restart, each pod's aborts of one reason stay one series (one more for the
+    // inferred ones): the new operators bumped the series the stopped ones began.
+    let (_, before_more) = runs_counted_and_restarts(&ns);
+    wait_until(
+        "two more exits counted",
+        MINUTE,
+        || (runs_counted_and_restarts(&ns).0 >= before_more + 2).then_some(()),
+        || describe(&ns, "api"),
+    );
+    let list = kubectl_json(&["get", "events.events.k8s.io", "-n", &ns]).expect("Events");
+    let mut series: std::collections::BTreeMap<(String, String, String), Vec<i64>> =
+        std::collections::BTreeMap::new();
+    for event in list["items"].as_array().into_iter().flatten() {
+        if event["reportingController"] != "workerpool-operator" || event["type"] != "Warning" {
+            continue;
+        }
+        let key = (
+            event["related"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            event["reason"].as_str().unwrap_or_default().to_string(),
+            event["action"].as_str().unwrap_or_default().to_string(),
+        );
+        series
+            .entry(key)
+            .or_default()
+            .push(event["series"]["count"].as_i64().unwrap_or(1));
+    }
+    assert!(!series.is_empty(), "{list:#}");
+    for (key, counts) in &series {
+        assert_eq!(
+            counts.len(),
+            1,
+            "{key:?} is spread over {} Events: {counts:?}",
+            counts.len()
+        );
+    }
+    assert!(
+        series.values().any(|counts| counts[0] > 2),
+        "no series counted on across the restart: {series:?}"
     );
 }

@@ -80,7 +80,28 @@ fn names_subresources_and_columns() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(columns, ["Desired", "Ready", "Phase", "Last-Abort", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            "Desired",
+            "Ready",
+            "Phase",
+            "Last-Abort",
+            "Age",
+            "Target",
+            "Revision",
+            "Circuit-Open",
+            "Reason"
+        ]
+    );
+    // The last four only with `kubectl get wp -o wide`.
+    let wide: Vec<i64> = version["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .map(|c| c["priority"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(wide, [0, 0, 0, 0, 0, 1, 1, 1, 1]);
 }
 
 /// Structural schema: every node says its type (or is int-or-string / preserves unknown fields),

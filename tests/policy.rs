@@ -232,6 +232,71 @@ fn explicit_grace_period_wins_and_is_reported_with_both_numbers() {
 }
 
 #[test]
+fn the_users_own_pre_stop_hook_is_the_drain() {
+    // `sleep 60` as an exec hook: the grace period is derived from it, not from drainSeconds.
+    let hook = |command: serde_json::Value| {
+        app_container_with(json!({"lifecycle": {"preStop": {"exec": {"command": command}}}}))
+    };
+    let (deployment, settings) = build(&spec("gunicorn", hook(json!(["sleep", "60"]))));
+    assert_eq!(settings.effective.pre_stop_sleep_seconds, Some(60));
+    assert_eq!(
+        pod_spec(&deployment).termination_grace_period_seconds,
+        Some(60 + 30 + GRACE_MARGIN_SECONDS)
+    );
+    assert!(settings.conflicts.is_empty(), "{:?}", settings.conflicts);
+    for command in [
+        json!(["/bin/sleep", "15"]),
+        json!(["sh", "-c", "sleep 15 && kill -TERM 1"]),
+    ] {
+        let (_, settings) = build(&spec("gunicorn", hook(command.clone())));
+        assert_eq!(
+            settings.effective.pre_stop_sleep_seconds,
+            Some(15),
+            "{command}"
+        );
+    }
+    // With the grace period set too, the conflict names the hook, and says when it alone
+    // outlasts the period.
+    let mut extra = hook(json!(["sleep", "60"]));
+    merge(
+        &mut extra,
+        &json!({"template": {"spec": {"terminationGracePeriodSeconds": 40}}}),
+    );
+    let (_, settings) = build(&spec("gunicorn", extra));
+    let message = conflict(&settings, "terminationGracePeriodSeconds");
+    assert!(
+        message.contains("the preStop hook's 60s") && message.contains("alone outlasts"),
+        "{message}"
+    );
+    let mut extra = hook(json!(["sleep", "20"]));
+    merge(
+        &mut extra,
+        &json!({"template": {"spec": {"terminationGracePeriodSeconds": 40}}}),
+    );
+    let (_, settings) = build(&spec("gunicorn", extra));
+    let message = conflict(&settings, "terminationGracePeriodSeconds");
+    assert!(
+        message.contains("the preStop hook's 20s + gunicorn")
+            || message.contains("the preStop hook's 20s + policy"),
+        "{message}"
+    );
+    // A hook whose length cannot be known: the policy's drain is counted for it, and said so.
+    let mut extra = app_container_with(
+        json!({"lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": 8000}}}}),
+    );
+    merge(
+        &mut extra,
+        &json!({"template": {"spec": {"terminationGracePeriodSeconds": 10}}}),
+    );
+    let (_, settings) = build(&spec("gunicorn", extra));
+    assert!(
+        conflict(&settings, "terminationGracePeriodSeconds").contains("length is unknown"),
+        "{:?}",
+        settings.conflicts
+    );
+}
+
+#[test]
 fn command_line_timeout_wins_and_is_reported() {
     let extra = app_container_with(json!({"args": ["--timeout", "10"]}));
     let (_, settings) = build(&spec("gunicorn", extra));

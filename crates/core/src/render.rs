@@ -151,6 +151,15 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
     if let Some(job) = children.init_job.as_mut() {
         drift::stamp(job)?;
     }
+    // A pool without a namespace lands in the one `kubectl apply` is pointed at, and so do its
+    // children: render invents none.
+    if pool.metadata.namespace.is_none() {
+        if let Some(job) = children.init_job.as_mut() {
+            job.metadata.namespace = None;
+        }
+        children.deployment.metadata.namespace = None;
+        children.pdb.metadata.namespace = None;
+    }
     drift::stamp(&mut children.deployment)?;
     drift::stamp(&mut children.pdb)?;
     Ok(Rendered {
@@ -164,6 +173,34 @@ fn push_doc<T: Serialize>(out: &mut String, object: &T) -> Result<(), RenderErro
     out.push_str("---\n");
     out.push_str(&serde_yaml::to_string(object)?);
     Ok(())
+}
+
+/// What the output is, at its top: the first apply, not the live state of a running pool.
+pub fn first_apply_note(pool: &WorkerPool, children: &Children) -> String {
+    let name = pool.metadata.name.as_deref().unwrap_or("workerpool");
+    let first = children
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let mut note = format!(
+        "# WorkerPool {name}: what the operator applies when it first sees the pool. Review and diff\n\
+         # with it; let the operator apply it.\n"
+    );
+    if first < pool.spec.replicas {
+        note.push_str(&format!(
+            "# The Deployment starts at {first} of {} replicas and the operator ramps it from there:\n\
+             # applied over a running pool, this would scale it down.\n",
+            pool.spec.replicas
+        ));
+    }
+    if pool.metadata.namespace.is_none() {
+        note.push_str(
+            "# No namespace given: the objects go where kubectl points, as the pool does.\n",
+        );
+    }
+    note
 }
 
 /// Multi-document YAML of every child, in apply order: the init Job runs before the Deployment.

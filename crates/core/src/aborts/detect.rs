@@ -200,11 +200,13 @@ const MAX_INFERRED_RUNS: i32 = 256;
 /// Runs that ended while no operator watched: the status shows only the last run that ended, so
 /// a container restarted more often than the runs counted had others end unseen. They are
 /// counted when they are known to have ended inside the window (after a run counted there, or in
-/// a pod created there), each with the reason of the first run seen after them, and marked
-/// inferred. Waits for that run to be classified (`found`), so the reason is known.
+/// a pod created there), each with the reason the run after them is given now (still settling,
+/// it may yet turn out a probe kill: the runs before it ended too long ago to tell), and marked
+/// inferred. A crash loop faster than the settle time is counted this way, one run behind.
 pub fn unseen_runs(
+    runtime: Runtime,
     pods: &[&PodView],
-    found: &[Found],
+    events: &[KubeletEvent],
     old: Option<&AbortSummary>,
     now: Timestamp,
     window_seconds: i64,
@@ -215,37 +217,45 @@ pub fn unseen_runs(
         let created_in_window = pod
             .created
             .is_some_and(|created| now.duration_since(created) <= window);
+        let mut classified: Option<Vec<Abort>> = None;
         for container in &pod.containers {
             let Some(seen) = container.last_terminated.as_ref() else {
                 continue;
             };
             // The run the status shows in `lastState`; every run before it ended unseen or counted.
             let shown = container.restart_count.saturating_sub(1);
-            let identity = Identity::run(&pod.uid, &container.name, shown);
-            let Some(next) = found.iter().find(|f| f.observed.identity == identity) else {
-                continue;
-            };
-            let first = ledger::run_after_counted(old, &identity.source, now, window_seconds)
+            let source = Identity::run(&pod.uid, &container.name, shown).source;
+            let first = ledger::run_after_counted(old, &source, now, window_seconds)
                 .or(created_in_window.then_some(0));
             let Some(first) = first.map(|f| f.max(shown.saturating_sub(MAX_INFERRED_RUNS))) else {
                 continue;
             };
+            if first >= shown {
+                continue;
+            }
+            let aborts = classified.get_or_insert_with(|| classify::classify(runtime, pod, events));
+            let Some(next) = aborts.iter().find(|a| {
+                a.container.as_deref() == Some(container.name.as_str())
+                    && a.restart_count == Some(shown)
+                    && a.exit_code.is_some()
+            }) else {
+                continue;
+            };
             // They ended before the run after them started.
             let at = seen.started_at.or(seen.finished_at).unwrap_or(now);
+            let next_hint = hint(next, None);
             for run in first..shown {
-                let mut record = next.observed.record.clone();
+                let mut record = record(next, at, None);
                 record.exit_code = None;
                 record.signal = None;
                 record.restart_count = run;
-                record.time = Some(at.to_string());
                 record.inferred = true;
                 record.message = Some(format!(
                     "ended while no operator watched; the restart count shows it, and the run after it ended {}",
-                    next.observed.record.reason
+                    next.reason
                 ));
                 record.hint = Some(format!(
-                    "inferred from the restart count, with the reason of the run after it: {}",
-                    next.observed.record.hint.as_deref().unwrap_or_default()
+                    "inferred from the restart count, with the reason of the run after it: {next_hint}"
                 ));
                 inferred.push(Observed {
                     identity: Identity::run(&pod.uid, &container.name, run),
@@ -766,7 +776,7 @@ mod tests {
         now: Timestamp,
     ) -> (AbortSummary, Vec<AbortRecord>) {
         let found = pod_aborts(Runtime::Gunicorn, &[pod], &[], now).found;
-        let mut observed = unseen_runs(&[pod], &found, old, now, 600);
+        let mut observed = unseen_runs(Runtime::Gunicorn, &[pod], &[], old, now, 600);
         observed.extend(found.into_iter().map(|f| f.observed));
         ledger::record(old, observed, now, 600)
     }
@@ -849,8 +859,7 @@ mod tests {
     #[test]
     fn a_hostile_restart_count_infers_a_bounded_number_of_runs() {
         let pod = crash_looping(i32::MAX, "2026-11-22T10:00:00Z", 100);
-        let found = pod_aborts(Runtime::Gunicorn, &[&pod], &[], at(101)).found;
-        let unseen = unseen_runs(&[&pod], &found, None, at(101), 600);
+        let unseen = unseen_runs(Runtime::Gunicorn, &[&pod], &[], None, at(101), 600);
         assert_eq!(unseen.len(), MAX_INFERRED_RUNS as usize);
     }
 
@@ -911,5 +920,35 @@ mod tests {
             (1, Some(SignedDuration::from_secs(10)))
         );
         assert!(stability(&[&pod], &summary, at(15), 600).is_stable());
+    }
+
+    #[test]
+    fn a_crash_loop_faster_than_the_settle_time_is_counted_one_run_behind() {
+        // A plain program's exit could still turn out a probe kill for 5 s; this one restarts
+        // sooner, so the run the status shows is always settling.
+        let created = "2026-11-22T08:00:00Z";
+        let reconcile_generic = |old: Option<&AbortSummary>, pod: &PodView, now: Timestamp| {
+            let found = pod_aborts(Runtime::Generic, &[pod], &[], now).found;
+            let mut observed = unseen_runs(Runtime::Generic, &[pod], &[], old, now, 600);
+            observed.extend(found.into_iter().map(|f| f.observed));
+            ledger::record(old, observed, now, 600)
+        };
+        let (first, _) = reconcile_generic(None, &crash_looping(1, created, 10), at(20));
+        assert_eq!(counted_runs(&first), [0]);
+        let mut summary = first;
+        for restarts in 2..=5 {
+            let ended = 20 + 4 * i64::from(restarts);
+            let pod = crash_looping(restarts, created, ended);
+            let found = pod_aborts(Runtime::Generic, &[&pod], &[], at(ended + 2)).found;
+            assert!(
+                found
+                    .iter()
+                    .all(|f| f.observed.record.reason == "CrashLoop"),
+                "the run shown is still settling: {found:?}"
+            );
+            summary = reconcile_generic(Some(&summary), &pod, at(ended + 2)).0;
+            let expected: Vec<i32> = (0..restarts - 1).collect();
+            assert_eq!(counted_runs(&summary), expected, "one run behind");
+        }
     }
 }

@@ -90,6 +90,30 @@ pub const MAX_INIT_BACKOFF: i32 = 10;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Target",
+        type_ = "integer",
+        json_path = ".status.rampTarget",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.revision",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Circuit-Open",
+        type_ = "boolean",
+        json_path = ".status.circuit.open",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]

@@ -49,7 +49,14 @@ pub(super) async fn report_aborts(ctx: &Context, pool: &WorkerPool, fresh: &[Abo
             type_: EventType::Warning,
             reason: abort.reason.clone(),
             note: Some(truncate(note, 1000)),
-            action: "ObserveWorker".into(),
+            // Runs counted from the restart count fold into a series of their own, whose note
+            // says so.
+            action: if abort.inferred {
+                "InferWorkerExit"
+            } else {
+                "ObserveWorker"
+            }
+            .into(),
             // One series per pod and reason: `kubectl describe wp` names each pod.
             secondary: Some(ObjectReference {
                 api_version: Some("v1".into()),

@@ -78,7 +78,7 @@ pub async fn observe(
     }
 
     // Runs that ended while no operator watched, known from the restart counts.
-    let unseen = detect::unseen_runs(&pods, &findings.found, old, now, window);
+    let unseen = detect::unseen_runs(pool.spec.runtime, &pods, &evidence.events, old, now, window);
     let mut reads = 0;
     let mut observed: Vec<Observed> = Vec::with_capacity(findings.found.len() + unseen.len());
     observed.extend(unseen);

@@ -497,6 +497,36 @@ pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags 
     }
 }
 
+/// How long a preStop hook waits, when it says: the `sleep` action, or an exec hook that runs
+/// `sleep N` (directly or as a shell's first command). None for anything else (an HTTP call, a
+/// script).
+pub fn hook_seconds(hook: &k8s_openapi::api::core::v1::LifecycleHandler) -> Option<i64> {
+    if let Some(sleep) = &hook.sleep {
+        return Some(sleep.seconds);
+    }
+    let command = hook.exec.as_ref()?.command.as_deref()?;
+    let is_sleep = |word: &str| word.rsplit('/').next() == Some("sleep");
+    let seconds = |word: &str| {
+        let digits = word.strip_suffix('s').unwrap_or(word);
+        digits.parse::<i64>().ok().filter(|n| *n >= 0)
+    };
+    match command {
+        [sleep, n] if is_sleep(sleep) => seconds(n),
+        [shell, flag, script]
+            if flag == "-c" && shell.rsplit('/').next().is_some_and(|s| s.ends_with("sh")) =>
+        {
+            let mut words = script
+                .split(|c: char| c.is_whitespace() || c == ';' || c == '&')
+                .filter(|w| !w.is_empty());
+            match (words.next(), words.next()) {
+                (Some(sleep), Some(n)) if is_sleep(sleep) => seconds(n),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Turns a valid pool into the numbers to apply, keeping every value set in the template and
 /// reporting the ones that break a rule.
 pub fn settle(pool: &ValidPool<'_>) -> Settings {
@@ -546,23 +576,31 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         _ => "policy.shutdown.gracefulTimeoutSeconds",
     };
 
-    let (pre_stop_sleep, explicit_pre_stop) =
-        match app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
-            Some(hook) => (hook.sleep.as_ref().map(|s| s.seconds), true),
-            None => (Some(p.shutdown.drain_seconds), false),
-        };
+    // The template's own preStop hook is the drain, however it waits.
+    let hook = app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+    let (pre_stop_sleep, explicit_pre_stop) = match hook {
+        Some(hook) => (hook_seconds(hook), true),
+        None => (Some(p.shutdown.drain_seconds), false),
+    };
     if let (true, Some(sleep)) = (explicit_pre_stop, pre_stop_sleep)
         && sleep < p.shutdown.drain_seconds
     {
         conflicts.push(Conflict {
-            field: "preStop sleep".into(),
+            field: "preStop".into(),
             message: format!(
-                "preStop sleeps {sleep}s, shorter than policy.shutdown.drainSeconds {}: endpoints may still route to a terminating pod",
+                "the preStop hook waits {sleep}s, shorter than policy.shutdown.drainSeconds {}: endpoints may still route to a terminating pod",
                 p.shutdown.drain_seconds
             ),
         });
     }
     let drain = pre_stop_sleep.unwrap_or(p.shutdown.drain_seconds);
+    let drain_name = match (explicit_pre_stop, pre_stop_sleep) {
+        (true, Some(_)) => format!("the preStop hook's {drain}s"),
+        (true, None) => format!(
+            "policy.shutdown.drainSeconds {drain}s (counted for a preStop hook whose length is unknown)"
+        ),
+        (false, _) => format!("drain {drain}s"),
+    };
     // Derived from the effective drain and graceful timeout, wherever they were set.
     let pod = pool.pod_spec();
     let (grace, grace_source) = match pod.termination_grace_period_seconds {
@@ -572,11 +610,18 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             Source::Policy,
         ),
     };
-    if grace < drain + graceful_timeout {
+    if grace <= drain && explicit_pre_stop {
         conflicts.push(Conflict {
             field: "terminationGracePeriodSeconds".into(),
             message: format!(
-                "terminationGracePeriodSeconds {grace} is shorter than drain {drain}s + {graceful_name} {graceful_timeout}s = {}: the kubelet will SIGKILL workers mid-shutdown",
+                "terminationGracePeriodSeconds {grace} is no longer than {drain_name}: the preStop hook alone outlasts it, and the kubelet SIGKILLs the pod before the app server is told to stop"
+            ),
+        });
+    } else if grace < drain + graceful_timeout {
+        conflicts.push(Conflict {
+            field: "terminationGracePeriodSeconds".into(),
+            message: format!(
+                "terminationGracePeriodSeconds {grace} is shorter than {drain_name} + {graceful_name} {graceful_timeout}s = {}: the kubelet will SIGKILL workers mid-shutdown",
                 drain + graceful_timeout
             ),
         });
