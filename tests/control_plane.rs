@@ -1774,12 +1774,19 @@ fn a_crash_looping_pool_never_passes_kubectl_wait_or_kstatus() {
     assert!(
         ready["message"]
             .as_str()
-            .is_some_and(|m| m.contains("keep crashing")),
+            .is_some_and(|m| m.contains("crashing: pod ")),
         "{s:#}"
     );
     // Never Ready since it was created, not even between two crashes.
     let ready_events = events(&ns, "reason=Ready", "name");
     assert_eq!(ready_events.lines().count(), 0, "{}", describe(&ns, "api"));
+    // `-o wide` names the ramp target, revision, circuit and why it is not Ready.
+    let wide = kubectl_ok(&["get", "wp", "api", "-n", &ns, "-o", "wide"]);
+    let header = wide.lines().next().unwrap_or_default();
+    for column in ["TARGET", "REVISION", "CIRCUIT-OPEN", "REASON"] {
+        assert!(header.contains(column), "{wide}");
+    }
+    assert!(wide.contains("CrashLooping"), "{wide}");
 }
 
 #[test]

@@ -111,7 +111,7 @@ fn controller_rules() -> Vec<(String, String, Vec<String>)> {
         rule("", "pods", &["list", "watch"]),
         rule("", "pods/log", &["get"]),
         rule("", "events", &["list"]),
-        rule("events.k8s.io", "events", &["create", "patch"]),
+        rule("events.k8s.io", "events", &["create", "get", "patch"]),
     ];
     all.sort();
     all

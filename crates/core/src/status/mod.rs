@@ -114,12 +114,12 @@ fn progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
     };
     if stability.crash_looping > 0 {
         let mut why = format!(
-            "{} {} keep crashing: {}",
+            "{} {} crashing: {}",
             stability.crash_looping,
             if stability.crash_looping == 1 {
-                "pod"
+                "pod keeps"
             } else {
-                "pods"
+                "pods keep"
             },
             stability.why.as_deref().unwrap_or_default()
         );
