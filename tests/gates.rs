@@ -396,3 +396,56 @@ async fn a_uvicorn_exit_1_crash_loop_opens_the_circuit() {
     let s = status(&h).await;
     assert_stalled(&s, "BootFailureThreshold", "3 boot failures of revision");
 }
+
+#[tokio::test]
+async fn pods_crash_looping_on_oom_kills_after_serving_do_not_open_the_circuit() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 6}))], vec![]).await;
+    h.reconcile("api").await;
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let revision = revision_of(&h.deployment("api").await.expect("d"));
+
+    h.advance(120);
+    let started = (h.now() - jiff::SignedDuration::from_secs(100)).to_string();
+    let finished = (h.now() - jiff::SignedDuration::from_secs(10)).to_string();
+    let pods = (0..4)
+        .map(|i| {
+            let mut value =
+                serde_json::to_value(failing_pod(&format!("api-{i}"), &revision, &finished))
+                    .expect("pod");
+            let status = &mut value["status"]["containerStatuses"][0];
+            status["state"] = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+            status["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                "startedAt": started, "finishedAt": finished}});
+            serde_json::from_value(value).expect("pod")
+        })
+        .collect();
+    h.set_pods(pods);
+    h.reconcile("api").await;
+    let s = status(&h).await;
+    let stalled = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .expect("Stalled");
+    assert_eq!(stalled.status, "False", "{}", stalled.message);
+    assert!(
+        s.circuit.as_ref().is_none_or(|c| !c.open),
+        "{:?}",
+        s.circuit
+    );
+    let counts = s
+        .aborts
+        .as_ref()
+        .map(|a| a.counts.clone())
+        .unwrap_or_default();
+    assert!(
+        counts
+            .iter()
+            .any(|c| c.reason == "OOMKilled" && c.count == 4)
+            && counts
+                .iter()
+                .any(|c| c.reason == "CrashLoop" && c.count == 4),
+        "{counts:?}"
+    );
+}

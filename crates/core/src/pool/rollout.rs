@@ -15,13 +15,14 @@ use crate::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus};
 use crate::pool::Stall;
 use crate::pool::ramp::{self, DeploymentCounts};
 
-/// Abort reasons that count as a failed boot for the circuit breaker.
-pub const BOOT_FAILURES: [&str; 5] = [
+/// Abort reasons that count as a failed boot for the circuit breaker. A crash loop is not one of
+/// them: it follows the exits beside it, and those say whether the pod failed to boot or failed
+/// while serving (an OOM kill, a crash after ready), which no new pod would fix by waiting.
+pub const BOOT_FAILURES: [&str; 4] = [
     "BootFailed",
     "AppLoadFailed",
     "StartupTimeout",
     "WorkerTimeout",
-    "CrashLoop",
 ];
 
 pub mod reason {
