@@ -1891,3 +1891,154 @@ fn runs_that_end_while_no_operator_runs_are_counted_once_when_one_is_back() {
         "no series counted on across the restart: {series:?}"
     );
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_pool_with_an_occasional_abort_stays_ready_and_passes_kubectl_wait() {
+    let (_, _operators) = setup();
+    let ns = namespace("e2e-occasional");
+    // Each pod is OOM-killed once a minute after serving: one abort per pod in a while is
+    // occasional, and the pool is Ready (and Degraded) between them.
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[
+            ("scenario", "oom"),
+            ("boot", "1s"),
+            ("serve", "60s"),
+            ("restart", "2s"),
+        ],
+        json!({}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_abort(&ns, "api", "OOMKilled", 2, 3 * MINUTE);
+    let wait = kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "wp/api",
+        "-n",
+        &ns,
+        "--timeout=40s",
+    ]);
+    assert!(wait.ok, "{}\n{}", wait.stderr, describe(&ns, "api"));
+    let s = status(&ns, "api");
+    assert!(condition_is(&s, "Degraded", "True"), "{s:#}");
+    assert!(
+        !condition_is(&s, "Reconciling", "True"),
+        "kstatus: Current: {s:#}"
+    );
+    assert!(
+        !condition_is(&s, "Stalled", "True"),
+        "no circuit for OOM kills: {s:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_namespace_being_deleted_takes_its_pools_without_an_error_storm() {
+    let (_, operators) = setup();
+    let ns = namespace("e2e-doomed");
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[
+            ("scenario", "exit"),
+            ("exit-code", "3"),
+            ("boot", "1s"),
+            ("restart", "2s"),
+        ],
+        json!({"failure": {"bootFailureThreshold": 1000}}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_abort(&ns, "api", "BootFailed", 2, 2 * MINUTE);
+    let logged_before: Vec<usize> = operators.running.iter().map(|o| o.log().len()).collect();
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=true", "--timeout=120s"]);
+    std::thread::sleep(Duration::from_secs(5));
+    for (operator, before) in operators.running.iter().zip(logged_before) {
+        let log = operator.log();
+        let after = &log[before.min(log.len())..];
+        let noisy: Vec<&str> = after
+            .lines()
+            .filter(|l| l.contains(&ns) && (l.contains(" WARN ") || l.contains(" ERROR ")))
+            .collect();
+        assert!(
+            noisy.is_empty(),
+            "{} logged {} warnings for a namespace being deleted:\n{}",
+            operator.identity,
+            noisy.len(),
+            noisy.join("\n")
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn render_piped_into_kubectl_apply_is_what_the_pool_says() {
+    let _setup = setup();
+    let ns = namespace("e2e-render");
+    // Strings a YAML 1.1 reader (kubectl's) takes for booleans, nulls and numbers unless quoted.
+    let yaml = json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "api", "namespace": ns},
+        "spec": {
+            "runtime": "gunicorn",
+            "template": {
+                "metadata": {"annotations": {"example.com/debug": "on", "example.com/mode": "0755"},
+                             "labels": {"canary": "yes", "tier": "no"}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "registry.example/app:1",
+                    "args": ["gunicorn", "app:wsgi", "--log-level", "off"],
+                    "env": [{"name": "FEATURE", "value": "off"}, {"name": "EMPTY", "value": "~"}],
+                    "ports": [{"name": "http", "containerPort": 8000}]
+                }]}
+            }
+        }
+    })
+    .to_string();
+    let mut render = Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+        .args(["render", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("render runs");
+    std::io::Write::write_all(&mut render.stdin.take().expect("stdin"), yaml.as_bytes())
+        .expect("the pool to render");
+    let rendered = render.wait_with_output().expect("render exits");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let objects = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let applied = kubectl_with(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&objects),
+    );
+    assert!(applied.ok, "{}\n{objects}", applied.stderr);
+    let list: Value = serde_json::from_str(&applied.stdout).expect("kubectl prints JSON");
+    let deployment = list["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|o| o["kind"] == "Deployment"))
+        .cloned()
+        .unwrap_or_else(|| list.clone());
+    let template = &deployment["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["example.com/debug"],
+        "on"
+    );
+    assert_eq!(
+        template["metadata"]["annotations"]["example.com/mode"],
+        "0755"
+    );
+    assert_eq!(template["metadata"]["labels"]["canary"], "yes");
+    let app = &template["spec"]["containers"][0];
+    assert_eq!(app["args"][3], "off");
+    assert_eq!(app["env"][0]["value"], "off");
+    assert_eq!(app["env"][1]["value"], "~");
+}

@@ -4,7 +4,7 @@
 //! Two pure domains, no client and no clock: [`pool`] (validate, settle, build, ramp, gates) and
 //! [`aborts`] (pod view, classification, log hints, detection, ledger); [`status`] turns both into
 //! the pool's status. The I/O edge is [`controller`]; [`render`] and [`diagnose`] back the offline
-//! commands. The simulated cluster is a crate of its own, `workerpool-sandbox`.
+//! commands, and [`yaml`] prints what they print. The simulated cluster is a crate of its own, `workerpool-sandbox`.
 
 pub mod aborts;
 pub mod api;
@@ -13,3 +13,4 @@ pub mod diagnose;
 pub mod pool;
 pub mod render;
 pub mod status;
+pub mod yaml;

@@ -171,7 +171,7 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
 
 fn push_doc<T: Serialize>(out: &mut String, object: &T) -> Result<(), RenderError> {
     out.push_str("---\n");
-    out.push_str(&serde_yaml::to_string(object)?);
+    out.push_str(&crate::yaml::to_string(object)?);
     Ok(())
 }
 

@@ -41,7 +41,7 @@ pub fn crd() -> CustomResourceDefinition {
 
 /// The CRD as YAML, exactly as checked in under `crds/`.
 pub fn crd_yaml() -> String {
-    match serde_yaml::to_string(&crd()) {
+    match crate::yaml::to_string(&crd()) {
         Ok(yaml) => yaml,
         Err(e) => unreachable!("a CRD always serializes to YAML: {e}"),
     }

@@ -574,3 +574,28 @@ pub async fn control(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, message: &str) -> Box<kube::core::Status> {
+        Box::new(
+            serde_json::from_value(serde_json::json!({"code": code, "message": message}))
+                .unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn a_watch_of_a_resource_no_longer_served_says_so_in_words() {
+        let gone = watcher::Error::InitialListFailed(kube::Error::Api(status(
+            404,
+            "the server could not find the requested resource",
+        )));
+        assert!(watch_failure(&gone).contains("was its CRD deleted?"));
+        let stream = watcher::Error::WatchError(status(404, "not found"));
+        assert!(watch_failure(&stream).contains("was its CRD deleted?"));
+        let other = watcher::Error::InitialListFailed(kube::Error::Api(status(500, "etcd down")));
+        assert!(watch_failure(&other).contains("etcd down"));
+    }
+}
