@@ -575,6 +575,13 @@ fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
     let unnamed =
         pool(&ns, "unnamed", 1, "gunicorn", &[], json!({})).replace("\"http\"", "\"web\"");
     refused(unnamed, "spec.health.port");
+    // A negative count is one message, not one from the schema and one from the scale
+    // subresource.
+    let negative = pool(&ns, "negative", 1, "gunicorn", &[], json!({}))
+        .replace("\"replicas\":1", "\"replicas\":-1");
+    let out = apply(&negative);
+    assert!(!out.ok, "accepted: {negative}");
+    assert_eq!(out.stderr.matches("replicas").count(), 1, "{}", out.stderr);
     let long = "a".repeat(64);
     refused(
         pool(&ns, &long, 1, "gunicorn", &[], json!({})),

@@ -129,8 +129,9 @@ pub const MAX_INIT_BACKOFF: i32 = 10;
 #[x_kube(validation = Rule::new(HEALTH_PORT_OF_FIRST).message("spec.health.port names no port of the app container (gunicorn and uvicorn pools probe the port named http unless told otherwise): name the container's port, set spec.health.port to a number, or use check: exec").field_path(".health.port"))]
 pub struct WorkerPoolSpec {
     /// Desired number of pods. Reached in steps of `policy.boot.maxConcurrent`.
+    // No schema minimum: the scale subresource already refuses a negative count
+    // ("should be a non-negative integer"), and a minimum would say it a second time.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0))]
     pub replicas: i32,
 
     /// App server run by the app container; decides which flags are derived.
