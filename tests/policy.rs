@@ -297,6 +297,119 @@ fn the_users_own_pre_stop_hook_is_the_drain() {
 }
 
 #[test]
+fn a_probe_kill_has_a_short_grace_period_and_the_pod_keeps_the_full_one() {
+    let (deployment, settings) = build(&spec("gunicorn", json!({})));
+    let pod = pod_spec(&deployment);
+    assert_eq!(pod.termination_grace_period_seconds, Some(40));
+    let container = app(&deployment);
+    let probe_grace = |probe: &Option<Probe>| {
+        probe
+            .as_ref()
+            .and_then(|p| p.termination_grace_period_seconds)
+    };
+    assert_eq!(
+        probe_grace(&container.liveness_probe),
+        Some(policy::PROBE_KILL_GRACE_SECONDS)
+    );
+    assert_eq!(
+        probe_grace(&container.startup_probe),
+        Some(policy::PROBE_KILL_GRACE_SECONDS)
+    );
+    assert_eq!(
+        probe_grace(&container.readiness_probe),
+        None,
+        "the API refuses it on readiness"
+    );
+    assert_eq!(
+        settings.effective.probe_kill_grace_period_seconds,
+        Some(policy::PROBE_KILL_GRACE_SECONDS)
+    );
+    // Never longer than the pod's own period.
+    let (deployment, _) = build(&spec(
+        "gunicorn",
+        json!({"template": {"spec": {"terminationGracePeriodSeconds": 4}}}),
+    ));
+    assert_eq!(probe_grace(&app(&deployment).liveness_probe), Some(4));
+}
+
+#[test]
+fn the_init_job_runs_in_the_apps_whole_environment() {
+    let spec = spec(
+        "gunicorn",
+        json!({
+            "policy": {"init": {"command": ["python", "manage.py", "migrate"]}},
+            "template": {"spec": {
+                "serviceAccountName": "shop",
+                "volumes": [{"name": "secrets", "emptyDir": {}}],
+                "initContainers": [
+                    {"name": "vault-agent-init", "image": "vault:1",
+                     "volumeMounts": [{"name": "secrets", "mountPath": "/vault"}]},
+                    {"name": "cloud-sql-proxy", "image": "proxy:2", "restartPolicy": "Always"}
+                ]
+            }}
+        }),
+    );
+    let valid = policy::validate(&spec).expect("valid");
+    let settings = policy::settle(&valid);
+    assert!(settings.conflicts.is_empty(), "{:?}", settings.conflicts);
+    let pool = PoolRef {
+        name: "api".into(),
+        namespace: "shop".into(),
+        uid: Some("uid-1".into()),
+    };
+    let children = derive::build(&pool, &valid, &settings, 2);
+    let job = children.init_job.expect("an init Job");
+    let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+    let inits: Vec<(&str, Option<&str>)> = pod
+        .init_containers
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| (c.name.as_str(), c.restart_policy.as_deref()))
+        .collect();
+    assert_eq!(
+        inits,
+        [
+            ("vault-agent-init", None),
+            ("cloud-sql-proxy", Some("Always"))
+        ],
+        "in order, the native sidecar still one"
+    );
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(pod.service_account_name.as_deref(), Some("shop"));
+    assert_eq!(pod.volumes.as_ref().map(Vec::len), Some(1));
+
+    // A classic sidecar in containers stays out of the Job, by name, with the fix.
+    let with_sidecar = {
+        let mut spec = spec.clone();
+        if let Some(pod) = spec.template.spec.as_mut() {
+            pod.containers.push(Container {
+                name: "log-shipper".into(),
+                image: Some("shipper:1".into()),
+                ..Container::default()
+            });
+        }
+        spec
+    };
+    let valid = policy::validate(&with_sidecar).expect("valid");
+    let settings = policy::settle(&valid);
+    let message = conflict(&settings, "policy.init");
+    assert!(
+        message.contains("log-shipper") && message.contains("restartPolicy: Always"),
+        "{message}"
+    );
+    let job = derive::build(&pool, &valid, &settings, 2)
+        .init_job
+        .expect("Job");
+    let names: Vec<String> = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["init"]);
+}
+
+#[test]
 fn command_line_timeout_wins_and_is_reported() {
     let extra = app_container_with(json!({"args": ["--timeout", "10"]}));
     let (_, settings) = build(&spec("gunicorn", extra));

@@ -188,6 +188,10 @@ impl ProbeTiming {
 pub struct EffectiveSettings {
     pub termination_grace_period_seconds: i64,
     pub termination_grace_period_source: Source,
+    /// The grace period of a liveness or startup kill, set on the derived probes: a worker that
+    /// stopped answering is restarted without waiting out a drain it cannot do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_kill_grace_period_seconds: Option<i64>,
     /// preStop sleep; absent when the template's own preStop hook is not a sleep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_stop_sleep_seconds: Option<i64>,

@@ -46,6 +46,8 @@ pub const ALERTED_REASONS: [Reason; 6] = [
 
 pub struct Metrics {
     pub reconciles: Counter,
+    /// Reconciles under way: a stop waits for these, and for nothing when there are none.
+    pub in_flight: Gauge,
     pub conditions: Family<ConditionLabels, Gauge>,
     pub aborts: Family<AbortLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
@@ -57,6 +59,12 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("workerpool");
         let reconciles = Counter::default();
+        let in_flight = Gauge::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles under way",
+            in_flight.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let aborts = Family::<AbortLabels, Counter>::default();
@@ -84,6 +92,7 @@ impl Default for Metrics {
         );
         Metrics {
             reconciles,
+            in_flight,
             conditions,
             aborts,
             errors,

@@ -152,11 +152,13 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    ctx.metrics.in_flight.inc();
     let result = match &guard.0 {
         // Boxed: kube's runner moves the future it is handed; this keeps that future small.
         Ok(pool) => Box::pin(reconcile_pool(pool, &ctx)).await,
         Err(invalid) => Box::pin(report_malformed(invalid, &ctx)).await,
     };
+    ctx.metrics.in_flight.dec();
     ctx.metrics.observe_reconcile(
         started.elapsed(),
         result.as_ref().err().map(Error::category),

@@ -398,6 +398,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         identity: config.identity.clone(),
         concurrency: config.concurrency,
     };
+    let under_way = metrics.clone();
     let controller = control(
         client,
         &scope,
@@ -407,13 +408,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         stop.clone(),
     );
     // Reconciles under way may finish, but nothing (an API server that does not answer, say)
-    // holds the process past the bound.
+    // holds the process past the bound, and with none under way it stops at once.
     tokio::select! {
         _ = controller => {}
-        _ = async {
+        drained = async {
             stop.await;
-            tokio::time::sleep(SHUTDOWN_BOUND).await;
-        } => tracing::warn!("in-flight reconciles did not end within {SHUTDOWN_BOUND:?} of the signal; stopping anyway"),
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_BOUND;
+            while under_way.in_flight.get() > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            true
+        } => if !drained {
+            tracing::warn!("in-flight reconciles did not end within {SHUTDOWN_BOUND:?} of the signal; stopping anyway");
+        },
     }
 
     tracing::info!("controller stopped");

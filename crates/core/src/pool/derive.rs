@@ -188,7 +188,8 @@ pub fn init_job_name(pool: &str, revision: &str, init: &InitPolicy) -> String {
 }
 
 /// The run-once Job: the app container's image, env and mounts with the init command, the pod's
-/// volumes and scheduling, no restarts in place, a deadline and bounded retries.
+/// init containers, native sidecars, volumes, identity and scheduling, no restarts in place, a
+/// deadline (which the sidecars' start counts against) and bounded retries.
 fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str) -> Option<Job> {
     let init = valid.spec().policy.init.as_ref()?;
     let name = init_job_name(&pool.name, revision, init);
@@ -239,12 +240,22 @@ fn init_job(pool: &PoolRef, valid: &ValidPool<'_>, revision: &str) -> Option<Job
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    // The app's whole environment: its init containers (a vault agent filling
+                    // a credentials volume) and native sidecars (a database proxy), in order.
+                    // Sidecars in `containers` are left out: they never exit, so the Job would
+                    // never finish (settle warns about them).
+                    init_containers: source.init_containers.clone(),
                     containers: vec![container],
                     restart_policy: Some("Never".into()),
                     volumes: source.volumes.clone(),
                     service_account_name: source.service_account_name.clone(),
+                    automount_service_account_token: source.automount_service_account_token,
                     image_pull_secrets: source.image_pull_secrets.clone(),
                     security_context: source.security_context.clone(),
+                    host_aliases: source.host_aliases.clone(),
+                    dns_policy: source.dns_policy.clone(),
+                    dns_config: source.dns_config.clone(),
+                    runtime_class_name: source.runtime_class_name.clone(),
                     node_selector: source.node_selector.clone(),
                     tolerations: source.tolerations.clone(),
                     affinity: source.affinity.clone(),

@@ -15,6 +15,9 @@ use crate::api::{
 /// Seconds added to drain + graceful timeout for the grace period: time for the app server to
 /// exit after its own graceful timeout and for the kubelet to notice, before it sends SIGKILL.
 pub const GRACE_MARGIN_SECONDS: i64 = 5;
+/// After a liveness or startup kill, the container's grace period (preStop included), at most:
+/// the worker stopped answering, so there is no drain to wait for, only time to log why.
+pub const PROBE_KILL_GRACE_SECONDS: i64 = 10;
 /// Startup probe period; shorter for very short boot timeouts so the window still covers them.
 pub const STARTUP_PERIOD_SECONDS: i64 = 5;
 /// Readiness takes a pod out of rotation within `period × failures` = 4 s (plus one timeout).
@@ -627,6 +630,31 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         });
     }
 
+    // The init Job runs the app container alone with the pod's init containers and native
+    // sidecars; a sidecar among the containers cannot come along (it would never exit).
+    if spec.policy.init.is_some() {
+        let left_out: Vec<&str> = pool
+            .pod_spec()
+            .containers
+            .iter()
+            .filter(|c| c.name != app.name)
+            .map(|c| c.name.as_str())
+            .collect();
+        if !left_out.is_empty() {
+            conflicts.push(Conflict {
+                field: "policy.init".into(),
+                message: format!(
+                    "the init Job runs without container{} {}: a sidecar in containers never exits, so a Job cannot wait for it; if the migration needs it (a database proxy), make it a native sidecar (initContainers with restartPolicy: Always), which the init Job runs too",
+                    if left_out.len() > 1 { "s" } else { "" },
+                    left_out.join(", ")
+                ),
+            });
+        }
+    }
+
+    // A probe kill gets a short grace period of its own, never longer than the pod's.
+    let probe_kill_grace = PROBE_KILL_GRACE_SECONDS.min(grace).max(1);
+
     // A probe the template sets is kept; the others are derived, unless nothing can be probed.
     let derive_probes = !unprobed(spec, app);
     let timing = |explicit: &Option<Probe>, derived: ProbeTiming| match explicit {
@@ -693,6 +721,9 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         effective: EffectiveSettings {
             termination_grace_period_seconds: grace,
             termination_grace_period_source: grace_source,
+            probe_kill_grace_period_seconds: (derive_probes
+                && (app.startup_probe.is_none() || app.liveness_probe.is_none()))
+            .then_some(probe_kill_grace),
             pre_stop_sleep_seconds: pre_stop_sleep,
             startup_probe: startup,
             readiness_probe: readiness,
@@ -703,10 +734,15 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             max_surge: p.boot.max_concurrent,
             max_unavailable: 0,
         },
-        startup_probe: derive_probes
-            .then(|| probe_from(spec, startup_timing(p.boot.timeout_seconds))),
+        startup_probe: derive_probes.then(|| Probe {
+            termination_grace_period_seconds: Some(probe_kill_grace),
+            ..probe_from(spec, startup_timing(p.boot.timeout_seconds))
+        }),
         readiness_probe: derive_probes.then(|| probe_from(spec, readiness_timing())),
-        liveness_probe: derive_probes.then(|| probe_from(spec, liveness_timing(app_timeout))),
+        liveness_probe: derive_probes.then(|| Probe {
+            termination_grace_period_seconds: Some(probe_kill_grace),
+            ..probe_from(spec, liveness_timing(app_timeout))
+        }),
         gunicorn_args,
         uvicorn_env,
         conflicts,

@@ -435,6 +435,7 @@ mod tests {
         let effective = EffectiveSettings {
             termination_grace_period_seconds: 40,
             termination_grace_period_source: crate::api::Source::Policy,
+            probe_kill_grace_period_seconds: None,
             pre_stop_sleep_seconds: Some(5),
             startup_probe: None,
             readiness_probe: None,
