@@ -251,6 +251,24 @@ fn kubectl_with(args: &[&str], stdin: Option<&str>) -> Output {
     }
 }
 
+/// The operator's own command line (`render`, `diagnose`) with `stdin`, as a user pipes to it.
+fn operator_cli(args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the operator binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("the operator binary exits")
+}
+
 fn kubectl(args: &[&str]) -> Output {
     kubectl_with(args, None)
 }
@@ -510,16 +528,7 @@ fn the_crd_is_established_and_invalid_pools_are_refused_naming_the_field() {
             "{field} not named: {}",
             out.stderr
         );
-        let mut render = std::process::Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
-            .args(["render", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("render runs");
-        std::io::Write::write_all(&mut render.stdin.take().expect("stdin"), yaml.as_bytes())
-            .expect("the pool to render");
-        let rendered = render.wait_with_output().expect("render exits");
+        let rendered = operator_cli(&["render", "-f", "-"], &yaml);
         let stderr = String::from_utf8_lossy(&rendered.stderr);
         assert!(!rendered.status.success(), "render accepted: {yaml}");
         assert!(
@@ -814,17 +823,19 @@ fn a_gunicorn_exit_3_is_a_boot_failure_and_opens_the_circuit() {
     std::fs::create_dir_all(&dir).expect("scratch");
     let events_file = dir.join("events.json");
     std::fs::write(&events_file, events).expect("events file");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
-        .args(["diagnose", "-f", "-", "-o", "json", "--events"])
-        .arg(&events_file)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("diagnose runs");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), pods.as_bytes())
-        .expect("pods to diagnose");
-    let out = child.wait_with_output().expect("diagnose exits");
+    let events_path = events_file.to_string_lossy().into_owned();
+    let out = operator_cli(
+        &[
+            "diagnose",
+            "-f",
+            "-",
+            "-o",
+            "json",
+            "--events",
+            &events_path,
+        ],
+        &pods,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
@@ -2029,16 +2040,7 @@ fn render_piped_into_kubectl_apply_is_what_the_pool_says() {
         }
     })
     .to_string();
-    let mut render = Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
-        .args(["render", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("render runs");
-    std::io::Write::write_all(&mut render.stdin.take().expect("stdin"), yaml.as_bytes())
-        .expect("the pool to render");
-    let rendered = render.wait_with_output().expect("render exits");
+    let rendered = operator_cli(&["render", "-f", "-"], &yaml);
     assert!(
         rendered.status.success(),
         "{}",

@@ -257,27 +257,24 @@ fn the_users_own_pre_stop_hook_is_the_drain() {
     }
     // With the grace period set too, the conflict names the hook, and says when it alone
     // outlasts the period.
-    let mut extra = hook(json!(["sleep", "60"]));
-    merge(
-        &mut extra,
-        &json!({"template": {"spec": {"terminationGracePeriodSeconds": 40}}}),
-    );
-    let (_, settings) = build(&spec("gunicorn", extra));
-    let message = conflict(&settings, "terminationGracePeriodSeconds");
+    let grace_conflict = |command: serde_json::Value| {
+        let mut extra = hook(command);
+        merge(
+            &mut extra,
+            &json!({"template": {"spec": {"terminationGracePeriodSeconds": 40}}}),
+        );
+        let (_, settings) = build(&spec("gunicorn", extra));
+        conflict(&settings, "terminationGracePeriodSeconds").to_string()
+    };
+    let message = grace_conflict(json!(["sleep", "60"]));
     assert!(
         message.contains("the preStop hook's 60s") && message.contains("alone outlasts"),
         "{message}"
     );
-    let mut extra = hook(json!(["sleep", "20"]));
-    merge(
-        &mut extra,
-        &json!({"template": {"spec": {"terminationGracePeriodSeconds": 40}}}),
-    );
-    let (_, settings) = build(&spec("gunicorn", extra));
-    let message = conflict(&settings, "terminationGracePeriodSeconds");
+    let message = grace_conflict(json!(["sleep", "20"]));
     assert!(
-        message.contains("the preStop hook's 20s + gunicorn")
-            || message.contains("the preStop hook's 20s + policy"),
+        message
+            .contains("the preStop hook's 20s + policy.shutdown.gracefulTimeoutSeconds 30s = 50"),
         "{message}"
     );
     // A hook whose length cannot be known: the policy's drain is counted for it, and said so.

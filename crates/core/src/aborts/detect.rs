@@ -224,7 +224,7 @@ pub fn unseen_runs(
             };
             // The run the status shows in `lastState`; every run before it ended unseen or counted.
             let shown = container.restart_count.saturating_sub(1);
-            let source = Identity::run(&pod.uid, &container.name, shown).source;
+            let source = ledger::container_source(&pod.uid, &container.name);
             let first = ledger::run_after_counted(old, &source, now, window_seconds)
                 .or(created_in_window.then_some(0));
             let Some(first) = first.map(|f| f.max(shown.saturating_sub(MAX_INFERRED_RUNS))) else {
@@ -400,29 +400,20 @@ pub fn stability(
     now: Timestamp,
     window_seconds: i64,
 ) -> Stability {
-    let window = SignedDuration::from_secs(window_seconds);
     let mut stability = Stability::default();
     let mut live: Vec<&PodView> = pods.iter().copied().filter(|p| !p.deleting).collect();
     live.sort_by(|a, b| a.name.cmp(&b.name));
     for pod in live {
         let repeated = pod.containers.iter().find_map(|c| {
-            let source = Identity::run(&pod.uid, &c.name, 0).source;
-            let i = summary
-                .counted
-                .binary_search_by(|s| s.source.as_str().cmp(&source))
-                .ok()?;
-            let entry = &summary.counted[i];
-            let recent = entry
-                .time
-                .parse::<Timestamp>()
-                .is_ok_and(|t| now.duration_since(t) <= window);
+            let source = ledger::container_source(&pod.uid, &c.name);
+            let entry = ledger::counted_in_window(summary, &source, now, window_seconds)?;
             let runs = entry.runs.len() + usize::from(entry.runs_through.is_some());
             // Recovered: running for a while since the last of its exits.
             let ran = c.running_since.map(|since| now.duration_since(since));
             if ran.is_some_and(|ran| ran >= RECOVERED_AFTER) {
                 return None;
             }
-            (recent && runs >= 2).then(|| (c, entry.runs.len(), entry.runs_through.is_some(), ran))
+            (runs >= 2).then(|| (c, entry.runs.len(), entry.runs_through.is_some(), ran))
         });
         if let Some((container, runs, more, ran)) = repeated {
             stability.crash_looping += 1;
@@ -670,7 +661,6 @@ mod tests {
         assert!(advice(Reason::OOMKilled).contains("resources.limits.memory"));
         let early_exit = Abort {
             by_boot_window: true,
-            job: None,
             ..abort(Some("app"), Some(1), Reason::BootFailed)
         };
         assert!(advice_for(&early_exit).contains("before it finished booting"));

@@ -37,17 +37,22 @@ pub enum Occurrence {
     State(String),
 }
 
+/// Where a container's aborts are counted: `podUid/container`.
+pub fn container_source(pod_uid: &str, container: &str) -> String {
+    format!("{pod_uid}/{container}")
+}
+
 impl Identity {
     pub fn run(pod_uid: &str, container: &str, restart_count: i32) -> Self {
         Identity {
-            source: format!("{pod_uid}/{container}"),
+            source: container_source(pod_uid, container),
             occurrence: Occurrence::Run(restart_count),
         }
     }
 
     pub fn worker(pod_uid: &str, container: &str, run: i32, pid: u32) -> Self {
         Identity {
-            source: format!("{pod_uid}/{container}"),
+            source: container_source(pod_uid, container),
             occurrence: Occurrence::Worker { run, pid },
         }
     }
@@ -149,19 +154,27 @@ fn is_counted(
         .any(|seen| seen.key == key && within(&seen.time, now, window))
 }
 
-/// The run of `source` after the last one counted, when a run of it was counted inside the
-/// window: every run from there on ended after a counted one, so inside the window too.
+/// What the ledger counted of `source` (`podUid/container`), while its latest abort is inside
+/// the window (an entry past it holds nothing: what it held is outside the window too).
+pub fn counted_in_window<'a>(
+    summary: &'a AbortSummary,
+    source: &str,
+    now: Timestamp,
+    window_seconds: i64,
+) -> Option<&'a CountedSource> {
+    let entry = &summary.counted[find(&summary.counted, source).ok()?];
+    within(&entry.time, now, SignedDuration::from_secs(window_seconds)).then_some(entry)
+}
+
+/// The run of `source` after the last one counted inside the window: every run from there on
+/// ended after a counted one, so inside the window too.
 pub fn run_after_counted(
     old: Option<&AbortSummary>,
     source: &str,
     now: Timestamp,
     window_seconds: i64,
 ) -> Option<i32> {
-    let counted = &old?.counted;
-    let entry = &counted[find(counted, source).ok()?];
-    if !within(&entry.time, now, SignedDuration::from_secs(window_seconds)) {
-        return None;
-    }
+    let entry = counted_in_window(old?, source, now, window_seconds)?;
     let last = entry.runs.last().copied().max(entry.runs_through)?;
     Some(last.saturating_add(1))
 }

@@ -257,6 +257,14 @@ fn refusal(error: &Error, namespace: &str) -> Option<Stall> {
     })
 }
 
+/// The pool's Deployment as the watch cache holds it, when the pool owns it.
+fn owned_deployment(ctx: &Context, pool: &PoolRef) -> Option<Arc<Watched<Deployment>>> {
+    let uid = pool.uid.as_deref()?;
+    ctx.deployments
+        .get(&ObjectRef::new(&pool.name).within(&pool.namespace))
+        .filter(|d| is_owned_by(d.meta(), uid))
+}
+
 /// Reads the children, lets the gates plan, and applies what the live children lack.
 async fn converge(
     ctx: &Context,
@@ -302,10 +310,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     let mut refused = None;
     let (settings, applied) = match policy::validate(&pool.spec) {
         Err(invalid) => {
-            let running = ctx
-                .deployments
-                .get(&ObjectRef::new(&name).within(&namespace))
-                .is_some_and(|d| is_owned_by(d.meta(), &uid));
+            let running = owned_deployment(ctx, &pool_ref).is_some();
             let stall = Stall {
                 reason: reason::INVALID_SPEC,
                 message: if running {
@@ -349,10 +354,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     let stall = applied.stall.as_ref();
 
     // 4. Compute the status (pure) and write it if it differs.
-    let cached = ctx
-        .deployments
-        .get(&ObjectRef::new(&name).within(&namespace))
-        .filter(|d| is_owned_by(d.meta(), &uid));
+    let cached = owned_deployment(ctx, &pool_ref);
     let gates = applied.plan.as_ref().map(|plan| status::Gates {
         revision: applied.revision.as_deref(),
         init: plan.init.as_ref(),
