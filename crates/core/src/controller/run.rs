@@ -149,8 +149,9 @@ fn watch_failure(error: &watcher::Error) -> String {
         watcher::Error::InitialListFailed(kube::Error::Api(status))
         | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 404,
         watcher::Error::WatchError(status) => status.code == 404,
-        // A watch whose resource went away answers with a Status, not a watch event.
-        _ => text.contains("integer 404"),
+        // A watch whose resource went away answers with a Status (`"code": 404`), which does
+        // not decode as a watch event.
+        _ => text.contains("integer `404`") || text.contains("integer 404"),
     };
     if not_found {
         "the resource is not served (was its CRD deleted? kubectl apply -f crds/); waiting for it"
@@ -605,6 +606,12 @@ mod tests {
         assert!(watch_failure(&gone).contains("was its CRD deleted?"));
         let stream = watcher::Error::WatchError(status(404, "not found"));
         assert!(watch_failure(&stream).contains("was its CRD deleted?"));
+        // What a running watch reads when the CRD is deleted under it (seen on a 1.37 server).
+        let decode = serde_json::from_str::<kube::core::WatchEvent<WorkerPool>>("404")
+            .map(|_| ())
+            .expect_err("a bare 404 is no watch event");
+        let deleted = watcher::Error::WatchFailed(kube::Error::SerdeError(decode));
+        assert!(watch_failure(&deleted).contains("was its CRD deleted?"));
         let other = watcher::Error::InitialListFailed(kube::Error::Api(status(500, "etcd down")));
         assert!(watch_failure(&other).contains("etcd down"));
     }
