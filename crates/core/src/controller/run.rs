@@ -107,16 +107,19 @@ where
 /// A watch's event, or None when the watch failed: the error is logged here and goes no further,
 /// since each watch retries on its own back-off.
 /// A failure repeated on every retry (an API server away, a CRD deleted) is logged once, and
-/// once more when the watch recovers.
-fn succeeded<T>(watch: &str, event: Result<T, watcher::Error>) -> Option<T> {
-    static FAILING: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+/// once more when the watch recovers: when the server answers with an object or a finished list,
+/// not at the `Init` a relist announces before it even asks.
+fn succeeded<K>(
+    watch: &str,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> Option<watcher::Event<K>> {
     let Ok(mut failing) = FAILING.lock() else {
         return event.ok();
     };
     let known = failing.iter().position(|(w, _)| w == watch);
     match event {
         Ok(event) => {
-            if let Some(i) = known {
+            if let Some(i) = known.filter(|_| !matches!(event, watcher::Event::Init)) {
                 failing.swap_remove(i);
                 tracing::info!(watch, "watch recovered");
             }
@@ -140,6 +143,14 @@ fn succeeded<T>(watch: &str, event: Result<T, watcher::Error>) -> Option<T> {
             None
         }
     }
+}
+
+/// Watches whose last event was a failure, with what it said.
+static FAILING: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(test)]
+fn failing_watches() -> Vec<(String, String)> {
+    FAILING.lock().map(|f| f.clone()).unwrap_or_default()
 }
 
 /// What a watch failure means to whoever reads the log.
@@ -595,6 +606,28 @@ mod tests {
             serde_json::from_value(serde_json::json!({"code": code, "message": message}))
                 .unwrap_or_default(),
         )
+    }
+
+    #[test]
+    fn a_failure_repeated_between_relists_is_one_failure() {
+        let refused = || {
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status(
+                503,
+                "the API server is away",
+            ))))
+        };
+        let watch = "a_failure_repeated_between_relists";
+        assert!(succeeded::<WorkerPool>(watch, refused()).is_none());
+        // A relist announces itself before it asks: no answer yet, so no recovery.
+        assert!(succeeded::<WorkerPool>(watch, Ok(watcher::Event::Init)).is_some());
+        let still_failing = |failing: &[(String, String)]| failing.iter().any(|(w, _)| w == watch);
+        assert!(still_failing(&failing_watches()));
+        assert!(succeeded::<WorkerPool>(watch, refused()).is_none());
+        assert!(succeeded::<WorkerPool>(watch, Ok(watcher::Event::InitDone)).is_some());
+        assert!(
+            !still_failing(&failing_watches()),
+            "the finished list is the recovery"
+        );
     }
 
     #[test]
