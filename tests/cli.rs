@@ -1008,3 +1008,46 @@ fn a_yaml_mistake_is_named_by_line_and_column_and_once() {
     assert_eq!(stderr.matches("spec.replicas").count(), 1, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+const UVICORN_SUPERVISOR_LOG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/uvicorn-supervisor.log"
+);
+
+#[test]
+fn diagnose_log_reads_a_worker_process_uvicorns_supervisor_replaced_as_a_worker_timeout() {
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(HEALTHY).unwrap()).unwrap();
+    pod["metadata"]["annotations"]["workerpool.dev/runtime"] = "uvicorn".into();
+    let diagnose = |pod: &serde_json::Value| {
+        let out = run(
+            &[
+                "diagnose",
+                "-f",
+                "-",
+                "--log",
+                UVICORN_SUPERVISOR_LOG,
+                "-o",
+                "json",
+            ],
+            Some(&pod.to_string()),
+        );
+        findings(&out)
+    };
+    // Without a value in the pod, uvicorn's default 5 s is named.
+    pod["spec"]["containers"][0]["args"] = serde_json::json!(["--workers", "4"]);
+    let found = diagnose(&pod);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["reason"], "WorkerTimeout");
+    assert_eq!(found[0]["message"], "worker pid 9");
+    let hint = found[0]["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("--timeout-worker-healthcheck 5s")
+            && hint.contains("UVICORN_TIMEOUT_WORKER_HEALTHCHECK"),
+        "{hint}"
+    );
+    pod["spec"]["containers"][0]["env"] =
+        serde_json::json!([{"name": "UVICORN_TIMEOUT_WORKER_HEALTHCHECK", "value": "20"}]);
+    let hint = diagnose(&pod)[0]["hint"].as_str().unwrap().to_string();
+    assert!(hint.contains("--timeout-worker-healthcheck 20s"), "{hint}");
+}

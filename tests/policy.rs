@@ -873,3 +873,155 @@ fn the_grace_period_follows_the_graceful_timeout_wherever_it_is_set() {
         "{message}"
     );
 }
+
+#[test]
+fn a_worker_class_whose_timeout_is_a_heartbeat_is_said_and_sync_is_not() {
+    let class_of = |container: serde_json::Value| {
+        let (_, settings) = build(&spec("gunicorn", app_container_with(container)));
+        let heartbeat = settings
+            .conflicts
+            .iter()
+            .find(|c| c.field == "gunicorn --worker-class")
+            .map(|c| c.message.clone());
+        (settings.effective.worker_class, heartbeat)
+    };
+    // gunicorn's default is sync: --timeout bounds a request, nothing to say.
+    assert_eq!(class_of(json!({})), (Some("sync".into()), None));
+    // On the command line, short or long, or in the container's own GUNICORN_CMD_ARGS.
+    for container in [
+        json!({"command": ["gunicorn", "-k", "gthread", "shop.wsgi"]}),
+        json!({"args": ["--worker-class=gthread"]}),
+        json!({"env": [{"name": "GUNICORN_CMD_ARGS", "value": "--worker-class gthread"}]}),
+        // gunicorn runs sync with more than one thread as gthread.
+        json!({"args": ["--threads", "4"]}),
+        json!({"args": ["-k", "egg:gunicorn#gthread"]}),
+    ] {
+        let (class, heartbeat) = class_of(container.clone());
+        assert_eq!(class.as_deref(), Some("gthread"), "{container}");
+        let message = heartbeat.unwrap_or_else(|| panic!("no warning for {container}"));
+        assert!(
+            message.contains("heartbeat")
+                && message.contains("--timeout 60s")
+                && message.contains("policy.requests.timeoutSeconds 30")
+                && message.contains("statement_timeout"),
+            "{message}"
+        );
+    }
+    // The command line beats GUNICORN_CMD_ARGS, as gunicorn reads them.
+    let (class, heartbeat) = class_of(json!({
+        "args": ["-k", "sync"],
+        "env": [{"name": "GUNICORN_CMD_ARGS", "value": "-k gevent"}]
+    }));
+    assert_eq!((class.as_deref(), heartbeat), (Some("sync"), None));
+    for (written, bound) in [
+        ("gevent", "gevent.Timeout"),
+        ("eventlet", "eventlet.Timeout"),
+        ("asgi", "asyncio.timeout"),
+        ("uvicorn.workers.UvicornWorker", "asyncio.timeout"),
+        ("uvicorn_worker.UvicornWorker", "asyncio.timeout"),
+        ("tornado", "asyncio.timeout"),
+    ] {
+        let (class, heartbeat) = class_of(json!({"args": ["-k", written]}));
+        assert_eq!(class.as_deref(), Some(written));
+        let message = heartbeat.unwrap_or_else(|| panic!("no warning for {written}"));
+        assert!(message.contains(bound), "{written}: {message}");
+    }
+    // A class the operator does not know is named, with no claim about it.
+    assert_eq!(
+        class_of(json!({"args": ["-k", "myapp.workers.Custom"]})),
+        (Some("myapp.workers.Custom".into()), None)
+    );
+    // A warning, not a stall: the pool still gets its derived flags.
+    let (deployment, _) = build(&spec(
+        "gunicorn",
+        app_container_with(json!({"args": ["-k", "gthread"]})),
+    ));
+    assert!(env(app(&deployment), "GUNICORN_CMD_ARGS").is_some_and(|v| v.contains("--timeout=60")));
+    // Other runtimes have no worker class.
+    let (_, settings) = build(&spec("uvicorn", json!({})));
+    assert_eq!(settings.effective.worker_class, None);
+}
+
+#[test]
+fn a_gunicorn_timeout_of_zero_is_said_to_turn_the_timeout_off() {
+    let (_, settings) = build(&spec(
+        "gunicorn",
+        app_container_with(json!({"args": ["--timeout", "0"]})),
+    ));
+    let message = conflict(&settings, "gunicorn --timeout");
+    assert!(
+        message.contains("turns gunicorn's worker timeout off") && !message.contains("shorter"),
+        "{message}"
+    );
+}
+
+#[test]
+fn uvicorn_with_several_workers_gets_a_health_check_timeout_as_long_as_a_boot() {
+    let uvicorn = |container: serde_json::Value| {
+        build(&spec(
+            "uvicorn",
+            merge_into(
+                app_container_with(container),
+                json!({"policy": {"boot": {"timeoutSeconds": 90}}}),
+            ),
+        ))
+    };
+    let healthcheck = "UVICORN_TIMEOUT_WORKER_HEALTHCHECK";
+    for container in [
+        json!({"command": ["uvicorn", "app.main:app", "--workers", "4"]}),
+        json!({"args": ["--workers=2"]}),
+        json!({"env": [{"name": "WEB_CONCURRENCY", "value": "3"}]}),
+        json!({"env": [{"name": "UVICORN_WORKERS", "value": "3"}]}),
+        // A count from a ConfigMap may be more than one; the variable is harmless if not.
+        json!({"env": [{"name": "WEB_CONCURRENCY", "valueFrom": {"configMapKeyRef": {"name": "web", "key": "workers"}}}]}),
+    ] {
+        let (deployment, settings) = uvicorn(container.clone());
+        assert_eq!(
+            env(app(&deployment), healthcheck),
+            Some("90"),
+            "{container}"
+        );
+        assert_eq!(
+            settings.effective.worker_healthcheck_timeout_seconds,
+            Some(90)
+        );
+        assert!(settings.conflicts.is_empty(), "{:?}", settings.conflicts);
+    }
+    // One process has no supervisor: nothing to set.
+    for container in [
+        json!({}),
+        json!({"args": ["--workers", "1"]}),
+        // --workers on the command line beats WEB_CONCURRENCY, as click and uvicorn read them.
+        json!({"args": ["--workers", "1"], "env": [{"name": "WEB_CONCURRENCY", "value": "8"}]}),
+    ] {
+        let (deployment, settings) = uvicorn(container.clone());
+        assert_eq!(env(app(&deployment), healthcheck), None, "{container}");
+        assert_eq!(settings.effective.worker_healthcheck_timeout_seconds, None);
+    }
+    // The user's own value wins, and one shorter than a boot is reported with both numbers.
+    for container in [
+        json!({"args": ["--workers", "4", "--timeout-worker-healthcheck", "10"]}),
+        json!({"args": ["--workers", "4"], "env": [{"name": healthcheck, "value": "10"}]}),
+    ] {
+        let (deployment, settings) = uvicorn(container.clone());
+        assert_ne!(
+            env(app(&deployment), healthcheck),
+            Some("90"),
+            "{container}"
+        );
+        assert_eq!(
+            settings.effective.worker_healthcheck_timeout_seconds,
+            Some(10)
+        );
+        let message = conflict(&settings, "uvicorn --timeout-worker-healthcheck");
+        assert!(
+            message.contains("10") && message.contains("policy.boot.timeoutSeconds 90"),
+            "{message}"
+        );
+    }
+}
+
+fn merge_into(mut base: serde_json::Value, overlay: serde_json::Value) -> serde_json::Value {
+    merge(&mut base, &overlay);
+    base
+}

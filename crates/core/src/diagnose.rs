@@ -277,20 +277,30 @@ fn scan_logs(
     Ok(scanned)
 }
 
-/// What the hint of a worker killed in `container` names: gunicorn's effective `--timeout` and
-/// the container's memory limit, from the pod's spec.
+/// What the hint of a worker killed in `container` names: gunicorn's effective `--timeout`,
+/// uvicorn's `--timeout-worker-healthcheck` and the container's memory limit, from the pod's spec.
 fn worker_limits(runtime: Runtime, container: Option<&Container>) -> WorkerLimits {
-    let timeout_seconds = match (runtime, container) {
-        (Runtime::Gunicorn, Some(c)) => Some(
-            policy::explicit_flags(runtime, c)
+    let flags = container.map(|c| policy::explicit_flags(runtime, c));
+    let timeout_seconds = match (runtime, &flags) {
+        (Runtime::Gunicorn, Some(flags)) => Some(
+            flags
                 .worker_timeout
                 .unwrap_or(policy::GUNICORN_DEFAULT_TIMEOUT_SECONDS),
+        ),
+        _ => None,
+    };
+    let healthcheck_timeout_seconds = match (runtime, &flags) {
+        (Runtime::Uvicorn, Some(flags)) => Some(
+            flags
+                .worker_healthcheck_timeout
+                .unwrap_or(policy::UVICORN_DEFAULT_HEALTHCHECK_SECONDS),
         ),
         _ => None,
     };
     let memory_limit = container.and_then(policy::memory_limit).map(str::to_string);
     WorkerLimits {
         timeout_seconds,
+        healthcheck_timeout_seconds,
         memory_limit,
     }
 }

@@ -22,7 +22,9 @@ use super::timeline::Timeline;
 use k8s_openapi::api::core::v1::Container;
 
 use workerpool_core::api::{RUNTIME_ANNOTATION, Runtime};
-use workerpool_core::pool::policy::{self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS};
+use workerpool_core::pool::policy::{
+    self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS, WorkerClass, WorkerKind,
+};
 
 const PODS: &ResourceType = &RESOURCES[0];
 const EVENTS: &ResourceType = &RESOURCES[1];
@@ -194,6 +196,12 @@ struct SimPod {
     worker_timeout: Option<f64>,
     /// gunicorn's `--preload`: the master imports the app before it forks any worker.
     preload: bool,
+    /// gunicorn's worker class; None for other app servers.
+    worker_class: Option<WorkerClass>,
+    /// When the slow request being served started.
+    request_started: Option<f64>,
+    /// A slow request ran to its end: said once on the timeline.
+    slow_request_told: bool,
     created: f64,
     phase: Phase,
     restarts: i32,
@@ -622,6 +630,9 @@ impl Cluster {
                 .as_ref()
                 .map(|f| f.worker_timeout.unwrap_or(GUNICORN_DEFAULT_TIMEOUT_SECONDS) as f64),
             preload: gunicorn.as_ref().is_some_and(|f| f.preload),
+            worker_class: gunicorn.as_ref().map(WorkerClass::of),
+            request_started: None,
+            slow_request_told: false,
             app,
             others,
             ip: format!("10.1.{}.{}", self.ips / 250, self.ips % 250 + 2),
@@ -1076,6 +1087,7 @@ impl Cluster {
         pod.booted = false;
         pod.progress = 0.0;
         pod.ready_since = None;
+        pod.request_started = None;
         let base = if pod.job {
             self.scenario.init.seconds
         } else {
@@ -1257,7 +1269,7 @@ impl Cluster {
                     self.kill_by_probe(pod, now, "startup", window);
                 } else if let Some(timeout) = pod
                     .worker_timeout
-                    .filter(|t| !pod.preload && now - pod.worker_started_at >= *t)
+                    .filter(|t| *t > 0.0 && !pod.preload && now - pod.worker_started_at >= *t)
                 {
                     // Without --preload each worker imports the app, and gunicorn's master counts
                     // that against --timeout; with it the master imports before any worker exists.
@@ -1286,6 +1298,9 @@ impl Cluster {
                 }
             }
             Phase::Running => {
+                if let Some(length) = self.scenario.slow_request_seconds {
+                    self.serve_slow_request(pod, now, length);
+                }
                 let serving = now - pod.ready_since.unwrap_or(now);
                 if let Some(memory) = &self.scenario.memory {
                     pod.memory = memory.start_mib + memory.growth_mib_per_minute * serving / 60.0;
@@ -1353,6 +1368,72 @@ impl Cluster {
                 pod.removal_due = Some(now + 1.0);
             }
             _ => {}
+        }
+    }
+
+    /// One slow request after another: gunicorn's `sync` worker is killed when one outlives
+    /// `--timeout`; any other class keeps checking in while the request runs on, and uvicorn has
+    /// no request timeout at all.
+    fn serve_slow_request(&mut self, pod: &mut SimPod, now: f64, length: f64) {
+        let Some(started) = pod.request_started else {
+            pod.request_started = Some(now);
+            return;
+        };
+        let sync = pod
+            .worker_class
+            .as_ref()
+            .is_some_and(|c| c.kind == Some(WorkerKind::Sync));
+        let timeout = pod.worker_timeout.filter(|t| *t > 0.0 && *t < length);
+        if let (true, Some(timeout)) = (sync, timeout)
+            && now - started >= timeout
+        {
+            Self::log(
+                &self.server,
+                pod,
+                &format!("[CRITICAL] WORKER TIMEOUT (pid:{})", pod.pid),
+            );
+            Self::log(
+                &self.server,
+                pod,
+                &format!(
+                    "[ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?",
+                    pod.pid
+                ),
+            );
+            self.timeline.push(
+                now,
+                "pod",
+                pod.name.clone(),
+                format!(
+                    "gunicorn killed worker pid {} in the middle of a {length:.0}s request after --timeout {timeout:.0}s; the client got an error",
+                    pod.pid
+                ),
+            );
+            pod.pid += 1;
+            Self::log(
+                &self.server,
+                pod,
+                &format!("[INFO] Booting worker with pid: {}", pod.pid),
+            );
+            pod.request_started = None;
+        } else if now - started >= length {
+            if !pod.slow_request_told && !sync {
+                let why = match (&pod.worker_class, pod.worker_timeout) {
+                    (Some(class), Some(timeout)) => format!(
+                        "under worker class {}, --timeout {timeout:.0}s is a heartbeat and cut nothing",
+                        class.name
+                    ),
+                    _ => "uvicorn bounds no request".to_string(),
+                };
+                self.timeline.push(
+                    now,
+                    "pod",
+                    pod.name.clone(),
+                    format!("a {length:.0}s request ran to its end: {why}"),
+                );
+                pod.slow_request_told = true;
+            }
+            pod.request_started = None;
         }
     }
 

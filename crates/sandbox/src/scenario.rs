@@ -19,6 +19,10 @@ pub struct Scenario {
     pub boot_exit_code: Option<i32>,
     /// Liveness starts failing after the pod has served this long.
     pub liveness_fails_after_seconds: Option<f64>,
+    /// Every serving pod handles requests this slow, one after another. gunicorn's `sync`
+    /// worker is killed by `--timeout` in the middle of one that takes longer; under any other
+    /// worker class (and uvicorn) nothing cuts it short.
+    pub slow_request_seconds: Option<f64>,
     pub memory: Option<Memory>,
     /// The app ignores SIGTERM; the kubelet SIGKILLs it when the grace period ends.
     pub ignore_sigterm: bool,
@@ -86,6 +90,7 @@ impl Default for Scenario {
             boot_jitter: 0.2,
             boot_exit_code: None,
             liveness_fails_after_seconds: None,
+            slow_request_seconds: None,
             memory: None,
             ignore_sigterm: false,
             shutdown_seconds: 2.0,

@@ -594,3 +594,61 @@ async fn pod_changes_within_a_moment_cost_one_reconcile() {
     sandbox.stop_operator().await;
     assert_eq!(sandbox.metrics.reconciles.get() - before, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_request_is_cut_by_a_sync_workers_timeout_and_by_no_other_class() {
+    // Requests of 120 s against the sample's --timeout 90: sync kills the worker, gthread lets
+    // them run.
+    let slow = Scenario::from_yaml(
+        "name: slow-requests\nbootSeconds: 10\nbootJitter: 0\nslowRequestSeconds: 120\n",
+    )
+    .expect("scenario");
+    let with_class = |class: &str| {
+        let mut pool = pool(1, 1);
+        pool["spec"]["template"]["spec"]["containers"][0]["command"] =
+            json!(["gunicorn", "-k", class, "shop.wsgi"]);
+        pool
+    };
+
+    let mut sync = sandbox(with_class("sync"), slow.clone());
+    sync.run_for(300).await;
+    let report = Report::of(&sync);
+    sync.stop_operator().await;
+    assert!(
+        exits(
+            &report,
+            "in the middle of a 120s request after --timeout 90s"
+        ) >= 2,
+        "{:?}",
+        report.timeline
+    );
+    assert_eq!(exits(&report, "ran to its end"), 0);
+
+    let mut threaded = sandbox(with_class("gthread"), slow);
+    threaded.run_for(300).await;
+    let report = Report::of(&threaded);
+    threaded.stop_operator().await;
+    assert_eq!(
+        exits(&report, "in the middle of"),
+        0,
+        "{:?}",
+        report.timeline
+    );
+    assert_eq!(
+        exits(
+            &report,
+            "a 120s request ran to its end: under worker class gthread, --timeout 90s is a heartbeat"
+        ),
+        1
+    );
+    // The pool says why: a warning on the pool, not a stall.
+    let conflict = condition(&report, "PolicyConflict");
+    assert_eq!(conflict["status"], "True", "{conflict}");
+    assert!(
+        conflict["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("heartbeat")),
+        "{conflict}"
+    );
+    assert_eq!(condition(&report, "Stalled")["status"], "False");
+}

@@ -458,13 +458,40 @@ pub fn stability(
 pub struct WorkerLimits {
     /// gunicorn's effective `--timeout`.
     pub timeout_seconds: Option<i64>,
+    /// uvicorn's effective `--timeout-worker-healthcheck`.
+    pub healthcheck_timeout_seconds: Option<i64>,
     /// The container's memory limit, as its spec writes it.
     pub memory_limit: Option<String>,
 }
 
+/// Who killed a worker inside a running container, as its log says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WorkerKill {
+    /// gunicorn's `WORKER TIMEOUT`.
+    GunicornTimeout,
+    /// A SIGKILL gunicorn did not send: the kernel's OOM killer.
+    OutOfMemory,
+    /// uvicorn's supervisor replaced an unresponsive worker process.
+    UvicornHealthcheck,
+}
+
 impl WorkerLimits {
-    fn hint(&self, reason: Reason, pid: u32) -> String {
-        if reason == Reason::WorkerTimeout {
+    fn hint(&self, kill: WorkerKill, pid: u32) -> String {
+        if kill == WorkerKill::UvicornHealthcheck {
+            let timeout = self.healthcheck_timeout_seconds.map_or_else(
+                || "--timeout-worker-healthcheck".to_string(),
+                |t| format!("--timeout-worker-healthcheck {t}s"),
+            );
+            return format!(
+                "uvicorn's supervisor replaced worker process {pid}: it did not answer a ping \
+                 within {timeout} (the supervisor SIGKILLed it) or had exited on its own. A start \
+                 slower than that (a fresh interpreter importing the app): set \
+                 UVICORN_TIMEOUT_WORKER_HEALTHCHECK to policy.boot.timeoutSeconds or more (the \
+                 operator derives it unless the template sets it); a worker that exited: its \
+                 traceback is in the log above this line"
+            );
+        }
+        if kill == WorkerKill::GunicornTimeout {
             let timeout = self
                 .timeout_seconds
                 .map_or_else(|| "--timeout".to_string(), |t| format!("--timeout {t}s"));
@@ -497,8 +524,9 @@ pub struct WorkerAbort {
     pub hint: String,
 }
 
-/// Worker-level aborts in a container's log: every gunicorn `WORKER TIMEOUT` and every worker
-/// SIGKILL ("Perhaps out of memory?") not caused by a timeout, by the worker's pid.
+/// Worker-level aborts in a container's log: every gunicorn `WORKER TIMEOUT`, every worker
+/// SIGKILL ("Perhaps out of memory?") not caused by a timeout, and every worker process uvicorn's
+/// supervisor replaced, by the worker's pid.
 pub fn worker_aborts(
     pod: &PodView,
     container: &str,
@@ -506,36 +534,41 @@ pub fn worker_aborts(
     limits: &WorkerLimits,
 ) -> Vec<WorkerAbort> {
     let restart_count = pod.container(container).map_or(0, |c| c.restart_count);
-    let timeouts = findings
-        .worker_timeout_pids
-        .iter()
-        .map(|pid| (Reason::WorkerTimeout, *pid));
-    let oom_kills = findings
-        .worker_oom_pids
-        .iter()
-        .map(|pid| (Reason::OOMKilled, *pid));
-    timeouts
-        .chain(oom_kills)
-        .map(|(reason, pid)| {
-            let abort = Abort {
-                pod: pod.name.clone(),
-                container: Some(container.to_string()),
-                reason,
-                exit_code: None,
-                signal: None,
-                restart_count: Some(restart_count),
-                message: Some(format!("worker pid {pid}")),
-                finished_at: None,
-                by_boot_window: false,
-                job: None,
-            };
-            WorkerAbort {
-                abort,
-                pid,
-                hint: limits.hint(reason, pid),
-            }
-        })
-        .collect()
+    let of = |pids: &[u32], kill| pids.iter().map(move |pid| (kill, *pid)).collect::<Vec<_>>();
+    [
+        of(&findings.worker_timeout_pids, WorkerKill::GunicornTimeout),
+        of(&findings.worker_oom_pids, WorkerKill::OutOfMemory),
+        of(
+            &findings.replaced_worker_pids,
+            WorkerKill::UvicornHealthcheck,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(kill, pid)| {
+        let reason = match kill {
+            WorkerKill::OutOfMemory => Reason::OOMKilled,
+            WorkerKill::GunicornTimeout | WorkerKill::UvicornHealthcheck => Reason::WorkerTimeout,
+        };
+        let abort = Abort {
+            pod: pod.name.clone(),
+            container: Some(container.to_string()),
+            reason,
+            exit_code: None,
+            signal: None,
+            restart_count: Some(restart_count),
+            message: Some(format!("worker pid {pid}")),
+            finished_at: None,
+            by_boot_window: false,
+            job: None,
+        };
+        WorkerAbort {
+            abort,
+            pid,
+            hint: limits.hint(kill, pid),
+        }
+    })
+    .collect()
 }
 
 /// [`worker_aborts`] of a running container's log tail, for the ledger.

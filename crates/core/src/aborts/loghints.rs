@@ -1,5 +1,7 @@
 //! Known gunicorn / uvicorn / Python signatures in a container's log tail. Pure.
 //!
+//! The lines are gunicorn's (19 to 26) and uvicorn's (0.30 to 0.55) as their source writes them.
+//!
 //! Worker-level timeouts and OOM kills inside a running container leave no trace in the pod
 //! status; the app server's own log lines are the only evidence.
 
@@ -15,6 +17,12 @@ pub struct LogFindings {
     /// the SIGKILL it sends after a timeout itself; that one is part of the timeout.
     pub worker_oom_kills: u32,
     pub worker_oom_pids: Vec<u32>,
+    /// uvicorn's supervisor "Child process [N] died": it replaced worker process N, which did
+    /// not answer its ping within `--timeout-worker-healthcheck` (the supervisor SIGKILLs it
+    /// first) or had already exited.
+    pub replaced_worker_pids: Vec<u32>,
+    /// uvicorn 0.50+ "Child process [N] failed to start, stopping the parent process".
+    pub worker_failed_to_start: bool,
     pub worker_failed_to_boot: bool,
     pub app_failed_to_load: bool,
     /// asyncio "Task was destroyed but it is pending!": shutdown cut short.
@@ -99,6 +107,13 @@ pub fn scan(log: &str) -> LogFindings {
                 findings.worker_oom_pids.extend(pid);
             }
         }
+        if line.contains("Child process [") {
+            if line.contains("] died") {
+                findings.replaced_worker_pids.extend(bracketed_pid(line));
+            } else if line.contains("] failed to start") {
+                findings.worker_failed_to_start = true;
+            }
+        }
         if line.contains("Worker failed to boot") {
             findings.worker_failed_to_boot = true;
         }
@@ -136,6 +151,16 @@ fn pid_in(line: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// The number in `Child process [N]`, as uvicorn writes it.
+fn bracketed_pid(line: &str) -> Option<u32> {
+    let start = line.find("Child process [")? + "Child process [".len();
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// One line for an abort's hint: the most specific thing the log says.
 pub fn hint(findings: &LogFindings) -> Option<String> {
     let headline = if findings.worker_timeouts > 0 && findings.worker_oom_kills > 0 {
@@ -150,6 +175,13 @@ pub fn hint(findings: &LogFindings) -> Option<String> {
         )
     } else if findings.worker_oom_kills > 0 {
         Some("gunicorn: a worker was sent SIGKILL with no WORKER TIMEOUT before it: out of memory")
+    } else if findings.worker_failed_to_start {
+        Some("uvicorn: a worker process failed to start, and the supervisor stopped")
+    } else if !findings.replaced_worker_pids.is_empty() {
+        Some(
+            "uvicorn: the supervisor replaced a worker process that stopped answering its ping \
+             (--timeout-worker-healthcheck) or exited",
+        )
     } else if findings.app_failed_to_load {
         Some("gunicorn: App failed to load")
     } else if findings.worker_failed_to_boot {
@@ -244,6 +276,38 @@ ModuleNotFoundError: No module named 'stripe'
             Some(
                 "gunicorn: a worker was sent SIGKILL with no WORKER TIMEOUT before it: out of memory"
             )
+        );
+    }
+
+    /// uvicorn 0.55's supervisor, as `uvicorn --workers 2` logs: a worker that does not answer
+    /// in time is SIGKILLed and replaced with no line of its own before "died".
+    const SUPERVISOR: &str = "\
+INFO:     Uvicorn running on http://0.0.0.0:8000 (Press CTRL+C to quit)
+INFO:     Started parent process [1]
+INFO:     Started server process [8]
+INFO:     Waiting for application startup.
+INFO:     Child process [9] died
+INFO:     Started server process [12]
+INFO:     Child process [12] died
+";
+
+    #[test]
+    fn uvicorn_supervisor_replacements_are_read_by_pid() {
+        let f = scan(SUPERVISOR);
+        assert_eq!(f.replaced_worker_pids, [9, 12]);
+        assert!(f.worker_timeout_pids.is_empty() && f.worker_oom_pids.is_empty());
+        let h = hint(&f).unwrap();
+        assert!(h.contains("--timeout-worker-healthcheck"), "{h}");
+        let failed =
+            scan("ERROR:    Child process [9] failed to start, stopping the parent process.\n");
+        assert!(failed.worker_failed_to_start && failed.replaced_worker_pids.is_empty());
+        assert_eq!(bracketed_pid("Child process [x] died"), None);
+        // Its own lines are not read as a replacement.
+        assert_eq!(
+            scan(
+                "INFO:     Terminated child process [9]\nINFO:     Waiting for child process [9]\n"
+            ),
+            LogFindings::default()
         );
     }
 

@@ -206,6 +206,14 @@ pub struct EffectiveSettings {
     /// App-server worker timeout (gunicorn `--timeout`), when the runtime has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_timeout_seconds: Option<i64>,
+    /// gunicorn's worker class (`-k`; `gthread` for `sync` with `--threads` above 1). For any
+    /// class but `sync`, `--timeout` is a heartbeat of the worker process, not a request bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_class: Option<String>,
+    /// uvicorn's `--timeout-worker-healthcheck`, when it runs more than one worker process: its
+    /// supervisor kills a child that does not answer a ping within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_healthcheck_timeout_seconds: Option<i64>,
     /// App-server graceful shutdown timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graceful_timeout_seconds: Option<i64>,

@@ -160,7 +160,7 @@ pub async fn observe(
     }
 }
 
-/// The effective worker timeout and the app container's memory limit, for worker-level hints.
+/// The effective worker timeouts and the app container's memory limit, for worker-level hints.
 fn worker_limits(pool: &WorkerPool, status: Option<&WorkerPoolStatus>) -> WorkerLimits {
     let app = pool.spec.app_container_name();
     let memory_limit = pool
@@ -171,10 +171,10 @@ fn worker_limits(pool: &WorkerPool, status: Option<&WorkerPoolStatus>) -> Worker
         .and_then(|s| s.containers.iter().find(|c| Some(c.name.as_str()) == app))
         .and_then(policy::memory_limit)
         .map(str::to_string);
+    let effective = status.and_then(|s| s.effective.as_ref());
     WorkerLimits {
-        timeout_seconds: status
-            .and_then(|s| s.effective.as_ref())
-            .and_then(|e| e.worker_timeout_seconds),
+        timeout_seconds: effective.and_then(|e| e.worker_timeout_seconds),
+        healthcheck_timeout_seconds: effective.and_then(|e| e.worker_healthcheck_timeout_seconds),
         memory_limit,
     }
 }

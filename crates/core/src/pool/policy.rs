@@ -317,6 +317,97 @@ pub struct ExplicitFlags {
     pub worker_tmp_dir: Option<String>,
     pub graceful_timeout: Option<i64>,
     pub preload: bool,
+    /// gunicorn's `-k`/`--worker-class`, as written.
+    pub worker_class: Option<String>,
+    /// gunicorn's `--threads`.
+    pub threads: Option<i64>,
+    /// uvicorn's worker processes: `--workers`, else `UVICORN_WORKERS`, else `WEB_CONCURRENCY`.
+    pub workers: Option<Workers>,
+    /// uvicorn's `--timeout-worker-healthcheck` (or `UVICORN_TIMEOUT_WORKER_HEALTHCHECK`).
+    pub worker_healthcheck_timeout: Option<i64>,
+}
+
+/// How many worker processes an app server runs, as far as the pod spec tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    Count(i64),
+    /// Taken from a ConfigMap, a Secret or the downward API: not known from the spec.
+    FromReference,
+}
+
+/// What gunicorn's `--timeout` means for a worker class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// `sync`: one request at a time, so a request that outlives `--timeout` is killed with its
+    /// worker.
+    Sync,
+    /// `gthread`: requests run on threads while the worker's main loop keeps checking in.
+    Threads,
+    /// `gevent`, `eventlet`: requests run on greenlets while the worker's hub keeps checking in.
+    Greenlets,
+    /// `tornado`, `asgi`, uvicorn's and aiohttp's workers: an event loop checks in between tasks.
+    EventLoop,
+}
+
+/// gunicorn's effective worker class: its name and, when the name is one gunicorn or a
+/// well-known package ships, what `--timeout` means for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerClass {
+    pub name: String,
+    pub kind: Option<WorkerKind>,
+}
+
+impl WorkerClass {
+    /// The class gunicorn runs: `-k` as written (`egg:gunicorn#` prefix allowed), `sync` when
+    /// unset, and `gthread` for `sync` with more than one thread (gunicorn switches it itself).
+    pub fn of(flags: &ExplicitFlags) -> WorkerClass {
+        let written = flags.worker_class.as_deref().unwrap_or("sync");
+        let short = written.strip_prefix("egg:gunicorn#").unwrap_or(written);
+        let kind = worker_kind(short);
+        if kind == Some(WorkerKind::Sync) && flags.threads.is_some_and(|t| t > 1) {
+            return WorkerClass {
+                name: "gthread".into(),
+                kind: Some(WorkerKind::Threads),
+            };
+        }
+        WorkerClass {
+            name: short.to_string(),
+            kind,
+        }
+    }
+
+    /// `--timeout` bounds a worker's silence, not one request's length.
+    pub fn timeout_is_a_heartbeat(&self) -> bool {
+        matches!(
+            self.kind,
+            Some(WorkerKind::Threads | WorkerKind::Greenlets | WorkerKind::EventLoop)
+        )
+    }
+}
+
+/// gunicorn's own worker classes (by short name or module path), uvicorn's `UvicornWorker`
+/// (from `uvicorn.workers` or `uvicorn-worker`) and aiohttp's; None for any other class.
+fn worker_kind(class: &str) -> Option<WorkerKind> {
+    let last = class.rsplit('.').next().unwrap_or(class);
+    match (class, last) {
+        ("sync", _) | (_, "SyncWorker") => Some(WorkerKind::Sync),
+        ("gthread", _) | (_, "ThreadWorker") => Some(WorkerKind::Threads),
+        ("gevent" | "gevent_wsgi" | "gevent_pywsgi" | "eventlet", _)
+        | (_, "GeventWorker" | "GeventPyWSGIWorker" | "EventletWorker") => {
+            Some(WorkerKind::Greenlets)
+        }
+        ("tornado" | "asgi", _)
+        | (
+            _,
+            "TornadoWorker"
+            | "ASGIWorker"
+            | "UvicornWorker"
+            | "UvicornH11Worker"
+            | "GunicornWebWorker"
+            | "GunicornUVLoopWebWorker",
+        ) => Some(WorkerKind::EventLoop),
+        _ => None,
+    }
 }
 
 /// Everything the object builders apply, and what `status.effective` publishes.
@@ -473,32 +564,75 @@ pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags 
             let env_words: Vec<&str> = env_value(container, "GUNICORN_CMD_ARGS")
                 .map(|v| v.split_whitespace().collect())
                 .unwrap_or_default();
+            let text = |long, short| {
+                flag_text(&cmd_words, long, short).or_else(|| flag_text(&env_words, long, short))
+            };
             let pick = |long, short| {
                 flag_value(&cmd_words, long, short).or_else(|| flag_value(&env_words, long, short))
             };
             ExplicitFlags {
                 worker_timeout: pick("--timeout", Some("-t")),
-                worker_tmp_dir: flag_text(&cmd_words, "--worker-tmp-dir", None)
-                    .or_else(|| flag_text(&env_words, "--worker-tmp-dir", None))
-                    .map(str::to_string),
+                worker_tmp_dir: text("--worker-tmp-dir", None).map(str::to_string),
                 graceful_timeout: pick("--graceful-timeout", None),
                 preload: cmd_words.contains(&"--preload") || env_words.contains(&"--preload"),
+                worker_class: text("--worker-class", Some("-k")).map(str::to_string),
+                threads: pick("--threads", None),
+                ..ExplicitFlags::default()
             }
         }
-        Runtime::Uvicorn => ExplicitFlags {
-            worker_timeout: None,
-            worker_tmp_dir: None,
-            graceful_timeout: flag_value(&cmd_words, "--timeout-graceful-shutdown", None).or_else(
-                || {
-                    env_value(container, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN")
-                        .and_then(|v| v.trim().parse().ok())
-                },
-            ),
-            preload: false,
-        },
+        Runtime::Uvicorn => {
+            // click reads `UVICORN_<OPTION>` for every option the command line leaves unset.
+            let env_number = |name| env_value(container, name).and_then(|v| v.trim().parse().ok());
+            let workers = flag_value(&cmd_words, "--workers", None)
+                .or_else(|| env_number("UVICORN_WORKERS"))
+                .or_else(|| env_number("WEB_CONCURRENCY"))
+                .map(Workers::Count)
+                .or_else(|| {
+                    ["UVICORN_WORKERS", "WEB_CONCURRENCY"]
+                        .iter()
+                        .any(|name| env_from_reference(container, name))
+                        .then_some(Workers::FromReference)
+                });
+            ExplicitFlags {
+                graceful_timeout: flag_value(&cmd_words, "--timeout-graceful-shutdown", None)
+                    .or_else(|| env_number("UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN")),
+                workers,
+                worker_healthcheck_timeout: flag_value(
+                    &cmd_words,
+                    "--timeout-worker-healthcheck",
+                    None,
+                )
+                .or_else(|| env_number("UVICORN_TIMEOUT_WORKER_HEALTHCHECK")),
+                ..ExplicitFlags::default()
+            }
+        }
         Runtime::Generic => ExplicitFlags::default(),
     }
 }
+
+/// The container sets `name` from a ConfigMap, a Secret or the downward API.
+fn env_from_reference(container: &Container, name: &str) -> bool {
+    container
+        .env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|e| e.name == name && e.value_from.is_some())
+}
+
+/// uvicorn's worker processes are watched by its supervisor only when there are more than one
+/// (or when the count comes from elsewhere and may be).
+pub fn supervised(flags: &ExplicitFlags) -> bool {
+    match flags.workers {
+        Some(Workers::Count(n)) => n > 1,
+        Some(Workers::FromReference) => true,
+        None => false,
+    }
+}
+
+/// uvicorn's `--timeout-worker-healthcheck` when nothing sets one (uvicorn 0.37 and later;
+/// before, the same 5 s was fixed).
+pub const UVICORN_DEFAULT_HEALTHCHECK_SECONDS: i64 = 5;
 
 /// How long a preStop hook waits, when it says: the `sleep` action, or an exec hook that runs
 /// `sleep N` (directly or as a shell's first command). None for anything else (an HTTP call, a
@@ -545,8 +679,17 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         _ => None,
     };
     let preloaded = p.boot.preload || flags.preload;
+    let worker_class = (spec.runtime == Runtime::Gunicorn).then(|| WorkerClass::of(&flags));
     if let (Some(set), Some(_)) = (flags.worker_timeout, worker_timeout) {
-        if set < p.requests.timeout_seconds {
+        if set == 0 {
+            conflicts.push(Conflict {
+                field: "gunicorn --timeout".into(),
+                message: format!(
+                    "--timeout 0 turns gunicorn's worker timeout off: a hung worker is never replaced, and policy.requests.timeoutSeconds {} bounds no request",
+                    p.requests.timeout_seconds
+                ),
+            });
+        } else if set < p.requests.timeout_seconds {
             conflicts.push(Conflict {
                 field: "gunicorn --timeout".into(),
                 message: format!(
@@ -563,6 +706,34 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
                 ),
             });
         }
+    }
+
+    if let Some(class) = worker_class.as_ref().filter(|c| c.timeout_is_a_heartbeat()) {
+        let timeout = worker_timeout.unwrap_or(derived_timeout);
+        conflicts.push(Conflict {
+            field: "gunicorn --worker-class".into(),
+            message: heartbeat_message(class, timeout, p.requests.timeout_seconds),
+        });
+    }
+
+    // uvicorn's supervisor pings each worker process and kills one that does not answer in time;
+    // a worker still starting (a fresh interpreter importing the app) answers late.
+    let supervised = spec.runtime == Runtime::Uvicorn && supervised(&flags);
+    let healthcheck_timeout = supervised.then(|| {
+        flags
+            .worker_healthcheck_timeout
+            .unwrap_or(p.boot.timeout_seconds)
+    });
+    if let (true, Some(set)) = (supervised, flags.worker_healthcheck_timeout)
+        && set < p.boot.timeout_seconds
+    {
+        conflicts.push(Conflict {
+            field: "uvicorn --timeout-worker-healthcheck".into(),
+            message: format!(
+                "--timeout-worker-healthcheck {set} is shorter than policy.boot.timeoutSeconds {}: uvicorn's supervisor kills a worker process that has not answered its ping within {set}s, so a slow start is killed and restarted while the container keeps running",
+                p.boot.timeout_seconds
+            ),
+        });
     }
 
     let graceful_timeout = match spec.runtime {
@@ -710,10 +881,20 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
                 gunicorn_args.push(format!("--worker-tmp-dir={WORKER_TMP_DIR}"));
             }
         }
-        Runtime::Uvicorn => uvicorn_env.push((
-            "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN".into(),
-            p.shutdown.graceful_timeout_seconds.to_string(),
-        )),
+        Runtime::Uvicorn => {
+            uvicorn_env.push((
+                "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN".into(),
+                p.shutdown.graceful_timeout_seconds.to_string(),
+            ));
+            // An environment variable, not a flag: uvicorn before 0.37 has no such option and
+            // ignores the variable, where it would refuse the flag.
+            if supervised && flags.worker_healthcheck_timeout.is_none() {
+                uvicorn_env.push((
+                    "UVICORN_TIMEOUT_WORKER_HEALTHCHECK".into(),
+                    p.boot.timeout_seconds.to_string(),
+                ));
+            }
+        }
         Runtime::Generic => {}
     }
 
@@ -729,6 +910,8 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             readiness_probe: readiness,
             liveness_probe: liveness,
             worker_timeout_seconds: worker_timeout,
+            worker_class: worker_class.map(|c| c.name),
+            worker_healthcheck_timeout_seconds: healthcheck_timeout,
             graceful_timeout_seconds: (spec.runtime != Runtime::Generic)
                 .then_some(graceful_timeout),
             max_surge: p.boot.max_concurrent,
@@ -747,6 +930,29 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         uvicorn_env,
         conflicts,
     }
+}
+
+/// What `--timeout` and `policy.requests.timeoutSeconds` mean for a worker class whose
+/// `--timeout` is a heartbeat, and what does bound a request there.
+fn heartbeat_message(class: &WorkerClass, timeout: i64, requests: i64) -> String {
+    let (runs_on, bound) = match class.kind {
+        Some(WorkerKind::Threads) => (
+            "a thread",
+            "per-call timeouts in the app (a database statement_timeout, HTTP client timeouts)",
+        ),
+        Some(WorkerKind::Greenlets) => (
+            "a greenlet",
+            "per-call timeouts in the app (a database statement_timeout, HTTP client timeouts, gevent.Timeout or eventlet.Timeout)",
+        ),
+        _ => (
+            "a task of the event loop",
+            "the app itself (asyncio.timeout or a timeout middleware, a database statement_timeout)",
+        ),
+    };
+    format!(
+        "worker class {}: gunicorn's --timeout {timeout}s is a heartbeat of the worker process, not a bound on a request: a slow request runs on {runs_on} while the worker keeps checking in, so policy.requests.timeoutSeconds {requests} only sets --timeout and the liveness probe's patience; bound requests with {bound}; a load balancer's upstream timeout drops the client but not the work",
+        class.name
+    )
 }
 
 /// A container's memory limit, as its spec writes it.

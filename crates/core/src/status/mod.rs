@@ -441,6 +441,8 @@ mod tests {
             readiness_probe: None,
             liveness_probe: None,
             worker_timeout_seconds: None,
+            worker_class: None,
+            worker_healthcheck_timeout_seconds: None,
             graceful_timeout_seconds: None,
             max_surge: 2,
             max_unavailable: 0,
