@@ -225,6 +225,9 @@ fn run_diagnose(
         })
         .collect::<Result<Vec<_>, String>>()?;
     let findings = diagnose::diagnose(&pods, &events, runtime, &logs).map_err(shown)?;
+    for warning in diagnose::warnings(&pods, runtime) {
+        eprintln!("warning: {warning}");
+    }
     match output {
         OutputFormat::Table => print!("{}", diagnose::table(&findings)),
         OutputFormat::Json => {

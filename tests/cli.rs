@@ -1051,3 +1051,26 @@ fn diagnose_log_reads_a_worker_process_uvicorns_supervisor_replaced_as_a_worker_
     let hint = diagnose(&pod)[0]["hint"].as_str().unwrap().to_string();
     assert!(hint.contains("--timeout-worker-healthcheck 20s"), "{hint}");
 }
+
+#[test]
+fn diagnose_warns_of_a_reported_stop_signal_the_app_server_does_not_drain_on() {
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(HEALTHY).unwrap()).unwrap();
+    pod["status"]["containerStatuses"][0]["stopSignal"] = "SIGQUIT".into();
+    let out = run(
+        &["diagnose", "-f", "-", "-o", "json"],
+        Some(&pod.to_string()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: pod shop-api-6d8f7c9b5-ok reports that container \"app\" is stopped with SIGQUIT")
+            && stderr.contains("gunicorn's quick shutdown"),
+        "{stderr}"
+    );
+    // The findings on standard output are unchanged.
+    assert_eq!(findings(&out), Vec::<serde_json::Value>::new());
+    pod["status"]["containerStatuses"][0]["stopSignal"] = "SIGTERM".into();
+    let out = run(&["diagnose", "-f", "-"], Some(&pod.to_string()));
+    assert_eq!(text(&out.stderr), "");
+}

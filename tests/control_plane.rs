@@ -2102,3 +2102,96 @@ fn a_migration_behind_a_native_sidecar_runs_with_it_and_the_pool_rolls_out() {
     assert_eq!(sidecar["restartPolicy"], "Always", "{job:#}");
     assert!(condition_is(&s, "PolicyConflict", "False"), "{s:#}");
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_stop_signal_on_which_the_app_server_does_not_drain_is_named_on_the_pool() {
+    let _setup = setup();
+    let ns = namespace("e2e-stop-signal");
+    let conflict = |ns: &str| {
+        condition(&status(ns, "api"), "PolicyConflict")
+            .filter(|c| c["status"] == "True")
+            .and_then(|c| c["message"].as_str().map(str::to_string))
+    };
+
+    // Pods whose image stops them with SIGQUIT, as the kubelet reports it.
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[("boot", "1s"), ("stop-signal", "SIGQUIT")],
+        json!({"boot": {"maxConcurrent": 2}}),
+    );
+    assert!(apply(&yaml).ok);
+    let message = wait_until(
+        "PolicyConflict naming the reported SIGQUIT",
+        2 * MINUTE,
+        || conflict(&ns).filter(|m| m.contains("SIGQUIT")),
+        || describe(&ns, "api"),
+    );
+    assert!(
+        message.contains("(the image's STOPSIGNAL)")
+            && message.contains("gunicorn's quick shutdown")
+            && message.contains("STOPSIGNAL SIGTERM"),
+        "{message}"
+    );
+    // A warning, not a stall: the pool still becomes Ready.
+    let ready = wait_ready(&ns, "api", 2 * MINUTE);
+    assert!(condition_is(&ready, "Stalled", "False"), "{ready:#}");
+    let warning = events(&ns, "reason=PolicyConflict", "jsonpath={.items[*].message}");
+    assert!(warning.contains("SIGQUIT"), "{warning}");
+
+    // The template's own lifecycle.stopSignal survives the CRD's schema and is named too; the
+    // pods now report SIGTERM, which drains.
+    let mut pool: Value = serde_json::from_str(&pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[("boot", "1s"), ("stop-signal", "SIGTERM")],
+        json!({"boot": {"maxConcurrent": 2}}),
+    ))
+    .expect("pool JSON");
+    pool["spec"]["template"]["spec"]["os"] = json!({"name": "linux"});
+    pool["spec"]["template"]["spec"]["containers"][0]["lifecycle"] =
+        json!({"stopSignal": "SIGINT"});
+    assert!(apply(&pool.to_string()).ok);
+    let kept = kubectl_ok(&[
+        "get",
+        "wp",
+        "api",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].lifecycle.stopSignal}",
+    ]);
+    assert_eq!(kept, "SIGINT");
+    let message = wait_until(
+        "PolicyConflict naming lifecycle.stopSignal SIGINT and nothing reported",
+        2 * MINUTE,
+        || {
+            conflict(&ns)
+                .filter(|m| m.contains("lifecycle.stopSignal SIGINT") && !m.contains("SIGQUIT"))
+        },
+        || describe(&ns, "api"),
+    );
+    assert!(
+        message.contains("set lifecycle.stopSignal: SIGTERM"),
+        "{message}"
+    );
+    let applied = kubectl_ok(&[
+        "get",
+        "deployment",
+        "api",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].lifecycle.stopSignal}",
+    ]);
+    assert_eq!(
+        applied, "SIGINT",
+        "the user's own value is applied as written"
+    );
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}

@@ -1025,3 +1025,75 @@ fn merge_into(mut base: serde_json::Value, overlay: serde_json::Value) -> serde_
     merge(&mut base, &overlay);
     base
 }
+
+#[test]
+fn a_stop_signal_on_which_the_app_server_does_not_drain_is_named() {
+    use policy::{StopSignalSource, stop_signal_conflict};
+    let reported = StopSignalSource::Reported { pod: "api-1" };
+    let drops = |runtime, signal| stop_signal_conflict(runtime, "app", signal, reported);
+    // Drains: SIGTERM everywhere, SIGINT for uvicorn (it handles both alike).
+    for (runtime, signal) in [
+        (Runtime::Gunicorn, "SIGTERM"),
+        (Runtime::Uvicorn, "SIGTERM"),
+        (Runtime::Uvicorn, "SIGINT"),
+        (Runtime::Uvicorn, "INT"),
+        (Runtime::Generic, "SIGTERM"),
+        (Runtime::Generic, "SIGQUIT"),
+    ] {
+        assert_eq!(drops(runtime, signal), None, "{runtime} {signal}");
+    }
+    for (runtime, signal, effect) in [
+        (Runtime::Gunicorn, "SIGQUIT", "gunicorn's quick shutdown"),
+        (Runtime::Gunicorn, "SIGINT", "gunicorn's quick shutdown"),
+        (Runtime::Gunicorn, "quit", "gunicorn's quick shutdown"),
+        (Runtime::Gunicorn, "SIGHUP", "reloads its workers"),
+        (Runtime::Gunicorn, "SIGUSR1", "does not stop on it"),
+        (Runtime::Uvicorn, "SIGQUIT", "uvicorn does not handle it"),
+        (Runtime::Generic, "SIGKILL", "killed at once"),
+    ] {
+        let found = drops(runtime, signal).unwrap_or_else(|| panic!("{runtime} {signal}"));
+        assert_eq!(found.field, "stopSignal");
+        assert!(
+            found.message.contains(effect)
+                && found.message.contains("pod api-1")
+                && found.message.contains("STOPSIGNAL SIGTERM")
+                && found.message.contains("ContainerStopSignals"),
+            "{runtime} {signal}: {}",
+            found.message
+        );
+    }
+    // The first pod by name is named, whatever order they come in.
+    let first = policy::reported_stop_signal(
+        Runtime::Gunicorn,
+        "app",
+        [
+            ("api-b", "SIGQUIT"),
+            ("api-a", "SIGTERM"),
+            ("api-c", "SIGINT"),
+        ],
+    )
+    .expect("a conflict");
+    assert!(first.message.contains("pod api-b"), "{}", first.message);
+
+    // The template's own lifecycle.stopSignal is read at derivation, with its own fix.
+    let extra = app_container_with(json!({"lifecycle": {"stopSignal": "SIGQUIT"}}));
+    let (deployment, settings) = build(&spec("gunicorn", extra));
+    let message = conflict(&settings, "lifecycle.stopSignal");
+    assert!(
+        message.contains("sets lifecycle.stopSignal SIGQUIT")
+            && message.contains("set lifecycle.stopSignal: SIGTERM or remove it"),
+        "{message}"
+    );
+    // Reported, never written: the value is the user's, as written.
+    let lifecycle = app(&deployment).lifecycle.as_ref().expect("lifecycle");
+    assert_eq!(lifecycle.stop_signal.as_deref(), Some("SIGQUIT"));
+    let (deployment, settings) = build(&spec("gunicorn", json!({})));
+    assert!(settings.conflicts.is_empty());
+    assert_eq!(
+        app(&deployment)
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.stop_signal.as_deref()),
+        None
+    );
+}

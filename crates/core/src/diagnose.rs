@@ -345,6 +345,35 @@ pub fn diagnose(
     Ok(findings)
 }
 
+/// What the pods show beside their aborts: a default container stopped with a signal its app
+/// server does not drain on, once per container name and signal (pods of one Deployment all say
+/// the same).
+pub fn warnings(pods: &[Pod], runtime: Option<Runtime>) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for pod in pods {
+        let Some(container) = default_container(pod) else {
+            continue;
+        };
+        let view = PodView::from(pod);
+        let Some(signal) = view.app_stop_signal(container) else {
+            continue;
+        };
+        if !seen.insert((container.to_string(), signal.to_string())) {
+            continue;
+        }
+        out.extend(
+            policy::reported_stop_signal(
+                runtime_of(pod, runtime),
+                container,
+                [(pod_name(pod), signal)],
+            )
+            .map(|c| printable(&c.message)),
+        );
+    }
+    out
+}
+
 /// `text` without what a terminal would act on: control characters (line breaks become spaces)
 /// and the bidirectional overrides and isolates that reorder what is shown.
 pub fn printable(text: &str) -> String {

@@ -58,6 +58,9 @@ pub struct ContainerView {
     /// fields); None without a startup probe. A run that ends sooner, for no more specific
     /// reason, never finished booting.
     pub boot_window: Option<SignedDuration>,
+    /// The signal the container is stopped with, as the kubelet reports it (Kubernetes 1.33+
+    /// with the `ContainerStopSignals` feature): the image's `STOPSIGNAL` unless the spec sets one.
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -131,6 +134,7 @@ impl ContainerView {
                 .and_then(|s| s.terminated.as_ref())
                 .map(Termination::from),
             boot_window: None,
+            stop_signal: None,
         }
     }
 }
@@ -253,6 +257,7 @@ struct ContainerStatusJson {
     restart_count: i32,
     state: Option<ContainerState>,
     last_state: Option<ContainerState>,
+    stop_signal: Option<String>,
 }
 
 impl PodJson {
@@ -314,8 +319,9 @@ impl PodJson {
 fn views(statuses: Option<Vec<ContainerStatusJson>>) -> Vec<ContainerView> {
     let statuses = statuses.unwrap_or_default();
     let mut views = Vec::with_capacity(statuses.len());
-    views.extend(statuses.into_iter().map(|c| {
-        ContainerView::new(
+    views.extend(statuses.into_iter().map(|c| ContainerView {
+        stop_signal: c.stop_signal,
+        ..ContainerView::new(
             c.name,
             c.ready,
             c.restart_count,
@@ -327,6 +333,15 @@ fn views(statuses: Option<Vec<ContainerStatusJson>>) -> Vec<ContainerView> {
 }
 
 impl PodView {
+    /// The stop signal the kubelet reports for an app container: none for a Job's pod, which
+    /// runs no app server.
+    pub fn app_stop_signal(&self, container: &str) -> Option<&str> {
+        if self.job.is_some() {
+            return None;
+        }
+        self.container(container)?.stop_signal.as_deref()
+    }
+
     /// A container or init container by name (the two share one namespace of names).
     pub fn container(&self, name: &str) -> Option<&ContainerView> {
         self.containers

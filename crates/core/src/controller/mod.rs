@@ -20,6 +20,7 @@ pub mod triggers;
 pub mod watched;
 mod workers;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -361,6 +362,15 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         circuit: plan.circuit.as_ref(),
         waiting: plan.waiting.as_ref().map(|(r, m)| (*r, m.as_str())),
     });
+    // What the template says, then what the pods show.
+    let derived = settings
+        .as_ref()
+        .map(|s| s.conflicts.as_slice())
+        .unwrap_or_default();
+    let conflicts: Cow<'_, [policy::Conflict]> = match &workers.stop_signal {
+        None => Cow::Borrowed(derived),
+        Some(seen) => Cow::Owned(derived.iter().chain([seen]).cloned().collect()),
+    };
     let observation = Observation {
         generation,
         desired_replicas: pool.spec.replicas,
@@ -373,10 +383,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         } else {
             None
         },
-        conflicts: settings
-            .as_ref()
-            .map(|s| s.conflicts.as_slice())
-            .unwrap_or_default(),
+        conflicts: &conflicts,
         stall,
         aborts: Some(&workers.summary),
         window_seconds: pool.spec.policy.failure.window_seconds,

@@ -37,6 +37,8 @@ pub struct Report {
     /// A pod whose Events could not be listed, and why: the reconcile then fails and backs off
     /// instead of coming back at the settle time.
     pub unread: Option<(String, kube::Error)>,
+    /// A pod whose app container is stopped with a signal the app server does not drain on.
+    pub stop_signal: Option<policy::Conflict>,
 }
 
 fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<SignedDuration> {
@@ -157,6 +159,14 @@ pub async fn observe(
         initializing: detect::initializing(&pods),
         stability,
         unread: evidence.failed,
+        stop_signal: pool.spec.app_container_name().and_then(|app| {
+            policy::reported_stop_signal(
+                pool.spec.runtime,
+                app,
+                pods.iter()
+                    .filter_map(|pod| Some((pod.name.as_str(), pod.app_stop_signal(app)?))),
+            )
+        }),
     }
 }
 

@@ -736,6 +736,17 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         });
     }
 
+    if let Some(conflict) = app
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.stop_signal.as_deref())
+        .and_then(|signal| {
+            stop_signal_conflict(spec.runtime, &app.name, signal, StopSignalSource::Template)
+        })
+    {
+        conflicts.push(conflict);
+    }
+
     let graceful_timeout = match spec.runtime {
         Runtime::Generic => p.shutdown.graceful_timeout_seconds,
         _ => flags
@@ -930,6 +941,90 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         uvicorn_env,
         conflicts,
     }
+}
+
+/// Where a stop signal was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopSignalSource<'a> {
+    /// The template's `lifecycle.stopSignal`.
+    Template,
+    /// What the kubelet reports a running pod's container is stopped with (the image's
+    /// `STOPSIGNAL` unless the spec sets one).
+    Reported { pod: &'a str },
+}
+
+/// A stop signal on which the app server does not drain: `None` for one it shuts down
+/// gracefully on. gunicorn drains only on SIGTERM (SIGINT and SIGQUIT are its quick shutdown,
+/// SIGHUP reloads); uvicorn drains on SIGTERM and SIGINT and does not handle SIGQUIT (one process
+/// dies at once, a supervisor of several ignores it until the grace period's SIGKILL). Of any
+/// other worker only SIGKILL is known to drop its work.
+pub fn stop_signal_conflict(
+    runtime: Runtime,
+    container: &str,
+    signal: &str,
+    source: StopSignalSource<'_>,
+) -> Option<Conflict> {
+    let upper = signal.trim().to_ascii_uppercase();
+    let name = match upper.strip_prefix("SIG") {
+        Some(_) => upper.clone(),
+        None => format!("SIG{upper}"),
+    };
+    let effect = match (runtime, name.as_str()) {
+        (_, "SIGTERM") => return None,
+        (_, "SIGKILL") => "the app server is killed at once, with no shutdown at all",
+        (Runtime::Gunicorn, "SIGINT" | "SIGQUIT") => {
+            "gunicorn's quick shutdown: its workers are killed at once"
+        }
+        (Runtime::Gunicorn, "SIGHUP") => {
+            "gunicorn reloads its workers instead of stopping, and the kubelet SIGKILLs it when the grace period ends"
+        }
+        (Runtime::Gunicorn, _) => {
+            "gunicorn does not stop on it, and the kubelet SIGKILLs it when the grace period ends"
+        }
+        (Runtime::Uvicorn, "SIGINT") => return None,
+        (Runtime::Uvicorn, _) => {
+            "uvicorn does not handle it: one process dies at once, and a supervisor of several ignores it until the kubelet's SIGKILL at the end of the grace period"
+        }
+        (Runtime::Generic, _) => return None,
+    };
+    let (field, found) = match source {
+        StopSignalSource::Template => (
+            "lifecycle.stopSignal".to_string(),
+            format!("container {container:?} sets lifecycle.stopSignal {name}"),
+        ),
+        StopSignalSource::Reported { pod } => (
+            "stopSignal".to_string(),
+            format!(
+                "pod {pod} reports that container {container:?} is stopped with {name} (the image's STOPSIGNAL)"
+            ),
+        ),
+    };
+    let fix = match source {
+        StopSignalSource::Template => "set lifecycle.stopSignal: SIGTERM or remove it",
+        StopSignalSource::Reported { .. } => {
+            "build the image with STOPSIGNAL SIGTERM, or set lifecycle.stopSignal: SIGTERM (with spec.os.name: linux) where the cluster has the ContainerStopSignals feature"
+        }
+    };
+    Some(Conflict {
+        field,
+        message: format!(
+            "{found}: {effect}, so every rollout and scale-down drops in-flight requests without an abort to show for it; {fix}"
+        ),
+    })
+}
+
+/// The first pod, by name, whose app container is reported stopped with a signal its app server
+/// does not drain on; `reported` gives each pod's name and signal.
+pub fn reported_stop_signal<'a>(
+    runtime: Runtime,
+    app: &str,
+    reported: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<Conflict> {
+    let mut reported: Vec<(&str, &str)> = reported.into_iter().collect();
+    reported.sort_unstable();
+    reported.into_iter().find_map(|(pod, signal)| {
+        stop_signal_conflict(runtime, app, signal, StopSignalSource::Reported { pod })
+    })
 }
 
 /// What `--timeout` and `policy.requests.timeoutSeconds` mean for a worker class whose
