@@ -2195,3 +2195,72 @@ fn a_stop_signal_on_which_the_app_server_does_not_drain_is_named_on_the_pool() {
     );
     let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn worker_classes_and_uvicorns_supervisor_get_what_their_timeouts_mean() {
+    let _setup = setup();
+    let ns = namespace("e2e-worker-models");
+    let with_command = |name: &str, runtime: &str, command: Value| {
+        let mut pool: Value = serde_json::from_str(&pool(
+            &ns,
+            name,
+            1,
+            runtime,
+            &[("boot", "1s")],
+            json!({"boot": {"timeoutSeconds": 75}}),
+        ))
+        .expect("pool JSON");
+        pool["spec"]["template"]["spec"]["containers"][0]["command"] = command;
+        assert!(apply(&pool.to_string()).ok);
+    };
+    with_command(
+        "threads",
+        "gunicorn",
+        json!(["gunicorn", "-k", "gthread", "app.wsgi"]),
+    );
+    with_command(
+        "asgi",
+        "uvicorn",
+        json!(["uvicorn", "app.main:app", "--workers", "4"]),
+    );
+
+    // gthread: Ready, with a warning that --timeout is a heartbeat.
+    let threads = wait_ready(&ns, "threads", 2 * MINUTE);
+    assert_eq!(
+        threads["effective"]["workerClass"], "gthread",
+        "{threads:#}"
+    );
+    let conflict = condition(&threads, "PolicyConflict").expect("PolicyConflict");
+    assert_eq!(conflict["status"], "True", "{threads:#}");
+    assert!(
+        conflict["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("worker class gthread") && m.contains("heartbeat")),
+        "{conflict:#}"
+    );
+    assert!(condition_is(&threads, "Stalled", "False"));
+
+    // uvicorn --workers 4: the supervisor's health check waits as long as a boot.
+    let asgi = wait_ready(&ns, "asgi", 2 * MINUTE);
+    assert_eq!(
+        asgi["effective"]["workerHealthcheckTimeoutSeconds"], 75,
+        "{asgi:#}"
+    );
+    assert!(condition_is(&asgi, "PolicyConflict", "False"), "{asgi:#}");
+    let env = kubectl_ok(&[
+        "get",
+        "deployment",
+        "asgi",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        env.lines()
+            .any(|l| l == "UVICORN_TIMEOUT_WORKER_HEALTHCHECK=75"),
+        "{env}"
+    );
+    let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
