@@ -3,10 +3,10 @@
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
-use workerpool_core::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus, SeenAbort};
+use workerpool_core::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus, SeenAbort, reason};
 use workerpool_core::pool::ramp::DeploymentCounts;
 use workerpool_core::pool::rollout::{
-    Input, JobState, LiveDeployment, Plan, Template, job_state, plan, reason,
+    Input, JobState, LiveDeployment, Plan, Template, job_state, plan,
 };
 
 const NEW: &str = "bbbbbbbbbb";

@@ -8,68 +8,7 @@ use serde::Serialize;
 use crate::aborts::podview::{ContainerView, PodView, State, Termination};
 use crate::api::Runtime;
 
-/// Stable abort reasons, used in status, Events, metrics and `diagnose`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Reason {
-    BootFailed,
-    AppLoadFailed,
-    OOMKilled,
-    StartupTimeout,
-    LivenessTimeout,
-    WorkerTimeout,
-    GracePeriodExceeded,
-    CrashLoop,
-    ImagePullFailed,
-    ConfigError,
-    Evicted,
-    Unschedulable,
-    Signaled,
-    UnexpectedExit,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 14] = [
-        Reason::BootFailed,
-        Reason::AppLoadFailed,
-        Reason::OOMKilled,
-        Reason::StartupTimeout,
-        Reason::LivenessTimeout,
-        Reason::WorkerTimeout,
-        Reason::GracePeriodExceeded,
-        Reason::CrashLoop,
-        Reason::ImagePullFailed,
-        Reason::ConfigError,
-        Reason::Evicted,
-        Reason::Unschedulable,
-        Reason::Signaled,
-        Reason::UnexpectedExit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::BootFailed => "BootFailed",
-            Reason::AppLoadFailed => "AppLoadFailed",
-            Reason::OOMKilled => "OOMKilled",
-            Reason::StartupTimeout => "StartupTimeout",
-            Reason::LivenessTimeout => "LivenessTimeout",
-            Reason::WorkerTimeout => "WorkerTimeout",
-            Reason::GracePeriodExceeded => "GracePeriodExceeded",
-            Reason::CrashLoop => "CrashLoop",
-            Reason::ImagePullFailed => "ImagePullFailed",
-            Reason::ConfigError => "ConfigError",
-            Reason::Evicted => "Evicted",
-            Reason::Unschedulable => "Unschedulable",
-            Reason::Signaled => "Signaled",
-            Reason::UnexpectedExit => "UnexpectedExit",
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::api::Reason;
 
 /// One classified abort of one container (or of the pod, for eviction and scheduling).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

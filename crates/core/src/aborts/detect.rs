@@ -8,7 +8,7 @@ use crate::aborts::classify::{self, Abort, KubeletEvent, Reason};
 use crate::aborts::ledger::{self, Identity, Observed};
 use crate::aborts::loghints::{self, LogFindings};
 use crate::aborts::podview::{ContainerView, PodView, State};
-use crate::api::{AbortRecord, AbortSummary, Runtime};
+use crate::api::{AbortRecord, AbortSummary, Runtime, Window};
 
 /// A termination younger than this may still be waiting for the kubelet's `Killing` Event that
 /// tells a probe kill from a plain exit, so it is classified a little later.
@@ -211,12 +211,10 @@ pub fn unseen_runs(
     now: Timestamp,
     window_seconds: i64,
 ) -> Vec<Observed> {
-    let window = SignedDuration::from_secs(window_seconds);
+    let window = Window::new(now, window_seconds);
     let mut inferred = Vec::new();
     for pod in pods {
-        let created_in_window = pod
-            .created
-            .is_some_and(|created| now.duration_since(created) <= window);
+        let created_in_window = pod.created.is_some_and(|created| window.contains(created));
         let mut classified: Option<Vec<Abort>> = None;
         for container in &pod.containers {
             let Some(seen) = container.last_terminated.as_ref() else {

@@ -6,7 +6,10 @@ use std::fmt;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::api::{AbortCount, AbortRecord, AbortSummary, CountedSource, SeenAbort, TallyBucket};
+use crate::api::{
+    AbortCount, AbortRecord, AbortSummary, CountedSource, SeenAbort, TallyBucket, Window,
+    parse_time,
+};
 
 /// Most aborts listed one by one in `recent`; counting does not depend on it.
 pub const MAX_RECENT: usize = 64;
@@ -86,12 +89,12 @@ pub struct Observed {
     pub record: AbortRecord,
 }
 
-fn parse(time: &str) -> Option<Timestamp> {
-    time.parse().ok()
-}
-
 fn within(time: &str, now: Timestamp, window: SignedDuration) -> bool {
-    parse(time).is_some_and(|t| now.duration_since(t) <= window)
+    Window {
+        now,
+        length: window,
+    }
+    .contains_time(time)
 }
 
 /// Where `source` is in `counted`, which is kept sorted by source.
@@ -132,7 +135,7 @@ fn note(source: &mut CountedSource, occurrence: &Occurrence, at: Timestamp) {
         }
         Occurrence::State(reason) => source.states.push(reason.clone()),
     }
-    if parse(&source.time).is_none_or(|t| at > t) {
+    if parse_time(&source.time).is_none_or(|t| at > t) {
         source.time = at.to_string();
     }
 }
@@ -187,7 +190,7 @@ pub fn is_news(
     window_seconds: i64,
 ) -> bool {
     let window = SignedDuration::from_secs(window_seconds);
-    now.duration_since(observed.at) <= window
+    Window::new(now, window_seconds).contains(observed.at)
         && !old.is_some_and(|s| is_counted(&s.counted, &s.recent, &observed.identity, now, window))
 }
 
@@ -200,7 +203,7 @@ fn slice_start(at: Timestamp, window_seconds: i64) -> i64 {
 /// Whether a slice starting at `start` still overlaps the window.
 fn slice_in_window(start: &str, now: Timestamp, window_seconds: i64) -> bool {
     let width = (window_seconds / TALLY_SLICES).max(1);
-    parse(start).is_some_and(|s| s.as_second() + width > now.as_second() - window_seconds)
+    parse_time(start).is_some_and(|s| s.as_second() + width > now.as_second() - window_seconds)
 }
 
 /// When the window next changes by itself: a slice of the tally leaves it (and `Degraded` may
@@ -214,12 +217,12 @@ pub fn next_expiry(
     summary
         .tally
         .iter()
-        .filter_map(|b| parse(&b.start))
+        .filter_map(|b| parse_time(&b.start))
         .map(|start| {
             SignedDuration::from_secs(start.as_second() + width + window_seconds - now.as_second())
         })
         .chain(summary.recent.iter().filter_map(|seen| {
-            let t = parse(&seen.time)?;
+            let t = parse_time(&seen.time)?;
             Some(SignedDuration::from_secs(window_seconds) - now.duration_since(t))
         }))
         .filter(|left| left.is_positive())
@@ -335,7 +338,7 @@ fn add_to_tally(tally: &mut Vec<TallyBucket>, reason: &str, at: Timestamp, windo
 fn tally_of(recent: &[SeenAbort], window_seconds: i64) -> Vec<TallyBucket> {
     let mut tally = Vec::new();
     for seen in recent {
-        if let Some(at) = parse(&seen.time) {
+        if let Some(at) = parse_time(&seen.time) {
             add_to_tally(&mut tally, &seen.reason, at, window_seconds);
         }
     }

@@ -7,9 +7,11 @@
 mod crd;
 mod status;
 pub mod strict;
+mod window;
 
 pub use crd::{crd, crd_yaml, pool_name_message};
 pub use status::*;
+pub use window::{Window, parse_time};
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

@@ -4,6 +4,29 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Condition reasons: each is said once, here, whichever module decides it.
+pub mod reason {
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const NOT_OWNED: &str = "ChildNotOwned";
+    pub const WRITE_REFUSED: &str = "WriteRefused";
+    pub const INIT_FAILED: &str = "InitFailed";
+    pub const INIT_RUNNING: &str = "InitRunning";
+    pub const BOOT_FAILURE_THRESHOLD: &str = "BootFailureThreshold";
+    pub const ALL_READY: &str = "AllReplicasReady";
+    pub const RAMPING: &str = "Ramping";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const SCALING_DOWN: &str = "ScalingDown";
+    pub const CREATING: &str = "Creating";
+    pub const CONVERGED: &str = "Converged";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const NO_ABORTS: &str = "NoRecentAborts";
+    pub const CONSISTENT: &str = "Consistent";
+    pub const TEMPLATE_OVERRIDE: &str = "TemplateOverridesPolicy";
+    pub const INIT_FAILING: &str = "InitContainersFailing";
+    pub const CRASH_LOOPING: &str = "CrashLooping";
+    pub const STARTING: &str = "PodsStarting";
+}
+
 /// Condition types, kstatus-compatible (`Ready`, `Reconciling`, `Stalled`) plus our own.
 pub mod condition {
     pub const READY: &str = "Ready";
@@ -316,4 +339,67 @@ pub struct SeenAbort {
     /// `pod-template-hash` of the pod, so boot failures can be counted per template revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+}
+
+/// Stable abort reasons, used in status, Events, metrics and `diagnose`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Reason {
+    BootFailed,
+    AppLoadFailed,
+    OOMKilled,
+    StartupTimeout,
+    LivenessTimeout,
+    WorkerTimeout,
+    GracePeriodExceeded,
+    CrashLoop,
+    ImagePullFailed,
+    ConfigError,
+    Evicted,
+    Unschedulable,
+    Signaled,
+    UnexpectedExit,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::BootFailed,
+        Reason::AppLoadFailed,
+        Reason::OOMKilled,
+        Reason::StartupTimeout,
+        Reason::LivenessTimeout,
+        Reason::WorkerTimeout,
+        Reason::GracePeriodExceeded,
+        Reason::CrashLoop,
+        Reason::ImagePullFailed,
+        Reason::ConfigError,
+        Reason::Evicted,
+        Reason::Unschedulable,
+        Reason::Signaled,
+        Reason::UnexpectedExit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BootFailed => "BootFailed",
+            Reason::AppLoadFailed => "AppLoadFailed",
+            Reason::OOMKilled => "OOMKilled",
+            Reason::StartupTimeout => "StartupTimeout",
+            Reason::LivenessTimeout => "LivenessTimeout",
+            Reason::WorkerTimeout => "WorkerTimeout",
+            Reason::GracePeriodExceeded => "GracePeriodExceeded",
+            Reason::CrashLoop => "CrashLoop",
+            Reason::ImagePullFailed => "ImagePullFailed",
+            Reason::ConfigError => "ConfigError",
+            Reason::Evicted => "Evicted",
+            Reason::Unschedulable => "Unschedulable",
+            Reason::Signaled => "Signaled",
+            Reason::UnexpectedExit => "UnexpectedExit",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::watched::{Lean, Watched};
 use super::{Context, Error};
+use crate::api::reason;
 use crate::api::{AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
 use crate::pool::Stall;
 use crate::pool::derive::{self, Children, PoolRef};
@@ -22,7 +23,6 @@ use crate::pool::drift;
 use crate::pool::policy;
 use crate::pool::ramp::DeploymentCounts;
 use crate::pool::rollout;
-use crate::status::reason;
 
 /// What the pool reads of its Deployment.
 pub(super) fn deployment_counts(dep: &Deployment) -> DeploymentCounts {

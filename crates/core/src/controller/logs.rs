@@ -87,18 +87,3 @@ impl LogReader for ApiLogs {
         })
     }
 }
-
-/// No logs at all, for contexts where reading them is not possible.
-pub struct NoLogs;
-
-impl LogReader for NoLogs {
-    fn tail<'a>(
-        &'a self,
-        _namespace: &'a str,
-        _pod: &'a str,
-        _container: &'a str,
-        _previous: bool,
-    ) -> BoxFuture<'a, Result<String, LogError>> {
-        Box::pin(async { Ok(String::new()) })
-    }
-}

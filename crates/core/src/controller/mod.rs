@@ -44,12 +44,13 @@ use pod_cache::PodCache;
 use recorders::Recorders;
 use report::{announce, publish, report_aborts, write_status};
 
+use crate::api::reason;
 use crate::api::{AbortSummary, WorkerPool, WorkerPoolStatus};
 use crate::controller::watched::{Guarded, Watched};
 use crate::pool::Stall;
 use crate::pool::derive::{self, Children, PoolRef};
 use crate::pool::policy;
-use crate::status::{self, Observation, reason};
+use crate::status::{self, Observation};
 
 /// Field manager for the status subresource, separate from the children's.
 pub const STATUS_MANAGER: &str = "workerpool-operator-status";

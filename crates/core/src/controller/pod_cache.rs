@@ -6,7 +6,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
-use tokio::sync::watch;
 
 use crate::aborts::podview::PodView;
 use crate::controller::watched::ViewedPod;
@@ -128,19 +127,10 @@ struct State {
 }
 
 /// Shared between the pod watch, which writes it, and every reconcile, which reads it.
-#[derive(Clone)]
+/// Whether the first list is complete is the watch's to say (`run`'s cache sync), not this one's.
+#[derive(Clone, Default)]
 pub struct PodCache {
     state: Arc<RwLock<State>>,
-    ready: Arc<watch::Sender<bool>>,
-}
-
-impl Default for PodCache {
-    fn default() -> Self {
-        PodCache {
-            state: Arc::default(),
-            ready: Arc::new(watch::channel(false).0),
-        }
-    }
 }
 
 impl PodCache {
@@ -180,8 +170,6 @@ impl PodCache {
                     changed = differing_pools(&state.live, &listed);
                     state.live = listed;
                 }
-                drop(state);
-                self.ready.send_replace(true);
             }
         }
         changed.sort();
@@ -215,13 +203,6 @@ impl PodCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Resolves once the first list is complete.
-    pub async fn wait_until_ready(&self) {
-        let mut ready = self.ready.subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = ready.wait_for(|ready| *ready).await;
     }
 }
 
@@ -346,8 +327,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_relist_replaces_everything_when_done_and_marks_the_cache_ready() {
+    #[test]
+    fn a_relist_replaces_everything_when_done() {
         let cache = PodCache::default();
         cache.apply(watcher::Event::Apply(&pod("gone", Some("api"), "Running")));
         cache.apply(watcher::Event::<&Pod>::Init);
@@ -358,14 +339,7 @@ mod tests {
         )));
         // Until the list is complete, readers see the old pods.
         assert_eq!(names(&cache.pods_of("shop", "api")), ["gone"]);
-        let waiting = tokio::spawn({
-            let cache = cache.clone();
-            async move { cache.wait_until_ready().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
         cache.apply(watcher::Event::<&Pod>::InitDone);
-        waiting.await.expect("ready");
         assert_eq!(names(&cache.pods_of("shop", "api")), ["new"]);
         assert_eq!(cache.len(), 1);
     }

@@ -1074,5 +1074,5 @@ pub fn advice(pool: &ValidPool<'_>) -> Vec<String> {
 
 /// Replicas of the Deployment on first apply: the first ramp step.
 pub fn first_apply_replicas(spec: &WorkerPoolSpec) -> i32 {
-    spec.replicas.min(spec.policy.boot.max_concurrent)
+    crate::pool::ramp::next_target(spec.replicas, spec.policy.boot.max_concurrent, None)
 }

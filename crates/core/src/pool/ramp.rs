@@ -38,11 +38,6 @@ pub fn next_target(desired: i32, max_concurrent: i32, current: Option<Deployment
     desired.min(current.target.max(0).saturating_add(step))
 }
 
-/// True while the Deployment's target is below what the pool wants.
-pub fn is_ramping(desired: i32, target: i32) -> bool {
-    target < desired
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,27 +9,23 @@
 //! - Circuit breaker: `bootFailureThreshold` boot failures of the current revision within the
 //!   window hold the replicas and pause the Deployment; any spec change but a scale closes it.
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
-use crate::api::{AbortSummary, CircuitStatus, InitPhase, InitStatus};
+use crate::api::{
+    AbortSummary, CircuitStatus, InitPhase, InitStatus, Reason, Window, parse_time, reason,
+};
 use crate::pool::Stall;
 use crate::pool::ramp::{self, DeploymentCounts};
 
 /// Abort reasons that count as a failed boot for the circuit breaker. A crash loop is not one of
 /// them: it follows the exits beside it, and those say whether the pod failed to boot or failed
 /// while serving (an OOM kill, a crash after ready), which no new pod would fix by waiting.
-pub const BOOT_FAILURES: [&str; 4] = [
-    "BootFailed",
-    "AppLoadFailed",
-    "StartupTimeout",
-    "WorkerTimeout",
+pub const BOOT_FAILURES: [Reason; 4] = [
+    Reason::BootFailed,
+    Reason::AppLoadFailed,
+    Reason::StartupTimeout,
+    Reason::WorkerTimeout,
 ];
-
-pub mod reason {
-    pub const INIT_FAILED: &str = "InitFailed";
-    pub const INIT_RUNNING: &str = "InitRunning";
-    pub const BOOT_FAILURE_THRESHOLD: &str = "BootFailureThreshold";
-}
 
 /// The init Job of the current revision and init command, as the cluster shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,23 +170,21 @@ fn init_gate(input: &Input) -> Gate {
     }
 }
 
-fn parse(time: Option<&str>) -> Option<Timestamp> {
-    time?.parse().ok()
-}
-
 /// Boot failures of the current revision since the circuit last closed, within the window.
 pub fn boot_failures(input: &Input) -> usize {
-    let since = parse(input.previous_circuit.and_then(|c| c.since.as_deref()));
-    let window = SignedDuration::from_secs(input.window_seconds);
+    let since = input
+        .previous_circuit
+        .and_then(|c| c.since.as_deref())
+        .and_then(parse_time);
+    let window = Window::new(input.now, input.window_seconds);
     input.aborts.map_or(0, |a| {
         a.recent
             .iter()
             .filter(|seen| seen.revision.as_deref() == Some(input.revision))
-            .filter(|seen| BOOT_FAILURES.contains(&seen.reason.as_str()))
+            .filter(|seen| BOOT_FAILURES.iter().any(|r| r.as_str() == seen.reason))
             .filter(|seen| {
-                parse(Some(&seen.time)).is_some_and(|t| {
-                    input.now.duration_since(t) <= window && since.is_none_or(|s| t >= s)
-                })
+                parse_time(&seen.time)
+                    .is_some_and(|t| window.contains(t) && since.is_none_or(|s| t >= s))
             })
             .count()
     })

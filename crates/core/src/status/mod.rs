@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::aborts::detect::{Initializing, STABLE_AFTER, Stability};
 use crate::aborts::ledger;
+use crate::api::reason;
 use crate::api::{
     AbortSummary, CircuitStatus, EffectiveSettings, InitStatus, Phase, WorkerPoolStatus, condition,
 };
@@ -21,25 +22,6 @@ mod pacing;
 
 pub use notices::{Notice, READY_NOTICE, RampChange, notices};
 pub use pacing::{PROGRESS_INTERVAL, is_progress_only, progress_wait};
-
-pub mod reason {
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const NOT_OWNED: &str = "ChildNotOwned";
-    pub const WRITE_REFUSED: &str = "WriteRefused";
-    pub const ALL_READY: &str = "AllReplicasReady";
-    pub const RAMPING: &str = "Ramping";
-    pub const ROLLING_OUT: &str = "RollingOut";
-    pub const SCALING_DOWN: &str = "ScalingDown";
-    pub const CREATING: &str = "Creating";
-    pub const CONVERGED: &str = "Converged";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const NO_ABORTS: &str = "NoRecentAborts";
-    pub const CONSISTENT: &str = "Consistent";
-    pub const TEMPLATE_OVERRIDE: &str = "TemplateOverridesPolicy";
-    pub const INIT_FAILING: &str = "InitContainersFailing";
-    pub const CRASH_LOOPING: &str = "CrashLooping";
-    pub const STARTING: &str = "PodsStarting";
-}
 
 /// Everything the status is computed from.
 #[derive(Clone, Debug)]

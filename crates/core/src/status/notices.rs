@@ -50,7 +50,7 @@ pub fn notices(
     if let Some(c) = newly_true(condition::POLICY_CONFLICT) {
         out.push(Notice {
             warning: true,
-            reason: "PolicyConflict".into(),
+            reason: condition::POLICY_CONFLICT.into(),
             action: "Derive",
             message: c.message.clone(),
         });
