@@ -28,4 +28,4 @@ helm upgrade --install workerpool-operator charts/workerpool-operator \
   --set image.repository=workerpool-operator --set image.tag=e2e --set image.pullPolicy=Never \
   --set logging.level=debug --wait --timeout 3m
 
-WORKERPOOL_E2E=1 cargo test --locked --test e2e -- --test-threads=2 --nocapture
+cargo test --locked --test e2e -- --ignored --test-threads=2 --nocapture

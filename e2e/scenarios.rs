@@ -1,7 +1,8 @@
 //! End-to-end scenarios on a real cluster with the operator installed (see e2e/run.sh).
 //!
-//! Skipped unless `WORKERPOOL_E2E=1`: the suite needs a cluster, the chart installed and the
-//! images `busybox:1.36` and `python:3.12-alpine` pullable. Each scenario uses its own namespace,
+//! Ignored by a plain `cargo test`: the suite needs a kind cluster, the chart installed and the
+//! images `busybox:1.36` and `python:3.12-alpine` pullable; `e2e/run.sh` runs it with `--ignored`.
+//! Each scenario uses its own namespace,
 //! real pods with inline commands, and asserts on the WorkerPool's status as a user reads it.
 
 use std::time::{Duration, Instant};
@@ -11,14 +12,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use workerpool_core::api::{WorkerPool, WorkerPoolStatus};
-
-fn enabled() -> bool {
-    let on = std::env::var("WORKERPOOL_E2E").as_deref() == Ok("1");
-    if !on {
-        eprintln!("WORKERPOOL_E2E is not 1: no cluster configured, skipping (run e2e/run.sh)");
-    }
-    on
-}
 
 struct Scenario {
     client: Client,
@@ -152,10 +145,8 @@ fn pool_spec(replicas: i32, runtime: &str, container: Value, policy: Value) -> V
 const MINUTES: fn(u64) -> Duration = |m| Duration::from_secs(60 * m);
 
 #[tokio::test]
+#[ignore = "needs a kind cluster: run e2e/run.sh"]
 async fn a_healthy_pool_becomes_ready() {
-    if !enabled() {
-        return;
-    }
     let s = Scenario::new("healthy").await;
     s.apply("web", pool_spec(2, "generic", web(1, ""), json!({})))
         .await;
@@ -173,10 +164,8 @@ async fn a_healthy_pool_becomes_ready() {
 }
 
 #[tokio::test]
+#[ignore = "needs a kind cluster: run e2e/run.sh"]
 async fn an_exit_3_is_a_boot_failure_and_opens_the_circuit() {
-    if !enabled() {
-        return;
-    }
     let s = Scenario::new("boot-failure").await;
     let container = json!({
         "name": "app", "image": "busybox:1.36",
@@ -197,10 +186,8 @@ async fn an_exit_3_is_a_boot_failure_and_opens_the_circuit() {
 }
 
 #[tokio::test]
+#[ignore = "needs a kind cluster: run e2e/run.sh"]
 async fn memory_past_the_limit_is_oom_killed() {
-    if !enabled() {
-        return;
-    }
     let s = Scenario::new("oom").await;
     let container = json!({
         "name": "app", "image": "python:3.12-alpine",
@@ -223,10 +210,8 @@ async fn memory_past_the_limit_is_oom_killed() {
 }
 
 #[tokio::test]
+#[ignore = "needs a kind cluster: run e2e/run.sh"]
 async fn a_boot_slower_than_its_timeout_is_a_startup_timeout() {
-    if !enabled() {
-        return;
-    }
     let s = Scenario::new("slow-boot").await;
     s.apply(
         "slow",
@@ -243,10 +228,8 @@ async fn a_boot_slower_than_its_timeout_is_a_startup_timeout() {
 }
 
 #[tokio::test]
+#[ignore = "needs a kind cluster: run e2e/run.sh"]
 async fn ignoring_sigterm_is_grace_period_exceeded_on_scale_down() {
-    if !enabled() {
-        return;
-    }
     let s = Scenario::new("ignore-sigterm").await;
     let policy = json!({"shutdown": {"drainSeconds": 0, "gracefulTimeoutSeconds": 3}});
     // A shell at PID 1 that ignores SIGTERM and keeps the server in the background.
@@ -275,10 +258,8 @@ async fn ignoring_sigterm_is_grace_period_exceeded_on_scale_down() {
 }
 
 #[tokio::test]
+#[ignore = "needs a kind cluster: run e2e/run.sh"]
 async fn a_staggered_scale_up_never_boots_more_than_max_concurrent() {
-    if !enabled() {
-        return;
-    }
     let s = Scenario::new("stagger").await;
     s.apply(
         "ramp",

@@ -1,5 +1,5 @@
 //! The end-to-end scenarios live in e2e/ next to the script that sets up their cluster; they
-//! compile with every `cargo test` and run only with `WORKERPOOL_E2E=1` (see e2e/run.sh).
+//! compile with every `cargo test`, which lists them as ignored; e2e/run.sh runs them.
 
 #[path = "../e2e/scenarios.rs"]
 mod scenarios;

@@ -1,4 +1,4 @@
-//! The init Job and the circuit breaker through the reconcile pipeline (kube-fake-client).
+//! The init Job and the circuit breaker through the reconcile pipeline, on the sandbox's API server.
 
 mod harness;
 

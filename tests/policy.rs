@@ -576,7 +576,9 @@ proptest! {
         let rolling = dspec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
         prop_assert_eq!(rolling.max_surge.clone(), Some(IntOrString::Int(max_concurrent)));
         prop_assert_eq!(rolling.max_unavailable.clone(), Some(IntOrString::Int(0)));
-        prop_assert_eq!(dspec.replicas, Some(replicas.min(max_concurrent)));
+        // The first apply is the ramp's first step: never more than maxConcurrent boot at once.
+        prop_assert_eq!(policy::first_apply_replicas(&s), replicas.min(max_concurrent));
+        prop_assert_eq!(dspec.replicas, Some(policy::first_apply_replicas(&s)));
     }
 }
 

@@ -1,9 +1,8 @@
-//! The reconcile pipeline against an in-memory API (kube-fake-client), counting every request.
+//! The reconcile pipeline against the sandbox's in-memory API server, counting every request and its shape.
 
 mod harness;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -42,7 +41,11 @@ async fn first_reconcile_creates_children_and_status() {
         .owner_references
         .as_ref()
         .expect("owner")[0];
-    assert_eq!(owner.uid, "uid-api");
+    assert_eq!(
+        Some(&owner.uid),
+        h.pool("api").await.metadata.uid.as_ref(),
+        "owned by the pool"
+    );
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(h.client.clone(), NS);
     assert!(
         pdbs.get_opt("api").await.unwrap().is_some(),
@@ -384,7 +387,7 @@ async fn malformed_pool_gets_a_warning_event() {
             ..Default::default()
         },
     };
-    h.requests.counting.store(true, Ordering::SeqCst);
+    h.requests.start();
     reconcile(Arc::new(Guarded(Err(invalid))), h.ctx.clone())
         .await
         .expect("reconcile");
@@ -626,9 +629,9 @@ async fn failures_back_off_per_pool_and_a_success_starts_over() {
 #[tokio::test]
 async fn a_refused_apply_stalls_the_pool_with_an_event_and_backs_off() {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
-    *h.requests.refuse.lock().unwrap() = Some("api".into());
+    h.requests.refuse("api");
     let guard = Arc::new(Guarded(Ok(Box::new(h.pool("api").await))));
-    h.requests.counting.store(true, Ordering::SeqCst);
+    h.requests.start();
     let error = reconcile(guard.clone(), h.ctx.clone())
         .await
         .expect_err("the refusal is an error, for back-off");
@@ -659,9 +662,54 @@ async fn a_refused_apply_stalls_the_pool_with_an_event_and_backs_off() {
     );
 
     // Once the server accepts it, the stall is gone.
-    *h.requests.refuse.lock().unwrap() = None;
+    h.requests.accept();
     h.reconcile("api").await;
     let status = h.pool("api").await.status.expect("status");
     assert_eq!(condition(&status, "Stalled").status, "False");
     assert!(h.deployment("api").await.is_some());
+}
+
+#[tokio::test]
+async fn children_and_status_are_server_side_applies_under_their_own_field_managers() {
+    let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
+    h.reconcile("api").await;
+    let writes: Vec<_> = h
+        .requests
+        .served()
+        .into_iter()
+        .filter(|r| r.is_write() && r.kind != "Event")
+        .collect();
+    let shapes: Vec<(String, Option<&str>, Option<&str>, bool)> = writes
+        .iter()
+        .map(|r| {
+            (
+                format!("{} {}", r.kind, r.subresource.as_deref().unwrap_or("")),
+                r.shape.patch,
+                r.shape.field_manager.as_deref(),
+                r.shape.force,
+            )
+        })
+        .collect();
+    // Every child is applied by the operator's manager, forcing its own fields; the status has a
+    // manager of its own, so its apply holds exactly what was computed.
+    assert!(
+        writes.iter().all(|r| r.verb == "patch"),
+        "patches only: {shapes:?}"
+    );
+    for (what, patch, manager, force) in &shapes {
+        assert_eq!(*patch, Some("apply"), "{what}: {shapes:?}");
+        let expected = if what.ends_with("status") {
+            "workerpool-operator-status"
+        } else {
+            "workerpool-operator"
+        };
+        assert_eq!(*manager, Some(expected), "{what}: {shapes:?}");
+        assert!(*force, "{what} forces: {shapes:?}");
+    }
+    let kinds: Vec<&str> = shapes.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["Deployment ", "PodDisruptionBudget ", "WorkerPool status"],
+        "{shapes:?}"
+    );
 }

@@ -76,7 +76,6 @@ fn unready(restarts: i32) -> Value {
 }
 
 async fn events(h: &Harness) -> Vec<Event> {
-    h.requests.counting.store(false, Ordering::SeqCst);
     let api: Api<Event> = Api::namespaced(h.client.clone(), NS);
     api.list(&ListParams::default())
         .await
@@ -754,4 +753,42 @@ async fn evicted_and_unschedulable_pods_are_pod_level_aborts() {
     h.advance(60);
     h.reconcile("api").await;
     assert_eq!(warnings(&h, "Unschedulable").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_worker_process_uvicorns_supervisor_replaced_is_a_worker_timeout_naming_its_timeout() {
+    let spec = json!({
+        "replicas": 1,
+        "runtime": "uvicorn",
+        "policy": {"boot": {"timeoutSeconds": 80}},
+        "template": {"spec": {"containers": [{
+            "name": "app", "image": "example/app:1",
+            "command": ["uvicorn", "app.main:app", "--workers", "4"],
+            "ports": [{"name": "http", "containerPort": 8000}]
+        }]}}
+    });
+    let mut h = converged(spec, 70).await;
+    h.logs.set(
+        "api-a",
+        "app",
+        false,
+        "INFO:     Started parent process [1]\n\
+         INFO:     Started server process [9]\n\
+         INFO:     Child process [9] died\n\
+         INFO:     Started server process [12]\n",
+    );
+    h.set_pods(vec![pod("api-a", unready(0), json!({}))]);
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(counts(&status), [("WorkerTimeout".into(), 1)]);
+    let hint = status
+        .aborts
+        .and_then(|a| a.last)
+        .and_then(|l| l.hint)
+        .unwrap_or_default();
+    assert!(
+        hint.contains("uvicorn's supervisor replaced worker process 9")
+            && hint.contains("--timeout-worker-healthcheck 80s"),
+        "{hint}"
+    );
 }

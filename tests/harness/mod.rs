@@ -1,25 +1,25 @@
-//! Reconcile harness on an in-memory API (kube-fake-client) that counts every request.
+//! Reconcile harness on the sandbox's in-memory API server, the one the whole loop runs on,
+//! counting every request the reconcile makes and recording its shape.
 //!
-//! The fake has no watch, so the harness plays the part of the watch caches: after each
-//! reconcile it lists the children (uncounted) into the stores the controller reads, and it
-//! holds the pool's pods and their logs as a kubelet would.
+//! The harness plays the part of the watch caches: after each reconcile it reads the children
+//! from the server (in-process, not counted) into the stores the controller reads, and it holds
+//! the pool's pods and their logs as a kubelet would.
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
-use kube_fake_client::{ClientBuilder, PatchType, interceptor};
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use workerpool_core::aborts::classify::KubeletEvent;
 use workerpool_core::api::{WorkerPool, WorkerPoolStatus};
 use workerpool_core::controller::kubelet::EventReader;
@@ -29,38 +29,74 @@ use workerpool_core::controller::pod_cache::PodCache;
 use workerpool_core::controller::watched::Guarded;
 use workerpool_core::controller::watched::Watched;
 use workerpool_core::controller::{Caches, Clock, Context, reconcile};
+use workerpool_sandbox::apiserver::http::{Fault, RequestRecord};
+use workerpool_sandbox::apiserver::{
+    ApiServer, ResourceType, ServerConfig, Target, Write, resource_of,
+};
 
 pub const NS: &str = "shop";
 
-#[derive(Default)]
+/// The requests of the reconcile being counted: those the server served since [`Requests::start`]
+/// until [`Requests::stop`].
 pub struct Requests {
-    pub counting: AtomicBool,
-    pub writes: AtomicUsize,
-    pub reads: AtomicUsize,
-    pub patches: std::sync::Mutex<Vec<String>>,
-    /// An object name whose applies the fake API server refuses with 422, as admission would.
-    pub refuse: std::sync::Mutex<Option<String>>,
+    server: Arc<ApiServer>,
+    since: AtomicUsize,
+    /// `usize::MAX` while counting.
+    until: AtomicUsize,
 }
 
 impl Requests {
-    pub fn read(&self) {
-        if self.counting.load(Ordering::SeqCst) {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-        }
+    pub fn start(&self) {
+        self.since
+            .store(self.server.request_count(), Ordering::SeqCst);
+        self.until.store(usize::MAX, Ordering::SeqCst);
     }
-    pub fn write(&self, what: String) {
-        if self.counting.load(Ordering::SeqCst) {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-            self.patches.lock().unwrap().push(what);
-        }
+
+    pub fn stop(&self) {
+        self.until
+            .store(self.server.request_count(), Ordering::SeqCst);
     }
+
+    /// What the counted reconcile asked of the API server, in order.
+    pub fn served(&self) -> Vec<RequestRecord> {
+        let all = self.server.requests();
+        let until = self.until.load(Ordering::SeqCst).min(all.len());
+        let since = self.since.load(Ordering::SeqCst).min(until);
+        all[since..until].to_vec()
+    }
+
     pub fn total(&self) -> usize {
-        self.reads.load(Ordering::SeqCst) + self.writes.load(Ordering::SeqCst)
+        self.served().len()
     }
-    pub fn reset(&self) {
-        self.reads.store(0, Ordering::SeqCst);
-        self.writes.store(0, Ordering::SeqCst);
-        self.patches.lock().unwrap().clear();
+
+    /// Refuses every apply of the Deployment named `name` with 422, as admission would.
+    pub fn refuse(&self, name: &str) {
+        self.server.inject(Fault {
+            verb: Some("patch"),
+            kind: Some("Deployment"),
+            name: Some(name.into()),
+            code: 422,
+            message: Some(format!(
+                "Deployment.apps \"{name}\" is invalid: metadata.labels: Invalid value"
+            )),
+            times: u32::MAX,
+        });
+    }
+
+    pub fn accept(&self) {
+        self.server.clear_faults();
+    }
+}
+
+/// One write as the tests name it: `create KIND`, `patch NAME`, `patch status NAME`, …
+fn write_name(record: &RequestRecord) -> String {
+    let name = record.name.as_deref().unwrap_or_default();
+    match (record.verb, record.subresource.as_deref()) {
+        ("create", _) => format!("create {}", record.kind),
+        ("patch", Some(sub)) => format!("patch {sub} {name}"),
+        ("patch", None) => format!("patch {name}"),
+        (verb, Some(sub)) => format!("{verb} {sub} {name}"),
+        (verb, None) => format!("{verb} {name}"),
     }
 }
 
@@ -141,6 +177,7 @@ pub fn reporter() -> Reporter {
 }
 
 pub struct Harness {
+    pub server: Arc<ApiServer>,
     pub client: kube::Client,
     pub requests: Arc<Requests>,
     pub deployments: Writer<Watched<Deployment>>,
@@ -152,68 +189,6 @@ pub struct Harness {
     pub ctx: Arc<Context>,
     /// Seconds since the start of the test, read by the controller's clock.
     pub seconds: Arc<AtomicI64>,
-}
-
-pub fn counting_interceptors(requests: Arc<Requests>) -> interceptor::Funcs {
-    let r = requests.clone();
-    let funcs = interceptor::Funcs::new().get(move |_| {
-        r.read();
-        Ok(None)
-    });
-    let r = requests.clone();
-    let funcs = funcs.list(move |_| {
-        r.read();
-        Ok(None)
-    });
-    let r = requests.clone();
-    let funcs = funcs.create(move |ctx| {
-        r.write(format!(
-            "create {}",
-            ctx.object["kind"].as_str().unwrap_or_default()
-        ));
-        Ok(None)
-    });
-    let r = requests.clone();
-    let funcs = funcs.patch(move |ctx| {
-        r.write(format!("patch {}", ctx.name));
-        if r.refuse.lock().unwrap().as_deref() == Some(ctx.name) {
-            return Err(kube_fake_client::Error::InvalidRequest(format!(
-                "Deployment.apps \"{}\" is invalid: metadata.labels: Invalid value",
-                ctx.name
-            )));
-        }
-        Ok(None)
-    });
-    let r = requests.clone();
-    let funcs = funcs.patch_status(move |ctx| {
-        r.write(format!("patch status {}", ctx.name));
-        if ctx.patch_type != PatchType::ApplyPatch {
-            return Ok(None);
-        }
-        // The fake merges an apply like a merge patch; a real server removes the fields the
-        // status's only manager leaves out, which replacing the status reproduces.
-        let mut pool: WorkerPool = ctx.client.get(ctx.namespace, ctx.name)?;
-        pool.status = serde_json::from_value(ctx.patch["status"].clone())?;
-        let written = ctx
-            .client
-            .update_status(ctx.namespace, &pool, &PostParams::default())?;
-        Ok(Some(serde_json::to_value(written)?))
-    });
-    let r = requests.clone();
-    let funcs = funcs.replace(move |_| {
-        r.write("replace".into());
-        Ok(None)
-    });
-    let r = requests.clone();
-    let funcs = funcs.update(move |_| {
-        r.write("update".into());
-        Ok(None)
-    });
-    let r = requests;
-    funcs.delete(move |_| {
-        r.write("delete".into());
-        Ok(None)
-    })
 }
 
 pub fn pool(name: &str, spec: serde_json::Value) -> WorkerPool {
@@ -237,31 +212,34 @@ pub fn pool(name: &str, spec: serde_json::Value) -> WorkerPool {
     serde_json::from_value(value).expect("test pool")
 }
 
+/// A harness whose API server already holds `pools` and `deployments` (their uids are the
+/// server's: read them back).
 pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Harness {
-    let requests = Arc::new(Requests::default());
-    let client = ClientBuilder::new()
-        .with_resource::<WorkerPool>()
-        .with_status_subresource::<WorkerPool>()
-        .with_status_subresource::<Deployment>()
-        .with_status_subresource::<Job>()
-        .with_objects(pools)
-        .with_objects(deployments)
-        .with_interceptor_funcs(counting_interceptors(requests.clone()))
-        .build()
-        .await
-        .expect("fake client");
-    let (deployment_store, deployment_writer): (Store<Watched<Deployment>>, _) = reflector::store();
-    let (pdb_store, pdb_writer): (Store<Watched<PodDisruptionBudget>>, _) = reflector::store();
-    let pod_cache = PodCache::default();
-    let (job_store, job_writer): (Store<Watched<Job>>, _) = reflector::store();
-    let logs = Arc::new(Logs::default());
-    let events = Arc::new(KubeletEvents::default());
     let seconds = Arc::new(AtomicI64::new(0));
     let clock: Clock = {
         let seconds = seconds.clone();
         let start: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().expect("timestamp");
         Arc::new(move || start + jiff::SignedDuration::from_secs(seconds.load(Ordering::SeqCst)))
     };
+    let server = ApiServer::new(clock.clone(), ServerConfig::default());
+    for pool in pools {
+        create(&server, resource_of::<WorkerPool>(), &pool);
+    }
+    for deployment in deployments {
+        create(&server, resource_of::<Deployment>(), &deployment);
+    }
+    let client = server.client();
+    let requests = Arc::new(Requests {
+        server: server.clone(),
+        since: AtomicUsize::new(0),
+        until: AtomicUsize::new(0),
+    });
+    let (deployment_store, deployment_writer): (Store<Watched<Deployment>>, _) = reflector::store();
+    let (pdb_store, pdb_writer): (Store<Watched<PodDisruptionBudget>>, _) = reflector::store();
+    let pod_cache = PodCache::default();
+    let (job_store, job_writer): (Store<Watched<Job>>, _) = reflector::store();
+    let logs = Arc::new(Logs::default());
+    let events = Arc::new(KubeletEvents::default());
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -278,7 +256,8 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         .with_logs(logs.clone())
         .with_events(events.clone()),
     );
-    Harness {
+    let mut harness = Harness {
+        server,
         client,
         requests,
         deployments: deployment_writer,
@@ -289,51 +268,68 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         events,
         ctx,
         seconds,
+    };
+    harness.sync_caches().await;
+    harness
+}
+
+fn create<K: serde::Serialize>(server: &ApiServer, resource: &'static ResourceType, object: &K) {
+    let value = serde_json::to_value(object).expect("JSON");
+    server
+        .create(resource, NS, value, Some("kubectl"))
+        .expect("the server takes the fixture");
+}
+
+/// Every object of a kind in the namespace, as a watch would decode it.
+fn listed<K: DeserializeOwned>(server: &ApiServer, resource: &'static ResourceType) -> Vec<K> {
+    let (items, _, _) = server.list(
+        resource,
+        Some(NS),
+        &Default::default(),
+        &Default::default(),
+        None,
+        None,
+    );
+    items
+        .iter()
+        .map(|item| serde_json::from_value(Value::clone(item)).expect("decodes"))
+        .collect()
+}
+
+fn relist<K>(writer: &mut Writer<K>, items: Vec<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for item in items {
+        writer.apply_watcher_event(&watcher::Event::InitApply(item));
     }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
 }
 
 impl Harness {
-    /// Refreshes the stores the way the watches would, without counting the requests.
+    /// Refreshes the stores the way the watches would, without a request the tests count.
     pub async fn sync_caches(&mut self) {
-        self.requests.counting.store(false, Ordering::SeqCst);
-        let deployments: Api<Watched<Deployment>> = Api::namespaced(self.client.clone(), NS);
-        let list = deployments
-            .list(&ListParams::default())
-            .await
-            .expect("list deployments");
-        self.deployments.apply_watcher_event(&watcher::Event::Init);
-        for d in list.items {
-            self.deployments
-                .apply_watcher_event(&watcher::Event::InitApply(d));
-        }
-        self.deployments
-            .apply_watcher_event(&watcher::Event::InitDone);
-        let pdbs: Api<Watched<PodDisruptionBudget>> = Api::namespaced(self.client.clone(), NS);
-        let list = pdbs.list(&ListParams::default()).await.expect("list pdbs");
-        self.pdbs.apply_watcher_event(&watcher::Event::Init);
-        for p in list.items {
-            self.pdbs.apply_watcher_event(&watcher::Event::InitApply(p));
-        }
-        self.pdbs.apply_watcher_event(&watcher::Event::InitDone);
-        let jobs: Api<Watched<Job>> = Api::namespaced(self.client.clone(), NS);
-        let list = jobs.list(&ListParams::default()).await.expect("list jobs");
-        self.jobs.apply_watcher_event(&watcher::Event::Init);
-        for j in list.items {
-            self.jobs.apply_watcher_event(&watcher::Event::InitApply(j));
-        }
-        self.jobs.apply_watcher_event(&watcher::Event::InitDone);
+        let deployments = listed(&self.server, resource_of::<Deployment>());
+        relist(&mut self.deployments, deployments);
+        let pdbs = listed(&self.server, resource_of::<PodDisruptionBudget>());
+        relist(&mut self.pdbs, pdbs);
+        let jobs = listed(&self.server, resource_of::<Job>());
+        relist(&mut self.jobs, jobs);
+    }
+
+    fn get<K: DeserializeOwned>(&self, resource: &'static ResourceType, name: &str) -> Option<K> {
+        let object = self.server.get(resource, NS, name).ok()?;
+        Some(serde_json::from_value(Value::clone(&object)).expect("decodes"))
     }
 
     pub async fn pool(&self, name: &str) -> WorkerPool {
-        self.requests.counting.store(false, Ordering::SeqCst);
-        let api: Api<WorkerPool> = Api::namespaced(self.client.clone(), NS);
-        api.get(name).await.expect("pool exists")
+        self.get(resource_of::<WorkerPool>(), name)
+            .expect("pool exists")
     }
 
     pub async fn deployment(&self, name: &str) -> Option<Deployment> {
-        self.requests.counting.store(false, Ordering::SeqCst);
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
-        api.get_opt(name).await.expect("get deployment")
+        self.get(resource_of::<Deployment>(), name)
     }
 
     /// Reconciles the pool as stored now, counting requests; then refreshes the caches.
@@ -345,12 +341,11 @@ impl Harness {
     /// Reconciles this version of a pool (say, one the watch cache still holds after a write);
     /// returns what the reconcile asked of the controller runtime.
     pub async fn reconcile_object(&mut self, pool: WorkerPool) -> Action {
-        self.requests.reset();
-        self.requests.counting.store(true, Ordering::SeqCst);
+        self.requests.start();
         let action = reconcile(Arc::new(Guarded(Ok(Box::new(pool)))), self.ctx.clone())
             .await
             .expect("reconcile succeeds");
-        self.requests.counting.store(false, Ordering::SeqCst);
+        self.requests.stop();
         self.sync_caches().await;
         action
     }
@@ -378,15 +373,32 @@ impl Harness {
             available_replicas: Some(ready),
             ..DeploymentStatus::default()
         };
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
-        api.patch_status(
+        self.write_status(
+            resource_of::<Deployment>(),
             name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await
-        .expect("patch deployment status");
+            json!({"status": status}),
+            "deployment-controller",
+        );
         self.sync_caches().await;
+    }
+
+    fn write_status(
+        &self,
+        resource: &'static ResourceType,
+        name: &str,
+        patch: Value,
+        manager: &str,
+    ) {
+        self.server
+            .write(
+                resource,
+                NS,
+                name,
+                Target::Status,
+                Write::Merge(patch),
+                Some(manager),
+            )
+            .expect("status written");
     }
 
     /// First reconcile, every pod Ready, reconcile again: a pool that fits in one ramp step is converged.
@@ -407,38 +419,31 @@ impl Harness {
 
     /// Changes the pool's spec as `kubectl apply` would; the generation goes up.
     pub async fn patch_spec(&mut self, name: &str, spec: serde_json::Value) {
-        self.requests.counting.store(false, Ordering::SeqCst);
-        let api: Api<WorkerPool> = Api::namespaced(self.client.clone(), NS);
-        api.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": spec })),
-        )
-        .await
-        .expect("patch pool spec");
+        self.server
+            .write(
+                resource_of::<WorkerPool>(),
+                NS,
+                name,
+                Target::Main,
+                Write::Merge(json!({ "spec": spec })),
+                Some("kubectl"),
+            )
+            .expect("patch pool spec");
     }
 
     /// Plays the Job controller: the Job gets a `Complete` or `Failed` condition.
     pub async fn finish_job(&mut self, name: &str, condition: serde_json::Value) {
-        self.requests.counting.store(false, Ordering::SeqCst);
-        let api: Api<Job> = Api::namespaced(self.client.clone(), NS);
-        api.patch_status(
+        self.write_status(
+            resource_of::<Job>(),
             name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"conditions": [condition]}})),
-        )
-        .await
-        .expect("patch job status");
+            json!({"status": {"conditions": [condition]}}),
+            "job-controller",
+        );
         self.sync_caches().await;
     }
 
     pub async fn jobs(&self) -> Vec<Job> {
-        self.requests.counting.store(false, Ordering::SeqCst);
-        let api: Api<Job> = Api::namespaced(self.client.clone(), NS);
-        api.list(&ListParams::default())
-            .await
-            .expect("list jobs")
-            .items
+        listed(&self.server, resource_of::<Job>())
     }
 
     /// The controller's clock now.
@@ -450,8 +455,14 @@ impl Harness {
         self.seconds.fetch_add(seconds, Ordering::SeqCst);
     }
 
+    /// The counted reconcile's writes, named as [`write_name`] does.
     pub fn writes(&self) -> Vec<String> {
-        self.requests.patches.lock().unwrap().clone()
+        self.requests
+            .served()
+            .iter()
+            .filter(|r| r.is_write())
+            .map(write_name)
+            .collect()
     }
 }
 

@@ -503,6 +503,7 @@ async fn faults_are_injected_and_the_request_log_records_them() {
             kind: Some("Deployment"),
             code,
             times: 1,
+            ..Fault::default()
         });
         let error = api
             .create(&PostParams::default(), &deployment("web", 1))

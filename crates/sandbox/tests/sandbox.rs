@@ -357,6 +357,7 @@ async fn conflicts_throttling_and_server_errors_do_not_stop_convergence_or_doubl
             kind,
             code,
             times: 2,
+            ..Fault::default()
         });
     }
     sandbox.start_operator();

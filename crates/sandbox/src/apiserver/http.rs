@@ -49,6 +49,22 @@ pub struct RequestRecord {
     /// A successful update or patch that changed nothing (no new resourceVersion).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub noop: bool,
+    /// How a write was asked for.
+    #[serde(flatten)]
+    pub shape: Shape,
+}
+
+/// How a write was asked for: the patch type, the field manager and whether it forces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shape {
+    /// `apply` (server-side apply) or `merge` (JSON merge patch), for a patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field_manager: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 impl RequestRecord {
@@ -58,12 +74,15 @@ impl RequestRecord {
     }
 }
 
-/// A fault to inject: the next `times` requests matching `verb` and `kind` fail with `code`.
-#[derive(Clone, Debug)]
+/// A fault to inject: the next `times` requests matching `verb`, `kind` and `name` fail with
+/// `code` (and `message`, as admission would word it, when given).
+#[derive(Clone, Debug, Default)]
 pub struct Fault {
     pub verb: Option<&'static str>,
     pub kind: Option<&'static str>,
+    pub name: Option<String>,
     pub code: u16,
+    pub message: Option<String>,
     pub times: u32,
 }
 
@@ -264,14 +283,32 @@ impl ApiServer {
         self.traffic.log.lock().map(|l| l.len()).unwrap_or_default()
     }
 
-    fn take_fault(&self, verb: &str, kind: &str) -> Option<ApiError> {
+    /// Forgets every fault not yet served.
+    pub fn clear_faults(&self) {
+        if let Ok(mut faults) = self.traffic.faults.lock() {
+            faults.clear();
+        }
+    }
+
+    fn take_fault(&self, verb: &str, kind: &str, name: Option<&str>) -> Option<ApiError> {
         let mut faults = self.traffic.faults.lock().ok()?;
         let fault = faults.iter_mut().find(|f| {
-            f.times > 0 && f.verb.is_none_or(|v| v == verb) && f.kind.is_none_or(|k| k == kind)
+            f.times > 0
+                && f.verb.is_none_or(|v| v == verb)
+                && f.kind.is_none_or(|k| k == kind)
+                && f.name.as_deref().is_none_or(|n| Some(n) == name)
         })?;
         fault.times -= 1;
-        let code = fault.code;
+        let (code, message) = (fault.code, fault.message.clone());
         faults.retain(|f| f.times > 0);
+        if let Some(message) = message {
+            let reason = match code {
+                422 => "Invalid",
+                403 => "Forbidden",
+                _ => "BadRequest",
+            };
+            return Some(ApiError::new(code, reason, message));
+        }
         Some(match code {
             409 => ApiError::new(
                 409,
@@ -291,7 +328,14 @@ impl ApiServer {
         })
     }
 
-    fn record(&self, verb: &'static str, route: Option<&Route>, code: u16, noop: bool) {
+    fn record(
+        &self,
+        verb: &'static str,
+        route: Option<&Route>,
+        code: u16,
+        noop: bool,
+        shape: Shape,
+    ) {
         let record = RequestRecord {
             verb,
             kind: route
@@ -304,6 +348,7 @@ impl ApiServer {
             at: (self.clock)(),
             wall: std::time::Instant::now(),
             noop,
+            shape,
         };
         if let Ok(mut log) = self.traffic.log.lock() {
             log.push(record);
@@ -324,29 +369,40 @@ impl ApiServer {
         let route = match route(parts.uri.path()) {
             Ok(route) => route,
             Err(error) => {
-                self.record("unknown", None, error.code, false);
+                self.record("unknown", None, error.code, false, Shape::default());
                 return error_response(&error);
             }
         };
         let verb = verb_of(&parts.method, &route, &query);
-        if let Some(error) = self.take_fault(verb, route.resource.kind) {
-            self.record(verb, Some(&route), error.code, false);
-            return error_response(&error);
-        }
-        let bytes = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) => {
-                let error = ApiError::bad_request(format!("reading the request body: {e}"));
-                self.record(verb, Some(&route), error.code, false);
-                return error_response(&error);
-            }
-        };
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let shape = Shape {
+            patch: (verb == "patch").then(|| {
+                match content_type.split(';').next().unwrap_or_default().trim() {
+                    "application/apply-patch+yaml" => "apply",
+                    "application/merge-patch+json" => "merge",
+                    _ => "other",
+                }
+            }),
+            field_manager: query.get("fieldManager").cloned(),
+            force: query.get("force").is_some_and(|f| f == "true"),
+        };
+        if let Some(error) = self.take_fault(verb, route.resource.kind, route.name.as_deref()) {
+            self.record(verb, Some(&route), error.code, false, shape);
+            return error_response(&error);
+        }
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let error = ApiError::bad_request(format!("reading the request body: {e}"));
+                self.record(verb, Some(&route), error.code, false, shape);
+                return error_response(&error);
+            }
+        };
         let version = |server: &Self| {
             route.name.as_deref().and_then(|name| {
                 server
@@ -369,7 +425,7 @@ impl ApiServer {
         };
         let response = response.unwrap_or_else(|error| error_response(&error));
         let noop = response.status().is_success() && before.is_some() && before == version(&self);
-        self.record(verb, Some(&route), response.status().as_u16(), noop);
+        self.record(verb, Some(&route), response.status().as_u16(), noop, shape);
         response
     }
 
