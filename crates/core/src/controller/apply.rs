@@ -24,20 +24,6 @@ use crate::pool::policy;
 use crate::pool::ramp::DeploymentCounts;
 use crate::pool::rollout;
 
-/// What the pool reads of its Deployment.
-pub(super) fn deployment_counts(dep: &Deployment) -> DeploymentCounts {
-    let status = dep.status.clone().unwrap_or_default();
-    let generation = dep.metadata.generation.unwrap_or(0);
-    DeploymentCounts {
-        target: dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        replicas: status.replicas.unwrap_or(0),
-        ready: status.ready_replicas.unwrap_or(0),
-        updated: status.updated_replicas.unwrap_or(0),
-        available: status.available_replicas.unwrap_or(0),
-        current: status.observed_generation.unwrap_or(0) >= generation,
-    }
-}
-
 pub(super) fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
     meta.owner_references
         .as_deref()
@@ -162,6 +148,8 @@ async fn hold_template(
 
 /// What applying the children found and did.
 pub(super) struct Applied {
+    /// The Deployment as this reconcile read it: the one reading the gates and the status share.
+    pub(super) deployment: Option<DeploymentCounts>,
     pub(super) stall: Option<Stall>,
     pub(super) ramp_target: Option<i32>,
     pub(super) previous_target: Option<i32>,
@@ -171,8 +159,9 @@ pub(super) struct Applied {
 }
 
 impl Applied {
-    pub(super) fn stalled(stall: Stall) -> Self {
+    pub(super) fn stalled(stall: Stall, deployment: Option<DeploymentCounts>) -> Self {
         Applied {
+            deployment,
             stall: Some(stall),
             ramp_target: None,
             previous_target: None,
@@ -185,10 +174,12 @@ impl Applied {
     /// What the plan did to children that stood as `live`.
     pub(super) fn of(plan: rollout::Plan, live: &LiveChildren, revision: String) -> Self {
         let live_deployment = live.deployment();
+        let deployment = live_deployment.map(DeploymentCounts::of);
         Applied {
+            deployment,
             stall: plan.stall.clone(),
             ramp_target: plan.apply_deployment.then_some(plan.replicas),
-            previous_target: live_deployment.map(|d| deployment_counts(d).target),
+            previous_target: deployment.map(|d| d.target),
             created: live_deployment.is_none() && plan.apply_deployment,
             plan: Some(plan),
             revision: Some(revision),
@@ -275,7 +266,7 @@ pub(super) async fn read_children(
     })
 }
 
-/// What the gates decide for children that stand as `live`. Pure.
+/// What the gates decide for children that stand as `live`.
 pub(super) fn plan(
     pool: &WorkerPool,
     valid: &policy::ValidPool<'_>,
@@ -285,28 +276,18 @@ pub(super) fn plan(
     status: Option<&WorkerPoolStatus>,
     now: jiff::Timestamp,
 ) -> rollout::Plan {
-    let spec = valid.spec();
-    let spec_hash = derive::spec_hash(spec);
-    let job_state = live.job.as_ref().map(|(name, job)| {
-        let state = ours(job).map_or(rollout::JobState::Absent, rollout::job_state);
-        (name.as_str(), state)
-    });
-    rollout::plan(&rollout::Input {
+    let job = live
+        .job
+        .as_ref()
+        .map(|(name, job)| (name.as_str(), ours(job)));
+    rollout::plan_children(&rollout::Observed {
         generation: pool.metadata.generation.unwrap_or(0),
-        desired: spec.replicas,
-        max_concurrent: spec.policy.boot.max_concurrent,
-        revision: &children.revision,
-        spec_hash: &spec_hash,
-        live: live.deployment().map(|d| rollout::LiveDeployment {
-            counts: deployment_counts(d),
-            revision: derive::revision_in(d),
-        }),
-        init_job: job_state,
-        previous_init: status.and_then(|s| s.init.as_ref()),
-        previous_circuit: status.and_then(|s| s.circuit.as_ref()),
-        aborts: Some(aborts),
-        threshold: spec.policy.failure.boot_failure_threshold,
-        window_seconds: spec.policy.failure.window_seconds,
+        valid,
+        children,
+        deployment: live.deployment(),
+        init_job: job,
+        status,
+        aborts,
         now,
     })
 }

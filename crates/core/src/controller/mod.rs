@@ -34,7 +34,7 @@ use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
-use apply::{Applied, deployment_counts, is_owned_by};
+use apply::{Applied, is_owned_by};
 pub use error::Error;
 use kubelet::{ApiEvents, EventReader};
 use logs::{ApiLogs, LogReader};
@@ -50,6 +50,7 @@ use crate::controller::watched::{Guarded, Watched};
 use crate::pool::Stall;
 use crate::pool::derive::{self, Children, PoolRef};
 use crate::pool::policy;
+use crate::pool::ramp::DeploymentCounts;
 use crate::status::{self, Observation};
 
 /// Field manager for the status subresource, separate from the children's.
@@ -279,7 +280,10 @@ async fn converge(
 ) -> Result<Applied, Error> {
     let live = apply::read_children(ctx, pool_ref, children).await?;
     if let Some(stall) = live.not_owned(pool_ref) {
-        return Ok(Applied::stalled(stall));
+        return Ok(Applied::stalled(
+            stall,
+            live.deployment().map(DeploymentCounts::of),
+        ));
     }
     let plan = apply::plan(pool, valid, children, &live, aborts, old, (ctx.clock)());
     apply::apply_planned(ctx, pool_ref, &plan, &live, children).await?;
@@ -294,7 +298,6 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         .clone()
         .ok_or(Error::Metadata("namespace"))?;
     let uid = pool.metadata.uid.clone().ok_or(Error::Metadata("uid"))?;
-    let generation = pool.metadata.generation.unwrap_or(0);
     let pool_ref = PoolRef {
         name: name.clone(),
         namespace: namespace.clone(),
@@ -312,16 +315,16 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     let mut refused = None;
     let (settings, applied) = match policy::validate(&pool.spec) {
         Err(invalid) => {
-            let running = owned_deployment(ctx, &pool_ref).is_some();
+            let running = owned_deployment(ctx, &pool_ref).map(|d| DeploymentCounts::of(&d.0));
             let stall = Stall {
                 reason: reason::INVALID_SPEC,
-                message: if running {
+                message: if running.is_some() {
                     format!("spec is invalid, the running pool was left untouched: {invalid}")
                 } else {
                     format!("spec is invalid, nothing was created: {invalid}")
                 },
             };
-            (None, Applied::stalled(stall))
+            (None, Applied::stalled(stall, running))
         }
         Ok(valid) => {
             let settings = policy::settle(&valid);
@@ -345,7 +348,8 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
                 Err(error) => match refusal(&error, &namespace) {
                     Some(stall) => {
                         refused = Some(error);
-                        Applied::stalled(stall)
+                        let running = owned_deployment(ctx, &pool_ref);
+                        Applied::stalled(stall, running.map(|d| DeploymentCounts::of(&d.0)))
                     }
                     None => return Err(error),
                 },
@@ -353,56 +357,20 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             (Some(settings), applied)
         }
     };
-    let stall = applied.stall.as_ref();
-
-    // 4. Compute the status (pure) and write it if it differs.
-    let cached = owned_deployment(ctx, &pool_ref);
-    let gates = applied.plan.as_ref().map(|plan| status::Gates {
-        revision: applied.revision.as_deref(),
-        init: plan.init.as_ref(),
-        circuit: plan.circuit.as_ref(),
-        waiting: plan.waiting.as_ref().map(|(r, m)| (*r, m.as_str())),
-    });
-    // What the template says, then what the pods show.
-    let derived = settings
-        .as_ref()
-        .map(|s| s.conflicts.as_slice())
-        .unwrap_or_default();
-    let conflicts: Cow<'_, [policy::Conflict]> = match &workers.stop_signal {
-        None => Cow::Borrowed(derived),
-        Some(seen) => Cow::Owned(derived.iter().chain([seen]).cloned().collect()),
-    };
-    let observation = Observation {
-        generation,
-        desired_replicas: pool.spec.replicas,
-        max_concurrent: pool.spec.policy.boot.max_concurrent,
-        selector: derive::selector_string(&name),
-        deployment: cached.map(|d| deployment_counts(&d.0)),
-        ramp_target: applied.ramp_target,
-        effective: if stall.is_none() {
-            settings.as_ref().map(|s| &s.effective)
-        } else {
-            None
-        },
-        conflicts: &conflicts,
-        stall,
-        aborts: Some(&workers.summary),
-        window_seconds: pool.spec.policy.failure.window_seconds,
-        gates,
-        initializing: workers.initializing.as_ref(),
-        stability: Some(&workers.stability),
-    };
+    // 4. Decide the status (pure) and write it if it differs.
     let now = (ctx.clock)();
-    let new = status::compute(old, &observation, &Time(now));
-    ctx.metrics.publish_pool(&namespace, &name, &new.conditions);
-    // Progress alone is written at a pace; the reconcile comes back when the wait is over.
-    let held = old
-        .filter(|old| *old != &new && status::is_progress_only(old, &new))
-        .and_then(|_| {
-            let last = ctx.memory.last_write(&pool.metadata, remembered.is_some());
-            status::progress_wait(last, now)
-        });
-    if old != Some(&new) && held.is_none() {
+    let observation = observation(pool, settings.as_ref(), &applied, &workers);
+    let last_write = ctx.memory.last_write(&pool.metadata, remembered.is_some());
+    let decision = status::decide(
+        old,
+        status::compute(old, &observation.view(), &Time(now)),
+        last_write,
+        now,
+    );
+    ctx.metrics
+        .publish_pool(&namespace, &name, &decision.status.conditions);
+    if decision.write {
+        let new = decision.status;
         let version = write_status(ctx, &namespace, &name, &new).await?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
         ctx.memory
@@ -421,18 +389,102 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         });
     }
 
-    let requeue = workers
-        .recheck
+    Ok(Action::requeue(requeue(workers.recheck, decision.held)))
+}
+
+/// When the pool is looked at again: when its pods ask for it (a settling exit, a log to sample,
+/// the window moving), when held-back progress is due, and at the latest after [`RESYNC`].
+fn requeue(recheck: Option<jiff::SignedDuration>, held: Option<Duration>) -> Duration {
+    let requeue = recheck
         .and_then(|d| Duration::try_from(d).ok())
         .map_or(RESYNC, |d| d.clamp(Duration::from_secs(1), RESYNC));
-    Ok(Action::requeue(
-        held.map_or(requeue, |held| held.min(requeue)),
-    ))
+    held.map_or(requeue, |held| held.min(requeue))
+}
+
+/// Everything the status is computed from, as one reconcile saw it.
+struct StatusInputs<'a> {
+    pool: &'a WorkerPool,
+    settings: Option<&'a policy::Settings>,
+    applied: &'a Applied,
+    workers: &'a workers::Report,
+    /// What the template says, then what the pods show.
+    conflicts: Cow<'a, [policy::Conflict]>,
+    selector: String,
+}
+
+/// What the status is computed from. Pure.
+fn observation<'a>(
+    pool: &'a WorkerPool,
+    settings: Option<&'a policy::Settings>,
+    applied: &'a Applied,
+    workers: &'a workers::Report,
+) -> StatusInputs<'a> {
+    let derived = settings.map(|s| s.conflicts.as_slice()).unwrap_or_default();
+    let conflicts = match &workers.stop_signal {
+        None => Cow::Borrowed(derived),
+        Some(seen) => Cow::Owned(derived.iter().chain([seen]).cloned().collect()),
+    };
+    StatusInputs {
+        pool,
+        settings,
+        applied,
+        workers,
+        conflicts,
+        selector: derive::selector_string(pool.metadata.name.as_deref().unwrap_or_default()),
+    }
+}
+
+impl StatusInputs<'_> {
+    fn view(&self) -> Observation<'_> {
+        let (pool, applied, workers) = (self.pool, self.applied, self.workers);
+        let stall = applied.stall.as_ref();
+        Observation {
+            generation: pool.metadata.generation.unwrap_or(0),
+            desired_replicas: pool.spec.replicas,
+            max_concurrent: pool.spec.policy.boot.max_concurrent,
+            selector: self.selector.clone(),
+            deployment: applied.deployment,
+            ramp_target: applied.ramp_target,
+            effective: self
+                .settings
+                .filter(|_| stall.is_none())
+                .map(|s| &s.effective),
+            conflicts: &self.conflicts,
+            stall,
+            aborts: Some(&workers.summary),
+            window_seconds: pool.spec.policy.failure.window_seconds,
+            gates: applied.plan.as_ref().map(|plan| status::Gates {
+                revision: applied.revision.as_deref(),
+                init: plan.init.as_ref(),
+                circuit: plan.circuit.as_ref(),
+                waiting: plan.waiting.as_ref().map(|(r, m)| (*r, m.as_str())),
+            }),
+            initializing: workers.initializing.as_ref(),
+            stability: Some(&workers.stability),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_comes_back_when_its_pods_or_held_progress_ask_and_at_least_hourly() {
+        let secs = |recheck: Option<i64>, held: Option<u64>| {
+            requeue(
+                recheck.map(jiff::SignedDuration::from_secs),
+                held.map(Duration::from_secs),
+            )
+            .as_secs()
+        };
+        assert_eq!(secs(None, None), RESYNC.as_secs());
+        assert_eq!(secs(Some(30), None), 30);
+        assert_eq!(secs(Some(0), None), 1, "never a hot loop");
+        assert_eq!(secs(Some(30), Some(2)), 2);
+        assert_eq!(secs(Some(1), Some(2)), 1);
+        assert_eq!(secs(Some(i64::MAX / 2), None), RESYNC.as_secs());
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

@@ -22,6 +22,26 @@ pub struct DeploymentCounts {
     pub current: bool,
 }
 
+impl DeploymentCounts {
+    /// What a Deployment asks for and has.
+    pub fn of(deployment: &k8s_openapi::api::apps::v1::Deployment) -> Self {
+        let spec = deployment.spec.as_ref();
+        let status = deployment.status.as_ref();
+        let count = |f: fn(&k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<i32>| {
+            status.and_then(f).unwrap_or(0)
+        };
+        let generation = deployment.metadata.generation.unwrap_or(0);
+        DeploymentCounts {
+            target: spec.and_then(|s| s.replicas).unwrap_or(1),
+            replicas: count(|s| s.replicas),
+            ready: count(|s| s.ready_replicas),
+            updated: count(|s| s.updated_replicas),
+            available: count(|s| s.available_replicas),
+            current: status.and_then(|s| s.observed_generation).unwrap_or(0) >= generation,
+        }
+    }
+}
+
 /// The next ramp target for a pool that wants `desired` replicas.
 pub fn next_target(desired: i32, max_concurrent: i32, current: Option<DeploymentCounts>) -> i32 {
     let desired = desired.max(0);

@@ -10,11 +10,16 @@
 //!   window hold the replicas and pause the Deployment; any spec change but a scale closes it.
 
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 
+use crate::api::WorkerPoolStatus;
 use crate::api::{
     AbortSummary, CircuitStatus, InitPhase, InitStatus, Reason, Window, parse_time, reason,
 };
 use crate::pool::Stall;
+use crate::pool::derive::{self, Children};
+use crate::pool::policy::ValidPool;
 use crate::pool::ramp::{self, DeploymentCounts};
 
 /// Abort reasons that count as a failed boot for the circuit breaker. A crash loop is not one of
@@ -62,6 +67,47 @@ pub struct Input<'a> {
     pub threshold: i32,
     pub window_seconds: i64,
     pub now: Timestamp,
+}
+
+/// The children as they stand and what the gates remember, for [`plan_children`].
+pub struct Observed<'a> {
+    pub generation: i64,
+    pub valid: &'a ValidPool<'a>,
+    pub children: &'a Children,
+    /// The live Deployment, when the pool owns one.
+    pub deployment: Option<&'a Deployment>,
+    /// This revision's init Job, when looked for: its name, and the Job when the pool owns one.
+    pub init_job: Option<(&'a str, Option<&'a Job>)>,
+    pub status: Option<&'a WorkerPoolStatus>,
+    pub aborts: &'a AbortSummary,
+    pub now: Timestamp,
+}
+
+/// What the gates decide for children that stand as `observed` says.
+pub fn plan_children(observed: &Observed<'_>) -> Plan {
+    let spec = observed.valid.spec();
+    let spec_hash = derive::spec_hash(spec);
+    let status = observed.status;
+    plan(&Input {
+        generation: observed.generation,
+        desired: spec.replicas,
+        max_concurrent: spec.policy.boot.max_concurrent,
+        revision: &observed.children.revision,
+        spec_hash: &spec_hash,
+        live: observed.deployment.map(|d| LiveDeployment {
+            counts: DeploymentCounts::of(d),
+            revision: derive::revision_in(d),
+        }),
+        init_job: observed
+            .init_job
+            .map(|(name, job)| (name, job.map_or(JobState::Absent, job_state))),
+        previous_init: status.and_then(|s| s.init.as_ref()),
+        previous_circuit: status.and_then(|s| s.circuit.as_ref()),
+        aborts: Some(observed.aborts),
+        threshold: spec.policy.failure.boot_failure_threshold,
+        window_seconds: spec.policy.failure.window_seconds,
+        now: observed.now,
+    })
 }
 
 /// Which pod template the Deployment gets.

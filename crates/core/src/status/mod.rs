@@ -21,7 +21,7 @@ mod notices;
 mod pacing;
 
 pub use notices::{Notice, READY_NOTICE, RampChange, notices};
-pub use pacing::{PROGRESS_INTERVAL, is_progress_only, progress_wait};
+pub use pacing::{PROGRESS_INTERVAL, StatusDecision, decide, is_progress_only, progress_wait};
 
 /// Everything the status is computed from.
 #[derive(Clone, Debug)]
