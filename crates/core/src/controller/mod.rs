@@ -290,97 +290,117 @@ async fn converge(
     Ok(Applied::of(plan, &live, children.revision.clone()))
 }
 
-pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
-    let name = pool.metadata.name.clone().ok_or(Error::Metadata("name"))?;
-    let namespace = pool
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::Metadata("namespace"))?;
-    let uid = pool.metadata.uid.clone().ok_or(Error::Metadata("uid"))?;
-    let pool_ref = PoolRef {
-        name: name.clone(),
-        namespace: namespace.clone(),
-        uid: Some(uid.clone()),
-    };
+/// What validating, settling and applying came to.
+struct Settled {
+    settings: Option<policy::Settings>,
+    applied: Applied,
+    /// A write the API server refused: shown on the pool, then retried with back-off.
+    refused: Option<Error>,
+}
 
+/// Steps 2 and 3: validate, settle and build (pure); read the children, plan, apply what differs.
+/// None when the namespace is being deleted, and the pool with it.
+async fn settle_and_apply(
+    ctx: &Context,
+    pool: &WorkerPool,
+    pool_ref: &PoolRef,
+    aborts: &AbortSummary,
+    old: Option<&WorkerPoolStatus>,
+) -> Result<Option<Settled>, Error> {
+    let running = || owned_deployment(ctx, pool_ref).map(|d| DeploymentCounts::of(&d.0));
+    let valid = match policy::validate(&pool.spec) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            let running = running();
+            let message = match running {
+                Some(_) => {
+                    format!("spec is invalid, the running pool was left untouched: {invalid}")
+                }
+                None => format!("spec is invalid, nothing was created: {invalid}"),
+            };
+            let stall = Stall {
+                reason: reason::INVALID_SPEC,
+                message,
+            };
+            return Ok(Some(Settled {
+                settings: None,
+                applied: Applied::stalled(stall, running),
+                refused: None,
+            }));
+        }
+    };
+    let settings = policy::settle(&valid);
+    let mut children = derive::build(pool_ref, &valid, &settings, 0);
+    let converged = converge(ctx, pool, pool_ref, &valid, &mut children, aborts, old).await;
+    let (applied, refused) = match converged {
+        Ok(applied) => (applied, None),
+        Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
+            tracing::info!(pool = %pool_ref.name, namespace = %pool_ref.namespace, "the namespace is being deleted; the pool goes with it");
+            return Ok(None);
+        }
+        Err(error) => match refusal(&error, &pool_ref.namespace) {
+            Some(stall) => (Applied::stalled(stall, running()), Some(error)),
+            None => return Err(error),
+        },
+    };
+    Ok(Some(Settled {
+        settings: Some(settings),
+        applied,
+        refused,
+    }))
+}
+
+/// The pool's identity, which every object the API server returns carries; else the field
+/// missing.
+fn identity(pool: &WorkerPool) -> Result<PoolRef, &'static str> {
+    let meta = &pool.metadata;
+    Ok(PoolRef {
+        name: meta.name.clone().ok_or("name")?,
+        namespace: meta.namespace.clone().ok_or("namespace")?,
+        uid: Some(meta.uid.clone().ok_or("uid")?),
+    })
+}
+
+pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
+    let pool_ref = identity(pool).map_err(Error::Metadata)?;
+    let (namespace, name) = (&pool_ref.namespace, &pool_ref.name);
     let remembered = ctx.memory.status_ahead_of_cache(&pool.metadata);
     let old = remembered.as_ref().or(pool.status.as_ref());
 
     // 1. Observe. Aborts first: the circuit breaker decides on them.
-    let workers = workers::observe(ctx, pool, old, &namespace, &name).await;
+    let workers = workers::observe(ctx, pool, old, namespace, name).await;
 
-    // 2. Validate, settle and build (pure); 3. read the children, plan, apply what differs.
-    // A write the API server refused is shown on the pool, then retried with back-off.
-    let mut refused = None;
-    let (settings, applied) = match policy::validate(&pool.spec) {
-        Err(invalid) => {
-            let running = owned_deployment(ctx, &pool_ref).map(|d| DeploymentCounts::of(&d.0));
-            let stall = Stall {
-                reason: reason::INVALID_SPEC,
-                message: if running.is_some() {
-                    format!("spec is invalid, the running pool was left untouched: {invalid}")
-                } else {
-                    format!("spec is invalid, nothing was created: {invalid}")
-                },
-            };
-            (None, Applied::stalled(stall, running))
-        }
-        Ok(valid) => {
-            let settings = policy::settle(&valid);
-            let mut children = derive::build(&pool_ref, &valid, &settings, 0);
-            let applied = match converge(
-                ctx,
-                pool,
-                &pool_ref,
-                &valid,
-                &mut children,
-                &workers.summary,
-                old,
-            )
-            .await
-            {
-                Ok(applied) => applied,
-                Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
-                    tracing::info!(pool = %name, %namespace, "the namespace is being deleted; the pool goes with it");
-                    return Ok(Action::await_change());
-                }
-                Err(error) => match refusal(&error, &namespace) {
-                    Some(stall) => {
-                        refused = Some(error);
-                        let running = owned_deployment(ctx, &pool_ref);
-                        Applied::stalled(stall, running.map(|d| DeploymentCounts::of(&d.0)))
-                    }
-                    None => return Err(error),
-                },
-            };
-            (Some(settings), applied)
-        }
+    // 2, 3. Settle and apply.
+    let Some(Settled {
+        settings,
+        applied,
+        refused,
+    }) = settle_and_apply(ctx, pool, &pool_ref, &workers.summary, old).await?
+    else {
+        return Ok(Action::await_change());
     };
+
     // 4. Decide the status (pure) and write it if it differs.
     let now = (ctx.clock)();
-    let observation = observation(pool, settings.as_ref(), &applied, &workers);
+    let inputs = status_inputs(pool, settings.as_ref(), &applied, &workers);
     let last_write = ctx.memory.last_write(&pool.metadata, remembered.is_some());
-    let decision = status::decide(
-        old,
-        status::compute(old, &observation.view(), &Time(now)),
-        last_write,
-        now,
-    );
+    let computed = status::compute(old, &inputs.view(), &Time(now));
+    let decision = status::decide(old, computed, last_write, now);
     ctx.metrics
-        .publish_pool(&namespace, &name, &decision.status.conditions);
+        .publish_pool(namespace, name, &decision.status.conditions);
     if decision.write {
         let new = decision.status;
-        let version = write_status(ctx, &namespace, &name, &new).await?;
+        let version = write_status(ctx, namespace, name, &new).await?;
         announce(ctx, pool, old, &new, Some(&applied)).await;
         ctx.memory
             .wrote_status(&pool.metadata, remembered.is_some(), now, version, new);
     }
     report_aborts(ctx, pool, &workers.fresh).await;
+
+    // 5. Come back: with back-off after a refusal or unread Events, else when asked.
     if let Some(error) = refused {
         return Err(error);
     }
-    // An exit waits for its pod's Events: try again with the error back-off, not at once.
     if let Some((pod, source)) = workers.unread {
         return Err(Error::Read {
             kind: "Events of Pod".into(),
@@ -388,7 +408,6 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             source,
         });
     }
-
     Ok(Action::requeue(requeue(workers.recheck, decision.held)))
 }
 
@@ -413,7 +432,7 @@ struct StatusInputs<'a> {
 }
 
 /// What the status is computed from. Pure.
-fn observation<'a>(
+fn status_inputs<'a>(
     pool: &'a WorkerPool,
     settings: Option<&'a policy::Settings>,
     applied: &'a Applied,
