@@ -46,6 +46,14 @@ pub struct PodFindings {
     pub settling: Vec<(String, String)>,
 }
 
+/// The sooner of two optional delays.
+pub fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<SignedDuration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What to do about an abort, when the log says nothing more specific.
 pub fn advice(reason: Reason) -> &'static str {
     match reason {

@@ -11,17 +11,17 @@
 //!   from the server's copy once the watch catches up, and the ledger there counts nothing twice.
 //! - `last_write`: pacing of progress-only writes. Lost: one write comes early.
 //! - `failed_attempts`: the retry back-off. Lost: back-off starts again at 5 s.
-//! - `sampled`: at most one log read per unhealthy container per interval. Lost: one early read.
-//! - `announced_ready` and `sighted`: one `Ready` Event per revision and size, one Event list per
-//!   settling termination. Lost: at most one repeated Event or list.
+//! - `reads`: at most one log read per unhealthy container per interval, one Event list per
+//!   settling termination. Lost: one early read or one repeated list.
+//! - `announced_ready`: one `Ready` Event per revision and size. Lost: one repeated Event.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use jiff::Timestamp;
 use kube::core::ObjectMeta;
 
-use crate::aborts::detect::SAMPLE_INTERVAL;
+use crate::aborts::reads::ReadMemory;
 use crate::api::WorkerPoolStatus;
 
 /// Versions of the pool older than a status write are remembered up to this many; more writes
@@ -38,12 +38,10 @@ struct PoolMemory {
     last_write: Option<(Timestamp, Option<String>)>,
     /// Reconciles that failed in a row.
     failed_attempts: u32,
-    /// When each unhealthy container's log (by pod uid and container name) was last sampled.
-    sampled: HashMap<String, Timestamp>,
+    /// What the pool's Event and log reads remember.
+    reads: ReadMemory,
     /// The revision and replica count the pool was last announced Ready at.
     announced_ready: Option<(String, i32)>,
-    /// Settling terminations whose pod's Events were read when they were first seen.
-    sighted: HashSet<String>,
 }
 
 /// A status this process wrote. Until the watch delivers that write, the cached pool still shows
@@ -178,27 +176,6 @@ impl Memory {
         }
     }
 
-    /// True (and noted) when this container's log may be sampled now: one interval into its run,
-    /// then once per interval. A younger log has had no time to show a worker timeout, and
-    /// reading the log of every pod as it starts would cost a request per booting pod.
-    pub fn sample_due(
-        &self,
-        uid: &str,
-        container_key: &str,
-        running_since: Option<Timestamp>,
-        now: Timestamp,
-    ) -> bool {
-        self.with_record(uid, |record| {
-            match record.sampled.get(container_key).copied().or(running_since) {
-                Some(last) if now.duration_since(last) < SAMPLE_INTERVAL => false,
-                _ => {
-                    record.sampled.insert(container_key.to_owned(), now);
-                    true
-                }
-            }
-        })
-    }
-
     /// True (and noted) when the pool turning Ready at this revision and size is news. A pod that
     /// lost its readiness and regained it (after a crash or an OOM kill) is reported as an abort;
     /// announcing Ready again on each such recovery would bury the Events that explain it.
@@ -213,22 +190,24 @@ impl Memory {
         })
     }
 
-    /// True (and noted) the first time a settling termination is seen.
-    pub fn first_sight(&self, uid: &str, termination: &str) -> bool {
-        self.with_record(uid, |record| record.sighted.insert(termination.to_owned()))
+    /// What the pool's reads remember (taken out for one reconcile; pools are reconciled one
+    /// at a time).
+    pub fn reads(&self, uid: &str) -> ReadMemory {
+        self.pools()
+            .get(uid)
+            .map(|record| record.reads.clone())
+            .unwrap_or_default()
     }
 
-    /// Forgets the terminations that are no longer settling.
-    pub fn keep_sightings(&self, uid: &str, settling: &HashSet<&str>) {
-        if let Some(record) = self.pools().get_mut(uid) {
-            record.sighted.retain(|key| settling.contains(key.as_str()));
-        }
-    }
-
-    /// Forgets the samples of containers that are no longer unhealthy.
-    pub fn keep_samples(&self, uid: &str, unhealthy: &HashSet<String>) {
-        if let Some(record) = self.pools().get_mut(uid) {
-            record.sampled.retain(|key, _| unhealthy.contains(key));
+    /// Keeps what the pool's reads remember, without a record for a pool that needs none.
+    pub fn set_reads(&self, uid: &str, reads: ReadMemory) {
+        let mut pools = self.pools();
+        match pools.get_mut(uid) {
+            Some(record) => record.reads = reads,
+            None if reads.is_empty() => {}
+            None => {
+                pools.entry(uid.to_owned()).or_default().reads = reads;
+            }
         }
     }
 
@@ -341,26 +320,6 @@ mod tests {
         assert!(memory.ready_is_news("a", "r1", 4), "a scale");
         assert!(memory.ready_is_news("a", "r2", 4), "a rollout");
         assert!(memory.ready_is_news("b", "r2", 4), "another pool");
-    }
-
-    #[test]
-    fn a_log_is_sampled_one_interval_into_the_run_then_once_per_interval() {
-        let memory = Memory::default();
-        let started = at(0);
-        let interval = SAMPLE_INTERVAL.as_secs();
-        assert!(!memory.sample_due("a", "pod/app", Some(started), at(interval - 1)));
-        assert!(memory.sample_due("a", "pod/app", Some(started), at(interval)));
-        assert!(!memory.sample_due("a", "pod/app", Some(started), at(2 * interval - 1)));
-        assert!(memory.sample_due("a", "pod/app", Some(started), at(2 * interval)));
-        assert!(
-            memory.sample_due("b", "pod/app", None, at(0)),
-            "a container of unknown start is sampled at once"
-        );
-        memory.keep_samples("a", &HashSet::new());
-        assert!(
-            memory.sample_due("a", "pod/app", None, at(2 * interval + 1)),
-            "a container healthy in between starts over"
-        );
     }
 
     #[test]

@@ -9,18 +9,12 @@ use jiff::SignedDuration;
 
 use super::Context;
 use crate::aborts::classify::KubeletEvent;
-use crate::aborts::detect::{self, SAMPLE_INTERVAL, WorkerLimits};
-use crate::aborts::ledger::{self, Observed};
-use crate::aborts::loghints;
+use crate::aborts::detect::{self, SAMPLE_INTERVAL, WorkerLimits, earliest};
+use crate::aborts::ledger;
 use crate::aborts::podview::PodView;
+use crate::aborts::reads::{self, LogPlan};
 use crate::api::{AbortRecord, AbortSummary, WorkerPool, WorkerPoolStatus};
 use crate::pool::policy;
-
-/// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
-pub const MAX_LOG_READS: usize = 4;
-
-/// Pods whose Events are listed per reconcile, for the same reason; the others wait for the next.
-pub const MAX_EVENT_READS: usize = 4;
 
 /// The pool's abort ledger after looking at its pods.
 pub struct Report {
@@ -41,14 +35,9 @@ pub struct Report {
     pub stop_signal: Option<policy::Conflict>,
 }
 
-fn earliest(a: Option<SignedDuration>, b: Option<SignedDuration>) -> Option<SignedDuration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// `status` is the pool's status as the server holds it; its ledger says what was counted.
+/// Looks at the pool's pods: what the pod cache shows, the kubelet Events and log tails that
+/// asks for (chosen by [`reads`], read here), and the ledger after it. `status` is the pool's
+/// status as the server holds it; its ledger says what was counted.
 pub async fn observe(
     ctx: &Context,
     pool: &WorkerPool,
@@ -57,101 +46,36 @@ pub async fn observe(
     name: &str,
 ) -> Report {
     let now = (ctx.clock)();
-    let window = pool.spec.policy.failure.window_seconds;
-    let read_logs = pool.spec.policy.logs.read;
+    let (runtime, window) = (pool.spec.runtime, pool.spec.policy.failure.window_seconds);
     let old = status.and_then(|s| s.aborts.as_ref());
     let pool_uid = pool.metadata.uid.as_deref().unwrap_or_default();
-
     let pods = ctx.pods.pods_of(namespace, name);
     let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();
-    let mut findings = detect::pod_aborts(pool.spec.runtime, &pods, &[], now);
-    let evidence = read_evidence(ctx, namespace, pool_uid, old, &findings, now, window).await;
-    if !evidence.events.is_empty() {
-        findings = detect::pod_aborts(pool.spec.runtime, &pods, &evidence.events, now);
-    }
-    // A settled termination whose pod's Events were not read now is counted later rather than
-    // misread as a plain exit.
-    let before = findings.found.len();
-    findings
-        .found
-        .retain(|f| !f.probe_kill_possible || evidence.read.contains(&f.observed.record.pod));
-    if findings.found.len() < before {
-        findings.settle_after = earliest(findings.settle_after, Some(detect::SETTLE));
-    }
+    let mut memory = ctx.memory.reads(pool_uid);
 
+    let first = detect::pod_aborts(runtime, &pods, &[], now);
+    let wanted = reads::events_to_read(&first, old, now, window, &mut memory);
+    let evidence = read_events(ctx, namespace, &wanted).await;
+    let findings = reads::with_events(runtime, &pods, first, &evidence.events, &evidence.read, now);
     // Runs that ended while no operator watched, known from the restart counts.
-    let unseen = detect::unseen_runs(pool.spec.runtime, &pods, &evidence.events, old, now, window);
-    let mut reads = 0;
-    let mut observed: Vec<Observed> = Vec::with_capacity(findings.found.len() + unseen.len());
-    observed.extend(unseen);
-    for found in findings.found {
-        let mut o = found.observed;
-        if let Some(tail) = found
-            .log
-            .filter(|_| read_logs && reads < MAX_LOG_READS && ledger::is_news(old, &o, now, window))
-        {
-            reads += 1;
-            match ctx
-                .logs
-                .tail(namespace, &tail.pod, &tail.container, tail.previous)
-                .await
-            {
-                Ok(text) => o = detect::with_log_hint(o, &loghints::scan(&text)),
-                Err(error) => {
-                    tracing::debug!(pod = %tail.pod, "reading the log tail failed: {error}")
-                }
-            }
-        }
-        observed.push(o);
-    }
-
-    let mut unhealthy = HashSet::new();
-    if read_logs {
-        let limits = worker_limits(pool, status);
-        for pod in &pods {
-            let (pod_name, uid) = (pod.name.as_str(), pod.uid.as_str());
-            for container in detect::unhealthy_containers(pod) {
-                let sample_key = format!("{uid}/{}", container.name);
-                unhealthy.insert(sample_key.clone());
-                if reads >= MAX_LOG_READS
-                    || !ctx
-                        .memory
-                        .sample_due(pool_uid, &sample_key, container.running_since, now)
-                {
-                    continue;
-                }
-                reads += 1;
-                match ctx
-                    .logs
-                    .tail(namespace, pod_name, &container.name, false)
-                    .await
-                {
-                    Ok(text) => observed.extend(detect::log_aborts(
-                        pod,
-                        &container.name,
-                        &text,
-                        &limits,
-                        now,
-                    )),
-                    Err(error) => {
-                        tracing::debug!(pod = pod_name, "sampling the log failed: {error}")
-                    }
-                }
-            }
-        }
-    }
-    ctx.memory.keep_samples(pool_uid, &unhealthy);
+    let unseen = detect::unseen_runs(runtime, &pods, &evidence.events, old, now, window);
+    let read_logs = pool.spec.policy.logs.read;
+    let plan = reads::logs_to_read(&findings, &pods, old, now, window, read_logs, &mut memory);
+    let texts = read_log_tails(ctx, namespace, &plan).await;
+    ctx.memory.set_reads(pool_uid, memory);
+    let limits = worker_limits(pool, status);
+    let settle_after = findings.settle_after;
+    let observed = reads::observed(findings.found, unseen, &pods, &plan, &texts, &limits, now);
 
     let (summary, fresh) = ledger::record(old, observed, now, window);
-    let mut recheck = earliest(
-        findings.settle_after,
-        ledger::next_expiry(&summary, now, window),
-    );
-    if !unhealthy.is_empty() {
-        recheck = earliest(recheck, Some(SAMPLE_INTERVAL));
-    }
     let stability = detect::stability(&pods, &summary, now, window);
-    recheck = earliest(recheck, stability.stable_in);
+    let recheck = [
+        ledger::next_expiry(&summary, now, window),
+        plan.unhealthy.then_some(SAMPLE_INTERVAL),
+        stability.stable_in,
+    ]
+    .into_iter()
+    .fold(settle_after, earliest);
     Report {
         summary,
         fresh,
@@ -161,13 +85,31 @@ pub async fn observe(
         unread: evidence.failed,
         stop_signal: pool.spec.app_container_name().and_then(|app| {
             policy::reported_stop_signal(
-                pool.spec.runtime,
+                runtime,
                 app,
                 pods.iter()
                     .filter_map(|pod| Some((pod.name.as_str(), pod.app_stop_signal(app)?))),
             )
         }),
     }
+}
+
+/// Reads the log tails `plan` asks for; None for one that could not be read.
+async fn read_log_tails(ctx: &Context, namespace: &str, plan: &LogPlan) -> Vec<Option<String>> {
+    let mut texts = Vec::with_capacity(plan.reads.len());
+    for read in &plan.reads {
+        let text = ctx
+            .logs
+            .tail(namespace, &read.pod, &read.container, read.previous)
+            .await;
+        texts.push(
+            text.inspect_err(
+                |error| tracing::debug!(pod = %read.pod, "reading the log tail failed: {error}"),
+            )
+            .ok(),
+        );
+    }
+    texts
 }
 
 /// The effective worker timeouts and the app container's memory limit, for worker-level hints.
@@ -196,50 +138,22 @@ struct Evidence {
     failed: Option<(String, kube::Error)>,
 }
 
-/// Lists the Events of pods with a new termination a probe kill could explain: once when it is
-/// first seen (the kubelet's `Killing` usually precedes the status that shows the exit, so a fast
-/// crash loop cannot replace it unexplained) and again once it has settled, if still uncounted.
-async fn read_evidence(
-    ctx: &Context,
-    namespace: &str,
-    pool_uid: &str,
-    old: Option<&AbortSummary>,
-    findings: &detect::PodFindings,
-    now: jiff::Timestamp,
-    window: i64,
-) -> Evidence {
-    let mut wanted: Vec<&str> = Vec::new();
-    let settled = findings
-        .found
-        .iter()
-        .filter(|f| f.probe_kill_possible && ledger::is_news(old, &f.observed, now, window))
-        .map(|f| f.observed.record.pod.as_str());
-    let first_seen = findings
-        .settling
-        .iter()
-        .filter(|(_, key)| ctx.memory.first_sight(pool_uid, key))
-        .map(|(pod, _)| pod.as_str());
-    for pod in settled.chain(first_seen) {
-        if !wanted.contains(&pod) {
-            wanted.push(pod);
-        }
-    }
-    let keys: HashSet<&str> = findings.settling.iter().map(|(_, k)| k.as_str()).collect();
-    ctx.memory.keep_sightings(pool_uid, &keys);
+/// Lists the Events of the `wanted` pods.
+async fn read_events(ctx: &Context, namespace: &str, wanted: &[String]) -> Evidence {
     let mut evidence = Evidence {
         events: Vec::new(),
         read: HashSet::new(),
         failed: None,
     };
-    for pod in wanted.into_iter().take(MAX_EVENT_READS) {
+    for pod in wanted {
         match ctx.events.for_pod(namespace, pod).await {
             Ok(found) => {
                 evidence.events.extend(found);
-                evidence.read.insert(pod.to_string());
+                evidence.read.insert(pod.clone());
             }
             Err(error) => {
                 tracing::debug!(pod, "listing the pod's Events failed: {error}");
-                evidence.failed.get_or_insert((pod.to_string(), error));
+                evidence.failed.get_or_insert((pod.clone(), error));
             }
         }
     }

@@ -1,0 +1,289 @@
+//! The reads a pool's classification asks for: which pods' kubelet Events to list and which log
+//! tails to read, within a budget per reconcile, and what they add once read. Pure: the
+//! controller does the reading in between and keeps [`ReadMemory`] from one reconcile to the next.
+
+use std::collections::{HashMap, HashSet};
+
+use jiff::Timestamp;
+
+use crate::aborts::classify::KubeletEvent;
+use crate::aborts::detect::{
+    self, Found, PodFindings, SAMPLE_INTERVAL, SETTLE, WorkerLimits, earliest,
+};
+use crate::aborts::ledger::{self, Observed};
+use crate::aborts::loghints;
+use crate::aborts::podview::PodView;
+use crate::api::{AbortSummary, Runtime};
+
+/// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
+pub const MAX_LOG_READS: usize = 4;
+
+/// Pods whose Events are listed per reconcile, for the same reason; the others wait for the next.
+pub const MAX_EVENT_READS: usize = 4;
+
+/// What a pool's reads remember between reconciles. Losing it costs at most one repeated Event
+/// list or one early log read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadMemory {
+    /// Settling terminations whose pod's Events were read when they were first seen.
+    pub sighted: HashSet<String>,
+    /// When each unhealthy container's log (by pod uid and container name) was last sampled.
+    pub sampled: HashMap<String, Timestamp>,
+}
+
+impl ReadMemory {
+    pub fn is_empty(&self) -> bool {
+        self.sighted.is_empty() && self.sampled.is_empty()
+    }
+
+    /// True (and noted) when this container's log may be sampled now: one interval into its run,
+    /// then once per interval.
+    pub fn sample_due(
+        &mut self,
+        container_key: &str,
+        running_since: Option<Timestamp>,
+        now: Timestamp,
+    ) -> bool {
+        match self.sampled.get(container_key).copied().or(running_since) {
+            Some(last) if now.duration_since(last) < SAMPLE_INTERVAL => false,
+            _ => {
+                self.sampled.insert(container_key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+/// The pods whose Events to list: those with a new termination a probe kill could explain, once
+/// when it is first seen (the kubelet's `Killing` usually precedes the status that shows the
+/// exit, so a fast crash loop cannot replace it unexplained) and again once it has settled, if
+/// still uncounted. At most [`MAX_EVENT_READS`].
+pub fn events_to_read(
+    findings: &PodFindings,
+    old: Option<&AbortSummary>,
+    now: Timestamp,
+    window_seconds: i64,
+    memory: &mut ReadMemory,
+) -> Vec<String> {
+    let settled = findings
+        .found
+        .iter()
+        .filter(|f| f.probe_kill_possible && ledger::is_news(old, &f.observed, now, window_seconds))
+        .map(|f| f.observed.record.pod.as_str());
+    let first_seen: Vec<&str> = findings
+        .settling
+        .iter()
+        .filter(|(_, key)| memory.sighted.insert(key.clone()))
+        .map(|(pod, _)| pod.as_str())
+        .collect();
+    let settling: HashSet<&str> = findings.settling.iter().map(|(_, k)| k.as_str()).collect();
+    memory.sighted.retain(|key| settling.contains(key.as_str()));
+    let mut wanted: Vec<String> = Vec::new();
+    for pod in settled.chain(first_seen) {
+        if !wanted.iter().any(|w| w == pod) {
+            wanted.push(pod.to_string());
+        }
+    }
+    wanted.truncate(MAX_EVENT_READS);
+    wanted
+}
+
+/// The pods' findings once `events` of the pods in `read` are known: a termination a probe kill
+/// could explain whose pod's Events were not read waits for the next reconcile rather than being
+/// misread as a plain exit.
+pub fn with_events(
+    runtime: Runtime,
+    pods: &[&PodView],
+    first: PodFindings,
+    events: &[KubeletEvent],
+    read: &HashSet<String>,
+    now: Timestamp,
+) -> PodFindings {
+    let mut findings = if events.is_empty() {
+        first
+    } else {
+        detect::pod_aborts(runtime, pods, events, now)
+    };
+    let before = findings.found.len();
+    findings
+        .found
+        .retain(|f| !f.probe_kill_possible || read.contains(&f.observed.record.pod));
+    if findings.found.len() < before {
+        findings.settle_after = earliest(findings.settle_after, Some(SETTLE));
+    }
+    findings
+}
+
+/// What a log tail is read for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogUse {
+    /// The hint of the termination `found[i]`.
+    Hint(usize),
+    /// Worker aborts in the running log of `pods[i]`'s container.
+    Sample(usize),
+}
+
+/// One log tail to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRead {
+    pub pod: String,
+    pub container: String,
+    /// The log of the run that ended rather than the current one.
+    pub previous: bool,
+    pub purpose: LogUse,
+}
+
+/// The log tails to read, at most [`MAX_LOG_READS`]: first the ended runs of new terminations
+/// (for their hints), then the running logs of unhealthy containers (booting or unready), each
+/// at most once per [`SAMPLE_INTERVAL`]. `unhealthy` says whether any container is unhealthy:
+/// the pool is then looked at again within the interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogPlan {
+    pub reads: Vec<LogRead>,
+    pub unhealthy: bool,
+}
+
+/// `read_logs` is the pool's `policy.logs.read`: without it nothing is read or remembered.
+pub fn logs_to_read(
+    findings: &PodFindings,
+    pods: &[&PodView],
+    old: Option<&AbortSummary>,
+    now: Timestamp,
+    window_seconds: i64,
+    read_logs: bool,
+    memory: &mut ReadMemory,
+) -> LogPlan {
+    let mut plan = LogPlan::default();
+    if !read_logs {
+        memory.sampled.clear();
+        return plan;
+    }
+    for (i, found) in findings.found.iter().enumerate() {
+        if let Some(tail) = found.log.as_ref().filter(|_| {
+            plan.reads.len() < MAX_LOG_READS
+                && ledger::is_news(old, &found.observed, now, window_seconds)
+        }) {
+            plan.reads.push(LogRead {
+                pod: tail.pod.clone(),
+                container: tail.container.clone(),
+                previous: tail.previous,
+                purpose: LogUse::Hint(i),
+            });
+        }
+    }
+    let mut unhealthy = HashSet::new();
+    for (i, pod) in pods.iter().enumerate() {
+        for container in detect::unhealthy_containers(pod) {
+            let key = format!("{}/{}", pod.uid, container.name);
+            let due = plan.reads.len() < MAX_LOG_READS
+                && memory.sample_due(&key, container.running_since, now);
+            unhealthy.insert(key);
+            if due {
+                plan.reads.push(LogRead {
+                    pod: pod.name.clone(),
+                    container: container.name.clone(),
+                    previous: false,
+                    purpose: LogUse::Sample(i),
+                });
+            }
+        }
+    }
+    memory.sampled.retain(|key, _| unhealthy.contains(key));
+    plan.unhealthy = !unhealthy.is_empty();
+    plan
+}
+
+/// Everything observed of the pods: runs that ended unseen, the terminations with the hints their
+/// logs gave, and the worker aborts the sampled logs show. `texts[i]` is what `plan.reads[i]`
+/// read, None when the read failed.
+pub fn observed(
+    findings: Vec<Found>,
+    unseen: Vec<Observed>,
+    pods: &[&PodView],
+    plan: &LogPlan,
+    texts: &[Option<String>],
+    limits: &WorkerLimits,
+    now: Timestamp,
+) -> Vec<Observed> {
+    let text_of = |purpose: &LogUse| {
+        plan.reads
+            .iter()
+            .zip(texts)
+            .find(|(read, _)| read.purpose == *purpose)
+            .and_then(|(_, text)| text.as_deref())
+    };
+    let mut observed = unseen;
+    observed.reserve(findings.len());
+    for (i, found) in findings.into_iter().enumerate() {
+        observed.push(match text_of(&LogUse::Hint(i)) {
+            Some(text) => detect::with_log_hint(found.observed, &loghints::scan(text)),
+            None => found.observed,
+        });
+    }
+    for (read, text) in plan.reads.iter().zip(texts) {
+        if let (LogUse::Sample(i), Some(text)) = (&read.purpose, text)
+            && let Some(pod) = pods.get(*i)
+        {
+            observed.extend(detect::log_aborts(pod, &read.container, text, limits, now));
+        }
+    }
+    observed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).expect("time")
+    }
+
+    #[test]
+    fn a_log_is_sampled_one_interval_into_the_run_then_once_per_interval() {
+        let mut memory = ReadMemory::default();
+        let interval = SAMPLE_INTERVAL.as_secs();
+        let started = Some(at(0));
+        assert!(!memory.sample_due("pod/app", started, at(interval - 1)));
+        assert!(memory.sample_due("pod/app", started, at(interval)));
+        assert!(!memory.sample_due("pod/app", started, at(2 * interval - 1)));
+        assert!(memory.sample_due("pod/app", started, at(2 * interval)));
+        assert!(
+            ReadMemory::default().sample_due("pod/app", None, at(0)),
+            "a container of unknown start is sampled at once"
+        );
+    }
+
+    #[test]
+    fn a_settling_termination_has_its_pods_events_read_once_when_first_seen() {
+        let mut memory = ReadMemory::default();
+        let settling = |keys: &[(&str, &str)]| PodFindings {
+            settling: keys
+                .iter()
+                .map(|(pod, key)| (pod.to_string(), key.to_string()))
+                .collect(),
+            ..PodFindings::default()
+        };
+        let first = settling(&[("api-a", "a/app/1"), ("api-b", "b/app/1")]);
+        assert_eq!(
+            events_to_read(&first, None, at(0), 600, &mut memory),
+            ["api-a", "api-b"]
+        );
+        assert!(events_to_read(&first, None, at(1), 600, &mut memory).is_empty());
+        // Settled (gone from the settling list), its sighting is forgotten.
+        let later = settling(&[("api-b", "b/app/1")]);
+        assert!(events_to_read(&later, None, at(2), 600, &mut memory).is_empty());
+        assert_eq!(memory.sighted, HashSet::from(["b/app/1".to_string()]));
+        // At most MAX_EVENT_READS pods per reconcile.
+        let many: Vec<(String, String)> = (0..10)
+            .map(|i| (format!("api-{i}"), format!("{i}/app/1")))
+            .collect();
+        let many = PodFindings {
+            settling: many,
+            ..PodFindings::default()
+        };
+        assert_eq!(
+            events_to_read(&many, None, at(3), 600, &mut ReadMemory::default()).len(),
+            MAX_EVENT_READS
+        );
+    }
+}
