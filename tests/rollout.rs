@@ -69,22 +69,22 @@ fn failures(n: usize, revision: &str, reason: &str) -> AbortSummary {
 fn ramp_twelve_replicas_three_at_a_time() {
     let mut i = input();
     let first = plan(&i);
-    assert_eq!((first.replicas, first.apply_deployment), (3, true));
-    let mut targets = vec![first.replicas];
-    let mut target = first.replicas;
+    assert_eq!((first.ramp_target, first.apply_deployment), (3, true));
+    let mut targets = vec![first.ramp_target];
+    let mut target = first.ramp_target;
     while target < 12 {
         // Not all ready: hold.
         i.live = live(target, target - 1, NEW);
-        assert_eq!(plan(&i).replicas, target);
+        assert_eq!(plan(&i).ramp_target, target);
         i.live = live(target, target, NEW);
-        target = plan(&i).replicas;
+        target = plan(&i).ramp_target;
         targets.push(target);
     }
     assert_eq!(targets, [3, 6, 9, 12]);
     // Scale-down is immediate.
     i.desired = 4;
     i.live = live(12, 12, NEW);
-    assert_eq!(plan(&i).replicas, 4);
+    assert_eq!(plan(&i).ramp_target, 4);
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn first_revision_waits_for_its_init_job() {
     i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Succeeded));
     let p = plan(&i);
     assert!(p.apply_deployment && p.waiting.is_none());
-    assert_eq!((p.replicas, p.template), (3, Template::Desired));
+    assert_eq!((p.ramp_target, p.template), (3, Template::Desired));
     assert_eq!(p.init.as_ref().map(|s| s.phase), Some(InitPhase::Succeeded));
 }
 
@@ -114,14 +114,14 @@ fn a_new_revision_keeps_the_old_one_serving_until_init_succeeds() {
     i.init_job = Some(("api-init-bbbbbbbbbb-g2", JobState::Running));
     let p = plan(&i);
     assert_eq!(
-        (p.apply_deployment, p.template, p.replicas),
+        (p.apply_deployment, p.template, p.ramp_target),
         (true, Template::KeepLive, 12)
     );
     // Scaling up waits for the new revision, scaling down does not.
     i.desired = 20;
-    assert_eq!(plan(&i).replicas, 12);
+    assert_eq!(plan(&i).ramp_target, 12);
     i.desired = 6;
-    assert_eq!(plan(&i).replicas, 6);
+    assert_eq!(plan(&i).ramp_target, 6);
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn boot_failures_of_the_current_revision_open_the_circuit() {
     i.live = live(6, 6, NEW);
     let p = plan(&i);
     assert!(p.paused);
-    assert_eq!(p.replicas, 6, "the ramp stops");
+    assert_eq!(p.ramp_target, 6, "the ramp stops");
     let stall = p.stall.expect("stalled");
     assert_eq!(stall.reason, reason::BOOT_FAILURE_THRESHOLD);
     assert!(
@@ -244,7 +244,7 @@ fn a_spec_change_closes_the_circuit_and_counts_afresh_and_a_scale_does_not() {
     i.desired = 12;
     let p = plan(&i);
     assert!(p.paused && p.stall.is_some());
-    assert_eq!(p.replicas, 6);
+    assert_eq!(p.ramp_target, 6);
 
     // Any other change of the spec closes it, a change of the threshold too.
     i.generation = 4;
@@ -350,19 +350,19 @@ proptest! {
                 ..input()
             };
             let p: Plan = plan(&i);
-            prop_assert!(p.replicas <= step.desired.max(0));
+            prop_assert!(p.ramp_target <= step.desired.max(0));
             let before = target.unwrap_or(0);
-            if p.replicas > before {
-                prop_assert!(p.replicas - ready.min(before) <= max_concurrent,
-                    "target {} with {} ready", p.replicas, ready);
+            if p.ramp_target > before {
+                prop_assert!(p.ramp_target - ready.min(before) <= max_concurrent,
+                    "target {} with {} ready", p.ramp_target, ready);
                 prop_assert!(!p.paused);
             }
             if circuit.as_ref().is_some_and(|c| c.open) {
-                prop_assert!(p.replicas <= before);
+                prop_assert!(p.ramp_target <= before);
             }
             circuit = p.circuit.clone();
-            target = Some(p.replicas);
-            ready = (ready + step.newly_ready).min(p.replicas);
+            target = Some(p.ramp_target);
+            ready = (ready + step.newly_ready).min(p.ramp_target);
             failed += step.boot_failures;
         }
     }

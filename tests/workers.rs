@@ -14,8 +14,8 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use workerpool_core::aborts::classify::KubeletEvent;
 use workerpool_core::api::WorkerPoolStatus;
+use workerpool_core::controller::Context;
 use workerpool_core::controller::metrics::Metrics;
-use workerpool_core::controller::{Caches, Context};
 
 const BOOT_FAILURE_LOG: &str = "\
 [2026-11-22 10:04:01 +0000] [7] [ERROR] Exception in worker process
@@ -217,12 +217,7 @@ async fn each_termination_is_counted_once_also_after_an_operator_restart() {
     // A new controller process (restart or new leader) starts from the status alone.
     let restarted = Context::new(
         h.client.clone(),
-        Caches {
-            deployments: h.ctx.deployments.clone(),
-            pdbs: h.ctx.pdbs.clone(),
-            pods: h.ctx.pods.clone(),
-            jobs: h.ctx.jobs.clone(),
-        },
+        h.ctx.caches.clone(),
         reporter(),
         Arc::new(Metrics::default()),
         h.ctx.clock.clone(),

@@ -178,7 +178,7 @@ impl Applied {
         Applied {
             deployment,
             stall: plan.stall.clone(),
-            ramp_target: plan.apply_deployment.then_some(plan.replicas),
+            ramp_target: plan.apply_deployment.then_some(plan.ramp_target),
             previous_target: deployment.map(|d| d.target),
             created: live_deployment.is_none() && plan.apply_deployment,
             plan: Some(plan),
@@ -241,8 +241,8 @@ pub(super) async fn read_children(
 ) -> Result<LiveChildren, Error> {
     let uid = pool.uid.as_deref().unwrap_or_default();
     let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
-    let deployment = existing(ctx, &ctx.deployments, ns, name, uid).await?;
-    let pdb = existing(ctx, &ctx.pdbs, ns, name, uid).await?;
+    let deployment = existing(ctx, &ctx.caches.deployments, ns, name, uid).await?;
+    let pdb = existing(ctx, &ctx.caches.pdbs, ns, name, uid).await?;
     // The init Job matters only until the Deployment runs this revision; after that the Job
     // is finished and cleaned up, and looking for it would cost a request per reconcile.
     let runs_revision =
@@ -254,7 +254,7 @@ pub(super) async fn read_children(
         .filter(|_| !runs_revision);
     let job = match job_name {
         Some(job_name) => {
-            let job = existing(ctx, &ctx.jobs, ns, &job_name, uid).await?;
+            let job = existing(ctx, &ctx.caches.jobs, ns, &job_name, uid).await?;
             Some((job_name, job))
         }
         None => None,
@@ -311,10 +311,10 @@ pub(super) async fn apply_planned(
         // whatever other managers set in it (`kubectl rollout restart`'s annotation, say), and
         // only the gates' replicas and pause are written.
         (true, rollout::Template::KeepLive, Some(live)) => {
-            hold_template(ctx, pool, live, plan.replicas, plan.paused).await?;
+            hold_template(ctx, pool, live, plan.ramp_target, plan.paused).await?;
         }
         (true, ..) => {
-            derive::shape(&mut children.deployment, plan.replicas, plan.paused);
+            derive::shape(&mut children.deployment, plan.ramp_target, plan.paused);
             apply_child(ctx, pool, live.deployment(), &mut children.deployment).await?;
         }
     }

@@ -73,10 +73,7 @@ pub struct Caches {
 
 pub struct Context {
     pub client: Client,
-    pub deployments: Store<Watched<Deployment>>,
-    pub pdbs: Store<Watched<PodDisruptionBudget>>,
-    pub pods: PodCache,
-    pub jobs: Store<Watched<Job>>,
+    pub caches: Caches,
     pub recorders: Recorders,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
@@ -99,10 +96,7 @@ impl Context {
             events: Arc::new(ApiEvents(client.clone())),
             recorders: Recorders::new(client.clone(), reporter),
             client,
-            deployments: caches.deployments,
-            pdbs: caches.pdbs,
-            pods: caches.pods,
-            jobs: caches.jobs,
+            caches,
             metrics,
             clock,
             memory: Memory::default(),
@@ -263,7 +257,8 @@ fn refusal(error: &Error, namespace: &str) -> Option<Stall> {
 /// The pool's Deployment as the watch cache holds it, when the pool owns it.
 fn owned_deployment(ctx: &Context, pool: &PoolRef) -> Option<Arc<Watched<Deployment>>> {
     let uid = pool.uid.as_deref()?;
-    ctx.deployments
+    ctx.caches
+        .deployments
         .get(&ObjectRef::new(&pool.name).within(&pool.namespace))
         .filter(|d| is_owned_by(d.meta(), uid))
 }

@@ -49,7 +49,7 @@ pub async fn observe(
     let (runtime, window) = (pool.spec.runtime, pool.spec.policy.failure.window_seconds);
     let old = status.and_then(|s| s.aborts.as_ref());
     let pool_uid = pool.metadata.uid.as_deref().unwrap_or_default();
-    let pods = ctx.pods.pods_of(namespace, name);
+    let pods = ctx.caches.pods.pods_of(namespace, name);
     let pods: Vec<&PodView> = pods.iter().map(Arc::as_ref).collect();
     let mut memory = ctx.memory.reads(pool_uid);
 

@@ -121,7 +121,8 @@ pub enum Template {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    pub replicas: i32,
+    /// The Deployment's replicas: the ramp's next target.
+    pub ramp_target: i32,
     pub template: Template,
     /// False while the first revision's init Job has not succeeded: no Deployment yet.
     pub apply_deployment: bool,
@@ -317,7 +318,7 @@ pub fn plan(input: &Input) -> Plan {
         message: c.message.clone().unwrap_or_default(),
     });
     Plan {
-        replicas,
+        ramp_target: replicas,
         template: if gate.open {
             Template::Desired
         } else {
