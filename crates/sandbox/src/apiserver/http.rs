@@ -34,6 +34,11 @@ pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 pub struct RequestRecord {
     pub verb: &'static str,
     pub kind: String,
+    /// The resource's API group and plural, as RBAC names it.
+    #[serde(skip)]
+    pub group: &'static str,
+    #[serde(skip)]
+    pub resource: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subresource: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -341,6 +346,8 @@ impl ApiServer {
             kind: route
                 .map(|r| r.resource.kind.to_string())
                 .unwrap_or_default(),
+            group: route.map_or("", |r| r.resource.group),
+            resource: route.map_or("", |r| r.resource.plural),
             subresource: route.and_then(|r| r.subresource.clone()),
             namespace: route.and_then(|r| r.namespace.clone()),
             name: route.and_then(|r| r.name.clone()),
@@ -538,6 +545,12 @@ impl ApiServer {
                         ));
                     }
                 };
+                // An apply may create the object; the real server then answers 201, and asks
+                // for the `create` verb as well as `patch`.
+                let creates = matches!(write, Write::Apply { .. })
+                    && self
+                        .get(resource, namespace.unwrap_or_default(), name)
+                        .is_err();
                 let written = self.write(
                     resource,
                     namespace.unwrap_or_default(),
@@ -546,7 +559,10 @@ impl ApiServer {
                     write,
                     manager,
                 )?;
-                Ok(respond(&written))
+                Ok(match creates {
+                    true => json_response(201, &written),
+                    false => respond(&written),
+                })
             }
             "delete" => {
                 let options: Value = if body.is_empty() {
