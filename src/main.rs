@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use workerpool_core::controller::run::{RunConfig, run};
+use workerpool_core::controller::run::{RunConfig, Scope, run};
 use workerpool_core::{api, diagnose, render};
 
 #[derive(Parser)]
@@ -290,13 +290,15 @@ fn init_logging(json: bool) {
 fn run_controller(args: RunArgs) -> Result<(), String> {
     init_logging(args.log_json);
     let config = RunConfig {
-        namespace: args.namespace,
+        scope: Scope {
+            namespace: args.namespace,
+            identity: args.identity,
+            concurrency: args.concurrency.max(1),
+        },
         metrics_addr: args.metrics_addr,
         leader_election: args.leader_elect,
         lease_name: args.lease_name,
         lease_namespace: args.lease_namespace,
-        identity: args.identity,
-        concurrency: args.concurrency.max(1),
         kubeconfig: args.kubeconfig,
         context: args.context,
     };

@@ -32,17 +32,13 @@ use crate::controller::watched::{Guarded, ViewedPod, Watched};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Watch only this namespace; all namespaces when None.
-    pub namespace: Option<String>,
+    /// What the controller watches, how it names itself, how many pools at once.
+    pub scope: Scope,
     pub metrics_addr: SocketAddr,
     pub leader_election: bool,
     pub lease_name: String,
     /// Namespace of the Lease; the client's default namespace when None.
     pub lease_namespace: Option<String>,
-    /// Identity in the Lease, usually the pod name.
-    pub identity: String,
-    /// Pools reconciled at once.
-    pub concurrency: u16,
     /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config` or the in-cluster ServiceAccount.
     pub kubeconfig: Option<std::path::PathBuf>,
     /// A context of the kubeconfig other than its current one.
@@ -320,8 +316,8 @@ async fn acquire_leadership(
         // manager of its own makes a second replica's apply conflict instead of both leading.
         let mut builder =
             kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-                .with_identity(&config.identity)
-                .with_field_manager(format!("{MANAGER_NAME}-{}", config.identity));
+                .with_identity(&config.scope.identity)
+                .with_field_manager(format!("{MANAGER_NAME}-{}", config.scope.identity));
         if let Some(ns) = &config.lease_namespace {
             builder = builder.with_namespace(ns);
         }
@@ -336,7 +332,7 @@ async fn acquire_leadership(
         }
     };
     let (mut channel, task) = manager.watch().await;
-    tracing::info!(lease = %config.lease_name, identity = %config.identity, "waiting for leadership");
+    tracing::info!(lease = %config.lease_name, identity = %config.scope.identity, "waiting for leadership");
     while !*channel.borrow_and_update() {
         channel.changed().await?;
     }
@@ -405,15 +401,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     }
     .shared();
 
-    let scope = Scope {
-        namespace: config.namespace.clone(),
-        identity: config.identity.clone(),
-        concurrency: config.concurrency,
-    };
     let under_way = metrics.clone();
     let controller = control(
         client,
-        &scope,
+        &config.scope,
         metrics,
         Arc::new(jiff::Timestamp::now),
         ready,
@@ -471,7 +462,8 @@ pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(30);
 pub struct Scope {
     /// Watch only this namespace; all namespaces when None.
     pub namespace: Option<String>,
-    /// Reported as the Events' reporting instance.
+    /// Reported as the Events' reporting instance, and the identity in the Lease (usually the
+    /// pod name).
     pub identity: String,
     /// Pools reconciled at once.
     pub concurrency: u16,
