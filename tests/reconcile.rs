@@ -713,3 +713,33 @@ async fn children_and_status_are_server_side_applies_under_their_own_field_manag
         "{shapes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_relist_forgets_the_pools_deleted_while_the_watch_was_away_metrics_included() {
+    let mut h = harness(
+        vec![
+            pool("api", json!({"replicas": 2})),
+            pool("web", json!({"replicas": 2})),
+        ],
+        vec![],
+    )
+    .await;
+    h.converge("api").await;
+    h.converge("web").await;
+    let series = |h: &Harness, pool: &str| {
+        h.ctx
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.contains(&format!("pool=\"{pool}\"")))
+            .count()
+    };
+    assert!(series(&h, "web") > 0);
+    assert_eq!(h.ctx.paced_pools(), 2);
+    // `web` was deleted while the watch was away: the relist holds `api` alone.
+    let api = h.pool("api").await.metadata;
+    h.ctx.keep_only(&[api]);
+    assert_eq!(series(&h, "web"), 0, "{}", h.ctx.metrics.encode());
+    assert!(series(&h, "api") > 0);
+    assert_eq!(h.ctx.paced_pools(), 1);
+}

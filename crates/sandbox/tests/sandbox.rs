@@ -653,3 +653,54 @@ async fn a_slow_request_is_cut_by_a_sync_workers_timeout_and_by_no_other_class()
     );
     assert_eq!(condition(&report, "Stalled")["status"], "False");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_deleted_while_the_watch_was_away_leaves_no_metric_behind() {
+    use workerpool_sandbox::apiserver::{Target, Write};
+    let pools = &RESOURCES[6];
+    let mut sandbox = Sandbox::new(Options {
+        server: ServerConfig {
+            history_limit: 20,
+            seed: 3,
+        },
+        ..Options::new(scenario("healthy"), 3)
+    });
+    let mut web = pool(2, 2);
+    web["metadata"]["name"] = json!("web");
+    sandbox.add_pool(pool(2, 2)).expect("pool");
+    sandbox.add_pool(web).expect("web");
+    sandbox.start_operator();
+    sandbox.run_for(90).await;
+    let series = |sandbox: &Sandbox, pool: &str| {
+        let text = sandbox.metrics.encode();
+        text.lines()
+            .filter(|l| l.contains(&format!("pool=\"{pool}\"")))
+            .count()
+    };
+    assert!(series(&sandbox, "web") > 0);
+    // The watches drop; before they are back, `web` is deleted and more changes than the server
+    // keeps follow, so no watch can resume where it was (410 Gone): the pool watch relists and
+    // no Delete event ever tells of `web`.
+    sandbox.server.drop_watches();
+    sandbox
+        .server
+        .delete(pools, "shop", "web", None, None)
+        .expect("deleted");
+    for n in 0..30 {
+        sandbox
+            .server
+            .write(
+                pools,
+                "shop",
+                "shop-api",
+                Target::Main,
+                Write::Merge(json!({"metadata": {"annotations": {"touch": n.to_string()}}})),
+                Some("kubectl"),
+            )
+            .expect("touched");
+    }
+    sandbox.run_for(30).await;
+    assert_eq!(series(&sandbox, "web"), 0, "{}", sandbox.metrics.encode());
+    assert!(series(&sandbox, "shop-api") > 0);
+    sandbox.stop_operator().await;
+}

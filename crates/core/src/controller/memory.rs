@@ -15,7 +15,7 @@
 //!   settling termination. Lost: one early read or one repeated list.
 //! - `announced_ready`: one `Ready` Event per revision and size. Lost: one repeated Event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use jiff::Timestamp;
@@ -209,6 +209,11 @@ impl Memory {
                 pools.entry(uid.to_owned()).or_default().reads = reads;
             }
         }
+    }
+
+    /// Drops everything remembered of every pool but those `listed` (by uid).
+    pub fn keep(&self, listed: &HashSet<String>) {
+        self.pools().retain(|uid, _| listed.contains(uid));
     }
 
     /// Drops everything remembered of a deleted pool.

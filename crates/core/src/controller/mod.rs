@@ -21,6 +21,7 @@ pub mod watched;
 mod workers;
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +119,19 @@ impl Context {
         let name = meta.name.as_deref().unwrap_or_default();
         self.recorders.forget(namespace, name);
         self.metrics.forget_pool(namespace, name);
+    }
+
+    /// After a relist of the pools: forgets every pool the list no longer holds, deleted while
+    /// the watch was away (no Delete event tells of those), its metric series included.
+    pub fn keep_only(&self, listed: &[kube::core::ObjectMeta]) {
+        let uids: HashSet<String> = listed.iter().filter_map(|m| m.uid.clone()).collect();
+        let names: HashSet<(String, String)> = listed
+            .iter()
+            .filter_map(|m| Some((m.namespace.clone()?, m.name.clone()?)))
+            .collect();
+        self.memory.keep(&uids);
+        self.recorders.keep(&names);
+        self.metrics.keep_pools(&names);
     }
 
     /// Pools whose last status write this process remembers (for tests and sizing).

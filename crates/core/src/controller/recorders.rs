@@ -116,6 +116,13 @@ impl Recorders {
         }
     }
 
+    /// Forgets the series of every pool but those `listed` (namespace, name).
+    pub fn keep(&self, listed: &std::collections::HashSet<(String, String)>) {
+        if let Ok(mut series) = self.series.lock() {
+            series.retain(|pool, _| listed.contains(pool));
+        }
+    }
+
     /// Forgets a deleted pool's series.
     pub fn forget(&self, namespace: &str, name: &str) {
         if let Ok(mut series) = self.series.lock() {

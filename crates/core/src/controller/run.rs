@@ -552,12 +552,29 @@ pub async fn control(
         .reflect(pool_writer)
         .inspect_ok({
             let context = context.clone();
+            // The pools of a relist under way: what it does not hold was deleted unseen.
+            let mut listed: Option<Vec<kube::core::ObjectMeta>> = None;
             move |event| match event {
                 watcher::Event::Delete(pool) => context.forget(pool.meta()),
-                watcher::Event::Apply(pool) | watcher::Event::InitApply(pool) => {
-                    context.observed(pool.meta())
+                watcher::Event::Apply(pool) => context.observed(pool.meta()),
+                watcher::Event::Init => listed = Some(Vec::new()),
+                watcher::Event::InitApply(pool) => {
+                    context.observed(pool.meta());
+                    if let Some(listed) = listed.as_mut() {
+                        let meta = pool.meta();
+                        listed.push(kube::core::ObjectMeta {
+                            name: meta.name.clone(),
+                            namespace: meta.namespace.clone(),
+                            uid: meta.uid.clone(),
+                            ..Default::default()
+                        });
+                    }
                 }
-                _ => {}
+                watcher::Event::InitDone => {
+                    if let Some(listed) = listed.take() {
+                        context.keep_only(&listed);
+                    }
+                }
             }
         }),
         sync.cache("WorkerPool"),
