@@ -24,7 +24,7 @@ fn ago(seconds: i64) -> String {
 fn live(target: i32, ready: i32, revision: &str) -> Option<LiveDeployment<'_>> {
     Some(LiveDeployment {
         counts: DeploymentCounts {
-            target,
+            ramp_target: target,
             ready,
             current: true,
             ..DeploymentCounts::default()

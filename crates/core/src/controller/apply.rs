@@ -179,7 +179,7 @@ impl Applied {
             deployment,
             stall: plan.stall.clone(),
             ramp_target: plan.apply_deployment.then_some(plan.ramp_target),
-            previous_target: deployment.map(|d| d.target),
+            previous_target: deployment.map(|d| d.ramp_target),
             created: live_deployment.is_none() && plan.apply_deployment,
             plan: Some(plan),
             revision: Some(revision),

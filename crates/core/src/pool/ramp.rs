@@ -8,7 +8,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DeploymentCounts {
     /// `spec.replicas`: the current ramp target.
-    pub target: i32,
+    pub ramp_target: i32,
     /// `status.replicas`: pods of every revision.
     pub replicas: i32,
     /// `status.readyReplicas`.
@@ -32,7 +32,7 @@ impl DeploymentCounts {
         };
         let generation = deployment.metadata.generation.unwrap_or(0);
         DeploymentCounts {
-            target: spec.and_then(|s| s.replicas).unwrap_or(1),
+            ramp_target: spec.and_then(|s| s.replicas).unwrap_or(1),
             replicas: count(|s| s.replicas),
             ready: count(|s| s.ready_replicas),
             updated: count(|s| s.updated_replicas),
@@ -49,13 +49,13 @@ pub fn next_target(desired: i32, max_concurrent: i32, current: Option<Deployment
     let Some(current) = current else {
         return desired.min(step);
     };
-    if desired <= current.target {
+    if desired <= current.ramp_target {
         return desired;
     }
-    if !current.current || current.ready < current.target {
-        return current.target.max(0);
+    if !current.current || current.ready < current.ramp_target {
+        return current.ramp_target.max(0);
     }
-    desired.min(current.target.max(0).saturating_add(step))
+    desired.min(current.ramp_target.max(0).saturating_add(step))
 }
 
 #[cfg(test)]
@@ -65,7 +65,7 @@ mod tests {
 
     fn at(target: i32, ready: i32) -> Option<DeploymentCounts> {
         Some(DeploymentCounts {
-            target,
+            ramp_target: target,
             ready,
             current: true,
             ..DeploymentCounts::default()
@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn stale_status_holds_the_target() {
         let stale = Some(DeploymentCounts {
-            target: 3,
+            ramp_target: 3,
             ready: 3,
             current: false,
             ..DeploymentCounts::default()
@@ -119,7 +119,7 @@ mod tests {
                 // The Deployment can never have more Ready pods than it asks for.
                 let ready = ready_seed.min(target);
                 let previous = target;
-                target = next_target(desired, step, Some(DeploymentCounts { target, ready, current, ..DeploymentCounts::default() }));
+                target = next_target(desired, step, Some(DeploymentCounts { ramp_target: target, ready, current, ..DeploymentCounts::default() }));
                 prop_assert!(target <= desired.max(0));
                 if target > previous {
                     prop_assert!(target - ready <= step, "{} booting", target - ready);

@@ -311,7 +311,7 @@ pub fn plan(input: &Input) -> Plan {
         && let Some(c) = counts
     {
         // Hold: scale-down still goes through, scale-up waits.
-        replicas = replicas.min(c.target.max(0));
+        replicas = replicas.min(c.ramp_target.max(0));
     }
     let circuit_stall = circuit.as_ref().filter(|c| c.open).map(|c| Stall {
         reason: reason::BOOT_FAILURE_THRESHOLD,

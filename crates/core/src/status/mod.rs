@@ -569,7 +569,7 @@ mod tests {
 
     fn ready_deployment(n: i32) -> DeploymentCounts {
         DeploymentCounts {
-            target: n,
+            ramp_target: n,
             replicas: n,
             ready: n,
             updated: n,
@@ -612,7 +612,7 @@ mod tests {
     #[test]
     fn more_pods_ready_is_progress_but_a_flip_ramp_step_or_abort_is_not() {
         let deployment = |ready| DeploymentCounts {
-            target: 4,
+            ramp_target: 4,
             replicas: 4,
             ready,
             updated: 4,
@@ -742,7 +742,7 @@ mod tests {
     #[test]
     fn rollout_and_scale_down_are_told_apart() {
         let rollout = DeploymentCounts {
-            target: 4,
+            ramp_target: 4,
             replicas: 6,
             ready: 5,
             updated: 2,
