@@ -123,10 +123,7 @@ async fn hold_template(
     replicas: i32,
     paused: bool,
 ) -> Result<(), Error> {
-    let spec = live.spec.as_ref();
-    let live_replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
-    let live_paused = spec.and_then(|s| s.paused).unwrap_or(false);
-    if (live_replicas, live_paused) == (replicas, paused) {
+    if drift::holds(live, replicas, paused) {
         return Ok(());
     }
     let api: Api<Watched<PartialObjectMeta<Deployment>>> =

@@ -146,9 +146,34 @@ pub fn quantity(text: &str) -> Option<f64> {
     text.parse::<f64>().ok()
 }
 
+/// Whether a live Deployment whose template is held (its new revision waits for an init Job)
+/// already has the replicas and pause the gates decided: the one other write the operator skips.
+pub fn holds(live: &k8s_openapi::api::apps::v1::Deployment, replicas: i32, paused: bool) -> bool {
+    let spec = live.spec.as_ref();
+    let live_replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let live_paused = spec.and_then(|s| s.paused).unwrap_or(false);
+    (live_replicas, live_paused) == (replicas, paused)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_deployment_needs_a_write_only_for_other_replicas_or_pause() {
+        let live: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "api"},
+                "spec": {"replicas": 3, "paused": true, "selector": {}, "template": {}}
+            }))
+            .expect("deployment");
+        assert!(holds(&live, 3, true));
+        assert!(!holds(&live, 4, true));
+        assert!(!holds(&live, 3, false));
+        // Unset fields read as the API server's defaults: one replica, not paused.
+        let bare = k8s_openapi::api::apps::v1::Deployment::default();
+        assert!(holds(&bare, 1, false));
+    }
     use serde_json::json;
 
     #[test]
