@@ -301,13 +301,7 @@ async fn serve(
 }
 
 /// Waits until this replica holds the Lease; returns a receiver that flips to false when it is lost.
-async fn acquire_leadership(
-    client: &Client,
-    config: &RunConfig,
-) -> anyhow::Result<(
-    watch::Receiver<bool>,
-    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
-)> {
+async fn acquire_leadership(client: &Client, config: &RunConfig) -> anyhow::Result<Leadership> {
     // Building the manager reads or creates the Lease: while the API server cannot be reached it
     // is retried with back-off, as the watches are, rather than ending the process.
     let mut attempts = 0;
@@ -347,6 +341,12 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The Lease this process holds (its leadership channel and the task that renews it).
+type Leadership = (
+    watch::Receiver<bool>,
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+);
+
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     install_tls_provider();
     let client = connect(&config).await?;
@@ -362,34 +362,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal().shared();
     let leadership = if config.leader_election {
-        // A standby is ready: it works and waits on the Lease. Were it not, a rolling upgrade of
-        // a leader-elected operator, or `helm install --wait`, would wait on it forever.
-        ready.store(true, Ordering::Release);
-        let acquired = tokio::select! {
-            acquired = acquire_leadership(&client, &config) => Some(acquired?),
-            _ = shutdown.clone() => {
+        match lead(&client, &config, &ready, shutdown.clone()).await? {
+            Some(leadership) => Some(leadership),
+            None => {
                 let _ = stop_tx.send(true);
                 return Ok(());
             }
-        };
-        // The leader is ready once its watch caches are filled.
-        ready.store(false, Ordering::Release);
-        acquired
+        }
     } else {
         None
     };
-    let lost = {
-        let channel = leadership.as_ref().map(|(c, _)| c.clone());
-        async move {
-            match channel {
-                Some(mut channel) => {
-                    let _ = channel.wait_for(|leader| !*leader).await;
-                    tracing::warn!("lost leadership; stopping");
-                }
-                None => futures::future::pending::<()>().await,
-            }
-        }
-    };
+    let lost = leadership_lost(leadership.as_ref().map(|(c, _)| c.clone()));
     let stop = {
         let shutdown = shutdown.clone();
         async move {
@@ -410,42 +393,147 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         ready,
         stop.clone(),
     );
-    // Reconciles under way may finish, but nothing (an API server that does not answer, say)
-    // holds the process past the bound, and with none under way it stops at once.
     tokio::select! {
         _ = controller => {}
-        drained = async {
-            stop.await;
-            let deadline = tokio::time::Instant::now() + SHUTDOWN_BOUND;
-            while under_way.in_flight.get() > 0 {
-                if tokio::time::Instant::now() >= deadline {
-                    return false;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            true
-        } => if !drained {
+        drained = drained(stop, &under_way) => if !drained {
             tracing::warn!("in-flight reconciles did not end within {SHUTDOWN_BOUND:?} of the signal; stopping anyway");
         },
     }
 
     tracing::info!("controller stopped");
     let _ = stop_tx.send(true);
-    if let Some((channel, task)) = leadership {
-        drop(channel);
-        // Releasing the Lease lets a standby take over at once; an API server that does not
-        // answer only delays that to the Lease's expiry.
-        let release = async {
-            if let Ok(Ok(manager)) = task.await {
-                let _ = manager.release().await;
-            }
-        };
-        if tokio::time::timeout(SHUTDOWN_BOUND, release).await.is_err() {
-            tracing::warn!("could not release the Lease within {SHUTDOWN_BOUND:?}");
-        }
+    if let Some(leadership) = leadership {
+        release(leadership).await;
     }
     let _ = server.await;
     Ok(())
+}
+
+/// Waits for the Lease; None when the process is told to stop first. A standby is ready: it
+/// works and waits on the Lease (were it not, a rolling upgrade of a leader-elected operator, or
+/// `helm install --wait`, would wait on it forever); the leader is ready once its watch caches
+/// are filled.
+async fn lead(
+    client: &Client,
+    config: &RunConfig,
+    ready: &AtomicBool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<Leadership>> {
+    ready.store(true, Ordering::Release);
+    let acquired = tokio::select! {
+        acquired = acquire_leadership(client, config) => acquired?,
+        _ = shutdown => return Ok(None),
+    };
+    ready.store(false, Ordering::Release);
+    Ok(Some(acquired))
+}
+
+/// Resolves when the Lease is lost; never without leader election.
+async fn leadership_lost(channel: Option<watch::Receiver<bool>>) {
+    match channel {
+        Some(mut channel) => {
+            let _ = channel.wait_for(|leader| !*leader).await;
+            tracing::warn!("lost leadership; stopping");
+        }
+        None => futures::future::pending::<()>().await,
+    }
+}
+
+/// After `stop`: whether the reconciles under way ended within [`SHUTDOWN_BOUND`]. Nothing (an
+/// API server that does not answer, say) holds the process past the bound, and with none under
+/// way it stops at once.
+async fn drained(stop: impl std::future::Future<Output = ()>, metrics: &Metrics) -> bool {
+    stop.await;
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BOUND;
+    while metrics.in_flight.get() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Releases the Lease, so a standby takes over at once; an API server that does not answer only
+/// delays that to the Lease's expiry.
+async fn release((channel, task): Leadership) {
+    drop(channel);
+    let release = async {
+        if let Ok(Ok(manager)) = task.await {
+            let _ = manager.release().await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_BOUND, release).await.is_err() {
+        tracing::warn!("could not release the Lease within {SHUTDOWN_BOUND:?}");
+    }
+}
+
+/// The watch of the children the operator manages of one kind, feeding its cache.
+fn owned_children<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    writer: reflector::store::Writer<K>,
+    synced: CacheSynced,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + use<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Fingerprint
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
+    admitted(
+        watcher(api::<K>(client, namespace), owned)
+            .backoff(watch_backoff())
+            .reflect(writer),
+        synced,
+    )
+}
+
+/// What the pool watch tells the context: a pool seen, a pool deleted, and after a relist every
+/// pool the list no longer holds (deleted while the watch was away, with no Delete event).
+struct PoolEvents {
+    context: Arc<Context>,
+    /// The pools of a relist under way.
+    listed: Option<Vec<kube::core::ObjectMeta>>,
+}
+
+impl PoolEvents {
+    fn new(context: Arc<Context>) -> Self {
+        PoolEvents {
+            context,
+            listed: None,
+        }
+    }
+
+    fn on(&mut self, event: &watcher::Event<Guarded<WorkerPool>>) {
+        match event {
+            watcher::Event::Delete(pool) => self.context.forget(pool.meta()),
+            watcher::Event::Apply(pool) => self.context.observed(pool.meta()),
+            watcher::Event::Init => self.listed = Some(Vec::new()),
+            watcher::Event::InitApply(pool) => {
+                let meta = pool.meta();
+                self.context.observed(meta);
+                if let Some(listed) = self.listed.as_mut() {
+                    listed.push(kube::core::ObjectMeta {
+                        name: meta.name.clone(),
+                        namespace: meta.namespace.clone(),
+                        uid: meta.uid.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.listed.take() {
+                    self.context.keep_only(&listed);
+                }
+            }
+        }
+    }
 }
 
 /// How long reconciles under way may run on after SIGTERM, well inside a pod's default 30 s grace.
@@ -503,46 +591,11 @@ pub async fn control(
     ));
 
     let sync = CacheSync::new(5, ready);
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER_NAME}"));
-    let deployment_stream = admitted(
-        watcher(api::<Watched<Deployment>>(&client, ns), owned.clone())
-            .backoff(watch_backoff())
-            .reflect(deployment_writer),
-        sync.cache("Deployment"),
-    );
-    let job_stream = admitted(
-        watcher(api::<Watched<Job>>(&client, ns), owned.clone())
-            .backoff(watch_backoff())
-            .reflect(job_writer),
-        sync.cache("Job"),
-    );
-    let pdb_stream = admitted(
-        watcher(api::<Watched<PodDisruptionBudget>>(&client, ns), owned)
-            .backoff(watch_backoff())
-            .reflect(pdb_writer),
-        sync.cache("PodDisruptionBudget"),
-    );
-    // Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
-    let pod_triggers = watcher(
-        api::<ViewedPod>(&client, ns),
-        watcher::Config::default().labels(POOL_LABEL),
-    )
-    .backoff(watch_backoff())
-    .filter_map({
-        let pods = pods.clone();
-        let synced = sync.cache("Pod");
-        move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                synced.mark();
-            }
-            futures::future::ready(
-                succeeded("Pod", event).map(|event| futures::stream::iter(pods.apply(event))),
-            )
-        }
-    })
-    .flatten()
-    .map(|(namespace, pool)| ObjectRef::new(&pool).within(&namespace));
+    let deployment_stream =
+        owned_children(&client, ns, deployment_writer, sync.cache("Deployment"));
+    let job_stream = owned_children(&client, ns, job_writer, sync.cache("Job"));
+    let pdb_stream = owned_children(&client, ns, pdb_writer, sync.cache("PodDisruptionBudget"));
+    let pod_triggers = pod_triggers(&client, ns, pods.clone(), sync.cache("Pod"));
     let pool_stream = admitted(
         watcher(
             api::<Guarded<WorkerPool>>(&client, ns),
@@ -551,31 +604,8 @@ pub async fn control(
         .backoff(watch_backoff())
         .reflect(pool_writer)
         .inspect_ok({
-            let context = context.clone();
-            // The pools of a relist under way: what it does not hold was deleted unseen.
-            let mut listed: Option<Vec<kube::core::ObjectMeta>> = None;
-            move |event| match event {
-                watcher::Event::Delete(pool) => context.forget(pool.meta()),
-                watcher::Event::Apply(pool) => context.observed(pool.meta()),
-                watcher::Event::Init => listed = Some(Vec::new()),
-                watcher::Event::InitApply(pool) => {
-                    context.observed(pool.meta());
-                    if let Some(listed) = listed.as_mut() {
-                        let meta = pool.meta();
-                        listed.push(kube::core::ObjectMeta {
-                            name: meta.name.clone(),
-                            namespace: meta.namespace.clone(),
-                            uid: meta.uid.clone(),
-                            ..Default::default()
-                        });
-                    }
-                }
-                watcher::Event::InitDone => {
-                    if let Some(listed) = listed.take() {
-                        context.keep_only(&listed);
-                    }
-                }
-            }
+            let mut told = PoolEvents::new(context.clone());
+            move |event| told.on(event)
         }),
         sync.cache("WorkerPool"),
     );
@@ -592,18 +622,48 @@ pub async fn control(
         )
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                // A failed reconcile is logged by `error_policy`.
-                Err(ControllerError::ReconcilerFailed(..)) | Ok(_) => {}
-                // A pool deleted after its reconcile was queued.
-                Err(error @ ControllerError::ObjectNotFound(_)) => tracing::debug!("{error}"),
-                // A watch that fails (a missing CRD, a verb the RBAC lacks) stops the pools from
-                // converging: it must be seen.
-                Err(error) => tracing::warn!("{error}"),
-            }
-        })
+        .for_each(|result| async move { log_outcome(result) })
         .await;
+}
+
+/// Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
+fn pod_triggers(
+    client: &Client,
+    namespace: Option<&str>,
+    pods: PodCache,
+    synced: CacheSynced,
+) -> impl futures::Stream<Item = ObjectRef<Guarded<WorkerPool>>> + use<> {
+    watcher(
+        api::<ViewedPod>(client, namespace),
+        watcher::Config::default().labels(POOL_LABEL),
+    )
+    .backoff(watch_backoff())
+    .filter_map(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            synced.mark();
+        }
+        futures::future::ready(
+            succeeded("Pod", event).map(|event| futures::stream::iter(pods.apply(event))),
+        )
+    })
+    .flatten()
+    .map(|(namespace, pool)| ObjectRef::new(&pool).within(&namespace))
+}
+
+/// What the controller runtime reports of each reconcile, as far as it is not logged already.
+fn log_outcome<T, E>(result: Result<T, ControllerError<E, watcher::Error>>)
+where
+    E: std::error::Error + 'static,
+{
+    match result {
+        // A failed reconcile is logged by `error_policy`.
+        Err(ControllerError::ReconcilerFailed(..)) | Ok(_) => {}
+        // A pool deleted after its reconcile was queued.
+        Err(error @ ControllerError::ObjectNotFound(_)) => tracing::debug!("{error}"),
+        // A watch that fails (a missing CRD, a verb the RBAC lacks) stops the pools from
+        // converging: it must be seen.
+        Err(error) => tracing::warn!("{error}"),
+    }
 }
 
 #[cfg(test)]
