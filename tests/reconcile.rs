@@ -19,6 +19,18 @@ use workerpool_core::controller::watched::Guarded;
 use workerpool_core::controller::{Error, error_policy, reconcile};
 use workerpool_core::status::PROGRESS_INTERVAL;
 
+/// Pools `api` and `web` of two replicas each, not yet reconciled.
+async fn two_pools() -> Harness {
+    harness(
+        vec![
+            pool("api", json!({"replicas": 2})),
+            pool("web", json!({"replicas": 2})),
+        ],
+        vec![],
+    )
+    .await
+}
+
 /// A two-replica pool that has converged: its next reconcile makes no request.
 async fn at_rest() -> Harness {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
@@ -598,14 +610,7 @@ async fn a_written_status_is_let_go_once_the_cache_holds_it() {
 
 #[tokio::test]
 async fn failures_back_off_per_pool_and_a_success_starts_over() {
-    let mut h = harness(
-        vec![
-            pool("api", json!({"replicas": 2})),
-            pool("web", json!({"replicas": 2})),
-        ],
-        vec![],
-    )
-    .await;
+    let mut h = two_pools().await;
     let guard = |pool: WorkerPool| Arc::new(Guarded(Ok(Box::new(pool))));
     let (api, web) = (h.pool("api").await, h.pool("web").await);
     let failed = || Error::Metadata("name");
@@ -716,14 +721,7 @@ async fn children_and_status_are_server_side_applies_under_their_own_field_manag
 
 #[tokio::test]
 async fn a_relist_forgets_the_pools_deleted_while_the_watch_was_away_metrics_included() {
-    let mut h = harness(
-        vec![
-            pool("api", json!({"replicas": 2})),
-            pool("web", json!({"replicas": 2})),
-        ],
-        vec![],
-    )
-    .await;
+    let mut h = two_pools().await;
     h.converge("api").await;
     h.converge("web").await;
     let series = |h: &Harness, pool: &str| {

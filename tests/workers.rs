@@ -123,6 +123,16 @@ async fn converged(spec: Value, seconds: i64) -> Harness {
     h
 }
 
+/// The hint of the pool's last abort.
+fn last_hint(status: &WorkerPoolStatus) -> String {
+    status
+        .aborts
+        .as_ref()
+        .and_then(|a| a.last.as_ref())
+        .and_then(|l| l.hint.clone())
+        .unwrap_or_default()
+}
+
 /// The pool's status after the harness's last reconcile.
 async fn current(h: &Harness) -> WorkerPoolStatus {
     h.pool("api").await.status.expect("status")
@@ -530,11 +540,7 @@ async fn gunicorns_own_sigkill_after_a_timeout_is_no_oom_kill() {
         .as_ref()
         .and_then(|e| e.worker_timeout_seconds)
         .expect("gunicorn has a --timeout");
-    let hint = status
-        .aborts
-        .and_then(|a| a.last)
-        .and_then(|l| l.hint)
-        .unwrap_or_default();
+    let hint = last_hint(&status);
     assert!(
         hint.contains(&format!("--timeout {timeout}s"))
             && hint.contains("not an OOM")
@@ -563,11 +569,7 @@ async fn a_worker_sigkill_with_no_timeout_is_an_oom_kill_naming_the_memory_limit
     h.reconcile("api").await;
     let status = current(&h).await;
     assert_eq!(counts(&status), [("OOMKilled".into(), 1)]);
-    let hint = status
-        .aborts
-        .and_then(|a| a.last)
-        .and_then(|l| l.hint)
-        .unwrap_or_default();
+    let hint = last_hint(&status);
     assert!(hint.contains("pid 15") && hint.contains("512Mi"), "{hint}");
 }
 
@@ -776,11 +778,7 @@ async fn a_worker_process_uvicorns_supervisor_replaced_is_a_worker_timeout_namin
     h.reconcile("api").await;
     let status = current(&h).await;
     assert_eq!(counts(&status), [("WorkerTimeout".into(), 1)]);
-    let hint = status
-        .aborts
-        .and_then(|a| a.last)
-        .and_then(|l| l.hint)
-        .unwrap_or_default();
+    let hint = last_hint(&status);
     assert!(
         hint.contains("uvicorn's supervisor replaced worker process 9")
             && hint.contains("--timeout-worker-healthcheck 80s"),

@@ -1273,26 +1273,8 @@ impl Cluster {
                 {
                     // Without --preload each worker imports the app, and gunicorn's master counts
                     // that against --timeout; with it the master imports before any worker exists.
-                    Self::log(
-                        &self.server,
-                        pod,
-                        &format!("[CRITICAL] WORKER TIMEOUT (pid:{})", pod.pid),
-                    );
-                    Self::log(
-                        &self.server,
-                        pod,
-                        &format!(
-                            "[ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?",
-                            pod.pid
-                        ),
-                    );
                     self.timeline.push(now, "pod", pod.name.clone(), format!("gunicorn killed its booting worker after --timeout {timeout}s; booting a new one"));
-                    pod.pid += 1;
-                    Self::log(
-                        &self.server,
-                        pod,
-                        &format!("[INFO] Booting worker with pid: {}", pod.pid),
-                    );
+                    self.gunicorn_times_out_worker(pod);
                     pod.worker_started_at = now;
                     pod.progress = 0.0;
                 }
@@ -1371,6 +1353,30 @@ impl Cluster {
         }
     }
 
+    /// gunicorn's master kills the worker that outlived `--timeout` and forks a new one, with the
+    /// lines it logs for that.
+    fn gunicorn_times_out_worker(&self, pod: &mut SimPod) {
+        Self::log(
+            &self.server,
+            pod,
+            &format!("[CRITICAL] WORKER TIMEOUT (pid:{})", pod.pid),
+        );
+        Self::log(
+            &self.server,
+            pod,
+            &format!(
+                "[ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?",
+                pod.pid
+            ),
+        );
+        pod.pid += 1;
+        Self::log(
+            &self.server,
+            pod,
+            &format!("[INFO] Booting worker with pid: {}", pod.pid),
+        );
+    }
+
     /// One slow request after another: gunicorn's `sync` worker is killed when one outlives
     /// `--timeout`; any other class keeps checking in while the request runs on, and uvicorn has
     /// no request timeout at all.
@@ -1387,19 +1393,6 @@ impl Cluster {
         if let (true, Some(timeout)) = (sync, timeout)
             && now - started >= timeout
         {
-            Self::log(
-                &self.server,
-                pod,
-                &format!("[CRITICAL] WORKER TIMEOUT (pid:{})", pod.pid),
-            );
-            Self::log(
-                &self.server,
-                pod,
-                &format!(
-                    "[ERROR] Worker (pid:{}) was sent SIGKILL! Perhaps out of memory?",
-                    pod.pid
-                ),
-            );
             self.timeline.push(
                 now,
                 "pod",
@@ -1409,12 +1402,7 @@ impl Cluster {
                     pod.pid
                 ),
             );
-            pod.pid += 1;
-            Self::log(
-                &self.server,
-                pod,
-                &format!("[INFO] Booting worker with pid: {}", pod.pid),
-            );
+            self.gunicorn_times_out_worker(pod);
             pod.request_started = None;
         } else if now - started >= length {
             if !pod.slow_request_told && !sync {
