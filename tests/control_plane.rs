@@ -2269,3 +2269,42 @@ fn worker_classes_and_uvicorns_supervisor_get_what_their_timeouts_mean() {
     );
     let _ = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_worker_process_uvicorns_supervisor_replaced_is_a_worker_timeout_read_from_its_log() {
+    let (_, operators) = setup();
+    // KWOK's kubelet API serves this namespace's pods e2e/logs/uvicorn-supervisor.log, where the
+    // supervisor of `uvicorn --workers 4` replaces worker process 9. The pod keeps booting, never
+    // ready, so the operator samples its log through the API server.
+    let ns = namespace("e2e-uvicorn-supervisor");
+    let mut pool: Value = serde_json::from_str(&pool(
+        &ns,
+        "api",
+        1,
+        "uvicorn",
+        &[("scenario", "booting")],
+        json!({"boot": {"timeoutSeconds": 600}}),
+    ))
+    .expect("pool JSON");
+    pool["spec"]["template"]["spec"]["containers"][0]["command"] =
+        json!(["uvicorn", "app.main:app", "--workers", "4"]);
+    assert!(apply(&pool.to_string()).ok);
+    let status = wait_until(
+        "WorkerTimeout from the supervisor's log",
+        2 * MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (counted(&s, "WorkerTimeout") >= 1).then_some(s)
+        },
+        || describe(&ns, "api"),
+    );
+    assert_eq!(counted(&status, "WorkerTimeout"), 1, "{status:#}");
+    assert_reported(&operators, &ns, "WorkerTimeout");
+    let events = events(&ns, "reason=WorkerTimeout", "json");
+    assert!(
+        events.contains("uvicorn's supervisor replaced worker process 9")
+            && events.contains("--timeout-worker-healthcheck 600s"),
+        "{events}"
+    );
+}
