@@ -30,7 +30,7 @@ fn derive_and_serialize(c: &mut Criterion) {
                 Err(e) => panic!("sample is valid: {e}"),
             };
             let settings = policy::settle(&valid);
-            let children = derive::build(
+            let children = derive::children(
                 &pool_ref,
                 &valid,
                 &settings,

@@ -31,7 +31,7 @@ fn build(spec: &WorkerPoolSpec) -> (Deployment, Settings) {
         namespace: "shop".into(),
         uid: Some("uid-1".into()),
     };
-    let children = derive::build(&pool, &valid, &settings, policy::first_apply_replicas(spec));
+    let children = derive::children(&pool, &valid, &settings, policy::first_apply_replicas(spec));
     (children.deployment, settings)
 }
 
@@ -354,7 +354,7 @@ fn the_init_job_runs_in_the_apps_whole_environment() {
         namespace: "shop".into(),
         uid: Some("uid-1".into()),
     };
-    let children = derive::build(&pool, &valid, &settings, 2);
+    let children = derive::children(&pool, &valid, &settings, 2);
     let job = children.init_job.expect("an init Job");
     let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
     let inits: Vec<(&str, Option<&str>)> = pod
@@ -395,7 +395,7 @@ fn the_init_job_runs_in_the_apps_whole_environment() {
         message.contains("log-shipper") && message.contains("restartPolicy: Always"),
         "{message}"
     );
-    let job = derive::build(&pool, &valid, &settings, 2)
+    let job = derive::children(&pool, &valid, &settings, 2)
         .init_job
         .expect("Job");
     let names: Vec<String> = job
@@ -741,7 +741,7 @@ fn the_init_jobs_pod_carries_the_templates_labels_and_annotations_but_not_the_po
         namespace: "shop".into(),
         uid: Some("uid-1".into()),
     };
-    let children = derive::build(&pool_ref, &valid, &settings, 1);
+    let children = derive::children(&pool_ref, &valid, &settings, 1);
     let job = children.init_job.expect("init job");
     let meta = job
         .spec
@@ -812,7 +812,7 @@ proptest! {
         let valid = policy::validate(&pool).expect("valid");
         let settings = policy::settle(&valid);
         let pool_ref = PoolRef { name: name.clone(), namespace: "shop".into(), uid: Some("u".into()) };
-        let children = derive::build(&pool_ref, &valid, &settings, 1);
+        let children = derive::children(&pool_ref, &valid, &settings, 1);
         let job = children.init_job.expect("init job");
         let deployment = &children.deployment;
         let pdb = &children.pdb;

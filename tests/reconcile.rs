@@ -571,7 +571,7 @@ async fn a_deleted_pool_is_forgotten() {
         "its last status write is remembered"
     );
     assert_eq!(
-        h.ctx.recorders.pools(),
+        h.ctx.folded_pools(),
         0,
         "state-change Events are never folded, so no recorder is kept for them"
     );
@@ -584,7 +584,7 @@ async fn a_deleted_pool_is_forgotten() {
     h.ctx.forget(&deleted.metadata);
     assert_eq!(h.ctx.remembered_pools(), 0);
     assert_eq!(h.ctx.paced_pools(), 0);
-    assert_eq!(h.ctx.recorders.pools(), 0);
+    assert_eq!(h.ctx.folded_pools(), 0);
 }
 
 #[tokio::test]

@@ -142,7 +142,12 @@ async fn current(h: &Harness) -> WorkerPoolStatus {
 async fn boot_failure_shows_in_status_condition_event_and_metric() {
     let mut h = converged(json!({"replicas": 2}), 60).await;
     h.logs.set("api-a", "app", true, BOOT_FAILURE_LOG);
-    h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
+    let since = h.now() - jiff::SignedDuration::from_hours(1);
+    h.set_pods(vec![
+        pod("api-a", crashed(1, 3, 50), json!({})),
+        running_pod("api", "api-b", true, since),
+    ]);
+    h.pods_ready("api", Some(1)).await;
     h.reconcile("api").await;
 
     let status = current(&h).await;
@@ -193,23 +198,25 @@ async fn boot_failure_shows_in_status_condition_event_and_metric() {
     );
     assert_eq!(warnings(&h, "CrashLoop").await.len(), 1);
     assert_eq!(abort_metric(&h, "BootFailed").as_deref(), Some("1"));
-    assert_eq!(status.phase, Some(workerpool_core::api::Phase::Degraded));
+    // One pod of two is down: the Deployment counts 1 ready, and the pool is not Ready.
+    assert_eq!(condition(&status, "Ready").status, "False");
+    assert_eq!(status.phase, Some(workerpool_core::api::Phase::Progressing));
 }
 
 #[tokio::test]
 async fn abort_events_are_folded_per_pool_until_the_pool_is_deleted() {
     let mut h = converged(json!({"replicas": 2}), 60).await;
-    assert_eq!(h.ctx.recorders.pools(), 0, "state changes keep no recorder");
+    assert_eq!(h.ctx.folded_pools(), 0, "state changes keep no recorder");
     h.set_pods(vec![pod("api-a", crashed(1, 3, 50), json!({}))]);
     h.reconcile("api").await;
     assert_eq!(
-        h.ctx.recorders.pools(),
+        h.ctx.folded_pools(),
         1,
         "an abort's recorder is kept, to fold its repeats into a series"
     );
     let deleted = h.pool("api").await;
     h.ctx.forget(&deleted.metadata);
-    assert_eq!(h.ctx.recorders.pools(), 0, "and forgotten with the pool");
+    assert_eq!(h.ctx.folded_pools(), 0, "and forgotten with the pool");
 }
 
 #[tokio::test]

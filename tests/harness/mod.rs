@@ -183,6 +183,8 @@ pub struct Harness {
     pub deployments: Writer<Watched<Deployment>>,
     pub pdbs: Writer<Watched<PodDisruptionBudget>>,
     pub pods: PodCache,
+    /// A test placed the pods itself ([`Harness::set_pods`]): the Deployment's pods are its own.
+    pods_placed: bool,
     pub jobs: Writer<Watched<Job>>,
     pub logs: Arc<Logs>,
     pub events: Arc<KubeletEvents>,
@@ -263,6 +265,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         deployments: deployment_writer,
         pdbs: pdb_writer,
         pods: pod_cache,
+        pods_placed: false,
         jobs: job_writer,
         logs,
         events,
@@ -355,8 +358,9 @@ impl Harness {
         self.pods_ready(name, None).await;
     }
 
-    /// Plays the Deployment controller: every pod asked for exists, `ready` of them (all when
-    /// None) are Ready.
+    /// Plays the Deployment controller and the kubelet: every pod asked for exists, `ready` of
+    /// them (all when None) are Ready, each running for an hour; the pod watch delivers them,
+    /// unless the test placed the pods itself.
     pub async fn pods_ready(&mut self, name: &str, ready: Option<i32>) {
         let deployment = self.deployment(name).await.expect("deployment");
         let replicas = deployment
@@ -379,7 +383,22 @@ impl Harness {
             json!({"status": status}),
             "deployment-controller",
         );
+        if !self.pods_placed {
+            self.kubelet_runs(name, replicas, ready);
+        }
         self.sync_caches().await;
+    }
+
+    fn kubelet_runs(&mut self, name: &str, replicas: i32, ready: i32) {
+        let since = self.now() - jiff::SignedDuration::from_hours(1);
+        for gone in self.pods.pods_of(NS, name) {
+            let pod = running_pod(name, &gone.name, false, since);
+            self.pods.apply(watcher::Event::Delete(&pod));
+        }
+        for index in 0..replicas {
+            let pod = running_pod(name, &format!("{name}-{index}"), index < ready, since);
+            self.pods.apply(watcher::Event::Apply(&pod));
+        }
     }
 
     fn write_status(
@@ -410,6 +429,7 @@ impl Harness {
 
     /// Replaces the pod cache, as the pod watch would after the kubelet's writes.
     pub fn set_pods(&mut self, pods: Vec<Pod>) {
+        self.pods_placed = true;
         self.pods.apply(watcher::Event::<&Pod>::Init);
         for p in pods {
             self.pods.apply(watcher::Event::InitApply(&p));
@@ -464,6 +484,19 @@ impl Harness {
             .map(write_name)
             .collect()
     }
+}
+
+/// A pod of `pool` whose app container runs since `since`.
+pub fn running_pod(pool: &str, name: &str, ready: bool, since: jiff::Timestamp) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                     "labels": {"workerpool.dev/pool": pool}},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "app", "ready": ready, "restartCount": 0, "image": "app", "imageID": "",
+            "state": {"running": {"startedAt": since.to_string()}}
+        }]}
+    }))
+    .expect("pod")
 }
 
 pub fn condition<'a>(

@@ -146,7 +146,7 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
         uid: pool.metadata.uid.clone(),
     };
     let replicas = policy::first_apply_replicas(&pool.spec);
-    let mut children = derive::build(&pool_ref, &valid, &settings, replicas);
+    let mut children = derive::children(&pool_ref, &valid, &settings, replicas);
     // Stamped as the controller stamps what it applies, so the output is what a cluster receives.
     if let Some(job) = children.init_job.as_mut() {
         drift::stamp(job)?;

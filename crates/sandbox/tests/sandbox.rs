@@ -704,3 +704,62 @@ async fn a_pool_deleted_while_the_watch_was_away_leaves_no_metric_behind() {
     assert!(series(&sandbox, "shop-api") > 0);
     sandbox.stop_operator().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_is_not_judged_on_pods_the_watch_is_relisting() {
+    use workerpool_sandbox::apiserver::{Target, Write};
+    let pools = &RESOURCES[6];
+    let mut sandbox = Sandbox::new(Options {
+        server: ServerConfig {
+            history_limit: 20,
+            seed: 4,
+        },
+        ..Options::new(scenario("healthy"), 4)
+    });
+    sandbox.add_pool(pool(4, 2)).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(200).await;
+    let before = Report::of(&sandbox);
+    assert_eq!(status(&before)["phase"], "Ready");
+    // The watches drop and cannot resume (more changes than the server keeps, 410 Gone), and the
+    // pods cannot be listed again for a while; meanwhile the pool's template changes.
+    sandbox.server.inject(Fault {
+        verb: Some("list"),
+        kind: Some("Pod"),
+        code: 500,
+        times: u32::MAX,
+        ..Fault::default()
+    });
+    sandbox.server.drop_watches();
+    for n in 0..30 {
+        let template = json!({"spec": {"template": {"metadata": {"annotations": {"rollout": n.to_string()}}}}});
+        sandbox
+            .server
+            .write(
+                pools,
+                "shop",
+                "shop-api",
+                Target::Main,
+                Write::Merge(template),
+                Some("kubectl"),
+            )
+            .expect("changed");
+    }
+    let writes_before = writes(&sandbox);
+    sandbox.run_for(60).await;
+    assert_eq!(
+        writes(&sandbox),
+        writes_before,
+        "nothing is written on pods known to be out of date"
+    );
+    let waiting = Report::of(&sandbox);
+    assert_eq!(status(&waiting)["revision"], status(&before)["revision"]);
+    assert_eq!(status(&waiting)["phase"], "Ready");
+
+    sandbox.server.clear_faults();
+    sandbox.run_for(400).await;
+    let after = Report::of(&sandbox);
+    assert_ne!(status(&after)["revision"], status(&before)["revision"]);
+    assert_eq!(status(&after)["phase"], "Ready", "{}", status(&after));
+    sandbox.stop_operator().await;
+}

@@ -391,6 +391,8 @@ pub struct Stability {
     pub starting: usize,
     /// When the youngest of those has run long enough.
     pub stable_in: Option<SignedDuration>,
+    /// Pods of the pool's Deployment seen with every container ready, not shutting down.
+    pub ready: usize,
 }
 
 impl Stability {
@@ -409,6 +411,11 @@ pub fn stability(
     let mut stability = Stability::default();
     let mut live: Vec<&PodView> = pods.iter().copied().filter(|p| !p.deleting).collect();
     live.sort_by(|a, b| a.name.cmp(&b.name));
+    stability.ready = live
+        .iter()
+        .filter(|p| p.job.is_none() && !p.containers.is_empty())
+        .filter(|p| p.containers.iter().all(|c| c.ready))
+        .count();
     for pod in live {
         let repeated = pod.containers.iter().find_map(|c| {
             let source = ledger::container_source(&pod.uid, &c.name);

@@ -9,3 +9,4 @@ pub mod ledger;
 pub mod loghints;
 pub mod podview;
 pub mod reads;
+pub mod report;

@@ -1,5 +1,5 @@
-//! Applying a pool's children: only those whose live object lacks what the operator sets, never
-//! one it does not own.
+//! Reading a pool's children and writing those [`decide`](crate::decide) asks for, never one the
+//! pool does not own.
 
 use std::sync::Arc;
 
@@ -15,14 +15,9 @@ use serde_json::json;
 
 use super::watched::{Lean, Watched};
 use super::{Context, Error};
-use crate::api::reason;
-use crate::api::{AbortSummary, MANAGER_NAME, WorkerPool, WorkerPoolStatus};
-use crate::pool::Stall;
-use crate::pool::derive::{self, Children, PoolRef};
-use crate::pool::drift;
-use crate::pool::policy;
-use crate::pool::ramp::DeploymentCounts;
-use crate::pool::rollout;
+use crate::api::MANAGER_NAME;
+use crate::decide::{Child, DeploymentWrite, LiveChildren, Prepared, Writes};
+use crate::pool::derive::PoolRef;
 
 pub(super) fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
     meta.owner_references
@@ -32,20 +27,30 @@ pub(super) fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
-/// A child as the watch cache holds it, or — when the cache has none — as the API holds it, so a
-/// same-named object someone else created is never adopted or overwritten.
+/// A child as the watch cache holds it, or — when the cache has none and `uncached` asks — as the
+/// API holds it, so a same-named object someone else created is never adopted or overwritten.
 enum Existing<K> {
     Ours(Arc<Watched<K>>),
     Absent,
     Foreign,
 }
 
+impl<K> Existing<K> {
+    fn child(&self) -> Child<'_, K> {
+        match self {
+            Existing::Ours(object) => Child::Ours(&object.0),
+            Existing::Absent => Child::Absent,
+            Existing::Foreign => Child::Foreign,
+        }
+    }
+}
+
 async fn existing<K>(
     ctx: &Context,
     store: &Store<Watched<K>>,
-    namespace: &str,
+    pool: &PoolRef,
     name: &str,
-    uid: &str,
+    uncached: bool,
 ) -> Result<Existing<K>, Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -53,9 +58,10 @@ where
         + Clone
         + std::fmt::Debug,
 {
-    let cached = store.get(&ObjectRef::new(name).within(namespace));
-    let object = match cached {
+    let namespace = pool.namespace.as_str();
+    let object = match store.get(&ObjectRef::new(name).within(namespace)) {
         Some(object) => object,
+        None if !uncached => return Ok(Existing::Absent),
         None => {
             let api: Api<Watched<K>> = Api::namespaced(ctx.client.clone(), namespace);
             match api.get_opt(name).await.map_err(|source| Error::Read {
@@ -68,6 +74,7 @@ where
             }
         }
     };
+    let uid = pool.uid.as_deref().unwrap_or_default();
     Ok(if is_owned_by(object.meta(), uid) {
         Existing::Ours(object)
     } else {
@@ -75,15 +82,49 @@ where
     })
 }
 
-/// Server-side apply of one child of `pool` unless the live object is current: it holds every
-/// field of `desired` and was last applied as this same object (`drift::is_current`). This is the
-/// one rule that skips a write. Returns whether a request was made.
-async fn apply_child<K>(
-    ctx: &Context,
-    pool: &PoolRef,
-    live: Option<&K>,
-    desired: &mut K,
-) -> Result<bool, Error>
+/// A pool's children as one reconcile read them.
+pub(super) struct Read {
+    deployment: Existing<Deployment>,
+    pdb: Existing<PodDisruptionBudget>,
+    init_job: Option<(String, Existing<Job>)>,
+}
+
+impl Read {
+    pub(super) fn live(&self) -> LiveChildren<'_> {
+        LiveChildren {
+            deployment: self.deployment.child(),
+            pdb: self.pdb.child(),
+            init_job: self
+                .init_job
+                .as_ref()
+                .map(|(name, job)| (name.as_str(), job.child())),
+        }
+    }
+}
+
+/// Reads the children `prepared` names.
+pub(super) async fn read_children(ctx: &Context, prepared: &Prepared<'_>) -> Result<Read, Error> {
+    let pool = prepared.identity;
+    let uncached = prepared.reads_uncached();
+    let caches = &ctx.caches;
+    let deployment = existing(ctx, &caches.deployments, pool, &pool.name, uncached).await?;
+    let pdb = existing(ctx, &caches.pdbs, pool, &pool.name, uncached).await?;
+    let init_job = match prepared.init_job_to_read(deployment.child().ours()) {
+        Some(job) => {
+            let found = existing(ctx, &caches.jobs, pool, job, uncached).await?;
+            Some((job.to_owned(), found))
+        }
+        None => None,
+    };
+    Ok(Read {
+        deployment,
+        pdb,
+        init_job,
+    })
+}
+
+/// Server-side apply of one child of `pool`.
+async fn apply_child<K>(ctx: &Context, pool: &PoolRef, desired: &K) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + k8s_openapi::Resource
@@ -91,12 +132,6 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let stamped = drift::stamp(desired).map_err(Error::Serialize)?;
-    if let Some(live) = live
-        && drift::is_current(live, &stamped).map_err(Error::Serialize)?
-    {
-        return Ok(false);
-    }
     let name = desired.meta().name.clone().unwrap_or_default();
     // Only the answer's metadata is decoded: nothing in the rest of it is read.
     let api: Api<Watched<PartialObjectMeta<K>>> =
@@ -104,7 +139,7 @@ where
     api.patch(
         &name,
         &PatchParams::apply(MANAGER_NAME).force(),
-        &Patch::Apply(&*desired),
+        &Patch::Apply(desired),
     )
     .await
     .map_err(|source| Error::Apply {
@@ -112,20 +147,16 @@ where
         name,
         source,
     })?;
-    Ok(true)
+    Ok(())
 }
 
-/// Sets the replicas and the pause of a live Deployment, and nothing else, when they differ.
+/// Sets the replicas and the pause of the live Deployment, and nothing else.
 async fn hold_template(
     ctx: &Context,
     pool: &PoolRef,
-    live: &Deployment,
     replicas: i32,
     paused: bool,
 ) -> Result<(), Error> {
-    if drift::holds(live, replicas, paused) {
-        return Ok(());
-    }
     let api: Api<Watched<PartialObjectMeta<Deployment>>> =
         Api::namespaced(ctx.client.clone(), &pool.namespace);
     let params = PatchParams {
@@ -143,178 +174,26 @@ async fn hold_template(
     Ok(())
 }
 
-/// What applying the children found and did.
-pub(super) struct Applied {
-    /// The Deployment as this reconcile read it: the one reading the gates and the status share.
-    pub(super) deployment: Option<DeploymentCounts>,
-    pub(super) stall: Option<Stall>,
-    pub(super) ramp_target: Option<i32>,
-    pub(super) previous_target: Option<i32>,
-    pub(super) created: bool,
-    pub(super) plan: Option<rollout::Plan>,
-    pub(super) revision: Option<String>,
-}
-
-impl Applied {
-    pub(super) fn stalled(stall: Stall, deployment: Option<DeploymentCounts>) -> Self {
-        Applied {
-            deployment,
-            stall: Some(stall),
-            ramp_target: None,
-            previous_target: None,
-            created: false,
-            plan: None,
-            revision: None,
-        }
-    }
-
-    /// What the plan did to children that stood as `live`.
-    pub(super) fn of(plan: rollout::Plan, live: &LiveChildren, revision: String) -> Self {
-        let live_deployment = live.deployment();
-        let deployment = live_deployment.map(DeploymentCounts::of);
-        Applied {
-            deployment,
-            stall: plan.stall.clone(),
-            ramp_target: plan.apply_deployment.then_some(plan.ramp_target),
-            previous_target: deployment.map(|d| d.ramp_target),
-            created: live_deployment.is_none() && plan.apply_deployment,
-            plan: Some(plan),
-            revision: Some(revision),
-        }
-    }
-}
-
-fn ours<K>(existing: &Existing<K>) -> Option<&K> {
-    match existing {
-        Existing::Ours(object) => Some(&object.0),
-        _ => None,
-    }
-}
-
-/// A pool's children as they stand: from the watch caches, or from the API for one the cache
-/// does not hold yet.
-pub(super) struct LiveChildren {
-    deployment: Existing<Deployment>,
-    pdb: Existing<PodDisruptionBudget>,
-    /// The init Job of this revision, looked for only while the Deployment does not run it yet.
-    job: Option<(String, Existing<Job>)>,
-}
-
-impl LiveChildren {
-    pub(super) fn deployment(&self) -> Option<&Deployment> {
-        ours(&self.deployment)
-    }
-
-    /// Same-named objects this pool does not own: they are left untouched, and the pool stalls.
-    pub(super) fn not_owned(&self, pool: &PoolRef) -> Option<Stall> {
-        let (ns, name) = (&pool.namespace, &pool.name);
-        let foreign: Vec<String> = [
-            matches!(self.deployment, Existing::Foreign).then(|| format!("Deployment {ns}/{name}")),
-            matches!(self.pdb, Existing::Foreign)
-                .then(|| format!("PodDisruptionBudget {ns}/{name}")),
-            match &self.job {
-                Some((job, Existing::Foreign)) => Some(format!("Job {ns}/{job}")),
-                _ => None,
-            },
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        (!foreign.is_empty()).then(|| Stall {
-            reason: reason::NOT_OWNED,
-            message: format!(
-                "{} already exists and is not owned by this WorkerPool; it was left untouched. Rename the pool or remove that object",
-                foreign.join(" and ")
-            ),
-        })
-    }
-}
-
-/// Reads the children `children` would become.
-pub(super) async fn read_children(
+/// Makes the writes: the init Job first, then the Deployment, then the budget.
+pub(super) async fn write_children(
     ctx: &Context,
     pool: &PoolRef,
-    children: &Children,
-) -> Result<LiveChildren, Error> {
-    let uid = pool.uid.as_deref().unwrap_or_default();
-    let (ns, name) = (pool.namespace.as_str(), pool.name.as_str());
-    let deployment = existing(ctx, &ctx.caches.deployments, ns, name, uid).await?;
-    let pdb = existing(ctx, &ctx.caches.pdbs, ns, name, uid).await?;
-    // The init Job matters only until the Deployment runs this revision; after that the Job
-    // is finished and cleaned up, and looking for it would cost a request per reconcile.
-    let runs_revision =
-        ours(&deployment).and_then(derive::revision_in) == Some(children.revision.as_str());
-    let job_name = children
-        .init_job
-        .as_ref()
-        .and_then(|job| job.metadata.name.clone())
-        .filter(|_| !runs_revision);
-    let job = match job_name {
-        Some(job_name) => {
-            let job = existing(ctx, &ctx.caches.jobs, ns, &job_name, uid).await?;
-            Some((job_name, job))
-        }
-        None => None,
-    };
-    Ok(LiveChildren {
-        deployment,
-        pdb,
-        job,
-    })
-}
-
-/// What the gates decide for children that stand as `live`.
-pub(super) fn plan(
-    pool: &WorkerPool,
-    valid: &policy::ValidPool<'_>,
-    children: &Children,
-    live: &LiveChildren,
-    aborts: &AbortSummary,
-    status: Option<&WorkerPoolStatus>,
-    now: jiff::Timestamp,
-) -> rollout::Plan {
-    let job = live
-        .job
-        .as_ref()
-        .map(|(name, job)| (name.as_str(), ours(job)));
-    rollout::plan_children(&rollout::Observed {
-        generation: pool.metadata.generation.unwrap_or(0),
-        valid,
-        children,
-        deployment: live.deployment(),
-        init_job: job,
-        status,
-        aborts,
-        now,
-    })
-}
-
-/// Applies what the plan asks for and the live children lack.
-pub(super) async fn apply_planned(
-    ctx: &Context,
-    pool: &PoolRef,
-    plan: &rollout::Plan,
-    live: &LiveChildren,
-    children: &mut Children,
+    writes: &Writes,
 ) -> Result<(), Error> {
-    if plan.create_init_job
-        && let Some(job) = children.init_job.as_mut()
-    {
-        apply_child(ctx, pool, None, job).await?;
+    if let Some(job) = &writes.init_job {
+        apply_child(ctx, pool, job).await?;
     }
-    match (plan.apply_deployment, plan.template, live.deployment()) {
-        (false, ..) => {}
-        // The new revision waits for its init Job: the live template is left as it is, with
-        // whatever other managers set in it (`kubectl rollout restart`'s annotation, say), and
-        // only the gates' replicas and pause are written.
-        (true, rollout::Template::KeepLive, Some(live)) => {
-            hold_template(ctx, pool, live, plan.ramp_target, plan.paused).await?;
+    match &writes.deployment {
+        None => {}
+        Some(DeploymentWrite::Hold { replicas, paused }) => {
+            hold_template(ctx, pool, *replicas, *paused).await?;
         }
-        (true, ..) => {
-            derive::shape(&mut children.deployment, plan.ramp_target, plan.paused);
-            apply_child(ctx, pool, live.deployment(), &mut children.deployment).await?;
+        Some(DeploymentWrite::Apply(deployment)) => {
+            apply_child(ctx, pool, deployment.as_ref()).await?;
         }
     }
-    apply_child(ctx, pool, ours(&live.pdb), &mut children.pdb).await?;
+    if let Some(pdb) = &writes.pdb {
+        apply_child(ctx, pool, pdb).await?;
+    }
     Ok(())
 }

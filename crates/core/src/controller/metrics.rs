@@ -1,7 +1,5 @@
 //! Prometheus metrics served on `/metrics`.
 
-use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -55,8 +53,6 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub registry: Registry,
-    /// The pools (namespace, name) with series, so those of a pool gone unseen can be dropped.
-    pools: Mutex<HashSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -102,7 +98,6 @@ impl Default for Metrics {
             errors,
             duration,
             registry,
-            pools: Mutex::default(),
         }
     }
 }
@@ -116,15 +111,7 @@ impl Metrics {
         }
     }
 
-    fn has_series(&self, namespace: &str, pool: &str) {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if !pools.contains(&(namespace.to_owned(), pool.to_owned())) {
-            pools.insert((namespace.to_owned(), pool.to_owned()));
-        }
-    }
-
     pub fn count_abort(&self, namespace: &str, pool: &str, reason: &str) {
-        self.has_series(namespace, pool);
         self.aborts
             .get_or_create(&AbortLabels {
                 namespace: namespace.to_string(),
@@ -142,7 +129,6 @@ impl Metrics {
         pool: &str,
         conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     ) {
-        self.has_series(namespace, pool);
         for reason in ALERTED_REASONS {
             self.aborts
                 .get_or_create(&AbortLabels {
@@ -166,23 +152,8 @@ impl Metrics {
         }
     }
 
-    /// Drops the series of every pool but those `listed`.
-    pub fn keep_pools(&self, listed: &HashSet<(String, String)>) {
-        let gone: Vec<(String, String)> = {
-            let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-            pools.difference(listed).cloned().collect()
-        };
-        for (namespace, pool) in gone {
-            self.forget_pool(&namespace, &pool);
-        }
-    }
-
     /// Drops the series of a deleted pool.
     pub fn forget_pool(&self, namespace: &str, pool: &str) {
-        self.pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(namespace.to_owned(), pool.to_owned()));
         for reason in Reason::ALL {
             self.aborts.remove(&AbortLabels {
                 namespace: namespace.to_string(),

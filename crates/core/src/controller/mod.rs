@@ -1,18 +1,18 @@
 //! The I/O edge: reads pools and the watch caches, applies children, writes status and Events.
 //!
-//! `reconcile_pool` is one pipeline, numbered in its body: observe (watch caches, aborts), validate,
-//! settle and build (pure), read the children, plan the gates (pure) and apply what differs
-//! (`converge`), compute the status (pure) and write it if it differs. Only the reads, the
-//! applies and the status write hold a client.
+//! `reconcile_pool` observes (the pods, the Events and log tails they ask for, the children),
+//! asks [`decide`](crate::decide::decide) for everything the reconcile does, and acts on it: the
+//! children's writes, the status, the Events and the metrics. A write the API server refuses is
+//! fed back as an observation and decided on again.
 
 mod apply;
 mod error;
 pub mod kubelet;
 pub mod logs;
 pub mod managed_fields;
-mod memory;
 pub mod metrics;
 pub mod pod_cache;
+mod pools;
 pub mod recorders;
 mod report;
 pub mod run;
@@ -20,44 +20,39 @@ pub mod triggers;
 pub mod watched;
 mod workers;
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 
-use apply::{Applied, is_owned_by};
 pub use error::Error;
 use kubelet::{ApiEvents, EventReader};
 use logs::{ApiLogs, LogReader};
-use memory::Memory;
 use metrics::Metrics;
 use pod_cache::PodCache;
+use pools::Pools;
 use recorders::Recorders;
-use report::{announce, publish, report_aborts, write_status};
+use report::{publish, write_status};
 
+use crate::api::WorkerPool;
 use crate::api::reason;
-use crate::api::{AbortSummary, WorkerPool, WorkerPoolStatus};
 use crate::controller::watched::{Guarded, Watched};
+use crate::decide::{self, Decision, Observed, Prepared};
 use crate::pool::Stall;
-use crate::pool::derive::{self, Children, PoolRef};
-use crate::pool::policy;
-use crate::pool::ramp::DeploymentCounts;
-use crate::status::{self, Observation};
+use crate::pool::derive::PoolRef;
 
 /// Field manager for the status subresource, separate from the children's.
 pub const STATUS_MANAGER: &str = "workerpool-operator-status";
-/// Safety net: every pool is looked at again after this long even without a watch event.
-pub const RESYNC: Duration = Duration::from_secs(3600);
+pub use crate::decide::RESYNC;
 
 /// Source of the current time, so the sandbox can run the controller on a virtual clock.
 pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
@@ -80,8 +75,8 @@ pub struct Context {
     pub clock: Clock,
     logs: Arc<dyn LogReader>,
     events: Arc<dyn EventReader>,
-    /// What is remembered of each pool between its reconciles.
-    memory: Memory,
+    /// What is kept of each pool between its reconciles, one record per pool.
+    pools: Pools,
 }
 
 impl Context {
@@ -100,48 +95,46 @@ impl Context {
             caches,
             metrics,
             clock,
-            memory: Memory::default(),
+            pools: Pools::default(),
         }
     }
 
-    /// A pool as its watch delivered it: once the cache holds the last write, that write's copy
-    /// is let go, also for pools no reconcile looks at again.
+    /// A pool as its watch delivered it: its record, and once the cache holds the last status
+    /// write, that write's copy is let go, also for pools no reconcile looks at again.
     pub fn observed(&self, meta: &kube::core::ObjectMeta) {
-        self.memory.observed(meta);
+        self.pools.apply(meta);
     }
 
-    /// Drops everything remembered about a deleted pool.
+    /// Drops everything kept of a deleted pool, its metric series included.
     pub fn forget(&self, meta: &kube::core::ObjectMeta) {
-        if let Some(uid) = meta.uid.as_deref() {
-            self.memory.forget(uid);
+        let labels = meta.uid.as_deref().and_then(|uid| self.pools.delete(uid));
+        if let Some((namespace, name)) = labels {
+            self.metrics.forget_pool(&namespace, &name);
         }
-        let namespace = meta.namespace.as_deref().unwrap_or_default();
-        let name = meta.name.as_deref().unwrap_or_default();
-        self.recorders.forget(namespace, name);
-        self.metrics.forget_pool(namespace, name);
     }
 
     /// After a relist of the pools: forgets every pool the list no longer holds, deleted while
     /// the watch was away (no Delete event tells of those), its metric series included.
     pub fn keep_only(&self, listed: &[kube::core::ObjectMeta]) {
         let uids: HashSet<String> = listed.iter().filter_map(|m| m.uid.clone()).collect();
-        let names: HashSet<(String, String)> = listed
-            .iter()
-            .filter_map(|m| Some((m.namespace.clone()?, m.name.clone()?)))
-            .collect();
-        self.memory.keep(&uids);
-        self.recorders.keep(&names);
-        self.metrics.keep_pools(&names);
+        for (namespace, name) in self.pools.reset(&uids) {
+            self.metrics.forget_pool(&namespace, &name);
+        }
+    }
+
+    /// Pools with an Event series remembered (for tests and sizing).
+    pub fn folded_pools(&self) -> usize {
+        self.pools.folded_pools()
     }
 
     /// Pools whose last status write this process remembers (for tests and sizing).
     pub fn remembered_pools(&self) -> usize {
-        self.memory.written_pools()
+        self.pools.written_pools()
     }
 
     /// Pools whose last status write time is remembered for pacing (for tests and sizing).
     pub fn paced_pools(&self) -> usize {
-        self.memory.paced_pools()
+        self.pools.paced_pools()
     }
 
     /// Reads container logs from somewhere other than the API server (tests, the sandbox).
@@ -177,7 +170,7 @@ pub async fn reconcile(
     if result.is_ok()
         && let Some(uid) = guard.meta().uid.as_deref()
     {
-        ctx.memory.succeeded(uid);
+        ctx.pools.succeeded(uid);
     }
     result
 }
@@ -188,7 +181,7 @@ pub fn error_policy(guard: Arc<Guarded<WorkerPool>>, error: &Error, ctx: Arc<Con
         .meta()
         .uid
         .as_deref()
-        .map_or(1, |uid| ctx.memory.failed(uid));
+        .map_or(1, |uid| ctx.pools.failed(uid));
     tracing::warn!(pool = %guard.name_any(), category = error.category(), attempts, "reconcile failed: {error}");
     Action::requeue(backoff(attempts))
 }
@@ -210,11 +203,7 @@ async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Acti
         "malformed WorkerPool: {}",
         invalid.error
     );
-    let message = format!(
-        "the object does not match the WorkerPool schema: {}",
-        invalid.error
-    );
-    let reference = k8s_openapi::api::core::v1::ObjectReference {
+    let reference = ObjectReference {
         api_version: Some(WorkerPool::api_version(&()).into()),
         kind: Some(WorkerPool::kind(&()).into_owned()),
         name: Some(name.into()),
@@ -222,15 +211,8 @@ async fn report_malformed(invalid: &InvalidObject, ctx: &Context) -> Result<Acti
         uid: meta.uid.clone(),
         ..Default::default()
     };
-    publish(
-        ctx,
-        &reference,
-        EventType::Warning,
-        reason::INVALID_SPEC,
-        "Validate",
-        message,
-    )
-    .await;
+    let event = decide::malformed(&invalid.error.to_string());
+    publish(ctx, &reference, &[event]).await;
     Ok(Action::await_change())
 }
 
@@ -268,97 +250,6 @@ fn refusal(error: &Error, namespace: &str) -> Option<Stall> {
     })
 }
 
-/// The pool's Deployment as the watch cache holds it, when the pool owns it.
-fn owned_deployment(ctx: &Context, pool: &PoolRef) -> Option<Arc<Watched<Deployment>>> {
-    let uid = pool.uid.as_deref()?;
-    ctx.caches
-        .deployments
-        .get(&ObjectRef::new(&pool.name).within(&pool.namespace))
-        .filter(|d| is_owned_by(d.meta(), uid))
-}
-
-/// Reads the children, lets the gates plan, and applies what the live children lack.
-async fn converge(
-    ctx: &Context,
-    pool: &WorkerPool,
-    pool_ref: &PoolRef,
-    valid: &policy::ValidPool<'_>,
-    children: &mut Children,
-    aborts: &AbortSummary,
-    old: Option<&WorkerPoolStatus>,
-) -> Result<Applied, Error> {
-    let live = apply::read_children(ctx, pool_ref, children).await?;
-    if let Some(stall) = live.not_owned(pool_ref) {
-        return Ok(Applied::stalled(
-            stall,
-            live.deployment().map(DeploymentCounts::of),
-        ));
-    }
-    let plan = apply::plan(pool, valid, children, &live, aborts, old, (ctx.clock)());
-    apply::apply_planned(ctx, pool_ref, &plan, &live, children).await?;
-    Ok(Applied::of(plan, &live, children.revision.clone()))
-}
-
-/// What validating, settling and applying came to.
-struct Settled {
-    settings: Option<policy::Settings>,
-    applied: Applied,
-    /// A write the API server refused: shown on the pool, then retried with back-off.
-    refused: Option<Error>,
-}
-
-/// Steps 2 and 3: validate, settle and build (pure); read the children, plan, apply what differs.
-/// None when the namespace is being deleted, and the pool with it.
-async fn settle_and_apply(
-    ctx: &Context,
-    pool: &WorkerPool,
-    pool_ref: &PoolRef,
-    aborts: &AbortSummary,
-    old: Option<&WorkerPoolStatus>,
-) -> Result<Option<Settled>, Error> {
-    let running = || owned_deployment(ctx, pool_ref).map(|d| DeploymentCounts::of(&d.0));
-    let valid = match policy::validate(&pool.spec) {
-        Ok(valid) => valid,
-        Err(invalid) => {
-            let running = running();
-            let message = match running {
-                Some(_) => {
-                    format!("spec is invalid, the running pool was left untouched: {invalid}")
-                }
-                None => format!("spec is invalid, nothing was created: {invalid}"),
-            };
-            let stall = Stall {
-                reason: reason::INVALID_SPEC,
-                message,
-            };
-            return Ok(Some(Settled {
-                settings: None,
-                applied: Applied::stalled(stall, running),
-                refused: None,
-            }));
-        }
-    };
-    let settings = policy::settle(&valid);
-    let mut children = derive::build(pool_ref, &valid, &settings, 0);
-    let converged = converge(ctx, pool, pool_ref, &valid, &mut children, aborts, old).await;
-    let (applied, refused) = match converged {
-        Ok(applied) => (applied, None),
-        Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
-            tracing::info!(pool = %pool_ref.name, namespace = %pool_ref.namespace, "the namespace is being deleted; the pool goes with it");
-            return Ok(None);
-        }
-        Err(error) => match refusal(&error, &pool_ref.namespace) {
-            Some(stall) => (Applied::stalled(stall, running()), Some(error)),
-            None => return Err(error),
-        },
-    };
-    Ok(Some(Settled {
-        settings: Some(settings),
-        applied,
-        refused,
-    }))
-}
-
 /// The pool's identity, which every object the API server returns carries; else the field
 /// missing.
 fn identity(pool: &WorkerPool) -> Result<PoolRef, &'static str> {
@@ -370,43 +261,57 @@ fn identity(pool: &WorkerPool) -> Result<PoolRef, &'static str> {
     })
 }
 
+/// How long a pool waits while the pod watch relists.
+pub const RELIST_WAIT: Duration = Duration::from_secs(2);
+
+/// Observe, decide, act.
 pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, Error> {
-    let pool_ref = identity(pool).map_err(Error::Metadata)?;
-    let (namespace, name) = (&pool_ref.namespace, &pool_ref.name);
-    let remembered = ctx.memory.status_ahead_of_cache(&pool.metadata);
+    let identity = identity(pool).map_err(Error::Metadata)?;
+    // A pool judged on pods known to be out of date could read Ready on pods that are gone, and
+    // unready once the relist shows the new ones: it waits for the relist instead.
+    if ctx.caches.pods.is_stale() {
+        tracing::debug!(pool = %identity.name, namespace = %identity.namespace, "the pod watch is relisting; the pool waits for it");
+        return Ok(Action::requeue(RELIST_WAIT));
+    }
+    let uid = identity.uid.as_deref().unwrap_or_default();
+    ctx.pools.apply(&pool.metadata);
+    let remembered = ctx.pools.status_ahead_of_cache(&pool.metadata);
     let old = remembered.as_ref().or(pool.status.as_ref());
 
-    // 1. Observe. Aborts first: the circuit breaker decides on them.
-    let workers = workers::observe(ctx, pool, old, namespace, name).await;
-
-    // 2, 3. Settle and apply.
-    let Some(Settled {
-        settings,
-        applied,
-        refused,
-    }) = settle_and_apply(ctx, pool, &pool_ref, &workers.summary, old).await?
-    else {
-        return Ok(Action::await_change());
+    let workers = workers::observe(ctx, pool, old, &identity.namespace, &identity.name).await;
+    let prepared = Prepared::new(pool, &identity);
+    let read = apply::read_children(ctx, &prepared).await?;
+    let (live, announced_ready) = (read.live(), ctx.pools.announced_ready(uid));
+    let mut observed = Observed {
+        old,
+        last_write: ctx.pools.last_write(&pool.metadata, remembered.is_some()),
+        announced_ready: announced_ready.as_ref(),
+        workers: &workers.report,
+        children: &live,
+        refused: None,
+        now: (ctx.clock)(),
     };
 
-    // 4. Decide the status (pure) and write it if it differs.
-    let now = (ctx.clock)();
-    let inputs = status_inputs(pool, settings.as_ref(), &applied, &workers);
-    let last_write = ctx.memory.last_write(&pool.metadata, remembered.is_some());
-    let computed = status::compute(old, &inputs.view(), &Time(now));
-    let decision = status::decide(old, computed, last_write, now);
-    ctx.metrics
-        .publish_pool(namespace, name, &decision.status.conditions);
-    if decision.write {
-        let new = decision.status;
-        let version = write_status(ctx, namespace, name, &new).await?;
-        announce(ctx, pool, old, &new, Some(&applied)).await;
-        ctx.memory
-            .wrote_status(&pool.metadata, remembered.is_some(), now, version, new);
-    }
-    report_aborts(ctx, pool, &workers.fresh).await;
+    let mut decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
+    let refused = match apply::write_children(ctx, &identity, &decision.writes).await {
+        Ok(()) => None,
+        Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
+            tracing::info!(pool = %identity.name, namespace = %identity.namespace, "the namespace is being deleted; the pool goes with it");
+            return Ok(Action::await_change());
+        }
+        Err(error) => {
+            let Some(stall) = refusal(&error, &identity.namespace) else {
+                return Err(error);
+            };
+            observed.refused = Some(stall);
+            decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
+            Some(error)
+        }
+    };
+    let requeue = decision.requeue;
+    report(ctx, pool, decision, remembered.is_some(), observed.now).await?;
 
-    // 5. Come back: with back-off after a refusal or unread Events, else when asked.
+    // Come back: with back-off after a refusal or unread Events, else when asked.
     if let Some(error) = refused {
         return Err(error);
     }
@@ -417,102 +322,49 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             source,
         });
     }
-    Ok(Action::requeue(requeue(workers.recheck, decision.held)))
+    Ok(Action::requeue(requeue))
 }
 
-/// When the pool is looked at again: when its pods ask for it (a settling exit, a log to sample,
-/// the window moving), when held-back progress is due, and at the latest after [`RESYNC`].
-fn requeue(recheck: Option<jiff::SignedDuration>, held: Option<Duration>) -> Duration {
-    let requeue = recheck
-        .and_then(|d| Duration::try_from(d).ok())
-        .map_or(RESYNC, |d| d.clamp(Duration::from_secs(1), RESYNC));
-    held.map_or(requeue, |held| held.min(requeue))
-}
-
-/// Everything the status is computed from, as one reconcile saw it.
-struct StatusInputs<'a> {
-    pool: &'a WorkerPool,
-    settings: Option<&'a policy::Settings>,
-    applied: &'a Applied,
-    workers: &'a workers::Report,
-    /// What the template says, then what the pods show.
-    conflicts: Cow<'a, [policy::Conflict]>,
-    selector: String,
-}
-
-/// What the status is computed from. Pure.
-fn status_inputs<'a>(
-    pool: &'a WorkerPool,
-    settings: Option<&'a policy::Settings>,
-    applied: &'a Applied,
-    workers: &'a workers::Report,
-) -> StatusInputs<'a> {
-    let derived = settings.map(|s| s.conflicts.as_slice()).unwrap_or_default();
-    let conflicts = match &workers.stop_signal {
-        None => Cow::Borrowed(derived),
-        Some(seen) => Cow::Owned(derived.iter().chain([seen]).cloned().collect()),
-    };
-    StatusInputs {
-        pool,
-        settings,
-        applied,
-        workers,
-        conflicts,
-        selector: derive::selector_string(pool.metadata.name.as_deref().unwrap_or_default()),
-    }
-}
-
-impl StatusInputs<'_> {
-    fn view(&self) -> Observation<'_> {
-        let (pool, applied, workers) = (self.pool, self.applied, self.workers);
-        let stall = applied.stall.as_ref();
-        Observation {
-            generation: pool.metadata.generation.unwrap_or(0),
-            desired_replicas: pool.spec.replicas,
-            max_concurrent: pool.spec.policy.boot.max_concurrent,
-            selector: self.selector.clone(),
-            deployment: applied.deployment,
-            ramp_target: applied.ramp_target,
-            effective: self
-                .settings
-                .filter(|_| stall.is_none())
-                .map(|s| &s.effective),
-            conflicts: &self.conflicts,
-            stall,
-            aborts: Some(&workers.summary),
-            window_seconds: pool.spec.policy.failure.window_seconds,
-            gates: applied.plan.as_ref().map(|plan| status::Gates {
-                revision: applied.revision.as_deref(),
-                init: plan.init.as_ref(),
-                circuit: plan.circuit.as_ref(),
-                waiting: plan.waiting.as_ref().map(|(r, m)| (*r, m.as_str())),
-            }),
-            initializing: workers.initializing.as_ref(),
-            stability: Some(&workers.stability),
+/// Carries out what the decision says about the pool itself: its gauges, its status, its Events
+/// and its abort counts.
+async fn report(
+    ctx: &Context,
+    pool: &WorkerPool,
+    decision: Decision,
+    based_on_memory: bool,
+    now: jiff::Timestamp,
+) -> Result<(), Error> {
+    let namespace = pool.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let uid = pool.metadata.uid.as_deref().unwrap_or_default();
+    let reference = pool.object_ref(&());
+    ctx.metrics
+        .publish_pool(namespace, name, &decision.status.conditions);
+    if decision.write_status {
+        let version = write_status(ctx, namespace, name, &decision.status).await?;
+        publish(ctx, &reference, &decision.notices).await;
+        if let Some(mark) = decision.announced_ready {
+            ctx.pools.set_announced_ready(uid, mark);
         }
+        ctx.pools.wrote_status(
+            &pool.metadata,
+            based_on_memory,
+            now,
+            version,
+            decision.status,
+        );
     }
+    for abort in &decision.aborts {
+        ctx.metrics
+            .count_abort(namespace, name, &abort.event.reason);
+    }
+    publish(ctx, &reference, &decision.aborts).await;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_pool_comes_back_when_its_pods_or_held_progress_ask_and_at_least_hourly() {
-        let secs = |recheck: Option<i64>, held: Option<u64>| {
-            requeue(
-                recheck.map(jiff::SignedDuration::from_secs),
-                held.map(Duration::from_secs),
-            )
-            .as_secs()
-        };
-        assert_eq!(secs(None, None), RESYNC.as_secs());
-        assert_eq!(secs(Some(30), None), 30);
-        assert_eq!(secs(Some(0), None), 1, "never a hot loop");
-        assert_eq!(secs(Some(30), Some(2)), 2);
-        assert_eq!(secs(Some(1), Some(2)), 1);
-        assert_eq!(secs(Some(i64::MAX / 2), None), RESYNC.as_secs());
-    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
@@ -547,7 +399,9 @@ mod tests {
                 reason: "R".into(),
                 message: String::new(),
                 observed_generation: None,
-                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
             };
         metrics.publish_pool(
             "shop",

@@ -124,6 +124,9 @@ struct State {
     live: Index,
     /// Filled during a (re)list and swapped in when it is complete.
     relisting: Option<Index>,
+    /// From the watch losing its place (410 Gone) or a relist starting until the relist is
+    /// complete: `live` may miss pods created and changes made meanwhile.
+    stale: bool,
 }
 
 /// Shared between the pod watch, which writes it, and every reconcile, which reads it.
@@ -158,7 +161,10 @@ impl PodCache {
                 let old = state.live.remove(&view.namespace, &view.name);
                 changed.extend(old.as_deref().and_then(pool_of));
             }
-            watcher::Event::Init => state.relisting = Some(Index::default()),
+            watcher::Event::Init => {
+                state.relisting = Some(Index::default());
+                state.stale = true;
+            }
             watcher::Event::InitApply(pod) => {
                 state
                     .relisting
@@ -170,11 +176,29 @@ impl PodCache {
                     changed = differing_pools(&state.live, &listed);
                     state.live = listed;
                 }
+                state.stale = false;
             }
         }
         changed.sort();
         changed.dedup();
         changed
+    }
+
+    /// The watch lost its place (410 Gone): until its relist is complete, the pods held here
+    /// may be gone and others missing.
+    pub fn expired(&self) {
+        self.state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stale = true;
+    }
+
+    /// Whether the pods held here are known to be out of date: the watch is relisting.
+    pub fn is_stale(&self) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stale
     }
 
     /// The pool's pods.
@@ -242,6 +266,26 @@ mod tests {
         assert_eq!(cache.pool_of("shop", "jobs-1").as_deref(), Some("jobs"));
         assert_eq!(cache.pool_of("shop", "nope"), None);
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn the_pods_are_stale_from_an_expired_watch_until_its_relist_is_complete() {
+        let cache = PodCache::default();
+        cache.apply(watcher::Event::Apply(&pod("api-1", Some("api"), "Running")));
+        assert!(!cache.is_stale());
+        cache.expired();
+        assert!(cache.is_stale());
+        cache.apply(watcher::Event::<&Pod>::Init);
+        cache.apply(watcher::Event::InitApply(&pod(
+            "api-2",
+            Some("api"),
+            "Running",
+        )));
+        assert!(cache.is_stale(), "until the relist is complete");
+        assert_eq!(names(&cache.pods_of("shop", "api")), ["api-1"]);
+        cache.apply(watcher::Event::<&Pod>::InitDone);
+        assert!(!cache.is_stale());
+        assert_eq!(names(&cache.pods_of("shop", "api")), ["api-2"]);
     }
 
     #[test]

@@ -4,10 +4,7 @@
 //! memory only, so every restart would begin new ones; it still publishes the Events that are
 //! each their own.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -15,46 +12,25 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 
+use super::pools::{Known, Pools};
+use crate::decide::Fold;
 use crate::pool::drift::short_hash;
 
-/// Whether repeats of an Event (same type, reason, action and related object) become one series.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fold {
-    /// A repeat bumps the series' count; the series keeps its first note.
-    Series,
-    /// Every publish is an Event of its own, with its own note.
-    Never,
-}
-
-/// A series not bumped for this long is forgotten here; the API server's Events live an hour.
-const FORGET_AFTER: SignedDuration = SignedDuration::from_hours(1);
-
-/// What this process knows of one series: its count, and when it last bumped it.
-#[derive(Clone, Copy, Debug)]
-struct Known {
-    count: i32,
-    at: Timestamp,
-}
-
+/// Publishes Events; the series each pool's Events fold into are kept in its record.
 pub struct Recorders {
     client: Client,
     reporter: Reporter,
-    /// Series by pool (namespace, name), then by Event name.
-    series: Mutex<HashMap<(String, String), HashMap<String, Known>>>,
 }
 
 impl Recorders {
     pub fn new(client: Client, reporter: Reporter) -> Self {
-        Recorders {
-            client,
-            reporter,
-            series: Mutex::new(HashMap::new()),
-        }
+        Recorders { client, reporter }
     }
 
     /// Publishes an Event about `pool`, folded into its series when `fold` asks.
     pub async fn publish(
         &self,
+        pools: &Pools,
         event: &Event,
         pool: &ObjectReference,
         fold: Fold,
@@ -64,10 +40,10 @@ impl Recorders {
             return recorder.publish(event, pool).await;
         }
         let namespace = pool.namespace.clone().unwrap_or_default();
-        let key = (namespace.clone(), pool.name.clone().unwrap_or_default());
+        let uid = pool.uid.as_deref().unwrap_or_default();
         let name = series_name(event, pool);
         let now = Timestamp::now();
-        let known = self.known(&key, &name, now);
+        let known = pools.series(uid, &name, now);
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         let count = match known {
             Some(known) => match bump(&api, &name, known.count + 1, now).await {
@@ -78,21 +54,8 @@ impl Recorders {
             },
             None => self.begin(&api, event, pool, &name, now).await?,
         };
-        if let Ok(mut series) = self.series.lock() {
-            series
-                .entry(key)
-                .or_default()
-                .insert(name, Known { count, at: now });
-        }
+        pools.bumped(uid, name, Known { count, at: now });
         Ok(())
-    }
-
-    /// The series this process bumped last, forgetting those of the pool not bumped for long.
-    fn known(&self, key: &(String, String), name: &str, now: Timestamp) -> Option<Known> {
-        let mut series = self.series.lock().ok()?;
-        let of_pool = series.get_mut(key)?;
-        of_pool.retain(|_, known| now.duration_since(known.at) < FORGET_AFTER);
-        of_pool.get(name).copied()
     }
 
     /// Creates the series' first Event, or, when an earlier process already did, bumps that one.
@@ -114,25 +77,6 @@ impl Recorders {
             }
             Err(error) => Err(error),
         }
-    }
-
-    /// Forgets the series of every pool but those `listed` (namespace, name).
-    pub fn keep(&self, listed: &std::collections::HashSet<(String, String)>) {
-        if let Ok(mut series) = self.series.lock() {
-            series.retain(|pool, _| listed.contains(pool));
-        }
-    }
-
-    /// Forgets a deleted pool's series.
-    pub fn forget(&self, namespace: &str, name: &str) {
-        if let Ok(mut series) = self.series.lock() {
-            series.remove(&(namespace.to_owned(), name.to_owned()));
-        }
-    }
-
-    /// Pools with a series remembered (for tests and sizing).
-    pub fn pools(&self) -> usize {
-        self.series.lock().map(|r| r.len()).unwrap_or(0)
     }
 }
 

@@ -639,8 +639,10 @@ fn pod_triggers(
     )
     .backoff(watch_backoff())
     .filter_map(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            synced.mark();
+        match &event {
+            Ok(watcher::Event::InitDone) => synced.mark(),
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => pods.expired(),
+            _ => {}
         }
         futures::future::ready(
             succeeded("Pod", event).map(|event| futures::stream::iter(pods.apply(event))),

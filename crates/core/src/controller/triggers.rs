@@ -2,7 +2,7 @@
 //! that change something a reconcile reads start one, so a Deployment's condition timestamps, a
 //! PodDisruptionBudget's status or the pool's own status write cost no reconcile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -107,10 +107,13 @@ impl<K: Fingerprint> Fingerprint for crate::controller::watched::Watched<K> {
 type Key = (Option<String>, String);
 
 /// Remembers the last fingerprint of each watched object and admits an event only when it moved.
-/// Deletions are always admitted.
+/// Deletions are always admitted. A relist drops the prints of objects it no longer holds
+/// (deleted while the watch was away, with no Delete event).
 #[derive(Default)]
 pub struct Changes {
     seen: HashMap<Key, u64>,
+    /// The objects a relist under way delivered.
+    relisted: Option<HashSet<Key>>,
 }
 
 impl Changes {
@@ -126,6 +129,9 @@ impl Changes {
         match event {
             watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
                 let print = object.fingerprint();
+                if let Some(relisted) = self.relisted.as_mut() {
+                    relisted.insert(key(&object));
+                }
                 match self.seen.insert(key(&object), print) {
                     Some(previous) if previous == print => None,
                     _ => Some(object),
@@ -135,7 +141,16 @@ impl Changes {
                 self.seen.remove(&key(&object));
                 Some(object)
             }
-            watcher::Event::Init | watcher::Event::InitDone => None,
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                None
+            }
+            watcher::Event::InitDone => {
+                if let Some(relisted) = self.relisted.take() {
+                    self.seen.retain(|key, _| relisted.contains(key));
+                }
+                None
+            }
         }
     }
 
@@ -249,6 +264,38 @@ mod tests {
                 )))
                 .is_some(),
             "a re-created object triggers"
+        );
+    }
+
+    #[test]
+    fn a_relist_forgets_the_prints_of_objects_it_no_longer_holds() {
+        let mut changes = Changes::default();
+        let named = |name: &str| {
+            let mut d = deployment(1, 2, "2026-01-01T00:00:00Z");
+            d.metadata.name = Some(name.into());
+            d
+        };
+        for name in ["api", "worker"] {
+            assert!(changes.admit(watcher::Event::Apply(named(name))).is_some());
+        }
+        assert!(changes.admit(watcher::Event::<Deployment>::Init).is_none());
+        assert!(
+            changes
+                .admit(watcher::Event::InitApply(named("api")))
+                .is_none(),
+            "unchanged across the relist"
+        );
+        assert!(
+            changes
+                .admit(watcher::Event::<Deployment>::InitDone)
+                .is_none()
+        );
+        assert_eq!(changes.seen.len(), 1, "the worker was deleted while away");
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(named("worker")))
+                .is_some(),
+            "and one created again under its name is news"
         );
     }
 

@@ -52,7 +52,8 @@ impl PoolRef {
     }
 }
 
-/// Every child object of a pool. `apply` destructures it, so a new kind cannot be forgotten.
+/// Every child object of a pool. [`crate::decide`] destructures it, so a new kind cannot be
+/// forgotten.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
     /// The pool's revision ([`revision_of`]), also in the pod template's `workerpool.dev/revision`
@@ -90,7 +91,7 @@ pub fn selector_string(pool: &str) -> String {
 }
 
 /// The children for a pool, with the Deployment asking for `replicas`.
-pub fn build(
+pub fn children(
     pool: &PoolRef,
     valid: &ValidPool<'_>,
     settings: &Settings,

@@ -110,6 +110,22 @@ fn progress<'a>(obs: &Observation<'a>) -> (bool, &'a str, String) {
         }
         return (false, reason::CRASH_LOOPING, why);
     }
+    // The watch caches lag each other: the Deployment may count pods ready that the pod cache
+    // does not show yet (its watch relisting, say). Judged on the pods it holds, the pool would
+    // read Ready now and starting once they show; it waits for them instead.
+    let counted = obs
+        .deployment
+        .map_or(0, |d| usize::try_from(d.ready).unwrap_or(0));
+    if ready && stability.ready < counted {
+        return (
+            false,
+            reason::STARTING,
+            format!(
+                "{message}; the Deployment counts {counted} ready pods, {} seen yet",
+                stability.ready
+            ),
+        );
+    }
     if ready && stability.starting > 0 {
         return (
             false,
@@ -475,7 +491,10 @@ mod tests {
         assert_eq!(get(&status, condition::RECONCILING).status, "True");
         assert_eq!(status.phase, Some(Phase::Degraded));
         // An occasional abort (one per container) leaves Ready alone.
-        let steady = Stability::default();
+        let steady = Stability {
+            ready: 4,
+            ..Stability::default()
+        };
         let obs = Observation {
             stability: Some(&steady),
             ..observation(Some(ready_deployment(4)), 4)
@@ -491,6 +510,7 @@ mod tests {
         let young = Stability {
             starting: 1,
             stable_in: Some(jiff::SignedDuration::from_secs(4)),
+            ready: 4,
             ..Stability::default()
         };
         let obs = Observation {
@@ -514,6 +534,37 @@ mod tests {
             ..observation(Some(ready_deployment(2)), 2)
         };
         assert_eq!(progress(&obs).1, reason::RAMPING);
+    }
+
+    #[test]
+    fn a_pool_waits_for_the_ready_pods_the_deployment_counts_to_be_seen() {
+        let lagging = Stability {
+            ready: 2,
+            ..Stability::default()
+        };
+        let obs = Observation {
+            stability: Some(&lagging),
+            ..observation(Some(ready_deployment(4)), 4)
+        };
+        let status = compute(None, &obs, &time(0));
+        let ready = get(&status, condition::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::STARTING)
+        );
+        assert_eq!(
+            ready.message,
+            "4 of 4 replicas ready; the Deployment counts 4 ready pods, 2 seen yet"
+        );
+        let caught_up = Stability {
+            ready: 4,
+            ..Stability::default()
+        };
+        let obs = Observation {
+            stability: Some(&caught_up),
+            ..observation(Some(ready_deployment(4)), 4)
+        };
+        assert!(progress(&obs).0);
     }
 
     #[test]

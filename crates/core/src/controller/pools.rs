@@ -1,5 +1,8 @@
-//! What the controller remembers of each pool between its reconciles, one record per pool, keyed
-//! by the pool's uid (a pool deleted and created again under its name starts with nothing).
+//! Everything this process keeps of each pool between its reconciles: one record per pool, keyed
+//! by the pool's uid (a pool deleted and created again under its name starts with nothing). The
+//! pool watch keeps the records: [`Pools::apply`] for a pool it delivers, [`Pools::delete`] for one
+//! deleted, [`Pools::reset`] after a relist; forgetting a pool is removing its record, and the
+//! labels it returns name the metric series that go with it.
 //!
 //! Invariant: everything here may be lost at any moment (a restart, a new leader) without a wrong
 //! status, a second count or a missed write; losing it costs only requests or a repeated Event.
@@ -14,6 +17,9 @@
 //! - `reads`: at most one log read per unhealthy container per interval, one Event list per
 //!   settling termination. Lost: one early read or one repeated list.
 //! - `announced_ready`: one `Ready` Event per revision and size. Lost: one repeated Event.
+//! - `series`: the abort Event series this process bumped. Lost: the next repeat reads the series
+//!   from the API server before it bumps it.
+//! - `labels`: the pool's namespace and name, its metric series' labels. Lost with the record.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -28,8 +34,22 @@ use crate::api::WorkerPoolStatus;
 /// ahead of the cache than this is unusual.
 const SUPERSEDED_LIMIT: usize = 8;
 
+/// A pool's namespace and name: the labels of its metric series.
+pub type Labels = (String, String);
+
+/// What this process knows of one Event series: its count, and when it last bumped it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub count: i32,
+    pub at: Timestamp,
+}
+
+/// A series not bumped for this long is forgotten here; the API server's Events live an hour.
+const FORGET_SERIES_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
 #[derive(Default)]
-struct PoolMemory {
+struct PoolRecord {
+    labels: Labels,
     /// The status last written, kept only until the watch delivers it (a fleet at rest keeps no
     /// second copy of its statuses).
     written: Option<Box<Written>>,
@@ -42,6 +62,8 @@ struct PoolMemory {
     reads: ReadMemory,
     /// The revision and replica count the pool was last announced Ready at.
     announced_ready: Option<(String, i32)>,
+    /// Abort Event series by Event name.
+    series: HashMap<String, Known>,
 }
 
 /// A status this process wrote. Until the watch delivers that write, the cached pool still shows
@@ -67,15 +89,71 @@ impl Written {
 
 /// Every pool's record.
 #[derive(Default)]
-pub struct Memory(Mutex<HashMap<String, PoolMemory>>);
+pub struct Pools(Mutex<HashMap<String, PoolRecord>>);
 
-impl Memory {
-    fn pools(&self) -> MutexGuard<'_, HashMap<String, PoolMemory>> {
+fn labels_of(meta: &ObjectMeta) -> Labels {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Pools {
+    fn pools(&self) -> MutexGuard<'_, HashMap<String, PoolRecord>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A pool as its watch delivered it (or a reconcile read it): its record, made when it has
+    /// none yet; once the cache holds the last status write, that write's copy is let go.
+    pub fn apply(&self, cached: &ObjectMeta) {
+        let Some(uid) = cached.uid.as_deref() else {
+            return;
+        };
+        let mut pools = self.pools();
+        match pools.get_mut(uid) {
+            Some(record) => {
+                if record
+                    .written
+                    .as_ref()
+                    .is_some_and(|written| !written.is_ahead_of(cached))
+                {
+                    record.written = None;
+                }
+            }
+            None => {
+                let record = PoolRecord {
+                    labels: labels_of(cached),
+                    ..PoolRecord::default()
+                };
+                pools.insert(uid.to_owned(), record);
+            }
+        }
+    }
+
+    /// Forgets a deleted pool; returns its labels.
+    pub fn delete(&self, uid: &str) -> Option<Labels> {
+        self.pools().remove(uid).map(|record| record.labels)
+    }
+
+    /// After a relist: forgets every pool but those `listed` (by uid), deleted while the watch
+    /// was away; returns the labels no pool kept holds.
+    pub fn reset(&self, listed: &HashSet<String>) -> Vec<Labels> {
+        let mut pools = self.pools();
+        let mut gone = Vec::new();
+        pools.retain(|uid, record| {
+            let keep = listed.contains(uid);
+            if !keep {
+                gone.push(std::mem::take(&mut record.labels));
+            }
+            keep
+        });
+        // A pool deleted and created again under its name keeps the series of that name.
+        gone.retain(|labels| !pools.values().any(|record| record.labels == *labels));
+        gone
+    }
+
     /// Runs `f` on the pool's record, made when it has none yet.
-    fn with_record<R>(&self, uid: &str, f: impl FnOnce(&mut PoolMemory) -> R) -> R {
+    fn with_record<R>(&self, uid: &str, f: impl FnOnce(&mut PoolRecord) -> R) -> R {
         let mut pools = self.pools();
         if let Some(record) = pools.get_mut(uid) {
             return f(record);
@@ -97,24 +175,8 @@ impl Memory {
         }
     }
 
-    /// A pool as its watch delivered it: once the cache holds the last write, that write's copy
-    /// is let go, also for pools no reconcile looks at again.
-    pub fn observed(&self, cached: &ObjectMeta) {
-        let Some(uid) = cached.uid.as_deref() else {
-            return;
-        };
-        if let Some(record) = self.pools().get_mut(uid)
-            && record
-                .written
-                .as_ref()
-                .is_some_and(|written| !written.is_ahead_of(cached))
-        {
-            record.written = None;
-        }
-    }
-
     /// Notes a status write made from a reconcile of `base` (the pool as cached) at `now`:
-    /// `based_on_memory` when [`Memory::status_ahead_of_cache`] supplied the old status.
+    /// `based_on_memory` when [`Pools::status_ahead_of_cache`] supplied the old status.
     pub fn wrote_status(
         &self,
         base: &ObjectMeta,
@@ -176,18 +238,13 @@ impl Memory {
         }
     }
 
-    /// True (and noted) when the pool turning Ready at this revision and size is news. A pod that
-    /// lost its readiness and regained it (after a crash or an OOM kill) is reported as an abort;
-    /// announcing Ready again on each such recovery would bury the Events that explain it.
-    pub fn ready_is_news(&self, uid: &str, revision: &str, replicas: i32) -> bool {
-        self.with_record(uid, |record| {
-            let mark = (revision.to_owned(), replicas);
-            if record.announced_ready.as_ref() == Some(&mark) {
-                return false;
-            }
-            record.announced_ready = Some(mark);
-            true
-        })
+    /// The revision and size the pool was last announced Ready at.
+    pub fn announced_ready(&self, uid: &str) -> Option<(String, i32)> {
+        self.pools().get(uid)?.announced_ready.clone()
+    }
+
+    pub fn set_announced_ready(&self, uid: &str, mark: (String, i32)) {
+        self.with_record(uid, |record| record.announced_ready = Some(mark));
     }
 
     /// What the pool's reads remember (taken out for one reconcile; pools are reconciled one
@@ -211,14 +268,25 @@ impl Memory {
         }
     }
 
-    /// Drops everything remembered of every pool but those `listed` (by uid).
-    pub fn keep(&self, listed: &HashSet<String>) {
-        self.pools().retain(|uid, _| listed.contains(uid));
+    /// The series this process bumped last, forgetting those of the pool not bumped for long.
+    pub fn series(&self, uid: &str, name: &str, now: Timestamp) -> Option<Known> {
+        let mut pools = self.pools();
+        let series = &mut pools.get_mut(uid)?.series;
+        series.retain(|_, known| now.duration_since(known.at) < FORGET_SERIES_AFTER);
+        series.get(name).copied()
     }
 
-    /// Drops everything remembered of a deleted pool.
-    pub fn forget(&self, uid: &str) {
-        self.pools().remove(uid);
+    /// Notes a bump of the pool's series `name`.
+    pub fn bumped(&self, uid: &str, name: String, known: Known) {
+        self.with_record(uid, |record| record.series.insert(name, known));
+    }
+
+    /// Pools with an Event series remembered (for tests and sizing).
+    pub fn folded_pools(&self) -> usize {
+        self.pools()
+            .values()
+            .filter(|r| !r.series.is_empty())
+            .count()
     }
 
     /// Pools whose last written status is kept until the cache holds it (for tests and sizing).
@@ -263,46 +331,46 @@ mod tests {
 
     #[test]
     fn a_write_is_the_status_until_the_cache_delivers_it() {
-        let memory = Memory::default();
-        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(3));
-        let written = memory.status_ahead_of_cache(&meta("a", "1"));
+        let pools = Pools::default();
+        pools.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(3));
+        let written = pools.status_ahead_of_cache(&meta("a", "1"));
         assert_eq!(written.map(|s| s.ready_replicas), Some(3));
-        assert_eq!(memory.written_pools(), 1);
-        memory.observed(&meta("a", "2"));
-        assert_eq!(memory.written_pools(), 0);
-        assert_eq!(memory.status_ahead_of_cache(&meta("a", "2")), None);
+        assert_eq!(pools.written_pools(), 1);
+        pools.apply(&meta("a", "2"));
+        assert_eq!(pools.written_pools(), 0);
+        assert_eq!(pools.status_ahead_of_cache(&meta("a", "2")), None);
     }
 
     #[test]
     fn a_write_based_on_memory_supersedes_the_versions_before_it() {
-        let memory = Memory::default();
-        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
-        memory.wrote_status(&meta("a", "1"), true, at(1), Some("3".into()), status(2));
+        let pools = Pools::default();
+        pools.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
+        pools.wrote_status(&meta("a", "1"), true, at(1), Some("3".into()), status(2));
         for behind in ["1", "2"] {
-            let written = memory.status_ahead_of_cache(&meta("a", behind));
+            let written = pools.status_ahead_of_cache(&meta("a", behind));
             assert_eq!(written.map(|s| s.ready_replicas), Some(2), "at {behind}");
         }
-        assert_eq!(memory.status_ahead_of_cache(&meta("a", "3")), None);
+        assert_eq!(pools.status_ahead_of_cache(&meta("a", "3")), None);
     }
 
     #[test]
     fn another_pool_of_the_same_name_reads_nothing_of_the_first() {
-        let memory = Memory::default();
-        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
-        assert!(memory.ready_is_news("a", "r1", 3));
-        assert_eq!(memory.status_ahead_of_cache(&meta("b", "1")), None);
-        assert!(memory.ready_is_news("b", "r1", 3));
-        assert!(!memory.ready_is_news("a", "r1", 3));
+        let pools = Pools::default();
+        pools.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
+        pools.set_announced_ready("a", ("r1".into(), 3));
+        assert_eq!(pools.status_ahead_of_cache(&meta("b", "1")), None);
+        assert_eq!(pools.announced_ready("b"), None);
+        assert_eq!(pools.announced_ready("a"), Some(("r1".into(), 3)));
     }
 
     #[test]
     fn the_last_write_counts_only_while_the_status_is_that_write() {
-        let memory = Memory::default();
-        memory.wrote_status(&meta("a", "1"), false, at(5), Some("2".into()), status(1));
-        assert_eq!(memory.last_write(&meta("a", "2"), false), Some(at(5)));
-        assert_eq!(memory.last_write(&meta("a", "1"), true), Some(at(5)));
+        let pools = Pools::default();
+        pools.wrote_status(&meta("a", "1"), false, at(5), Some("2".into()), status(1));
+        assert_eq!(pools.last_write(&meta("a", "2"), false), Some(at(5)));
+        assert_eq!(pools.last_write(&meta("a", "1"), true), Some(at(5)));
         assert_eq!(
-            memory.last_write(&meta("a", "9"), false),
+            pools.last_write(&meta("a", "9"), false),
             None,
             "someone else wrote since"
         );
@@ -310,32 +378,62 @@ mod tests {
 
     #[test]
     fn failures_count_in_a_row_and_a_success_resets_them() {
-        let memory = Memory::default();
-        assert_eq!(memory.failed("a"), 1);
-        assert_eq!(memory.failed("a"), 2);
-        memory.succeeded("a");
-        assert_eq!(memory.failed("a"), 1);
-    }
-
-    #[test]
-    fn ready_is_news_once_per_revision_and_size() {
-        let memory = Memory::default();
-        assert!(memory.ready_is_news("a", "r1", 3));
-        assert!(!memory.ready_is_news("a", "r1", 3), "a pod that recovered");
-        assert!(memory.ready_is_news("a", "r1", 4), "a scale");
-        assert!(memory.ready_is_news("a", "r2", 4), "a rollout");
-        assert!(memory.ready_is_news("b", "r2", 4), "another pool");
+        let pools = Pools::default();
+        assert_eq!(pools.failed("a"), 1);
+        assert_eq!(pools.failed("a"), 2);
+        pools.succeeded("a");
+        assert_eq!(pools.failed("a"), 1);
     }
 
     #[test]
     fn a_forgotten_pool_leaves_nothing() {
-        let memory = Memory::default();
-        memory.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
-        memory.ready_is_news("a", "r1", 3);
-        memory.failed("a");
-        memory.forget("a");
-        assert_eq!(memory.written_pools(), 0);
-        assert_eq!(memory.paced_pools(), 0);
-        assert!(memory.0.lock().expect("lock").is_empty());
+        let pools = Pools::default();
+        pools.wrote_status(&meta("a", "1"), false, at(0), Some("2".into()), status(1));
+        pools.set_announced_ready("a", ("r1".into(), 3));
+        pools.failed("a");
+        assert_eq!(pools.delete("a"), Some(Labels::default()));
+        assert_eq!(pools.written_pools(), 0);
+        assert_eq!(pools.paced_pools(), 0);
+        assert!(pools.0.lock().expect("lock").is_empty());
+    }
+
+    fn named(uid: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            uid: Some(uid.into()),
+            namespace: Some("shop".into()),
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_relist_forgets_the_pools_it_no_longer_holds_and_names_their_series() {
+        let pools = Pools::default();
+        pools.apply(&named("a", "api"));
+        pools.apply(&named("b", "worker"));
+        pools.apply(&named("c", "beat"));
+        // `api` was deleted and created again while the watch was away: its series stay.
+        pools.apply(&named("a2", "api"));
+        let listed: HashSet<String> = ["a2", "c"].map(String::from).into();
+        let gone = pools.reset(&listed);
+        assert_eq!(gone, [("shop".to_string(), "worker".to_string())]);
+        assert_eq!(pools.pools().len(), 2);
+        assert_eq!(pools.delete("c"), Some(("shop".into(), "beat".into())));
+        assert_eq!(pools.delete("c"), None, "forgotten once");
+    }
+
+    #[test]
+    fn a_series_not_bumped_for_an_hour_is_forgotten() {
+        let pools = Pools::default();
+        pools.apply(&named("a", "api"));
+        let known = Known {
+            count: 3,
+            at: at(0),
+        };
+        pools.bumped("a", "api.1".into(), known);
+        assert_eq!(pools.series("a", "api.1", at(60)), Some(known));
+        assert_eq!(pools.folded_pools(), 1);
+        assert_eq!(pools.series("a", "api.1", at(3600)), None);
+        assert_eq!(pools.folded_pools(), 0);
     }
 }
