@@ -480,13 +480,13 @@ async fn the_watch_catching_up_lets_go_of_the_written_status() {
     h.all_pods_ready("api").await;
     h.reconcile_object(stale.clone()).await;
     assert_eq!(h.ctx.remembered_pools(), 1);
-    h.ctx.observed(&stale.metadata);
+    h.ctx.pool_seen(&stale.metadata);
     assert_eq!(
         h.ctx.remembered_pools(),
         1,
         "a version older than the write keeps it"
     );
-    h.ctx.observed(&h.pool("api").await.metadata);
+    h.ctx.pool_seen(&h.pool("api").await.metadata);
     assert_eq!(h.ctx.remembered_pools(), 0, "the cache holds the write");
 }
 
@@ -581,7 +581,7 @@ async fn a_deleted_pool_is_forgotten() {
         "and when its status was written, to pace progress"
     );
     let deleted = h.pool("api").await;
-    h.ctx.forget(&deleted.metadata);
+    h.ctx.pool_deleted(&deleted.metadata);
     assert_eq!(h.ctx.remembered_pools(), 0);
     assert_eq!(h.ctx.paced_pools(), 0);
     assert_eq!(h.ctx.folded_pools(), 0);
@@ -736,7 +736,7 @@ async fn a_relist_forgets_the_pools_deleted_while_the_watch_was_away_metrics_inc
     assert_eq!(h.ctx.paced_pools(), 2);
     // `web` was deleted while the watch was away: the relist holds `api` alone.
     let api = h.pool("api").await.metadata;
-    h.ctx.keep_only(&[api]);
+    h.ctx.pools_relisted(&[api]);
     assert_eq!(series(&h, "web"), 0, "{}", h.ctx.metrics.encode());
     assert!(series(&h, "api") > 0);
     assert_eq!(h.ctx.paced_pools(), 1);

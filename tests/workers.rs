@@ -215,7 +215,7 @@ async fn abort_events_are_folded_per_pool_until_the_pool_is_deleted() {
         "an abort's recorder is kept, to fold its repeats into a series"
     );
     let deleted = h.pool("api").await;
-    h.ctx.forget(&deleted.metadata);
+    h.ctx.pool_deleted(&deleted.metadata);
     assert_eq!(h.ctx.folded_pools(), 0, "and forgotten with the pool");
 }
 

@@ -101,12 +101,12 @@ impl Context {
 
     /// A pool as its watch delivered it: its record, and once the cache holds the last status
     /// write, that write's copy is let go, also for pools no reconcile looks at again.
-    pub fn observed(&self, meta: &kube::core::ObjectMeta) {
+    pub fn pool_seen(&self, meta: &kube::core::ObjectMeta) {
         self.pools.apply(meta);
     }
 
     /// Drops everything kept of a deleted pool, its metric series included.
-    pub fn forget(&self, meta: &kube::core::ObjectMeta) {
+    pub fn pool_deleted(&self, meta: &kube::core::ObjectMeta) {
         let labels = meta.uid.as_deref().and_then(|uid| self.pools.delete(uid));
         if let Some((namespace, name)) = labels {
             self.metrics.forget_pool(&namespace, &name);
@@ -115,7 +115,7 @@ impl Context {
 
     /// After a relist of the pools: forgets every pool the list no longer holds, deleted while
     /// the watch was away (no Delete event tells of those), its metric series included.
-    pub fn keep_only(&self, listed: &[kube::core::ObjectMeta]) {
+    pub fn pools_relisted(&self, listed: &[kube::core::ObjectMeta]) {
         let uids: HashSet<String> = listed.iter().filter_map(|m| m.uid.clone()).collect();
         for (namespace, name) in self.pools.reset(&uids) {
             self.metrics.forget_pool(&namespace, &name);

@@ -512,12 +512,12 @@ impl PoolEvents {
 
     fn on(&mut self, event: &watcher::Event<Guarded<WorkerPool>>) {
         match event {
-            watcher::Event::Delete(pool) => self.context.forget(pool.meta()),
-            watcher::Event::Apply(pool) => self.context.observed(pool.meta()),
+            watcher::Event::Delete(pool) => self.context.pool_deleted(pool.meta()),
+            watcher::Event::Apply(pool) => self.context.pool_seen(pool.meta()),
             watcher::Event::Init => self.listed = Some(Vec::new()),
             watcher::Event::InitApply(pool) => {
                 let meta = pool.meta();
-                self.context.observed(meta);
+                self.context.pool_seen(meta);
                 if let Some(listed) = self.listed.as_mut() {
                     listed.push(kube::core::ObjectMeta {
                         name: meta.name.clone(),
@@ -529,7 +529,7 @@ impl PoolEvents {
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = self.listed.take() {
-                    self.context.keep_only(&listed);
+                    self.context.pools_relisted(&listed);
                 }
             }
         }
