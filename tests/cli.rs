@@ -263,7 +263,7 @@ fn render_reads_a_stream_of_pools_and_skips_other_documents() {
         "namespaces.yaml",
         "gunicorn-django.yaml",
         "uvicorn-fastapi.yaml",
-        "generic-worker.yaml",
+        "celery-worker.yaml",
     ] {
         stream.push_str("---\n");
         stream.push_str(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap());
@@ -480,7 +480,7 @@ fn every_bundled_sample_renders_without_warnings() {
     }
     assert!(
         count >= 3,
-        "expected the gunicorn, uvicorn and generic samples"
+        "expected the gunicorn, uvicorn and celery samples"
     );
 }
 

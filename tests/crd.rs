@@ -344,7 +344,7 @@ fn schema_bounds_reject_out_of_range_numbers() {
     );
     assert_eq!(
         schema["properties"]["spec"]["properties"]["runtime"]["enum"],
-        json!(["gunicorn", "uvicorn", "generic"])
+        json!(["gunicorn", "uvicorn", "generic", "celery"])
     );
     // The derive and the validation agree on the bounds.
     let mut spec: workerpool_core::api::WorkerPoolSpec =

@@ -572,6 +572,7 @@ proptest! {
                 prop_assert_eq!(env(app, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"), Some(expected.as_str()));
             }
             Runtime::Generic => prop_assert!(app.env.is_none()),
+            Runtime::Celery => unreachable!("the strategy draws no celery pool"),
         }
         let rolling = dspec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
         prop_assert_eq!(rolling.max_surge.clone(), Some(IntOrString::Int(max_concurrent)));
@@ -1098,4 +1099,201 @@ fn a_stop_signal_on_which_the_app_server_does_not_drain_is_named() {
             .and_then(|l| l.stop_signal.as_deref()),
         None
     );
+}
+
+/// A celery pool whose app container runs `command` with `resources`.
+fn celery(
+    command: &[&str],
+    resources: serde_json::Value,
+    extra: serde_json::Value,
+) -> WorkerPoolSpec {
+    let mut overlay = json!({
+        "health": {"check": "exec", "command": ["celery", "-A", "shop", "inspect", "ping", "-d", "celery@$(HOSTNAME)"]},
+        "template": {"spec": {"containers": [
+            {"name": "app", "image": "example/app:1", "command": command, "resources": resources}
+        ]}}
+    });
+    merge(&mut overlay, &extra);
+    spec("celery", overlay)
+}
+
+const WORKER: &[&str] = &["celery", "-A", "shop", "worker", "-l", "INFO"];
+
+#[test]
+fn a_celery_worker_gets_children_per_cpu_a_task_time_limit_and_a_memory_bound_per_child() {
+    let s = celery(
+        WORKER,
+        json!({"limits": {"cpu": "2", "memory": "1Gi"}}),
+        json!({"policy": {"requests": {"timeoutSeconds": 300}, "shutdown": {"gracefulTimeoutSeconds": 300}}}),
+    );
+    let (deployment, settings) = build(&s);
+    let app = app(&deployment);
+    assert_eq!(env(app, "CELERY_WORKER_CONCURRENCY"), Some("2"));
+    assert_eq!(env(app, "CELERY_WORKER_TIME_LIMIT"), Some("300"));
+    // Three quarters of 1 GiB (1,048,576 KiB) over two children.
+    assert_eq!(
+        env(app, "CELERY_WORKER_MAX_MEMORY_PER_CHILD"),
+        Some("393216")
+    );
+    let effective = &settings.effective;
+    assert_eq!(
+        (
+            effective.concurrency,
+            effective.task_time_limit_seconds,
+            effective.max_memory_per_child_kib
+        ),
+        (Some(2), Some(300), Some(393_216))
+    );
+    assert!(settings.conflicts.is_empty(), "{:?}", settings.conflicts);
+}
+
+#[test]
+fn what_the_worker_is_given_is_kept_and_nothing_is_derived_over_it() {
+    let mut s = celery(
+        &[
+            "celery",
+            "-A",
+            "shop",
+            "worker",
+            "--concurrency=6",
+            "--time-limit",
+            "45",
+        ],
+        json!({"limits": {"cpu": "2", "memory": "1Gi"}}),
+        json!({}),
+    );
+    if let Some(container) = s.template.spec.as_mut().map(|p| &mut p.containers[0]) {
+        container.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+            name: "CELERY_WORKER_MAX_MEMORY_PER_CHILD".into(),
+            value: Some("200000".into()),
+            value_from: None,
+        }]);
+    }
+    let (deployment, settings) = build(&s);
+    let app = app(&deployment);
+    assert_eq!(env(app, "CELERY_WORKER_CONCURRENCY"), None);
+    assert_eq!(env(app, "CELERY_WORKER_TIME_LIMIT"), None);
+    assert_eq!(
+        env(app, "CELERY_WORKER_MAX_MEMORY_PER_CHILD"),
+        Some("200000")
+    );
+    let effective = &settings.effective;
+    assert_eq!(
+        (
+            effective.concurrency,
+            effective.task_time_limit_seconds,
+            effective.max_memory_per_child_kib
+        ),
+        (Some(6), Some(45), Some(200_000))
+    );
+}
+
+#[test]
+fn a_thread_pool_is_not_sized_by_cpus_nor_recycled_by_memory() {
+    let s = celery(
+        &["celery", "-A", "shop", "worker", "-P", "threads"],
+        json!({"limits": {"cpu": "2", "memory": "1Gi"}}),
+        json!({}),
+    );
+    let (deployment, settings) = build(&s);
+    let app = app(&deployment);
+    assert_eq!(env(app, "CELERY_WORKER_CONCURRENCY"), None);
+    assert_eq!(env(app, "CELERY_WORKER_MAX_MEMORY_PER_CHILD"), None);
+    assert_eq!(settings.effective.concurrency, None);
+}
+
+#[test]
+fn a_celery_worker_without_cpus_is_warned_that_celery_counts_the_nodes() {
+    let s = celery(WORKER, json!({"limits": {"memory": "512Mi"}}), json!({}));
+    let (deployment, settings) = build(&s);
+    assert!(conflict(&settings, "celery --concurrency").contains("one child per CPU of the node"));
+    assert_eq!(env(app(&deployment), "CELERY_WORKER_CONCURRENCY"), None);
+    assert_eq!(
+        env(app(&deployment), "CELERY_WORKER_MAX_MEMORY_PER_CHILD"),
+        None
+    );
+}
+
+#[test]
+fn a_task_time_limit_longer_than_the_warm_shutdown_is_a_conflict_naming_both() {
+    let s = celery(
+        &["celery", "-A", "shop", "worker", "--time-limit=900"],
+        json!({"limits": {"cpu": "1"}}),
+        json!({"policy": {"shutdown": {"gracefulTimeoutSeconds": 60}}}),
+    );
+    let (_, settings) = build(&s);
+    let message = conflict(&settings, "celery --time-limit");
+    assert!(message.contains("a task may run 900s"), "{message}");
+    assert!(
+        message.contains("policy.shutdown.gracefulTimeoutSeconds 60s"),
+        "{message}"
+    );
+    assert!(
+        message.contains("terminationGracePeriodSeconds 65"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_celery_worker_has_no_endpoints_to_drain_and_nothing_to_be_ready_for() {
+    let s = celery(
+        WORKER,
+        json!({"limits": {"cpu": "1"}}),
+        json!({"policy": {"boot": {"timeoutSeconds": 120}, "shutdown": {"gracefulTimeoutSeconds": 90}}}),
+    );
+    let (deployment, settings) = build(&s);
+    let pod = pod_spec(&deployment);
+    let app = app(&deployment);
+    assert!(
+        app.lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .is_none()
+    );
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(90 + GRACE_MARGIN_SECONDS)
+    );
+    assert!(app.readiness_probe.is_none());
+    assert_eq!(settings.effective.readiness_probe, None);
+    let startup = app
+        .startup_probe
+        .as_ref()
+        .expect("the exec check as the startup probe");
+    assert!(startup.exec.is_some() && window(startup) >= 120);
+    let liveness = app.liveness_probe.as_ref().expect("a slow liveness probe");
+    assert!(liveness.exec.is_some());
+    assert!(liveness.period_seconds.unwrap() >= 60 && liveness.failure_threshold.unwrap() >= 3);
+}
+
+#[test]
+fn a_celery_worker_without_an_exec_check_is_not_probed_over_the_network() {
+    let mut s = celery(WORKER, json!({"limits": {"cpu": "1"}}), json!({}));
+    s.health = Default::default();
+    let (deployment, _) = build(&s);
+    let app = app(&deployment);
+    assert!(
+        app.startup_probe.is_none()
+            && app.liveness_probe.is_none()
+            && app.readiness_probe.is_none()
+    );
+}
+
+#[test]
+fn a_command_celery_would_refuse_or_that_runs_no_worker_is_named() {
+    let late_app = celery(
+        &["celery", "worker", "-A", "shop"],
+        json!({"limits": {"cpu": "1"}}),
+        json!({}),
+    );
+    let (_, settings) = build(&late_app);
+    assert!(conflict(&settings, "command").contains("celery 5 refuses"));
+    let beat = celery(
+        &["celery", "-A", "shop", "beat"],
+        json!({"limits": {"cpu": "1"}}),
+        json!({}),
+    );
+    let (deployment, settings) = build(&beat);
+    assert!(conflict(&settings, "command").contains("does not start a celery worker"));
+    assert_eq!(env(app(&deployment), "CELERY_WORKER_TIME_LIMIT"), None);
 }

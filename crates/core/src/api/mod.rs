@@ -136,7 +136,8 @@ pub struct WorkerPoolSpec {
     #[serde(default = "default_replicas")]
     pub replicas: i32,
 
-    /// App server run by the app container; decides which flags are derived.
+    /// What the app container runs (gunicorn, uvicorn, a celery worker, or anything else as
+    /// generic); decides which flags are derived and how aborts are read.
     pub runtime: Runtime,
 
     /// Name of the app container in `template`; the first container when unset.
@@ -197,6 +198,8 @@ pub enum Runtime {
     #[default]
     Gunicorn,
     Uvicorn,
+    /// A celery worker (`celery … worker …`); its prefork pool's children are the workers.
+    Celery,
     Generic,
 }
 
@@ -205,6 +208,7 @@ impl Runtime {
         match self {
             Runtime::Gunicorn => "gunicorn",
             Runtime::Uvicorn => "uvicorn",
+            Runtime::Celery => "celery",
             Runtime::Generic => "generic",
         }
     }
@@ -222,9 +226,10 @@ impl std::str::FromStr for Runtime {
         match s {
             "gunicorn" => Ok(Runtime::Gunicorn),
             "uvicorn" => Ok(Runtime::Uvicorn),
+            "celery" => Ok(Runtime::Celery),
             "generic" => Ok(Runtime::Generic),
             other => Err(format!(
-                "unknown runtime {other:?} (expected gunicorn, uvicorn or generic)"
+                "unknown runtime {other:?} (expected gunicorn, uvicorn, celery or generic)"
             )),
         }
     }

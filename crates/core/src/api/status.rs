@@ -242,6 +242,15 @@ pub struct EffectiveSettings {
     pub graceful_timeout_seconds: Option<i64>,
     pub max_surge: i32,
     pub max_unavailable: i32,
+    /// celery's pool children (`--concurrency`), when the spec shows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<i64>,
+    /// celery's hard time limit per task (`--time-limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_time_limit_seconds: Option<i64>,
+    /// celery's `--max-memory-per-child`, in KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_per_child_kib: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

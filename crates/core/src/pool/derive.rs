@@ -339,16 +339,13 @@ fn pod_template(
             Some(settings.effective.termination_grace_period_seconds);
     }
     if let Some(app) = pod.containers.get_mut(valid.container_index()) {
-        app_container(
-            spec.runtime,
-            spec.policy.shutdown.drain_seconds,
-            settings,
-            app,
-        );
+        app_container(spec.runtime, settings, app);
     }
 }
 
-fn app_container(runtime: Runtime, drain: i64, settings: &Settings, app: &mut Container) {
+fn app_container(runtime: Runtime, settings: &Settings, app: &mut Container) {
+    // The drain settled on; a template with a hook of its own keeps it.
+    let drain = settings.effective.pre_stop_sleep_seconds.unwrap_or(0);
     if app.startup_probe.is_none() {
         app.startup_probe = settings.startup_probe.clone();
     }
@@ -371,8 +368,8 @@ fn app_container(runtime: Runtime, drain: i64, settings: &Settings, app: &mut Co
     let env = app.env.get_or_insert_with(Vec::new);
     match runtime {
         Runtime::Gunicorn => merge_gunicorn_args(env, &settings.gunicorn_args),
-        Runtime::Uvicorn => {
-            for (name, value) in &settings.uvicorn_env {
+        Runtime::Uvicorn | Runtime::Celery => {
+            for (name, value) in &settings.app_env {
                 if !env.iter().any(|e| &e.name == name) {
                     env.push(EnvVar {
                         name: name.clone(),

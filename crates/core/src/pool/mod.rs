@@ -2,6 +2,7 @@
 //! them, the ramp and the rollout gates (init Job, circuit breaker), and comparing what is wanted
 //! with what runs. Pure: no client, no clock.
 
+pub mod celery;
 pub mod derive;
 pub mod drift;
 pub mod policy;

@@ -4,6 +4,7 @@
 //! Pure: no clock, no client. [`validate`] is the only way to get a [`ValidPool`], and
 //! [`settle`] the only way to get the [`Settings`] the object builders use.
 
+use super::celery;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -244,17 +245,23 @@ pub fn validate(spec: &WorkerPoolSpec) -> Result<ValidPool<'_>, InvalidSpec> {
     }
 }
 
-/// A generic worker (a celery worker, say) with no `health` and no port of that name: it has no
-/// health check the operator could probe, so it gets no probes (readiness then means running).
+/// A pool with no health check the operator could probe gets no probes (readiness then means
+/// running): a generic worker with no `health` and no port of that name, and a celery worker
+/// without an `exec` check (it serves nothing a network probe could reach).
 pub fn unprobed(spec: &WorkerPoolSpec, app: &Container) -> bool {
-    spec.runtime == Runtime::Generic
-        && spec.health == Health::default()
-        && !app
-            .ports
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .any(|p| p.name.as_deref() == Some("http"))
+    match spec.runtime {
+        Runtime::Generic => {
+            spec.health == Health::default()
+                && !app
+                    .ports
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|p| p.name.as_deref() == Some("http"))
+        }
+        Runtime::Celery => spec.health.check != HealthCheck::Exec,
+        Runtime::Gunicorn | Runtime::Uvicorn => false,
+    }
 }
 
 /// A named health port must exist on the app container, unless every probe is set explicitly.
@@ -421,7 +428,7 @@ pub struct Settings {
     /// Derived app-server flags for `GUNICORN_CMD_ARGS` (gunicorn only), before merging.
     pub gunicorn_args: Vec<String>,
     /// Derived `UVICORN_*` environment (uvicorn only).
-    pub uvicorn_env: Vec<(String, String)>,
+    pub app_env: Vec<(String, String)>,
     pub conflicts: Vec<Conflict>,
 }
 
@@ -443,6 +450,11 @@ fn to_i32(v: i64) -> i32 {
 /// Startup window covering the whole boot: `period × failures ≥ boot.timeoutSeconds`.
 pub fn startup_timing(boot_timeout: i64) -> ProbeTiming {
     let period = STARTUP_PERIOD_SECONDS.min(boot_timeout).max(1);
+    startup_timing_with_period(boot_timeout, period)
+}
+
+/// Checks every `period` seconds, as many as the boot timeout holds (rounded up).
+fn startup_timing_with_period(boot_timeout: i64, period: i64) -> ProbeTiming {
     let failures = (boot_timeout + period - 1) / period;
     ProbeTiming {
         period_seconds: to_i32(period),
@@ -464,6 +476,34 @@ pub fn liveness_timing(app_timeout: i64) -> ProbeTiming {
         source: Source::Policy,
     }
 }
+
+/// A celery worker's startup probe: its check starts a Python process that imports the app and
+/// asks the broker, which takes seconds, so each check may take its whole period (10 s).
+pub fn celery_startup_timing(boot_timeout: i64) -> ProbeTiming {
+    let period = CELERY_STARTUP_PERIOD_SECONDS.min(boot_timeout).max(1);
+    ProbeTiming {
+        timeout_seconds: to_i32(period),
+        ..startup_timing_with_period(boot_timeout, period)
+    }
+}
+
+/// A celery worker's liveness: a check every minute, failing three times in a row, so only a
+/// worker that stays unanswering for minutes is restarted, not a fleet whose broker blinked.
+pub fn celery_liveness_timing() -> ProbeTiming {
+    ProbeTiming {
+        period_seconds: CELERY_LIVENESS_PERIOD_SECONDS,
+        failure_threshold: CELERY_LIVENESS_FAILURES,
+        timeout_seconds: CELERY_LIVENESS_TIMEOUT_SECONDS,
+        initial_delay_seconds: 0,
+        source: Source::Policy,
+    }
+}
+
+/// See [`celery_liveness_timing`]. `celery inspect ping` waits a second for replies by default.
+pub const CELERY_LIVENESS_PERIOD_SECONDS: i32 = 60;
+const CELERY_STARTUP_PERIOD_SECONDS: i64 = 10;
+pub const CELERY_LIVENESS_FAILURES: i32 = 3;
+pub const CELERY_LIVENESS_TIMEOUT_SECONDS: i32 = 10;
 
 pub fn readiness_timing() -> ProbeTiming {
     ProbeTiming {
@@ -606,7 +646,7 @@ pub fn explicit_flags(runtime: Runtime, container: &Container) -> ExplicitFlags 
                 ..ExplicitFlags::default()
             }
         }
-        Runtime::Generic => ExplicitFlags::default(),
+        Runtime::Celery | Runtime::Generic => ExplicitFlags::default(),
     }
 }
 
@@ -761,14 +801,19 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         _ => "policy.shutdown.gracefulTimeoutSeconds",
     };
 
-    // The template's own preStop hook is the drain, however it waits.
+    // The template's own preStop hook is the drain, however it waits. A celery worker has no
+    // endpoints to leave, so it gets none.
+    let policy_drain = match spec.runtime {
+        Runtime::Celery => 0,
+        _ => p.shutdown.drain_seconds,
+    };
     let hook = app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
     let (pre_stop_sleep, explicit_pre_stop) = match hook {
         Some(hook) => (hook_seconds(hook), true),
-        None => (Some(p.shutdown.drain_seconds), false),
+        None => (Some(policy_drain), false),
     };
     if let (true, Some(sleep)) = (explicit_pre_stop, pre_stop_sleep)
-        && sleep < p.shutdown.drain_seconds
+        && sleep < policy_drain
     {
         conflicts.push(Conflict {
             field: "preStop".into(),
@@ -778,7 +823,7 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             ),
         });
     }
-    let drain = pre_stop_sleep.unwrap_or(p.shutdown.drain_seconds);
+    let drain = pre_stop_sleep.unwrap_or(policy_drain);
     let drain_name = match (explicit_pre_stop, pre_stop_sleep) {
         (true, Some(_)) => format!("the preStop hook's {drain}s"),
         (true, None) => format!(
@@ -812,6 +857,18 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         });
     }
 
+    let celery = (spec.runtime == Runtime::Celery).then(|| {
+        let shutdown = celery::Shutdown {
+            graceful_seconds: graceful_timeout,
+            graceful_name,
+            grace_seconds: grace,
+        };
+        celery::settle(app, p.requests.timeout_seconds, &shutdown)
+    });
+    if let Some(celery) = &celery {
+        conflicts.extend(celery.conflicts.iter().cloned());
+    }
+
     // The init Job runs the app container alone with the pod's init containers and native
     // sidecars; a sidecar among the containers cannot come along (it would never exit).
     if spec.policy.init.is_some() {
@@ -843,7 +900,11 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         Some(probe) => Some(ProbeTiming::of(probe, Source::Template)),
         None => derive_probes.then_some(derived),
     };
-    let startup = timing(&app.startup_probe, startup_timing(p.boot.timeout_seconds));
+    let derived_startup = match spec.runtime {
+        Runtime::Celery => celery_startup_timing(p.boot.timeout_seconds),
+        _ => startup_timing(p.boot.timeout_seconds),
+    };
+    let startup = timing(&app.startup_probe, derived_startup);
     if let Some(startup) = startup.filter(|t| t.source == Source::Template)
         && startup.window_seconds() < p.boot.timeout_seconds
     {
@@ -858,11 +919,20 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
     }
 
     let app_timeout = worker_timeout.unwrap_or(p.requests.timeout_seconds);
-    let liveness = timing(&app.liveness_probe, liveness_timing(app_timeout));
+    // A celery worker's main process answers the health check while its children run tasks;
+    // what it depends on is the broker, whose blip must not restart the fleet.
+    let derived_liveness = match spec.runtime {
+        Runtime::Celery => celery_liveness_timing(),
+        _ => liveness_timing(app_timeout),
+    };
+    let liveness = timing(&app.liveness_probe, derived_liveness);
     let liveness_reach = liveness.map_or(0, |l| {
         i64::from(l.period_seconds) * i64::from(l.failure_threshold) + i64::from(l.timeout_seconds)
     });
-    if liveness.is_some_and(|l| l.source == Source::Template) && liveness_reach <= app_timeout {
+    if liveness.is_some_and(|l| l.source == Source::Template)
+        && spec.runtime != Runtime::Celery
+        && liveness_reach <= app_timeout
+    {
         conflicts.push(Conflict {
             field: "livenessProbe".into(),
             message: format!(
@@ -871,10 +941,15 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
         });
     }
 
-    let readiness = timing(&app.readiness_probe, readiness_timing());
+    // A celery worker serves no traffic: nothing to be ready for.
+    let derive_readiness = spec.runtime != Runtime::Celery;
+    let readiness = match &app.readiness_probe {
+        Some(probe) => Some(ProbeTiming::of(probe, Source::Template)),
+        None => (derive_probes && derive_readiness).then(readiness_timing),
+    };
 
     let mut gunicorn_args = Vec::new();
-    let mut uvicorn_env = Vec::new();
+    let mut app_env = Vec::new();
     match spec.runtime {
         Runtime::Gunicorn => {
             gunicorn_args.push(format!("--timeout={derived_timeout}"));
@@ -893,18 +968,21 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             }
         }
         Runtime::Uvicorn => {
-            uvicorn_env.push((
+            app_env.push((
                 "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN".into(),
                 p.shutdown.graceful_timeout_seconds.to_string(),
             ));
             // An environment variable, not a flag: uvicorn before 0.37 has no such option and
             // ignores the variable, where it would refuse the flag.
             if supervised && flags.worker_healthcheck_timeout.is_none() {
-                uvicorn_env.push((
+                app_env.push((
                     "UVICORN_TIMEOUT_WORKER_HEALTHCHECK".into(),
                     p.boot.timeout_seconds.to_string(),
                 ));
             }
+        }
+        Runtime::Celery => {
+            app_env.extend(celery.as_ref().map(|c| c.env.clone()).unwrap_or_default());
         }
         Runtime::Generic => {}
     }
@@ -927,18 +1005,22 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
                 .then_some(graceful_timeout),
             max_surge: p.boot.max_concurrent,
             max_unavailable: 0,
+            concurrency: celery.as_ref().and_then(|c| c.concurrency),
+            task_time_limit_seconds: celery.as_ref().and_then(|c| c.time_limit_seconds),
+            max_memory_per_child_kib: celery.as_ref().and_then(|c| c.max_memory_per_child_kib),
         },
         startup_probe: derive_probes.then(|| Probe {
             termination_grace_period_seconds: Some(probe_kill_grace),
-            ..probe_from(spec, startup_timing(p.boot.timeout_seconds))
+            ..probe_from(spec, derived_startup)
         }),
-        readiness_probe: derive_probes.then(|| probe_from(spec, readiness_timing())),
+        readiness_probe: (derive_probes && derive_readiness)
+            .then(|| probe_from(spec, readiness_timing())),
         liveness_probe: derive_probes.then(|| Probe {
             termination_grace_period_seconds: Some(probe_kill_grace),
-            ..probe_from(spec, liveness_timing(app_timeout))
+            ..probe_from(spec, derived_liveness)
         }),
         gunicorn_args,
-        uvicorn_env,
+        app_env,
         conflicts,
     }
 }
@@ -984,6 +1066,17 @@ pub fn stop_signal_conflict(
         (Runtime::Uvicorn, "SIGINT") => return None,
         (Runtime::Uvicorn, _) => {
             "uvicorn does not handle it: one process dies at once, and a supervisor of several ignores it until the kubelet's SIGKILL at the end of the grace period"
+        }
+        // SIGINT is celery's warm shutdown too (a second one turns it cold).
+        (Runtime::Celery, "SIGINT") => return None,
+        (Runtime::Celery, "SIGQUIT") => {
+            "celery's cold shutdown: the tasks still running are terminated at once"
+        }
+        (Runtime::Celery, "SIGHUP") => {
+            "celery restarts the worker instead of stopping, and the kubelet SIGKILLs it when the grace period ends"
+        }
+        (Runtime::Celery, _) => {
+            "celery does not stop on it, and the kubelet SIGKILLs it and its tasks when the grace period ends"
         }
         (Runtime::Generic, _) => return None,
     };

@@ -444,6 +444,9 @@ mod tests {
             graceful_timeout_seconds: None,
             max_surge: 2,
             max_unavailable: 0,
+            concurrency: None,
+            task_time_limit_seconds: None,
+            max_memory_per_child_kib: None,
         };
         let obs = Observation {
             effective: Some(&effective),
