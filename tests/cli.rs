@@ -1074,3 +1074,43 @@ fn diagnose_warns_of_a_reported_stop_signal_the_app_server_does_not_drain_on() {
     let out = run(&["diagnose", "-f", "-"], Some(&pod.to_string()));
     assert_eq!(text(&out.stderr), "");
 }
+
+const CELERY_LOG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/celery-worker.log"
+);
+
+#[test]
+fn diagnose_log_reads_a_celery_workers_child_kills_and_its_broker() {
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(HEALTHY).unwrap()).unwrap();
+    pod["metadata"]["annotations"]["workerpool.dev/runtime"] = "celery".into();
+    pod["spec"]["containers"][0]["command"] =
+        serde_json::json!(["celery", "-A", "shop", "worker", "--time-limit=3"]);
+    pod["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"memory": "1Gi"}});
+    let out = run(
+        &["diagnose", "-f", "-", "--log", CELERY_LOG, "-o", "json"],
+        Some(&pod.to_string()),
+    );
+    let found = findings(&out);
+    let reasons: Vec<&str> = found.iter().filter_map(|f| f["reason"].as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["OOMKilled", "WorkerTimeout", "BrokerUnreachable"],
+        "{found:?}"
+    );
+    assert_eq!(found[0]["message"], "worker pid 29662");
+    assert!(found[0]["hint"].as_str().unwrap().contains("1Gi"));
+    let timeout = found[1]["hint"].as_str().unwrap();
+    assert!(
+        timeout.contains("hard time limit (3.0s) for task shop.slow")
+            && timeout.contains("not an OOM"),
+        "{timeout}"
+    );
+    assert!(
+        found[2]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("redis://redis.shop:6379/0")
+    );
+}

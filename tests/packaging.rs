@@ -617,6 +617,7 @@ fn the_chart_alerts_pass_their_promtool_unit_tests() {
         "WorkerPoolBootFailing",
         "WorkerPoolOOMKills",
         "WorkerPoolWorkerTimeouts",
+        "WorkerPoolBrokerUnreachable",
         "WorkerPoolStalled",
     ] {
         assert!(alerts.contains(&needed), "{alerts:?}");

@@ -2,6 +2,7 @@
 //! Warning Events, the abort counter, log hints and worker timeouts, and counting each
 //! termination once across reconciles and operator restarts.
 
+mod common;
 mod harness;
 
 use std::sync::Arc;
@@ -789,6 +790,120 @@ async fn a_worker_process_uvicorns_supervisor_replaced_is_a_worker_timeout_namin
     assert!(
         hint.contains("uvicorn's supervisor replaced worker process 9")
             && hint.contains("--timeout-worker-healthcheck 80s"),
+        "{hint}"
+    );
+}
+
+/// A celery pool of one worker with an exec check, 1 CPU and 1Gi.
+fn celery_pool(extra: Value) -> Value {
+    let mut spec = json!({
+        "replicas": 1,
+        "runtime": "celery",
+        "health": {"check": "exec", "command": ["celery", "-A", "shop", "inspect", "ping"]},
+        "policy": {"requests": {"timeoutSeconds": 300}, "shutdown": {"gracefulTimeoutSeconds": 300}},
+        "template": {"spec": {"containers": [{
+            "name": "app", "image": "example/app:1",
+            "command": ["celery", "-A", "shop", "worker", "--loglevel=INFO"],
+            "resources": {"limits": {"cpu": "2", "memory": "1Gi"}}
+        }]}}
+    });
+    common::merge(&mut spec, &extra);
+    spec
+}
+
+#[tokio::test]
+async fn a_celery_child_killed_for_its_time_limit_is_a_worker_timeout_and_one_killed_alone_an_oom()
+{
+    let mut h = converged(celery_pool(json!({})), 70).await;
+    h.logs.set(
+        "api-a",
+        "app",
+        false,
+        "[2026-12-06 10:48:04,207: ERROR/MainProcess] Process 'ForkPoolWorker-1' pid:29662 exited with 'signal 9 (SIGKILL)'\n\
+         [2026-12-06 10:48:07,425: ERROR/MainProcess] Hard time limit (300s) exceeded for shop.report[ba46]\n\
+         [2026-12-06 10:48:07,616: ERROR/MainProcess] Process 'ForkPoolWorker-2' pid:29663 exited with 'signal 9 (SIGKILL)'\n",
+    );
+    h.set_pods(vec![pod("api-a", unready(0), json!({}))]);
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(
+        counts(&status),
+        [("OOMKilled".into(), 1), ("WorkerTimeout".into(), 1)]
+    );
+    let recent = &status.aborts.as_ref().expect("aborts").recent;
+    assert_eq!(recent.len(), 2, "each once: {recent:?}");
+    let hint = last_hint(&status);
+    assert!(
+        hint.contains("hard time limit (300s) for task shop.report") && hint.contains("not an OOM"),
+        "{hint}"
+    );
+    let oom = warnings(&h, "OOMKilled").await;
+    let note = oom[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("pool child pid 29662") && note.contains("1Gi"),
+        "{note}"
+    );
+    assert!(note.contains("--max-memory-per-child"), "{note}");
+    // Sampled again later, nothing is counted twice.
+    h.advance(40);
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(
+        counts(&status),
+        [("OOMKilled".into(), 1), ("WorkerTimeout".into(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn a_celery_worker_that_cannot_reach_its_broker_is_named_without_its_password() {
+    let mut h = converged(celery_pool(json!({})), 70).await;
+    let attempt = "[2026-12-06 10:53:52,693: ERROR/MainProcess] consumer: Cannot connect to \
+        redis://shop:s3cret@redis.shop:6379/0: Error 111 connecting to redis.shop:6379. Connection refused..\n\
+        Trying again in 2.00 seconds... (1/100)\n";
+    h.logs.set("api-a", "app", false, &attempt.repeat(2));
+    h.set_pods(vec![pod("api-a", unready(0), json!({}))]);
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(counts(&status), [("BrokerUnreachable".into(), 1)]);
+    let hint = last_hint(&status);
+    assert!(hint.contains("redis://redis.shop:6379/0"), "{hint}");
+    let text = serde_json::to_string(&status).unwrap_or_default();
+    assert!(!text.contains("s3cret"), "{text}");
+    let events = warnings(&h, "BrokerUnreachable").await;
+    assert!(
+        !events[0]
+            .note
+            .clone()
+            .unwrap_or_default()
+            .contains("s3cret")
+    );
+    assert_eq!(abort_metric(&h, "BrokerUnreachable").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_warm_shutdown_cut_by_the_grace_period_names_it_and_the_task_time_limit() {
+    let pool = celery_pool(json!({"policy": {"shutdown": {"gracefulTimeoutSeconds": 60}}}));
+    let mut h = converged(pool, 70).await;
+    let log = "[2026-12-06 10:48:04,000: INFO/MainProcess] Task shop.report[1] received\n\
+               worker: Warm shutdown (MainProcess)\n";
+    h.logs.set("api-a", "app", false, log);
+    h.logs.set("api-a", "app", true, log);
+    let killed = json!({"name": "app", "image": "example/app:1", "imageID": "", "ready": false,
+        "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "Error",
+        "startedAt": at(0), "finishedAt": at(65)}}});
+    let mut terminating = pod("api-a", killed, json!({}));
+    terminating.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(5).parse().expect("time")),
+    );
+    h.set_pods(vec![terminating]);
+    h.reconcile("api").await;
+    let status = current(&h).await;
+    assert_eq!(counts(&status), [("GracePeriodExceeded".into(), 1)]);
+    let hint = last_hint(&status);
+    assert!(
+        hint.contains("warm shutdown was still waiting for running tasks")
+            && hint.contains("terminationGracePeriodSeconds 65s")
+            && hint.contains("300s"),
         "{hint}"
     );
 }

@@ -12,7 +12,7 @@ use crate::aborts::detect::{self, WorkerLimits};
 use crate::aborts::loghints::{self, LogFindings, TAIL_BYTES};
 use crate::aborts::podview::PodView;
 use crate::api::{RUNTIME_ANNOTATION, Runtime, is_dns_subdomain};
-use crate::pool::policy;
+use crate::pool::{celery, policy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiagnoseError {
@@ -279,7 +279,11 @@ fn scan_logs(
 
 /// What the hint of a worker killed in `container` names: gunicorn's effective `--timeout`,
 /// uvicorn's `--timeout-worker-healthcheck` and the container's memory limit, from the pod's spec.
-fn worker_limits(runtime: Runtime, container: Option<&Container>) -> WorkerLimits {
+fn worker_limits(
+    runtime: Runtime,
+    container: Option<&Container>,
+    grace_period_seconds: Option<i64>,
+) -> WorkerLimits {
     let flags = container.map(|c| policy::explicit_flags(runtime, c));
     let timeout_seconds = match (runtime, &flags) {
         (Runtime::Gunicorn, Some(flags)) => Some(
@@ -298,10 +302,16 @@ fn worker_limits(runtime: Runtime, container: Option<&Container>) -> WorkerLimit
         _ => None,
     };
     let memory_limit = container.and_then(policy::memory_limit).map(str::to_string);
+    let task_time_limit_seconds = match (runtime, container) {
+        (Runtime::Celery, Some(c)) => celery::whole(celery::worker_options(c).time_limit),
+        _ => None,
+    };
     WorkerLimits {
         timeout_seconds,
         healthcheck_timeout_seconds,
         memory_limit,
+        grace_period_seconds,
+        task_time_limit_seconds,
     }
 }
 
@@ -318,22 +328,30 @@ pub fn diagnose(
         let runtime = runtime_of(pod, runtime);
         let name = pod_name(pod);
         let log_of = |container: &str| scanned.get(&(name.to_string(), container.to_string()));
+        let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers);
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds);
+        let limits_of = |container: &str| {
+            let spec = containers.iter().find(|c| c.name == container);
+            worker_limits(runtime, spec, grace)
+        };
         for abort in classify::classify_pod(runtime, pod, events) {
             let log = match (&abort.container, abort.exit_code) {
                 (Some(container), Some(_)) => log_of(container),
                 _ => None,
             };
-            let hint = detect::hint(&abort, log);
+            let limits = limits_of(abort.container.as_deref().unwrap_or_default());
+            let hint = detect::hint(&abort, log, &limits);
             findings.push(Finding {
                 abort,
                 hint: Some(hint),
             });
         }
         let view = PodView::from(pod);
-        let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers);
         for ((_, container), log) in scanned.iter().filter(|((pod, _), _)| pod == name) {
-            let spec = containers.iter().find(|c| &c.name == container);
-            let limits = worker_limits(runtime, spec);
+            let limits = limits_of(container);
             for worker in detect::worker_aborts(&view, container, log, &limits) {
                 findings.push(Finding {
                     abort: worker.abort,

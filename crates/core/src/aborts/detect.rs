@@ -91,6 +91,9 @@ pub fn advice(reason: Reason) -> &'static str {
         Reason::UnexpectedExit => {
             "the worker process exited on its own; the container log says why"
         }
+        Reason::BrokerUnreachable => {
+            "the celery worker cannot reach its broker and consumes nothing; check the broker's address, credentials and network policy"
+        }
     }
 }
 
@@ -128,7 +131,7 @@ fn record(abort: &Abort, at: Timestamp, hint: Option<String>) -> AbortRecord {
         restart_count: abort.restart_count.unwrap_or(0),
         time: Some(at.to_string()),
         message: abort.message.clone(),
-        hint: Some(hint.unwrap_or_else(|| self::hint(abort, None))),
+        hint: Some(hint.unwrap_or_else(|| advice_for(abort).to_string())),
         inferred: false,
     }
 }
@@ -249,7 +252,7 @@ pub fn unseen_runs(
             };
             // They ended before the run after them started.
             let at = seen.started_at.or(seen.finished_at).unwrap_or(now);
-            let next_hint = hint(next, None);
+            let next_hint = advice_for(next).to_string();
             for run in first..shown {
                 let mut record = record(next, at, None);
                 record.exit_code = None;
@@ -282,14 +285,25 @@ fn restarted(pod: &PodView, container: &str) -> bool {
 }
 
 /// What to do about an abort: what its log says, else the advice for its reason.
-pub fn hint(abort: &Abort, log: Option<&LogFindings>) -> String {
-    log.and_then(loghints::hint)
+pub fn hint(abort: &Abort, log: Option<&LogFindings>, limits: &WorkerLimits) -> String {
+    log.and_then(|findings| limits.log_hint(abort.reason, findings))
         .unwrap_or_else(|| advice_for(abort).to_string())
 }
 
 /// Puts what the log says in front of the generic advice.
-pub fn with_log_hint(mut observed: Observed, findings: &LogFindings) -> Observed {
-    if let Some(hint) = loghints::hint(findings) {
+pub fn with_log_hint(
+    mut observed: Observed,
+    findings: &LogFindings,
+    limits: &WorkerLimits,
+) -> Observed {
+    let reason = Reason::ALL
+        .into_iter()
+        .find(|r| r.as_str() == observed.record.reason);
+    let hint = match reason {
+        Some(reason) => limits.log_hint(reason, findings),
+        None => loghints::hint(findings),
+    };
+    if let Some(hint) = hint {
         observed.record.hint = Some(hint);
     }
     observed
@@ -475,10 +489,42 @@ pub struct WorkerLimits {
     pub healthcheck_timeout_seconds: Option<i64>,
     /// The container's memory limit, as its spec writes it.
     pub memory_limit: Option<String>,
+    /// The pod's `terminationGracePeriodSeconds`.
+    pub grace_period_seconds: Option<i64>,
+    /// celery's effective `--time-limit`.
+    pub task_time_limit_seconds: Option<i64>,
+}
+
+impl WorkerLimits {
+    /// Why a celery worker outlived its grace period: its warm shutdown waited for tasks.
+    fn warm_shutdown_cut(&self) -> String {
+        let grace = self.grace_period_seconds.map_or_else(
+            || "terminationGracePeriodSeconds".to_string(),
+            |g| format!("terminationGracePeriodSeconds {g}s"),
+        );
+        let tasks = self.task_time_limit_seconds.map_or_else(
+            || "as long as the longest task runs".to_string(),
+            |t| format!("up to the task time limit, {t}s"),
+        );
+        format!(
+            "celery's warm shutdown was still waiting for running tasks when the kubelet SIGKILLed \
+             it at the end of {grace}; tasks may run {tasks}, so those still running were killed \
+             (and lost unless acks_late): raise policy.shutdown.gracefulTimeoutSeconds to the \
+             time limit, or lower the time limit"
+        )
+    }
+
+    /// The hint of a termination whose log says `findings`.
+    fn log_hint(&self, reason: Reason, findings: &LogFindings) -> Option<String> {
+        if reason == Reason::GracePeriodExceeded && findings.warm_shutdown {
+            return Some(self.warm_shutdown_cut());
+        }
+        loghints::hint(findings)
+    }
 }
 
 /// Who killed a worker inside a running container, as its log says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum WorkerKill {
     /// gunicorn's `WORKER TIMEOUT`.
     GunicornTimeout,
@@ -486,60 +532,82 @@ enum WorkerKill {
     OutOfMemory,
     /// uvicorn's supervisor replaced an unresponsive worker process.
     UvicornHealthcheck,
+    /// A celery pool child SIGKILLed with no hard time limit before it: the OOM killer.
+    ChildOutOfMemory,
+    /// billiard killed a celery pool child whose task hit the hard time limit.
+    TimeLimit { task: String, limit: String },
 }
 
 impl WorkerLimits {
-    fn hint(&self, kill: WorkerKill, pid: u32) -> String {
-        if kill == WorkerKill::UvicornHealthcheck {
-            let timeout = self.healthcheck_timeout_seconds.map_or_else(
-                || "--timeout-worker-healthcheck".to_string(),
-                |t| format!("--timeout-worker-healthcheck {t}s"),
-            );
-            return format!(
-                "uvicorn's supervisor replaced worker process {pid}: it did not answer a ping \
-                 within {timeout} (the supervisor SIGKILLed it) or had exited on its own. A start \
-                 slower than that (a fresh interpreter importing the app): set \
-                 UVICORN_TIMEOUT_WORKER_HEALTHCHECK to policy.boot.timeoutSeconds or more (the \
-                 operator derives it unless the template sets it); a worker that exited: its \
-                 traceback is in the log above this line"
-            );
-        }
-        if kill == WorkerKill::GunicornTimeout {
-            let timeout = self
-                .timeout_seconds
-                .map_or_else(|| "--timeout".to_string(), |t| format!("--timeout {t}s"));
-            format!(
-                "gunicorn killed worker pid {pid}: it did not check in within {timeout} (the \
-                 \"Perhaps out of memory?\" gunicorn prints with that SIGKILL is its own kill, not \
-                 an OOM). A boot slower than that: preload the app (policy.boot.preload), raise \
-                 policy.boot.timeoutSeconds or boot fewer pods at once (policy.boot.maxConcurrent); \
-                 a slow request: raise policy.requests.timeoutSeconds"
-            )
-        } else {
-            let limit = self
-                .memory_limit
+    fn hint(&self, kill: &WorkerKill, pid: u32) -> String {
+        let limit = || {
+            self.memory_limit
                 .as_ref()
-                .map_or_else(String::new, |m| format!(" of its {m} memory limit"));
-            format!(
+                .map_or_else(String::new, |m| format!(" of its {m} memory limit"))
+        };
+        match kill {
+            WorkerKill::UvicornHealthcheck => {
+                let timeout = self.healthcheck_timeout_seconds.map_or_else(
+                    || "--timeout-worker-healthcheck".to_string(),
+                    |t| format!("--timeout-worker-healthcheck {t}s"),
+                );
+                format!(
+                    "uvicorn's supervisor replaced worker process {pid}: it did not answer a ping \
+                     within {timeout} (the supervisor SIGKILLed it) or had exited on its own. A start \
+                     slower than that (a fresh interpreter importing the app): set \
+                     UVICORN_TIMEOUT_WORKER_HEALTHCHECK to policy.boot.timeoutSeconds or more (the \
+                     operator derives it unless the template sets it); a worker that exited: its \
+                     traceback is in the log above this line"
+                )
+            }
+            WorkerKill::GunicornTimeout => {
+                let timeout = self
+                    .timeout_seconds
+                    .map_or_else(|| "--timeout".to_string(), |t| format!("--timeout {t}s"));
+                format!(
+                    "gunicorn killed worker pid {pid}: it did not check in within {timeout} (the \
+                     \"Perhaps out of memory?\" gunicorn prints with that SIGKILL is its own kill, not \
+                     an OOM). A boot slower than that: preload the app (policy.boot.preload), raise \
+                     policy.boot.timeoutSeconds or boot fewer pods at once (policy.boot.maxConcurrent); \
+                     a slow request: raise policy.requests.timeoutSeconds"
+                )
+            }
+            WorkerKill::OutOfMemory => format!(
                 "worker pid {pid} was sent SIGKILL with no WORKER TIMEOUT before it: the kernel's \
-                 OOM killer, while the container kept running; the workers use too much{limit}: \
-                 raise the limit or run fewer workers"
-            )
+                 OOM killer, while the container kept running; the workers use too much{}: \
+                 raise the limit or run fewer workers",
+                limit()
+            ),
+            WorkerKill::ChildOutOfMemory => format!(
+                "celery pool child pid {pid} was SIGKILLed with no hard time limit before it: the \
+                 kernel's OOM killer, while the worker kept running; the children use too much{}: \
+                 lower --concurrency, set --max-memory-per-child (derived from the memory limit \
+                 unless set) or raise the limit",
+                limit()
+            ),
+            WorkerKill::TimeLimit { task, limit } => format!(
+                "celery's hard time limit ({limit}) for task {task}: billiard killed pool child pid \
+                 {pid}, which ran it (not an OOM). A task that needs longer: raise \
+                 policy.requests.timeoutSeconds (the derived --time-limit) and \
+                 policy.shutdown.gracefulTimeoutSeconds with it, or split the task"
+            ),
         }
     }
 }
 
-/// One worker of an app server killed while its container kept running.
+/// One worker of an app server killed while its container kept running, or (no pid) a lasting
+/// state its log shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerAbort {
     pub abort: Abort,
-    pub pid: u32,
+    pub pid: Option<u32>,
     pub hint: String,
 }
 
 /// Worker-level aborts in a container's log: every gunicorn `WORKER TIMEOUT`, every worker
-/// SIGKILL ("Perhaps out of memory?") not caused by a timeout, and every worker process uvicorn's
-/// supervisor replaced, by the worker's pid.
+/// SIGKILL ("Perhaps out of memory?") not caused by a timeout, every worker process uvicorn's
+/// supervisor replaced, every celery pool child killed by the OOM killer or for a hard time
+/// limit, by the worker's pid; and a celery worker that keeps failing to reach its broker.
 pub fn worker_aborts(
     pod: &PodView,
     container: &str,
@@ -547,42 +615,81 @@ pub fn worker_aborts(
     limits: &WorkerLimits,
 ) -> Vec<WorkerAbort> {
     let restart_count = pod.container(container).map_or(0, |c| c.restart_count);
-    let of = |pids: &[u32], kill| pids.iter().map(move |pid| (kill, *pid)).collect::<Vec<_>>();
-    [
+    let of = |pids: &[u32], kill: WorkerKill| {
+        pids.iter()
+            .map(|pid| (kill.clone(), *pid))
+            .collect::<Vec<_>>()
+    };
+    let abort = |reason, message: String| Abort {
+        pod: pod.name.clone(),
+        container: Some(container.to_string()),
+        reason,
+        exit_code: None,
+        signal: None,
+        restart_count: Some(restart_count),
+        message: Some(message),
+        finished_at: None,
+        by_boot_window: false,
+        job: None,
+    };
+    let time_limits = findings.time_limit_kills.iter().map(|k| {
+        let kill = WorkerKill::TimeLimit {
+            task: k.task.clone(),
+            limit: k.limit.clone(),
+        };
+        (kill, k.pid)
+    });
+    let mut aborts: Vec<WorkerAbort> = [
         of(&findings.worker_timeout_pids, WorkerKill::GunicornTimeout),
         of(&findings.worker_oom_pids, WorkerKill::OutOfMemory),
         of(
             &findings.replaced_worker_pids,
             WorkerKill::UvicornHealthcheck,
         ),
+        of(&findings.child_oom_pids, WorkerKill::ChildOutOfMemory),
+        time_limits.collect(),
     ]
     .into_iter()
     .flatten()
     .map(|(kill, pid)| {
         let reason = match kill {
-            WorkerKill::OutOfMemory => Reason::OOMKilled,
-            WorkerKill::GunicornTimeout | WorkerKill::UvicornHealthcheck => Reason::WorkerTimeout,
-        };
-        let abort = Abort {
-            pod: pod.name.clone(),
-            container: Some(container.to_string()),
-            reason,
-            exit_code: None,
-            signal: None,
-            restart_count: Some(restart_count),
-            message: Some(format!("worker pid {pid}")),
-            finished_at: None,
-            by_boot_window: false,
-            job: None,
+            WorkerKill::OutOfMemory | WorkerKill::ChildOutOfMemory => Reason::OOMKilled,
+            WorkerKill::GunicornTimeout
+            | WorkerKill::UvicornHealthcheck
+            | WorkerKill::TimeLimit { .. } => Reason::WorkerTimeout,
         };
         WorkerAbort {
-            abort,
-            pid,
-            hint: limits.hint(kill, pid),
+            abort: abort(reason, format!("worker pid {pid}")),
+            pid: Some(pid),
+            hint: limits.hint(&kill, pid),
         }
     })
-    .collect()
+    .collect();
+    // One failed attempt is a blip celery retries; a tail of them is a worker consuming nothing.
+    if let Some(broker) = findings
+        .broker_unreachable
+        .as_ref()
+        .filter(|b| b.attempts >= BROKER_ATTEMPTS)
+    {
+        aborts.push(WorkerAbort {
+            abort: abort(
+                Reason::BrokerUnreachable,
+                format!("cannot connect to {}", broker.broker),
+            ),
+            pid: None,
+            hint: format!(
+                "celery cannot reach its broker {} ({}; {} attempts in the log): the worker runs \
+                 and consumes nothing. Check the broker's address and credentials, that it is up, \
+                 and that a NetworkPolicy lets the pod reach it",
+                broker.broker, broker.error, broker.attempts
+            ),
+        });
+    }
+    aborts
 }
+
+/// Failed broker connections in one log tail that make a [`Reason::BrokerUnreachable`].
+pub const BROKER_ATTEMPTS: u32 = 2;
 
 /// [`worker_aborts`] of a running container's log tail, for the ledger.
 pub fn log_aborts(
@@ -595,12 +702,15 @@ pub fn log_aborts(
     worker_aborts(pod, container, &loghints::scan(log), limits)
         .into_iter()
         .map(|worker| Observed {
-            identity: Identity::worker(
-                &pod.uid,
-                container,
-                worker.abort.restart_count.unwrap_or(0),
-                worker.pid,
-            ),
+            identity: match worker.pid {
+                Some(pid) => Identity::worker(
+                    &pod.uid,
+                    container,
+                    worker.abort.restart_count.unwrap_or(0),
+                    pid,
+                ),
+                None => Identity::state(&pod.uid, Some(container), worker.abort.reason.as_str()),
+            },
             at: now,
             revision: pod.revision.clone(),
             record: record(&worker.abort, now, Some(worker.hint)),

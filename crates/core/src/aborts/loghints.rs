@@ -1,6 +1,7 @@
-//! Known gunicorn / uvicorn / Python signatures in a container's log tail. Pure.
+//! Known gunicorn / uvicorn / celery / Python signatures in a container's log tail. Pure.
 //!
-//! The lines are gunicorn's (19 to 26) and uvicorn's (0.30 to 0.55) as their source writes them.
+//! The lines are gunicorn's (19 to 26), uvicorn's (0.30 to 0.55), celery's (5.3 to 5.6) and
+//! billiard's (4.1 to 4.2) as their source writes them.
 //!
 //! Worker-level timeouts and OOM kills inside a running container leave no trace in the pod
 //! status; the app server's own log lines are the only evidence.
@@ -29,7 +30,45 @@ pub struct LogFindings {
     pub pending_task_destroyed: bool,
     /// The last line of the last Python traceback, e.g. `ModuleNotFoundError: No module named 'x'`.
     pub last_exception: Option<String>,
+    /// billiard "Process 'ForkPoolWorker-N' pid:P exited with 'signal 9 (SIGKILL)'" with no hard
+    /// time limit just before it and no shutdown under way: the kernel's OOM killer took a pool
+    /// child while the worker kept running.
+    pub child_oom_pids: Vec<u32>,
+    /// Pool children billiard killed because their task hit celery's hard time limit.
+    pub time_limit_kills: Vec<TimeLimitKill>,
+    /// celery "Unable to load celery application." and the line after it, which says why.
+    pub celery_unloadable: Option<String>,
+    /// celery "consumer: Cannot connect to URL: error.": the last one, credentials removed.
+    pub broker_unreachable: Option<BrokerFailure>,
+    /// celery "worker: Warm shutdown (MainProcess)": it stopped consuming and waits for the
+    /// tasks running.
+    pub warm_shutdown: bool,
 }
+
+/// celery's "Hard time limit (Ns) exceeded for TASK[ID]" and the pool child killed for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeLimitKill {
+    pub pid: u32,
+    pub task: String,
+    /// As celery writes it: `300s`, `3.0s`.
+    pub limit: String,
+}
+
+/// The broker a celery worker could not reach, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerFailure {
+    /// The broker's URL without user or password.
+    pub broker: String,
+    pub error: String,
+    /// How many attempts the tail shows.
+    pub attempts: u32,
+}
+
+/// A child exit belongs to the latest hard time limit logged at most this many lines before it
+/// (celery logs each task's TimeLimitExceeded traceback, 7 lines, before its limit; billiard
+/// kills the child within 0.1 s). A time limit with no child exit that close is one whose child
+/// was already gone (an OOM kill before it); a SIGKILL that close after one is taken for billiard's.
+const TIME_LIMIT_REACH_LINES: usize = 16;
 
 /// Bytes of log scanned per sample; enough for a traceback, bounded for memory.
 pub const TAIL_BYTES: usize = 16 * 1024;
@@ -93,8 +132,10 @@ fn text_lines(line: &str) -> Vec<String> {
 pub fn scan(log: &str) -> LogFindings {
     let mut findings = LogFindings::default();
     let mut in_traceback = false;
-    for line in log.lines().flat_map(text_lines) {
+    let mut celery = CeleryScan::default();
+    for (index, line) in log.lines().flat_map(text_lines).enumerate() {
         let line = line.as_str();
+        celery.line(index, line, &mut findings);
         if line.contains("WORKER TIMEOUT") {
             findings.worker_timeouts += 1;
             findings.worker_timeout_pids.extend(pid_in(line));
@@ -140,6 +181,119 @@ pub fn scan(log: &str) -> LogFindings {
     findings
 }
 
+/// What scanning a celery worker's log remembers from one line to the next.
+#[derive(Default)]
+struct CeleryScan {
+    /// Hard time limits not yet matched with a child exit: (line, task, limit).
+    time_limits: Vec<(usize, String, String)>,
+    /// The warm or cold shutdown began: children exit as part of it.
+    shutting_down: bool,
+    /// The previous line was "Unable to load celery application.".
+    unloadable: bool,
+}
+
+impl CeleryScan {
+    fn line(&mut self, index: usize, line: &str, findings: &mut LogFindings) {
+        if self.unloadable && !line.trim().is_empty() {
+            findings.celery_unloadable = Some(line.trim().chars().take(300).collect());
+            self.unloadable = false;
+        }
+        if line.contains("Unable to load celery application.") {
+            findings.celery_unloadable = Some(String::new());
+            self.unloadable = true;
+        }
+        if line.contains("Warm shutdown (") {
+            findings.warm_shutdown = true;
+        }
+        // Children exit as part of a shutdown; only a time limit hit during it kills one then.
+        if line.contains("Warm shutdown (") || line.contains("Cold shutdown (") {
+            self.shutting_down = true;
+            self.time_limits.clear();
+        }
+        if let Some((task, limit)) = hard_time_limit(line) {
+            self.time_limits.push((index, task, limit));
+        }
+        if let Some((pid, sigkill)) = child_exit(line) {
+            self.time_limits
+                .retain(|(at, ..)| index - at <= TIME_LIMIT_REACH_LINES);
+            if let Some((_, task, limit)) = self.time_limits.pop() {
+                findings
+                    .time_limit_kills
+                    .push(TimeLimitKill { pid, task, limit });
+            } else if sigkill && !self.shutting_down {
+                findings.child_oom_pids.push(pid);
+            }
+        }
+        if let Some((broker, error)) = broker_failure(line) {
+            let attempts = findings
+                .broker_unreachable
+                .as_ref()
+                .map_or(0, |b| b.attempts);
+            findings.broker_unreachable = Some(BrokerFailure {
+                broker,
+                error,
+                attempts: attempts + 1,
+            });
+        }
+    }
+}
+
+/// celery's "Hard time limit (300s) exceeded for shop.tasks.report[5f1c…]": (task, limit).
+fn hard_time_limit(line: &str) -> Option<(String, String)> {
+    let rest = &line[line.find("Hard time limit (")? + "Hard time limit (".len()..];
+    let (limit, rest) = rest.split_once(") exceeded for ")?;
+    let task = rest.split('[').next().unwrap_or(rest).trim();
+    Some((task.chars().take(200).collect(), limit.trim().to_string()))
+}
+
+/// billiard's "Process 'ForkPoolWorker-2' pid:812 exited with 'signal 9 (SIGKILL)'": the pid, and
+/// whether SIGKILL ended it.
+fn child_exit(line: &str) -> Option<(u32, bool)> {
+    let at = line.find("Process '")?;
+    let rest = &line[at..];
+    let exited = rest.find(" exited with '")?;
+    let pid_at = rest[..exited].rfind("pid:")? + "pid:".len();
+    let pid = rest[pid_at..exited].trim().parse().ok()?;
+    Some((pid, rest[exited..].contains("(SIGKILL)")))
+}
+
+/// celery's "consumer: Cannot connect to redis://:**@redis:6379/0: Error 111 connecting to
+/// redis:6379. Connection refused.": (broker without credentials, error).
+fn broker_failure(line: &str) -> Option<(String, String)> {
+    let rest =
+        &line[line.find("consumer: Cannot connect to ")? + "consumer: Cannot connect to ".len()..];
+    let url = rest.split_whitespace().next()?;
+    let error = rest[url.len()..].trim().trim_end_matches('.');
+    let url = url.trim_end_matches(':');
+    Some((
+        without_credentials(url),
+        without_credentials(error).chars().take(200).collect(),
+    ))
+}
+
+/// `text` with the user and password of every URL in it removed: `redis://:pw@host` is
+/// `redis://host`. kombu already masks the password of the URL it prints; an error message may
+/// still carry one.
+pub fn without_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let (before, after) = rest.split_at(scheme_end + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => out.push_str(&authority[at + 1..]),
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The number in `(pid:N)`, as gunicorn writes it.
 fn pid_in(line: &str) -> Option<u32> {
     let start = line.find("(pid:")? + "(pid:".len();
@@ -182,6 +336,17 @@ pub fn hint(findings: &LogFindings) -> Option<String> {
             "uvicorn: the supervisor replaced a worker process that stopped answering its ping \
              (--timeout-worker-healthcheck) or exited",
         )
+    } else if let Some(detail) = &findings.celery_unloadable {
+        return Some(match (detail.is_empty(), &findings.last_exception) {
+            (_, Some(e)) => format!("celery: Unable to load celery application; {e}"),
+            (false, None) => format!("celery: Unable to load celery application; {detail}"),
+            (true, None) => "celery: Unable to load celery application".to_string(),
+        });
+    } else if let Some(broker) = &findings.broker_unreachable {
+        return Some(format!(
+            "celery: consumer: Cannot connect to {}: {} ({} attempts in the log)",
+            broker.broker, broker.error, broker.attempts
+        ));
     } else if findings.app_failed_to_load {
         Some("gunicorn: App failed to load")
     } else if findings.worker_failed_to_boot {
@@ -361,5 +526,92 @@ INFO:     Child process [12] died
             scan("{not json WORKER TIMEOUT (pid:4)").worker_timeout_pids,
             [4]
         );
+    }
+
+    /// celery 5.6.3 with billiard 4.2, `--concurrency=2 --time-limit=3`, as it logged: one child
+    /// SIGKILLed by its own task, another killed for the hard time limit, then the warm shutdown.
+    const CELERY: &str = "\
+[2026-12-06 10:48:03,435: INFO/MainProcess] Task shop.killed[7751cc52-b7a7-4a1b-8545-5796b9a46e89] received
+[2026-12-06 10:48:03,436: INFO/MainProcess] Task shop.slow[ba464368-204a-4a5e-b209-22af5ddc0e97] received
+[2026-12-06 10:48:04,207: ERROR/MainProcess] Process 'ForkPoolWorker-1' pid:29662 exited with 'signal 9 (SIGKILL)'
+[2026-12-06 10:48:07,424: ERROR/MainProcess] Task handler raised error: TimeLimitExceeded(3.0)
+Traceback (most recent call last):
+billiard.einfo.ExceptionWithTraceback: 
+\"\"\"
+Traceback (most recent call last):
+billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(3.0,)
+\"\"\"
+[2026-12-06 10:48:07,425: ERROR/MainProcess] Hard time limit (3.0s) exceeded for shop.killed[7751cc52-b7a7-4a1b-8545-5796b9a46e89]
+[2026-12-06 10:48:07,425: ERROR/MainProcess] Task handler raised error: TimeLimitExceeded(3.0)
+Traceback (most recent call last):
+billiard.einfo.ExceptionWithTraceback: 
+\"\"\"
+Traceback (most recent call last):
+billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(3.0,)
+\"\"\"
+[2026-12-06 10:48:07,425: ERROR/MainProcess] Hard time limit (3.0s) exceeded for shop.slow[ba464368-204a-4a5e-b209-22af5ddc0e97]
+[2026-12-06 10:48:07,616: ERROR/MainProcess] Process 'ForkPoolWorker-2' pid:29663 exited with 'signal 15 (SIGTERM)'
+worker: Warm shutdown (MainProcess)
+[2026-12-06 10:48:23,631: ERROR/MainProcess] Process 'ForkPoolWorker-4' pid:29671 exited with 'signal 9 (SIGKILL)'
+";
+
+    #[test]
+    fn a_celery_child_killed_for_its_time_limit_is_no_oom_and_one_killed_alone_is() {
+        let f = scan(CELERY);
+        assert_eq!(f.child_oom_pids, [29662], "shutdown exits are no aborts");
+        assert_eq!(
+            f.time_limit_kills,
+            [TimeLimitKill {
+                pid: 29663,
+                task: "shop.slow".into(),
+                limit: "3.0s".into()
+            }]
+        );
+        assert!(f.warm_shutdown);
+        // The same SIGKILL right after a hard time limit is billiard's, not the kernel's.
+        let escalated = scan(
+            "[x: ERROR/MainProcess] Hard time limit (300s) exceeded for shop.report[1]\n\
+             [x: ERROR/MainProcess] Process 'ForkPoolWorker-7' pid:812 exited with 'signal 9 (SIGKILL)'\n",
+        );
+        assert!(escalated.child_oom_pids.is_empty());
+        assert_eq!(escalated.time_limit_kills[0].pid, 812);
+        assert_eq!(escalated.time_limit_kills[0].limit, "300s");
+    }
+
+    #[test]
+    fn an_unloadable_celery_app_is_named_with_celerys_reason() {
+        // celery 5.6.3's output for `celery -A nosuch worker` (exit 2).
+        let f = scan(
+            "Usage: celery [OPTIONS] [COMMAND] [ARGS]...\n\
+             Try 'celery --help' for help.\n\n\
+             Error: \n\
+             Unable to load celery application.\n\
+             The module nosuch was not found.\n",
+        );
+        assert_eq!(
+            hint(&f).as_deref(),
+            Some("celery: Unable to load celery application; The module nosuch was not found.")
+        );
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_named_without_credentials() {
+        // celery 5.6.3 with redis-py, the broker down; the password is a secret of the user's.
+        let line = "[2026-12-06 10:53:52,693: ERROR/MainProcess] consumer: Cannot connect to \
+            redis://:**@127.0.0.1:1/0: Error 111 connecting to 127.0.0.1:1. Connection refused..\n\
+            Trying again in 2.00 seconds... (1/100)\n";
+        let f = scan(&line.repeat(3));
+        let broker = f.broker_unreachable.as_ref().expect("the broker");
+        assert_eq!(broker.broker, "redis://127.0.0.1:1/0");
+        assert_eq!(
+            broker.error,
+            "Error 111 connecting to 127.0.0.1:1. Connection refused"
+        );
+        assert_eq!(broker.attempts, 3);
+        assert_eq!(
+            without_credentials("amqp://shop:s3cret@rabbit:5672// and redis://:pw@r/0"),
+            "amqp://rabbit:5672// and redis://r/0"
+        );
+        assert!(!hint(&f).unwrap_or_default().contains("**"));
     }
 }

@@ -216,7 +216,7 @@ pub fn observed(
     observed.reserve(findings.len());
     for (i, found) in findings.into_iter().enumerate() {
         observed.push(match text_of(&LogUse::Hint(i)) {
-            Some(text) => detect::with_log_hint(found.observed, &loghints::scan(text)),
+            Some(text) => detect::with_log_hint(found.observed, &loghints::scan(text), limits),
             None => found.observed,
         });
     }

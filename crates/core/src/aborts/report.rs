@@ -99,5 +99,7 @@ fn worker_limits(pool: &WorkerPool, status: Option<&WorkerPoolStatus>) -> Worker
         timeout_seconds: effective.and_then(|e| e.worker_timeout_seconds),
         healthcheck_timeout_seconds: effective.and_then(|e| e.worker_healthcheck_timeout_seconds),
         memory_limit,
+        grace_period_seconds: effective.map(|e| e.termination_grace_period_seconds),
+        task_time_limit_seconds: effective.and_then(|e| e.task_time_limit_seconds),
     }
 }

@@ -367,10 +367,12 @@ pub enum Reason {
     Unschedulable,
     Signaled,
     UnexpectedExit,
+    /// A celery worker keeps failing to reach its broker: it runs and consumes nothing.
+    BrokerUnreachable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::BootFailed,
         Reason::AppLoadFailed,
         Reason::OOMKilled,
@@ -385,6 +387,7 @@ impl Reason {
         Reason::Unschedulable,
         Reason::Signaled,
         Reason::UnexpectedExit,
+        Reason::BrokerUnreachable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -403,6 +406,7 @@ impl Reason {
             Reason::Unschedulable => "Unschedulable",
             Reason::Signaled => "Signaled",
             Reason::UnexpectedExit => "UnexpectedExit",
+            Reason::BrokerUnreachable => "BrokerUnreachable",
         }
     }
 }

@@ -35,13 +35,14 @@ pub const GAUGED_CONDITIONS: [&str; 4] = ["Ready", "Reconciling", "Stalled", "De
 
 /// Abort reasons the chart's alerts watch: their counters exist at 0 from a pool's first
 /// reconcile, so `increase()` sees the first abort too.
-pub const ALERTED_REASONS: [Reason; 6] = [
+pub const ALERTED_REASONS: [Reason; 7] = [
     Reason::BootFailed,
     Reason::AppLoadFailed,
     Reason::OOMKilled,
     Reason::WorkerTimeout,
     Reason::StartupTimeout,
     Reason::LivenessTimeout,
+    Reason::BrokerUnreachable,
 ];
 
 pub struct Metrics {
