@@ -2305,3 +2305,104 @@ fn a_worker_process_uvicorns_supervisor_replaced_is_a_worker_timeout_read_from_i
         "{events}"
     );
 }
+
+/// A celery pool `api` of one worker whose health check is an exec, as the sample's.
+fn celery_pool(ns: &str, behaviour: &[(&str, &str)], policy: Value) -> String {
+    let mut pool: Value =
+        serde_json::from_str(&pool(ns, "api", 1, "celery", behaviour, policy)).expect("pool JSON");
+    let app = &mut pool["spec"]["template"]["spec"]["containers"][0];
+    app["command"] = json!(["celery", "-A", "shop", "worker", "--loglevel=INFO"]);
+    app["resources"] = json!({"limits": {"cpu": "2", "memory": "1Gi"}});
+    if let Some(app) = app.as_object_mut() {
+        app.remove("ports");
+    }
+    pool["spec"]["health"] = json!({"check": "exec", "command": ["sh", "-c", "exec celery -A shop inspect ping -d \"celery@$HOSTNAME\""]});
+    pool.to_string()
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_celery_childs_oom_and_its_hard_time_limit_are_counted_once_each_from_its_log() {
+    let (_, operators) = setup();
+    // KWOK's kubelet API serves this namespace's pods e2e/logs/celery-children.log: pool child 812
+    // SIGKILLed alone, child 813 killed by billiard after its task's hard time limit. The pod keeps
+    // booting, never ready, so the operator samples its log through the API server.
+    let ns = namespace("e2e-celery-children");
+    let policy = json!({"boot": {"timeoutSeconds": 600}, "requests": {"timeoutSeconds": 300},
+                        "shutdown": {"gracefulTimeoutSeconds": 300}});
+    assert!(apply(&celery_pool(&ns, &[("scenario", "booting")], policy)).ok);
+    wait_until(
+        "an OOMKilled and a WorkerTimeout from the worker's log",
+        2 * MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (counted(&s, "OOMKilled") >= 1 && counted(&s, "WorkerTimeout") >= 1).then_some(s)
+        },
+        || describe(&ns, "api"),
+    );
+    // Sampled again after the interval: still one each.
+    std::thread::sleep(Duration::from_secs(35));
+    let status = status(&ns, "api");
+    assert_eq!(counted(&status, "OOMKilled"), 1, "{status:#}");
+    assert_eq!(counted(&status, "WorkerTimeout"), 1, "{status:#}");
+    assert_reported(&operators, &ns, "OOMKilled");
+    assert_reported(&operators, &ns, "WorkerTimeout");
+    let timeouts = events(&ns, "reason=WorkerTimeout", "json");
+    assert!(
+        timeouts.contains("hard time limit (300.0s) for task shop.tasks.send_digest")
+            && timeouts.contains("not an OOM"),
+        "{timeouts}"
+    );
+    let ooms = events(&ns, "reason=OOMKilled", "json");
+    assert!(
+        ooms.contains("pool child pid 812") && ooms.contains("1Gi"),
+        "{ooms}"
+    );
+    // The derived options reached the worker.
+    let deployment = kubectl_json(&["get", "deployment", "api", "-n", &ns]).expect("Deployment");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("CELERY_WORKER_CONCURRENCY") && env.contains("CELERY_WORKER_TIME_LIMIT"),
+        "{env}"
+    );
+    let effective = &status["effective"];
+    assert_eq!(effective["concurrency"], 2, "{effective:#}");
+    assert_eq!(effective["taskTimeLimitSeconds"], 300, "{effective:#}");
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_celery_worker_that_cannot_reach_its_broker_is_named_without_credentials_and_ready_once_it_is_up()
+ {
+    let (_, operators) = setup();
+    // e2e/logs/celery-broker.log: a worker retrying its redis broker. The pod takes 45 s to become
+    // ready (its health check waits for the broker), long enough to be sampled once.
+    let ns = namespace("e2e-celery-broker");
+    let policy = json!({"boot": {"timeoutSeconds": 120}, "requests": {"timeoutSeconds": 60},
+                        "shutdown": {"gracefulTimeoutSeconds": 60}});
+    assert!(apply(&celery_pool(&ns, &[("boot", "45s")], policy)).ok);
+    let status = wait_until(
+        "BrokerUnreachable from the worker's log",
+        2 * MINUTE,
+        || {
+            let s = status(&ns, "api");
+            (counted(&s, "BrokerUnreachable") >= 1).then_some(s)
+        },
+        || describe(&ns, "api"),
+    );
+    assert_eq!(counted(&status, "BrokerUnreachable"), 1, "{status:#}");
+    assert_reported(&operators, &ns, "BrokerUnreachable");
+    let described = describe(&ns, "api");
+    assert!(
+        described.contains("redis://redis.shop:6379/0"),
+        "{described}"
+    );
+    assert!(
+        !described.contains("**@") && !described.contains("shop:**"),
+        "{described}"
+    );
+    let events = events(&ns, "reason=BrokerUnreachable", "json");
+    assert!(!events.contains("**@"), "{events}");
+    // Once the broker answers, the health check passes and the pool is Ready.
+    wait_ready(&ns, "api", 2 * MINUTE);
+}
