@@ -184,6 +184,12 @@ struct SimPod {
     hash: Option<String>,
     job: bool,
     gunicorn: bool,
+    /// A celery worker: it runs tasks, and SIGTERM is its warm shutdown.
+    celery: bool,
+    /// When the task running started.
+    task_started: Option<f64>,
+    /// The warm shutdown was logged.
+    warm_shutdown_told: bool,
     app: Value,
     others: Vec<(String, String)>,
     ip: String,
@@ -618,6 +624,9 @@ impl Cluster {
                 .map(str::to_string),
             job,
             gunicorn: runtime == "gunicorn",
+            celery: runtime == "celery",
+            task_started: None,
+            warm_shutdown_told: false,
             startup_window: app.get("startupProbe").map(probe_window),
             liveness_window: app.get("livenessProbe").map(probe_window),
             grace: i64_at(pod, "/spec/terminationGracePeriodSeconds").unwrap_or(30) as f64,
@@ -1101,8 +1110,16 @@ impl Cluster {
         };
         pod.boot_need = base * factor;
         pod.pid += 1;
+        pod.task_started = None;
+        pod.warm_shutdown_told = false;
         if pod.job {
             Self::log(&self.server, pod, "Running migrations:");
+        } else if pod.celery {
+            Self::log(
+                &self.server,
+                pod,
+                "[INFO/MainProcess] Connected to redis://redis.shop:6379/0",
+            );
         } else if pod.gunicorn {
             Self::log(&self.server, pod, "[INFO] Starting gunicorn 23.0.0");
             Self::log(
@@ -1283,6 +1300,13 @@ impl Cluster {
                 if let Some(length) = self.scenario.slow_request_seconds {
                     self.serve_slow_request(pod, now, length);
                 }
+                if let (true, Some(length)) = (pod.celery, self.scenario.task_seconds) {
+                    // One task after another; the next starts when the last one ends.
+                    let started = *pod.task_started.get_or_insert(now);
+                    if now - started >= length {
+                        pod.task_started = Some(now);
+                    }
+                }
                 let serving = now - pod.ready_since.unwrap_or(now);
                 if let Some(memory) = &self.scenario.memory {
                     pod.memory = memory.start_mib + memory.growth_mib_per_minute * serving / 60.0;
@@ -1321,7 +1345,10 @@ impl Cluster {
                 sigterm_at,
                 kill_at,
             } => {
-                let exit_at = sigterm_at + self.scenario.shutdown_seconds;
+                let mut exit_at = sigterm_at + self.scenario.shutdown_seconds;
+                if pod.celery {
+                    exit_at = exit_at.max(self.warm_shutdown(pod, now, sigterm_at));
+                }
                 if !self.scenario.ignore_sigterm
                     && now >= exit_at.min(kill_at)
                     && exit_at <= kill_at
@@ -1351,6 +1378,29 @@ impl Cluster {
             }
             _ => {}
         }
+    }
+
+    /// celery's warm shutdown: from SIGTERM on it takes no task and waits for the one running;
+    /// returns when that one ends.
+    fn warm_shutdown(&mut self, pod: &mut SimPod, now: f64, sigterm_at: f64) -> f64 {
+        let task_end = match (pod.task_started, self.scenario.task_seconds) {
+            (Some(started), Some(length)) if pod.booted => started + length,
+            _ => sigterm_at,
+        };
+        if now >= sigterm_at && !pod.warm_shutdown_told {
+            Self::log(&self.server, pod, "worker: Warm shutdown (MainProcess)");
+            let waits = task_end - sigterm_at;
+            if waits > 0.0 {
+                self.timeline.push(
+                    now,
+                    "pod",
+                    pod.name.clone(),
+                    format!("celery's warm shutdown waits {waits:.0}s for the task running"),
+                );
+            }
+            pod.warm_shutdown_told = true;
+        }
+        task_end
     }
 
     /// gunicorn's master kills the worker that outlived `--timeout` and forks a new one, with the
@@ -1478,6 +1528,10 @@ impl Cluster {
                 &format!("boot failed after {took:.0}s"),
             );
             return;
+        }
+        if pod.celery {
+            let ready = format!("[INFO/MainProcess] celery@{} ready.", pod.name);
+            Self::log(&self.server, pod, &ready);
         }
         pod.booted = true;
         pod.ready_since = Some(now);

@@ -23,6 +23,9 @@ pub struct Scenario {
     /// worker is killed by `--timeout` in the middle of one that takes longer; under any other
     /// worker class (and uvicorn) nothing cuts it short.
     pub slow_request_seconds: Option<f64>,
+    /// Every serving celery worker runs tasks this long, one after another; on SIGTERM its warm
+    /// shutdown stops taking tasks and waits for the one running.
+    pub task_seconds: Option<f64>,
     pub memory: Option<Memory>,
     /// The app ignores SIGTERM; the kubelet SIGKILLs it when the grace period ends.
     pub ignore_sigterm: bool,
@@ -91,6 +94,7 @@ impl Default for Scenario {
             boot_exit_code: None,
             liveness_fails_after_seconds: None,
             slow_request_seconds: None,
+            task_seconds: None,
             memory: None,
             ignore_sigterm: false,
             shutdown_seconds: 2.0,
@@ -101,13 +105,14 @@ impl Default for Scenario {
     }
 }
 
-pub const BUILT_IN: [&str; 6] = [
+pub const BUILT_IN: [&str; 7] = [
     "healthy",
     "slow-boot",
     "boot-failure",
     "oom",
     "ignore-sigterm",
     "boot-storm",
+    "long-tasks",
 ];
 
 impl Scenario {
@@ -160,6 +165,19 @@ impl Scenario {
                 boot_jitter: 0.1,
                 ..base
             },
+            "long-tasks" => Scenario {
+                name: name.into(),
+                description: "celery workers run 4-minute tasks back to back; after 5 minutes the pool is scaled to half: each removed worker's warm shutdown waits for its task, and the kubelet SIGKILLs it if the grace period ends first".into(),
+                boot_seconds: 15.0,
+                task_seconds: Some(240.0),
+                actions: vec![Action {
+                    at_seconds: 300,
+                    replicas: None,
+                    scale_factor: Some(0.5),
+                }],
+                duration_seconds: 900,
+                ..base
+            },
             _ => return None,
         };
         Some(scenario)
@@ -194,6 +212,10 @@ impl Scenario {
             (
                 self.shutdown_seconds.is_finite() && self.shutdown_seconds >= 0.0,
                 "shutdownSeconds must be 0 or more",
+            ),
+            (
+                self.task_seconds.is_none_or(|t| t.is_finite() && t > 0.0),
+                "taskSeconds must be more than 0",
             ),
             (
                 self.init.seconds.is_finite() && self.init.seconds >= 0.0,

@@ -763,3 +763,62 @@ async fn a_pool_is_not_judged_on_pods_the_watch_is_relisting() {
     assert_eq!(status(&after)["phase"], "Ready", "{}", status(&after));
     sandbox.stop_operator().await;
 }
+
+/// The bundled celery sample with `replicas` and a warm shutdown of `graceful` seconds.
+fn celery(replicas: i64, graceful: i64) -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/samples/celery-worker.yaml"
+    ))
+    .expect("sample");
+    let mut pool: Value = serde_yaml::from_str(&text).expect("yaml");
+    pool["spec"]["replicas"] = json!(replicas);
+    pool["spec"]["policy"]["boot"]["maxConcurrent"] = json!(replicas);
+    pool["spec"]["policy"]["shutdown"]["gracefulTimeoutSeconds"] = json!(graceful);
+    pool
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_shutdown_shorter_than_the_task_is_cut_and_said_and_a_long_enough_one_is_nothing() {
+    // Tasks of 240 s; the pool is halved after 5 minutes, in the middle of the second task.
+    let mut short = Sandbox::new(Options::new(scenario("long-tasks"), 6));
+    short.add_pool(celery(4, 60)).expect("pool");
+    short.start_operator();
+    short.run_for(420).await;
+    let report = Report::of(&short);
+    assert_eq!(
+        abort_count(&report, "GracePeriodExceeded"),
+        2,
+        "each removed worker was SIGKILLed mid-task: {}",
+        status(&report)
+    );
+    let hint = status(&report)["aborts"]["last"]["hint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        hint.contains("warm shutdown was still waiting for running tasks")
+            && hint.contains("terminationGracePeriodSeconds 65s")
+            && hint.contains("300s"),
+        "{hint}"
+    );
+    let conflict = condition(&report, "PolicyConflict");
+    assert_eq!(conflict["status"], "True", "{conflict}");
+    short.stop_operator().await;
+
+    // The sample's warm shutdown outlasts its tasks: they finish, and nothing is an abort.
+    let mut long = Sandbox::new(Options::new(scenario("long-tasks"), 6));
+    long.add_pool(celery(4, 300)).expect("pool");
+    long.start_operator();
+    // Past the grace period of the workers removed at 300 s: their tasks ended at about 500 s.
+    long.run_for(700).await;
+    let report = Report::of(&long);
+    assert_eq!(
+        abort_count(&report, "GracePeriodExceeded"),
+        0,
+        "{}",
+        status(&report)
+    );
+    assert_eq!(status(&report)["readyReplicas"], 2, "{}", status(&report));
+    long.stop_operator().await;
+}
