@@ -222,6 +222,40 @@ fn boot_failures_of_the_current_revision_open_the_circuit() {
 }
 
 #[test]
+fn boots_that_could_not_reach_the_broker_do_not_open_the_circuit() {
+    let state = |n: usize| SeenAbort {
+        key: format!("uid-{n}/app/BrokerUnreachable"),
+        reason: "BrokerUnreachable".into(),
+        time: ago(70),
+        revision: Some(NEW.into()),
+    };
+    let mut broker_down = failures(3, NEW, "StartupTimeout");
+    broker_down.recent.extend([state(0), state(1)]);
+    let mut i = input();
+    i.live = live(6, 6, NEW);
+    i.aborts = Some(&broker_down);
+    assert!(
+        plan(&i).circuit.is_none_or(|c| !c.open),
+        "only uid-2's boot counts"
+    );
+    let mut more = broker_down.clone();
+    more.recent.extend(
+        failures(2, NEW, "StartupTimeout")
+            .recent
+            .into_iter()
+            .map(|mut s| {
+                s.key = s.key.replace("uid-", "uid-x");
+                s
+            }),
+    );
+    i.aborts = Some(&more);
+    assert!(
+        plan(&i).circuit.is_some_and(|c| c.open),
+        "three of other pods do"
+    );
+}
+
+#[test]
 fn a_spec_change_closes_the_circuit_and_counts_afresh_and_a_scale_does_not() {
     let open = CircuitStatus {
         open: true,

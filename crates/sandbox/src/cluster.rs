@@ -190,6 +190,8 @@ struct SimPod {
     task_started: Option<f64>,
     /// The warm shutdown was logged.
     warm_shutdown_told: bool,
+    /// When the worker last tried its broker, and how many times it has.
+    broker_tried: Option<(f64, u32)>,
     app: Value,
     others: Vec<(String, String)>,
     ip: String,
@@ -627,6 +629,7 @@ impl Cluster {
             celery: runtime == "celery",
             task_started: None,
             warm_shutdown_told: false,
+            broker_tried: None,
             startup_window: app.get("startupProbe").map(probe_window),
             liveness_window: app.get("livenessProbe").map(probe_window),
             grace: i64_at(pod, "/spec/terminationGracePeriodSeconds").unwrap_or(30) as f64,
@@ -1112,6 +1115,7 @@ impl Cluster {
         pod.pid += 1;
         pod.task_started = None;
         pod.warm_shutdown_told = false;
+        pod.broker_tried = None;
         if pod.job {
             Self::log(&self.server, pod, "Running migrations:");
         } else if pod.celery {
@@ -1276,7 +1280,11 @@ impl Cluster {
                 self.start_container(pod, now);
             }
             Phase::Running if !pod.booted => {
-                pod.progress += 1.0 / (1.0 + self.scenario.boot_contention * others_booting as f64);
+                // A celery worker's boot ends with its first connection to the broker.
+                if self.reaches_broker(pod, now) {
+                    pod.progress +=
+                        1.0 / (1.0 + self.scenario.boot_contention * others_booting as f64);
+                }
                 let since_start = now - pod.started_at;
                 if pod.progress >= pod.boot_need {
                     self.booted(pod, now);
@@ -1378,6 +1386,40 @@ impl Cluster {
             }
             _ => {}
         }
+    }
+
+    /// Whether a celery worker reaches its broker now; while it does not, it retries every 2 s
+    /// and logs each attempt as celery does (kombu masks the password).
+    fn reaches_broker(&mut self, pod: &mut SimPod, now: f64) -> bool {
+        let down = self.scenario.broker_down_seconds.unwrap_or(0.0);
+        if !pod.celery || now >= down {
+            return true;
+        }
+        let (last, attempts) = pod.broker_tried.unwrap_or((f64::MIN, 0));
+        if now - last >= 2.0 {
+            let attempts = attempts + 1;
+            Self::log(
+                &self.server,
+                pod,
+                "[ERROR/MainProcess] consumer: Cannot connect to redis://:**@redis.shop:6379/0: \
+                 Error 111 connecting to redis.shop:6379. Connection refused..",
+            );
+            Self::log(
+                &self.server,
+                pod,
+                &format!("Trying again in 2.00 seconds... ({attempts}/100)"),
+            );
+            if attempts == 1 {
+                self.timeline.push(
+                    now,
+                    "pod",
+                    pod.name.clone(),
+                    "celery cannot reach its broker; retrying every 2 s",
+                );
+            }
+            pod.broker_tried = Some((now, attempts));
+        }
+        false
     }
 
     /// celery's warm shutdown: from SIGTERM on it takes no task and waits for the one running;

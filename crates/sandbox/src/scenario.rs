@@ -26,6 +26,10 @@ pub struct Scenario {
     /// Every serving celery worker runs tasks this long, one after another; on SIGTERM its warm
     /// shutdown stops taking tasks and waits for the one running.
     pub task_seconds: Option<f64>,
+    /// The broker is unreachable for the first this many seconds of the run: a celery worker
+    /// booting then logs `consumer: Cannot connect to …` every 2 s and finishes its boot only
+    /// once the broker is back.
+    pub broker_down_seconds: Option<f64>,
     pub memory: Option<Memory>,
     /// The app ignores SIGTERM; the kubelet SIGKILLs it when the grace period ends.
     pub ignore_sigterm: bool,
@@ -95,6 +99,7 @@ impl Default for Scenario {
             liveness_fails_after_seconds: None,
             slow_request_seconds: None,
             task_seconds: None,
+            broker_down_seconds: None,
             memory: None,
             ignore_sigterm: false,
             shutdown_seconds: 2.0,
@@ -105,7 +110,7 @@ impl Default for Scenario {
     }
 }
 
-pub const BUILT_IN: [&str; 7] = [
+pub const BUILT_IN: [&str; 8] = [
     "healthy",
     "slow-boot",
     "boot-failure",
@@ -113,6 +118,7 @@ pub const BUILT_IN: [&str; 7] = [
     "ignore-sigterm",
     "boot-storm",
     "long-tasks",
+    "broker-down",
 ];
 
 impl Scenario {
@@ -178,6 +184,13 @@ impl Scenario {
                 duration_seconds: 900,
                 ..base
             },
+            "broker-down" => Scenario {
+                name: name.into(),
+                description: "the broker is unreachable for the first 2 minutes: celery workers cannot finish booting until it is back".into(),
+                boot_seconds: 10.0,
+                broker_down_seconds: Some(120.0),
+                ..base
+            },
             _ => return None,
         };
         Some(scenario)
@@ -216,6 +229,11 @@ impl Scenario {
             (
                 self.task_seconds.is_none_or(|t| t.is_finite() && t > 0.0),
                 "taskSeconds must be more than 0",
+            ),
+            (
+                self.broker_down_seconds
+                    .is_none_or(|t| t.is_finite() && t >= 0.0),
+                "brokerDownSeconds must be 0 or more",
             ),
             (
                 self.init.seconds.is_finite() && self.init.seconds >= 0.0,

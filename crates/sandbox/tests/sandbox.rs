@@ -822,3 +822,43 @@ async fn a_warm_shutdown_shorter_than_the_task_is_cut_and_said_and_a_long_enough
     assert_eq!(status(&report)["readyReplicas"], 2, "{}", status(&report));
     long.stop_operator().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_cannot_reach_its_broker_is_named_and_the_pool_is_ready_once_it_is_back() {
+    let mut sandbox = Sandbox::new(Options::new(scenario("broker-down"), 8));
+    sandbox.add_pool(celery(2, 300)).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(100).await;
+    let report = Report::of(&sandbox);
+    assert!(
+        abort_count(&report, "BrokerUnreachable") >= 1,
+        "{}",
+        status(&report)
+    );
+    assert_ne!(status(&report)["phase"], "Ready");
+    let text = status(&report).to_string();
+    assert!(text.contains("redis://redis.shop:6379/0"), "{text}");
+    assert!(!text.contains("**@"), "{text}");
+    sandbox.run_for(400).await;
+    let report = Report::of(&sandbox);
+    // Ready once the broker is back; the boots it failed do not open the circuit, which only a
+    // spec change would close. The aborts stay Degraded until they leave the window.
+    assert_eq!(
+        condition(&report, "Ready")["status"],
+        "True",
+        "{}",
+        status(&report)
+    );
+    assert_eq!(
+        condition(&report, "Stalled")["status"],
+        "False",
+        "{}",
+        status(&report)
+    );
+    assert_eq!(status(&report)["readyReplicas"], 2, "{}", status(&report));
+    assert!(
+        abort_count(&report, "StartupTimeout") >= 2,
+        "the probe's kills are counted"
+    );
+    sandbox.stop_operator().await;
+}

@@ -677,12 +677,7 @@ pub fn worker_aborts(
                 format!("cannot connect to {}", broker.broker),
             ),
             pid: None,
-            hint: format!(
-                "celery cannot reach its broker {} ({}; {} attempts in the log): the worker runs \
-                 and consumes nothing. Check the broker's address and credentials, that it is up, \
-                 and that a NetworkPolicy lets the pod reach it",
-                broker.broker, broker.error, broker.attempts
-            ),
+            hint: broker_hint(broker),
         });
     }
     aborts
@@ -690,6 +685,39 @@ pub fn worker_aborts(
 
 /// Failed broker connections in one log tail that make a [`Reason::BrokerUnreachable`].
 pub const BROKER_ATTEMPTS: u32 = 2;
+
+fn broker_hint(broker: &loghints::BrokerFailure) -> String {
+    format!(
+        "celery cannot reach its broker {} ({}; {} attempts in the log): the worker runs and \
+         consumes nothing. Check the broker's address and credentials, that it is up, and that \
+         a NetworkPolicy lets the pod reach it",
+        broker.broker, broker.error, broker.attempts
+    )
+}
+
+/// The broker state a run's log shows, on the same container as `ended` (a termination).
+pub fn broker_state(ended: &Observed, findings: &LogFindings) -> Option<Observed> {
+    let broker = findings
+        .broker_unreachable
+        .as_ref()
+        .filter(|b| b.attempts >= BROKER_ATTEMPTS)?;
+    let reason = Reason::BrokerUnreachable.as_str();
+    let mut record = ended.record.clone();
+    record.reason = reason.to_string();
+    record.exit_code = None;
+    record.signal = None;
+    record.message = Some(format!("cannot connect to {}", broker.broker));
+    record.hint = Some(broker_hint(broker));
+    Some(Observed {
+        identity: Identity {
+            source: ended.identity.source.clone(),
+            occurrence: ledger::Occurrence::State(reason.to_string()),
+        },
+        at: ended.at,
+        revision: ended.revision.clone(),
+        record,
+    })
+}
 
 /// [`worker_aborts`] of a running container's log tail, for the ledger.
 pub fn log_aborts(

@@ -215,10 +215,14 @@ pub fn observed(
     let mut observed = unseen;
     observed.reserve(findings.len());
     for (i, found) in findings.into_iter().enumerate() {
-        observed.push(match text_of(&LogUse::Hint(i)) {
-            Some(text) => detect::with_log_hint(found.observed, &loghints::scan(text), limits),
-            None => found.observed,
-        });
+        let Some(text) = text_of(&LogUse::Hint(i)) else {
+            observed.push(found.observed);
+            continue;
+        };
+        let log = loghints::scan(text);
+        // A run that ended while its worker could not reach the broker: that is why.
+        observed.extend(detect::broker_state(&found.observed, &log));
+        observed.push(detect::with_log_hint(found.observed, &log, limits));
     }
     for (read, text) in plan.reads.iter().zip(texts) {
         if let (LogUse::Sample(i), Some(text)) = (&read.purpose, text)
