@@ -36,7 +36,7 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
         /// A built-in scenario (healthy, slow-boot, boot-failure, oom, ignore-sigterm,
-        /// boot-storm, long-tasks, broker-down) or a scenario YAML file.
+        /// boot-storm, long-tasks, broker-down, child-memory) or a scenario YAML file.
         #[arg(long, default_value = "healthy")]
         scenario: String,
         /// Simulated time: seconds, or with a unit (90s, 10m, 1h); the scenario's own by default.

@@ -22,6 +22,7 @@ use super::timeline::Timeline;
 use k8s_openapi::api::core::v1::Container;
 
 use workerpool_core::api::{RUNTIME_ANNOTATION, Runtime};
+use workerpool_core::pool::celery;
 use workerpool_core::pool::policy::{
     self, ExplicitFlags, GUNICORN_DEFAULT_TIMEOUT_SECONDS, WorkerClass, WorkerKind,
 };
@@ -111,6 +112,81 @@ fn pre_stop_seconds(container: &Value) -> f64 {
 /// kernel when it has taken this much.
 pub const NODE_MEMORY_MIB: f64 = 2048.0;
 
+/// CPUs of a simulated node: what `os.cpu_count()` says in every container on it.
+pub const NODE_CPUS: usize = 16;
+
+/// Memory of a celery worker's main process, beside its pool's children.
+const CELERY_MAIN_MIB: f64 = 100.0;
+
+/// A celery worker's prefork pool, with its options read as celery reads them.
+#[derive(Clone, Debug, Default)]
+struct CeleryPool {
+    /// `--concurrency`, else the node's CPUs (billiard's `cpu_count()`).
+    concurrency: usize,
+    /// `--time-limit`, in seconds.
+    time_limit: Option<f64>,
+    /// `--max-memory-per-child`, in MiB.
+    max_memory_per_child: Option<f64>,
+    children: Vec<PoolChild>,
+    /// The number the next child's name takes (`ForkPoolWorker-N`).
+    next: u32,
+    /// Recycling at `--max-memory-per-child` was said on the timeline.
+    recycle_told: bool,
+}
+
+#[derive(Clone, Debug)]
+struct PoolChild {
+    number: u32,
+    pid: u32,
+    forked: f64,
+    task_started: Option<f64>,
+}
+
+impl CeleryPool {
+    fn of(container: &Value) -> CeleryPool {
+        let options = serde_json::from_value::<Container>(container.clone())
+            .map(|c| celery::worker_options(&c))
+            .unwrap_or_default();
+        let seconds = |given| match given {
+            Some(celery::Given::Value(v)) if v > 0.0 => Some(v),
+            _ => None,
+        };
+        CeleryPool {
+            concurrency: celery::whole(options.concurrency)
+                .map_or(NODE_CPUS, |n| usize::try_from(n.max(1)).unwrap_or(1)),
+            time_limit: seconds(options.time_limit),
+            max_memory_per_child: seconds(options.max_memory_per_child).map(|kib| kib / 1024.0),
+            ..CeleryPool::default()
+        }
+    }
+
+    /// Forks a child for slot `slot` (or a new one), as billiard replaces one that exited.
+    fn fork(&mut self, slot: Option<usize>, pid: &mut u32, now: f64) {
+        self.next += 1;
+        *pid += 1;
+        let child = PoolChild {
+            number: self.next,
+            pid: *pid,
+            forked: now,
+            task_started: None,
+        };
+        match slot.and_then(|i| self.children.get_mut(i)) {
+            Some(old) => *old = child,
+            None => self.children.push(child),
+        }
+    }
+
+    /// When the last task running ends.
+    fn tasks_end(&self, length: Option<f64>) -> Option<f64> {
+        let length = length?;
+        self.children
+            .iter()
+            .filter_map(|c| c.task_started)
+            .map(|started| started + length)
+            .reduce(f64::max)
+    }
+}
+
 /// gunicorn's effective flags, read exactly as the policy engine reads them: the command line
 /// beats `GUNICORN_CMD_ARGS`, which beats gunicorn's defaults.
 fn gunicorn_flags(container: &Value) -> ExplicitFlags {
@@ -186,8 +262,8 @@ struct SimPod {
     gunicorn: bool,
     /// A celery worker: it runs tasks, and SIGTERM is its warm shutdown.
     celery: bool,
-    /// When the task running started.
-    task_started: Option<f64>,
+    /// Its prefork pool, while it runs.
+    pool: CeleryPool,
     /// The warm shutdown was logged.
     warm_shutdown_told: bool,
     /// When the worker last tried its broker, and how many times it has.
@@ -627,7 +703,11 @@ impl Cluster {
             job,
             gunicorn: runtime == "gunicorn",
             celery: runtime == "celery",
-            task_started: None,
+            pool: if runtime == "celery" {
+                CeleryPool::of(&app)
+            } else {
+                CeleryPool::default()
+            },
             warm_shutdown_told: false,
             broker_tried: None,
             startup_window: app.get("startupProbe").map(probe_window),
@@ -1113,7 +1193,7 @@ impl Cluster {
         };
         pod.boot_need = base * factor;
         pod.pid += 1;
-        pod.task_started = None;
+        pod.pool.children.clear();
         pod.warm_shutdown_told = false;
         pod.broker_tried = None;
         if pod.job {
@@ -1308,15 +1388,11 @@ impl Cluster {
                 if let Some(length) = self.scenario.slow_request_seconds {
                     self.serve_slow_request(pod, now, length);
                 }
-                if let (true, Some(length)) = (pod.celery, self.scenario.task_seconds) {
-                    // One task after another; the next starts when the last one ends.
-                    let started = *pod.task_started.get_or_insert(now);
-                    if now - started >= length {
-                        pod.task_started = Some(now);
-                    }
+                if pod.celery {
+                    self.run_pool(pod, now);
                 }
                 let serving = now - pod.ready_since.unwrap_or(now);
-                if let Some(memory) = &self.scenario.memory {
+                if let (false, Some(memory)) = (pod.celery, &self.scenario.memory) {
                     pod.memory = memory.start_mib + memory.growth_mib_per_minute * serving / 60.0;
                     // Without a limit the container may take what the node has; when the node
                     // runs out, the kernel's OOM killer picks the biggest process: this one.
@@ -1388,6 +1464,95 @@ impl Cluster {
         }
     }
 
+    /// A celery worker's pool at work: each child runs tasks one after another; billiard kills a
+    /// child whose task outlives the hard time limit and recycles one past
+    /// `--max-memory-per-child` once its task is done; the kernel OOM-kills the biggest child when
+    /// the children no longer fit in the container.
+    fn run_pool(&mut self, pod: &mut SimPod, now: f64) {
+        let length = self.scenario.task_seconds;
+        let grows = self.scenario.memory.clone();
+        let child_mib = |child: &PoolChild| {
+            grows.as_ref().map_or(0.0, |m| {
+                m.start_mib + m.growth_mib_per_minute * (now - child.forked) / 60.0
+            })
+        };
+        for slot in 0..pod.pool.children.len() {
+            let child = pod.pool.children[slot].clone();
+            let started = child.task_started.unwrap_or(now);
+            let ran = now - started;
+            let limit = pod
+                .pool
+                .time_limit
+                .filter(|t| length.is_some_and(|l| l > *t));
+            if let Some(limit) = limit.filter(|t| ran >= *t) {
+                Self::log(
+                    &self.server,
+                    pod,
+                    &format!(
+                        "[ERROR/MainProcess] Hard time limit ({limit:.1}s) exceeded for shop.tasks.work[{}-{}]",
+                        child.pid, started as u64
+                    ),
+                );
+                Self::log(
+                    &self.server,
+                    pod,
+                    &format!(
+                        "[ERROR/MainProcess] Process 'ForkPoolWorker-{}' pid:{} exited with 'signal 15 (SIGTERM)'",
+                        child.number, child.pid
+                    ),
+                );
+                self.timeline.push(now, "pod", pod.name.clone(), format!("billiard killed pool child pid {} whose task outlived the hard time limit ({limit:.0}s)", child.pid));
+                pod.pool.fork(Some(slot), &mut pod.pid, now);
+                continue;
+            }
+            let done = length.is_none_or(|l| ran >= l);
+            let over = pod
+                .pool
+                .max_memory_per_child
+                .filter(|m| child_mib(&child) > *m);
+            if let (true, Some(max)) = (done, over) {
+                if !pod.pool.recycle_told {
+                    self.timeline.push(now, "pod", pod.name.clone(), format!("pool child pid {} recycled after its task at --max-memory-per-child ({max:.0} MiB); children are replaced before the container's limit", child.pid));
+                    pod.pool.recycle_told = true;
+                }
+                pod.pool.fork(Some(slot), &mut pod.pid, now);
+                continue;
+            }
+            let next = if done && length.is_some() {
+                Some(now)
+            } else {
+                Some(started)
+            };
+            pod.pool.children[slot].task_started = next;
+        }
+        let total = CELERY_MAIN_MIB + pod.pool.children.iter().map(child_mib).sum::<f64>();
+        pod.memory = total;
+        let limit = pod.memory_limit.unwrap_or(NODE_MEMORY_MIB);
+        if grows.is_some() && total > limit {
+            // The kernel picks the biggest process in the container: the oldest child.
+            let Some((slot, child)) = pod
+                .pool
+                .children
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.forked.total_cmp(&b.1.forked))
+                .map(|(i, c)| (i, c.clone()))
+            else {
+                return;
+            };
+            Self::log(
+                &self.server,
+                pod,
+                &format!(
+                    "[ERROR/MainProcess] Process 'ForkPoolWorker-{}' pid:{} exited with 'signal 9 (SIGKILL)'",
+                    child.number, child.pid
+                ),
+            );
+            self.timeline.push(now, "pod", pod.name.clone(), format!("the kernel OOM-killed pool child pid {} ({total:.0} MiB in the container, limit {limit:.0} MiB); the worker runs on", child.pid));
+            pod.pool.fork(Some(slot), &mut pod.pid, now);
+        }
+    }
+
     /// Whether a celery worker reaches its broker now; while it does not, it retries every 2 s
     /// and logs each attempt as celery does (kombu masks the password).
     fn reaches_broker(&mut self, pod: &mut SimPod, now: f64) -> bool {
@@ -1425,10 +1590,12 @@ impl Cluster {
     /// celery's warm shutdown: from SIGTERM on it takes no task and waits for the one running;
     /// returns when that one ends.
     fn warm_shutdown(&mut self, pod: &mut SimPod, now: f64, sigterm_at: f64) -> f64 {
-        let task_end = match (pod.task_started, self.scenario.task_seconds) {
-            (Some(started), Some(length)) if pod.booted => started + length,
-            _ => sigterm_at,
-        };
+        let task_end = pod
+            .pool
+            .tasks_end(self.scenario.task_seconds)
+            .filter(|_| pod.booted)
+            .unwrap_or(sigterm_at)
+            .max(sigterm_at);
         if now >= sigterm_at && !pod.warm_shutdown_told {
             Self::log(&self.server, pod, "worker: Warm shutdown (MainProcess)");
             let waits = task_end - sigterm_at;
@@ -1437,7 +1604,7 @@ impl Cluster {
                     now,
                     "pod",
                     pod.name.clone(),
-                    format!("celery's warm shutdown waits {waits:.0}s for the task running"),
+                    format!("celery's warm shutdown waits {waits:.0}s for the tasks running"),
                 );
             }
             pod.warm_shutdown_told = true;
@@ -1572,6 +1739,9 @@ impl Cluster {
             return;
         }
         if pod.celery {
+            for _ in 0..pod.pool.concurrency {
+                pod.pool.fork(None, &mut pod.pid, now);
+            }
             let ready = format!("[INFO/MainProcess] celery@{} ready.", pod.name);
             Self::log(&self.server, pod, &ready);
         }

@@ -110,7 +110,7 @@ impl Default for Scenario {
     }
 }
 
-pub const BUILT_IN: [&str; 8] = [
+pub const BUILT_IN: [&str; 9] = [
     "healthy",
     "slow-boot",
     "boot-failure",
@@ -119,6 +119,7 @@ pub const BUILT_IN: [&str; 8] = [
     "boot-storm",
     "long-tasks",
     "broker-down",
+    "child-memory",
 ];
 
 impl Scenario {
@@ -189,6 +190,18 @@ impl Scenario {
                 description: "the broker is unreachable for the first 2 minutes: celery workers cannot finish booting until it is back".into(),
                 boot_seconds: 10.0,
                 broker_down_seconds: Some(120.0),
+                ..base
+            },
+            "child-memory" => Scenario {
+                name: name.into(),
+                description: "each celery pool child starts at 60 MiB and grows by 40 MiB a minute while it runs 20 s tasks: --max-memory-per-child recycles it in time, or the kernel OOM-kills it when the children no longer fit".into(),
+                boot_seconds: 15.0,
+                task_seconds: Some(20.0),
+                memory: Some(Memory {
+                    start_mib: 60.0,
+                    growth_mib_per_minute: 40.0,
+                }),
+                duration_seconds: 900,
                 ..base
             },
             _ => return None,

@@ -862,3 +862,71 @@ async fn a_worker_that_cannot_reach_its_broker_is_named_and_the_pool_is_ready_on
     );
     sandbox.stop_operator().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_growing_child_is_recycled_at_the_derived_limit_and_oom_killed_without_it() {
+    let mut derived = Sandbox::new(Options::new(scenario("child-memory"), 9));
+    derived.add_pool(celery(1, 300)).expect("pool");
+    derived.start_operator();
+    derived.run_for(900).await;
+    let report = Report::of(&derived);
+    assert!(exits(&report, "recycled after its task at --max-memory-per-child") >= 1);
+    assert_eq!(exits(&report, "the kernel OOM-killed pool child"), 0);
+    derived.stop_operator().await;
+
+    // The app's own configuration decides (an empty variable): nothing recycles the children.
+    let mut pool = celery(1, 300);
+    pool["spec"]["template"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "CELERY_WORKER_MAX_MEMORY_PER_CHILD", "value": ""}]);
+    let mut unbounded = Sandbox::new(Options::new(scenario("child-memory"), 9));
+    unbounded.add_pool(pool).expect("pool");
+    unbounded.start_operator();
+    unbounded.run_for(900).await;
+    let report = Report::of(&unbounded);
+    assert!(
+        exits(&report, "the kernel OOM-killed pool child") >= 1,
+        "{:?}",
+        report.timeline.iter().rev().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(exits(&report, "recycled after its task"), 0);
+    // The worker runs on: its container never ended.
+    assert_eq!(exits(&report, "OOMKilled"), 0);
+    unbounded.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn tasks_longer_than_the_time_limit_are_killed_by_billiard_and_the_worker_runs_on() {
+    let mut pool = celery(1, 300);
+    pool["spec"]["policy"]["requests"]["timeoutSeconds"] = json!(60);
+    let mut sandbox = Sandbox::new(Options::new(scenario("long-tasks"), 10));
+    sandbox.add_pool(pool).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(280).await;
+    let report = Report::of(&sandbox);
+    let kills = exits(&report, "whose task outlived the hard time limit (60s)");
+    assert!(kills >= 3, "{kills}");
+    assert_eq!(status(&report)["phase"], "Ready", "{}", status(&report));
+    sandbox.stop_operator().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_without_cpus_forks_a_child_per_node_cpu_and_they_do_not_fit() {
+    let mut pool = celery(1, 300);
+    pool["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"limits": {"memory": "512Mi"}});
+    let mut sandbox = Sandbox::new(Options::new(scenario("child-memory"), 11));
+    sandbox.add_pool(pool).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(120).await;
+    let report = Report::of(&sandbox);
+    let conflict = condition(&report, "PolicyConflict");
+    assert!(
+        conflict["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("one child per CPU of the node")),
+        "{conflict}"
+    );
+    // 16 children of 60 MiB and the main process do not fit in 512 MiB from the first second.
+    assert!(exits(&report, "the kernel OOM-killed pool child") >= 5);
+    sandbox.stop_operator().await;
+}
