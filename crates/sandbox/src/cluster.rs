@@ -140,6 +140,8 @@ struct PoolChild {
     pid: u32,
     forked: f64,
     task_started: Option<f64>,
+    /// When the next task arrives for it.
+    next_task_at: f64,
 }
 
 impl CeleryPool {
@@ -169,6 +171,7 @@ impl CeleryPool {
             pid: *pid,
             forked: now,
             task_started: None,
+            next_task_at: now,
         };
         match slot.and_then(|i| self.children.get_mut(i)) {
             Some(old) => *old = child,
@@ -1476,9 +1479,21 @@ impl Cluster {
                 m.start_mib + m.growth_mib_per_minute * (now - child.forked) / 60.0
             })
         };
+        let every = self.scenario.task_every_seconds;
         for slot in 0..pod.pool.children.len() {
             let child = pod.pool.children[slot].clone();
-            let started = child.task_started.unwrap_or(now);
+            // An idle child takes the next task when it arrives.
+            let started = match (child.task_started, length) {
+                (Some(started), _) => started,
+                (None, Some(_)) => {
+                    if now >= child.next_task_at {
+                        pod.pool.children[slot].task_started = Some(now);
+                    }
+                    continue;
+                }
+                // No tasks modelled: short ones, each a chance to recycle.
+                (None, None) => now,
+            };
             let ran = now - started;
             let limit = pod
                 .pool
@@ -1505,12 +1520,14 @@ impl Cluster {
                 pod.pool.fork(Some(slot), &mut pod.pid, now);
                 continue;
             }
-            let done = length.is_none_or(|l| ran >= l);
+            if length.is_some_and(|l| ran < l) {
+                continue;
+            }
             let over = pod
                 .pool
                 .max_memory_per_child
                 .filter(|m| child_mib(&child) > *m);
-            if let (true, Some(max)) = (done, over) {
+            if let Some(max) = over {
                 if !pod.pool.recycle_told {
                     self.timeline.push(now, "pod", pod.name.clone(), format!("pool child pid {} recycled after its task at --max-memory-per-child ({max:.0} MiB); children are replaced before the container's limit", child.pid));
                     pod.pool.recycle_told = true;
@@ -1518,12 +1535,11 @@ impl Cluster {
                 pod.pool.fork(Some(slot), &mut pod.pid, now);
                 continue;
             }
-            let next = if done && length.is_some() {
-                Some(now)
-            } else {
-                Some(started)
-            };
-            pod.pool.children[slot].task_started = next;
+            if let Some(length) = length {
+                let next = &mut pod.pool.children[slot];
+                next.task_started = None;
+                next.next_task_at = started + every.unwrap_or(length).max(length);
+            }
         }
         let total = CELERY_MAIN_MIB + pod.pool.children.iter().map(child_mib).sum::<f64>();
         pod.memory = total;

@@ -26,6 +26,9 @@ pub struct Scenario {
     /// Every serving celery worker runs tasks this long, one after another; on SIGTERM its warm
     /// shutdown stops taking tasks and waits for the one running.
     pub task_seconds: Option<f64>,
+    /// A task arrives for each celery pool child this often (at most one at a time); unset, the
+    /// next arrives as soon as the last one ends.
+    pub task_every_seconds: Option<f64>,
     /// The broker is unreachable for the first this many seconds of the run: a celery worker
     /// booting then logs `consumer: Cannot connect to …` every 2 s and finishes its boot only
     /// once the broker is back.
@@ -99,6 +102,7 @@ impl Default for Scenario {
             liveness_fails_after_seconds: None,
             slow_request_seconds: None,
             task_seconds: None,
+            task_every_seconds: None,
             broker_down_seconds: None,
             memory: None,
             ignore_sigterm: false,
@@ -242,6 +246,11 @@ impl Scenario {
             (
                 self.task_seconds.is_none_or(|t| t.is_finite() && t > 0.0),
                 "taskSeconds must be more than 0",
+            ),
+            (
+                self.task_every_seconds
+                    .is_none_or(|t| t.is_finite() && t > 0.0),
+                "taskEverySeconds must be more than 0",
             ),
             (
                 self.broker_down_seconds

@@ -930,3 +930,25 @@ async fn a_worker_without_cpus_forks_a_child_per_node_cpu_and_they_do_not_fit() 
     assert!(exits(&report, "the kernel OOM-killed pool child") >= 5);
     sandbox.stop_operator().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_worker_stops_at_once_whatever_its_tasks_take() {
+    // 4-minute tasks, but one every 10 minutes: when the pool is halved at 5 minutes no task
+    // runs, and the warm shutdown has nothing to wait for.
+    let text = "taskSeconds: 240\ntaskEverySeconds: 600\nbootSeconds: 15\n\
+                actions: [{atSeconds: 300, scaleFactor: 0.5}]\n";
+    let scenario = Scenario::from_yaml(text).expect("scenario");
+    let mut sandbox = Sandbox::new(Options::new(scenario, 12));
+    sandbox.add_pool(celery(4, 60)).expect("pool");
+    sandbox.start_operator();
+    sandbox.run_for(420).await;
+    let report = Report::of(&sandbox);
+    assert_eq!(
+        abort_count(&report, "GracePeriodExceeded"),
+        0,
+        "{}",
+        status(&report)
+    );
+    assert_eq!(exits(&report, "warm shutdown waits"), 0);
+    sandbox.stop_operator().await;
+}
