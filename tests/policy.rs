@@ -1144,6 +1144,10 @@ fn a_celery_worker_gets_children_per_cpu_a_task_time_limit_and_a_memory_bound_pe
         ),
         (Some(2), Some(300), Some(393_216))
     );
+    assert_eq!(
+        effective.concurrency_source,
+        Some(workerpool_core::api::ConcurrencySource::ContainerCpus)
+    );
     assert!(settings.conflicts.is_empty(), "{:?}", settings.conflicts);
 }
 
@@ -1186,6 +1190,10 @@ fn what_the_worker_is_given_is_kept_and_nothing_is_derived_over_it() {
         ),
         (Some(6), Some(45), Some(200_000))
     );
+    assert_eq!(
+        effective.concurrency_source,
+        Some(workerpool_core::api::ConcurrencySource::Template)
+    );
 }
 
 #[test]
@@ -1207,6 +1215,10 @@ fn a_celery_worker_without_cpus_is_warned_that_celery_counts_the_nodes() {
     let s = celery(WORKER, json!({"limits": {"memory": "512Mi"}}), json!({}));
     let (deployment, settings) = build(&s);
     assert!(conflict(&settings, "celery --concurrency").contains("one child per CPU of the node"));
+    assert_eq!(
+        settings.effective.concurrency_source,
+        Some(workerpool_core::api::ConcurrencySource::NodeCpus)
+    );
     assert_eq!(env(app(&deployment), "CELERY_WORKER_CONCURRENCY"), None);
     assert_eq!(
         env(app(&deployment), "CELERY_WORKER_MAX_MEMORY_PER_CHILD"),

@@ -166,6 +166,20 @@ impl Phase {
     }
 }
 
+/// Where a celery worker's pool size comes from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ConcurrencySource {
+    /// Derived from the container's CPU limit (else request).
+    ContainerCpus,
+    /// The worker's command line or its `CELERY_WORKER_CONCURRENCY`.
+    Template,
+    /// An empty or referenced `CELERY_WORKER_CONCURRENCY`: the app's configuration decides.
+    AppConfiguration,
+    /// Nothing sets it and the container has no CPU limit or request: celery forks one child per
+    /// CPU of the node (`os.cpu_count()`).
+    NodeCpus,
+}
+
 /// Where an effective number came from.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Source {
@@ -245,6 +259,10 @@ pub struct EffectiveSettings {
     /// celery's pool children (`--concurrency`), when the spec shows them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i64>,
+    /// Where celery's pool size comes from; `NodeCpus` warns that celery forks one child per
+    /// CPU of the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_source: Option<ConcurrencySource>,
     /// celery's hard time limit per task (`--time-limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_time_limit_seconds: Option<i64>,

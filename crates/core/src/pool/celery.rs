@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Container;
 
 use super::drift::quantity;
 use super::policy::{Conflict, memory_limit};
+use crate::api::ConcurrencySource;
 
 /// The variable celery's worker reads an option from when the command line leaves it off.
 pub const CONCURRENCY_ENV: &str = "CELERY_WORKER_CONCURRENCY";
@@ -174,6 +175,7 @@ pub struct Settled {
     /// `CELERY_WORKER_*` for each option derived.
     pub env: Vec<(String, String)>,
     pub concurrency: Option<i64>,
+    pub concurrency_source: Option<ConcurrencySource>,
     pub time_limit_seconds: Option<i64>,
     pub max_memory_per_child_kib: Option<i64>,
     pub conflicts: Vec<Conflict>,
@@ -210,6 +212,13 @@ pub fn settle(app: &Container, task_timeout: i64, shutdown: &Shutdown<'_>) -> Se
         });
     }
     let forks = options.forks();
+    settled.concurrency_source = match options.concurrency {
+        Some(Given::Value(_)) => Some(ConcurrencySource::Template),
+        Some(Given::Unknown) => Some(ConcurrencySource::AppConfiguration),
+        None if !forks => None,
+        None if concurrency_for(app).is_some() => Some(ConcurrencySource::ContainerCpus),
+        None => Some(ConcurrencySource::NodeCpus),
+    };
     settled.concurrency = match options.concurrency {
         Some(given) => whole(Some(given)),
         None if forks => {

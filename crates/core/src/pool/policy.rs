@@ -1006,6 +1006,7 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
             max_surge: p.boot.max_concurrent,
             max_unavailable: 0,
             concurrency: celery.as_ref().and_then(|c| c.concurrency),
+            concurrency_source: celery.as_ref().and_then(|c| c.concurrency_source),
             task_time_limit_seconds: celery.as_ref().and_then(|c| c.time_limit_seconds),
             max_memory_per_child_kib: celery.as_ref().and_then(|c| c.max_memory_per_child_kib),
         },

@@ -445,6 +445,7 @@ mod tests {
             max_surge: 2,
             max_unavailable: 0,
             concurrency: None,
+            concurrency_source: None,
             task_time_limit_seconds: None,
             max_memory_per_child_kib: None,
         };
