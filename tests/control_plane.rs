@@ -2367,6 +2367,10 @@ fn a_celery_childs_oom_and_its_hard_time_limit_are_counted_once_each_from_its_lo
     );
     let effective = &status["effective"];
     assert_eq!(effective["concurrency"], 2, "{effective:#}");
+    assert_eq!(
+        effective["concurrencySource"], "ContainerCpus",
+        "{effective:#}"
+    );
     assert_eq!(effective["taskTimeLimitSeconds"], 300, "{effective:#}");
 }
 
