@@ -654,17 +654,23 @@ async fn a_slow_request_is_cut_by_a_sync_workers_timeout_and_by_no_other_class()
     assert_eq!(condition(&report, "Stalled")["status"], "False");
 }
 
+/// A healthy sandbox whose server keeps only 20 changes: a watch away for more cannot resume
+/// (410 Gone) and relists.
+fn forgetful(seed: u64) -> Sandbox {
+    Sandbox::new(Options {
+        server: ServerConfig {
+            history_limit: 20,
+            seed,
+        },
+        ..Options::new(scenario("healthy"), seed)
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pool_deleted_while_the_watch_was_away_leaves_no_metric_behind() {
     use workerpool_sandbox::apiserver::{Target, Write};
     let pools = &RESOURCES[6];
-    let mut sandbox = Sandbox::new(Options {
-        server: ServerConfig {
-            history_limit: 20,
-            seed: 3,
-        },
-        ..Options::new(scenario("healthy"), 3)
-    });
+    let mut sandbox = forgetful(3);
     let mut web = pool(2, 2);
     web["metadata"]["name"] = json!("web");
     sandbox.add_pool(pool(2, 2)).expect("pool");
@@ -709,13 +715,7 @@ async fn a_pool_deleted_while_the_watch_was_away_leaves_no_metric_behind() {
 async fn a_pool_is_not_judged_on_pods_the_watch_is_relisting() {
     use workerpool_sandbox::apiserver::{Target, Write};
     let pools = &RESOURCES[6];
-    let mut sandbox = Sandbox::new(Options {
-        server: ServerConfig {
-            history_limit: 20,
-            seed: 4,
-        },
-        ..Options::new(scenario("healthy"), 4)
-    });
+    let mut sandbox = forgetful(4);
     sandbox.add_pool(pool(4, 2)).expect("pool");
     sandbox.start_operator();
     sandbox.run_for(200).await;

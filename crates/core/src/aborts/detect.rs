@@ -296,10 +296,7 @@ pub fn with_log_hint(
     findings: &LogFindings,
     limits: &WorkerLimits,
 ) -> Observed {
-    let reason = Reason::ALL
-        .into_iter()
-        .find(|r| r.as_str() == observed.record.reason);
-    let hint = match reason {
+    let hint = match Reason::named(&observed.record.reason) {
         Some(reason) => limits.log_hint(reason, findings),
         None => loghints::hint(findings),
     };

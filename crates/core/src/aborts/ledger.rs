@@ -45,6 +45,16 @@ pub fn container_source(pod_uid: &str, container: &str) -> String {
     format!("{pod_uid}/{container}")
 }
 
+/// The source of a counted abort's key ([`Identity`] as written): `podUid/container` of
+/// `podUid/container/3`, `podUid/container/3/worker-9` and `podUid/container/CrashLoop`.
+pub fn source_of_key(key: &str) -> &str {
+    let key = match key.rsplit_once('/') {
+        Some((rest, last)) if last.starts_with("worker-") => rest,
+        _ => key,
+    };
+    key.rsplit_once('/').map_or(key, |(source, _)| source)
+}
+
 impl Identity {
     pub fn run(pod_uid: &str, container: &str, restart_count: i32) -> Self {
         Identity {
@@ -395,6 +405,21 @@ pub fn degraded(summary: &AbortSummary, window_seconds: i64) -> Option<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_source_of_every_kind_of_key_is_its_container() {
+        for identity in [
+            Identity::run("u", "app", 3),
+            Identity::worker("u", "app", 3, 9),
+            Identity::state("u", Some("app"), "BrokerUnreachable"),
+        ] {
+            assert_eq!(source_of_key(&identity.to_string()), "u/app", "{identity}");
+        }
+        assert_eq!(
+            source_of_key(&Identity::state("u", None, "Evicted").to_string()),
+            "u"
+        );
+    }
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).expect("valid")

@@ -429,6 +429,13 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The reason `name` spells, as status and Events write it.
+    pub fn named(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 
+use crate::aborts::ledger;
 use crate::api::WorkerPoolStatus;
 use crate::api::{
     AbortSummary, CircuitStatus, InitPhase, InitStatus, Reason, Window, parse_time, reason,
@@ -227,18 +228,17 @@ pub fn boot_failures(input: &Input) -> usize {
     input.aborts.map_or(0, |a| {
         // A boot that could not reach its broker is no fault of the revision: it boots once the
         // broker is back, and a spec change would not help.
-        let source = |key: &str| key.rsplit_once('/').map(|(source, _)| source.to_string());
-        let broker_down: std::collections::HashSet<String> = a
+        let broker_down: std::collections::HashSet<&str> = a
             .recent
             .iter()
             .filter(|seen| seen.reason == Reason::BrokerUnreachable.as_str())
-            .filter_map(|seen| source(&seen.key))
+            .map(|seen| ledger::source_of_key(&seen.key))
             .collect();
         a.recent
             .iter()
             .filter(|seen| seen.revision.as_deref() == Some(input.revision))
             .filter(|seen| BOOT_FAILURES.iter().any(|r| r.as_str() == seen.reason))
-            .filter(|seen| source(&seen.key).is_none_or(|s| !broker_down.contains(&s)))
+            .filter(|seen| !broker_down.contains(ledger::source_of_key(&seen.key)))
             .filter(|seen| {
                 parse_time(&seen.time)
                     .is_some_and(|t| window.contains(t) && since.is_none_or(|s| t >= s))
