@@ -220,6 +220,7 @@ fn run_diagnose(
             Ok(diagnose::SavedLog {
                 pod,
                 container,
+                previous: None,
                 text: String::from_utf8_lossy(&bytes).into_owned(),
             })
         })

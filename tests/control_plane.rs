@@ -2410,3 +2410,203 @@ fn a_celery_worker_that_cannot_reach_its_broker_is_named_without_credentials_and
     // Once the broker answers, the health check passes and the pool is Ready.
     wait_ready(&ns, "api", 2 * MINUTE);
 }
+
+// --- the kubectl plugin ------------------------------------------------------------------------
+
+/// `kubectl workerpool ARGS`, kubectl finding the plugin on the PATH as a user's would.
+fn kubectl_workerpool(args: &[&str]) -> (Option<i32>, String, String) {
+    let cluster = cluster().expect("a control plane");
+    let plugin_dir = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-workerpool"))
+        .parent()
+        .expect("the plugin's directory")
+        .to_path_buf();
+    let path = std::env::join_paths(std::iter::once(plugin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let out = Command::new("kubectl")
+        .arg("workerpool")
+        .args(args)
+        .env("KUBECONFIG", cluster.dir.join("admin.kubeconfig"))
+        .env("PATH", path)
+        .output()
+        .expect("kubectl on the PATH");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A plain Deployment (no pool) whose gunicorn pods behave as `behaviour` asks, with `pod` merged
+/// into its pod spec.
+fn plain_deployment(
+    ns: &str,
+    name: &str,
+    replicas: u32,
+    behaviour: &[(&str, &str)],
+    pod: Value,
+) -> String {
+    let annotations: serde_json::Map<String, Value> = behaviour
+        .iter()
+        .map(|(k, v)| (format!("e2e.workerpool.dev/{k}"), json!(v)))
+        .collect();
+    let mut spec = json!({"containers": [{
+        "name": "app",
+        "image": "registry.example/app:1",
+        "command": ["gunicorn", "--bind", "0.0.0.0:8000", format!("{name}.wsgi")],
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "resources": {"limits": {"memory": "512Mi"}}
+    }]});
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), pod) {
+        spec.extend(extra);
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": spec
+            }
+        }
+    })
+    .to_string()
+}
+
+#[test]
+#[ignore = "needs a control plane: e2e/real-cluster"]
+fn the_plugin_shows_a_boot_failing_pool_and_says_why_a_plain_deployment_fails() {
+    let (_, _operators) = setup();
+    let ns = namespace("e2e-plugin-get");
+    let failing = [
+        ("scenario", "exit"),
+        ("exit-code", "3"),
+        ("boot", "1s"),
+        ("restart", "2s"),
+    ];
+    assert!(apply(&pool(&ns, "api", 1, "gunicorn", &failing, json!({}))).ok);
+    wait_abort(&ns, "api", "BootFailed", 1, 2 * MINUTE);
+
+    let (code, text, err) = kubectl_workerpool(&["get", "api", "-n", &ns]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("Name:       api"), "{text}");
+    assert!(text.contains("└──api-"), "the pod is in the tree:\n{text}");
+    assert!(
+        text.contains("last abort: BootFailed (app, exit 3)"),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "no colour off a terminal:\n{text}");
+    let (_, json_text, _) = kubectl_workerpool(&["get", "api", "-n", &ns, "-o", "json"]);
+    let tree: Value = serde_json::from_str(&json_text).expect("get -o json is JSON");
+    assert_eq!(
+        tree["pods"][0]["lastAbort"]["reason"], "BootFailed",
+        "{tree:#}"
+    );
+
+    // `get -w` draws the same tree from its watches.
+    let cluster = cluster().expect("a control plane");
+    let plugin = env!("CARGO_BIN_EXE_kubectl-workerpool");
+    let mut watching = Command::new(plugin)
+        .args(["get", "api", "-w", "-n", &ns])
+        .env("KUBECONFIG", cluster.dir.join("admin.kubeconfig"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the plugin runs");
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = watching.kill();
+    let watched = watching.wait_with_output().expect("the plugin exits");
+    let watched = String::from_utf8_lossy(&watched.stdout);
+    assert!(watched.contains("last abort: BootFailed"), "{watched}");
+
+    // A Deployment no pool manages, whose gunicorn exits 3: the same diagnosis before adoption.
+    assert!(apply(&plain_deployment(&ns, "legacy", 1, &failing, json!({}))).ok);
+    wait_until(
+        "a pod of deployment/legacy that exited 3",
+        2 * MINUTE,
+        || {
+            let pods = kubectl_json(&["get", "pods", "-n", &ns, "-l", "app=legacy"])?;
+            pods["items"].as_array()?.iter().find(|p| {
+                p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 3
+            })?;
+            Some(())
+        },
+        || kubectl(&["get", "pods", "-n", &ns, "-o", "wide"]).stdout,
+    );
+    let (code, text, err) = kubectl_workerpool(&["why", "deployment/legacy", "-n", &ns]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("BootFailed"), "{text}");
+    assert!(text.contains("legacy-"), "the pod is named:\n{text}");
+}
+
+#[test]
+#[ignore = "needs a control plane: e2e/real-cluster"]
+fn the_plugin_audits_unmanaged_deployments_and_converts_one_the_server_accepts() {
+    let (_, _operators) = setup();
+    let ns = namespace("e2e-plugin-audit");
+    // A grace period of 20 s for a 10 s preStop and gunicorn's 30 s graceful timeout.
+    let pod = json!({"terminationGracePeriodSeconds": 20});
+    let mut web: Value =
+        serde_json::from_str(&plain_deployment(&ns, "web", 3, &[], pod)).expect("JSON");
+    let app = &mut web["spec"]["template"]["spec"]["containers"][0];
+    app["command"] = json!([
+        "gunicorn",
+        "--graceful-timeout",
+        "30",
+        "--worker-tmp-dir",
+        "/dev/shm",
+        "web.wsgi"
+    ]);
+    app["lifecycle"] = json!({"preStop": {"sleep": {"seconds": 10}}});
+    assert!(apply(&web.to_string()).ok);
+
+    let (code, text, err) = kubectl_workerpool(&["audit", "-n", &ns]);
+    assert_eq!(code, Some(1), "findings fail the command: {text}{err}");
+    let row = text
+        .lines()
+        .find(|l| l.contains("grace-period"))
+        .unwrap_or_else(|| panic!("no grace-period finding:\n{text}"));
+    for needle in [
+        &ns,
+        "web",
+        "gunicorn",
+        "terminationGracePeriodSeconds 20",
+        "preStop hook's 10s",
+        "--graceful-timeout 30s = 40s",
+        "Fix: terminationGracePeriodSeconds: 45",
+    ] {
+        assert!(row.contains(needle), "{needle:?} not in {row}");
+    }
+    let (code, json_text, _) = kubectl_workerpool(&["audit", "-A", "-o", "json"]);
+    assert_eq!(code, Some(1));
+    let audits: Value = serde_json::from_str(&json_text).expect("audit -o json is JSON");
+    assert!(
+        audits
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|a| a["namespace"] == ns.as_str() && a["name"] == "web"),
+        "{audits:#}"
+    );
+
+    let (code, yaml, err) = kubectl_workerpool(&["convert", "deployment/web", "-n", &ns]);
+    assert_eq!(code, Some(0), "{err}");
+    let dry_run = kubectl_with(&["apply", "--dry-run=server", "-f", "-"], Some(&yaml));
+    assert!(dry_run.ok, "{}\n{yaml}", dry_run.stderr);
+    let pool: Value = serde_yaml::from_str(&yaml).expect("YAML");
+    assert_eq!(pool["metadata"]["name"], "web-pool");
+    assert_eq!(pool["spec"]["replicas"], 3);
+    assert_eq!(
+        pool["spec"]["policy"]["shutdown"]["gracefulTimeoutSeconds"],
+        30
+    );
+    assert_eq!(pool["spec"]["policy"]["shutdown"]["drainSeconds"], 10);
+    assert!(
+        yaml.contains("terminationGracePeriodSeconds: 20 → 45"),
+        "the changed grace period is said:\n{yaml}"
+    );
+}

@@ -718,3 +718,66 @@ fn the_chart_dashboard_is_valid_grafana_json_on_served_metrics() {
     assert!(ok, "the dashboard's queries: {out}{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `.krew.yaml` as krew-release-bot renders it for a tag: every platform is an archive the release
+/// workflow builds, holding the binary the manifest names.
+#[test]
+fn the_krew_manifest_renders_to_one_archive_per_platform_the_release_builds() {
+    let template = std::fs::read_to_string(format!("{ROOT}/.krew.yaml")).unwrap();
+    let workflow =
+        std::fs::read_to_string(format!("{ROOT}/.github/workflows/release.yaml")).unwrap();
+    // The bot's addURIAndSha writes the URI and, four spaces in, the archive's sha256.
+    let mut rendered = String::new();
+    for line in template.lines() {
+        let trimmed = line.trim_start();
+        match trimmed.strip_prefix("{{addURIAndSha \"") {
+            Some(rest) => {
+                let uri = rest
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .replace("{{ .TagName }}", "v1.2.3");
+                let indent = &line[..line.len() - trimmed.len()];
+                rendered.push_str(&format!(
+                    "{indent}uri: {uri}\n    sha256: {}\n",
+                    "0".repeat(64)
+                ));
+            }
+            None => {
+                rendered.push_str(&line.replace("{{ .TagName }}", "v1.2.3"));
+                rendered.push('\n');
+            }
+        }
+    }
+    let manifest: Value = serde_yaml::from_str(&rendered).expect("the rendered manifest is YAML");
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(
+        manifest["metadata"]["name"], "workerpool",
+        "installed as kubectl workerpool"
+    );
+    assert_eq!(manifest["spec"]["version"], "v1.2.3");
+    let platforms = manifest["spec"]["platforms"]
+        .as_sequence()
+        .expect("platforms");
+    assert_eq!(platforms.len(), 4);
+    for platform in platforms {
+        let labels = &platform["selector"]["matchLabels"];
+        let name = format!(
+            "{}_{}",
+            labels["os"].as_str().unwrap(),
+            labels["arch"].as_str().unwrap()
+        );
+        let uri = platform["uri"].as_str().expect("uri");
+        assert!(
+            uri.ends_with(&format!("/v1.2.3/kubectl-workerpool_{name}.tar.gz")),
+            "{uri}"
+        );
+        assert_eq!(platform["sha256"].as_str().map(str::len), Some(64));
+        assert_eq!(platform["bin"], "kubectl-workerpool");
+        assert!(
+            workflow.contains(&format!("platform: {name}}}")),
+            "the release workflow builds no {name} archive"
+        );
+    }
+    assert!(workflow.contains("--bin kubectl-workerpool"), "{workflow}");
+}

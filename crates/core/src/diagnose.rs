@@ -214,6 +214,9 @@ pub struct SavedLog {
     pub pod: Option<String>,
     /// Its container; `None` for the one `kubectl logs` picks by default.
     pub container: Option<String>,
+    /// Which run it is: `Some(true)` the run that ended (`--previous`), `Some(false)` the one
+    /// running; `None` when unknown, and then it is read for both.
+    pub previous: Option<bool>,
     pub text: String,
 }
 
@@ -245,12 +248,15 @@ fn pod_name(pod: &Pod) -> &str {
     pod.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// What each saved log says, by pod and container: its last [`TAIL_BYTES`], as the controller
-/// reads it.
+/// A saved log's pod, container and run ([`SavedLog::previous`]).
+type LogKey = (String, String, Option<bool>);
+
+/// What each saved log says, by pod, container and run: its last [`TAIL_BYTES`], as the
+/// controller reads it.
 fn scan_logs(
     pods: &[Pod],
     logs: &[SavedLog],
-) -> Result<BTreeMap<(String, String), LogFindings>, DiagnoseError> {
+) -> Result<BTreeMap<LogKey, LogFindings>, DiagnoseError> {
     let mut scanned = BTreeMap::new();
     for log in logs {
         let pod = match &log.pod {
@@ -272,7 +278,14 @@ fn scan_logs(
             None => default_container(pod).unwrap_or_default(),
         };
         let findings = loghints::scan(loghints::last_bytes(&log.text, TAIL_BYTES));
-        scanned.insert((pod_name(pod).to_string(), container.to_string()), findings);
+        scanned.insert(
+            (
+                pod_name(pod).to_string(),
+                container.to_string(),
+                log.previous,
+            ),
+            findings,
+        );
     }
     Ok(scanned)
 }
@@ -327,7 +340,13 @@ pub fn diagnose(
     for pod in pods {
         let runtime = runtime_of(pod, runtime);
         let name = pod_name(pod);
-        let log_of = |container: &str| scanned.get(&(name.to_string(), container.to_string()));
+        // A run that ended is read in the log of the run that ended; a worker killed inside a
+        // running container, in the log of the run.
+        let log_of = |container: &str, previous: bool| {
+            [Some(previous), None]
+                .into_iter()
+                .find_map(|run| scanned.get(&(name.to_string(), container.to_string(), run)))
+        };
         let containers = pod.spec.as_ref().map_or(&[][..], |s| &s.containers);
         let grace = pod
             .spec
@@ -339,7 +358,7 @@ pub fn diagnose(
         };
         for abort in classify::classify_pod(runtime, pod, events) {
             let log = match (&abort.container, abort.exit_code) {
-                (Some(container), Some(_)) => log_of(container),
+                (Some(container), Some(_)) => log_of(container, true),
                 _ => None,
             };
             let limits = limits_of(abort.container.as_deref().unwrap_or_default());
@@ -350,7 +369,10 @@ pub fn diagnose(
             });
         }
         let view = PodView::from(pod);
-        for ((_, container), log) in scanned.iter().filter(|((pod, _), _)| pod == name) {
+        for ((_, container, _), log) in scanned
+            .iter()
+            .filter(|((pod, _, run), _)| pod == name && *run != Some(true))
+        {
             let limits = limits_of(container);
             for worker in detect::worker_aborts(&view, container, log, &limits) {
                 findings.push(Finding {

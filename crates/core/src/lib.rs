@@ -12,6 +12,7 @@ pub mod api;
 pub mod controller;
 pub mod decide;
 pub mod diagnose;
+pub mod plugin;
 pub mod pool;
 pub mod render;
 pub mod status;

@@ -47,25 +47,34 @@ pub struct RunConfig {
 
 /// The client for the cluster the configuration names, or one line that says how to name one.
 async fn connect(config: &RunConfig) -> anyhow::Result<Client> {
+    let client_config = client_config(config.kubeconfig.as_deref(), config.context.clone()).await?;
+    Ok(Client::try_from(client_config)?)
+}
+
+/// The client configuration kubectl would use: `--kubeconfig`, else `KUBECONFIG` or
+/// `~/.kube/config`, else the pod's ServiceAccount; `context` instead of the current one.
+pub async fn client_config(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<String>,
+) -> anyhow::Result<kube::Config> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let options = KubeConfigOptions {
-        context: config.context.clone(),
+        context: context.clone(),
         ..KubeConfigOptions::default()
     };
-    let client_config = match &config.kubeconfig {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("reading --kubeconfig {}: {e}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
-        None if config.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None if context.is_some() => kube::Config::from_kubeconfig(&options).await?,
         None => kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!(
                 "no cluster to connect to: pass --kubeconfig FILE, set KUBECONFIG, or run in a pod with a ServiceAccount ({e})"
             )
         })?,
-    };
-    Ok(Client::try_from(client_config)?)
+    })
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
