@@ -339,7 +339,8 @@ fn get_draws_the_pool_its_pods_and_their_last_abort_as_a_tree() {
         "Status:     Stalled",
         "Message:    BootFailureThreshold: 3 boot failures of revision 5d9c7f",
         "Replicas:   desired 3, ready 1, ramp target 2",
-        "Circuit:    open: 3 boot failures",
+        // The circuit's message is the Stalled one: said once.
+        "Circuit:    open\n",
         "└──api-5d9c7f-a",
         "CrashLoopBackOff",
         "ready:0/1,restarts:2",
@@ -379,4 +380,103 @@ fn the_plugin_names_its_commands_and_fails_plainly_without_a_cluster() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The plugin as a user runs it against a cluster: here the sandbox's API, served over HTTP after
+/// the controller ran the boot-failure scenario on the bundled sample.
+#[tokio::test(start_paused = true)]
+async fn on_the_sandbox_get_and_why_show_the_boot_failure_the_controller_recorded() {
+    use workerpool_sandbox::apiserver::ApiServer;
+    use workerpool_sandbox::scenario::Scenario;
+    use workerpool_sandbox::{Options, Sandbox};
+
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/samples/gunicorn-django.yaml"
+    ))
+    .unwrap();
+    let parsed = workerpool_core::render::parse_pools(&sample).expect("the sample");
+    let pool = serde_json::to_value(&parsed.pools[0]).unwrap();
+    let scenario = Scenario::built_in("boot-failure").expect("a built-in scenario");
+    let mut sandbox = Sandbox::new(Options::new(scenario, 1));
+    sandbox.add_pool(pool).expect("the pool is created");
+    sandbox.start_operator();
+    sandbox.run_for(300).await;
+    sandbox.stop_operator().await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(sandbox.server.clone().serve_http(listener, async move {
+        let _ = stopped.await;
+    }));
+    let dir = std::env::temp_dir().join(format!("workerpool-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, ApiServer::kubeconfig(address)).unwrap();
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(PLUGIN)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+    };
+
+    let get = run(&["get", "shop-api", "-n", "shop"])
+        .await
+        .expect("get runs");
+    let text = String::from_utf8_lossy(&get.stdout);
+    assert!(
+        get.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert!(text.contains("Name:       shop-api"), "{text}");
+    assert!(
+        text.contains("├──shop-api-init-") || text.contains("└──shop-api-"),
+        "{text}"
+    );
+    assert!(
+        text.contains("last abort: BootFailed (app, exit 3)"),
+        "{text}"
+    );
+    // The Warning Events the operator recorded (events.k8s.io/v1), newest first.
+    assert!(
+        text.contains("Warning Events:") && text.contains("BootFailed (x"),
+        "{text}"
+    );
+    assert!(
+        text.contains("BootFailureThreshold"),
+        "the open circuit is said:\n{text}"
+    );
+
+    let why = run(&["why", "shop-api", "-n", "shop", "-o", "json"])
+        .await
+        .expect("why runs");
+    assert!(
+        why.status.success(),
+        "{}",
+        String::from_utf8_lossy(&why.stderr)
+    );
+    let findings: Value = serde_json::from_slice(&why.stdout).expect("why -o json is JSON");
+    let boot_failures: Vec<&Value> = findings
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|f| f["reason"] == "BootFailed")
+        .collect();
+    assert!(!boot_failures.is_empty(), "{findings:#}");
+    // The hint comes from the log the plugin read: gunicorn's own words.
+    assert!(
+        boot_failures.iter().any(|f| f["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("Worker failed to boot"))),
+        "{findings:#}"
+    );
+
+    let _ = stop.send(());
+    let _ = serving.await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

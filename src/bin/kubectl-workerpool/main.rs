@@ -179,6 +179,29 @@ async fn get(session: &Session, name: &str) -> anyhow::Result<Verdict> {
     Ok(Verdict::Clean)
 }
 
+/// A watch of one kind in `ns` that keeps `store` current; each item says something changed.
+fn watched<K>(
+    client: &Client,
+    ns: &str,
+    store: reflector::store::Writer<K>,
+    config: watcher::Config,
+) -> futures::stream::BoxStream<'static, Result<(), watcher::Error>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    reflector(store, watcher(Api::namespaced(client.clone(), ns), config))
+        .default_backoff()
+        .map(|r| r.map(|_| ()))
+        .boxed()
+}
+
 /// Changes seen within this long of each other are drawn once.
 const REDRAW_AFTER: Duration = Duration::from_millis(250);
 
@@ -197,40 +220,16 @@ async fn watch(session: &Session, name: &str) -> anyhow::Result<Verdict> {
     let (pods, pods_writer) = reflector::store::<Pod>();
     let (jobs, jobs_writer) = reflector::store::<Job>();
     let (events, events_writer) = reflector::store::<Event>();
+    let (recorded, recorded_writer) = reflector::store::<read::RecordedEvent>();
     let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let by_pool = watcher::Config::default().labels(&selector);
+    let kubelet = watcher::Config::default().fields(read::KUBELET_EVENTS);
     let changes = stream::select_all([
-        reflector(
-            pools_writer,
-            watcher(Api::namespaced(client.clone(), ns), by_name),
-        )
-        .default_backoff()
-        .map(|r| r.map(|_| ()))
-        .boxed(),
-        reflector(
-            pods_writer,
-            watcher(Api::namespaced(client.clone(), ns), by_pool.clone()),
-        )
-        .default_backoff()
-        .map(|r| r.map(|_| ()))
-        .boxed(),
-        reflector(
-            jobs_writer,
-            watcher(Api::namespaced(client.clone(), ns), by_pool),
-        )
-        .default_backoff()
-        .map(|r| r.map(|_| ()))
-        .boxed(),
-        reflector(
-            events_writer,
-            watcher(
-                Api::namespaced(client.clone(), ns),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .map(|r| r.map(|_| ()))
-        .boxed(),
+        watched(client, ns, pools_writer, by_name),
+        watched(client, ns, pods_writer, by_pool.clone()),
+        watched(client, ns, jobs_writer, by_pool),
+        watched(client, ns, events_writer, kubelet),
+        watched(client, ns, recorded_writer, watcher::Config::default()),
     ]);
     let mut changes = std::pin::pin!(changes);
     let mut last_drawn = None;
@@ -253,7 +252,10 @@ async fn watch(session: &Session, name: &str) -> anyhow::Result<Verdict> {
         let pods: Vec<Pod> = pods.state().iter().map(|p| (**p).clone()).collect();
         let jobs: Vec<Job> = jobs.state().iter().map(|j| (**j).clone()).collect();
         let events: Vec<Event> = events.state().iter().map(|e| (**e).clone()).collect();
-        let (pod_events, warnings) = read::split_events(&events, &pods, Some(name));
+        let recorded: Vec<read::RecordedEvent> =
+            recorded.state().iter().map(|e| (**e).clone()).collect();
+        let pod_events = read::kubelet_events(&events, &pods);
+        let warnings = read::pool_warnings(&recorded, name);
         let tree = tree::build(&tree::Observed {
             pool: &pool,
             pods: &pods,
@@ -423,6 +425,11 @@ async fn convert(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Verdict> {
+    if cli.scope.all_namespaces && !matches!(cli.command, Command::Audit) {
+        return Err(anyhow!(
+            "-A/--all-namespaces is for audit; get, why and convert read one namespace (-n)"
+        ));
+    }
     let session = Session::connect(cli.scope).await?;
     match cli.command {
         Command::Get { name, watch: false } => get(&session, &name).await,

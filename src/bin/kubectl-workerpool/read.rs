@@ -5,6 +5,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod, PodSpec};
+pub use k8s_openapi::api::events::v1::Event as RecordedEvent;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
@@ -40,52 +41,76 @@ pub async fn pods(client: &Client, namespace: &str, selector: &str) -> anyhow::R
     Ok(list.items)
 }
 
-/// The kubelet's Events about `pods` and the Warning Events about the pool named `pool`.
+/// The kubelet's Events about `pods` (core/v1) and the Warning Events the operator recorded about
+/// the pool named `pool` (events.k8s.io/v1, the API it records with).
 pub async fn events(
     client: &Client,
     namespace: &str,
     pods: &[Pod],
     pool: Option<&str>,
 ) -> anyhow::Result<(Vec<KubeletEvent>, Vec<PoolEvent>)> {
-    let list = api::<Event>(client, Some(namespace))
-        .list(&ListParams::default())
+    let kubelet = api::<Event>(client, Some(namespace))
+        .list(&ListParams::default().fields(KUBELET_EVENTS))
         .await
-        .with_context(|| format!("listing events in {namespace}"))?;
-    Ok(split_events(&list.items, pods, pool))
+        .with_context(|| format!("listing the pods' events in {namespace}"))?;
+    let recorded = match pool {
+        Some(_) => {
+            api::<RecordedEvent>(client, Some(namespace))
+                .list(&ListParams::default())
+                .await
+                .with_context(|| format!("listing the pool's events in {namespace}"))?
+                .items
+        }
+        None => Vec::new(),
+    };
+    Ok((
+        kubelet_events(&kubelet.items, pods),
+        pool.map(|p| pool_warnings(&recorded, p))
+            .unwrap_or_default(),
+    ))
 }
 
-pub fn split_events(
-    events: &[Event],
-    pods: &[Pod],
-    pool: Option<&str>,
-) -> (Vec<KubeletEvent>, Vec<PoolEvent>) {
+/// The Events the kubelet records about pods.
+pub const KUBELET_EVENTS: &str = "involvedObject.kind=Pod";
+
+pub fn kubelet_events(events: &[Event], pods: &[Pod]) -> Vec<KubeletEvent> {
     let names: std::collections::BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
-    let kubelet = kubelet::evidence(events.iter().filter(|e| {
+    kubelet::evidence(events.iter().filter(|e| {
         e.involved_object
             .name
             .as_ref()
             .is_some_and(|n| names.contains(n))
-    }));
-    let warnings = events
+    }))
+}
+
+pub fn pool_warnings(events: &[RecordedEvent], pool: &str) -> Vec<PoolEvent> {
+    events
         .iter()
         .filter(|e| {
             e.type_.as_deref() == Some("Warning")
-                && e.involved_object.kind.as_deref() == Some("WorkerPool")
-                && pool.is_some_and(|p| e.involved_object.name.as_deref() == Some(p))
+                && e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("WorkerPool") && r.name.as_deref() == Some(pool)
+                })
         })
         .map(|e| PoolEvent {
             reason: e.reason.clone().unwrap_or_default(),
-            message: e.message.clone().unwrap_or_default(),
-            count: e.count.unwrap_or(1),
-            last_seen: e
-                .last_timestamp
+            message: e.note.clone().unwrap_or_default(),
+            count: e
+                .series
                 .as_ref()
-                .map(|t| t.0)
+                .map(|s| s.count)
+                .or(e.deprecated_count)
+                .unwrap_or(1),
+            last_seen: e
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
                 .or(e.event_time.as_ref().map(|t| t.0))
-                .or(e.first_timestamp.as_ref().map(|t| t.0)),
+                .or(e.deprecated_first_timestamp.as_ref().map(|t| t.0))
+                .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0)),
         })
-        .collect();
-    (kubelet, warnings)
+        .collect()
 }
 
 pub async fn pool_jobs(client: &Client, namespace: &str, pool: &str) -> anyhow::Result<Vec<Job>> {

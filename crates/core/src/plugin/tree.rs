@@ -350,20 +350,20 @@ pub fn render(tree: &PoolTree, style: Style) -> String {
     if let Some(revision) = &tree.revision {
         field("Revision", revision.clone());
     }
-    field(
-        "Circuit",
-        if tree.circuit_open {
-            style.mark(
-                Health::Bad,
-                &format!(
-                    "open: {}",
-                    tree.circuit_message.as_deref().unwrap_or("boot failures")
-                ),
-            )
-        } else {
-            "closed".into()
-        },
-    );
+    // The circuit's message is often the Stalled condition's: said once.
+    let circuit = match (&tree.circuit_message, tree.circuit_open) {
+        (_, false) => "closed".to_string(),
+        (Some(m), true)
+            if !tree
+                .message
+                .as_deref()
+                .is_some_and(|t| t.contains(m.as_str())) =>
+        {
+            style.mark(Health::Bad, &format!("open: {m}"))
+        }
+        (_, true) => style.mark(Health::Bad, "open"),
+    };
+    field("Circuit", circuit);
 
     // Rows: (tree prefix + name, kind, status, age, info), then lines under a row.
     struct Row {
@@ -484,16 +484,16 @@ pub fn render(tree: &PoolTree, style: Style) -> String {
         pad("STATUS", status_width),
         "AGE"
     ));
-    out.push_str(&format!(
-        "{}  {:<10}  {}  {:>4}\n",
-        pad(&tree.name, name_width),
-        "WorkerPool",
-        pad(
-            &style.mark(phase_health(&tree.phase), &tree.phase),
-            status_width
-        ),
-        ""
-    ));
+    out.push_str(
+        format!(
+            "{}  {:<10}  {}",
+            pad(&tree.name, name_width),
+            "WorkerPool",
+            style.mark(phase_health(&tree.phase), &tree.phase)
+        )
+        .trim_end(),
+    );
+    out.push('\n');
     for (i, (row, name)) in rows.iter().zip(&named).enumerate() {
         out.push_str(
             format!(
