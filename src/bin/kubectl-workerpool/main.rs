@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -245,6 +245,17 @@ async fn watch(session: &Session, name: &str) -> anyhow::Result<Verdict> {
                 _ = &mut settle => break,
                 next = changes.next() => if next.is_none() { break },
             }
+        }
+        // Nothing is drawn from a store whose first list has not arrived: a half-read tree.
+        let listed = [
+            pools.wait_until_ready().now_or_never(),
+            pods.wait_until_ready().now_or_never(),
+            jobs.wait_until_ready().now_or_never(),
+            events.wait_until_ready().now_or_never(),
+            recorded.wait_until_ready().now_or_never(),
+        ];
+        if listed.iter().any(|ready| !matches!(ready, Some(Ok(())))) {
+            continue;
         }
         let Some(pool) = pools.state().into_iter().next() else {
             continue;
