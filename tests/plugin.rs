@@ -480,3 +480,37 @@ async fn on_the_sandbox_get_and_why_show_the_boot_failure_the_controller_recorde
     let _ = serving.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_converted_template_leaves_out_what_the_api_server_filled_in() {
+    let d = deployment(json!({"spec": {"template": {"spec": {
+        "dnsPolicy": "ClusterFirst", "restartPolicy": "Always", "schedulerName": "default-scheduler",
+        "securityContext": {}, "serviceAccountName": "web",
+        "containers": [{
+            "name": "app", "image": "shop/web:1", "imagePullPolicy": "IfNotPresent",
+            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+            "command": ["gunicorn", "shop.wsgi"],
+            "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+        }]
+    }}}}));
+    let converted = convert::convert(&d, &[], None, None).unwrap();
+    let yaml = convert::to_yaml(&converted, "deployment/web").unwrap();
+    for default in [
+        "dnsPolicy",
+        "restartPolicy",
+        "schedulerName",
+        "securityContext",
+        "imagePullPolicy",
+        "terminationMessage",
+        "protocol",
+    ] {
+        assert!(!yaml.contains(default), "{default} in:\n{yaml}");
+    }
+    // What the user wrote stays, a pull policy the server would not pick among it.
+    assert!(yaml.contains("serviceAccountName: web"), "{yaml}");
+    let latest = deployment(app(
+        json!({"image": "shop/web:latest", "imagePullPolicy": "IfNotPresent"}),
+    ));
+    let yaml = convert::to_yaml(&convert::convert(&latest, &[], None, None).unwrap(), "d").unwrap();
+    assert!(yaml.contains("imagePullPolicy: IfNotPresent"), "{yaml}");
+}

@@ -289,6 +289,7 @@ pub fn convert(
         }
     }
     if let Some(pod) = template.spec.as_mut() {
+        drop_server_defaults(pod);
         pod.termination_grace_period_seconds = None;
         if let Some(app) = pod.containers.iter_mut().find(|c| c.name == container.name) {
             app.startup_probe = None;
@@ -345,6 +346,52 @@ pub fn convert(
         changes,
         conflicts,
     })
+}
+
+/// Leaves out the values the API server filled in because the Deployment did not set them: it
+/// fills them in again for the pool, and the printed pool shows what the user wrote.
+fn drop_server_defaults(pod: &mut k8s_openapi::api::core::v1::PodSpec) {
+    let clear = |field: &mut Option<String>, default: &str| {
+        if field.as_deref() == Some(default) {
+            *field = None;
+        }
+    };
+    clear(&mut pod.dns_policy, "ClusterFirst");
+    clear(&mut pod.restart_policy, "Always");
+    clear(&mut pod.scheduler_name, "default-scheduler");
+    if pod
+        .security_context
+        .as_ref()
+        .is_some_and(|c| *c == Default::default())
+    {
+        pod.security_context = None;
+    }
+    for container in pod
+        .containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten())
+    {
+        clear(
+            &mut container.termination_message_path,
+            "/dev/termination-log",
+        );
+        clear(&mut container.termination_message_policy, "File");
+        // `Always` for an image without a tag or tagged `latest`, else `IfNotPresent`.
+        let image = container.image.as_deref().unwrap_or_default();
+        let tag = image
+            .rsplit('/')
+            .next()
+            .and_then(|last| last.split_once(':'))
+            .map(|(_, tag)| tag);
+        let pull_default = match tag {
+            None | Some("latest") if !image.contains('@') => "Always",
+            _ => "IfNotPresent",
+        };
+        clear(&mut container.image_pull_policy, pull_default);
+        for port in container.ports.iter_mut().flatten() {
+            clear(&mut port.protocol, "TCP");
+        }
+    }
 }
 
 /// Each derived value that differs from the Deployment's.
