@@ -2610,3 +2610,78 @@ fn the_plugin_audits_unmanaged_deployments_and_converts_one_the_server_accepts()
         "the changed grace period is said:\n{yaml}"
     );
 }
+
+// --- what a pool costs ---------------------------------------------------------------------------
+
+#[test]
+#[ignore = "needs a control plane: e2e/real-cluster"]
+fn a_pool_is_created_without_reading_its_children_and_a_taken_name_is_never_adopted() {
+    let (cluster, _operators) = setup();
+    let ns = namespace("e2e-create-only");
+    let audit = Audit::start(cluster);
+    let yaml = pool(
+        &ns,
+        "api",
+        2,
+        "gunicorn",
+        &[("boot", "1s")],
+        json!({"init": {"command": ["python", "manage.py", "migrate"]}}),
+    );
+    assert!(apply(&yaml).ok);
+    wait_ready(&ns, "api", 2 * MINUTE);
+    let requests = audit.requests_in(&ns);
+    for child in ["jobs", "deployments", "poddisruptionbudgets"] {
+        assert_eq!(
+            count(&requests, "get", child),
+            0,
+            "a {child} read before its create: {:#?}",
+            summary(&requests)
+        );
+    }
+
+    // A Deployment someone else made under the name the next pool's Deployment would take.
+    kubectl_ok(&[
+        "create",
+        "deployment",
+        "taken",
+        "-n",
+        &ns,
+        "--image=registry.example/theirs:1",
+        "--replicas=0",
+    ]);
+    assert!(apply(&pool(&ns, "taken", 2, "gunicorn", &[], json!({}))).ok);
+    let stalled = wait_until(
+        "Stalled=ChildNotOwned on pool taken",
+        MINUTE,
+        || {
+            let s = status(&ns, "taken");
+            condition(&s, "Stalled")
+                .filter(|c| c["status"] == "True" && c["reason"] == "ChildNotOwned")
+                .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+        },
+        || describe(&ns, "taken"),
+    );
+    assert!(
+        stalled.contains(&format!("Deployment {ns}/taken")),
+        "{stalled}"
+    );
+    let theirs = kubectl_json(&["get", "deployment", "taken", "-n", &ns]).expect("theirs");
+    assert!(
+        theirs["metadata"]["ownerReferences"].is_null(),
+        "adopted: {theirs:#}"
+    );
+    assert_eq!(
+        theirs["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/theirs:1"
+    );
+    let managers: Vec<&str> = theirs["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        !managers.contains(&"workerpool-operator"),
+        "written by the operator: {managers:?}"
+    );
+}

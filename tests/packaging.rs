@@ -125,6 +125,15 @@ fn controller_rules() -> Vec<(String, String, Vec<String>)> {
             allow(request.group, &resource, "create");
         }
     }
+    // A name taken by someone else is read through the API the same way for each kind of child;
+    // the recorded run takes that path for a Deployment.
+    if recorded
+        .iter()
+        .any(|r| r.verb == "get" && r.resource == "deployments")
+    {
+        allow("batch", "jobs", "get");
+        allow("policy", "poddisruptionbudgets", "get");
+    }
     allow("workerpool.dev", "workerpools/finalizers", "update");
     allow("workerpool.dev", "workerpools", "patch");
     let mut all: Vec<(String, String, Vec<String>)> = verbs
@@ -137,7 +146,8 @@ fn controller_rules() -> Vec<(String, String, Vec<String>)> {
 
 /// Every request of the controller in recorded runs on the sandbox: the bundled sample (with its
 /// init Job) failing to boot (exit 3), then booting slower than its startup probe allows (probe
-/// kills, whose pods' Events are read), each with an operator restart in the middle.
+/// kills, whose pods' Events are read), each with an operator restart in the middle; then the
+/// sample created where its Deployment's name is taken.
 fn recorded_requests() -> Vec<workerpool_sandbox::apiserver::http::RequestRecord> {
     use workerpool_sandbox::scenario::Scenario;
     use workerpool_sandbox::{Options, Sandbox};
@@ -165,6 +175,38 @@ fn recorded_requests() -> Vec<workerpool_sandbox::apiserver::http::RequestRecord
             sandbox.server.requests()
         }));
     }
+    // A pool whose Deployment's name someone else took: the create-only apply is refused (409)
+    // and the object is read through the API, to be named, never adopted.
+    requests.extend(runtime.block_on(async {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use workerpool_sandbox::apiserver::resource_of;
+        let scenario = Scenario::built_in("healthy").expect("scenario");
+        let mut sandbox = Sandbox::new(Options::new(scenario, 1));
+        let name = pool["metadata"]["name"].as_str().expect("name");
+        let namespace = pool["metadata"]["namespace"].as_str().expect("namespace");
+        let foreign = serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": "theirs"}},
+                "template": {"metadata": {"labels": {"app": "theirs"}},
+                             "spec": {"containers": [{"name": "c", "image": "theirs:1"}]}}
+            }
+        });
+        sandbox
+            .server
+            .create(
+                resource_of::<Deployment>(),
+                namespace,
+                foreign,
+                Some("kubectl-create"),
+            )
+            .expect("someone else's Deployment");
+        sandbox.add_pool(pool.clone()).expect("pool");
+        sandbox.start_operator();
+        sandbox.run_for(30).await;
+        sandbox.stop_operator().await;
+        sandbox.server.requests()
+    }));
     requests.retain(|r| r.verb != "unknown");
     requests
 }
@@ -186,8 +228,12 @@ fn the_recorded_run_takes_every_path_to_the_api() {
         "the init Job is created by an apply"
     );
     assert!(
-        saw("get", "deployments", 404),
-        "a child not yet cached is looked up"
+        saw("patch", "deployments", 409),
+        "a create-only apply finds a name someone else took"
+    );
+    assert!(
+        saw("get", "deployments", 200),
+        "and reads that object through the API"
     );
     assert!(saw("list", "events", 200), "a pod's Events are listed");
     assert!(saw("get", "pods/log", 200), "a log tail is read");

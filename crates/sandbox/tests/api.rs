@@ -701,3 +701,34 @@ async fn the_log_tail_keeps_the_end_of_long_json_lines() {
     assert!(tail.starts_with('{'), "starts mid-line: {tail:.80}");
     assert_eq!(loghints::scan(&tail).worker_timeout_pids, [9]);
 }
+
+/// As kube-apiserver 1.37 answers: an apply whose object names a resourceVersion creates an
+/// absent object (with a version of the server's own) and is refused with 409 for an existing one
+/// whose version differs, even when forced.
+#[tokio::test]
+async fn an_apply_naming_a_resource_version_creates_only_what_is_absent() {
+    let client = server().client();
+    let api: Api<Deployment> = Api::namespaced(client, "shop");
+    let mut desired = deployment("api", 2);
+    desired.metadata.resource_version = Some("1".into());
+    let params = PatchParams::apply("workerpool-operator").force();
+    let created = api
+        .patch("api", &params, &Patch::Apply(&desired))
+        .await
+        .expect("created");
+    assert_ne!(created.metadata.resource_version.as_deref(), Some("1"));
+    let fields = serde_json::to_string(&created.metadata.managed_fields).unwrap();
+    assert!(!fields.contains("resourceVersion"), "{fields}");
+    match api.patch("api", &params, &Patch::Apply(&desired)).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+        other => panic!("an existing object is not written: {other:?}"),
+    }
+    // Without the version, the same apply writes the existing object.
+    desired.metadata.resource_version = None;
+    desired.spec.as_mut().unwrap().replicas = Some(3);
+    let written = api
+        .patch("api", &params, &Patch::Apply(&desired))
+        .await
+        .expect("applied");
+    assert_eq!(written.spec.unwrap().replicas, Some(3));
+}

@@ -103,6 +103,18 @@ async fn healthy_pool_ramps_in_steps_converges_and_then_writes_nothing() {
         .collect();
     assert_eq!(steps, ["replicas 2 -> 4", "replicas 4 -> 6"]);
     assert!(status(&report)["aborts"].is_null() || abort_count(&report, "BootFailed") == 0);
+    // Its children were created without a read: the caches answered, and a create-only apply
+    // would have been refused had their names been taken.
+    let child_reads: Vec<String> = sandbox
+        .server
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.verb == "get" && ["deployments", "poddisruptionbudgets", "jobs"].contains(&r.resource)
+        })
+        .map(|r| format!("{} {} {}", r.verb, r.resource, r.code))
+        .collect();
+    assert!(child_reads.is_empty(), "{child_reads:?}");
 
     // Converged: five more minutes, watches renewed, and not a single write.
     let before = writes(&sandbox);

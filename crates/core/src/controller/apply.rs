@@ -27,7 +27,7 @@ pub(super) fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
-/// A child as the watch cache holds it, or — when the cache has none and `uncached` asks — as the
+/// A child as the watch cache holds it, or — when the cache has none and the lookup asks — as the
 /// API holds it, so a same-named object someone else created is never adopted or overwritten.
 enum Existing<K> {
     Ours(Arc<Watched<K>>),
@@ -43,6 +43,16 @@ impl<K> Existing<K> {
             Existing::Foreign => Child::Foreign,
         }
     }
+}
+
+/// Where a child the watch caches do not hold is looked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// Nowhere: it is written create-only, which the API server refuses when an object of that
+    /// name exists (the caches watch only labelled objects, so someone else's is not in them).
+    Cache,
+    /// Through the API, after a create-only write was refused.
+    Api,
 }
 
 async fn existing<K>(
@@ -103,9 +113,13 @@ impl Read {
 }
 
 /// Reads the children `prepared` names.
-pub(super) async fn read_children(ctx: &Context, prepared: &Prepared<'_>) -> Result<Read, Error> {
+pub(super) async fn read_children(
+    ctx: &Context,
+    prepared: &Prepared<'_>,
+    lookup: Lookup,
+) -> Result<Read, Error> {
     let pool = prepared.identity;
-    let uncached = prepared.reads_uncached();
+    let uncached = prepared.reads_uncached() && lookup == Lookup::Api;
     let caches = &ctx.caches;
     let deployment = existing(ctx, &caches.deployments, pool, &pool.name, uncached).await?;
     let pdb = existing(ctx, &caches.pdbs, pool, &pool.name, uncached).await?;
@@ -123,8 +137,20 @@ pub(super) async fn read_children(ctx: &Context, prepared: &Prepared<'_>) -> Res
     })
 }
 
-/// Server-side apply of one child of `pool`.
-async fn apply_child<K>(ctx: &Context, pool: &PoolRef, desired: &K) -> Result<(), Error>
+/// The resourceVersion a create-only apply carries. An apply whose object names a
+/// resourceVersion is refused with a conflict (409) unless the live object has exactly that one,
+/// also when forced, and creates the object when there is none; no object has version 1, the
+/// first revision of a new etcd.
+const CREATE_ONLY: &str = "1";
+
+/// Server-side apply of one child of `pool`; `create_only` when the child is not known to exist,
+/// so that one someone else made is refused, not adopted.
+async fn apply_child<K>(
+    ctx: &Context,
+    pool: &PoolRef,
+    desired: &K,
+    create_only: bool,
+) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + k8s_openapi::Resource
@@ -136,18 +162,26 @@ where
     // Only the answer's metadata is decoded: nothing in the rest of it is read.
     let api: Api<Watched<PartialObjectMeta<K>>> =
         Api::namespaced(ctx.client.clone(), &pool.namespace);
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER_NAME).force(),
-        &Patch::Apply(desired),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: K::KIND.into(),
-        name,
-        source,
-    })?;
-    Ok(())
+    let params = PatchParams::apply(MANAGER_NAME).force();
+    let written = if create_only {
+        let mut desired = desired.clone();
+        desired.meta_mut().resource_version = Some(CREATE_ONLY.into());
+        api.patch(&name, &params, &Patch::Apply(&desired)).await
+    } else {
+        api.patch(&name, &params, &Patch::Apply(desired)).await
+    };
+    match written {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if create_only && status.code == 409 => Err(Error::Unseen {
+            kind: K::KIND.into(),
+            name,
+        }),
+        Err(source) => Err(Error::Apply {
+            kind: K::KIND.into(),
+            name,
+            source,
+        }),
+    }
 }
 
 /// Sets the replicas and the pause of the live Deployment, and nothing else.
@@ -174,14 +208,20 @@ async fn hold_template(
     Ok(())
 }
 
-/// Makes the writes: the init Job first, then the Deployment, then the budget.
+/// Makes the writes: the init Job first, then the Deployment, then the budget. A child `read`
+/// does not hold is created only if no object has its name.
 pub(super) async fn write_children(
     ctx: &Context,
     pool: &PoolRef,
     writes: &Writes,
+    read: &Read,
 ) -> Result<(), Error> {
     if let Some(job) = &writes.init_job {
-        apply_child(ctx, pool, job).await?;
+        let ours = read
+            .init_job
+            .as_ref()
+            .is_some_and(|(_, job)| matches!(job, Existing::Ours(_)));
+        apply_child(ctx, pool, job, !ours).await?;
     }
     match &writes.deployment {
         None => {}
@@ -189,11 +229,13 @@ pub(super) async fn write_children(
             hold_template(ctx, pool, *replicas, *paused).await?;
         }
         Some(DeploymentWrite::Apply(deployment)) => {
-            apply_child(ctx, pool, deployment.as_ref()).await?;
+            let ours = matches!(read.deployment, Existing::Ours(_));
+            apply_child(ctx, pool, deployment.as_ref(), !ours).await?;
         }
     }
     if let Some(pdb) = &writes.pdb {
-        apply_child(ctx, pool, pdb).await?;
+        let ours = matches!(read.pdb, Existing::Ours(_));
+        apply_child(ctx, pool, pdb, !ours).await?;
     }
     Ok(())
 }

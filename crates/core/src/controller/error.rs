@@ -16,6 +16,11 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A create-only write found an object of that name the watch caches do not hold.
+    #[error(
+        "creating {kind} {name}: an object of that name exists that the watch caches do not hold"
+    )]
+    Unseen { kind: String, name: String },
     #[error("writing status of WorkerPool {name}: {source}")]
     Status {
         name: String,
@@ -32,7 +37,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Read { .. } => "read",
-            Error::Apply { .. } => "apply",
+            Error::Apply { .. } | Error::Unseen { .. } => "apply",
             Error::Status { .. } => "status",
             Error::Metadata(_) => "metadata",
             Error::Serialize(_) => "serialize",

@@ -30,6 +30,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
+
+use apply::Lookup;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
@@ -280,36 +282,42 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
 
     let workers = workers::observe(ctx, pool, old, &identity.namespace, &identity.name).await;
     let prepared = Prepared::new(pool, &identity);
-    let read = apply::read_children(ctx, &prepared).await?;
-    let (live, announced_ready) = (read.live(), ctx.pools.announced_ready(uid));
-    let mut observed = Observed {
-        old,
-        last_write: ctx.pools.last_write(&pool.metadata, remembered.is_some()),
-        announced_ready: announced_ready.as_ref(),
-        workers: &workers.report,
-        children: &live,
-        refused: None,
-        now: (ctx.clock)(),
-    };
-
-    let mut decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
-    let refused = match apply::write_children(ctx, &identity, &decision.writes).await {
-        Ok(()) => None,
-        Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
-            tracing::info!(pool = %identity.name, namespace = %identity.namespace, "the namespace is being deleted; the pool goes with it");
-            return Ok(Action::await_change());
-        }
-        Err(error) => {
-            let Some(stall) = refusal(&error, &identity.namespace) else {
-                return Err(error);
-            };
-            observed.refused = Some(stall);
-            decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
-            Some(error)
+    let announced_ready = ctx.pools.announced_ready(uid);
+    let now = (ctx.clock)();
+    // The caches answer first; only a create refused for a name already taken reads the API.
+    let mut lookup = Lookup::Cache;
+    let (decision, refused) = loop {
+        let read = apply::read_children(ctx, &prepared, lookup).await?;
+        let live = read.live();
+        let mut observed = Observed {
+            old,
+            last_write: ctx.pools.last_write(&pool.metadata, remembered.is_some()),
+            announced_ready: announced_ready.as_ref(),
+            workers: &workers.report,
+            children: &live,
+            refused: None,
+            now,
+        };
+        let decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
+        match apply::write_children(ctx, &identity, &decision.writes, &read).await {
+            Ok(()) => break (decision, None),
+            Err(Error::Unseen { .. }) if lookup == Lookup::Cache => lookup = Lookup::Api,
+            Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
+                tracing::info!(pool = %identity.name, namespace = %identity.namespace, "the namespace is being deleted; the pool goes with it");
+                return Ok(Action::await_change());
+            }
+            Err(error) => {
+                let Some(stall) = refusal(&error, &identity.namespace) else {
+                    return Err(error);
+                };
+                observed.refused = Some(stall);
+                let decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
+                break (decision, Some(error));
+            }
         }
     };
     let requeue = decision.requeue;
-    report(ctx, pool, decision, remembered.is_some(), observed.now).await?;
+    report(ctx, pool, decision, remembered.is_some(), now).await?;
 
     // Come back: with back-off after a refusal or unread Events, else when asked.
     if let Some(error) = refused {
