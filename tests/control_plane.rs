@@ -2665,7 +2665,15 @@ fn a_pool_is_created_without_reading_its_children_and_a_taken_name_is_never_adop
         stalled.contains(&format!("Deployment {ns}/taken")),
         "{stalled}"
     );
-    let theirs = kubectl_json(&["get", "deployment", "taken", "-n", &ns]).expect("theirs");
+    let theirs = kubectl_json(&[
+        "get",
+        "deployment",
+        "taken",
+        "-n",
+        &ns,
+        "--show-managed-fields",
+    ])
+    .expect("theirs");
     assert!(
         theirs["metadata"]["ownerReferences"].is_null(),
         "adopted: {theirs:#}"
