@@ -6,28 +6,17 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod, PodSpec};
 pub use k8s_openapi::api::events::v1::Event as RecordedEvent;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::{Client, ResourceExt};
 
 use workerpool_core::aborts::classify::KubeletEvent;
 use workerpool_core::api::{POOL_LABEL, Runtime, WorkerPool};
 use workerpool_core::controller::kubelet;
 use workerpool_core::controller::logs::{ApiLogs, LogReader};
+pub use workerpool_core::controller::run::api;
 use workerpool_core::diagnose::{self, SavedLog};
 use workerpool_core::plugin::tree::PoolEvent;
 use workerpool_core::plugin::workload;
-
-/// Objects of one namespace, or of all when `namespace` is None.
-pub fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
 
 pub fn pool_selector(pool: &str) -> String {
     format!("{POOL_LABEL}={pool}")

@@ -77,7 +77,8 @@ pub async fn client_config(
     })
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// Objects of one namespace, or of all when `namespace` is None.
+pub fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope>,
     K::DynamicType: Default,
