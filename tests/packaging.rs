@@ -540,6 +540,44 @@ fn image_dependency_tree(format: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// The README's `cargo run -- …` commands need cargo to know which of the package's binaries
+/// (the operator, the kubectl plugin) to run.
+#[test]
+fn cargo_run_runs_the_operator() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(ROOT)
+        .args(["metadata", "--locked", "--no-deps", "--format-version", "1"])
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let package = metadata["packages"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "workerpool-operator"))
+        .expect("the root package");
+    let binaries: Vec<&str> = package["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let runs = match binaries.as_slice() {
+        [only] => Some(*only),
+        _ => package["default_run"].as_str(),
+    };
+    assert_eq!(runs, Some("workerpool-operator"), "binaries {binaries:?}");
+}
+
 #[test]
 fn the_image_links_neither_the_sandbox_crate_nor_tokios_test_util() {
     let crates = image_dependency_tree("{p}");
