@@ -150,6 +150,41 @@ fn render_accepts_a_minimal_pool() {
 }
 
 #[test]
+fn render_makes_a_budget_only_where_it_protects_a_pod_and_says_why_not() {
+    let kinds = |yaml: &str| -> Vec<String> {
+        yaml.lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .map(str::to_string)
+            .collect()
+    };
+    // One replica, which maxUnavailable 1 lets go.
+    let one = text(&run(&["render", "-f", "-"], Some(MINIMAL)).stdout);
+    assert_eq!(kinds(&one), ["Deployment"], "{one}");
+    assert!(
+        one.contains("# No PodDisruptionBudget: with maxUnavailable 1 and replicas 1, a budget"),
+        "{one}"
+    );
+    let three = MINIMAL.replace("runtime: gunicorn", "runtime: gunicorn\n  replicas: 3");
+    let three = text(&run(&["render", "-f", "-"], Some(&three)).stdout);
+    assert_eq!(
+        kinds(&three),
+        ["Deployment", "PodDisruptionBudget"],
+        "{three}"
+    );
+    assert!(!three.contains("No PodDisruptionBudget"), "{three}");
+    let off = MINIMAL.replace(
+        "runtime: gunicorn",
+        "runtime: gunicorn\n  replicas: 3\n  policy: {disruption: {budget: false}}",
+    );
+    let off = text(&run(&["render", "-f", "-"], Some(&off)).stdout);
+    assert_eq!(kinds(&off), ["Deployment"], "{off}");
+    assert!(
+        off.contains("# No PodDisruptionBudget: policy.disruption.budget is false"),
+        "{off}"
+    );
+}
+
+#[test]
 fn invalid_input_exits_non_zero_naming_the_field() {
     let cases = [
         (

@@ -13,15 +13,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::events::EventType;
 use serde_json::{Value, json};
 use workerpool_core::aborts::report::Report;
-use workerpool_core::api::{AbortRecord, WorkerPool, WorkerPoolStatus, reason};
+use workerpool_core::api::{AbortRecord, DisruptionBudget, WorkerPool, WorkerPoolStatus, reason};
 use workerpool_core::decide::{
-    Child, Decision, DeploymentWrite, Fold, LiveChildren, Observed, Prepared, RESYNC, decide,
-    requeue,
+    BudgetWrite, Child, Decision, DeploymentWrite, Fold, LiveChildren, Observed, Prepared, RESYNC,
+    decide, requeue,
 };
 use workerpool_core::pool::Stall;
 use workerpool_core::pool::derive::PoolRef;
 
 const UID: &str = "pool-uid-1";
+const PDB_UID: &str = "pdb-uid-1";
 
 fn now() -> Timestamp {
     "2026-12-01T10:00:00Z".parse().expect("time")
@@ -86,7 +87,7 @@ impl World {
         let prepared = Prepared::new(pool, &identity);
         let live = LiveChildren {
             deployment: child(self.deployment.as_ref()),
-            pdb: self.pdb.as_ref().map_or(Child::Absent, Child::Ours),
+            pdb: child(self.pdb.as_ref()),
             init_job: None,
         };
         let observed = Observed {
@@ -108,8 +109,16 @@ impl World {
             Some(DeploymentWrite::Hold { .. }) => panic!("no init Job holds this pool"),
             None => {}
         }
-        if let Some(pdb) = decision.writes.pdb {
-            self.pdb = Some(pdb);
+        match decision.writes.pdb {
+            Some(BudgetWrite::Apply(mut pdb)) => {
+                pdb.metadata.uid = Some(PDB_UID.into());
+                self.pdb = Some(*pdb);
+            }
+            Some(BudgetWrite::Delete { uid }) => {
+                let live = self.pdb.take().expect("a budget to delete");
+                assert_eq!(live.metadata.uid.as_deref(), Some(uid.as_str()));
+            }
+            None => {}
         }
         if let Some(deployment) = self.deployment.as_mut() {
             let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
@@ -132,16 +141,16 @@ impl World {
     }
 }
 
-fn child(deployment: Option<&Deployment>) -> Child<'_, Deployment> {
-    let owned = |d: &Deployment| {
-        d.metadata
+fn child<K: kube::Resource>(object: Option<&K>) -> Child<'_, K> {
+    let owned = |o: &K| {
+        o.meta()
             .owner_references
             .iter()
             .flatten()
             .any(|o| o.uid == UID && o.controller == Some(true))
     };
-    match deployment {
-        Some(d) if owned(d) => Child::Ours(d),
+    match object {
+        Some(o) if owned(o) => Child::Ours(o),
         Some(_) => Child::Foreign,
         None => Child::Absent,
     }
@@ -252,6 +261,74 @@ fn a_same_named_deployment_of_someone_else_is_never_written() {
         ("True", reason::NOT_OWNED)
     );
     assert_eq!(reasons(&decision), [reason::NOT_OWNED]);
+}
+
+#[test]
+fn a_budget_is_made_only_where_it_protects_a_pod_and_removed_when_the_pool_turns_it_off() {
+    let budget = |decision: &Decision| {
+        decision
+            .status
+            .effective
+            .as_ref()
+            .map(|e| e.disruption_budget)
+    };
+    // One replica that maxUnavailable 1 may take, and 60 % of 2 rounded up: nothing to protect.
+    for overlay in [
+        json!({"spec": {"replicas": 1}}),
+        json!({"spec": {"replicas": 2, "policy": {"disruption": {"maxUnavailable": "60%"}}}}),
+    ] {
+        let decision = World::default().decide(&pool(overlay.clone()), None);
+        assert!(decision.writes.pdb.is_none(), "{overlay}");
+        assert_eq!(budget(&decision), Some(DisruptionBudget::NothingToProtect));
+    }
+    // 49 % of 3 rounded up is 2: one pod is protected.
+    let three =
+        pool(json!({"spec": {"replicas": 3, "policy": {"disruption": {"maxUnavailable": "49%"}}}}));
+    let decision = World::default().decide(&three, None);
+    assert!(matches!(decision.writes.pdb, Some(BudgetWrite::Apply(_))));
+    assert_eq!(budget(&decision), Some(DisruptionBudget::Applied));
+
+    // A running pool that turns its budget off deletes its own, named by uid, and only that.
+    let mut world = World::default();
+    world.carry_out(world.decide(&pool(json!({})), None));
+    assert!(world.pdb.is_some());
+    let off = pool(json!({"spec": {"policy": {"disruption": {"budget": false}}}}));
+    let decision = world.decide(&off, None);
+    assert!(
+        matches!(&decision.writes.pdb, Some(BudgetWrite::Delete { uid }) if uid == PDB_UID),
+        "{:?}",
+        decision.writes.pdb
+    );
+    assert_eq!(budget(&decision), Some(DisruptionBudget::Disabled));
+    world.carry_out(decision);
+    assert!(world.pdb.is_none());
+    assert!(world.decide(&off, None).writes.pdb.is_none());
+}
+
+#[test]
+fn a_same_named_budget_of_someone_else_stalls_only_a_pool_that_wants_one() {
+    let foreign = PodDisruptionBudget {
+        metadata: kube::api::ObjectMeta {
+            uid: Some("theirs".into()),
+            ..kube::api::ObjectMeta::default()
+        },
+        ..PodDisruptionBudget::default()
+    };
+    let world = World {
+        pdb: Some(foreign),
+        ..World::default()
+    };
+    let wants = world.decide(&pool(json!({})), None);
+    assert_eq!(
+        condition(&wants.status, "Stalled"),
+        ("True", reason::NOT_OWNED)
+    );
+    assert!(wants.writes.is_empty());
+    let off = pool(json!({"spec": {"policy": {"disruption": {"budget": false}}}}));
+    let decision = world.decide(&off, None);
+    assert_eq!(condition(&decision.status, "Stalled").0, "False");
+    assert!(decision.writes.pdb.is_none(), "never deleted: not ours");
+    assert!(decision.writes.deployment.is_some());
 }
 
 #[test]

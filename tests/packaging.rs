@@ -147,7 +147,7 @@ fn controller_rules() -> Vec<(String, String, Vec<String>)> {
 /// Every request of the controller in recorded runs on the sandbox: the bundled sample (with its
 /// init Job) failing to boot (exit 3), then booting slower than its startup probe allows (probe
 /// kills, whose pods' Events are read), each with an operator restart in the middle; then the
-/// sample created where its Deployment's name is taken.
+/// sample created where its Deployment's name is taken; then the sample turning its budget off.
 fn recorded_requests() -> Vec<workerpool_sandbox::apiserver::http::RequestRecord> {
     use workerpool_sandbox::scenario::Scenario;
     use workerpool_sandbox::{Options, Sandbox};
@@ -207,6 +207,31 @@ fn recorded_requests() -> Vec<workerpool_sandbox::apiserver::http::RequestRecord
         sandbox.stop_operator().await;
         sandbox.server.requests()
     }));
+    // A pool that turns its budget off: its own budget is deleted.
+    requests.extend(runtime.block_on(async {
+        use workerpool_core::api::WorkerPool;
+        let scenario = Scenario::built_in("healthy").expect("scenario");
+        let mut sandbox = Sandbox::new(Options::new(scenario, 1));
+        sandbox.add_pool(pool.clone()).expect("pool");
+        sandbox.start_operator();
+        sandbox.run_for(30).await;
+        let name = pool["metadata"]["name"].as_str().expect("name");
+        let namespace = pool["metadata"]["namespace"].as_str().expect("namespace");
+        let pools: kube::Api<WorkerPool> =
+            kube::Api::namespaced(sandbox.server.client(), namespace);
+        let off = serde_json::json!({"spec": {"policy": {"disruption": {"budget": false}}}});
+        pools
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&off),
+            )
+            .await
+            .expect("the budget turned off");
+        sandbox.run_for(30).await;
+        sandbox.stop_operator().await;
+        sandbox.server.requests()
+    }));
     requests.retain(|r| r.verb != "unknown");
     requests
 }
@@ -234,6 +259,10 @@ fn the_recorded_run_takes_every_path_to_the_api() {
     assert!(
         saw("get", "deployments", 200),
         "and reads that object through the API"
+    );
+    assert!(
+        saw("delete", "poddisruptionbudgets", 200),
+        "a budget the pool turned off is deleted"
     );
     assert!(saw("list", "events", 200), "a pod's Events are listed");
     assert!(saw("get", "pods/log", 200), "a log tail is read");

@@ -816,7 +816,7 @@ proptest! {
         let children = derive::children(&pool_ref, &valid, &settings, 1);
         let job = children.init_job.expect("init job");
         let deployment = &children.deployment;
-        let pdb = &children.pdb;
+        let pdb = children.pdb.as_ref().expect("a budget");
         let job_name = job.metadata.name.clone().unwrap_or_default();
         // The Job controller puts the Job's name in a label of its pods.
         prop_assert!(is_label_value(&job_name) && is_subdomain(&job_name), "{job_name}");

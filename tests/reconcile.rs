@@ -13,7 +13,7 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use std::time::Duration;
-use workerpool_core::api::WorkerPool;
+use workerpool_core::api::{DisruptionBudget, WorkerPool};
 
 use workerpool_core::controller::watched::Guarded;
 use workerpool_core::controller::{Error, error_policy, reconcile};
@@ -159,11 +159,47 @@ async fn changed_spec_updates_the_deployment_once() {
 }
 
 #[tokio::test]
+async fn a_budget_that_would_protect_nothing_is_deleted_once_by_uid_and_then_costs_nothing() {
+    let mut h = at_rest().await;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(h.client.clone(), NS);
+    let uid = budgets.get("api").await.expect("budget").metadata.uid;
+    // maxUnavailable 2 of 2 replicas: every pod may go, so the budget protects nothing.
+    h.patch_spec(
+        "api",
+        json!({"policy": {"disruption": {"maxUnavailable": 2}}}),
+    )
+    .await;
+    h.reconcile("api").await;
+    let deletes: Vec<_> = h
+        .requests
+        .served()
+        .into_iter()
+        .filter(|r| r.verb == "delete")
+        .collect();
+    let [delete] = deletes.as_slice() else {
+        panic!("one delete: {:?}", h.writes());
+    };
+    assert_eq!(delete.resource, "poddisruptionbudgets");
+    assert_eq!(
+        delete.shape.precondition_uid, uid,
+        "names the uid it deletes"
+    );
+    assert!(budgets.get_opt("api").await.expect("read").is_none());
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(
+        status.effective.map(|e| e.disruption_budget),
+        Some(DisruptionBudget::NothingToProtect)
+    );
+    h.reconcile("api").await;
+    assert_eq!(h.requests.total(), 0, "{:?}", h.writes());
+}
+
+#[tokio::test]
 async fn a_changed_disruption_budget_is_applied_once_and_the_deployment_left_alone() {
     let mut h = at_rest().await;
     h.patch_spec(
         "api",
-        json!({"policy": {"disruption": {"maxUnavailable": 2}}}),
+        json!({"policy": {"disruption": {"maxUnavailable": "50%"}}}),
     )
     .await;
     let deployment_before = h.deployment("api").await.expect("deployment");
@@ -175,7 +211,7 @@ async fn a_changed_disruption_budget_is_applied_once_and_the_deployment_left_alo
     let budget = budgets.get("api").await.expect("budget");
     assert_eq!(
         budget.spec.and_then(|s| s.max_unavailable),
-        Some(IntOrString::Int(2))
+        Some(IntOrString::String("50%".into()))
     );
     let deployment_after = h.deployment("api").await.expect("deployment");
     assert_eq!(

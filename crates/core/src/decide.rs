@@ -103,14 +103,14 @@ pub struct LiveChildren<'a> {
 
 impl LiveChildren<'_> {
     /// Same-named objects this pool does not own: they are left untouched, and the pool stalls.
-    fn not_owned(&self, pool: &PoolRef) -> Option<Stall> {
+    /// A budget the pool does not want is no conflict, whoever made it.
+    fn not_owned(&self, pool: &PoolRef, wants_budget: bool) -> Option<Stall> {
         let (ns, name) = (&pool.namespace, &pool.name);
         let foreign: Vec<String> = [
             self.deployment
                 .is_foreign()
                 .then(|| format!("Deployment {ns}/{name}")),
-            self.pdb
-                .is_foreign()
+            (wants_budget && self.pdb.is_foreign())
                 .then(|| format!("PodDisruptionBudget {ns}/{name}")),
             match &self.init_job {
                 Some((job, Child::Foreign)) => Some(format!("Job {ns}/{job}")),
@@ -156,13 +156,23 @@ pub enum DeploymentWrite {
     Hold { replicas: i32, paused: bool },
 }
 
+/// How the PodDisruptionBudget is written.
+#[derive(Debug)]
+pub enum BudgetWrite {
+    /// Server-side apply of the derived budget.
+    Apply(Box<PodDisruptionBudget>),
+    /// The pool's own budget, which it no longer wants, deleted on the condition that the object
+    /// is still the one with this uid.
+    Delete { uid: String },
+}
+
 /// The children to write: only those whose live object lacks what the operator sets
 /// ([`drift::is_current`], the one rule that skips a write), each stamped with what it applies.
 #[derive(Debug, Default)]
 pub struct Writes {
     pub init_job: Option<Job>,
     pub deployment: Option<DeploymentWrite>,
-    pub pdb: Option<PodDisruptionBudget>,
+    pub pdb: Option<BudgetWrite>,
 }
 
 impl Writes {
@@ -221,7 +231,8 @@ pub fn decide(
         ),
         (Ok(_), Some(refused)) => (Outcome::stalled(refused.clone(), running), None),
         (Ok((valid, settings, children)), None) => {
-            match observed.children.not_owned(prepared.identity) {
+            let wants_budget = children.pdb.is_some();
+            match observed.children.not_owned(prepared.identity, wants_budget) {
                 Some(stall) => (Outcome::stalled(stall, running), None),
                 None => {
                     let plan = plan(pool, valid, children, observed);
@@ -324,7 +335,17 @@ fn writes(
     Ok(Writes {
         init_job,
         deployment,
-        pdb: changed(live.pdb.ours(), pdb.clone())?,
+        pdb: match (pdb, live.pdb.ours()) {
+            (Some(pdb), live) => {
+                changed(live, pdb.clone())?.map(|b| BudgetWrite::Apply(Box::new(b)))
+            }
+            (None, Some(live)) => live
+                .metadata
+                .uid
+                .clone()
+                .map(|uid| BudgetWrite::Delete { uid }),
+            (None, None) => None,
+        },
     })
 }
 

@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use crate::api::{self, WorkerPool};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{self, DisruptionBudget, WorkerPool};
 use crate::pool::derive::{self, Children, PoolRef};
 use crate::pool::drift;
 use crate::pool::policy::{self, Conflict};
@@ -158,10 +160,14 @@ pub fn render_pool(pool: &WorkerPool) -> Result<Rendered, RenderError> {
             job.metadata.namespace = None;
         }
         children.deployment.metadata.namespace = None;
-        children.pdb.metadata.namespace = None;
+        if let Some(pdb) = children.pdb.as_mut() {
+            pdb.metadata.namespace = None;
+        }
     }
     drift::stamp(&mut children.deployment)?;
-    drift::stamp(&mut children.pdb)?;
+    if let Some(pdb) = children.pdb.as_mut() {
+        drift::stamp(pdb)?;
+    }
     Ok(Rendered {
         children,
         conflicts: settings.conflicts,
@@ -195,6 +201,22 @@ pub fn first_apply_note(pool: &WorkerPool, children: &Children) -> String {
             pool.spec.replicas
         ));
     }
+    match policy::disruption_budget(&pool.spec) {
+        DisruptionBudget::Applied => {}
+        DisruptionBudget::Disabled => note.push_str(
+            "# No PodDisruptionBudget: policy.disruption.budget is false, so a node drain may evict\n\
+             # every pod at once.\n",
+        ),
+        DisruptionBudget::NothingToProtect => note.push_str(&format!(
+            "# No PodDisruptionBudget: with maxUnavailable {} and replicas {}, a budget would allow\n\
+             # every eviction and protect nothing.\n",
+            match &pool.spec.policy.disruption.max_unavailable {
+                IntOrString::Int(n) => n.to_string(),
+                IntOrString::String(s) => s.clone(),
+            },
+            pool.spec.replicas
+        )),
+    }
     if pool.metadata.namespace.is_none() {
         note.push_str(
             "# No namespace given: the objects go where kubectl points, as the pool does.\n",
@@ -216,6 +238,8 @@ pub fn to_yaml(children: &Children) -> Result<String, RenderError> {
         push_doc(&mut out, job)?;
     }
     push_doc(&mut out, deployment)?;
-    push_doc(&mut out, pdb)?;
+    if let Some(pdb) = pdb {
+        push_doc(&mut out, pdb)?;
+    }
     Ok(out)
 }

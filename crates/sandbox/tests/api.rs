@@ -732,3 +732,33 @@ async fn an_apply_naming_a_resource_version_creates_only_what_is_absent() {
         .expect("applied");
     assert_eq!(written.spec.unwrap().replicas, Some(3));
 }
+
+/// As kube-apiserver answers a delete with a uid precondition: 409 when the object of that name
+/// has another uid (made again since), and the object stays.
+#[tokio::test]
+async fn a_delete_naming_a_uid_deletes_only_the_object_that_has_it() {
+    let client = server().client();
+    let api: Api<Deployment> = Api::namespaced(client, "shop");
+    let live = api
+        .create(&PostParams::default(), &deployment("api", 1))
+        .await
+        .expect("created");
+    let naming = |uid: &str| DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.into()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete("api", &naming("another-uid")).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 409, "{status:?}");
+            assert!(status.message.contains("Precondition failed"), "{status:?}");
+        }
+        other => panic!("another object's uid deletes nothing: {other:?}"),
+    }
+    assert!(api.get_opt("api").await.expect("read").is_some());
+    let uid = live.metadata.uid.expect("uid");
+    api.delete("api", &naming(&uid)).await.expect("deleted");
+    assert!(api.get_opt("api").await.expect("read").is_none());
+}

@@ -451,6 +451,16 @@ pub struct DisruptionPolicy {
     /// PodDisruptionBudget `maxUnavailable` (number or percentage) during voluntary disruptions.
     #[serde(default = "default_max_unavailable")]
     pub max_unavailable: IntOrString,
+    /// Whether the pool has a PodDisruptionBudget. `false` leaves node drains free to evict all
+    /// its pods at once, and spares kube-controller-manager's disruption controller, which
+    /// matches every pod event against every budget of the namespace. A budget whose
+    /// `maxUnavailable` covers all the pool's replicas protects nothing and is not made either.
+    #[serde(default = "default_budget")]
+    pub budget: bool,
+}
+
+fn default_budget() -> bool {
+    true
 }
 
 fn default_max_unavailable() -> IntOrString {
@@ -461,6 +471,7 @@ impl Default for DisruptionPolicy {
     fn default() -> Self {
         DisruptionPolicy {
             max_unavailable: default_max_unavailable(),
+            budget: default_budget(),
         }
     }
 }

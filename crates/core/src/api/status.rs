@@ -180,6 +180,19 @@ pub enum ConcurrencySource {
     NodeCpus,
 }
 
+/// Whether the pool has a PodDisruptionBudget, and why not.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DisruptionBudget {
+    /// The pool's budget is applied with `policy.disruption.maxUnavailable`.
+    #[default]
+    Applied,
+    /// `policy.disruption.budget` is false: node drains may evict every pod at once.
+    Disabled,
+    /// `maxUnavailable` covers every replica, so a budget would allow every eviction: none is
+    /// made.
+    NothingToProtect,
+}
+
 /// Where an effective number came from.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Source {
@@ -256,6 +269,9 @@ pub struct EffectiveSettings {
     pub graceful_timeout_seconds: Option<i64>,
     pub max_surge: i32,
     pub max_unavailable: i32,
+    /// Whether the pool has a PodDisruptionBudget.
+    #[serde(default)]
+    pub disruption_budget: DisruptionBudget,
     /// celery's pool children (`--concurrency`), when the spec shows them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i64>,

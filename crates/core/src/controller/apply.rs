@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Serialize;
@@ -16,7 +16,7 @@ use serde_json::json;
 use super::watched::{Lean, Watched};
 use super::{Context, Error};
 use crate::api::MANAGER_NAME;
-use crate::decide::{Child, DeploymentWrite, LiveChildren, Prepared, Writes};
+use crate::decide::{BudgetWrite, Child, DeploymentWrite, LiveChildren, Prepared, Writes};
 use crate::pool::derive::PoolRef;
 
 pub(super) fn is_owned_by(meta: &kube::core::ObjectMeta, uid: &str) -> bool {
@@ -233,9 +233,36 @@ pub(super) async fn write_children(
             apply_child(ctx, pool, deployment.as_ref(), !ours).await?;
         }
     }
-    if let Some(pdb) = &writes.pdb {
-        let ours = matches!(read.pdb, Existing::Ours(_));
-        apply_child(ctx, pool, pdb, !ours).await?;
+    match &writes.pdb {
+        None => {}
+        Some(BudgetWrite::Apply(pdb)) => {
+            let ours = matches!(read.pdb, Existing::Ours(_));
+            apply_child(ctx, pool, pdb.as_ref(), !ours).await?;
+        }
+        Some(BudgetWrite::Delete { uid }) => delete_budget(ctx, pool, uid).await?,
     }
     Ok(())
+}
+
+/// Deletes the pool's budget, only if the object of its name is still the one with `uid`: one
+/// that is already gone or was made again since (404, 409) is left to the next look.
+async fn delete_budget(ctx: &Context, pool: &PoolRef, uid: &str) -> Result<(), Error> {
+    let api: Api<Watched<PartialObjectMeta<PodDisruptionBudget>>> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&pool.name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => Ok(()),
+        Err(source) => Err(Error::Apply {
+            kind: "PodDisruptionBudget".into(),
+            name: pool.name.clone(),
+            source,
+        }),
+    }
 }

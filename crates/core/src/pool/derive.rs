@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
-    Health, INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, Policy, REVISION_ANNOTATION,
-    RUNTIME_ANNOTATION, Runtime, WorkerPool, WorkerPoolSpec,
+    DisruptionBudget, Health, INIT_LABEL, InitPolicy, MANAGER_NAME, POOL_LABEL, Policy,
+    REVISION_ANNOTATION, RUNTIME_ANNOTATION, Runtime, WorkerPool, WorkerPoolSpec,
 };
 use crate::pool::drift::short_hash;
 use crate::pool::policy::{Settings, ValidPool};
@@ -62,7 +62,8 @@ pub struct Children {
     /// The run-once Job for this revision and spec generation, when `policy.init` is set.
     pub init_job: Option<Job>,
     pub deployment: Deployment,
-    pub pdb: PodDisruptionBudget,
+    /// Absent when the pool has no budget ([`crate::pool::policy::disruption_budget`]).
+    pub pdb: Option<PodDisruptionBudget>,
 }
 
 /// Finished init Jobs (and their pods) are deleted by the Job controller after this long; the
@@ -103,7 +104,8 @@ pub fn children(
         init_job: init_job(pool, valid, &revision),
         revision,
         deployment,
-        pdb: pdb(pool, valid),
+        pdb: (settings.effective.disruption_budget == DisruptionBudget::Applied)
+            .then(|| pdb(pool, valid)),
     }
 }
 

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::api::{
-    EffectiveSettings, Health, HealthCheck, MAX_COUNT, MAX_DRAIN_SECONDS, MAX_INIT_BACKOFF,
-    MAX_SECONDS, ProbeTiming, Runtime, Source, WorkerPoolSpec,
+    DisruptionBudget, EffectiveSettings, Health, HealthCheck, MAX_COUNT, MAX_DRAIN_SECONDS,
+    MAX_INIT_BACKOFF, MAX_SECONDS, ProbeTiming, Runtime, Source, WorkerPoolSpec,
 };
 
 /// Seconds added to drain + graceful timeout for the grace period: time for the app server to
@@ -293,6 +293,30 @@ fn check_health_port(errors: &mut Vec<FieldError>, spec: &WorkerPoolSpec, app: &
             message: format!("must be between 1 and 65535, got {n}"),
         }),
         IntOrString::Int(_) => {}
+    }
+}
+
+/// Whether the pool gets a PodDisruptionBudget. The disruption controller allows
+/// `replicas − maxUnavailable` evictions, a percentage rounded up, so a `maxUnavailable` that
+/// covers every replica allows every eviction: such a budget protects nothing and only adds to
+/// the work the disruption controller does on each pod event of the namespace. Judged on
+/// `spec.replicas`, not on a ramp's step, so that a ramp neither makes nor removes it.
+pub fn disruption_budget(spec: &WorkerPoolSpec) -> DisruptionBudget {
+    let disruption = &spec.policy.disruption;
+    if !disruption.budget {
+        return DisruptionBudget::Disabled;
+    }
+    let replicas = i64::from(spec.replicas.max(0));
+    let may_go = match &disruption.max_unavailable {
+        IntOrString::Int(n) => i64::from(*n),
+        IntOrString::String(s) => {
+            let percent = i64::from(parse_percent(s).unwrap_or(100));
+            (percent * replicas + 99) / 100
+        }
+    };
+    match may_go >= replicas {
+        true => DisruptionBudget::NothingToProtect,
+        false => DisruptionBudget::Applied,
     }
 }
 
@@ -1005,6 +1029,7 @@ pub fn settle(pool: &ValidPool<'_>) -> Settings {
                 .then_some(graceful_timeout),
             max_surge: p.boot.max_concurrent,
             max_unavailable: 0,
+            disruption_budget: disruption_budget(spec),
             concurrency: celery.as_ref().and_then(|c| c.concurrency),
             concurrency_source: celery.as_ref().and_then(|c| c.concurrency_source),
             task_time_limit_seconds: celery.as_ref().and_then(|c| c.time_limit_seconds),

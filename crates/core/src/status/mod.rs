@@ -444,6 +444,7 @@ mod tests {
             graceful_timeout_seconds: None,
             max_surge: 2,
             max_unavailable: 0,
+            disruption_budget: crate::api::DisruptionBudget::Applied,
             concurrency: None,
             concurrency_source: None,
             task_time_limit_seconds: None,

@@ -70,6 +70,9 @@ pub struct Shape {
     pub field_manager: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// The uid a delete is conditioned on (`preconditions.uid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precondition_uid: Option<String>,
 }
 
 impl RequestRecord {
@@ -387,7 +390,7 @@ impl ApiServer {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let shape = Shape {
+        let mut shape = Shape {
             patch: (verb == "patch").then(|| {
                 match content_type.split(';').next().unwrap_or_default().trim() {
                     "application/apply-patch+yaml" => "apply",
@@ -397,6 +400,7 @@ impl ApiServer {
             }),
             field_manager: query.get("fieldManager").cloned(),
             force: query.get("force").is_some_and(|f| f == "true"),
+            precondition_uid: None,
         };
         if let Some(error) = self.take_fault(verb, route.resource.kind, route.name.as_deref()) {
             self.record(verb, Some(&route), error.code, false, shape);
@@ -422,6 +426,13 @@ impl ApiServer {
                     .and_then(|o| o.pointer("/metadata/resourceVersion").cloned())
             })
         };
+        if verb == "delete" {
+            shape.precondition_uid = serde_json::from_slice::<Value>(&bytes).ok().and_then(|o| {
+                o.pointer("/preconditions/uid")?
+                    .as_str()
+                    .map(str::to_string)
+            });
+        }
         let before = matches!(verb, "update" | "patch")
             .then(|| version(&self))
             .flatten();
@@ -579,6 +590,24 @@ impl ApiServer {
                     .and_then(Value::as_str)
                     .map(str::to_string)
                     .or_else(|| query.get("propagationPolicy").cloned());
+                // A delete that names a uid deletes only the object that still has it.
+                if let Some(uid) = options
+                    .pointer("/preconditions/uid")
+                    .and_then(Value::as_str)
+                {
+                    let live = self.get(resource, namespace.unwrap_or_default(), name)?;
+                    let found = live.pointer("/metadata/uid").and_then(Value::as_str);
+                    if found != Some(uid) {
+                        return Err(ApiError::new(
+                            409,
+                            "Conflict",
+                            format!(
+                                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                                found.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
                 let deleted = self.delete(
                     resource,
                     namespace.unwrap_or_default(),
