@@ -2615,6 +2615,93 @@ fn the_plugin_audits_unmanaged_deployments_and_converts_one_the_server_accepts()
 
 #[test]
 #[ignore = "needs a control plane: e2e/real-cluster"]
+fn a_pool_has_a_budget_only_where_it_protects_a_pod_and_deletes_its_own_when_turned_off() {
+    let (cluster, _operators) = setup();
+    let ns = namespace("e2e-budget");
+    let budget_of = |name: &str| kubectl_json(&["get", "pdb", name, "-n", &ns]);
+    let effective = |name: &str| status(&ns, name)["effective"]["disruptionBudget"].clone();
+    assert!(
+        apply(&pool(
+            &ns,
+            "api",
+            3,
+            "gunicorn",
+            &[("boot", "1s")],
+            json!({})
+        ))
+        .ok
+    );
+    assert!(
+        apply(&pool(
+            &ns,
+            "one",
+            1,
+            "gunicorn",
+            &[("boot", "1s")],
+            json!({})
+        ))
+        .ok
+    );
+    wait_ready(&ns, "api", 2 * MINUTE);
+    wait_ready(&ns, "one", 2 * MINUTE);
+    let budget = budget_of("api").expect("a budget for 3 replicas");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        budget["metadata"]["ownerReferences"][0]["kind"],
+        "WorkerPool"
+    );
+    assert_eq!(effective("api"), "Applied");
+    // One replica that maxUnavailable 1 lets go: a budget would protect nothing.
+    assert!(budget_of("one").is_none(), "{:?}", budget_of("one"));
+    assert_eq!(effective("one"), "NothingToProtect");
+
+    let audit = Audit::start(cluster);
+    let off = r#"{"spec":{"policy":{"disruption":{"budget":false}}}}"#;
+    kubectl_ok(&["patch", "wp", "api", "-n", &ns, "--type=merge", "-p", off]);
+    wait_until(
+        "the budget of pool api deleted",
+        MINUTE,
+        || budget_of("api").is_none().then_some(()),
+        || describe(&ns, "api"),
+    );
+    wait_until(
+        "disruptionBudget Disabled",
+        MINUTE,
+        || (effective("api") == "Disabled").then_some(()),
+        || describe(&ns, "api"),
+    );
+    let requests = audit.requests_in(&ns);
+    assert_eq!(
+        count(&requests, "delete", "poddisruptionbudgets"),
+        1,
+        "{:#?}",
+        summary(&requests)
+    );
+
+    // A budget someone else made under the name of a pool that wants none is not the pool's
+    // business: the pool stays Ready and the budget stays as it was made.
+    kubectl_ok(&[
+        "create",
+        "pdb",
+        "one",
+        "-n",
+        &ns,
+        "--selector=team=theirs",
+        "--min-available=1",
+    ]);
+    std::thread::sleep(Duration::from_secs(5));
+    let s = wait_ready(&ns, "one", MINUTE);
+    assert!(condition_is(&s, "Stalled", "False"), "{s:#}");
+    let theirs = budget_of("one").expect("their budget");
+    assert!(
+        theirs["metadata"]["ownerReferences"].is_null(),
+        "{theirs:#}"
+    );
+    assert_eq!(theirs["spec"]["minAvailable"], 1);
+}
+
+#[test]
+#[ignore = "needs a control plane: e2e/real-cluster"]
 fn a_pool_is_created_without_reading_its_children_and_a_taken_name_is_never_adopted() {
     let (cluster, _operators) = setup();
     let ns = namespace("e2e-create-only");
