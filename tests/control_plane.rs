@@ -2379,12 +2379,13 @@ fn a_celery_childs_oom_and_its_hard_time_limit_are_counted_once_each_from_its_lo
 fn a_celery_worker_that_cannot_reach_its_broker_is_named_without_credentials_and_ready_once_it_is_up()
  {
     let (_, operators) = setup();
-    // e2e/logs/celery-broker.log: a worker retrying its redis broker. The pod takes 45 s to become
-    // ready (its health check waits for the broker), long enough to be sampled once.
+    // e2e/logs/celery-broker.log: a worker retrying its redis broker. The pod takes 75 s to become
+    // ready (its health check waits for the broker): a sample is due 30 s into the run, and
+    // another at 60 s on a slow machine.
     let ns = namespace("e2e-celery-broker");
     let policy = json!({"boot": {"timeoutSeconds": 120}, "requests": {"timeoutSeconds": 60},
                         "shutdown": {"gracefulTimeoutSeconds": 60}});
-    assert!(apply(&celery_pool(&ns, &[("boot", "45s")], policy)).ok);
+    assert!(apply(&celery_pool(&ns, &[("boot", "75s")], policy)).ok);
     let status = wait_until(
         "BrokerUnreachable from the worker's log",
         2 * MINUTE,

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::aborts::classify::KubeletEvent;
 use crate::aborts::detect::{
@@ -135,12 +135,13 @@ pub struct LogRead {
 
 /// The log tails to read, at most [`MAX_LOG_READS`]: first the ended runs of new terminations
 /// (for their hints), then the running logs of unhealthy containers (booting or unready), each
-/// at most once per [`SAMPLE_INTERVAL`]. `unhealthy` says whether any container is unhealthy:
-/// the pool is then looked at again within the interval.
+/// at most once per [`SAMPLE_INTERVAL`]. `next_sample` says when the next of the unhealthy
+/// containers' samples falls due, so that the pool is looked at again then: a container still
+/// booting is sampled one interval into its run, not one interval after the last look.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogPlan {
     pub reads: Vec<LogRead>,
-    pub unhealthy: bool,
+    pub next_sample: Option<SignedDuration>,
 }
 
 /// `read_logs` is the pool's `policy.logs.read`: without it nothing is read or remembered.
@@ -177,6 +178,17 @@ pub fn logs_to_read(
             let key = format!("{}/{}", pod.uid, container.name);
             let due = plan.reads.len() < MAX_LOG_READS
                 && memory.sample_due(&key, container.running_since, now);
+            let last = memory
+                .sampled
+                .get(&key)
+                .copied()
+                .or(container.running_since);
+            let wait = last.map_or(SAMPLE_INTERVAL, |last| {
+                SAMPLE_INTERVAL - now.duration_since(last)
+            });
+            // A sample due but left for the next look (MAX_LOG_READS) is taken a second later.
+            let wait = wait.clamp(SignedDuration::from_secs(1), SAMPLE_INTERVAL);
+            plan.next_sample = Some(plan.next_sample.map_or(wait, |next| next.min(wait)));
             unhealthy.insert(key);
             if due {
                 plan.reads.push(LogRead {
@@ -189,7 +201,6 @@ pub fn logs_to_read(
         }
     }
     memory.sampled.retain(|key, _| unhealthy.contains(key));
-    plan.unhealthy = !unhealthy.is_empty();
     plan
 }
 
@@ -240,6 +251,44 @@ mod tests {
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).expect("time")
+    }
+
+    #[test]
+    fn the_pool_is_looked_at_again_when_a_booting_containers_sample_falls_due() {
+        use crate::aborts::podview::{ContainerView, State};
+        let booting = |started: i64| PodView {
+            name: "api-1".into(),
+            uid: "uid-1".into(),
+            phase: Some("Running".into()),
+            containers: vec![ContainerView {
+                name: "app".into(),
+                state: State::Running,
+                running_since: Some(at(started)),
+                ..ContainerView::default()
+            }],
+            ..PodView::default()
+        };
+        let plan = |pod: &PodView, now: i64, memory: &mut ReadMemory| {
+            let findings = PodFindings::default();
+            logs_to_read(&findings, &[pod], None, at(now), 600, true, memory)
+        };
+        let mut memory = ReadMemory::default();
+        // Looked at 2 s after the container started: its first sample is due 28 s later, not 30.
+        let pod = booting(0);
+        let first = plan(&pod, 2, &mut memory);
+        assert!(first.reads.is_empty());
+        assert_eq!(first.next_sample, Some(SignedDuration::from_secs(28)));
+        let due = plan(&pod, 30, &mut memory);
+        assert_eq!(due.reads.len(), 1);
+        assert_eq!(
+            due.next_sample,
+            Some(SAMPLE_INTERVAL),
+            "then once per interval"
+        );
+        // A ready container is not sampled, and asks for no look.
+        let mut ready = booting(0);
+        ready.containers[0].ready = true;
+        assert_eq!(plan(&ready, 40, &mut memory).next_sample, None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::detect::{self, PodFindings, SAMPLE_INTERVAL, WorkerLimits, earliest};
+use super::detect::{self, PodFindings, WorkerLimits, earliest};
 use super::ledger::{self, Observed};
 
 use super::podview::PodView;
@@ -61,7 +61,7 @@ pub fn conclude(
     let stability = detect::stability(pods, &summary, now, window);
     let recheck = [
         ledger::next_expiry(&summary, now, window),
-        plan.unhealthy.then_some(SAMPLE_INTERVAL),
+        plan.next_sample,
         stability.stable_in,
     ]
     .into_iter()
