@@ -36,21 +36,32 @@ impl ReadMemory {
         self.sighted.is_empty() && self.sampled.is_empty()
     }
 
-    /// True (and noted) when this container's log may be sampled now: one interval into its run,
-    /// then once per interval.
+    /// How long until this container's log may be sampled: one interval into its run, then once
+    /// per interval; zero or less when it is due.
+    pub fn sample_wait(
+        &self,
+        container_key: &str,
+        running_since: Option<Timestamp>,
+        now: Timestamp,
+    ) -> SignedDuration {
+        match self.sampled.get(container_key).copied().or(running_since) {
+            Some(last) => SAMPLE_INTERVAL - now.duration_since(last),
+            None => SignedDuration::ZERO,
+        }
+    }
+
+    /// True (and noted) when this container's log may be sampled now.
     pub fn sample_due(
         &mut self,
         container_key: &str,
         running_since: Option<Timestamp>,
         now: Timestamp,
     ) -> bool {
-        match self.sampled.get(container_key).copied().or(running_since) {
-            Some(last) if now.duration_since(last) < SAMPLE_INTERVAL => false,
-            _ => {
-                self.sampled.insert(container_key.to_owned(), now);
-                true
-            }
+        let due = self.sample_wait(container_key, running_since, now) <= SignedDuration::ZERO;
+        if due {
+            self.sampled.insert(container_key.to_owned(), now);
         }
+        due
     }
 }
 
@@ -178,16 +189,10 @@ pub fn logs_to_read(
             let key = format!("{}/{}", pod.uid, container.name);
             let due = plan.reads.len() < MAX_LOG_READS
                 && memory.sample_due(&key, container.running_since, now);
-            let last = memory
-                .sampled
-                .get(&key)
-                .copied()
-                .or(container.running_since);
-            let wait = last.map_or(SAMPLE_INTERVAL, |last| {
-                SAMPLE_INTERVAL - now.duration_since(last)
-            });
             // A sample due but left for the next look (MAX_LOG_READS) is taken a second later.
-            let wait = wait.clamp(SignedDuration::from_secs(1), SAMPLE_INTERVAL);
+            let wait = memory
+                .sample_wait(&key, container.running_since, now)
+                .clamp(SignedDuration::from_secs(1), SAMPLE_INTERVAL);
             plan.next_sample = Some(plan.next_sample.map_or(wait, |next| next.min(wait)));
             unhealthy.insert(key);
             if due {
