@@ -6,6 +6,7 @@
 //! fed back as an observation and decided on again.
 
 mod apply;
+mod coalesce;
 mod error;
 pub mod kubelet;
 pub mod logs;

@@ -23,6 +23,7 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use tokio::sync::watch;
 
+use super::coalesce::{self, coalesce};
 use super::metrics::Metrics;
 use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
@@ -620,11 +621,18 @@ pub async fn control(
         sync.cache("WorkerPool"),
     );
 
+    // What a rollout moves many times over (pods, the Deployment's counts) is gathered per pool.
+    let deployment_triggers = deployment_stream.filter_map(|deployment| {
+        futures::future::ready(deployment.ok().and_then(|d| owning_pool(d.meta())))
+    });
+    let progress = coalesce(
+        futures::stream::select(pod_triggers, deployment_triggers).boxed(),
+        coalesce::WINDOW,
+    );
     Controller::for_stream(pool_stream, pools)
-        .owns_stream(deployment_stream)
         .owns_stream(pdb_stream)
         .owns_stream(job_stream)
-        .reconcile_on(pod_triggers)
+        .reconcile_on(progress)
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(scope.concurrency)
@@ -634,6 +642,20 @@ pub async fn control(
         .run(reconcile, error_policy, context)
         .for_each(|result| async move { log_outcome(result) })
         .await;
+}
+
+/// The pool an object belongs to, by its owner reference.
+fn owning_pool(meta: &kube::core::ObjectMeta) -> Option<ObjectRef<Guarded<WorkerPool>>> {
+    let api_version = WorkerPool::api_version(&());
+    let owner =
+        meta.owner_references.iter().flatten().find(|owner| {
+            owner.kind == WorkerPool::kind(&()) && owner.api_version == api_version
+        })?;
+    let pool = ObjectRef::new(&owner.name);
+    Some(match &meta.namespace {
+        Some(namespace) => pool.within(namespace),
+        None => pool,
+    })
 }
 
 /// Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
