@@ -556,14 +556,12 @@ async fn the_kubelet_writes_times_on_the_clock_the_sandbox_was_started_with() {
     assert_eq!(log_reads, 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn pod_changes_within_a_moment_cost_one_reconcile() {
+/// The pool's pods (not its init Job's), as the server holds them.
+fn pool_pods(sandbox: &Sandbox) -> Vec<std::sync::Arc<Value>> {
     use k8s_openapi::api::core::v1::Pod;
+    use workerpool_sandbox::apiserver::resource_of;
     use workerpool_sandbox::apiserver::select::{FieldSelector, LabelSelector};
-    use workerpool_sandbox::apiserver::{Target, Write, resource_of};
 
-    let mut sandbox = sandbox(pool(4, 4), scenario("healthy"));
-    sandbox.run_for(120).await;
     let pods = sandbox.server.list(
         resource_of::<Pod>(),
         Some("shop"),
@@ -572,40 +570,87 @@ async fn pod_changes_within_a_moment_cost_one_reconcile() {
         None,
         None,
     );
-    let pods: Vec<_> = pods
-        .0
+    pods.0
         .into_iter()
         .filter(|p| p["metadata"]["ownerReferences"][0]["kind"] != "Job")
-        .collect();
+        .collect()
+}
+
+/// Writes the readiness of every container of `pod`, as its kubelet would.
+fn set_ready(sandbox: &Sandbox, pod: &Value, ready: bool) {
+    use k8s_openapi::api::core::v1::Pod;
+    use workerpool_sandbox::apiserver::{Target, Write, resource_of};
+
+    let name = pod["metadata"]["name"].as_str().expect("name");
+    let mut status = pod["status"].clone();
+    for container in status["containerStatuses"]
+        .as_array_mut()
+        .expect("containers")
+    {
+        container["ready"] = json!(ready);
+    }
+    sandbox
+        .server
+        .write(
+            resource_of::<Pod>(),
+            "shop",
+            name,
+            Target::Status,
+            Write::Merge(json!({ "status": status })),
+            Some("kubelet"),
+        )
+        .expect("pod status");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pod_changes_within_a_moment_cost_one_reconcile() {
+    let mut sandbox = sandbox(pool(4, 4), scenario("healthy"));
+    sandbox.run_for(120).await;
+    let pods = pool_pods(&sandbox);
     assert_eq!(pods.len(), 4, "the pool converged");
     let before = sandbox.metrics.reconciles.get();
     // Four pods turn unready within 40 ms, as when a shared dependency fails.
     for pod in &pods {
-        let name = pod["metadata"]["name"].as_str().expect("name");
-        let mut status = pod["status"].clone();
-        for container in status["containerStatuses"]
-            .as_array_mut()
-            .expect("containers")
-        {
-            container["ready"] = json!(false);
-        }
-        sandbox
-            .server
-            .write(
-                resource_of::<Pod>(),
-                "shop",
-                name,
-                Target::Status,
-                Write::Merge(json!({ "status": status })),
-                Some("kubelet"),
-            )
-            .expect("pod status");
+        set_ready(&sandbox, pod, false);
         // The changes reach the controller one by one, as from the kubelets of several nodes.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     sandbox.run_for(1).await;
-    sandbox.stop_operator().await;
     assert_eq!(sandbox.metrics.reconciles.get() - before, 1);
+    // The changes after the first are gathered until the pool's window ends; then once more.
+    sandbox.run_for(2).await;
+    sandbox.stop_operator().await;
+    assert_eq!(sandbox.metrics.reconciles.get() - before, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_whose_pods_keep_changing_is_reconciled_once_a_window_and_not_held_back() {
+    let mut sandbox = sandbox(pool(4, 4), scenario("healthy"));
+    sandbox.run_for(120).await;
+    let pods = pool_pods(&sandbox);
+    assert_eq!(pods.len(), 4, "the pool converged");
+    let before = sandbox.metrics.reconciles.get();
+    // For 10 s one of the pods turns unready or ready again every 100 ms.
+    for step in 0..100 {
+        let pod = &pods[step % 4];
+        set_ready(&sandbox, pod, step / 4 % 2 == 1);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let busy = sandbox.metrics.reconciles.get() - before;
+    // One at the first change, then one per 2 s window: neither one per change nor none
+    // until the pods are quiet.
+    assert!(
+        (5..=7).contains(&busy),
+        "{busy} reconciles in 10 busy seconds"
+    );
+    // The simulation's clock stood still meanwhile: the operator's alone moves on.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    sandbox.stop_operator().await;
+    let after = sandbox.metrics.reconciles.get() - before - busy;
+    assert_eq!(
+        after, 1,
+        "the last window's changes are read once the pods are quiet"
+    );
 }
 
 #[tokio::test(start_paused = true)]
