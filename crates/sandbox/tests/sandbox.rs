@@ -602,12 +602,18 @@ fn set_ready(sandbox: &Sandbox, pod: &Value, ready: bool) {
         .expect("pod status");
 }
 
-#[tokio::test(start_paused = true)]
-async fn pod_changes_within_a_moment_cost_one_reconcile() {
+/// A healthy pool of four pods, converged, and its pods.
+async fn converged_pool_of_four() -> (Sandbox, Vec<std::sync::Arc<Value>>) {
     let mut sandbox = sandbox(pool(4, 4), scenario("healthy"));
     sandbox.run_for(120).await;
     let pods = pool_pods(&sandbox);
     assert_eq!(pods.len(), 4, "the pool converged");
+    (sandbox, pods)
+}
+
+#[tokio::test(start_paused = true)]
+async fn pod_changes_within_a_moment_cost_one_reconcile() {
+    let (mut sandbox, pods) = converged_pool_of_four().await;
     let before = sandbox.metrics.reconciles.get();
     // Four pods turn unready within 40 ms, as when a shared dependency fails.
     for pod in &pods {
@@ -625,10 +631,7 @@ async fn pod_changes_within_a_moment_cost_one_reconcile() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pool_whose_pods_keep_changing_is_reconciled_once_a_window_and_not_held_back() {
-    let mut sandbox = sandbox(pool(4, 4), scenario("healthy"));
-    sandbox.run_for(120).await;
-    let pods = pool_pods(&sandbox);
-    assert_eq!(pods.len(), 4, "the pool converged");
+    let (mut sandbox, pods) = converged_pool_of_four().await;
     let before = sandbox.metrics.reconciles.get();
     // For 10 s one of the pods turns unready or ready again every 100 ms.
     for step in 0..100 {

@@ -646,16 +646,11 @@ pub async fn control(
 
 /// The pool an object belongs to, by its owner reference.
 fn owning_pool(meta: &kube::core::ObjectMeta) -> Option<ObjectRef<Guarded<WorkerPool>>> {
-    let api_version = WorkerPool::api_version(&());
-    let owner =
-        meta.owner_references.iter().flatten().find(|owner| {
-            owner.kind == WorkerPool::kind(&()) && owner.api_version == api_version
-        })?;
-    let pool = ObjectRef::new(&owner.name);
-    Some(match &meta.namespace {
-        Some(namespace) => pool.within(namespace),
-        None => pool,
-    })
+    let namespace = meta.namespace.as_deref();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find_map(|owner| ObjectRef::from_owner_ref(namespace, owner, ()))
 }
 
 /// Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
