@@ -1833,6 +1833,69 @@ fn a_crash_looping_pool_never_passes_kubectl_wait_or_kstatus() {
 
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_template_change_is_not_ready_until_its_own_pods_are() {
+    let (cluster, _operators) = setup();
+    let ns = namespace("e2e-template-change");
+    let yaml = |boot: &str| pool(&ns, "api", 2, "generic", &[("boot", boot)], json!({}));
+    assert!(apply(&yaml("1s")).ok);
+    wait_ready(&ns, "api", 2 * MINUTE);
+    // Every version of the pool from here on, as a watch delivers them.
+    let watch = Command::new("kubectl")
+        .args(["get", "wp", "api", "-n", &ns, "--watch-only", "-o", "json"])
+        .env("KUBECONFIG", cluster.dir.join("admin.kubeconfig"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl on the PATH");
+    std::thread::sleep(Duration::from_secs(2));
+    // The new template's pods take 6 s to boot.
+    let changed_at = Instant::now();
+    let out = apply(&yaml("6s"));
+    assert!(out.ok, "{}", out.stderr);
+    let wait = kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "wp/api",
+        "-n",
+        &ns,
+        "--timeout=120s",
+    ]);
+    let waited = changed_at.elapsed();
+    assert!(wait.ok, "{}: {}", wait.stderr, describe(&ns, "api"));
+    assert!(
+        waited >= Duration::from_secs(5),
+        "kubectl wait passed {waited:?} after the change, before the new pods booted: {}",
+        describe(&ns, "api")
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let mut watch = watch;
+    let _ = watch.kill();
+    let seen = watch.wait_with_output().expect("kubectl get --watch");
+    let versions: Vec<Value> = serde_json::Deserializer::from_slice(&seen.stdout)
+        .into_iter::<Value>()
+        .filter_map(Result::ok)
+        .collect();
+    let generation = &versions.last().expect("the pool's versions")["metadata"]["generation"];
+    let first = versions
+        .iter()
+        .find(|v| v["status"]["observedGeneration"] == *generation)
+        .expect("a status at the new generation");
+    // The first status at the new generation was written before the Deployment controller
+    // replaced a pod: not Ready on the old pods' counts, and Reconciling.
+    assert!(
+        condition_is(&first["status"], "Ready", "False"),
+        "{:#}",
+        first["status"]
+    );
+    assert!(
+        condition_is(&first["status"], "Reconciling", "True"),
+        "{:#}",
+        first["status"]
+    );
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn runs_that_end_while_no_operator_runs_are_counted_once_when_one_is_back() {
     let (cluster, mut operators) = setup();
     let ns = namespace("e2e-unseen");

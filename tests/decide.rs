@@ -241,6 +241,63 @@ fn a_pool_carried_to_rest_decides_nothing_and_announces_ready_once() {
     assert_eq!(notices, ["RampStep", "Ready"]);
 }
 
+/// A pool carried to rest: Ready, nothing left to write.
+fn converged(pool: &WorkerPool) -> World {
+    let mut world = World::default();
+    for _ in 0..8 {
+        let decision = world.decide(pool, None);
+        world.carry_out(decision);
+    }
+    let rest = world.decide(pool, None);
+    assert!(rest.writes.is_empty() && !rest.write_status, "not at rest");
+    world
+}
+
+#[test]
+fn a_template_change_is_not_ready_on_the_pods_of_the_template_it_replaces() {
+    let pool = pool(json!({}));
+    let world = converged(&pool);
+    let changed = self::pool(json!({
+        "metadata": {"generation": 2},
+        "spec": {"template": {"metadata": {"annotations": {"release": "2"}}}}
+    }));
+    let decision = world.decide(&changed, None);
+    assert!(matches!(
+        decision.writes.deployment,
+        Some(DeploymentWrite::Apply(_))
+    ));
+    // Written at once, at the new generation, and not Ready on the old pods' counts: kstatus and
+    // `kubectl wait` (which compare generations) must not read the change as rolled out.
+    assert!(decision.write_status);
+    assert_eq!(decision.status.observed_generation, 2);
+    assert_eq!(
+        condition(&decision.status, "Ready"),
+        ("False", reason::PROGRESSING)
+    );
+    assert_eq!(
+        condition(&decision.status, "Reconciling"),
+        ("True", reason::PROGRESSING)
+    );
+    assert!(reasons(&decision).is_empty(), "{:?}", reasons(&decision));
+
+    // A repair of the Deployment's own labels changes no spec: the pool stays Ready.
+    let mut stripped = converged(&pool);
+    if let Some(labels) = stripped
+        .deployment
+        .as_mut()
+        .and_then(|d| d.metadata.labels.as_mut())
+    {
+        labels.clear();
+    }
+    let repair = stripped.decide(&pool, None);
+    assert!(matches!(
+        repair.writes.deployment,
+        Some(DeploymentWrite::Apply(_))
+    ));
+    assert!(!repair.write_status, "{:?}", repair.status.conditions);
+    assert_eq!(condition(&repair.status, "Ready").0, "True");
+}
+
 #[test]
 fn a_same_named_deployment_of_someone_else_is_never_written() {
     let pool = pool(json!({}));

@@ -41,6 +41,36 @@ async fn at_rest() -> Harness {
 }
 
 #[tokio::test]
+async fn a_template_change_is_written_at_its_generation_and_not_ready_on_the_old_pods() {
+    let mut h = at_rest().await;
+    assert_eq!(
+        condition(&h.pool("api").await.status.unwrap(), "Ready").status,
+        "True"
+    );
+    h.patch_spec(
+        "api",
+        json!({"template": {"metadata": {"annotations": {"release": "2"}}}}),
+    )
+    .await;
+    h.sync_caches().await;
+    h.reconcile("api").await;
+    let pool = h.pool("api").await;
+    let status = pool.status.expect("status");
+    assert_eq!(Some(status.observed_generation), pool.metadata.generation);
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Progressing")
+    );
+    assert_eq!(condition(&status, "Reconciling").status, "True");
+    // The Deployment controller has rolled out the new template: Ready again.
+    h.all_pods_ready("api").await;
+    h.reconcile("api").await;
+    let status = h.pool("api").await.status.expect("status");
+    assert_eq!(condition(&status, "Ready").status, "True", "{status:?}");
+}
+
+#[tokio::test]
 async fn first_reconcile_creates_children_and_status() {
     let mut h = harness(vec![pool("api", json!({}))], vec![]).await;
     h.reconcile("api").await;

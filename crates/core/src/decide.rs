@@ -237,7 +237,9 @@ pub fn decide(
                 None => {
                     let plan = plan(pool, valid, children, observed);
                     let writes = writes(&plan, children, observed.children)?;
-                    let outcome = Outcome::planned(plan, settings, children, observed);
+                    let replaced =
+                        replaces_template(writes.deployment.as_ref(), observed.children)?;
+                    let outcome = Outcome::planned(plan, settings, children, observed, replaced);
                     (outcome, Some(writes))
                 }
             }
@@ -349,6 +351,27 @@ fn writes(
     })
 }
 
+/// Whether `write` gives the live Deployment another pod template: until its controller has
+/// observed that, the live counts are those of the pods being replaced (a converged pool's
+/// template change would otherwise read Ready, at the new generation, on the old pods). A new
+/// size or pause keeps the pods, and the counts stay true.
+fn replaces_template(
+    write: Option<&DeploymentWrite>,
+    live: &LiveChildren<'_>,
+) -> Result<bool, serde_json::Error> {
+    let (Some(DeploymentWrite::Apply(desired)), Some(live)) = (write, live.deployment.ours())
+    else {
+        return Ok(false);
+    };
+    let template = |d: &Deployment| d.spec.as_ref().map(|s| serde_json::to_value(&s.template));
+    Ok(
+        match (template(live).transpose()?, template(desired).transpose()?) {
+            (Some(live), Some(desired)) => !drift::contains(&live, &desired),
+            (live, desired) => live.is_some() != desired.is_some(),
+        },
+    )
+}
+
 /// `desired`, stamped, unless `live` is current with it.
 fn changed<K: kube::Resource + serde::Serialize>(
     live: Option<&K>,
@@ -392,10 +415,17 @@ impl<'a> Outcome<'a> {
         settings: &'a Settings,
         children: &'a Children,
         observed: &Observed<'_>,
+        replaced: bool,
     ) -> Self {
         let live = observed.children.deployment.ours();
+        let counts = live
+            .map(DeploymentCounts::of)
+            .map(|counts| DeploymentCounts {
+                current: counts.current && !replaced,
+                ..counts
+            });
         Outcome {
-            deployment: live.map(DeploymentCounts::of),
+            deployment: counts,
             stall: plan.stall.clone(),
             settings: Some(settings),
             ramp_target: plan.apply_deployment.then_some(plan.ramp_target),
