@@ -209,6 +209,29 @@ pub fn logs_to_read(
     plan
 }
 
+impl LogPlan {
+    /// The running logs the plan samples.
+    pub fn samples(&self) -> usize {
+        self.reads
+            .iter()
+            .filter(|r| matches!(r.purpose, LogUse::Sample(_)))
+            .count()
+    }
+
+    /// Keeps the first `allowed` samples and every hint: the fleet's budget for samples had room
+    /// for no more. A sample left out waits for its container's next interval, as if read.
+    pub fn keep_samples(&mut self, allowed: usize) {
+        let mut kept = 0;
+        self.reads.retain(|read| match read.purpose {
+            LogUse::Hint(_) => true,
+            LogUse::Sample(_) => {
+                kept += 1;
+                kept <= allowed
+            }
+        });
+    }
+}
+
 /// Everything observed of the pods: runs that ended unseen, the terminations with the hints their
 /// logs gave, and the worker aborts the sampled logs show. `texts[i]` is what `plan.reads[i]`
 /// read, None when the read failed.
@@ -294,6 +317,33 @@ mod tests {
         let mut ready = booting(0);
         ready.containers[0].ready = true;
         assert_eq!(plan(&ready, 40, &mut memory).next_sample, None);
+    }
+
+    #[test]
+    fn a_budget_short_of_the_samples_keeps_the_first_and_every_hint() {
+        let read = |pod: &str, purpose| LogRead {
+            pod: pod.into(),
+            container: "app".into(),
+            previous: matches!(purpose, LogUse::Hint(_)),
+            purpose,
+        };
+        let mut plan = LogPlan {
+            reads: vec![
+                read("a", LogUse::Hint(0)),
+                read("b", LogUse::Sample(0)),
+                read("c", LogUse::Sample(1)),
+                read("d", LogUse::Sample(2)),
+            ],
+            next_sample: Some(SAMPLE_INTERVAL),
+        };
+        assert_eq!(plan.samples(), 3);
+        plan.keep_samples(1);
+        let pods: Vec<&str> = plan.reads.iter().map(|r| r.pod.as_str()).collect();
+        assert_eq!(pods, ["a", "b"]);
+        plan.keep_samples(0);
+        assert_eq!(plan.samples(), 0);
+        assert_eq!(plan.reads.len(), 1, "the hint stays");
+        assert_eq!(plan.next_sample, Some(SAMPLE_INTERVAL));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use kube::{Client, Resource, ResourceExt};
 
 pub use error::Error;
 use kubelet::{ApiEvents, EventReader};
-use logs::{ApiLogs, LogReader};
+use logs::{ApiLogs, LogReader, SampleBudget};
 use metrics::Metrics;
 use pod_cache::PodCache;
 use pools::Pools;
@@ -77,6 +77,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     logs: Arc<dyn LogReader>,
+    /// Shared by every pool: how many running logs may be sampled now.
+    log_samples: SampleBudget,
     events: Arc<dyn EventReader>,
     /// What is kept of each pool between its reconciles, one record per pool.
     pools: Pools,
@@ -92,6 +94,7 @@ impl Context {
     ) -> Self {
         Context {
             logs: Arc::new(ApiLogs(client.clone())),
+            log_samples: SampleBudget::default(),
             events: Arc::new(ApiEvents(client.clone())),
             recorders: Recorders::new(client.clone(), reporter),
             client,

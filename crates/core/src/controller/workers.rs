@@ -44,7 +44,8 @@ pub async fn observe(
     // Runs that ended while no operator watched, known from the restart counts.
     let unseen = detect::unseen_runs(runtime, &pods, &evidence.events, old, now, window);
     let read_logs = pool.spec.policy.logs.read;
-    let plan = reads::logs_to_read(&findings, &pods, old, now, window, read_logs, &mut memory);
+    let mut plan = reads::logs_to_read(&findings, &pods, old, now, window, read_logs, &mut memory);
+    plan.keep_samples(ctx.log_samples.grant(plan.samples()));
     let texts = read_log_tails(ctx, namespace, &plan).await;
     ctx.pools.set_reads(pool_uid, memory);
     let read = report::Reads {
