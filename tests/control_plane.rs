@@ -251,6 +251,19 @@ fn kubectl_with(args: &[&str], stdin: Option<&str>) -> Output {
     }
 }
 
+/// A command that keeps running (a watch) as the cluster's admin, its output kept for when it is
+/// stopped.
+fn watching(program: &str, args: &[&str]) -> Child {
+    let cluster = cluster().expect("a control plane");
+    Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", cluster.dir.join("admin.kubeconfig"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{program} runs: {error}"))
+}
+
 /// The operator's own command line (`render`, `diagnose`) with `stdin`, as a user pipes to it.
 fn operator_cli(args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_workerpool-operator"))
@@ -1834,19 +1847,16 @@ fn a_crash_looping_pool_never_passes_kubectl_wait_or_kstatus() {
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
 fn a_template_change_is_not_ready_until_its_own_pods_are() {
-    let (cluster, _operators) = setup();
+    let _setup = setup();
     let ns = namespace("e2e-template-change");
     let yaml = |boot: &str| pool(&ns, "api", 2, "generic", &[("boot", boot)], json!({}));
     assert!(apply(&yaml("1s")).ok);
     wait_ready(&ns, "api", 2 * MINUTE);
     // Every version of the pool from here on, as a watch delivers them.
-    let watch = Command::new("kubectl")
-        .args(["get", "wp", "api", "-n", &ns, "--watch-only", "-o", "json"])
-        .env("KUBECONFIG", cluster.dir.join("admin.kubeconfig"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kubectl on the PATH");
+    let watch = watching(
+        "kubectl",
+        &["get", "wp", "api", "-n", &ns, "--watch-only", "-o", "json"],
+    );
     std::thread::sleep(Duration::from_secs(2));
     // The new template's pods take 6 s to boot.
     let changed_at = Instant::now();
@@ -2572,15 +2582,10 @@ fn the_plugin_shows_a_boot_failing_pool_and_says_why_a_plain_deployment_fails() 
     );
 
     // `get -w` draws the same tree from its watches.
-    let cluster = cluster().expect("a control plane");
-    let plugin = env!("CARGO_BIN_EXE_kubectl-workerpool");
-    let mut watching = Command::new(plugin)
-        .args(["get", "api", "-w", "-n", &ns])
-        .env("KUBECONFIG", cluster.dir.join("admin.kubeconfig"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the plugin runs");
+    let mut watching = watching(
+        env!("CARGO_BIN_EXE_kubectl-workerpool"),
+        &["get", "api", "-w", "-n", &ns],
+    );
     std::thread::sleep(Duration::from_secs(4));
     let _ = watching.kill();
     let watched = watching.wait_with_output().expect("the plugin exits");
