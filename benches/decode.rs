@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use std::hint::black_box;
 use workerpool_core::aborts::podview::PodView;
 use workerpool_core::api::WorkerPool;
-use workerpool_core::controller::watched::{Guarded, ViewedPod, Watched};
+use workerpool_core::controller::watched::{Guarded, PackedDeployment, ViewedPod, Watched};
 
 /// The allocator the binary uses (see main.rs): decoding is mostly allocation.
 #[global_allocator]
@@ -88,6 +88,22 @@ fn decode_deployment_event(c: &mut Criterion) {
                 serde_json::from_str(black_box(DEPLOYMENT_EVENT));
             black_box(event.is_ok())
         })
+    });
+    let packed: Watched<PackedDeployment> = object_of(DEPLOYMENT_EVENT, "the Deployment fixture");
+    let unpacked = packed.unpack().expect("the fixture's spec unpacks");
+    assert_eq!(
+        unpacked, *lean.0,
+        "packing keeps what the lean decode reads"
+    );
+    c.bench_function("decode one Deployment watch event, spec packed", |b| {
+        b.iter(|| {
+            let event: Result<WatchEvent<Watched<PackedDeployment>>, _> =
+                serde_json::from_str(black_box(DEPLOYMENT_EVENT));
+            black_box(event.is_ok())
+        })
+    });
+    c.bench_function("unpack one cached Deployment", |b| {
+        b.iter(|| black_box(black_box(&packed).unpack().is_ok()))
     });
     c.bench_function(
         "decode one Deployment watch event, the whole Deployment + pruning",

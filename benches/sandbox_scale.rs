@@ -414,7 +414,7 @@ fn in_one_process(pools: usize) {
 
         // Heap of one cached object of each kind, as its watch decodes it.
         {
-            use workerpool_core::controller::watched::{Guarded, Watched};
+            use workerpool_core::controller::watched::{Guarded, PackedDeployment, Watched};
             use workerpool_core::api::WorkerPool;
             use k8s_openapi::api::apps::v1::Deployment;
             use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -431,7 +431,10 @@ fn in_one_process(pools: usize) {
             for (label, value) in [("deployment", &dep), ("pdb", &pdb), ("pool", &pool)] {
                 if let Ok(v) = value { println!("JSON size of {label}: {} bytes", v.to_string().len()); }
             }
-            if let Ok(v) = &dep { println!("heap of a cached Deployment: {} bytes", heap_of::<Watched<Deployment>>(v).0); }
+            if let Ok(v) = &dep {
+                println!("heap of a cached Deployment: {} bytes (spec packed)", heap_of::<Watched<PackedDeployment>>(v).0);
+                println!("heap of the same Deployment decoded whole: {} bytes", heap_of::<Watched<Deployment>>(v).0);
+            }
             if let Ok(v) = &pdb { println!("heap of a cached PDB: {} bytes", heap_of::<Watched<PodDisruptionBudget>>(v).0); }
             if let Ok(v) = &pool { println!("heap of a cached pool: {} bytes", heap_of::<Guarded<WorkerPool>>(v).0); }
         }

@@ -27,7 +27,7 @@ use workerpool_core::controller::logs::{LogError, LogReader};
 use workerpool_core::controller::metrics::Metrics;
 use workerpool_core::controller::pod_cache::PodCache;
 use workerpool_core::controller::watched::Guarded;
-use workerpool_core::controller::watched::Watched;
+use workerpool_core::controller::watched::{PackedDeployment, Watched};
 use workerpool_core::controller::{Caches, Clock, Context, reconcile};
 use workerpool_sandbox::apiserver::http::{Fault, RequestRecord};
 use workerpool_sandbox::apiserver::{
@@ -180,7 +180,7 @@ pub struct Harness {
     pub server: Arc<ApiServer>,
     pub client: kube::Client,
     pub requests: Arc<Requests>,
-    pub deployments: Writer<Watched<Deployment>>,
+    pub deployments: Writer<Watched<PackedDeployment>>,
     pub pdbs: Writer<Watched<PodDisruptionBudget>>,
     pub pods: PodCache,
     /// A test placed the pods itself ([`Harness::set_pods`]): the Deployment's pods are its own.
@@ -236,7 +236,8 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
         since: AtomicUsize::new(0),
         until: AtomicUsize::new(0),
     });
-    let (deployment_store, deployment_writer): (Store<Watched<Deployment>>, _) = reflector::store();
+    let (deployment_store, deployment_writer): (Store<Watched<PackedDeployment>>, _) =
+        reflector::store();
     let (pdb_store, pdb_writer): (Store<Watched<PodDisruptionBudget>>, _) = reflector::store();
     let pod_cache = PodCache::default();
     let (job_store, job_writer): (Store<Watched<Job>>, _) = reflector::store();

@@ -13,7 +13,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Serialize;
 use serde_json::json;
 
-use super::watched::{Lean, Watched};
+use super::watched::{Lean, PackedDeployment, Watched};
 use super::{Context, Error};
 use crate::api::MANAGER_NAME;
 use crate::decide::{BudgetWrite, Child, DeploymentWrite, LiveChildren, Prepared, Writes};
@@ -42,6 +42,17 @@ impl<K> Existing<K> {
             Existing::Absent => Child::Absent,
             Existing::Foreign => Child::Foreign,
         }
+    }
+}
+
+impl Existing<PackedDeployment> {
+    /// The Deployment with its spec unpacked for this reconcile.
+    fn unpacked(self) -> Result<Existing<Deployment>, serde_json::Error> {
+        Ok(match self {
+            Existing::Ours(packed) => Existing::Ours(Arc::new(Watched(Box::new(packed.unpack()?)))),
+            Existing::Absent => Existing::Absent,
+            Existing::Foreign => Existing::Foreign,
+        })
     }
 }
 
@@ -121,7 +132,14 @@ pub(super) async fn read_children(
     let pool = prepared.identity;
     let uncached = prepared.reads_uncached() && lookup == Lookup::Api;
     let caches = &ctx.caches;
-    let deployment = existing(ctx, &caches.deployments, pool, &pool.name, uncached).await?;
+    let deployment = existing(ctx, &caches.deployments, pool, &pool.name, uncached)
+        .await?
+        .unpacked()
+        .map_err(|source| Error::Read {
+            kind: "Deployment".into(),
+            name: pool.name.clone(),
+            source: kube::Error::SerdeError(source),
+        })?;
     let pdb = existing(ctx, &caches.pdbs, pool, &pool.name, uncached).await?;
     let init_job = match prepared.init_job_to_read(deployment.child().ours()) {
         Some(job) => {

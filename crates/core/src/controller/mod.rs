@@ -25,7 +25,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -48,7 +47,7 @@ use report::{publish, write_status};
 
 use crate::api::WorkerPool;
 use crate::api::reason;
-use crate::controller::watched::{Guarded, Watched};
+use crate::controller::watched::{Guarded, PackedDeployment, Watched};
 use crate::decide::{self, Decision, Observed, Prepared};
 use crate::pool::Stall;
 use crate::pool::derive::PoolRef;
@@ -63,7 +62,8 @@ pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 /// The watch caches the controller reads instead of the API.
 #[derive(Clone)]
 pub struct Caches {
-    pub deployments: Store<Watched<Deployment>>,
+    /// Deployments with their spec packed: [`PackedDeployment::unpack`] gives the whole one.
+    pub deployments: Store<Watched<PackedDeployment>>,
     pub pdbs: Store<Watched<PodDisruptionBudget>>,
     /// Pods carrying the pool label, as the views classification reads.
     pub pods: PodCache,

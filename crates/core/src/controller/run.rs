@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -29,7 +29,7 @@ use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
-use crate::controller::watched::{Guarded, ViewedPod, Watched};
+use crate::controller::watched::{Guarded, PackedDeployment, ViewedPod, Watched};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -579,7 +579,7 @@ pub async fn control(
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = scope.namespace.as_deref();
-    let (deployments, deployment_writer) = reflector::store::<Watched<Deployment>>();
+    let (deployments, deployment_writer) = reflector::store::<Watched<PackedDeployment>>();
     let (pdbs, pdb_writer) = reflector::store::<Watched<PodDisruptionBudget>>();
     let (jobs, job_writer) = reflector::store::<Watched<Job>>();
     let (pools, pool_writer) = reflector::store::<Guarded<WorkerPool>>();

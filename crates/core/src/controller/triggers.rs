@@ -62,17 +62,30 @@ impl<K: Resource<DynamicType = ()>> Fingerprint for crate::controller::watched::
 impl Fingerprint for Deployment {
     /// The replica counts the ramp and status read; not conditions or their timestamps.
     fn fingerprint(&self) -> u64 {
-        let status = self.status.as_ref().map(|s| {
-            (
-                s.observed_generation,
-                s.replicas,
-                s.ready_replicas,
-                s.updated_replicas,
-                s.available_replicas,
-            )
-        });
-        version_of((meta_print(&self.metadata), status))
+        deployment_print(&self.metadata, self.status.as_ref())
     }
+}
+
+impl Fingerprint for crate::controller::watched::PackedDeployment {
+    fn fingerprint(&self) -> u64 {
+        deployment_print(&self.metadata, self.status.as_ref())
+    }
+}
+
+fn deployment_print(
+    metadata: &kube::core::ObjectMeta,
+    status: Option<&k8s_openapi::api::apps::v1::DeploymentStatus>,
+) -> u64 {
+    let counts = status.map(|s| {
+        (
+            s.observed_generation,
+            s.replicas,
+            s.ready_replicas,
+            s.updated_replicas,
+            s.available_replicas,
+        )
+    });
+    version_of((meta_print(metadata), counts))
 }
 
 impl Fingerprint for PodDisruptionBudget {
