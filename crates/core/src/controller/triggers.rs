@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use crate::controller::watched::{PackedDeployment, Watched};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
@@ -59,33 +59,20 @@ impl<K: Resource<DynamicType = ()>> Fingerprint for crate::controller::watched::
     }
 }
 
-impl Fingerprint for Deployment {
+impl Fingerprint for PackedDeployment {
     /// The replica counts the ramp and status read; not conditions or their timestamps.
     fn fingerprint(&self) -> u64 {
-        deployment_print(&self.metadata, self.status.as_ref())
+        let counts = self.status.as_ref().map(|s| {
+            (
+                s.observed_generation,
+                s.replicas,
+                s.ready_replicas,
+                s.updated_replicas,
+                s.available_replicas,
+            )
+        });
+        version_of((meta_print(&self.metadata), counts))
     }
-}
-
-impl Fingerprint for crate::controller::watched::PackedDeployment {
-    fn fingerprint(&self) -> u64 {
-        deployment_print(&self.metadata, self.status.as_ref())
-    }
-}
-
-fn deployment_print(
-    metadata: &kube::core::ObjectMeta,
-    status: Option<&k8s_openapi::api::apps::v1::DeploymentStatus>,
-) -> u64 {
-    let counts = status.map(|s| {
-        (
-            s.observed_generation,
-            s.replicas,
-            s.ready_replicas,
-            s.updated_replicas,
-            s.available_replicas,
-        )
-    });
-    version_of((meta_print(metadata), counts))
 }
 
 impl Fingerprint for PodDisruptionBudget {
@@ -111,7 +98,7 @@ impl Fingerprint for Job {
     }
 }
 
-impl<K: Fingerprint> Fingerprint for crate::controller::watched::Watched<K> {
+impl<K: Fingerprint> Fingerprint for Watched<K> {
     fn fingerprint(&self) -> u64 {
         self.0.fingerprint()
     }
@@ -218,7 +205,8 @@ mod tests {
         }
     }
 
-    fn deployment(generation: i64, ready: i32, condition_time: &str) -> Deployment {
+    /// A Deployment as its watch decodes it.
+    fn deployment(generation: i64, ready: i32, condition_time: &str) -> Watched<PackedDeployment> {
         serde_json::from_value(json!({
             "metadata": {"name": "api", "namespace": "shop", "uid": "u1", "generation": generation,
                          "labels": {"workerpool.dev/pool": "api"}},
@@ -285,13 +273,17 @@ mod tests {
         let mut changes = Changes::default();
         let named = |name: &str| {
             let mut d = deployment(1, 2, "2026-01-01T00:00:00Z");
-            d.metadata.name = Some(name.into());
+            d.0.metadata.name = Some(name.into());
             d
         };
         for name in ["api", "worker"] {
             assert!(changes.admit(watcher::Event::Apply(named(name))).is_some());
         }
-        assert!(changes.admit(watcher::Event::<Deployment>::Init).is_none());
+        assert!(
+            changes
+                .admit(watcher::Event::<Watched<PackedDeployment>>::Init)
+                .is_none()
+        );
         assert!(
             changes
                 .admit(watcher::Event::InitApply(named("api")))
@@ -300,7 +292,7 @@ mod tests {
         );
         assert!(
             changes
-                .admit(watcher::Event::<Deployment>::InitDone)
+                .admit(watcher::Event::<Watched<PackedDeployment>>::InitDone)
                 .is_none()
         );
         assert_eq!(changes.seen.len(), 1, "the worker was deleted while away");

@@ -53,6 +53,22 @@ macro_rules! resource_named_as {
     };
 }
 
+/// A lean form of `$kind` that holds its own `metadata`.
+macro_rules! resource_with_own_metadata {
+    ($lean:ty, $kind:ty) => {
+        impl Resource for $lean {
+            resource_named_as!($kind);
+
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 /// A pod as the pod watch decodes it: straight into the view classification reads, plus the
 /// identity and resource version a watch needs. The whole `Pod` is never built.
 #[derive(Clone, Debug)]
@@ -74,16 +90,7 @@ impl<'de> Deserialize<'de> for ViewedPod {
     }
 }
 
-impl Resource for ViewedPod {
-    resource_named_as!(Pod);
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+resource_with_own_metadata!(ViewedPod, Pod);
 
 /// A part the kind requires is absent.
 pub struct Missing {
@@ -165,16 +172,7 @@ impl PackedDeployment {
     }
 }
 
-impl Resource for PackedDeployment {
-    resource_named_as!(Deployment);
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+resource_with_own_metadata!(PackedDeployment, Deployment);
 
 impl Lean for PackedDeployment {
     type Spec = PackedJson;
