@@ -398,6 +398,18 @@ fn describe(ns: &str, name: &str) -> String {
     kubectl_ok(&["describe", "wp", name, "-n", ns])
 }
 
+/// `kubectl wait --for=condition=Ready` on one pool, as a user runs it.
+fn kubectl_wait_ready(ns: &str, name: &str, timeout: &str) -> Output {
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("wp/{name}"),
+        "-n",
+        ns,
+        &format!("--timeout={timeout}"),
+    ])
+}
+
 fn wait_ready(ns: &str, name: &str, timeout: Duration) -> Value {
     wait_until(
         &format!("{ns}/{name} Ready"),
@@ -1796,14 +1808,7 @@ fn a_crash_looping_pool_never_passes_kubectl_wait_or_kstatus() {
         json!({"failure": {"bootFailureThreshold": 1000}}),
     );
     assert!(apply(&yaml).ok);
-    let wait = kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "wp/api",
-        "-n",
-        &ns,
-        "--timeout=60s",
-    ]);
+    let wait = kubectl_wait_ready(&ns, "api", "60s");
     assert!(
         !wait.ok,
         "kubectl wait passed a crash-looping pool: {}",
@@ -1862,14 +1867,7 @@ fn a_template_change_is_not_ready_until_its_own_pods_are() {
     let changed_at = Instant::now();
     let out = apply(&yaml("6s"));
     assert!(out.ok, "{}", out.stderr);
-    let wait = kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "wp/api",
-        "-n",
-        &ns,
-        "--timeout=120s",
-    ]);
+    let wait = kubectl_wait_ready(&ns, "api", "120s");
     let waited = changed_at.elapsed();
     assert!(wait.ok, "{}: {}", wait.stderr, describe(&ns, "api"));
     assert!(
@@ -2029,14 +2027,7 @@ fn a_pool_with_an_occasional_abort_stays_ready_and_passes_kubectl_wait() {
     );
     assert!(apply(&yaml).ok);
     wait_abort(&ns, "api", "OOMKilled", 2, 3 * MINUTE);
-    let wait = kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "wp/api",
-        "-n",
-        &ns,
-        "--timeout=40s",
-    ]);
+    let wait = kubectl_wait_ready(&ns, "api", "40s");
     assert!(wait.ok, "{}\n{}", wait.stderr, describe(&ns, "api"));
     let s = status(&ns, "api");
     assert!(condition_is(&s, "Degraded", "True"), "{s:#}");
