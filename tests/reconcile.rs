@@ -677,11 +677,10 @@ async fn a_written_status_is_let_go_once_the_cache_holds_it() {
 #[tokio::test]
 async fn failures_back_off_per_pool_and_a_success_starts_over() {
     let mut h = two_pools().await;
-    let guard = |pool: WorkerPool| Arc::new(Guarded(Ok(Box::new(pool))));
     let (api, web) = (h.pool("api").await, h.pool("web").await);
     let failed = || Error::Metadata("name");
     let ctx = h.ctx.clone();
-    let backoff = |pool: &WorkerPool| error_policy(guard(pool.clone()), &failed(), ctx.clone());
+    let backoff = |pool: &WorkerPool| error_policy(guarded(pool), &failed(), ctx.clone());
     assert_eq!(backoff(&api), Action::requeue(Duration::from_secs(5)));
     assert_eq!(backoff(&api), Action::requeue(Duration::from_secs(10)));
     assert_eq!(
@@ -701,7 +700,7 @@ async fn failures_back_off_per_pool_and_a_success_starts_over() {
 async fn a_refused_apply_stalls_the_pool_with_an_event_and_backs_off() {
     let mut h = harness(vec![pool("api", json!({"replicas": 2}))], vec![]).await;
     h.requests.refuse("api");
-    let guard = Arc::new(Guarded(Ok(Box::new(h.pool("api").await))));
+    let guard = guarded(&h.pool("api").await);
     h.requests.start();
     let error = reconcile(guard.clone(), h.ctx.clone())
         .await

@@ -26,7 +26,7 @@ use workerpool_core::controller::kubelet::EventReader;
 use workerpool_core::controller::logs::{LogError, LogReader};
 use workerpool_core::controller::metrics::Metrics;
 use workerpool_core::controller::pod_cache::PodCache;
-use workerpool_core::controller::watched::Guarded;
+use workerpool_core::controller::watched::{Guarded, PackedPool};
 use workerpool_core::controller::watched::{PackedDeployment, Watched};
 use workerpool_core::controller::{Caches, Clock, Context, reconcile};
 use workerpool_sandbox::apiserver::http::{Fault, RequestRecord};
@@ -346,7 +346,7 @@ impl Harness {
     /// returns what the reconcile asked of the controller runtime.
     pub async fn reconcile_object(&mut self, pool: WorkerPool) -> Action {
         self.requests.start();
-        let action = reconcile(Arc::new(Guarded(Ok(Box::new(pool)))), self.ctx.clone())
+        let action = reconcile(guarded(&pool), self.ctx.clone())
             .await
             .expect("reconcile succeeds");
         self.requests.stop();
@@ -527,4 +527,11 @@ pub fn replicas(deployment: &Deployment) -> i32 {
         .as_ref()
         .and_then(|s| s.replicas)
         .unwrap_or(-1)
+}
+
+/// A pool as the controller runtime hands it to a reconcile: from the watch cache, packed.
+pub fn guarded(pool: &WorkerPool) -> Arc<Guarded<PackedPool>> {
+    Arc::new(Guarded(Ok(Box::new(
+        PackedPool::pack(pool).expect("a pool packs"),
+    ))))
 }

@@ -47,7 +47,7 @@ use report::{publish, write_status};
 
 use crate::api::WorkerPool;
 use crate::api::reason;
-use crate::controller::watched::{Guarded, PackedDeployment, Watched};
+use crate::controller::watched::{Guarded, PackedDeployment, PackedPool, Watched};
 use crate::decide::{self, Decision, Observed, Prepared};
 use crate::pool::Stall;
 use crate::pool::derive::PoolRef;
@@ -158,14 +158,22 @@ impl Context {
 
 /// Entry point for the controller runtime; records metrics around [`reconcile_pool`].
 pub async fn reconcile(
-    guard: Arc<Guarded<WorkerPool>>,
+    guard: Arc<Guarded<PackedPool>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     ctx.metrics.in_flight.inc();
     let result = match &guard.0 {
-        // Boxed: kube's runner moves the future it is handed; this keeps that future small.
-        Ok(pool) => Box::pin(reconcile_pool(pool, &ctx)).await,
+        // Boxed, the pool too: kube's runner moves the future it is handed; this keeps that
+        // future small.
+        Ok(packed) => match packed.unpack().map(Box::new) {
+            Ok(pool) => Box::pin(reconcile_pool(&pool, &ctx)).await,
+            Err(source) => Err(Error::Read {
+                kind: "WorkerPool".into(),
+                name: packed.name_any(),
+                source: kube::Error::SerdeError(source),
+            }),
+        },
         Err(invalid) => Box::pin(report_malformed(invalid, &ctx)).await,
     };
     ctx.metrics.in_flight.dec();
@@ -182,7 +190,7 @@ pub async fn reconcile(
 }
 
 /// Per-object exponential backoff: 5 s, 10 s, 20 s, … up to 5 minutes.
-pub fn error_policy(guard: Arc<Guarded<WorkerPool>>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(guard: Arc<Guarded<PackedPool>>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempts = guard
         .meta()
         .uid

@@ -28,8 +28,8 @@ use super::metrics::Metrics;
 use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
-use crate::api::{MANAGER_NAME, POOL_LABEL, WorkerPool};
-use crate::controller::watched::{Guarded, PackedDeployment, ViewedPod, Watched};
+use crate::api::{MANAGER_NAME, POOL_LABEL};
+use crate::controller::watched::{Guarded, PackedDeployment, PackedPool, ViewedPod, Watched};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -521,7 +521,7 @@ impl PoolEvents {
         }
     }
 
-    fn on(&mut self, event: &watcher::Event<Guarded<WorkerPool>>) {
+    fn on(&mut self, event: &watcher::Event<Guarded<PackedPool>>) {
         match event {
             watcher::Event::Delete(pool) => self.context.pool_deleted(pool.meta()),
             watcher::Event::Apply(pool) => self.context.pool_seen(pool.meta()),
@@ -582,7 +582,7 @@ pub async fn control(
     let (deployments, deployment_writer) = reflector::store::<Watched<PackedDeployment>>();
     let (pdbs, pdb_writer) = reflector::store::<Watched<PodDisruptionBudget>>();
     let (jobs, job_writer) = reflector::store::<Watched<Job>>();
-    let (pools, pool_writer) = reflector::store::<Guarded<WorkerPool>>();
+    let (pools, pool_writer) = reflector::store::<Guarded<PackedPool>>();
     let pods = PodCache::default();
     let reporter = Reporter {
         controller: MANAGER_NAME.into(),
@@ -609,7 +609,7 @@ pub async fn control(
     let pod_triggers = pod_triggers(&client, ns, pods.clone(), sync.cache("Pod"));
     let pool_stream = admitted(
         watcher(
-            api::<Guarded<WorkerPool>>(&client, ns),
+            api::<Guarded<PackedPool>>(&client, ns),
             watcher::Config::default(),
         )
         .backoff(watch_backoff())
@@ -645,7 +645,7 @@ pub async fn control(
 }
 
 /// The pool an object belongs to, by its owner reference.
-fn owning_pool(meta: &kube::core::ObjectMeta) -> Option<ObjectRef<Guarded<WorkerPool>>> {
+fn owning_pool(meta: &kube::core::ObjectMeta) -> Option<ObjectRef<Guarded<PackedPool>>> {
     let namespace = meta.namespace.as_deref();
     meta.owner_references
         .iter()
@@ -659,7 +659,7 @@ fn pod_triggers(
     namespace: Option<&str>,
     pods: PodCache,
     synced: CacheSynced,
-) -> impl futures::Stream<Item = ObjectRef<Guarded<WorkerPool>>> + use<> {
+) -> impl futures::Stream<Item = ObjectRef<Guarded<PackedPool>>> + use<> {
     watcher(
         api::<ViewedPod>(client, namespace),
         watcher::Config::default().labels(POOL_LABEL),
@@ -698,6 +698,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::WorkerPool;
 
     fn status(code: u16, message: &str) -> Box<kube::core::Status> {
         Box::new(

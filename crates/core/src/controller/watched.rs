@@ -4,9 +4,11 @@
 //! away. Pure.
 
 use std::borrow::{Borrow, Cow};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::{Arc, Weak};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
@@ -92,10 +94,20 @@ impl<'de> Deserialize<'de> for ViewedPod {
 
 resource_with_own_metadata!(ViewedPod, Pod);
 
-/// A part the kind requires is absent.
-pub struct Missing {
+/// An object that cannot be put together: a part the kind requires is absent, or what is kept of
+/// it cannot be made.
+pub struct Unassembled {
     pub metadata: Box<ObjectMeta>,
-    pub field: &'static str,
+    pub error: String,
+}
+
+impl Unassembled {
+    fn missing(metadata: ObjectMeta, field: &str) -> Self {
+        Unassembled {
+            metadata: Box::new(metadata),
+            error: format!("missing field `{field}`"),
+        }
+    }
 }
 
 /// How a kind is put back together from the parts the controller reads.
@@ -104,12 +116,21 @@ pub trait Lean: Sized {
     type Spec: DeserializeOwned;
     /// The status as decoded; [`IgnoredAny`] skips it.
     type Status: DeserializeOwned;
-    /// Fails only when a part the kind requires is missing; the metadata comes back with the error.
+    /// Fails when a part the kind requires is missing; the metadata comes back with the error.
     fn assemble(
         metadata: ObjectMeta,
         spec: Option<Self::Spec>,
         status: Option<Self::Status>,
-    ) -> Result<Self, Missing>;
+    ) -> Result<Self, Unassembled>;
+
+    /// The spec of this object at this generation, when it is held already: the watch then skips
+    /// the event's own.
+    fn known_spec(_metadata: &WireMeta) -> Option<Self::Spec> {
+        None
+    }
+
+    /// Called with each spec the watch decoded.
+    fn remember_spec(_metadata: &WireMeta, _spec: &Self::Spec) {}
 }
 
 /// Kinds whose spec and status are both read, kept whole but for the metadata.
@@ -122,7 +143,7 @@ macro_rules! lean_keeps_spec_and_status {
                 metadata: ObjectMeta,
                 spec: Option<$spec>,
                 status: Option<$status>,
-            ) -> Result<Self, Missing> {
+            ) -> Result<Self, Unassembled> {
                 Ok($kind {
                     metadata,
                     spec,
@@ -137,14 +158,67 @@ lean_keeps_spec_and_status!(Deployment, DeploymentSpec, DeploymentStatus);
 lean_keeps_spec_and_status!(Job, JobSpec, JobStatus);
 
 /// JSON kept as its compact text: a typed pod template takes about three times the heap of its
-/// JSON, and only a reconcile reads it, once.
+/// JSON, and only a reconcile reads it, once. Shared: the watch events of one generation of an
+/// object hold the same text ([`KnownSpecs`]).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct PackedJson(Box<str>);
+pub struct PackedJson(Arc<str>);
+
+impl PackedJson {
+    fn of<T: serde::Serialize>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(PackedJson(serde_json::to_string(value)?.into()))
+    }
+}
 
 impl<'de> Deserialize<'de> for PackedJson {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        Ok(PackedJson(value.to_string().into_boxed_str()))
+        Ok(PackedJson(value.to_string().into()))
+    }
+}
+
+/// Packed specs by the uid of their object, for as long as a cache holds them. An object's spec
+/// changes only with its generation, so a watch event of a generation already seen (a status
+/// update: most of a Deployment's events) takes the spec held already instead of parsing its
+/// own. Per thread, as the watches decode on the thread that polls them.
+#[derive(Default)]
+struct KnownSpecs {
+    by_uid: HashMap<Box<str>, (i64, Weak<str>)>,
+    /// Entries left by the last sweep of those whose spec no cache holds any more.
+    swept: usize,
+}
+
+thread_local! {
+    static KNOWN_SPECS: RefCell<KnownSpecs> = RefCell::default();
+}
+
+impl KnownSpecs {
+    fn get(metadata: &WireMeta) -> Option<PackedJson> {
+        let (uid, generation) = (metadata.uid.as_deref()?, metadata.generation?);
+        KNOWN_SPECS.with_borrow(|known| {
+            let (seen, spec) = known.by_uid.get(uid)?;
+            (*seen == generation).then(|| spec.upgrade().map(PackedJson))?
+        })
+    }
+
+    fn remember(metadata: &WireMeta, spec: &PackedJson) {
+        let (Some(uid), Some(generation)) = (metadata.uid.as_deref(), metadata.generation) else {
+            return;
+        };
+        let entry = (generation, Arc::downgrade(&spec.0));
+        KNOWN_SPECS.with_borrow_mut(|known| {
+            match known.by_uid.get_mut(uid) {
+                Some(held) => *held = entry,
+                None => {
+                    known.by_uid.insert(uid.into(), entry);
+                }
+            }
+            // A dead entry keeps its spec's memory (a `Weak` holds the allocation); one whose
+            // object changed generation was just replaced, and the deleted ones are swept.
+            if known.by_uid.len() > 2 * known.swept + 64 {
+                known.by_uid.retain(|_, (_, spec)| spec.strong_count() > 0);
+                known.swept = known.by_uid.len();
+            }
+        });
     }
 }
 
@@ -181,12 +255,20 @@ impl Lean for PackedDeployment {
         metadata: ObjectMeta,
         spec: Option<PackedJson>,
         status: Option<DeploymentStatus>,
-    ) -> Result<Self, Missing> {
+    ) -> Result<Self, Unassembled> {
         Ok(PackedDeployment {
             metadata,
             spec,
             status,
         })
+    }
+
+    fn known_spec(metadata: &WireMeta) -> Option<PackedJson> {
+        KnownSpecs::get(metadata)
+    }
+
+    fn remember_spec(metadata: &WireMeta, spec: &PackedJson) {
+        KnownSpecs::remember(metadata, spec);
     }
 }
 
@@ -198,7 +280,7 @@ impl Lean for PodDisruptionBudget {
         metadata: ObjectMeta,
         spec: Option<PodDisruptionBudgetSpec>,
         _: Option<IgnoredAny>,
-    ) -> Result<Self, Missing> {
+    ) -> Result<Self, Unassembled> {
         Ok(PodDisruptionBudget {
             metadata,
             spec,
@@ -215,7 +297,7 @@ impl<K> Lean for PartialObjectMeta<K> {
         metadata: ObjectMeta,
         _: Option<IgnoredAny>,
         _: Option<IgnoredAny>,
-    ) -> Result<Self, Missing> {
+    ) -> Result<Self, Unassembled> {
         Ok(PartialObjectMeta {
             types: None,
             metadata,
@@ -231,12 +313,9 @@ impl Lean for WorkerPool {
         metadata: ObjectMeta,
         spec: Option<WorkerPoolSpec>,
         status: Option<WorkerPoolStatus>,
-    ) -> Result<Self, Missing> {
+    ) -> Result<Self, Unassembled> {
         let Some(spec) = spec else {
-            return Err(Missing {
-                metadata: Box::new(metadata),
-                field: "spec",
-            });
+            return Err(Unassembled::missing(metadata, "spec"));
         };
         Ok(WorkerPool {
             metadata,
@@ -246,10 +325,80 @@ impl Lean for WorkerPool {
     }
 }
 
+/// A pool as the watch cache holds it: the metadata and status decoded, the spec checked against
+/// its type and kept as compact JSON (a typed pod template takes about three times the heap of
+/// its JSON); a reconcile unpacks the pool it reads, once.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedPool {
+    pub metadata: ObjectMeta,
+    spec: PackedJson,
+    pub status: Option<WorkerPoolStatus>,
+}
+
+impl PackedPool {
+    pub fn pack(pool: &WorkerPool) -> Result<Self, serde_json::Error> {
+        Ok(PackedPool {
+            metadata: pool.metadata.clone(),
+            spec: PackedJson::of(&pool.spec)?,
+            status: pool.status.clone(),
+        })
+    }
+
+    /// The whole pool; fails only when its packed spec no longer reads as a pool's.
+    pub fn unpack(&self) -> Result<WorkerPool, serde_json::Error> {
+        Ok(WorkerPool {
+            metadata: self.metadata.clone(),
+            spec: serde_json::from_str(&self.spec.0)?,
+            status: self.status.clone(),
+        })
+    }
+}
+
+resource_with_own_metadata!(PackedPool, WorkerPool);
+
+/// A part decoded as `T`, which checks it, and kept packed.
+pub struct Checked<T>(PackedJson, PhantomData<T>);
+
+impl<'de, T: DeserializeOwned + serde::Serialize> Deserialize<'de> for Checked<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let typed = T::deserialize(deserializer)?;
+        PackedJson::of(&typed)
+            .map(|packed| Checked(packed, PhantomData))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Lean for PackedPool {
+    type Spec = Checked<WorkerPoolSpec>;
+    type Status = WorkerPoolStatus;
+    fn assemble(
+        metadata: ObjectMeta,
+        spec: Option<Checked<WorkerPoolSpec>>,
+        status: Option<WorkerPoolStatus>,
+    ) -> Result<Self, Unassembled> {
+        let Some(Checked(spec, _)) = spec else {
+            return Err(Unassembled::missing(metadata, "spec"));
+        };
+        Ok(PackedPool {
+            metadata,
+            spec,
+            status,
+        })
+    }
+
+    fn known_spec(metadata: &WireMeta) -> Option<Checked<WorkerPoolSpec>> {
+        KnownSpecs::get(metadata).map(|packed| Checked(packed, PhantomData))
+    }
+
+    fn remember_spec(metadata: &WireMeta, spec: &Checked<WorkerPoolSpec>) {
+        KnownSpecs::remember(metadata, &spec.0);
+    }
+}
+
 /// `ObjectMeta` without `managedFields`; unknown keys are skipped without allocating.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct WireMeta {
+pub struct WireMeta {
     annotations: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Time>,
     deletion_grace_period_seconds: Option<i64>,
@@ -291,20 +440,75 @@ impl From<WireMeta> for ObjectMeta {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(bound = "S: DeserializeOwned, T: DeserializeOwned")]
 struct Wire<S, T> {
     metadata: WireMeta,
     spec: Option<S>,
     status: Option<T>,
 }
 
+/// The top-level keys of an object.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Part {
+    Metadata,
+    Spec,
+    Status,
+    #[serde(other)]
+    Other,
+}
+
+/// Decodes an object into its [`Wire`] parts; a spec [`Lean::known_spec`] holds (the metadata
+/// comes first in what the API server sends) is skipped, not parsed.
+struct WireVisitor<K>(PhantomData<K>);
+
+impl<'de, K: Lean> serde::de::Visitor<'de> for WireVisitor<K> {
+    type Value = Wire<K::Spec, K::Status>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut metadata, mut spec, mut status) = (None::<WireMeta>, None, None);
+        let mut decoded_spec = false;
+        while let Some(part) = map.next_key::<Part>()? {
+            match part {
+                Part::Metadata => metadata = Some(map.next_value()?),
+                Part::Spec => match metadata.as_ref().and_then(K::known_spec) {
+                    Some(known) => {
+                        map.next_value::<IgnoredAny>()?;
+                        spec = Some(known);
+                        decoded_spec = false;
+                    }
+                    None => {
+                        spec = map.next_value()?;
+                        decoded_spec = true;
+                    }
+                },
+                Part::Status => status = map.next_value()?,
+                Part::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let metadata = metadata.ok_or_else(|| serde::de::Error::missing_field("metadata"))?;
+        if decoded_spec && let Some(spec) = &spec {
+            K::remember_spec(&metadata, spec);
+        }
+        Ok(Wire {
+            metadata,
+            spec,
+            status,
+        })
+    }
+}
+
 impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = Wire::<K::Spec, K::Status>::deserialize(deserializer)?;
+        let wire = deserializer.deserialize_map(WireVisitor::<K>(PhantomData))?;
         K::assemble(wire.metadata.into(), wire.spec, wire.status)
             .map(|object| Watched(Box::new(object)))
-            .map_err(|missing| serde::de::Error::missing_field(missing.field))
+            .map_err(|unassembled| serde::de::Error::custom(unassembled.error))
     }
 }
 
@@ -316,11 +520,52 @@ impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
 #[derive(Clone, Debug)]
 pub struct Guarded<K>(pub Result<Box<K>, InvalidObject>);
 
-#[derive(Deserialize)]
-struct ValueWire {
+/// A spec as the guarded decode finds it: held already, or JSON still to check.
+enum SpecWire<S> {
+    Known(S),
+    Json(Value),
+}
+
+struct ValueWire<S> {
     metadata: WireMeta,
-    spec: Option<Value>,
+    spec: Option<SpecWire<S>>,
     status: Option<Value>,
+}
+
+struct ValueWireVisitor<K>(PhantomData<K>);
+
+impl<'de, K: Lean> serde::de::Visitor<'de> for ValueWireVisitor<K> {
+    type Value = ValueWire<K::Spec>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut metadata, mut spec, mut status) = (None::<WireMeta>, None, None);
+        while let Some(part) = map.next_key::<Part>()? {
+            match part {
+                Part::Metadata => metadata = Some(map.next_value()?),
+                Part::Spec => match metadata.as_ref().and_then(K::known_spec) {
+                    Some(known) => {
+                        map.next_value::<IgnoredAny>()?;
+                        spec = Some(SpecWire::Known(known));
+                    }
+                    None => spec = map.next_value::<Option<Value>>()?.map(SpecWire::Json),
+                },
+                Part::Status => status = map.next_value()?,
+                Part::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let metadata = metadata.ok_or_else(|| serde::de::Error::missing_field("metadata"))?;
+        Ok(ValueWire {
+            metadata,
+            spec,
+            status,
+        })
+    }
 }
 
 /// One part decoded from its JSON; the error names the field path within the object.
@@ -342,17 +587,26 @@ fn part<T: DeserializeOwned>(name: &str, value: Option<Value>) -> Result<Option<
 
 impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = ValueWire::deserialize(deserializer)?;
+        let wire = deserializer.deserialize_map(ValueWireVisitor::<K>(PhantomData))?;
+        let spec = match wire.spec {
+            Some(SpecWire::Known(known)) => Ok(Some(known)),
+            Some(SpecWire::Json(json)) => part::<K::Spec>("spec", Some(json)).inspect(|spec| {
+                if let Some(spec) = spec {
+                    K::remember_spec(&wire.metadata, spec);
+                }
+            }),
+            None => Ok(None),
+        };
         let metadata = ObjectMeta::from(wire.metadata);
-        let parts = part::<K::Spec>("spec", wire.spec)
+        let parts = spec
             .and_then(|spec| part::<K::Status>("status", wire.status).map(|status| (spec, status)));
         Ok(Guarded(match parts {
             Ok((spec, status)) => {
                 K::assemble(metadata, spec, status)
                     .map(Box::new)
-                    .map_err(|missing| InvalidObject {
-                        error: format!("missing field `{}`", missing.field),
-                        metadata: *missing.metadata,
+                    .map_err(|unassembled| InvalidObject {
+                        error: unassembled.error,
+                        metadata: *unassembled.metadata,
                     })
             }
             Err(error) => Err(InvalidObject { error, metadata }),
@@ -606,7 +860,7 @@ mod tests {
     fn an_invalid_pool_keeps_its_metadata_and_names_the_field() {
         let mut spec = valid_spec();
         spec["replicas"] = json!("many");
-        let guarded: Guarded<WorkerPool> =
+        let guarded: Guarded<PackedPool> =
             serde_json::from_str(&pool(spec).to_string()).expect("decodes as invalid");
         let invalid = guarded.0.expect_err("invalid");
         assert_eq!(invalid.metadata.name.as_deref(), Some("api"));
@@ -616,7 +870,7 @@ mod tests {
             "{}",
             invalid.error
         );
-        assert_eq!(Guarded::<WorkerPool>::kind(&()), "WorkerPool");
+        assert_eq!(Guarded::<PackedPool>::kind(&()), "WorkerPool");
         assert_eq!(
             invalid_error(&pool(serde_json::Value::Null)),
             Some("missing field `spec`".into())
@@ -624,7 +878,7 @@ mod tests {
     }
 
     fn invalid_error(value: &serde_json::Value) -> Option<String> {
-        let guarded: Guarded<WorkerPool> = serde_json::from_str(&value.to_string()).ok()?;
+        let guarded: Guarded<PackedPool> = serde_json::from_str(&value.to_string()).ok()?;
         guarded.0.err().map(|invalid| invalid.error)
     }
 
@@ -646,6 +900,41 @@ mod tests {
                 serde_json::from_str(&line).expect("metadata event");
             assert!(matches!(event, WatchEvent::Modified(_)), "{line}");
         }
+    }
+
+    #[test]
+    fn a_packed_pool_unpacks_to_what_the_lean_decode_reads() {
+        use kube::api::WatchEvent;
+        let mut spec = valid_spec();
+        spec["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "GREETING", "value": "say \"hi\"\n to caf\u{e9}"}]);
+        spec["template"]["spec"]["activeDeadlineSeconds"] = json!(i64::MAX);
+        spec["policy"] = json!({"boot": {"timeoutSeconds": 90, "maxConcurrent": 2}});
+        let mut value = pool(spec);
+        value["status"]["conditions"] = json!([{
+            "type": "Ready", "status": "True", "reason": "AllReady", "message": "3 of 3 ready",
+            "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 1,
+        }]);
+        let text = value.to_string();
+        let lean = serde_json::from_str::<Guarded<WorkerPool>>(&text)
+            .expect("lean decode")
+            .0
+            .expect("valid");
+        assert!(lean.status.is_some());
+        for line in [
+            format!(r#"{{"type":"MODIFIED","object":{text}}}"#),
+            format!(r#"{{"object":{text},"type":"MODIFIED"}}"#),
+        ] {
+            let event: WatchEvent<Guarded<PackedPool>> =
+                serde_json::from_str(&line).expect("packed event");
+            let WatchEvent::Modified(Guarded(Ok(packed))) = event else {
+                panic!("not a valid modification: {line}");
+            };
+            assert_eq!(packed.unpack().expect("unpack"), *lean);
+            assert_eq!(packed.metadata, lean.metadata);
+        }
+        let packed = PackedPool::pack(&lean).expect("pack");
+        assert_eq!(packed.unpack().expect("unpack"), *lean, "pack and unpack");
     }
 
     #[test]
@@ -681,6 +970,84 @@ mod tests {
             };
             assert_eq!(decoded.unpack().expect("unpack"), *lean.0);
         }
+    }
+
+    /// A Deployment event of `uid` at `generation` whose spec asks for `replicas`; the metadata
+    /// first (as the API server sends it) unless `spec_first`.
+    fn deployment_event(uid: &str, generation: i64, replicas: i32, spec_first: bool) -> String {
+        let metadata =
+            json!({"name": "api", "namespace": "shop", "uid": uid, "generation": generation});
+        let spec = json!({"replicas": replicas, "selector": {}, "template": {}});
+        let object = if spec_first {
+            format!(r#"{{"spec":{spec},"metadata":{metadata},"status":{{"replicas":1}}}}"#)
+        } else {
+            format!(r#"{{"metadata":{metadata},"spec":{spec},"status":{{"replicas":1}}}}"#)
+        };
+        format!(r#"{{"type":"MODIFIED","object":{object}}}"#)
+    }
+
+    fn replicas_of(line: &str) -> (Watched<PackedDeployment>, Option<i32>) {
+        use kube::api::WatchEvent;
+        let Ok(WatchEvent::Modified(deployment)) =
+            serde_json::from_str::<WatchEvent<Watched<PackedDeployment>>>(line)
+        else {
+            panic!("not a modification: {line}");
+        };
+        let replicas = deployment
+            .unpack()
+            .expect("unpack")
+            .spec
+            .and_then(|spec| spec.replicas);
+        (deployment, replicas)
+    }
+
+    #[test]
+    fn an_event_of_a_generation_held_takes_the_held_spec_instead_of_parsing_its_own() {
+        let uid = "u-known-spec";
+        let (held, replicas) = replicas_of(&deployment_event(uid, 2, 4, false));
+        assert_eq!(replicas, Some(4));
+        // The same generation cannot carry another spec; had it been parsed, it would read 9.
+        let (_, replicas) = replicas_of(&deployment_event(uid, 2, 9, false));
+        assert_eq!(replicas, Some(4), "the spec held is taken");
+        let (_, replicas) = replicas_of(&deployment_event(uid, 3, 9, false));
+        assert_eq!(replicas, Some(9), "a new generation is parsed");
+        let (_, replicas) = replicas_of(&deployment_event(uid, 2, 9, true));
+        assert_eq!(
+            replicas,
+            Some(9),
+            "a spec before its metadata cannot be known, and is parsed"
+        );
+        drop(held);
+        let (_, replicas) = replicas_of(&deployment_event(uid, 2, 9, false));
+        assert_eq!(replicas, Some(9), "a spec no cache holds is parsed again");
+    }
+
+    #[test]
+    fn a_pool_event_of_a_generation_held_takes_the_held_spec_and_a_new_one_is_checked() {
+        let uid = "u-known-pool";
+        let event = |generation: i64, spec: serde_json::Value| {
+            let mut value = pool(spec);
+            value["metadata"]["uid"] = json!(uid);
+            value["metadata"]["generation"] = json!(generation);
+            serde_json::from_str::<Guarded<PackedPool>>(&value.to_string()).expect("decodes")
+        };
+        let mut other = valid_spec();
+        other["replicas"] = json!(7);
+        let held = event(4, valid_spec());
+        let replicas = |guarded: &Guarded<PackedPool>| {
+            guarded
+                .0
+                .as_ref()
+                .map(|pool| pool.unpack().expect("unpack").spec.replicas)
+                .map_err(|invalid| invalid.error.clone())
+        };
+        assert_eq!(replicas(&held), Ok(3));
+        assert_eq!(replicas(&event(4, other.clone())), Ok(3), "the spec held");
+        assert_eq!(replicas(&event(5, other)), Ok(7), "a new generation");
+        let mut invalid = valid_spec();
+        invalid["replicas"] = json!("many");
+        let error = replicas(&event(6, invalid)).expect_err("a new spec is checked");
+        assert!(error.starts_with("spec.replicas: invalid type"), "{error}");
     }
 
     #[test]
