@@ -20,9 +20,11 @@ use workerpool_core::decide::{
 };
 use workerpool_core::pool::Stall;
 use workerpool_core::pool::derive::PoolRef;
+use workerpool_core::pool::drift::Verified;
 
 const UID: &str = "pool-uid-1";
 const PDB_UID: &str = "pdb-uid-1";
+const DEPLOYMENT_UID: &str = "deployment-uid-1";
 
 fn now() -> Timestamp {
     "2026-12-01T10:00:00Z".parse().expect("time")
@@ -63,6 +65,7 @@ struct World {
     pdb: Option<PodDisruptionBudget>,
     status: Option<WorkerPoolStatus>,
     announced_ready: Option<(String, i32)>,
+    verified: Vec<Verified>,
 }
 
 impl World {
@@ -97,6 +100,7 @@ impl World {
             workers,
             children: &live,
             refused,
+            verified: &self.verified,
             now: now(),
         };
         decide(&prepared, &observed).expect("a decision")
@@ -104,14 +108,19 @@ impl World {
 
     /// Writes what the decision asks for; the Deployment's pods all come up Ready at once.
     fn carry_out(&mut self, decision: Decision) {
+        self.verified = decision.verified;
         match decision.writes.deployment {
-            Some(DeploymentWrite::Apply(deployment)) => self.deployment = Some(*deployment),
+            Some(DeploymentWrite::Apply(mut deployment)) => {
+                deployment.metadata.uid = Some(DEPLOYMENT_UID.into());
+                self.deployment = Some(*deployment);
+            }
             Some(DeploymentWrite::Hold { .. }) => panic!("no init Job holds this pool"),
             None => {}
         }
         match decision.writes.pdb {
             Some(BudgetWrite::Apply(mut pdb)) => {
                 pdb.metadata.uid = Some(PDB_UID.into());
+                pdb.metadata.generation = Some(1);
                 self.pdb = Some(*pdb);
             }
             Some(BudgetWrite::Delete { uid }) => {
@@ -251,6 +260,86 @@ fn converged(pool: &WorkerPool) -> World {
     let rest = world.decide(pool, None);
     assert!(rest.writes.is_empty() && !rest.write_status, "not at rest");
     world
+}
+
+#[test]
+fn a_child_found_current_is_not_serialized_again_until_its_generation_or_metadata_moves() {
+    let pool = pool(json!({}));
+    let mut world = converged(&pool);
+    let rest = world.decide(&pool, None);
+    assert_eq!(rest.verified.len(), 2, "the Deployment and the budget");
+    world.verified = rest.verified;
+    // Changed under the same generation, which the API server never does: only the memory of
+    // the last check can leave it unwritten.
+    let spec = world.deployment.as_mut().and_then(|d| d.spec.as_mut());
+    let pod = spec
+        .and_then(|s| s.template.spec.as_mut())
+        .expect("a pod spec");
+    pod.termination_grace_period_seconds = Some(1);
+    let tampered = world.decide(&pool, None);
+    assert!(tampered.writes.deployment.is_none(), "answered from memory");
+    let forgotten = World {
+        verified: Vec::new(),
+        ..world_clone(&world)
+    }
+    .decide(&pool, None);
+    assert!(
+        forgotten.writes.deployment.is_some(),
+        "without the memory the drift is seen"
+    );
+    let deployment = world.deployment.as_mut().expect("a Deployment");
+    deployment.metadata.generation = Some(2);
+    assert!(
+        world.decide(&pool, None).writes.deployment.is_some(),
+        "a new generation is checked again"
+    );
+    let deployment = world.deployment.as_mut().expect("a Deployment");
+    deployment.metadata.generation = Some(1);
+    let labels = deployment.metadata.labels.get_or_insert_default();
+    labels.insert("team".into(), "shop".into());
+    assert!(
+        world.decide(&pool, None).writes.deployment.is_some(),
+        "so are new labels"
+    );
+}
+
+fn world_clone(world: &World) -> World {
+    World {
+        deployment: world.deployment.clone(),
+        pdb: world.pdb.clone(),
+        status: world.status.clone(),
+        announced_ready: world.announced_ready.clone(),
+        verified: world.verified.clone(),
+    }
+}
+
+#[test]
+fn the_drift_check_reads_no_metadata_of_a_child_that_its_print_leaves_out() {
+    let pool = pool(json!({"spec": {"policy": {"init": {"command": ["migrate"]}}}}));
+    let first = World::default().decide(&pool, None);
+    let mut children: Vec<Value> = Vec::new();
+    if let Some(DeploymentWrite::Apply(deployment)) = &first.writes.deployment {
+        children.push(serde_json::to_value(deployment).expect("json"));
+    }
+    if let Some(BudgetWrite::Apply(pdb)) = &first.writes.pdb {
+        children.push(serde_json::to_value(pdb).expect("json"));
+    }
+    assert_eq!(children.len(), 2);
+    // `drift::live_print` hashes these of a live child; any other key the operator set would be
+    // compared by the drift check but not move the print.
+    let printed = [
+        "name",
+        "namespace",
+        "labels",
+        "annotations",
+        "ownerReferences",
+    ];
+    for child in &children {
+        let metadata = child["metadata"].as_object().expect("metadata");
+        for key in metadata.keys() {
+            assert!(printed.contains(&key.as_str()), "metadata.{key} is set");
+        }
+    }
 }
 
 #[test]

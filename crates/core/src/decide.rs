@@ -143,6 +143,8 @@ pub struct Observed<'a> {
     pub children: &'a LiveChildren<'a>,
     /// A write of this reconcile the API server refused for good.
     pub refused: Option<Stall>,
+    /// Live children found to hold what the pool derives, as the last reconcile left them.
+    pub verified: &'a [drift::Verified],
     pub now: jiff::Timestamp,
 }
 
@@ -211,6 +213,9 @@ pub struct Decision {
     pub announced_ready: Option<(String, i32)>,
     /// When to look at the pool again, unless a failure backs off.
     pub requeue: Duration,
+    /// The live children that hold what the pool derives, for the next reconcile's
+    /// [`Observed::verified`].
+    pub verified: Vec<drift::Verified>,
 }
 
 /// What the reconcile does, given what it observed.
@@ -224,6 +229,7 @@ pub fn decide(
         .deployment
         .ours()
         .map(DeploymentCounts::of);
+    let mut verified = Vec::new();
     let (outcome, writes) = match (&prepared.settled, &observed.refused) {
         (Err(invalid), _) => (
             Outcome::stalled(invalid_spec(invalid, running), running),
@@ -236,7 +242,7 @@ pub fn decide(
                 Some(stall) => (Outcome::stalled(stall, running), None),
                 None => {
                     let plan = plan(pool, valid, children, observed);
-                    let writes = writes(&plan, children, observed.children)?;
+                    let writes = writes(&plan, children, observed, &mut verified)?;
                     let replaced =
                         replaces_template(writes.deployment.as_ref(), observed.children)?;
                     let outcome = Outcome::planned(plan, settings, children, observed, replaced);
@@ -262,6 +268,7 @@ pub fn decide(
         announced_ready,
         requeue: requeue(workers.recheck, paced.held),
         status: paced.status,
+        verified,
     })
 }
 
@@ -303,8 +310,10 @@ fn plan(
 fn writes(
     plan: &Plan,
     children: &Children,
-    live: &LiveChildren<'_>,
+    observed: &Observed<'_>,
+    verified: &mut Vec<drift::Verified>,
 ) -> Result<Writes, serde_json::Error> {
+    let (live, before) = (observed.children, observed.verified);
     // Destructured whole, so a new kind of child cannot be left out.
     let Children {
         revision: _,
@@ -313,7 +322,7 @@ fn writes(
         pdb,
     } = children;
     let init_job = match (init_job, plan.create_init_job) {
-        (Some(job), true) => changed(None, job.clone())?,
+        (Some(job), true) => changed(None, job.clone(), before, verified)?,
         _ => None,
     };
     let deployment = match (plan.apply_deployment, plan.template, live.deployment.ours()) {
@@ -330,7 +339,7 @@ fn writes(
         (true, ..) => {
             let mut deployment = deployment.clone();
             derive::shape(&mut deployment, plan.ramp_target, plan.paused);
-            changed(live.deployment.ours(), deployment)?
+            changed(live.deployment.ours(), deployment, before, verified)?
                 .map(|d| DeploymentWrite::Apply(Box::new(d)))
         }
     };
@@ -338,9 +347,8 @@ fn writes(
         init_job,
         deployment,
         pdb: match (pdb, live.pdb.ours()) {
-            (Some(pdb), live) => {
-                changed(live, pdb.clone())?.map(|b| BudgetWrite::Apply(Box::new(b)))
-            }
+            (Some(pdb), live) => changed(live, pdb.clone(), before, verified)?
+                .map(|b| BudgetWrite::Apply(Box::new(b))),
             (None, Some(live)) => live
                 .metadata
                 .uid
@@ -372,16 +380,20 @@ fn replaces_template(
     )
 }
 
-/// `desired`, stamped, unless `live` is current with it.
+/// `desired`, stamped, unless `live` is current with it (then noted in `verified_now`).
 fn changed<K: kube::Resource + serde::Serialize>(
     live: Option<&K>,
     mut desired: K,
+    verified_before: &[drift::Verified],
+    verified_now: &mut Vec<drift::Verified>,
 ) -> Result<Option<K>, serde_json::Error> {
     let stamped = drift::stamp(&mut desired)?;
-    Ok(match live {
-        Some(live) if drift::is_current(live, &stamped)? => None,
-        _ => Some(desired),
-    })
+    let Some(live) = live else {
+        return Ok(Some(desired));
+    };
+    let (current, pair) = drift::is_current_as_verified(live, &stamped, verified_before)?;
+    verified_now.extend(pair);
+    Ok((!current).then_some(desired))
 }
 
 /// What validating, the ownership check and the gates came to.

@@ -295,6 +295,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
     let workers = workers::observe(ctx, pool, old, &identity.namespace, &identity.name).await;
     let prepared = Prepared::new(pool, &identity);
     let announced_ready = ctx.pools.announced_ready(uid);
+    let verified = ctx.pools.verified(uid);
     let now = (ctx.clock)();
     // The caches answer first; only a create refused for a name already taken reads the API.
     let mut lookup = Lookup::Cache;
@@ -308,6 +309,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             workers: &workers.report,
             children: &live,
             refused: None,
+            verified: &verified,
             now,
         };
         let decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
@@ -329,6 +331,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         }
     };
     let requeue = decision.requeue;
+    ctx.pools.set_verified(uid, decision.verified.clone());
     report(ctx, pool, decision, remembered.is_some(), now).await?;
 
     // Come back: with back-off after a refusal or unread Events, else when asked.

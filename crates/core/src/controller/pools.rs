@@ -19,6 +19,9 @@
 //! - `announced_ready`: one `Ready` Event per revision and size. Lost: one repeated Event.
 //! - `series`: the abort Event series this process bumped. Lost: the next repeat reads the series
 //!   from the API server before it bumps it.
+//! - `verified`: the live children last found to hold what the pool derives, each by a print of
+//!   what the drift check reads of it. Lost: the next reconcile serializes those children once
+//!   more to check them.
 //! - `labels`: the pool's namespace and name, its metric series' labels. Lost with the record.
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +32,7 @@ use kube::core::ObjectMeta;
 
 use crate::aborts::reads::ReadMemory;
 use crate::api::WorkerPoolStatus;
+use crate::pool::drift::Verified;
 
 /// Versions of the pool older than a status write are remembered up to this many; more writes
 /// ahead of the cache than this is unusual.
@@ -64,6 +68,8 @@ struct PoolRecord {
     announced_ready: Option<(String, i32)>,
     /// Abort Event series by Event name.
     series: HashMap<String, Known>,
+    /// The live children the last reconcile found current.
+    verified: Vec<Verified>,
 }
 
 /// A status this process wrote. Until the watch delivers that write, the cached pool still shows
@@ -235,6 +241,20 @@ impl Pools {
     pub fn succeeded(&self, uid: &str) {
         if let Some(record) = self.pools().get_mut(uid) {
             record.failed_attempts = 0;
+        }
+    }
+
+    /// The live children the pool's last reconcile found current.
+    pub fn verified(&self, uid: &str) -> Vec<Verified> {
+        self.pools()
+            .get(uid)
+            .map(|record| record.verified.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_verified(&self, uid: &str, verified: Vec<Verified>) {
+        if let Some(record) = self.pools().get_mut(uid) {
+            record.verified = verified;
         }
     }
 

@@ -71,6 +71,49 @@ pub fn is_current<K: kube::Resource + serde::Serialize>(
     Ok(contains(&serde_json::to_value(live)?, &desired.json))
 }
 
+/// A live object [`is_current`] found to hold a desired one: while neither changes, it still does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    live: u64,
+    desired: String,
+}
+
+/// Everything [`is_current`] can read of a live object, as one number: its identity and
+/// generation (the API server moves the generation with every change of the spec), labels,
+/// annotations and owners. None without a uid or a generation.
+pub fn live_print(meta: &kube::core::ObjectMeta) -> Option<u64> {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let (uid, generation) = (meta.uid.as_deref()?, meta.generation?);
+    let mut hasher = foldhash::quality::FixedState::default().build_hasher();
+    (uid, generation, &meta.name, &meta.namespace).hash(&mut hasher);
+    (&meta.labels, &meta.annotations).hash(&mut hasher);
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    owners.len().hash(&mut hasher);
+    for owner in owners {
+        (&owner.api_version, &owner.kind, &owner.name, &owner.uid).hash(&mut hasher);
+        (owner.controller, owner.block_owner_deletion).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+/// [`is_current`], answered from `verified` when this live object was found to hold this desired
+/// one before; with the pair to remember while it is current.
+pub fn is_current_as_verified<K: kube::Resource + serde::Serialize>(
+    live: &K,
+    desired: &Stamped,
+    verified: &[Verified],
+) -> Result<(bool, Option<Verified>), serde_json::Error> {
+    let pair = live_print(live.meta()).map(|live| Verified {
+        live,
+        desired: desired.hash.clone(),
+    });
+    if pair.as_ref().is_some_and(|pair| verified.contains(pair)) {
+        return Ok((true, pair));
+    }
+    let current = is_current(live, desired)?;
+    Ok((current, pair.filter(|_| current)))
+}
+
 fn contains_at(live: &Value, desired: &Value, in_quantities: bool) -> bool {
     match (live, desired) {
         (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, want)| {
@@ -158,6 +201,47 @@ pub fn holds(live: &k8s_openapi::api::apps::v1::Deployment, replicas: i32, pause
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_print_of_a_live_object_moves_with_whatever_the_drift_check_reads() {
+        let meta: kube::core::ObjectMeta = serde_json::from_value(serde_json::json!({
+            "name": "api", "namespace": "shop", "uid": "u-1", "generation": 2,
+            "resourceVersion": "7",
+            "labels": {"app": "api"}, "annotations": {"workerpool.dev/applied": "abc"},
+            "ownerReferences": [{"apiVersion": "workerpool.dev/v1alpha1", "kind": "WorkerPool",
+                                 "name": "api", "uid": "p-1", "controller": true}],
+        }))
+        .expect("metadata");
+        let print = live_print(&meta).expect("a print");
+        let moved = |change: &dyn Fn(&mut kube::core::ObjectMeta)| {
+            let mut changed = meta.clone();
+            change(&mut changed);
+            live_print(&changed) != Some(print)
+        };
+        assert!(moved(&|m| m.generation = Some(3)));
+        assert!(moved(&|m| m.uid = Some("u-2".into())));
+        assert!(moved(&|m| {
+            m.labels
+                .get_or_insert_default()
+                .insert("team".into(), "a".into());
+        }));
+        assert!(moved(&|m| {
+            m.annotations.get_or_insert_default().clear();
+        }));
+        assert!(moved(&|m| {
+            m.owner_references.get_or_insert_default()[0].api_version = "v2".into();
+        }));
+        assert!(moved(&|m| m.owner_references = None));
+        assert!(
+            !moved(&|m| m.resource_version = Some("8".into())),
+            "a status write"
+        );
+        let unversioned = kube::core::ObjectMeta {
+            generation: None,
+            ..meta.clone()
+        };
+        assert_eq!(live_print(&unversioned), None, "no generation, no print");
+    }
 
     #[test]
     fn a_held_deployment_needs_a_write_only_for_other_replicas_or_pause() {
