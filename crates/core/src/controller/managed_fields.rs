@@ -15,6 +15,13 @@ fn is_status_entry(entry: &ManagedFieldsEntry, manager: &str, operation: &str) -
         && entry.subresource.as_deref() == Some(STATUS)
 }
 
+/// Whether `manager` still has `Update` entries of the status (an earlier version's writes).
+pub fn has_status_updates(entries: &[ManagedFieldsEntry], manager: &str) -> bool {
+    entries
+        .iter()
+        .any(|entry| is_status_entry(entry, manager, "Update"))
+}
+
 /// The managed fields with `manager`'s `Update` entries of the status merged into its `Apply`
 /// entry, or None when there is nothing to hand over.
 pub fn upgrade_status_manager(
@@ -161,5 +168,13 @@ mod tests {
         ]);
         assert_eq!(upgrade_status_manager(&only_others, M), None);
         assert_eq!(upgrade_status_manager(&[], M), None);
+        assert!(!has_status_updates(&only_others, M));
+    }
+
+    #[test]
+    fn an_update_of_the_status_by_this_manager_is_seen_without_its_fields() {
+        let mut updated = entries(vec![entry(M, "Update", Some("status"), json!({}))]);
+        updated[0].fields_v1 = None;
+        assert!(has_status_updates(&updated, M));
     }
 }

@@ -7,6 +7,7 @@ use kube::core::PartialObjectMeta;
 use serde_json::json;
 
 use super::managed_fields;
+use super::watched::StatusAnswer;
 use super::{Context, Error, STATUS_MANAGER};
 use crate::api::{WorkerPool, WorkerPoolStatus};
 use crate::decide::Announcement;
@@ -36,8 +37,8 @@ pub(super) async fn write_status(
         name: name.to_string(),
         source,
     };
-    // Only the metadata of the answer is read: its version and who owns which field.
-    let api: Api<PartialObjectMeta<WorkerPool>> = Api::namespaced(ctx.client.clone(), namespace);
+    // Only the metadata of the answer is read: its version and who manages the status.
+    let api: Api<StatusAnswer> = Api::namespaced(ctx.client.clone(), namespace);
     let body = json!({
         "apiVersion": WorkerPool::api_version(&()),
         "kind": WorkerPool::kind(&()),
@@ -49,6 +50,17 @@ pub(super) async fn write_status(
         .patch_status(name, &params, &Patch::Apply(&body))
         .await
         .map_err(status_error)?;
+    let entries = written
+        .metadata
+        .managed_fields
+        .as_deref()
+        .unwrap_or_default();
+    if !managed_fields::has_status_updates(entries, STATUS_MANAGER) {
+        return Ok(written.metadata.resource_version);
+    }
+    // The field sets to hand over, which the answer was read without.
+    let whole: Api<PartialObjectMeta<WorkerPool>> = Api::namespaced(ctx.client.clone(), namespace);
+    let written = whole.get_metadata(name).await.map_err(status_error)?;
     let entries = written
         .metadata
         .managed_fields

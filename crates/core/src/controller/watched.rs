@@ -14,7 +14,9 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
+};
 use kube::Resource;
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
@@ -305,6 +307,59 @@ impl<K> Lean for PartialObjectMeta<K> {
         })
     }
 }
+
+/// The answer to a status write as the controller reads it: the version the write produced and
+/// who manages which part, without the field sets (most of the answer; they are read only when an
+/// earlier version's entries are handed over).
+#[derive(Clone, Debug, Default)]
+pub struct StatusAnswer {
+    pub metadata: ObjectMeta,
+}
+
+#[derive(Deserialize)]
+struct AnswerWire {
+    metadata: AnswerMetaWire,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerMetaWire {
+    resource_version: Option<String>,
+    managed_fields: Option<Vec<ManagerWire>>,
+}
+
+#[derive(Deserialize)]
+struct ManagerWire {
+    manager: Option<String>,
+    operation: Option<String>,
+    subresource: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for StatusAnswer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let AnswerWire { metadata } = AnswerWire::deserialize(deserializer)?;
+        let managed_fields = metadata.managed_fields.map(|entries| {
+            entries
+                .into_iter()
+                .map(|entry| ManagedFieldsEntry {
+                    manager: entry.manager,
+                    operation: entry.operation,
+                    subresource: entry.subresource,
+                    ..ManagedFieldsEntry::default()
+                })
+                .collect()
+        });
+        Ok(StatusAnswer {
+            metadata: ObjectMeta {
+                resource_version: metadata.resource_version,
+                managed_fields,
+                ..ObjectMeta::default()
+            },
+        })
+    }
+}
+
+resource_with_own_metadata!(StatusAnswer, WorkerPool);
 
 impl Lean for WorkerPool {
     type Spec = WorkerPoolSpec;
@@ -1061,6 +1116,44 @@ mod tests {
         let packed: Watched<PackedDeployment> =
             serde_json::from_str(&value.to_string()).expect("packed decode");
         assert!(packed.unpack().is_err());
+    }
+
+    #[test]
+    fn the_answer_to_a_status_write_is_read_without_its_field_sets() {
+        let mut answer = pool(valid_spec());
+        answer["metadata"]["managedFields"] = json!([
+            {"manager": "workerpool-operator-status", "operation": "Apply", "subresource": "status",
+             "apiVersion": "workerpool.dev/v1alpha1", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:status": {"f:readyReplicas": {}}}},
+            {"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {}}},
+        ]);
+        let read: StatusAnswer = serde_json::from_value(answer).expect("answer");
+        assert_eq!(read.metadata.resource_version.as_deref(), Some("42"));
+        let entries = read.metadata.managed_fields.expect("managed fields");
+        let who: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.manager.as_deref(),
+                    e.operation.as_deref(),
+                    e.subresource.as_deref(),
+                    e.fields_v1.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            who,
+            [
+                (
+                    Some("workerpool-operator-status"),
+                    Some("Apply"),
+                    Some("status"),
+                    false
+                ),
+                (Some("kubectl"), Some("Update"), None, false),
+            ]
+        );
     }
 
     #[test]
