@@ -58,9 +58,13 @@ pub(super) async fn write_status(
     if !managed_fields::has_status_updates(entries, STATUS_MANAGER) {
         return Ok(written.metadata.resource_version);
     }
-    // The field sets to hand over, which the answer was read without.
+    // The field sets to hand over, which the answer was read without: the same apply again
+    // changes nothing and answers with them (a write the operator's RBAC grants, unlike a get).
     let whole: Api<PartialObjectMeta<WorkerPool>> = Api::namespaced(ctx.client.clone(), namespace);
-    let written = whole.get_metadata(name).await.map_err(status_error)?;
+    let written = whole
+        .patch_status(name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(status_error)?;
     let entries = written
         .metadata
         .managed_fields
