@@ -96,20 +96,10 @@ impl<'de> Deserialize<'de> for ViewedPod {
 
 resource_with_own_metadata!(ViewedPod, Pod);
 
-/// An object that cannot be put together: a part the kind requires is absent, or what is kept of
-/// it cannot be made.
-pub struct Unassembled {
+/// A part the kind requires is absent.
+pub struct Missing {
     pub metadata: Box<ObjectMeta>,
-    pub error: String,
-}
-
-impl Unassembled {
-    fn missing(metadata: ObjectMeta, field: &str) -> Self {
-        Unassembled {
-            metadata: Box::new(metadata),
-            error: format!("missing field `{field}`"),
-        }
-    }
+    pub field: &'static str,
 }
 
 /// How a kind is put back together from the parts the controller reads.
@@ -118,12 +108,12 @@ pub trait Lean: Sized {
     type Spec: DeserializeOwned;
     /// The status as decoded; [`IgnoredAny`] skips it.
     type Status: DeserializeOwned;
-    /// Fails when a part the kind requires is missing; the metadata comes back with the error.
+    /// Fails only when a part the kind requires is missing; the metadata comes back with the error.
     fn assemble(
         metadata: ObjectMeta,
         spec: Option<Self::Spec>,
         status: Option<Self::Status>,
-    ) -> Result<Self, Unassembled>;
+    ) -> Result<Self, Missing>;
 
     /// The spec of this object at this generation, when it is held already: the watch then skips
     /// the event's own.
@@ -145,7 +135,7 @@ macro_rules! lean_keeps_spec_and_status {
                 metadata: ObjectMeta,
                 spec: Option<$spec>,
                 status: Option<$status>,
-            ) -> Result<Self, Unassembled> {
+            ) -> Result<Self, Missing> {
                 Ok($kind {
                     metadata,
                     spec,
@@ -257,7 +247,7 @@ impl Lean for PackedDeployment {
         metadata: ObjectMeta,
         spec: Option<PackedJson>,
         status: Option<DeploymentStatus>,
-    ) -> Result<Self, Unassembled> {
+    ) -> Result<Self, Missing> {
         Ok(PackedDeployment {
             metadata,
             spec,
@@ -282,7 +272,7 @@ impl Lean for PodDisruptionBudget {
         metadata: ObjectMeta,
         spec: Option<PodDisruptionBudgetSpec>,
         _: Option<IgnoredAny>,
-    ) -> Result<Self, Unassembled> {
+    ) -> Result<Self, Missing> {
         Ok(PodDisruptionBudget {
             metadata,
             spec,
@@ -299,7 +289,7 @@ impl<K> Lean for PartialObjectMeta<K> {
         metadata: ObjectMeta,
         _: Option<IgnoredAny>,
         _: Option<IgnoredAny>,
-    ) -> Result<Self, Unassembled> {
+    ) -> Result<Self, Missing> {
         Ok(PartialObjectMeta {
             types: None,
             metadata,
@@ -368,9 +358,12 @@ impl Lean for WorkerPool {
         metadata: ObjectMeta,
         spec: Option<WorkerPoolSpec>,
         status: Option<WorkerPoolStatus>,
-    ) -> Result<Self, Unassembled> {
+    ) -> Result<Self, Missing> {
         let Some(spec) = spec else {
-            return Err(Unassembled::missing(metadata, "spec"));
+            return Err(Missing {
+                metadata: Box::new(metadata),
+                field: "spec",
+            });
         };
         Ok(WorkerPool {
             metadata,
@@ -430,9 +423,12 @@ impl Lean for PackedPool {
         metadata: ObjectMeta,
         spec: Option<Checked<WorkerPoolSpec>>,
         status: Option<WorkerPoolStatus>,
-    ) -> Result<Self, Unassembled> {
+    ) -> Result<Self, Missing> {
         let Some(Checked(spec, _)) = spec else {
-            return Err(Unassembled::missing(metadata, "spec"));
+            return Err(Missing {
+                metadata: Box::new(metadata),
+                field: "spec",
+            });
         };
         Ok(PackedPool {
             metadata,
@@ -563,7 +559,7 @@ impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
         let wire = deserializer.deserialize_map(WireVisitor::<K>(PhantomData))?;
         K::assemble(wire.metadata.into(), wire.spec, wire.status)
             .map(|object| Watched(Box::new(object)))
-            .map_err(|unassembled| serde::de::Error::custom(unassembled.error))
+            .map_err(|missing| serde::de::Error::missing_field(missing.field))
     }
 }
 
@@ -659,9 +655,9 @@ impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
             Ok((spec, status)) => {
                 K::assemble(metadata, spec, status)
                     .map(Box::new)
-                    .map_err(|unassembled| InvalidObject {
-                        error: unassembled.error,
-                        metadata: *unassembled.metadata,
+                    .map_err(|missing| InvalidObject {
+                        error: format!("missing field `{}`", missing.field),
+                        metadata: *missing.metadata,
                     })
             }
             Err(error) => Err(InvalidObject { error, metadata }),
