@@ -50,12 +50,7 @@ pub(super) async fn write_status(
         .patch_status(name, &params, &Patch::Apply(&body))
         .await
         .map_err(status_error)?;
-    let entries = written
-        .metadata
-        .managed_fields
-        .as_deref()
-        .unwrap_or_default();
-    if !managed_fields::has_status_updates(entries, STATUS_MANAGER) {
+    if !managed_fields::has_status_updates(managers(&written.metadata), STATUS_MANAGER) {
         return Ok(written.metadata.resource_version);
     }
     // The field sets to hand over, which the answer was read without: the same apply again
@@ -65,11 +60,7 @@ pub(super) async fn write_status(
         .patch_status(name, &params, &Patch::Apply(&body))
         .await
         .map_err(status_error)?;
-    let entries = written
-        .metadata
-        .managed_fields
-        .as_deref()
-        .unwrap_or_default();
+    let entries = managers(&written.metadata);
     let Some(upgraded) = managed_fields::upgrade_status_manager(entries, STATUS_MANAGER) else {
         return Ok(written.metadata.resource_version);
     };
@@ -93,6 +84,13 @@ pub(super) async fn write_status(
         .await
         .map_err(status_error)?;
     Ok(written.metadata.resource_version)
+}
+
+/// Who manages which fields of an object, as its answer said.
+fn managers(
+    metadata: &kube::core::ObjectMeta,
+) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry] {
+    metadata.managed_fields.as_deref().unwrap_or_default()
 }
 
 /// A namespace being deleted refuses new Events; its pools go with it, so that is no news.

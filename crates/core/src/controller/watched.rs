@@ -491,9 +491,18 @@ impl From<WireMeta> for ObjectMeta {
     }
 }
 
-struct Wire<S, T> {
+/// A spec as an object's decode found it: one held already ([`Lean::known_spec`]), or the
+/// event's own.
+enum SpecWire<S, F> {
+    Known(S),
+    Fresh(F),
+}
+
+/// An object's parts: the metadata decoded; the spec held already or read as `F`; the status
+/// read as `T`.
+struct Parts<S, F, T> {
     metadata: WireMeta,
-    spec: Option<S>,
+    spec: Option<SpecWire<S, F>>,
     status: Option<T>,
 }
 
@@ -508,85 +517,20 @@ enum Part {
     Other,
 }
 
-/// Decodes an object into its [`Wire`] parts; a spec [`Lean::known_spec`] holds (the metadata
-/// comes first in what the API server sends) is skipped, not parsed.
-struct WireVisitor<K>(PhantomData<K>);
+/// Decodes an object into its [`Parts`]; a spec [`Lean::known_spec`] holds (the metadata comes
+/// first in what the API server sends) is skipped, not parsed.
+struct PartsVisitor<K, F, T>(PhantomData<(K, F, T)>);
 
-impl<'de, K: Lean> serde::de::Visitor<'de> for WireVisitor<K> {
-    type Value = Wire<K::Spec, K::Status>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a Kubernetes object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let (mut metadata, mut spec, mut status) = (None::<WireMeta>, None, None);
-        let mut decoded_spec = false;
-        while let Some(part) = map.next_key::<Part>()? {
-            match part {
-                Part::Metadata => metadata = Some(map.next_value()?),
-                Part::Spec => match metadata.as_ref().and_then(K::known_spec) {
-                    Some(known) => {
-                        map.next_value::<IgnoredAny>()?;
-                        spec = Some(known);
-                        decoded_spec = false;
-                    }
-                    None => {
-                        spec = map.next_value()?;
-                        decoded_spec = true;
-                    }
-                },
-                Part::Status => status = map.next_value()?,
-                Part::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        let metadata = metadata.ok_or_else(|| serde::de::Error::missing_field("metadata"))?;
-        if decoded_spec && let Some(spec) = &spec {
-            K::remember_spec(&metadata, spec);
-        }
-        Ok(Wire {
-            metadata,
-            spec,
-            status,
-        })
+impl<K, F, T> PartsVisitor<K, F, T> {
+    fn new() -> Self {
+        PartsVisitor(PhantomData)
     }
 }
 
-impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = deserializer.deserialize_map(WireVisitor::<K>(PhantomData))?;
-        K::assemble(wire.metadata.into(), wire.spec, wire.status)
-            .map(|object| Watched(Box::new(object)))
-            .map_err(|missing| serde::de::Error::missing_field(missing.field))
-    }
-}
-
-/// A watched object that may not match its schema: the object, or its metadata and what does
-/// not decode, so the controller can say so on the object instead of losing it from the watch.
-/// Only the spec and status are held as JSON values until they decode; the metadata decodes
-/// once, without its managed fields.
-/// The object is boxed, as in [`Watched`].
-#[derive(Clone, Debug)]
-pub struct Guarded<K>(pub Result<Box<K>, InvalidObject>);
-
-/// A spec as the guarded decode finds it: held already, or JSON still to check.
-enum SpecWire<S> {
-    Known(S),
-    Json(Value),
-}
-
-struct ValueWire<S> {
-    metadata: WireMeta,
-    spec: Option<SpecWire<S>>,
-    status: Option<Value>,
-}
-
-struct ValueWireVisitor<K>(PhantomData<K>);
-
-impl<'de, K: Lean> serde::de::Visitor<'de> for ValueWireVisitor<K> {
-    type Value = ValueWire<K::Spec>;
+impl<'de, K: Lean, F: DeserializeOwned, T: DeserializeOwned> serde::de::Visitor<'de>
+    for PartsVisitor<K, F, T>
+{
+    type Value = Parts<K::Spec, F, T>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a Kubernetes object")
@@ -602,7 +546,7 @@ impl<'de, K: Lean> serde::de::Visitor<'de> for ValueWireVisitor<K> {
                         map.next_value::<IgnoredAny>()?;
                         spec = Some(SpecWire::Known(known));
                     }
-                    None => spec = map.next_value::<Option<Value>>()?.map(SpecWire::Json),
+                    None => spec = map.next_value::<Option<F>>()?.map(SpecWire::Fresh),
                 },
                 Part::Status => status = map.next_value()?,
                 Part::Other => {
@@ -611,13 +555,37 @@ impl<'de, K: Lean> serde::de::Visitor<'de> for ValueWireVisitor<K> {
             }
         }
         let metadata = metadata.ok_or_else(|| serde::de::Error::missing_field("metadata"))?;
-        Ok(ValueWire {
+        Ok(Parts {
             metadata,
             spec,
             status,
         })
     }
 }
+
+impl<'de, K: Lean> Deserialize<'de> for Watched<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let parts = deserializer.deserialize_map(PartsVisitor::<K, K::Spec, K::Status>::new())?;
+        let spec = parts.spec.map(|spec| match spec {
+            SpecWire::Known(known) => known,
+            SpecWire::Fresh(fresh) => {
+                K::remember_spec(&parts.metadata, &fresh);
+                fresh
+            }
+        });
+        K::assemble(parts.metadata.into(), spec, parts.status)
+            .map(|object| Watched(Box::new(object)))
+            .map_err(|missing| serde::de::Error::missing_field(missing.field))
+    }
+}
+
+/// A watched object that may not match its schema: the object, or its metadata and what does
+/// not decode, so the controller can say so on the object instead of losing it from the watch.
+/// Only the spec and status are held as JSON values until they decode; the metadata decodes
+/// once, without its managed fields.
+/// The object is boxed, as in [`Watched`].
+#[derive(Clone, Debug)]
+pub struct Guarded<K>(pub Result<Box<K>, InvalidObject>);
 
 /// One part decoded from its JSON; the error names the field path within the object.
 fn part<T: DeserializeOwned>(name: &str, value: Option<Value>) -> Result<Option<T>, String> {
@@ -638,10 +606,10 @@ fn part<T: DeserializeOwned>(name: &str, value: Option<Value>) -> Result<Option<
 
 impl<'de, K: Lean> Deserialize<'de> for Guarded<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = deserializer.deserialize_map(ValueWireVisitor::<K>(PhantomData))?;
+        let wire = deserializer.deserialize_map(PartsVisitor::<K, Value, Value>::new())?;
         let spec = match wire.spec {
             Some(SpecWire::Known(known)) => Ok(Some(known)),
-            Some(SpecWire::Json(json)) => part::<K::Spec>("spec", Some(json)).inspect(|spec| {
+            Some(SpecWire::Fresh(json)) => part::<K::Spec>("spec", Some(json)).inspect(|spec| {
                 if let Some(spec) = spec {
                     K::remember_spec(&wire.metadata, spec);
                 }
