@@ -1439,6 +1439,55 @@ fn a_pool_with_only_a_template_becomes_ready() {
 
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_deployment_edited_with_kubectl_is_set_back_after_the_pool_converged() {
+    let _setup = setup();
+    let ns = namespace("e2e-edited");
+    let yaml = json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "worker", "namespace": ns},
+        "spec": {
+            "runtime": "generic",
+            "template": {"spec": {"containers": [{
+                "name": "worker",
+                "image": "registry.example/worker:1"
+            }]}}
+        }
+    });
+    assert!(apply(&yaml.to_string()).ok);
+    wait_ready(&ns, "worker", 2 * MINUTE);
+    let grace = |d: &Value| d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].clone();
+    let deployment = kubectl_json(&["get", "deployment", "worker", "-n", &ns]).expect("Deployment");
+    let derived = grace(&deployment);
+    assert!(derived.is_i64(), "{deployment:#}");
+    // The operator has found this Deployment current before; a hand edit must still be seen.
+    kubectl_ok(&[
+        "patch",
+        "deployment/worker",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"template": {"spec": {"terminationGracePeriodSeconds": 600}}}}"#,
+    ]);
+    wait_until(
+        "the edited grace period set back to the derived one",
+        MINUTE,
+        || {
+            let deployment = kubectl_json(&["get", "deployment", "worker", "-n", &ns])?;
+            (grace(&deployment) == derived).then_some(())
+        },
+        || {
+            format!(
+                "{:#}",
+                kubectl_json(&["get", "deployment", "worker", "-n", &ns]).unwrap_or_default()
+            )
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn an_image_that_cannot_be_pulled_is_image_pull_failed() {
     let (_, operators) = setup();
     let status = aborting_pool(
