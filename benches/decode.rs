@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use std::hint::black_box;
 use workerpool_core::aborts::podview::PodView;
 use workerpool_core::api::WorkerPool;
-use workerpool_core::controller::watched::{Guarded, PackedDeployment, ViewedPod, Watched};
+use workerpool_core::controller::watched::{Guarded, Packed, PackedDeployment, ViewedPod, Watched};
 
 /// The allocator the binary uses (see main.rs): decoding is mostly allocation.
 #[global_allocator]

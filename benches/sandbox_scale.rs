@@ -414,10 +414,9 @@ fn in_one_process(pools: usize) {
 
         // Heap of one cached object of each kind, as its watch decodes it.
         {
-            use workerpool_core::controller::watched::{Guarded, PackedDeployment, PackedPool, Watched};
+            use workerpool_core::controller::watched::{Guarded, PackedBudget, PackedDeployment, PackedPool, Watched};
             use workerpool_core::api::WorkerPool;
             use k8s_openapi::api::apps::v1::Deployment;
-            use k8s_openapi::api::policy::v1::PodDisruptionBudget;
             fn heap_of<T: serde::de::DeserializeOwned>(value: &Value) -> (isize, Option<T>) {
                 let text = value.to_string();
                 let before = LIVE.load(Ordering::Relaxed) as isize;
@@ -435,7 +434,7 @@ fn in_one_process(pools: usize) {
                 println!("heap of a cached Deployment: {} bytes (spec packed)", heap_of::<Watched<PackedDeployment>>(v).0);
                 println!("heap of the same Deployment decoded whole: {} bytes", heap_of::<Watched<Deployment>>(v).0);
             }
-            if let Ok(v) = &pdb { println!("heap of a cached PDB: {} bytes", heap_of::<Watched<PodDisruptionBudget>>(v).0); }
+            if let Ok(v) = &pdb { println!("heap of a cached PDB: {} bytes (spec, labels and annotations packed)", heap_of::<Watched<PackedBudget>>(v).0); }
             if let Ok(v) = &pool {
                 println!("heap of a cached pool: {} bytes (spec and status packed)", heap_of::<Guarded<PackedPool>>(v).0);
                 println!("heap of the same pool decoded whole: {} bytes", heap_of::<Guarded<WorkerPool>>(v).0);

@@ -27,7 +27,7 @@ use workerpool_core::controller::logs::{LogError, LogReader};
 use workerpool_core::controller::metrics::Metrics;
 use workerpool_core::controller::pod_cache::PodCache;
 use workerpool_core::controller::watched::{Guarded, PackedPool};
-use workerpool_core::controller::watched::{PackedDeployment, Watched};
+use workerpool_core::controller::watched::{PackedBudget, PackedDeployment, Watched};
 use workerpool_core::controller::{Caches, Clock, Context, reconcile};
 use workerpool_sandbox::apiserver::http::{Fault, RequestRecord};
 use workerpool_sandbox::apiserver::{
@@ -181,7 +181,7 @@ pub struct Harness {
     pub client: kube::Client,
     pub requests: Arc<Requests>,
     pub deployments: Writer<Watched<PackedDeployment>>,
-    pub pdbs: Writer<Watched<PodDisruptionBudget>>,
+    pub pdbs: Writer<Watched<PackedBudget>>,
     pub pods: PodCache,
     /// A test placed the pods itself ([`Harness::set_pods`]): the Deployment's pods are its own.
     pods_placed: bool,
@@ -238,7 +238,7 @@ pub async fn harness(pools: Vec<WorkerPool>, deployments: Vec<Deployment>) -> Ha
     });
     let (deployment_store, deployment_writer): (Store<Watched<PackedDeployment>>, _) =
         reflector::store();
-    let (pdb_store, pdb_writer): (Store<Watched<PodDisruptionBudget>>, _) = reflector::store();
+    let (pdb_store, pdb_writer): (Store<Watched<PackedBudget>>, _) = reflector::store();
     let pod_cache = PodCache::default();
     let (job_store, job_writer): (Store<Watched<Job>>, _) = reflector::store();
     let logs = Arc::new(Logs::default());

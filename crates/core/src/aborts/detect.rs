@@ -863,12 +863,14 @@ mod tests {
             name: "migrate".into(),
             state,
             restart_count: i32::from(failed),
-            last_terminated: failed.then(|| Termination {
-                exit_code: 2,
-                reason: Some("Error".into()),
-                message: None,
-                started_at: None,
-                finished_at: None,
+            last_terminated: failed.then(|| {
+                Box::new(Termination {
+                    exit_code: 2,
+                    reason: Some("Error".into()),
+                    message: None,
+                    started_at: None,
+                    finished_at: None,
+                })
             }),
             ..ContainerView::default()
         };

@@ -52,8 +52,9 @@ pub struct ContainerView {
     pub state: State,
     /// When the current run started, while it runs.
     pub running_since: Option<Timestamp>,
-    /// The termination before the last restart.
-    pub last_terminated: Option<Termination>,
+    /// The termination before the last restart (boxed: most containers never restarted, and the
+    /// pod cache holds one view per pod).
+    pub last_terminated: Option<Box<Termination>>,
     /// The window the container's own startup probe gives its boot (kubelet defaults for unset
     /// fields); None without a startup probe. A run that ends sooner, for no more specific
     /// reason, never finished booting.
@@ -72,7 +73,8 @@ pub enum State {
         reason: Option<String>,
         message: Option<String>,
     },
-    Terminated(Termination),
+    /// Boxed: the cache holds many running containers for each terminated one.
+    Terminated(Box<Termination>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +101,7 @@ impl From<&ContainerStateTerminated> for Termination {
 impl From<&ContainerState> for State {
     fn from(state: &ContainerState) -> Self {
         if let Some(t) = &state.terminated {
-            State::Terminated(t.into())
+            State::Terminated(Box::new(t.into()))
         } else if let Some(w) = &state.waiting {
             State::Waiting {
                 reason: w.reason.clone(),
@@ -132,7 +134,7 @@ impl ContainerView {
                 .map(|at| at.0),
             last_terminated: last_state
                 .and_then(|s| s.terminated.as_ref())
-                .map(Termination::from),
+                .map(|t| Box::new(Termination::from(t))),
             boot_window: None,
             stop_signal: None,
         }

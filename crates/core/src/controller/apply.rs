@@ -13,7 +13,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Serialize;
 use serde_json::json;
 
-use super::watched::{Lean, PackedDeployment, Watched};
+use super::watched::{Lean, Packed, Watched};
 use super::{Context, Error};
 use crate::api::MANAGER_NAME;
 use crate::decide::{BudgetWrite, Child, DeploymentWrite, LiveChildren, Prepared, Writes};
@@ -45,9 +45,9 @@ impl<K> Existing<K> {
     }
 }
 
-impl Existing<PackedDeployment> {
-    /// The Deployment with its spec unpacked for this reconcile.
-    fn unpacked(self) -> Result<Existing<Deployment>, serde_json::Error> {
+impl<P: Packed> Existing<P> {
+    /// The child unpacked whole for this reconcile.
+    fn unpacked(self) -> Result<Existing<P::Whole>, serde_json::Error> {
         Ok(match self {
             Existing::Ours(packed) => Existing::Ours(Arc::new(Watched(Box::new(packed.unpack()?)))),
             Existing::Absent => Existing::Absent,
@@ -140,7 +140,14 @@ pub(super) async fn read_children(
             name: pool.name.clone(),
             source: kube::Error::SerdeError(source),
         })?;
-    let pdb = existing(ctx, &caches.pdbs, pool, &pool.name, uncached).await?;
+    let pdb = existing(ctx, &caches.pdbs, pool, &pool.name, uncached)
+        .await?
+        .unpacked()
+        .map_err(|source| Error::Read {
+            kind: "PodDisruptionBudget".into(),
+            name: pool.name.clone(),
+            source: kube::Error::SerdeError(source),
+        })?;
     let init_job = match prepared.init_job_to_read(deployment.child().ours()) {
         Some(job) => {
             let found = existing(ctx, &caches.jobs, pool, job, uncached).await?;

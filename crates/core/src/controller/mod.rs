@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 
@@ -47,7 +46,7 @@ use report::{publish, write_status};
 
 use crate::api::WorkerPool;
 use crate::api::reason;
-use crate::controller::watched::{Guarded, PackedDeployment, PackedPool, Watched};
+use crate::controller::watched::{Guarded, PackedBudget, PackedDeployment, PackedPool, Watched};
 use crate::decide::{self, Decision, Observed, Prepared};
 use crate::pool::Stall;
 use crate::pool::derive::PoolRef;
@@ -64,7 +63,7 @@ pub type Clock = Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>;
 pub struct Caches {
     /// Deployments with their spec packed: [`PackedDeployment::unpack`] gives the whole one.
     pub deployments: Store<Watched<PackedDeployment>>,
-    pub pdbs: Store<Watched<PodDisruptionBudget>>,
+    pub pdbs: Store<Watched<PackedBudget>>,
     /// Pods carrying the pool label, as the views classification reads.
     pub pods: PodCache,
     pub jobs: Store<Watched<Job>>,

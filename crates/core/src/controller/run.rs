@@ -12,7 +12,6 @@ use axum::routing::get;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::events::Reporter;
@@ -29,7 +28,9 @@ use super::pod_cache::PodCache;
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL};
-use crate::controller::watched::{Guarded, PackedDeployment, PackedPool, ViewedPod, Watched};
+use crate::controller::watched::{
+    Guarded, PackedBudget, PackedDeployment, PackedPool, ViewedPod, Watched,
+};
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -580,7 +581,7 @@ pub async fn control(
 ) {
     let ns = scope.namespace.as_deref();
     let (deployments, deployment_writer) = reflector::store::<Watched<PackedDeployment>>();
-    let (pdbs, pdb_writer) = reflector::store::<Watched<PodDisruptionBudget>>();
+    let (pdbs, pdb_writer) = reflector::store::<Watched<PackedBudget>>();
     let (jobs, job_writer) = reflector::store::<Watched<Job>>();
     let (pools, pool_writer) = reflector::store::<Guarded<PackedPool>>();
     let pods = PodCache::default();

@@ -5,9 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 
-use crate::controller::watched::{PackedDeployment, Watched};
+use crate::controller::watched::{PackedBudget, PackedDeployment, Watched};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
 use kube::core::ObjectMeta;
 use kube::runtime::watcher;
@@ -71,14 +70,14 @@ impl Fingerprint for PackedDeployment {
                 s.available_replicas,
             )
         });
-        version_of((meta_print(&self.metadata), counts))
+        version_of((meta_print(&self.metadata), &self.marks, counts))
     }
 }
 
-impl Fingerprint for PodDisruptionBudget {
+impl Fingerprint for PackedBudget {
     /// Its status (healthy counts) is never read.
     fn fingerprint(&self) -> u64 {
-        meta_print(&self.metadata)
+        version_of((meta_print(&self.metadata), &self.marks))
     }
 }
 
@@ -344,17 +343,22 @@ mod tests {
     }
 
     #[test]
-    fn a_pdb_status_is_not_a_trigger() {
-        let pdb = |healthy: i32| -> PodDisruptionBudget {
+    fn a_pdb_status_is_not_a_trigger_and_its_labels_are() {
+        let pdb = |healthy: i32, team: &str| -> Watched<PackedBudget> {
             serde_json::from_value(json!({
-                "metadata": {"name": "api", "namespace": "shop", "generation": 1},
+                "metadata": {"name": "api", "namespace": "shop", "generation": 1,
+                             "labels": {"team": team}},
                 "status": {"currentHealthy": healthy, "desiredHealthy": 1, "disruptionsAllowed": 0, "expectedPods": 4}
             }))
             .expect("pdb")
         };
         let mut changes = Changes::default();
-        assert!(changes.admit(watcher::Event::Apply(pdb(0))).is_some());
-        assert!(changes.admit(watcher::Event::Apply(pdb(4))).is_none());
+        assert!(changes.admit(watcher::Event::Apply(pdb(0, "a"))).is_some());
+        assert!(changes.admit(watcher::Event::Apply(pdb(4, "a"))).is_none());
+        assert!(
+            changes.admit(watcher::Event::Apply(pdb(4, "b"))).is_some(),
+            "a label edited by hand is set back by the next reconcile"
+        );
     }
 
     #[test]
