@@ -297,7 +297,7 @@ fn termination_abort(
         Reason::UnexpectedExit
     };
     Some(Abort {
-        pod: pod.name.clone(),
+        pod: pod.name.to_string(),
         container: Some(container.name.clone()),
         reason,
         exit_code: Some(code),
@@ -319,7 +319,7 @@ pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec
     let mut aborts = Vec::new();
     if pod.reason.as_deref() == Some("Evicted") {
         aborts.push(Abort {
-            pod: pod.name.clone(),
+            pod: pod.name.to_string(),
             container: None,
             reason: Reason::Evicted,
             exit_code: None,
@@ -333,7 +333,7 @@ pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec
     }
     if let Some(unschedulable) = &pod.unschedulable {
         aborts.push(Abort {
-            pod: pod.name.clone(),
+            pod: pod.name.to_string(),
             container: None,
             reason: Reason::Unschedulable,
             exit_code: None,
@@ -366,7 +366,7 @@ pub fn classify(runtime: Runtime, pod: &PodView, events: &[KubeletEvent]) -> Vec
                     .map(|mut abort| {
                         let what = abort.message.take().unwrap_or_default();
                         abort.message = Some(format!("a run of Job {job} failed: {what}"));
-                        abort.job = Some(job.clone());
+                        abort.job = Some(job.to_string());
                         abort
                     }),
             );

@@ -194,7 +194,7 @@ pub fn pod_aborts(
                 observed: Observed {
                     identity: identity(&pod.uid, &abort),
                     at,
-                    revision: pod.revision.clone(),
+                    revision: pod.revision.clone().map(String::from),
                     record: record(&abort, at, None),
                 },
                 log,
@@ -269,7 +269,7 @@ pub fn unseen_runs(
                 inferred.push(Observed {
                     identity: Identity::run(&pod.uid, &container.name, run),
                     at,
-                    revision: pod.revision.clone(),
+                    revision: pod.revision.clone().map(String::from),
                     record,
                 });
             }
@@ -449,7 +449,7 @@ pub fn stability(
                 let last = summary
                     .last
                     .as_ref()
-                    .filter(|l| l.pod == pod.name && l.container == container.name)
+                    .filter(|l| *l.pod == *pod.name && l.container == container.name)
                     .map(|l| format!(", latest {}", l.reason))
                     .unwrap_or_default();
                 stability.why = Some(format!(
@@ -618,7 +618,7 @@ pub fn worker_aborts(
             .collect::<Vec<_>>()
     };
     let abort = |reason, message: String| Abort {
-        pod: pod.name.clone(),
+        pod: pod.name.to_string(),
         container: Some(container.to_string()),
         reason,
         exit_code: None,
@@ -737,7 +737,7 @@ pub fn log_aborts(
                 None => Identity::state(&pod.uid, Some(container), worker.abort.reason.as_str()),
             },
             at: now,
-            revision: pod.revision.clone(),
+            revision: pod.revision.clone().map(String::from),
             record: record(&worker.abort, now, Some(worker.hint)),
         })
         .collect()

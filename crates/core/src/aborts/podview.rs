@@ -13,22 +13,22 @@ use crate::api::{ProbeTiming, Runtime, Source};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodView {
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
+    pub name: Box<str>,
+    pub namespace: Box<str>,
+    pub uid: Box<str>,
     /// The `workerpool.dev/pool` label.
-    pub pool: Option<String>,
+    pub pool: Option<Box<str>>,
     /// The operator's revision annotation, else the Deployment controller's `pod-template-hash`.
-    pub revision: Option<String>,
+    pub revision: Option<Box<str>>,
     /// The operator's runtime annotation, when it parses.
     pub runtime: Option<Runtime>,
     /// The Job whose run this pod is (the Job controller's `batch.kubernetes.io/job-name` label).
-    pub job: Option<String>,
+    pub job: Option<Box<str>>,
     /// When the pod was created: every run of its containers ended after it.
     pub created: Option<Timestamp>,
     /// The pod has a deletion timestamp: it is shutting down.
     pub deleting: bool,
-    pub phase: Option<String>,
+    pub phase: Option<Box<str>>,
     /// Pod-level reason and message, such as `Evicted`.
     pub reason: Option<String>,
     pub message: Option<String>,
@@ -296,16 +296,16 @@ impl PodJson {
         }
         let init_containers = views(status.init_container_statuses);
         let view = PodView {
-            name: metadata.name.unwrap_or_default(),
-            namespace: metadata.namespace.unwrap_or_default(),
-            uid: metadata.uid.unwrap_or_default(),
-            pool,
-            revision: revision.or(template_hash),
+            name: metadata.name.unwrap_or_default().into(),
+            namespace: metadata.namespace.unwrap_or_default().into(),
+            uid: metadata.uid.unwrap_or_default().into(),
+            pool: pool.map(String::into_boxed_str),
+            revision: revision.or(template_hash).map(String::into_boxed_str),
             runtime: runtime.and_then(|r| r.parse().ok()),
-            job,
+            job: job.map(String::into_boxed_str),
             created: metadata.creation_timestamp.map(|t| t.0),
             deleting: metadata.deletion_timestamp.is_some(),
-            phase: status.phase,
+            phase: status.phase.map(String::into_boxed_str),
             reason: status.reason,
             message: status.message,
             unschedulable: unschedulable(status.conditions.as_deref().unwrap_or_default()),
@@ -446,9 +446,9 @@ mod tests {
         }))
         .expect("pod");
         let view = PodView::from(&pod);
-        assert_eq!(view.name, "api-1");
-        assert_eq!(view.namespace, "shop");
-        assert_eq!(view.uid, "u1");
+        assert_eq!(&*view.name, "api-1");
+        assert_eq!(&*view.namespace, "shop");
+        assert_eq!(&*view.uid, "u1");
         assert_eq!(view.pool.as_deref(), Some("api"));
         assert_eq!(view.revision.as_deref(), Some("r7"), "the annotation wins");
         assert_eq!(view.runtime, Some(Runtime::Gunicorn));

@@ -197,7 +197,7 @@ pub fn logs_to_read(
             unhealthy.insert(key);
             if due {
                 plan.reads.push(LogRead {
-                    pod: pod.name.clone(),
+                    pod: pod.name.to_string(),
                     container: container.name.clone(),
                     previous: false,
                     purpose: LogUse::Sample(i),

@@ -77,7 +77,7 @@ pub fn conclude(
                 pool.spec.runtime,
                 app,
                 pods.iter()
-                    .filter_map(|pod| Some((pod.name.as_str(), pod.app_stop_signal(app)?))),
+                    .filter_map(|pod| Some((&*pod.name, pod.app_stop_signal(app)?))),
             )
         }),
     }

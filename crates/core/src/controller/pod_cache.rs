@@ -11,7 +11,7 @@ use crate::aborts::podview::PodView;
 use crate::controller::watched::ViewedPod;
 
 /// namespace → key → value.
-type ByNamespace<V> = HashMap<String, HashMap<String, V>>;
+type ByNamespace<V> = HashMap<Box<str>, HashMap<Box<str>, V>>;
 
 #[derive(Default)]
 struct Index {
@@ -90,7 +90,9 @@ impl IntoView for &Pod {
 
 /// The pool (namespace, name) a pod belongs to.
 fn pool_of(view: &PodView) -> Option<(String, String)> {
-    view.pool.clone().map(|pool| (view.namespace.clone(), pool))
+    view.pool
+        .as_deref()
+        .map(|pool| (view.namespace.to_string(), pool.to_owned()))
 }
 
 /// Pools with a pod that appeared, changed or vanished between two indexes (after a relist).
@@ -217,7 +219,14 @@ impl PodCache {
     #[cfg(test)]
     fn pool_of(&self, namespace: &str, pod: &str) -> Option<String> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        state.live.by_name.get(namespace)?.get(pod)?.pool.clone()
+        state
+            .live
+            .by_name
+            .get(namespace)?
+            .get(pod)?
+            .pool
+            .as_deref()
+            .map(String::from)
     }
 
     pub fn len(&self) -> usize {
@@ -245,7 +254,7 @@ mod tests {
     }
 
     fn names(pods: &[Arc<PodView>]) -> Vec<String> {
-        let mut names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        let mut names: Vec<String> = pods.iter().map(|p| p.name.to_string()).collect();
         names.sort();
         names
     }

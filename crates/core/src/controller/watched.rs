@@ -85,8 +85,8 @@ impl<'de> Deserialize<'de> for ViewedPod {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (resource_version, view) = PodJson::deserialize(deserializer)?.into_view();
         let metadata = ObjectMeta {
-            name: Some(view.name.clone()),
-            namespace: Some(view.namespace.clone()),
+            name: Some(view.name.to_string()),
+            namespace: Some(view.namespace.to_string()),
             resource_version,
             ..ObjectMeta::default()
         };
