@@ -162,6 +162,7 @@ impl Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::watched::Packed;
     use serde_json::json;
 
     #[test]
@@ -214,6 +215,29 @@ mod tests {
                                        "lastUpdateTime": condition_time}]}
         }))
         .expect("deployment")
+    }
+
+    #[test]
+    fn a_label_or_annotation_edited_on_a_deployment_is_admitted() {
+        let mut changes = Changes::default();
+        let mut edited = deployment(1, 2, "2026-01-01T00:00:00Z");
+        assert!(
+            changes
+                .admit(watcher::Event::Apply(edited.clone()))
+                .is_some()
+        );
+        let mut whole = edited.unpack().expect("unpack");
+        whole
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("team".into(), "a".into());
+        edited =
+            serde_json::from_value(serde_json::to_value(&whole).expect("json")).expect("decode");
+        assert!(
+            changes.admit(watcher::Event::Apply(edited)).is_some(),
+            "an annotation added by hand is set back by the next reconcile"
+        );
     }
 
     #[test]
