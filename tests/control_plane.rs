@@ -1488,6 +1488,53 @@ fn a_deployment_edited_with_kubectl_is_set_back_after_the_pool_converged() {
 
 #[test]
 #[ignore = "needs a control plane: run e2e/real-cluster"]
+fn a_label_taken_off_a_budget_with_kubectl_is_put_back() {
+    let _setup = setup();
+    let ns = namespace("e2e-budget-label");
+    let yaml = json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "worker", "namespace": ns},
+        "spec": {
+            "runtime": "generic",
+            "replicas": 2,
+            "template": {"spec": {"containers": [{
+                "name": "worker",
+                "image": "registry.example/worker:1"
+            }]}}
+        }
+    });
+    assert!(apply(&yaml.to_string()).ok);
+    wait_ready(&ns, "worker", 2 * MINUTE);
+    const LABEL: &str = "app.kubernetes.io/name";
+    let label = |budget: &Value| {
+        budget["metadata"]["labels"][LABEL]
+            .as_str()
+            .map(String::from)
+    };
+    let budget = kubectl_json(&["get", "pdb", "worker", "-n", &ns]).expect("budget");
+    let derived = label(&budget);
+    assert!(derived.is_some(), "{budget:#}");
+    // The cache keeps a budget's labels packed; an edit of them must still be seen and undone.
+    kubectl_ok(&["label", "pdb/worker", "-n", &ns, &format!("{LABEL}-")]);
+    wait_until(
+        "the label taken off the budget put back",
+        MINUTE,
+        || {
+            let budget = kubectl_json(&["get", "pdb", "worker", "-n", &ns])?;
+            (label(&budget) == derived).then_some(())
+        },
+        || {
+            format!(
+                "{:#}",
+                kubectl_json(&["get", "pdb", "worker", "-n", &ns]).unwrap_or_default()
+            )
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs a control plane: run e2e/real-cluster"]
 fn an_image_that_cannot_be_pulled_is_image_pull_failed() {
     let (_, operators) = setup();
     let status = aborting_pool(
