@@ -1470,19 +1470,22 @@ fn a_deployment_edited_with_kubectl_is_set_back_after_the_pool_converged() {
         "-p",
         r#"{"spec": {"template": {"spec": {"terminationGracePeriodSeconds": 600}}}}"#,
     ]);
-    wait_until(
+    wait_set_back(
         "the edited grace period set back to the derived one",
+        &["deployment", "worker", "-n", &ns],
+        |deployment| grace(deployment) == derived,
+    );
+}
+
+/// Waits up to a minute until the object `get` names (kind, name, namespace flags) reads as
+/// `restored` says, as the operator sets back a hand edit of a child.
+fn wait_set_back(what: &str, get: &[&str], restored: impl Fn(&Value) -> bool) {
+    let read = || kubectl_json(&[&["get"], get].concat());
+    wait_until(
+        what,
         MINUTE,
-        || {
-            let deployment = kubectl_json(&["get", "deployment", "worker", "-n", &ns])?;
-            (grace(&deployment) == derived).then_some(())
-        },
-        || {
-            format!(
-                "{:#}",
-                kubectl_json(&["get", "deployment", "worker", "-n", &ns]).unwrap_or_default()
-            )
-        },
+        || restored(&read()?).then_some(()),
+        || format!("{:#}", read().unwrap_or_default()),
     );
 }
 
@@ -1517,19 +1520,10 @@ fn a_label_taken_off_a_budget_with_kubectl_is_put_back() {
     assert!(derived.is_some(), "{budget:#}");
     // The cache keeps a budget's labels packed; an edit of them must still be seen and undone.
     kubectl_ok(&["label", "pdb/worker", "-n", &ns, &format!("{LABEL}-")]);
-    wait_until(
+    wait_set_back(
         "the label taken off the budget put back",
-        MINUTE,
-        || {
-            let budget = kubectl_json(&["get", "pdb", "worker", "-n", &ns])?;
-            (label(&budget) == derived).then_some(())
-        },
-        || {
-            format!(
-                "{:#}",
-                kubectl_json(&["get", "pdb", "worker", "-n", &ns]).unwrap_or_default()
-            )
-        },
+        &["pdb", "worker", "-n", &ns],
+        |budget| label(budget) == derived,
     );
 }
 

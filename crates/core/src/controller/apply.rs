@@ -132,22 +132,23 @@ pub(super) async fn read_children(
     let pool = prepared.identity;
     let uncached = prepared.reads_uncached() && lookup == Lookup::Api;
     let caches = &ctx.caches;
+    // A packed part that is not its kind's is a failed read of the child.
+    let unreadable = |kind: &str| {
+        let kind = kind.to_owned();
+        move |source| Error::Read {
+            kind,
+            name: pool.name.clone(),
+            source: kube::Error::SerdeError(source),
+        }
+    };
     let deployment = existing(ctx, &caches.deployments, pool, &pool.name, uncached)
         .await?
         .unpacked()
-        .map_err(|source| Error::Read {
-            kind: "Deployment".into(),
-            name: pool.name.clone(),
-            source: kube::Error::SerdeError(source),
-        })?;
+        .map_err(unreadable("Deployment"))?;
     let pdb = existing(ctx, &caches.pdbs, pool, &pool.name, uncached)
         .await?
         .unpacked()
-        .map_err(|source| Error::Read {
-            kind: "PodDisruptionBudget".into(),
-            name: pool.name.clone(),
-            source: kube::Error::SerdeError(source),
-        })?;
+        .map_err(unreadable("PodDisruptionBudget"))?;
     let init_job = match prepared.init_job_to_read(deployment.child().ours()) {
         Some(job) => {
             let found = existing(ctx, &caches.jobs, pool, job, uncached).await?;
