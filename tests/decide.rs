@@ -303,6 +303,37 @@ fn a_child_found_current_is_not_serialized_again_until_its_generation_or_metadat
     );
 }
 
+#[test]
+fn a_child_verified_for_this_generation_of_the_pool_is_not_derived_again() {
+    let pool = pool(json!({}));
+    let mut world = converged(&pool);
+    let rest = world.decide(&pool, None);
+    world.verified = rest.verified;
+    // Another spec under the same generation, which the API server never serves: only a decision
+    // that skips deriving the children leaves it unwritten.
+    let same_generation =
+        self::pool(json!({"spec": {"policy": {"shutdown": {"drainSeconds": 9}}}}));
+    assert_eq!(
+        same_generation.metadata.generation,
+        pool.metadata.generation
+    );
+    let remembered = world.decide(&same_generation, None);
+    assert!(remembered.writes.is_empty(), "answered from memory");
+    assert_eq!(remembered.verified, world.verified, "and remembered again");
+    // The server moves the generation with the spec: the children are derived and checked again.
+    let mut next_generation = same_generation.clone();
+    next_generation.metadata.generation = Some(2);
+    let checked = world.decide(&next_generation, None);
+    assert!(
+        checked.writes.deployment.is_some(),
+        "a new generation is derived again"
+    );
+    // The budget is derived again too, and found current: it is remembered for the new source.
+    assert!(checked.writes.pdb.is_none());
+    assert_eq!(checked.verified.len(), 1, "the budget");
+    assert_ne!(checked.verified[0], world.verified[1]);
+}
+
 fn world_clone(world: &World) -> World {
     World {
         deployment: world.deployment.clone(),

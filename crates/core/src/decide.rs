@@ -242,7 +242,7 @@ pub fn decide(
                 Some(stall) => (Outcome::stalled(stall, running), None),
                 None => {
                     let plan = plan(pool, valid, children, observed);
-                    let writes = writes(&plan, children, observed, &mut verified)?;
+                    let writes = writes(pool, &plan, children, observed, &mut verified)?;
                     let replaced =
                         replaces_template(writes.deployment.as_ref(), observed.children)?;
                     let outcome = Outcome::planned(plan, settings, children, observed, replaced);
@@ -308,12 +308,14 @@ fn plan(
 
 /// The writes `plan` asks for that the live children lack.
 fn writes(
+    pool: &WorkerPool,
     plan: &Plan,
     children: &Children,
     observed: &Observed<'_>,
     verified: &mut Vec<drift::Verified>,
 ) -> Result<Writes, serde_json::Error> {
     let (live, before) = (observed.children, observed.verified);
+    let source = |kind, shape| drift::source_print(&pool.metadata, kind, shape);
     // Destructured whole, so a new kind of child cannot be left out.
     let Children {
         revision: _,
@@ -322,7 +324,7 @@ fn writes(
         pdb,
     } = children;
     let init_job = match (init_job, plan.create_init_job) {
-        (Some(job), true) => changed(None, job.clone(), before, verified)?,
+        (Some(job), true) => changed(None, || job.clone(), None, before, verified)?,
         _ => None,
     };
     let deployment = match (plan.apply_deployment, plan.template, live.deployment.ours()) {
@@ -337,9 +339,14 @@ fn writes(
             })
         }
         (true, ..) => {
-            let mut deployment = deployment.clone();
-            derive::shape(&mut deployment, plan.ramp_target, plan.paused);
-            changed(live.deployment.ours(), deployment, before, verified)?
+            let shaped = || {
+                let mut deployment = deployment.clone();
+                derive::shape(&mut deployment, plan.ramp_target, plan.paused);
+                deployment
+            };
+            let shape = Some((plan.ramp_target, plan.paused));
+            let source = source("Deployment", shape);
+            changed(live.deployment.ours(), shaped, source, before, verified)?
                 .map(|d| DeploymentWrite::Apply(Box::new(d)))
         }
     };
@@ -347,8 +354,11 @@ fn writes(
         init_job,
         deployment,
         pdb: match (pdb, live.pdb.ours()) {
-            (Some(pdb), live) => changed(live, pdb.clone(), before, verified)?
-                .map(|b| BudgetWrite::Apply(Box::new(b))),
+            (Some(pdb), live) => {
+                let source = source("PodDisruptionBudget", None);
+                changed(live, || pdb.clone(), source, before, verified)?
+                    .map(|b| BudgetWrite::Apply(Box::new(b)))
+            }
             (None, Some(live)) => live
                 .metadata
                 .uid
@@ -380,18 +390,28 @@ fn replaces_template(
     )
 }
 
-/// `desired`, stamped, unless `live` is current with it (then noted in `verified_now`).
+/// The desired object, stamped, unless `live` is current with it (then noted in
+/// `verified_now`). A live object verified before against the same `source` is current without
+/// building the desired one.
 fn changed<K: kube::Resource + serde::Serialize>(
     live: Option<&K>,
-    mut desired: K,
+    desired: impl FnOnce() -> K,
+    source: Option<u64>,
     verified_before: &[drift::Verified],
     verified_now: &mut Vec<drift::Verified>,
 ) -> Result<Option<K>, serde_json::Error> {
+    if let Some(pair) =
+        live.and_then(|live| drift::verified_from(live.meta(), source, verified_before))
+    {
+        verified_now.push(pair);
+        return Ok(None);
+    }
+    let mut desired = desired();
     let stamped = drift::stamp(&mut desired)?;
     let Some(live) = live else {
         return Ok(Some(desired));
     };
-    let (current, pair) = drift::is_current_as_verified(live, &stamped, verified_before)?;
+    let (current, pair) = drift::is_current_as_verified(live, &stamped, source, verified_before)?;
     verified_now.extend(pair);
     Ok((!current).then_some(desired))
 }

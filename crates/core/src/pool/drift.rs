@@ -76,6 +76,38 @@ pub fn is_current<K: kube::Resource + serde::Serialize>(
 pub struct Verified {
     live: u64,
     desired: String,
+    /// What the desired object was derived from ([`source_print`]), when that is known.
+    source: Option<u64>,
+}
+
+/// What a child is derived from, as one number: the pool's uid and generation (the API server
+/// moves the generation with every change of the spec, and a child is derived from the spec and
+/// the pool's identity alone), the child's kind, and the replicas and pause the gates gave it.
+/// Equal prints derive equal objects, so a live child verified against one is current with the
+/// other without building and hashing the object again. None without a uid or a generation.
+pub fn source_print(
+    pool: &kube::core::ObjectMeta,
+    kind: &str,
+    shape: Option<(i32, bool)>,
+) -> Option<u64> {
+    use std::hash::BuildHasher;
+    let (uid, generation) = (pool.uid.as_deref()?, pool.generation?);
+    Some(foldhash::quality::FixedState::default().hash_one((uid, generation, kind, shape)))
+}
+
+/// The pair remembered for `live` when it was last verified against an object derived from
+/// `source`: while neither moved, the live object is still current, and nothing need be derived.
+pub fn verified_from(
+    live: &kube::core::ObjectMeta,
+    source: Option<u64>,
+    verified: &[Verified],
+) -> Option<Verified> {
+    let source = source?;
+    let live = live_print(live)?;
+    verified
+        .iter()
+        .find(|pair| pair.live == live && pair.source == Some(source))
+        .cloned()
 }
 
 /// Everything [`is_current`] can read of a live object, as one number: its identity and
@@ -101,13 +133,20 @@ pub fn live_print(meta: &kube::core::ObjectMeta) -> Option<u64> {
 pub fn is_current_as_verified<K: kube::Resource + serde::Serialize>(
     live: &K,
     desired: &Stamped,
+    source: Option<u64>,
     verified: &[Verified],
 ) -> Result<(bool, Option<Verified>), serde_json::Error> {
     let pair = live_print(live.meta()).map(|live| Verified {
         live,
         desired: desired.hash.clone(),
+        source,
     });
-    if pair.as_ref().is_some_and(|pair| verified.contains(pair)) {
+    let known = |pair: &Verified| {
+        verified
+            .iter()
+            .any(|v| v.live == pair.live && v.desired == pair.desired)
+    };
+    if pair.as_ref().is_some_and(known) {
         return Ok((true, pair));
     }
     let current = is_current(live, desired)?;
