@@ -1442,19 +1442,7 @@ fn a_pool_with_only_a_template_becomes_ready() {
 fn a_deployment_edited_with_kubectl_is_set_back_after_the_pool_converged() {
     let _setup = setup();
     let ns = namespace("e2e-edited");
-    let yaml = json!({
-        "apiVersion": "workerpool.dev/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": "worker", "namespace": ns},
-        "spec": {
-            "runtime": "generic",
-            "template": {"spec": {"containers": [{
-                "name": "worker",
-                "image": "registry.example/worker:1"
-            }]}}
-        }
-    });
-    assert!(apply(&yaml.to_string()).ok);
+    assert!(apply(&plain_worker(&ns, None).to_string()).ok);
     wait_ready(&ns, "worker", 2 * MINUTE);
     let grace = |d: &Value| d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].clone();
     let deployment = kubectl_json(&["get", "deployment", "worker", "-n", &ns]).expect("Deployment");
@@ -1477,6 +1465,27 @@ fn a_deployment_edited_with_kubectl_is_set_back_after_the_pool_converged() {
     );
 }
 
+/// A pool `worker` of one plain container (the CRD's default size unless `replicas`), for the
+/// tests that edit what the operator wrote by hand.
+fn plain_worker(ns: &str, replicas: Option<i32>) -> Value {
+    let mut pool = json!({
+        "apiVersion": "workerpool.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "worker", "namespace": ns},
+        "spec": {
+            "runtime": "generic",
+            "template": {"spec": {"containers": [{
+                "name": "worker",
+                "image": "registry.example/worker:1"
+            }]}}
+        }
+    });
+    if let Some(replicas) = replicas {
+        pool["spec"]["replicas"] = json!(replicas);
+    }
+    pool
+}
+
 /// Waits up to a minute until the object `get` names (kind, name, namespace flags) reads as
 /// `restored` says, as the operator sets back a hand edit of a child.
 fn wait_set_back(what: &str, get: &[&str], restored: impl Fn(&Value) -> bool) {
@@ -1494,20 +1503,7 @@ fn wait_set_back(what: &str, get: &[&str], restored: impl Fn(&Value) -> bool) {
 fn a_label_taken_off_a_budget_with_kubectl_is_put_back() {
     let _setup = setup();
     let ns = namespace("e2e-budget-label");
-    let yaml = json!({
-        "apiVersion": "workerpool.dev/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": "worker", "namespace": ns},
-        "spec": {
-            "runtime": "generic",
-            "replicas": 2,
-            "template": {"spec": {"containers": [{
-                "name": "worker",
-                "image": "registry.example/worker:1"
-            }]}}
-        }
-    });
-    assert!(apply(&yaml.to_string()).ok);
+    assert!(apply(&plain_worker(&ns, Some(2)).to_string()).ok);
     wait_ready(&ns, "worker", 2 * MINUTE);
     const LABEL: &str = "app.kubernetes.io/name";
     let label = |budget: &Value| {
@@ -1775,19 +1771,7 @@ fn watches_expired_by_an_etcd_compaction_relist_and_converge_without_a_hot_loop(
 fn status_fields_an_earlier_version_merge_patched_are_handed_to_the_apply_manager() {
     let (_, mut operators) = setup();
     let ns = namespace("e2e-status-upgrade");
-    let yaml = json!({
-        "apiVersion": "workerpool.dev/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": "worker", "namespace": ns},
-        "spec": {
-            "runtime": "generic",
-            "template": {"spec": {"containers": [{
-                "name": "worker",
-                "image": "registry.example/worker:1"
-            }]}}
-        }
-    });
-    assert!(apply(&yaml.to_string()).ok);
+    assert!(apply(&plain_worker(&ns, None).to_string()).ok);
     wait_ready(&ns, "worker", 2 * MINUTE);
     // What an earlier version did: the status as a merge patch (an Update entry of the same
     // manager), here with a field this pool no longer has: a generic runtime has no --timeout.
