@@ -318,6 +318,74 @@ pub fn unhealthy_containers(pod: &PodView) -> Vec<&ContainerView> {
         .collect()
 }
 
+/// A step of a pod's start that no look at its pool reads: nothing ended, failed or waits on an
+/// error, no init container is reported, the pod is not shutting down and not every container
+/// is ready yet. Being created, containers being created and running unready are such steps.
+fn is_quiet_start(pod: &PodView) -> bool {
+    let phase_starting = matches!(pod.phase.as_deref(), None | Some("Pending" | "Running"));
+    let containers_starting = pod.containers.iter().all(|c| {
+        c.restart_count == 0
+            && c.last_terminated.is_none()
+            && match &c.state {
+                State::Unknown => true,
+                // Its log is sampled from a known start: see `first_sample_due`.
+                State::Running => c.running_since.is_some(),
+                State::Waiting { reason, .. } => reason.as_deref() == Some("ContainerCreating"),
+                State::Terminated(_) => false,
+            }
+    });
+    let counted_ready = !pod.containers.is_empty() && pod.containers.iter().all(|c| c.ready);
+    phase_starting
+        && containers_starting
+        && !counted_ready
+        && !pod.deleting
+        && pod.init_containers.is_empty()
+        && pod.reason.is_none()
+        && pod.message.is_none()
+        && pod.unschedulable.is_none()
+}
+
+/// Whether a pod's move from `old` (None: it is new) to `now` changes nothing a look at its pool
+/// reads at once: both are quiet steps of the same pod's start. A container left booting is still
+/// sampled: see [`first_sample_due`].
+pub fn is_quiet_move(old: Option<&PodView>, now: &PodView) -> bool {
+    let same_pod = |old: &PodView| {
+        // A stop signal is read once reported (the kubelet reports it as the container starts).
+        let same_signal = |c: &ContainerView| {
+            old.container(&c.name)
+                .and_then(|o| o.stop_signal.as_deref())
+                == c.stop_signal.as_deref()
+        };
+        (
+            &old.uid,
+            &old.pool,
+            &old.revision,
+            old.runtime,
+            &old.job,
+            old.created,
+        ) == (
+            &now.uid,
+            &now.pool,
+            &now.revision,
+            now.runtime,
+            &now.job,
+            now.created,
+        ) && now.containers.iter().all(same_signal)
+    };
+    is_quiet_start(now) && old.is_none_or(|old| is_quiet_start(old) && same_pod(old))
+}
+
+/// When the first log sample of the pod's booting containers falls due (see [`SAMPLE_INTERVAL`]):
+/// a look is owed then if one is still booting. None when nothing boots (a quiet start's running
+/// containers all have a start time).
+pub fn first_sample_due(pod: &PodView) -> Option<Timestamp> {
+    unhealthy_containers(pod)
+        .iter()
+        .filter_map(|c| c.running_since)
+        .map(|since| since + SAMPLE_INTERVAL)
+        .min()
+}
+
 /// Pods still running their init containers, for the pool's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Initializing {
@@ -833,6 +901,122 @@ mod tests {
         assert!(unhealthy_containers(&pod("Running", true, false)).is_empty());
         assert!(unhealthy_containers(&pod("Running", false, true)).is_empty());
         assert!(unhealthy_containers(&pod("Pending", false, false)).is_empty());
+    }
+
+    /// A pod of two containers as its watch shows it step by step.
+    fn starting_pod(phase: Option<&str>, containers: &[(&str, bool)]) -> PodView {
+        let at = Timestamp::from_second(1_800_000_000).expect("time");
+        PodView {
+            name: "api-1".into(),
+            uid: "u".into(),
+            pool: Some("api".into()),
+            phase: phase.map(Into::into),
+            containers: containers
+                .iter()
+                .enumerate()
+                .map(|(i, (state, ready))| ContainerView {
+                    name: format!("c{i}"),
+                    ready: *ready,
+                    state: match *state {
+                        "running" => State::Running,
+                        reason => State::Waiting {
+                            reason: Some(reason.into()),
+                            message: None,
+                        },
+                    },
+                    running_since: (*state == "running").then_some(at),
+                    ..ContainerView::default()
+                })
+                .collect(),
+            ..PodView::default()
+        }
+    }
+
+    #[test]
+    fn the_steps_of_a_start_are_quiet_until_the_pod_is_ready() {
+        let created = starting_pod(None, &[]);
+        let creating = starting_pod(Some("Pending"), &[("ContainerCreating", false)]);
+        let booting = starting_pod(Some("Running"), &[("running", false)]);
+        let ready = starting_pod(Some("Running"), &[("running", true)]);
+        assert!(is_quiet_move(None, &created), "a new pod");
+        assert!(is_quiet_move(Some(&created), &creating));
+        assert!(is_quiet_move(Some(&creating), &booting));
+        assert!(!is_quiet_move(Some(&booting), &ready), "it became ready");
+        assert!(!is_quiet_move(None, &ready), "new and ready at once");
+        // A sidecar ready before the app: the pod is not counted ready yet.
+        let sidecar_ready = starting_pod(Some("Running"), &[("running", false), ("running", true)]);
+        let both = starting_pod(Some("Running"), &[("running", true), ("running", true)]);
+        assert!(is_quiet_move(Some(&creating), &sidecar_ready));
+        assert!(!is_quiet_move(Some(&sidecar_ready), &both));
+    }
+
+    #[test]
+    fn errors_ends_init_containers_and_shutdown_are_never_quiet() {
+        let booting = starting_pod(Some("Running"), &[("running", false)]);
+        let mut moves = Vec::new();
+        for reason in [
+            "CrashLoopBackOff",
+            "ImagePullBackOff",
+            "CreateContainerConfigError",
+        ] {
+            moves.push((reason, starting_pod(Some("Pending"), &[(reason, false)])));
+        }
+        let mut restarted = booting.clone();
+        restarted.containers[0].restart_count = 1;
+        moves.push(("restarted", restarted));
+        let mut ended = booting.clone();
+        ended.containers[0].state = State::Terminated(Box::new(Termination {
+            exit_code: 3,
+            reason: Some("Error".into()),
+            message: None,
+            started_at: None,
+            finished_at: None,
+        }));
+        moves.push(("ended", ended));
+        let mut deleting = booting.clone();
+        deleting.deleting = true;
+        moves.push(("deleting", deleting));
+        let mut initializing = booting.clone();
+        initializing.init_containers = vec![ContainerView {
+            name: "migrate".into(),
+            state: State::Running,
+            ..ContainerView::default()
+        }];
+        moves.push(("init containers", initializing));
+        let mut unschedulable = starting_pod(Some("Pending"), &[]);
+        unschedulable.unschedulable = Some(crate::aborts::podview::Unschedulable::default());
+        moves.push(("unschedulable", unschedulable));
+        let mut evicted = booting.clone();
+        evicted.phase = Some("Failed".into());
+        evicted.reason = Some("Evicted".into());
+        moves.push(("evicted", evicted));
+        let mut signalled = booting.clone();
+        signalled.containers[0].stop_signal = Some("SIGINT".into());
+        moves.push(("a stop signal reported", signalled));
+        let mut replaced = booting.clone();
+        replaced.uid = "another".into();
+        moves.push(("another pod of the same name", replaced));
+        for (what, pod) in &moves {
+            assert!(!is_quiet_move(Some(&booting), pod), "{what}");
+            assert!(!is_quiet_move(Some(pod), &booting), "back from {what}");
+        }
+    }
+
+    #[test]
+    fn a_booting_container_owes_a_look_when_its_first_sample_falls_due() {
+        let booting = starting_pod(Some("Running"), &[("running", false)]);
+        let since = booting.containers[0].running_since.expect("running");
+        assert_eq!(first_sample_due(&booting), Some(since + SAMPLE_INTERVAL));
+        let ready = starting_pod(Some("Running"), &[("running", true)]);
+        assert_eq!(first_sample_due(&ready), None);
+        let creating = starting_pod(Some("Pending"), &[("ContainerCreating", false)]);
+        assert_eq!(first_sample_due(&creating), None);
+        let mut unknown_start = booting.clone();
+        unknown_start.containers[0].running_since = None;
+        assert!(
+            !is_quiet_move(Some(&booting), &unknown_start),
+            "a run with no start time is looked at now"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Coalesces a pool's reconcile triggers: the first starts a reconcile at once, all that follow
-//! within a window become one more at the window's end.
+//! within a window become one more at the window's end, unless a reconcile of the pool started
+//! after the last of them (it read what they announced).
 //!
 //! A pool's pods and Deployment change many times while it rolls out (each pod is created,
 //! scheduled, started, becomes ready), usually a few hundred milliseconds apart: too far apart for
@@ -10,6 +11,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,8 +24,64 @@ use tokio_util::time::DelayQueue;
 /// shows can change. An abort in a quiet pool is still seen at once.
 pub const WINDOW: Duration = crate::status::PROGRESS_INTERVAL;
 
-/// The stream of `triggers`, coalesced per key over `window`.
-pub fn coalesce<S>(triggers: S, window: Duration) -> Coalesce<S>
+/// The open windows, shared with the reconciles, which say when they start.
+pub struct Windows<K> {
+    inner: Arc<Mutex<Open<K>>>,
+}
+
+impl<K> Clone for Windows<K> {
+    fn clone(&self) -> Self {
+        Windows {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K> Default for Windows<K> {
+    fn default() -> Self {
+        Windows {
+            inner: Arc::new(Mutex::new(Open {
+                by_key: HashMap::new(),
+                clock: 0,
+            })),
+        }
+    }
+}
+
+struct Open<K> {
+    by_key: HashMap<K, Marks>,
+    /// Orders triggers and reconcile starts.
+    clock: u64,
+}
+
+/// When, on [`Open::clock`], a window's last trigger came and its last reconcile started.
+#[derive(Default)]
+struct Marks {
+    triggered: Option<u64>,
+    looked: u64,
+}
+
+impl<K: Eq + Hash> Open<K> {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
+impl<K: Eq + Hash> Windows<K> {
+    /// A reconcile of `key` starts: it reads every change announced so far.
+    pub fn look_started(&self, key: &K) {
+        let mut open = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = open.tick();
+        if let Some(marks) = open.by_key.get_mut(key) {
+            marks.looked = now;
+        }
+    }
+}
+
+/// The stream of `triggers`, coalesced per key over `window`; reconciles tell `windows` when
+/// they start.
+pub fn coalesce<S>(triggers: S, window: Duration, windows: Windows<S::Item>) -> Coalesce<S>
 where
     S: Stream,
     S::Item: Clone + Eq + Hash,
@@ -31,7 +89,7 @@ where
     Coalesce {
         triggers: triggers.fuse(),
         window,
-        open: HashMap::new(),
+        windows,
         closing: DelayQueue::new(),
     }
 }
@@ -40,8 +98,8 @@ where
 pub struct Coalesce<S: Stream> {
     triggers: Fuse<S>,
     window: Duration,
-    /// The keys whose window is open, and whether a trigger came in it.
-    open: HashMap<S::Item, bool>,
+    /// The keys whose window is open.
+    windows: Windows<S::Item>,
     /// When each open window closes.
     closing: DelayQueue<S::Item>,
 }
@@ -55,25 +113,37 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.get_mut();
-        // A window that closes with a trigger in it yields that trigger and opens the next.
+        let mut open = this
+            .windows
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A window that closes with a trigger no reconcile has read yields it and opens the next.
         while let Poll::Ready(Some(closed)) = this.closing.poll_expired(cx) {
             let key = closed.into_inner();
-            if this.open.remove(&key) == Some(true) {
+            let unread = open
+                .by_key
+                .remove(&key)
+                .is_some_and(|marks| marks.triggered.is_some_and(|t| t > marks.looked));
+            if unread {
                 this.closing.insert(key.clone(), this.window);
-                this.open.insert(key.clone(), false);
+                open.by_key.insert(key.clone(), Marks::default());
                 return Poll::Ready(Some(key));
             }
         }
         loop {
             match this.triggers.poll_next_unpin(cx) {
-                Poll::Ready(Some(key)) => match this.open.get_mut(&key) {
-                    Some(triggered) => *triggered = true,
-                    None => {
-                        this.closing.insert(key.clone(), this.window);
-                        this.open.insert(key.clone(), false);
-                        return Poll::Ready(Some(key));
+                Poll::Ready(Some(key)) => {
+                    let now = open.tick();
+                    match open.by_key.get_mut(&key) {
+                        Some(marks) => marks.triggered = Some(now),
+                        None => {
+                            this.closing.insert(key.clone(), this.window);
+                            open.by_key.insert(key.clone(), Marks::default());
+                            return Poll::Ready(Some(key));
+                        }
                     }
-                },
+                }
                 // The controller is shutting down: what is still gathered no longer matters.
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -102,7 +172,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_busy_pool_is_reconciled_at_once_then_once_a_window_and_its_last_trigger_is_kept() {
         let (send, receive) = mpsc::unbounded();
-        let mut stream = coalesce(receive, W);
+        let mut stream = coalesce(receive, W, Windows::default());
         let send = |key| {
             send.unbounded_send(key)
                 .expect("the stream holds the receiver")
@@ -135,5 +205,47 @@ mod tests {
         assert_eq!(ready(&mut stream), ["a"]);
         stream.triggers.get_mut().close();
         assert_eq!(stream.next().await, None, "ends with its triggers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn triggers_a_reconcile_started_after_have_been_read() {
+        let (send, receive) = mpsc::unbounded();
+        let windows = Windows::default();
+        let mut stream = coalesce(receive, W, windows.clone());
+        let send = |key| {
+            send.unbounded_send(key)
+                .expect("the stream holds the receiver")
+        };
+        send("a");
+        assert_eq!(ready(&mut stream), ["a"]);
+        send("a");
+        assert!(ready(&mut stream).is_empty());
+        windows.look_started(&"a");
+        tokio::time::sleep(W).await;
+        assert!(
+            ready(&mut stream).is_empty(),
+            "the reconcile that started after the trigger read it"
+        );
+        send("a");
+        assert_eq!(ready(&mut stream), ["a"], "the window had closed");
+        windows.look_started(&"a");
+        send("a");
+        assert!(ready(&mut stream).is_empty());
+        tokio::time::sleep(W).await;
+        assert_eq!(
+            ready(&mut stream),
+            ["a"],
+            "a trigger after the reconcile started is still owed a look"
+        );
+        windows.look_started(&"b");
+        assert!(
+            !windows
+                .inner
+                .lock()
+                .expect("lock")
+                .by_key
+                .contains_key(&"b"),
+            "a reconcile outside any window leaves nothing behind"
+        );
     }
 }

@@ -31,7 +31,9 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 
 use apply::Lookup;
+use coalesce::Windows;
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 
@@ -81,6 +83,8 @@ pub struct Context {
     events: Arc<dyn EventReader>,
     /// What is kept of each pool between its reconciles, one record per pool.
     pools: Pools,
+    /// The pools whose triggers are being gathered, told when a reconcile starts.
+    windows: Windows<ObjectRef<Guarded<PackedPool>>>,
 }
 
 impl Context {
@@ -101,6 +105,7 @@ impl Context {
             metrics,
             clock,
             pools: Pools::default(),
+            windows: Windows::default(),
         }
     }
 
@@ -161,6 +166,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    ctx.windows.look_started(&ObjectRef::from_obj(&*guard));
     ctx.metrics.in_flight.inc();
     let result = match &guard.0 {
         // Boxed, the pool too: kube's runner moves the future it is handed; this keeps that

@@ -1,13 +1,22 @@
 //! The controller's pod cache: a [`PodView`] of every pool pod, indexed by pool, so a reconcile
 //! reads its own pool's pods without scanning every pod in the cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
 
+use futures::Stream;
+use futures::stream::{Fuse, StreamExt};
+use tokio_util::time::{DelayQueue, delay_queue};
+
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 
+use crate::aborts::detect;
 use crate::aborts::podview::PodView;
+use crate::controller::Clock;
 use crate::controller::watched::ViewedPod;
 
 /// namespace → key → value.
@@ -121,6 +130,23 @@ fn differing_pools(before: &Index, after: &Index) -> Vec<(String, String)> {
     pools
 }
 
+/// What one pod watch event asks of the pools.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Moves {
+    /// Pools (namespace, name) to look at now.
+    pub look: Vec<(String, String)>,
+    /// Pods that started quietly and are booting: their pool is owed a look when the first log
+    /// sample falls due, if they still boot then.
+    pub booting: Vec<Booting>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Booting {
+    pub namespace: Box<str>,
+    pub pod: Box<str>,
+    pub due: Timestamp,
+}
+
 #[derive(Default)]
 struct State {
     live: Index,
@@ -139,23 +165,34 @@ pub struct PodCache {
 }
 
 impl PodCache {
-    /// Applies one watch event, as a reflector would, and returns the pools (namespace, name)
-    /// whose pods now read differently: a pod update that changes nothing classification reads
-    /// (an IP, a scheduling timestamp) concerns no pool.
-    pub fn apply<P: IntoView>(&self, event: watcher::Event<P>) -> Vec<(String, String)> {
+    /// Applies one watch event, as a reflector would, and says which pools (namespace, name) to
+    /// look at: those whose pods now read differently. A pod update that changes nothing
+    /// classification reads (an IP, a scheduling timestamp) concerns no pool, nor does a quiet
+    /// step of a pod's start ([`detect::is_quiet_move`]); a pod it leaves booting is named with
+    /// the time its first log sample falls due.
+    pub fn apply<P: IntoView>(&self, event: watcher::Event<P>) -> Moves {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        let mut changed = Vec::new();
+        let mut moves = Moves::default();
+        let changed = &mut moves.look;
         match event {
             watcher::Event::Apply(pod) => {
                 let view = pod.into_view();
-                let unchanged = state
-                    .live
-                    .get(&view.namespace, &view.name)
-                    .is_some_and(|old| **old == view);
-                if !unchanged {
-                    changed.extend(pool_of(&view));
-                    let old = state.live.insert(view);
-                    changed.extend(old.as_deref().and_then(pool_of));
+                let old = state.live.get(&view.namespace, &view.name);
+                if old.is_none_or(|old| **old != view) {
+                    if detect::is_quiet_move(old.map(|old| &**old), &view) {
+                        if let Some(due) = detect::first_sample_due(&view) {
+                            moves.booting.push(Booting {
+                                namespace: view.namespace.clone(),
+                                pod: view.name.clone(),
+                                due,
+                            });
+                        }
+                        state.live.insert(view);
+                    } else {
+                        changed.extend(pool_of(&view));
+                        let old = state.live.insert(view);
+                        changed.extend(old.as_deref().and_then(pool_of));
+                    }
                 }
             }
             watcher::Event::Delete(pod) => {
@@ -175,7 +212,7 @@ impl PodCache {
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = state.relisting.take() {
-                    changed = differing_pools(&state.live, &listed);
+                    *changed = differing_pools(&state.live, &listed);
                     state.live = listed;
                 }
                 state.stale = false;
@@ -183,7 +220,17 @@ impl PodCache {
         }
         changed.sort();
         changed.dedup();
-        changed
+        moves
+    }
+
+    /// The pool of a pod that still has a container booting.
+    pub fn booting_pool(&self, namespace: &str, pod: &str) -> Option<(String, String)> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let view = state.live.get(namespace, pod)?;
+        if detect::unhealthy_containers(view).is_empty() {
+            return None;
+        }
+        pool_of(view)
     }
 
     /// The watch lost its place (410 Gone): until its relist is complete, the pods held here
@@ -236,6 +283,87 @@ impl PodCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The pools to look at, from the pod watch's `moves`: at once for the moves a look reads, and
+/// for a pod that started quietly, when its first log sample falls due if it still boots then.
+pub fn looks<S>(moves: S, cache: PodCache, clock: Clock) -> Looks<S>
+where
+    S: Stream<Item = Moves>,
+{
+    Looks {
+        moves: moves.fuse(),
+        now: VecDeque::new(),
+        owed: DelayQueue::new(),
+        owing: HashMap::new(),
+        cache,
+        clock,
+    }
+}
+
+/// See [`looks`].
+pub struct Looks<S> {
+    moves: Fuse<S>,
+    /// Pools to yield before anything else.
+    now: VecDeque<(String, String)>,
+    /// The looks owed to booting pods, by pod (namespace, name).
+    owed: DelayQueue<(Box<str>, Box<str>)>,
+    /// Each pod's place in `owed`, and when it falls due: one owed look per pod.
+    owing: HashMap<(Box<str>, Box<str>), (delay_queue::Key, Timestamp)>,
+    cache: PodCache,
+    clock: Clock,
+}
+
+impl<S> Looks<S> {
+    fn owe(&mut self, booting: Booting) {
+        let wait = std::time::Duration::try_from(booting.due.duration_since((self.clock)()))
+            .unwrap_or_default();
+        let pod = (booting.namespace, booting.pod);
+        match self.owing.get_mut(&pod) {
+            Some((_, due)) if *due == booting.due => {}
+            Some((key, due)) => {
+                self.owed.reset(key, wait);
+                *due = booting.due;
+            }
+            None => {
+                let key = self.owed.insert(pod.clone(), wait);
+                self.owing.insert(pod, (key, booting.due));
+            }
+        }
+    }
+}
+
+impl<S> Stream for Looks<S>
+where
+    S: Stream<Item = Moves> + Unpin,
+{
+    type Item = (String, String);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pool) = this.now.pop_front() {
+                return Poll::Ready(Some(pool));
+            }
+            if let Poll::Ready(Some(expired)) = this.owed.poll_expired(cx) {
+                let pod = expired.into_inner();
+                this.owing.remove(&pod);
+                this.now.extend(this.cache.booting_pool(&pod.0, &pod.1));
+                continue;
+            }
+            match this.moves.poll_next_unpin(cx) {
+                Poll::Ready(Some(moves)) => {
+                    this.now.extend(moves.look);
+                    for booting in moves.booting {
+                        this.owe(booting);
+                    }
+                }
+                // The controller is shutting down: owed looks no longer matter.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -335,28 +463,87 @@ mod tests {
     #[test]
     fn only_a_pod_that_reads_differently_concerns_its_pool() {
         let cache = PodCache::default();
-        let changed = cache.apply(watcher::Event::Apply(&pod("p", Some("api"), "Pending")));
-        assert_eq!(changed, pools(&[("shop", "api")]));
-        let mut same = pod("p", Some("api"), "Pending");
+        let look = |event: watcher::Event<&Pod>| cache.apply(event).look;
+        assert!(
+            look(watcher::Event::Apply(&pod("p", Some("api"), "Pending"))).is_empty(),
+            "a new pod is a quiet step of its start"
+        );
+        let mut same = pod("p", Some("api"), "Failed");
+        assert_eq!(
+            look(watcher::Event::Apply(&same)),
+            pools(&[("shop", "api")])
+        );
         same.metadata.resource_version = Some("7".into());
         if let Some(status) = same.status.as_mut() {
             status.pod_ip = Some("10.0.0.7".into());
         }
         assert!(
-            cache.apply(watcher::Event::Apply(&same)).is_empty(),
+            look(watcher::Event::Apply(&same)).is_empty(),
             "an IP is not read by classification"
         );
-        let changed = cache.apply(watcher::Event::Apply(&pod("p", Some("api"), "Running")));
-        assert_eq!(changed, pools(&[("shop", "api")]));
-        let moved = cache.apply(watcher::Event::Apply(&pod("p", Some("jobs"), "Running")));
+        let moved = look(watcher::Event::Apply(&pod("p", Some("jobs"), "Failed")));
         assert_eq!(moved, pools(&[("shop", "api"), ("shop", "jobs")]));
-        let deleted = cache.apply(watcher::Event::Delete(&pod("p", Some("jobs"), "Running")));
+        let deleted = look(watcher::Event::Delete(&pod("p", Some("jobs"), "Failed")));
         assert_eq!(deleted, pools(&[("shop", "jobs")]));
-        assert!(
-            cache
-                .apply(watcher::Event::Delete(&pod("p", Some("jobs"), "Running")))
-                .is_empty()
+        assert!(look(watcher::Event::Delete(&pod("p", Some("jobs"), "Failed"))).is_empty());
+    }
+
+    /// A pod of pool `api` whose one container runs since `started`, ready or not.
+    fn running(name: &str, started: &str, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                         "labels": {"workerpool.dev/pool": "api"}},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "app", "image": "x", "imageID": "", "ready": ready, "restartCount": 0,
+                 "state": {"running": {"startedAt": started}}}]}
+        }))
+        .expect("pod")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_starts_quietly_is_looked_at_if_it_still_boots_when_first_sampled() {
+        let epoch: Timestamp = "2026-11-22T10:00:00Z".parse().expect("time");
+        let start = tokio::time::Instant::now();
+        let clock: Clock = Arc::new(move || {
+            epoch + jiff::SignedDuration::try_from(start.elapsed()).unwrap_or_default()
+        });
+        let cache = PodCache::default();
+        let (send, receive) = futures::channel::mpsc::unbounded();
+        let mut pools_looked = looks(receive, cache.clone(), clock);
+        let apply = |pod: &Pod| {
+            send.unbounded_send(cache.apply(watcher::Event::Apply(pod)))
+                .expect("the stream holds the receiver");
+        };
+        let ready_now = |stream: &mut Looks<_>| {
+            let mut out = Vec::new();
+            while let Some(Some(pool)) = futures::FutureExt::now_or_never(stream.next()) {
+                out.push(pool);
+            }
+            out
+        };
+
+        apply(&pod("slow", Some("api"), "Pending"));
+        apply(&running("slow", "2026-11-22T10:00:00Z", false));
+        apply(&pod("quick", Some("api"), "Pending"));
+        apply(&running("quick", "2026-11-22T10:00:00Z", false));
+        assert!(ready_now(&mut pools_looked).is_empty(), "quiet steps");
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        apply(&running("quick", "2026-11-22T10:00:00Z", true));
+        assert_eq!(
+            ready_now(&mut pools_looked),
+            pools(&[("shop", "api")]),
+            "ready is read at once"
         );
+        tokio::time::sleep(std::time::Duration::from_secs(24)).await;
+        assert!(ready_now(&mut pools_looked).is_empty());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(
+            ready_now(&mut pools_looked),
+            pools(&[("shop", "api")]),
+            "one look for the pod still booting when its log is first sampled, none for the other"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        assert!(ready_now(&mut pools_looked).is_empty());
     }
 
     #[test]
@@ -371,9 +558,12 @@ mod tests {
             pod("changed", Some("b"), "Running"),
             pod("new", Some("d"), "Running"),
         ] {
-            assert!(cache.apply(watcher::Event::InitApply(&listed)).is_empty());
+            assert_eq!(
+                cache.apply(watcher::Event::InitApply(&listed)),
+                Moves::default()
+            );
         }
-        let changed = cache.apply(watcher::Event::<&Pod>::InitDone);
+        let changed = cache.apply(watcher::Event::<&Pod>::InitDone).look;
         assert_eq!(
             changed,
             pools(&[("shop", "b"), ("shop", "c"), ("shop", "d")])

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::coalesce::{self, coalesce};
 use super::metrics::Metrics;
-use super::pod_cache::PodCache;
+use super::pod_cache::{PodCache, looks};
 use super::triggers::{Changes, Fingerprint};
 use super::{Caches, Clock, Context, error_policy, reconcile};
 use crate::api::{MANAGER_NAME, POOL_LABEL};
@@ -599,7 +599,7 @@ pub async fn control(
         },
         reporter,
         metrics,
-        clock,
+        clock.clone(),
     ));
 
     let sync = CacheSync::new(5, ready);
@@ -607,7 +607,7 @@ pub async fn control(
         owned_children(&client, ns, deployment_writer, sync.cache("Deployment"));
     let job_stream = owned_children(&client, ns, job_writer, sync.cache("Job"));
     let pdb_stream = owned_children(&client, ns, pdb_writer, sync.cache("PodDisruptionBudget"));
-    let pod_triggers = pod_triggers(&client, ns, pods.clone(), sync.cache("Pod"));
+    let pod_triggers = pod_triggers(&client, ns, pods.clone(), clock, sync.cache("Pod"));
     let pool_stream = admitted(
         watcher(
             api::<Guarded<PackedPool>>(&client, ns),
@@ -629,6 +629,7 @@ pub async fn control(
     let progress = coalesce(
         futures::stream::select(pod_triggers, deployment_triggers).boxed(),
         coalesce::WINDOW,
+        context.windows.clone(),
     );
     Controller::for_stream(pool_stream, pools)
         .owns_stream(pdb_stream)
@@ -654,14 +655,17 @@ fn owning_pool(meta: &kube::core::ObjectMeta) -> Option<ObjectRef<Guarded<Packed
         .find_map(|owner| ObjectRef::from_owner_ref(namespace, owner, ()))
 }
 
-/// Pods are kept only as views; a pool is reconciled when one of its pods reads differently.
+/// Pods are kept only as views; a pool is reconciled when one of its pods reads differently,
+/// and when a pod that started quietly still boots as its first log sample falls due.
 fn pod_triggers(
     client: &Client,
     namespace: Option<&str>,
     pods: PodCache,
+    clock: Clock,
     synced: CacheSynced,
 ) -> impl futures::Stream<Item = ObjectRef<Guarded<PackedPool>>> + use<> {
-    watcher(
+    let cache = pods.clone();
+    let moves = watcher(
         api::<ViewedPod>(client, namespace),
         watcher::Config::default().labels(POOL_LABEL),
     )
@@ -672,12 +676,10 @@ fn pod_triggers(
             Err(watcher::Error::WatchError(status)) if status.code == 410 => pods.expired(),
             _ => {}
         }
-        futures::future::ready(
-            succeeded("Pod", event).map(|event| futures::stream::iter(pods.apply(event))),
-        )
+        futures::future::ready(succeeded("Pod", event).map(|event| pods.apply(event)))
     })
-    .flatten()
-    .map(|(namespace, pool)| ObjectRef::new(&pool).within(&namespace))
+    .boxed();
+    looks(moves, cache, clock).map(|(namespace, pool)| ObjectRef::new(&pool).within(&namespace))
 }
 
 /// What the controller runtime reports of each reconcile, as far as it is not logged already.
