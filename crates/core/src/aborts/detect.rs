@@ -345,34 +345,62 @@ fn is_quiet_start(pod: &PodView) -> bool {
         && pod.unschedulable.is_none()
 }
 
-/// Whether a pod's move from `old` (None: it is new) to `now` changes nothing a look at its pool
-/// reads at once: both are quiet steps of the same pod's start. A container left booting is still
-/// sampled: see [`first_sample_due`].
-pub fn is_quiet_move(old: Option<&PodView>, now: &PodView) -> bool {
-    let same_pod = |old: &PodView| {
-        // A stop signal is read once reported (the kubelet reports it as the container starts).
-        let same_signal = |c: &ContainerView| {
-            old.container(&c.name)
-                .and_then(|o| o.stop_signal.as_deref())
-                == c.stop_signal.as_deref()
-        };
-        (
-            &old.uid,
-            &old.pool,
-            &old.revision,
-            old.runtime,
-            &old.job,
-            old.created,
-        ) == (
-            &now.uid,
-            &now.pool,
-            &now.revision,
-            now.runtime,
-            &now.job,
-            now.created,
-        ) && now.containers.iter().all(same_signal)
+/// A step of the shutdown of a pod already shutting down that no look reads: its containers only
+/// stopped as a shutdown stops them (exit 0, or 143 for SIGTERM: no abort, see
+/// [`classify::classify`]) or turned unready; nothing else of them or of the pod changed.
+fn is_quiet_stop(old: &PodView, now: &PodView) -> bool {
+    let stopped_cleanly = |before: &[ContainerView], after: &[ContainerView]| {
+        after.iter().all(|c| {
+            before.iter().find(|b| b.name == c.name).is_some_and(|b| {
+                (c.restart_count, &c.last_terminated) == (b.restart_count, &b.last_terminated)
+                    && (c.state == b.state
+                        || matches!(&c.state, State::Terminated(t) if matches!(t.exit_code, 0 | 143)))
+            })
+        })
     };
-    is_quiet_start(now) && old.is_none_or(|old| is_quiet_start(old) && same_pod(old))
+    old.deleting
+        && now.deleting
+        && (&old.reason, &old.message, &old.unschedulable)
+            == (&now.reason, &now.message, &now.unschedulable)
+        && stopped_cleanly(&old.containers, &now.containers)
+        && stopped_cleanly(&old.init_containers, &now.init_containers)
+}
+
+/// Whether a pod's move from `old` (None: it is new) to `now` changes nothing a look at its pool
+/// reads at once: both are quiet steps of the same pod's start, or it is a quiet step of its
+/// shutdown. A container left booting is still sampled: see [`first_sample_due`].
+pub fn is_quiet_move(old: Option<&PodView>, now: &PodView) -> bool {
+    let Some(old) = old else {
+        return is_quiet_start(now);
+    };
+    // A stop signal is read once reported (the kubelet reports it as the container starts).
+    let same_signal = |c: &ContainerView| {
+        old.container(&c.name)
+            .and_then(|o| o.stop_signal.as_deref())
+            == c.stop_signal.as_deref()
+    };
+    let same_pod = (
+        &old.uid,
+        &old.pool,
+        &old.revision,
+        old.runtime,
+        &old.job,
+        old.created,
+    ) == (
+        &now.uid,
+        &now.pool,
+        &now.revision,
+        now.runtime,
+        &now.job,
+        now.created,
+    ) && now.containers.iter().all(same_signal);
+    same_pod && ((is_quiet_start(old) && is_quiet_start(now)) || is_quiet_stop(old, now))
+}
+
+/// Whether a pod's removal changes nothing a look reads: it was shutting down, and a pod
+/// shutting down is read only for how its containers stop, each of which was read (or quiet).
+pub fn is_quiet_removal(last: &PodView) -> bool {
+    last.deleting
 }
 
 /// When the first log sample of the pod's booting containers falls due (see [`SAMPLE_INTERVAL`]):
@@ -1000,6 +1028,47 @@ mod tests {
             assert!(!is_quiet_move(Some(&booting), pod), "{what}");
             assert!(!is_quiet_move(Some(pod), &booting), "back from {what}");
         }
+    }
+
+    #[test]
+    fn a_shutdown_that_stops_cleanly_is_quiet_after_it_began_and_its_pod_leaves_quietly() {
+        let serving = starting_pod(Some("Running"), &[("running", true)]);
+        let mut stopping = serving.clone();
+        stopping.deleting = true;
+        assert!(
+            !is_quiet_move(Some(&serving), &stopping),
+            "the shutdown beginning is read"
+        );
+        let mut unready = stopping.clone();
+        unready.containers[0].ready = false;
+        assert!(is_quiet_move(Some(&stopping), &unready));
+        let stopped = |exit_code| {
+            let mut pod = unready.clone();
+            pod.phase = Some("Failed".into());
+            pod.containers[0].state = State::Terminated(Box::new(Termination {
+                exit_code,
+                reason: Some("Error".into()),
+                message: None,
+                started_at: None,
+                finished_at: None,
+            }));
+            pod
+        };
+        assert!(is_quiet_move(Some(&unready), &stopped(143)), "SIGTERM");
+        assert!(is_quiet_move(Some(&unready), &stopped(0)));
+        assert!(
+            !is_quiet_move(Some(&unready), &stopped(137)),
+            "killed at the end of the grace period"
+        );
+        assert!(!is_quiet_move(Some(&unready), &stopped(1)), "an error");
+        let mut restarted = stopped(143);
+        restarted.containers[0].restart_count = 1;
+        assert!(!is_quiet_move(Some(&unready), &restarted));
+        assert!(is_quiet_removal(&stopped(137)), "its end was read before");
+        assert!(
+            !is_quiet_removal(&serving),
+            "a pod gone without shutting down is read"
+        );
     }
 
     #[test]

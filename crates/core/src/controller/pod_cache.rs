@@ -168,8 +168,9 @@ impl PodCache {
     /// Applies one watch event, as a reflector would, and says which pools (namespace, name) to
     /// look at: those whose pods now read differently. A pod update that changes nothing
     /// classification reads (an IP, a scheduling timestamp) concerns no pool, nor does a quiet
-    /// step of a pod's start ([`detect::is_quiet_move`]); a pod it leaves booting is named with
-    /// the time its first log sample falls due.
+    /// step of a pod's start or shutdown ([`detect::is_quiet_move`]) or the removal of a pod that
+    /// was shutting down; a pod left booting is named with the time its first log sample falls
+    /// due.
     pub fn apply<P: IntoView>(&self, event: watcher::Event<P>) -> Moves {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let mut moves = Moves::default();
@@ -198,7 +199,8 @@ impl PodCache {
             watcher::Event::Delete(pod) => {
                 let view = pod.into_view();
                 let old = state.live.remove(&view.namespace, &view.name);
-                changed.extend(old.as_deref().and_then(pool_of));
+                let told = old.as_deref().filter(|old| !detect::is_quiet_removal(old));
+                changed.extend(told.and_then(pool_of));
             }
             watcher::Event::Init => {
                 state.relisting = Some(Index::default());
