@@ -12,11 +12,14 @@ use crate::aborts::detect::{
 };
 use crate::aborts::ledger::{self, Observed};
 use crate::aborts::loghints;
-use crate::aborts::podview::PodView;
+use crate::aborts::podview::{ContainerView, PodView};
 use crate::api::{AbortSummary, Runtime};
 
 /// Log tails read per reconcile, so a pool with many failing pods cannot flood the API server.
 pub const MAX_LOG_READS: usize = 4;
+
+/// A look that samples a log also samples the logs due within this long.
+pub const SAMPLE_GATHER: SignedDuration = SignedDuration::from_secs(5);
 
 /// Pods whose Events are listed per reconcile, for the same reason; the others wait for the next.
 pub const MAX_EVENT_READS: usize = 4;
@@ -48,20 +51,6 @@ impl ReadMemory {
             Some(last) => SAMPLE_INTERVAL - now.duration_since(last),
             None => SignedDuration::ZERO,
         }
-    }
-
-    /// True (and noted) when this container's log may be sampled now.
-    pub fn sample_due(
-        &mut self,
-        container_key: &str,
-        running_since: Option<Timestamp>,
-        now: Timestamp,
-    ) -> bool {
-        let due = self.sample_wait(container_key, running_since, now) <= SignedDuration::ZERO;
-        if due {
-            self.sampled.insert(container_key.to_owned(), now);
-        }
-        due
     }
 }
 
@@ -146,7 +135,8 @@ pub struct LogRead {
 
 /// The log tails to read, at most [`MAX_LOG_READS`]: first the ended runs of new terminations
 /// (for their hints), then the running logs of unhealthy containers (booting or unready), each
-/// at most once per [`SAMPLE_INTERVAL`]. `next_sample` says when the next of the unhealthy
+/// once per [`SAMPLE_INTERVAL`], or up to [`SAMPLE_GATHER`] sooner when another of the pool's
+/// samples is read anyway. `next_sample` says when the next of the unhealthy
 /// containers' samples falls due, so that the pool is looked at again then: a container still
 /// booting is sampled one interval into its run, not one interval after the last look.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -183,29 +173,44 @@ pub fn logs_to_read(
             });
         }
     }
-    let mut unhealthy = HashSet::new();
-    for (i, pod) in pods.iter().enumerate() {
-        for container in detect::unhealthy_containers(pod) {
-            let key = format!("{}/{}", pod.uid, container.name);
-            let due = plan.reads.len() < MAX_LOG_READS
-                && memory.sample_due(&key, container.running_since, now);
-            // A sample due but left for the next look (MAX_LOG_READS) is taken a second later.
-            let wait = memory
-                .sample_wait(&key, container.running_since, now)
-                .clamp(SignedDuration::from_secs(1), SAMPLE_INTERVAL);
-            plan.next_sample = Some(plan.next_sample.map_or(wait, |next| next.min(wait)));
-            unhealthy.insert(key);
-            if due {
-                plan.reads.push(LogRead {
-                    pod: pod.name.to_string(),
-                    container: container.name.clone(),
-                    previous: false,
-                    purpose: LogUse::Sample(i),
-                });
-            }
+    let unhealthy: Vec<(usize, &PodView, &ContainerView, String)> = pods
+        .iter()
+        .enumerate()
+        .flat_map(|(i, pod)| {
+            detect::unhealthy_containers(pod)
+                .into_iter()
+                .map(move |c| (i, *pod, c, format!("{}/{}", pod.uid, c.name)))
+        })
+        .collect();
+    let wait = |memory: &ReadMemory, key: &str, container: &ContainerView| {
+        memory.sample_wait(key, container.running_since, now)
+    };
+    // A look that samples one log reads those falling due soon with it: a pool's pods started
+    // together are sampled in one look per interval, not one look each.
+    let sampling = unhealthy
+        .iter()
+        .any(|(_, _, c, key)| wait(memory, key, c) <= SignedDuration::ZERO);
+    for (i, pod, container, key) in &unhealthy {
+        let left = wait(memory, key, container);
+        let due = left <= SignedDuration::ZERO || (sampling && left <= SAMPLE_GATHER);
+        if due && plan.reads.len() < MAX_LOG_READS {
+            memory.sampled.insert(key.clone(), now);
+            plan.reads.push(LogRead {
+                pod: pod.name.to_string(),
+                container: container.name.clone(),
+                previous: false,
+                purpose: LogUse::Sample(*i),
+            });
         }
+        // A sample due but left for the next look (MAX_LOG_READS) is taken a second later.
+        let next =
+            wait(memory, key, container).clamp(SignedDuration::from_secs(1), SAMPLE_INTERVAL);
+        plan.next_sample = Some(plan.next_sample.map_or(next, |n| n.min(next)));
     }
-    memory.sampled.retain(|key, _| unhealthy.contains(key));
+    let unhealthy: HashSet<&str> = unhealthy.iter().map(|(.., key)| key.as_str()).collect();
+    memory
+        .sampled
+        .retain(|key, _| unhealthy.contains(key.as_str()));
     plan
 }
 
@@ -281,12 +286,12 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + seconds).expect("time")
     }
 
-    #[test]
-    fn the_pool_is_looked_at_again_when_a_booting_containers_sample_falls_due() {
-        use crate::aborts::podview::{ContainerView, State};
-        let booting = |started: i64| PodView {
-            name: "api-1".into(),
-            uid: "uid-1".into(),
+    /// Pod `api-{n}`, its one container booting since `started`.
+    fn booting_pod(n: usize, started: i64) -> PodView {
+        use crate::aborts::podview::State;
+        PodView {
+            name: format!("api-{n}").into(),
+            uid: format!("uid-{n}").into(),
             phase: Some("Running".into()),
             containers: vec![ContainerView {
                 name: "app".into(),
@@ -295,11 +300,26 @@ mod tests {
                 ..ContainerView::default()
             }],
             ..PodView::default()
-        };
-        let plan = |pod: &PodView, now: i64, memory: &mut ReadMemory| {
-            let findings = PodFindings::default();
-            logs_to_read(&findings, &[pod], None, at(now), 600, true, memory)
-        };
+        }
+    }
+
+    fn sample_plan(pods: &[&PodView], now: i64, memory: &mut ReadMemory) -> LogPlan {
+        logs_to_read(
+            &PodFindings::default(),
+            pods,
+            None,
+            at(now),
+            600,
+            true,
+            memory,
+        )
+    }
+
+    #[test]
+    fn the_pool_is_looked_at_again_when_a_booting_containers_sample_falls_due() {
+        let booting = |started| booting_pod(1, started);
+        let plan =
+            |pod: &PodView, now: i64, memory: &mut ReadMemory| sample_plan(&[pod], now, memory);
         let mut memory = ReadMemory::default();
         // Looked at 2 s after the container started: its first sample is due 28 s later, not 30.
         let pod = booting(0);
@@ -348,17 +368,46 @@ mod tests {
 
     #[test]
     fn a_log_is_sampled_one_interval_into_the_run_then_once_per_interval() {
-        let mut memory = ReadMemory::default();
         let interval = SAMPLE_INTERVAL.as_secs();
-        let started = Some(at(0));
-        assert!(!memory.sample_due("pod/app", started, at(interval - 1)));
-        assert!(memory.sample_due("pod/app", started, at(interval)));
-        assert!(!memory.sample_due("pod/app", started, at(2 * interval - 1)));
-        assert!(memory.sample_due("pod/app", started, at(2 * interval)));
-        assert!(
-            ReadMemory::default().sample_due("pod/app", None, at(0)),
+        let pod = booting_pod(1, 0);
+        let mut memory = ReadMemory::default();
+        let samples = |now, memory: &mut ReadMemory| sample_plan(&[&pod], now, memory).samples();
+        assert_eq!(samples(interval - 1, &mut memory), 0);
+        assert_eq!(samples(interval, &mut memory), 1);
+        assert_eq!(samples(2 * interval - 1, &mut memory), 0);
+        assert_eq!(samples(2 * interval, &mut memory), 1);
+        let mut unknown_start = booting_pod(2, 0);
+        unknown_start.containers[0].running_since = None;
+        assert_eq!(
+            sample_plan(&[&unknown_start], 0, &mut ReadMemory::default()).samples(),
+            1,
             "a container of unknown start is sampled at once"
         );
+    }
+
+    #[test]
+    fn a_look_that_samples_reads_the_logs_falling_due_soon_with_it() {
+        let gather = SAMPLE_GATHER.as_secs();
+        let (first, close, later) = (
+            booting_pod(1, 0),
+            booting_pod(2, gather),
+            booting_pod(3, gather + 1),
+        );
+        let pods = [&first, &close, &later];
+        let mut memory = ReadMemory::default();
+        let due = sample_plan(&pods, SAMPLE_INTERVAL.as_secs(), &mut memory);
+        let read: Vec<&str> = due.reads.iter().map(|r| r.pod.as_str()).collect();
+        assert_eq!(read, ["api-1", "api-2"], "api-2 was due within {gather}s");
+        assert_eq!(
+            due.next_sample,
+            Some(SignedDuration::from_secs(gather + 1)),
+            "api-3 when its own sample falls due"
+        );
+        // A look that samples nothing pulls no sample forward.
+        let mut fresh = ReadMemory::default();
+        let early = sample_plan(&pods, SAMPLE_INTERVAL.as_secs() - 1, &mut fresh);
+        assert_eq!(early.samples(), 0);
+        assert_eq!(early.next_sample, Some(SignedDuration::from_secs(1)));
     }
 
     #[test]
