@@ -1415,19 +1415,9 @@ fn a_pool_with_only_a_template_becomes_ready() {
     let _setup = setup();
     let ns = namespace("e2e-minimal");
     // A celery worker: no port, no health, no policy.
-    let yaml = json!({
-        "apiVersion": "workerpool.dev/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": "worker", "namespace": ns},
-        "spec": {
-            "runtime": "generic",
-            "template": {"spec": {"containers": [{
-                "name": "worker",
-                "image": "registry.example/worker:1",
-                "command": ["celery", "-A", "app", "worker"]
-            }]}}
-        }
-    });
+    let mut yaml = plain_worker(&ns, None);
+    yaml["spec"]["template"]["spec"]["containers"][0]["command"] =
+        json!(["celery", "-A", "app", "worker"]);
     let out = apply(&yaml.to_string());
     assert!(out.ok, "{}", out.stderr);
     let s = wait_ready(&ns, "worker", 2 * MINUTE);
@@ -1465,8 +1455,8 @@ fn a_deployment_edited_with_kubectl_is_set_back_after_the_pool_converged() {
     );
 }
 
-/// A pool `worker` of one plain container (the CRD's default size unless `replicas`), for the
-/// tests that edit what the operator wrote by hand.
+/// A pool `worker` of one plain container (the CRD's default size unless `replicas`): no port,
+/// no health, no policy.
 fn plain_worker(ns: &str, replicas: Option<i32>) -> Value {
     let mut pool = json!({
         "apiVersion": "workerpool.dev/v1alpha1",
