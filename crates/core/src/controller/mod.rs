@@ -195,9 +195,8 @@ pub async fn reconcile(
 }
 
 /// How soon a pool is looked at again when pods its Deployment counts ready, which this look did
-/// not see, showed up in the pod cache while it ran: as the triggers of a busy pool are
-/// gathered, so that pods streaming in cost one look a window, not one each.
-const AGAIN_FOR_READY_PODS: Duration = coalesce::WINDOW;
+/// not see, showed up in the pod cache while it ran.
+const AGAIN_FOR_READY_PODS: Duration = Duration::from_millis(100);
 
 /// Per-object exponential backoff: 5 s, 10 s, 20 s, … up to 5 minutes.
 pub fn error_policy(guard: Arc<Guarded<PackedPool>>, error: &Error, ctx: Arc<Context>) -> Action {
