@@ -258,18 +258,7 @@ pub fn decide(
     let inputs = StatusInputs::of(pool, &outcome, workers);
     let now = observed.now;
     let computed = status::compute(observed.old, &inputs.view(), &Time(now));
-    let awaits_ready = unseen_ready(workers, running.as_ref());
-    let mut paced = status::decide(observed.old, computed, observed.last_write, now);
-    // Short of pods the Deployment counts ready, a look writes no progress: they are on their
-    // way, and the look they start writes it. A change of state is still written.
-    if awaits_ready.is_some()
-        && observed
-            .old
-            .is_some_and(|old| status::is_progress_only(old, &paced.status))
-    {
-        paced.write = false;
-        paced.held = None;
-    }
+    let paced = status::decide(observed.old, computed, observed.last_write, now);
     let (notices, announced_ready) = match paced.write {
         true => notices(pool, observed, &paced.status, outcome.ramp_change(pool)),
         false => (Vec::new(), None),
@@ -281,7 +270,7 @@ pub fn decide(
         aborts: workers.fresh.iter().map(|a| abort_event(pool, a)).collect(),
         announced_ready,
         requeue: requeue(workers.recheck, paced.held),
-        awaits_ready,
+        awaits_ready: unseen_ready(workers, running.as_ref()),
         status: paced.status,
         verified,
     })

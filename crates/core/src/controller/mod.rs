@@ -345,11 +345,13 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             }
         }
     };
-    let pods = &ctx.caches.pods;
-    let requeue = if pods.await_ready(&identity.namespace, &identity.name, decision.awaits_ready) {
-        AGAIN_FOR_READY_PODS
-    } else {
-        decision.requeue
+    let pods_seen_now =
+        ctx.caches
+            .pods
+            .await_ready(&identity.namespace, &identity.name, decision.awaits_ready);
+    let requeue = match pods_seen_now {
+        true => AGAIN_FOR_READY_PODS,
+        false => decision.requeue,
     };
     ctx.pools.set_verified(uid, decision.verified.clone());
     report(ctx, pool, decision, remembered.is_some(), now).await?;
