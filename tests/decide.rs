@@ -606,32 +606,3 @@ fn the_pool_comes_back_when_its_pods_or_held_progress_ask_and_at_least_hourly() 
     assert_eq!(secs(Some(1), Some(2)), 1);
     assert_eq!(secs(Some(i64::MAX / 2), None), RESYNC.as_secs());
 }
-
-#[test]
-fn a_look_that_has_not_seen_the_pods_the_deployment_counts_ready_awaits_them() {
-    let pool = pool(json!({}));
-    let world = converged(&pool);
-    let counted = world.ready_pods();
-    assert_eq!(counted, 4);
-    let mut workers = Report::default();
-    workers.stability.ready = counted - 2;
-    let behind = world.decide_with(&pool, &workers, None);
-    assert_eq!(
-        behind.awaits_ready,
-        Some(2),
-        "a pod turning ready starts no look of its own: the pool waits for more than 2"
-    );
-    assert_eq!(
-        condition(&behind.status, "Ready"),
-        ("False", reason::STARTING),
-        "not Ready on pods it has not seen"
-    );
-    for seen in [counted, counted + 1] {
-        workers.stability.ready = seen;
-        assert_eq!(
-            world.decide_with(&pool, &workers, None).awaits_ready,
-            None,
-            "{seen} seen: every counted pod"
-        );
-    }
-}

@@ -213,9 +213,6 @@ pub struct Decision {
     pub announced_ready: Option<(String, i32)>,
     /// When to look at the pool again, unless a failure backs off.
     pub requeue: Duration,
-    /// The ready pods this look saw, when the Deployment counts more: the pool is looked at again
-    /// as soon as the pod cache holds more, though a pod turning ready starts no look of its own.
-    pub awaits_ready: Option<usize>,
     /// The live children that hold what the pool derives, for the next reconcile's
     /// [`Observed::verified`].
     pub verified: Vec<drift::Verified>,
@@ -270,7 +267,6 @@ pub fn decide(
         aborts: workers.fresh.iter().map(|a| abort_event(pool, a)).collect(),
         announced_ready,
         requeue: requeue(workers.recheck, paced.held),
-        awaits_ready: unseen_ready(workers, running.as_ref()),
         status: paced.status,
         verified,
     })
@@ -632,14 +628,6 @@ fn abort_event(pool: &WorkerPool, abort: &AbortRecord) -> Announcement {
         event,
         fold: Fold::Series,
     }
-}
-
-/// How many ready pods the look saw, when the Deployment counts more: a pod turning ready starts
-/// no look of its own (the Deployment's count moving does), and the pod watch may trail the
-/// Deployment's by a moment.
-fn unseen_ready(workers: &Report, running: Option<&DeploymentCounts>) -> Option<usize> {
-    let counted = running.map_or(0, |d| usize::try_from(d.ready).unwrap_or(0));
-    (counted > workers.stability.ready).then_some(workers.stability.ready)
 }
 
 /// When the pool is looked at again: when its pods ask for it (a settling exit, a log to sample,

@@ -322,13 +322,6 @@ pub fn unhealthy_containers(pod: &PodView) -> Vec<&ContainerView> {
 /// error, no init container is reported, the pod is not shutting down and not every container
 /// is ready yet. Being created, containers being created and running unready are such steps.
 fn is_quiet_start(pod: &PodView) -> bool {
-    is_clean_start(pod) && !is_counted_ready(pod)
-}
-
-/// A pod that started cleanly: a quiet step of its start, or every container ready after one.
-/// Its turning ready is read with the Deployment's count of ready pods, which moves with it (a
-/// look that finds the Deployment counting more ready pods than it has seen looks again soon).
-fn is_clean_start(pod: &PodView) -> bool {
     let phase_starting = matches!(pod.phase.as_deref(), None | Some("Pending" | "Running"));
     let containers_starting = pod.containers.iter().all(|c| {
         c.restart_count == 0
@@ -341,26 +334,15 @@ fn is_clean_start(pod: &PodView) -> bool {
                 State::Terminated(_) => false,
             }
     });
+    let counted_ready = !pod.containers.is_empty() && pod.containers.iter().all(|c| c.ready);
     phase_starting
         && containers_starting
+        && !counted_ready
         && !pod.deleting
         && pod.init_containers.is_empty()
         && pod.reason.is_none()
         && pod.message.is_none()
         && pod.unschedulable.is_none()
-}
-
-/// Whether every container of the pod is ready (none of a pod that shows none yet).
-pub fn is_counted_ready(pod: &PodView) -> bool {
-    !pod.containers.is_empty() && pod.containers.iter().all(|c| c.ready)
-}
-
-/// Pods of the pool's Deployment (not its init Job's) with every container ready, not shutting
-/// down: those the Deployment's count of ready pods is compared with.
-pub fn ready_pods<'a>(pods: impl IntoIterator<Item = &'a PodView>) -> usize {
-    pods.into_iter()
-        .filter(|p| !p.deleting && p.job.is_none() && is_counted_ready(p))
-        .count()
 }
 
 /// A step of the shutdown of a pod already shutting down that no look reads: its containers only
@@ -412,7 +394,7 @@ pub fn is_quiet_move(old: Option<&PodView>, now: &PodView) -> bool {
         &now.job,
         now.created,
     ) && now.containers.iter().all(same_signal);
-    same_pod && ((is_quiet_start(old) && is_clean_start(now)) || is_quiet_stop(old, now))
+    same_pod && ((is_quiet_start(old) && is_quiet_start(now)) || is_quiet_stop(old, now))
 }
 
 /// Whether a pod's removal changes nothing a look reads: it was shutting down, and a pod
@@ -536,7 +518,11 @@ pub fn stability(
     let mut stability = Stability::default();
     let mut live: Vec<&PodView> = pods.iter().copied().filter(|p| !p.deleting).collect();
     live.sort_by(|a, b| a.name.cmp(&b.name));
-    stability.ready = ready_pods(live.iter().copied());
+    stability.ready = live
+        .iter()
+        .filter(|p| p.job.is_none() && !p.containers.is_empty())
+        .filter(|p| p.containers.iter().all(|c| c.ready))
+        .count();
     for pod in live {
         let repeated = pod.containers.iter().find_map(|c| {
             let source = ledger::container_source(&pod.uid, &c.name);
@@ -975,7 +961,7 @@ mod tests {
     }
 
     #[test]
-    fn the_steps_of_a_clean_start_are_quiet_up_to_the_pod_turning_ready() {
+    fn the_steps_of_a_start_are_quiet_until_the_pod_is_ready() {
         let created = starting_pod(None, &[]);
         let creating = starting_pod(Some("Pending"), &[("ContainerCreating", false)]);
         let booting = starting_pod(Some("Running"), &[("running", false)]);
@@ -983,21 +969,13 @@ mod tests {
         assert!(is_quiet_move(None, &created), "a new pod");
         assert!(is_quiet_move(Some(&created), &creating));
         assert!(is_quiet_move(Some(&creating), &booting));
-        assert!(
-            is_quiet_move(Some(&booting), &ready),
-            "turning ready is read with the Deployment's count"
-        );
+        assert!(!is_quiet_move(Some(&booting), &ready), "it became ready");
         assert!(!is_quiet_move(None, &ready), "new and ready at once");
-        assert!(
-            !is_quiet_move(Some(&ready), &booting),
-            "a ready pod that turns unready"
-        );
-        // A sidecar ready before the app, then both.
+        // A sidecar ready before the app: the pod is not counted ready yet.
         let sidecar_ready = starting_pod(Some("Running"), &[("running", false), ("running", true)]);
         let both = starting_pod(Some("Running"), &[("running", true), ("running", true)]);
         assert!(is_quiet_move(Some(&creating), &sidecar_ready));
-        assert!(is_quiet_move(Some(&sidecar_ready), &both));
-        assert!(!is_quiet_move(Some(&both), &sidecar_ready));
+        assert!(!is_quiet_move(Some(&sidecar_ready), &both));
     }
 
     #[test]

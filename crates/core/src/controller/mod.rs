@@ -194,10 +194,6 @@ pub async fn reconcile(
     result
 }
 
-/// How soon a pool is looked at again when pods its Deployment counts ready, which this look did
-/// not see, showed up in the pod cache while it ran.
-const AGAIN_FOR_READY_PODS: Duration = Duration::from_millis(100);
-
 /// Per-object exponential backoff: 5 s, 10 s, 20 s, … up to 5 minutes.
 pub fn error_policy(guard: Arc<Guarded<PackedPool>>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempts = guard
@@ -345,14 +341,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
             }
         }
     };
-    let pods_seen_now =
-        ctx.caches
-            .pods
-            .await_ready(&identity.namespace, &identity.name, decision.awaits_ready);
-    let requeue = match pods_seen_now {
-        true => AGAIN_FOR_READY_PODS,
-        false => decision.requeue,
-    };
+    let requeue = decision.requeue;
     ctx.pools.set_verified(uid, decision.verified.clone());
     report(ctx, pool, decision, remembered.is_some(), now).await?;
 

@@ -1,7 +1,7 @@
 //! The controller's pod cache: a [`PodView`] of every pool pod, indexed by pool, so a reconcile
 //! reads its own pool's pods without scanning every pod in the cluster.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
@@ -155,9 +155,6 @@ struct State {
     /// From the watch losing its place (410 Gone) or a relist starting until the relist is
     /// complete: `live` may miss pods created and changes made meanwhile.
     stale: bool,
-    /// Pools whose last look found their Deployment counting more ready pods than it saw: one
-    /// of their pods turning ready is looked at, though that is a quiet step of its start.
-    awaiting_ready: HashSet<(String, String)>,
 }
 
 /// Shared between the pod watch, which writes it, and every reconcile, which reads it.
@@ -184,13 +181,6 @@ impl PodCache {
                 let old = state.live.get(&view.namespace, &view.name);
                 if old.is_none_or(|old| **old != view) {
                     if detect::is_quiet_move(old.map(|old| &**old), &view) {
-                        let turned_ready = detect::is_counted_ready(&view)
-                            && !old.is_some_and(|old| detect::is_counted_ready(old));
-                        if let Some(pool) = pool_of(&view).filter(|_| turned_ready)
-                            && state.awaiting_ready.remove(&pool)
-                        {
-                            changed.push(pool);
-                        }
                         if let Some(due) = detect::first_sample_due(&view) {
                             moves.booting.push(Booting {
                                 namespace: view.namespace.clone(),
@@ -233,30 +223,6 @@ impl PodCache {
         changed.sort();
         changed.dedup();
         moves
-    }
-
-    /// After a look at a pool that saw `seen` ready pods where its Deployment counts more (None:
-    /// it saw all the Deployment counts): whether the cache holds more already, so the pool is
-    /// to be looked at again now; if not, the next of its pods to turn ready starts a look.
-    pub fn await_ready(&self, namespace: &str, pool: &str, seen: Option<usize>) -> bool {
-        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        let key = (namespace.to_owned(), pool.to_owned());
-        let Some(seen) = seen else {
-            state.awaiting_ready.remove(&key);
-            return false;
-        };
-        let held = state
-            .live
-            .by_pool
-            .get(namespace)
-            .and_then(|pools| pools.get(pool))
-            .map_or(0, |pods| detect::ready_pods(pods.iter().map(|p| &**p)));
-        if held > seen {
-            state.awaiting_ready.remove(&key);
-            return true;
-        }
-        state.awaiting_ready.insert(key);
-        false
     }
 
     /// The pool of a pod that still has a container booting.
@@ -565,18 +531,11 @@ mod tests {
         assert!(ready_now(&mut pools_looked).is_empty(), "quiet steps");
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         apply(&running("quick", "2026-11-22T10:00:00Z", true));
-        assert!(
-            ready_now(&mut pools_looked).is_empty(),
-            "turning ready is read with the Deployment's count"
-        );
-        apply(&running("quick", "2026-11-22T10:00:00Z", false));
         assert_eq!(
             ready_now(&mut pools_looked),
             pools(&[("shop", "api")]),
-            "a ready pod turning unready is read at once"
+            "ready is read at once"
         );
-        apply(&running("quick", "2026-11-22T10:00:00Z", true));
-        assert!(ready_now(&mut pools_looked).is_empty(), "ready again");
         tokio::time::sleep(std::time::Duration::from_secs(24)).await;
         assert!(ready_now(&mut pools_looked).is_empty());
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -587,45 +546,6 @@ mod tests {
         );
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         assert!(ready_now(&mut pools_looked).is_empty());
-    }
-
-    #[test]
-    fn a_pod_turning_ready_is_looked_at_while_its_pool_awaits_ready_pods() {
-        let cache = PodCache::default();
-        let started = "2026-11-22T10:00:00Z";
-        let look = |pod: &Pod| cache.apply(watcher::Event::Apply(pod)).look;
-        for name in ["a", "b", "c"] {
-            look(&pod(name, Some("api"), "Pending"));
-            assert!(look(&running(name, started, false)).is_empty(), "quiet");
-        }
-        assert!(
-            look(&running("a", started, true)).is_empty(),
-            "the pool awaits nothing: turning ready is quiet"
-        );
-        assert!(
-            cache.await_ready("shop", "api", Some(0)),
-            "the cache holds a ready pod the look did not see: look again now"
-        );
-        assert!(!cache.await_ready("shop", "api", Some(1)));
-        assert_eq!(
-            look(&running("b", started, true)),
-            pools(&[("shop", "api")]),
-            "the pod the Deployment counted shows up"
-        );
-        assert!(
-            look(&running("c", started, true)).is_empty(),
-            "one look: the pool awaits no more"
-        );
-        assert!(
-            !cache.await_ready("shop", "api", Some(3)),
-            "a fourth counted"
-        );
-        cache.await_ready("shop", "api", None);
-        look(&running("c", started, false));
-        assert!(
-            look(&running("c", started, true)).is_empty(),
-            "a look that saw every counted pod awaits none"
-        );
     }
 
     #[test]
