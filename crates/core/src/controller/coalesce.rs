@@ -7,20 +7,17 @@
 //! the controller's debounce to merge, which would also hold a busy pool back for as long as it
 //! stays busy. Here a pool is reconciled at most once per window after its first trigger, however
 //! busy, and a trigger is never lost: the last state is always looked at.
-//!
-//! A reconcile that writes a pool's children opens a window too: the echo of its writes, and what
-//! the cluster's controllers do in answer within a moment, become one look at the window's end.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
 use futures::stream::{Fuse, StreamExt};
-use tokio_util::time::{DelayQueue, delay_queue};
+use tokio_util::time::DelayQueue;
 
 /// How long the triggers of a busy pool are gathered into one reconcile: as long as its progress
 /// waits between two status writes, so that a busy pool is looked at about as often as what it
@@ -46,8 +43,6 @@ impl<K> Default for Windows<K> {
             inner: Arc::new(Mutex::new(Open {
                 by_key: HashMap::new(),
                 clock: 0,
-                written: Vec::new(),
-                waker: None,
             })),
         }
     }
@@ -57,18 +52,13 @@ struct Open<K> {
     by_key: HashMap<K, Marks>,
     /// Orders triggers and reconcile starts.
     clock: u64,
-    /// Keys whose children a reconcile wrote, for the stream to open (or restart) a window for.
-    written: Vec<K>,
-    /// Wakes the stream when a reconcile wrote.
-    waker: Option<Waker>,
 }
 
-/// When, on [`Open::clock`], a window's last trigger came and its last reconcile started, and
-/// its place in the queue of closing windows.
+/// When, on [`Open::clock`], a window's last trigger came and its last reconcile started.
+#[derive(Default)]
 struct Marks {
     triggered: Option<u64>,
     looked: u64,
-    closes: delay_queue::Key,
 }
 
 impl<K: Eq + Hash> Open<K> {
@@ -85,19 +75,6 @@ impl<K: Eq + Hash> Windows<K> {
         let now = open.tick();
         if let Some(marks) = open.by_key.get_mut(key) {
             marks.looked = now;
-        }
-    }
-
-    /// A reconcile of `key` wrote its children: a window opens now (or starts over), so that
-    /// their echo is looked at once, at its end, with whatever else it gathers.
-    pub fn wrote(&self, key: &K)
-    where
-        K: Clone,
-    {
-        let mut open = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        open.written.push(key.clone());
-        if let Some(waker) = open.waker.take() {
-            waker.wake();
         }
     }
 }
@@ -141,16 +118,6 @@ where
             .inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Windows that reconciles opened by writing; one already open starts over.
-        for key in std::mem::take(&mut open.written) {
-            match open.by_key.get(&key) {
-                Some(marks) => this.closing.reset(&marks.closes, this.window),
-                None => {
-                    open.tick();
-                    open.open_window(&mut this.closing, key, this.window);
-                }
-            }
-        }
         // A window that closes with a trigger no reconcile has read yields it and opens the next.
         while let Poll::Ready(Some(closed)) = this.closing.poll_expired(cx) {
             let key = closed.into_inner();
@@ -159,7 +126,8 @@ where
                 .remove(&key)
                 .is_some_and(|marks| marks.triggered.is_some_and(|t| t > marks.looked));
             if unread {
-                open.open_window(&mut this.closing, key.clone(), this.window);
+                this.closing.insert(key.clone(), this.window);
+                open.by_key.insert(key.clone(), Marks::default());
                 return Poll::Ready(Some(key));
             }
         }
@@ -170,37 +138,17 @@ where
                     match open.by_key.get_mut(&key) {
                         Some(marks) => marks.triggered = Some(now),
                         None => {
-                            open.open_window(&mut this.closing, key.clone(), this.window);
+                            this.closing.insert(key.clone(), this.window);
+                            open.by_key.insert(key.clone(), Marks::default());
                             return Poll::Ready(Some(key));
                         }
                     }
                 }
                 // The controller is shutting down: what is still gathered no longer matters.
                 Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {
-                    if !open.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        open.waker = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
             }
         }
-    }
-}
-
-impl<K: Clone + Eq + Hash> Open<K> {
-    /// A window for `key` that has gathered nothing yet.
-    fn open_window(&mut self, closing: &mut DelayQueue<K>, key: K, window: Duration) {
-        let closes = closing.insert(key.clone(), window);
-        let looked = self.clock;
-        self.by_key.insert(
-            key,
-            Marks {
-                triggered: None,
-                looked,
-                closes,
-            },
-        );
     }
 }
 
@@ -299,56 +247,5 @@ mod tests {
                 .contains_key(&"b"),
             "a reconcile outside any window leaves nothing behind"
         );
-    }
-    #[tokio::test(start_paused = true)]
-    async fn the_echo_of_a_reconciles_writes_is_gathered_into_one_look() {
-        let (send, receive) = mpsc::unbounded();
-        let windows = Windows::default();
-        let mut stream = coalesce(receive, W, windows.clone());
-        let send = |key| {
-            send.unbounded_send(key)
-                .expect("the stream holds the receiver")
-        };
-        let at = |ms| tokio::time::sleep(Duration::from_millis(ms));
-
-        windows.wrote(&"a");
-        assert!(ready(&mut stream).is_empty(), "a write is no trigger");
-        send("a");
-        send("a");
-        send("b");
-        assert_eq!(
-            ready(&mut stream),
-            ["b"],
-            "the echo waits for the window the write opened; another pool's trigger does not"
-        );
-        at(1000).await;
-        assert_eq!(ready(&mut stream), ["a"], "one look at the window's end");
-
-        // A write that no change answers costs nothing.
-        at(1000).await;
-        assert!(ready(&mut stream).is_empty());
-        windows.wrote(&"c");
-        assert!(ready(&mut stream).is_empty());
-        at(1000).await;
-        assert!(ready(&mut stream).is_empty(), "nothing came back: no look");
-        send("c");
-        assert_eq!(
-            ready(&mut stream),
-            ["c"],
-            "the next trigger is let through at once"
-        );
-
-        // A write inside an open window starts it over.
-        at(600).await;
-        send("c");
-        windows.wrote(&"c");
-        assert!(ready(&mut stream).is_empty());
-        at(600).await;
-        assert!(
-            ready(&mut stream).is_empty(),
-            "the window ends a whole window after the write"
-        );
-        at(400).await;
-        assert_eq!(ready(&mut stream), ["c"]);
     }
 }

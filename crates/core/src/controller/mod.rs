@@ -319,13 +319,7 @@ pub async fn reconcile_pool(pool: &WorkerPool, ctx: &Context) -> Result<Action, 
         };
         let decision = decide::decide(&prepared, &observed).map_err(Error::Serialize)?;
         match apply::write_children(ctx, &identity, &decision.writes, &read).await {
-            Ok(()) => {
-                if !decision.writes.is_empty() {
-                    let key = ObjectRef::new(&identity.name).within(&identity.namespace);
-                    ctx.windows.wrote(&key);
-                }
-                break (decision, None);
-            }
+            Ok(()) => break (decision, None),
             Err(Error::Unseen { .. }) if lookup == Lookup::Cache => lookup = Lookup::Api,
             Err(Error::Apply { source, .. }) if namespace_terminating(&source) => {
                 tracing::info!(pool = %identity.name, namespace = %identity.namespace, "the namespace is being deleted; the pool goes with it");

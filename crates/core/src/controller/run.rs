@@ -622,19 +622,18 @@ pub async fn control(
         sync.cache("WorkerPool"),
     );
 
-    // What a rollout moves many times over (pods, the Deployment's counts) is gathered per pool,
-    // and so is the echo of the children a reconcile writes.
-    let child_triggers = futures::stream::select_all([
-        triggers_of(deployment_stream),
-        triggers_of(pdb_stream),
-        triggers_of(job_stream),
-    ]);
+    // What a rollout moves many times over (pods, the Deployment's counts) is gathered per pool.
+    let deployment_triggers = deployment_stream.filter_map(|deployment| {
+        futures::future::ready(deployment.ok().and_then(|d| owning_pool(d.meta())))
+    });
     let progress = coalesce(
-        futures::stream::select(pod_triggers, child_triggers).boxed(),
+        futures::stream::select(pod_triggers, deployment_triggers).boxed(),
         coalesce::WINDOW,
         context.windows.clone(),
     );
     Controller::for_stream(pool_stream, pools)
+        .owns_stream(pdb_stream)
+        .owns_stream(job_stream)
         .reconcile_on(progress)
         .with_config(
             kube::runtime::controller::Config::default()
@@ -645,15 +644,6 @@ pub async fn control(
         .run(reconcile, error_policy, context)
         .for_each(|result| async move { log_outcome(result) })
         .await;
-}
-
-/// The pools a watch of their children's changes concerns.
-fn triggers_of<K: Resource + Send + 'static>(
-    changes: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-) -> futures::stream::BoxStream<'static, ObjectRef<Guarded<PackedPool>>> {
-    changes
-        .filter_map(|child| futures::future::ready(child.ok().and_then(|c| owning_pool(c.meta()))))
-        .boxed()
 }
 
 /// The pool an object belongs to, by its owner reference.
