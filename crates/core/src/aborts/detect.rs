@@ -496,7 +496,9 @@ pub struct Stability {
     pub why: Option<String>,
     /// Pods with a container started less than [`STABLE_AFTER`] ago.
     pub starting: usize,
-    /// When the youngest of those has run long enough.
+    /// When to look again: as the first crash-looping pod recovers, and once every starting pod
+    /// has run long enough (the pool can turn Ready only then; each pod passing the mark on the
+    /// way would change no more than a count in a message).
     pub stable_in: Option<SignedDuration>,
     /// Pods of the pool's Deployment seen with every container ready, not shutting down.
     pub ready: usize,
@@ -516,6 +518,7 @@ pub fn stability(
     window_seconds: i64,
 ) -> Stability {
     let mut stability = Stability::default();
+    let mut all_started_in: Option<SignedDuration> = None;
     let mut live: Vec<&PodView> = pods.iter().copied().filter(|p| !p.deleting).collect();
     live.sort_by(|a, b| a.name.cmp(&b.name));
     stability.ready = live
@@ -567,9 +570,10 @@ pub fn stability(
         if let Some(ran) = youngest.filter(|ran| *ran < STABLE_AFTER) {
             stability.starting += 1;
             let left = STABLE_AFTER - ran;
-            stability.stable_in = Some(stability.stable_in.map_or(left, |l| l.min(left)));
+            all_started_in = Some(all_started_in.map_or(left, |l| l.max(left)));
         }
     }
+    stability.stable_in = earliest(stability.stable_in, all_started_in);
     stability
 }
 
@@ -1346,6 +1350,15 @@ mod tests {
             (1, Some(SignedDuration::from_secs(10)))
         );
         assert!(stability(&[&pod], &summary, at(15), 600).is_stable());
+        let mut later = pod.clone();
+        later.name = "api-2".into();
+        later.containers[0].running_since = Some(at(3));
+        let both = stability(&[&pod, &later], &summary, at(5), 600);
+        assert_eq!(
+            (both.starting, both.stable_in),
+            (2, Some(SignedDuration::from_secs(13))),
+            "looked at again once both have run 15 s, not as each does"
+        );
     }
 
     #[test]
