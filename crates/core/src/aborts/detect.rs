@@ -334,10 +334,9 @@ fn is_quiet_start(pod: &PodView) -> bool {
                 State::Terminated(_) => false,
             }
     });
-    let counted_ready = !pod.containers.is_empty() && pod.containers.iter().all(|c| c.ready);
     phase_starting
         && containers_starting
-        && !counted_ready
+        && !pod.all_containers_ready()
         && !pod.deleting
         && pod.init_containers.is_empty()
         && pod.reason.is_none()
@@ -523,8 +522,7 @@ pub fn stability(
     live.sort_by(|a, b| a.name.cmp(&b.name));
     stability.ready = live
         .iter()
-        .filter(|p| p.job.is_none() && !p.containers.is_empty())
-        .filter(|p| p.containers.iter().all(|c| c.ready))
+        .filter(|p| p.job.is_none() && p.all_containers_ready())
         .count();
     for pod in live {
         let repeated = pod.containers.iter().find_map(|c| {

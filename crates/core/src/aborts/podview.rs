@@ -335,6 +335,11 @@ fn views(statuses: Option<Vec<ContainerStatusJson>>) -> Vec<ContainerView> {
 }
 
 impl PodView {
+    /// Every container ready; a pod that shows no container yet is not.
+    pub fn all_containers_ready(&self) -> bool {
+        !self.containers.is_empty() && self.containers.iter().all(|c| c.ready)
+    }
+
     /// The stop signal the kubelet reports for an app container: none for a Job's pod, which
     /// runs no app server.
     pub fn app_stop_signal(&self, container: &str) -> Option<&str> {
